@@ -1,0 +1,3 @@
+from hetcomp_dist.cli import main
+
+raise SystemExit(main())

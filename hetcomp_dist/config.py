@@ -1,0 +1,272 @@
+"""One typed, frozen configuration, loaded from YAML, with type-checked ``key=value`` overrides.
+
+Every hyperparameter of METHOD.md lives here with the paper's value as its default. Unknown keys and
+wrong types fail with the dotted field name and the accepted keys/type, before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+from hetcomp_dist.errors import InputError
+
+TEACHER_NAMES = ("mf", "ml", "dnn", "gnn", "ae", "iae")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Ingestion (METHOD.md §1)."""
+
+    input: str = ""  # path or URI of the interactions; "" = the built-in synthetic preset
+    format: str = "synthetic"  # citeulike | csv | parquet | synthetic
+    user_col: str = "user"
+    item_col: str = "item"
+    rating_col: str = ""  # "" = every row is a positive interaction
+    rating_threshold: float = 0.0  # keep rows with rating >= threshold
+    csv_delimiter: str = ","
+    min_user_interactions: int = 5
+    test_frac: float = 0.2
+    valid_frac: float = 0.2
+    seed: int = 0
+    shard_size: int = 50_000  # users per shard, fixed per run
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic generator; the defaults are the small built-in demo dataset."""
+
+    users: int = 3000
+    items: int = 2000
+    seed: int = 0
+    mean_interactions: float = 20.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (10, 50)
+    batch_size: int = 4096  # users per retrieval batch
+    index: str = "flat"  # flat (exact) | ivf | hnsw
+    ivf_nlist: int = 1024
+    ivf_nprobe: int = 32
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 256
+    distributed_min_users: int = 200_000  # below this, evaluate in-process (Ray's fixed costs are seconds)
+
+
+@dataclass(frozen=True)
+class TeachersConfig:
+    """Teachers (METHOD.md §2); one Ray actor each."""
+
+    names: tuple[str, ...] = TEACHER_NAMES
+    dim: int = 64
+    topk: int = 100  # K of the exported trajectory
+    lr: float = 1e-3
+    l2: float = 1e-6
+    batch_size: int = 1024
+    max_epochs: int = 1000
+    eval_every: int = 10
+    patience: int = 5  # evaluations without valid R@50 improvement
+    snapshot_every: int = 10  # epochs between trajectory snapshots
+    num_cpus: float = 0.3  # per actor
+    num_gpus: float = 0.0
+    max_restarts: int = 3
+    seed: int = 0
+    # model-specific
+    cml_margin: float = 1.0
+    dnn_negatives: int = 4
+    dnn_layers: int = 3
+    gnn_layers: int = 3
+    ae_hidden: int = 600
+    ae_dropout: float = 0.5
+    ae_beta: float = 0.2
+    ae_anneal_steps: int = 20_000
+    ae_variant: str = "vae"  # vae | cdae
+
+
+@dataclass(frozen=True)
+class KnowledgeConfig:
+    """Ensemble g, P+, D@K and DKC (METHOD.md §3)."""
+
+    topk: int = 100  # K of the targets T_u
+    temperature: float = 10.0  # T of the rank importance exp(-r/T)
+    weights: tuple[float, ...] = ()  # per-teacher w_x; () = all 1
+    pos_k: int = 10  # |P+| = K // 10
+    d_k: int = 50  # K of the discrepancy D@K
+    d_variant: str = "code"  # code | paper
+    d_lambda: float = 10.0  # lambda of the paper variant's relevance exp(-r/lambda)
+    move_rule: str = "code"  # code (decayed threshold, or rho < 1) | paper (rho > alpha)
+    alpha: float = 1.05
+    decay: float = 0.995
+    period: int = 10  # p: DKC every p epochs, from epoch p on
+    distributed_min_users: int = 200_000  # below this, rounds run in-process
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Student training (METHOD.md §3)."""
+
+    model: str = "mf"  # mf | ml | dnn
+    method: str = "hetcomp"  # hetcomp | wokd | rd | rrd | mtd | cldrd | dcd
+    dim: int = 6
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 1024  # train interactions per batch (its unique users are used)
+    max_epochs: int = 1000
+    eval_every: int = 10
+    patience: int = 5
+    logit_clamp: float = 40.0
+    lo_scale: float = 0.01
+    lf_scale: float = 0.005
+    tail: str = "exact"  # exact | sampled
+    tail_samples: int = 4096  # sampled tail: uniform sample of N_u, scaled
+    lambda_kd: float = -1.0  # baselines: < 0 = pick from lambda_grid on validation
+    lambda_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+    num_workers: int = 2  # Ray Train workers (0 = in the driver, no DDP)
+    cpus_per_worker: float = 0.5
+    use_gpu: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    run: str = "runs/default"  # RUN: local path or s3:// / gs:// URI
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+
+
+# ------------------------------------------------------------------------------------ loading
+def _check(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise InputError(where, f"expected a mapping of {tp.__name__} fields, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _check(value, arg, where)
+            except InputError:
+                pass
+        raise InputError(where, f"expected {tp}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise InputError(where, f"expected null, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(where, f"expected a list, got {value!r}", "write it as [a, b, ...]")
+        (arg, *_rest) = typing.get_args(tp)
+        return tuple(_check(v, arg, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(where, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(where, f"expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(where, f"expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(where, f"expected a string, got {value!r}", "quote it")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+def from_dict(cls: type, data: Mapping[str, Any], where: str = "config") -> Any:
+    """Builds dataclass `cls` from a nested mapping, type-checking every field; unknown keys fail."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise InputError(f"{where}.{key}", "unknown key", f"valid keys: {', '.join(names)}")
+        kwargs[key] = _check(value, hints[key], f"{where}.{key}")
+    return validate(cls(**kwargs), where) if cls is Config else cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Applies ``section.key=value`` strings (value parsed as YAML) onto a nested dict."""
+    raw = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for ov in overrides:
+        if "=" not in ov:
+            raise InputError(f"override {ov!r}", "expected key=value", "e.g. student.model=ml")
+        key, _, text = ov.partition("=")
+        value = yaml.safe_load(text) if text else ""
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise InputError(f"override {key}", f"{p} is not a section")
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Config from an optional YAML file plus overrides; every field checked."""
+    raw: dict = {}
+    if path:
+        from hetcomp_dist import storage
+
+        if not storage.exists(path):
+            raise InputError(path, "config file not found", "pass --config with an existing YAML file")
+        try:
+            raw = yaml.safe_load(storage.read_bytes(path)) or {}
+        except yaml.YAMLError as e:
+            raise InputError(path, f"not valid YAML ({e})") from e
+        if not isinstance(raw, dict):
+            raise InputError(path, "the top level must be a mapping of sections")
+    return from_dict(Config, apply_overrides(raw, list(overrides)))
+
+
+def validate(cfg: Config, where: str = "config") -> Config:
+    """Checks value ranges and choices that types alone cannot."""
+    def choice(name: str, value: str, options: tuple[str, ...]) -> None:
+        if value not in options:
+            raise InputError(f"{where}.{name}", f"{value!r} is not one of {', '.join(options)}")
+
+    def positive(name: str, value: float) -> None:
+        if value <= 0:
+            raise InputError(f"{where}.{name}", f"must be > 0, got {value}")
+
+    choice("data.format", cfg.data.format, ("citeulike", "csv", "parquet", "synthetic"))
+    positive("data.shard_size", cfg.data.shard_size)
+    if not 0 < cfg.data.test_frac + cfg.data.valid_frac < 1:
+        raise InputError(f"{where}.data.test_frac", "test_frac + valid_frac must be in (0, 1)")
+    choice("eval.index", cfg.eval.index, ("flat", "ivf", "hnsw"))
+    for name in cfg.teachers.names:
+        choice("teachers.names", name, TEACHER_NAMES)
+    if len(set(cfg.teachers.names)) != len(cfg.teachers.names) or not cfg.teachers.names:
+        raise InputError(f"{where}.teachers.names", "must list distinct teacher names, at least one")
+    choice("teachers.ae_variant", cfg.teachers.ae_variant, ("vae", "cdae"))
+    choice("knowledge.d_variant", cfg.knowledge.d_variant, ("code", "paper"))
+    choice("knowledge.move_rule", cfg.knowledge.move_rule, ("code", "paper"))
+    if cfg.knowledge.weights and len(cfg.knowledge.weights) != len(cfg.teachers.names):
+        raise InputError(f"{where}.knowledge.weights", f"needs one weight per teacher ({len(cfg.teachers.names)})")
+    choice("student.model", cfg.student.model, ("mf", "ml", "dnn"))
+    choice("student.method", cfg.student.method, ("hetcomp", "wokd", "rd", "rrd", "mtd", "cldrd", "dcd"))
+    choice("student.tail", cfg.student.tail, ("exact", "sampled"))
+    for name in ("dim", "batch_size", "max_epochs", "eval_every", "patience"):
+        positive(f"student.{name}", getattr(cfg.student, name))
+        positive(f"teachers.{name}", getattr(cfg.teachers, name))
+    if cfg.knowledge.topk < cfg.knowledge.d_k:
+        raise InputError(f"{where}.knowledge.topk", "must be >= knowledge.d_k")
+    return cfg

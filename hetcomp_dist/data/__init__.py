@@ -1,0 +1,1 @@
+"""Ingestion, the split protocol, synthetic data and run-data loading."""

@@ -1,0 +1,1 @@
+"""Top-K retrieval with seen-item exclusion and the protocol's metrics."""

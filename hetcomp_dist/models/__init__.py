@@ -1,0 +1,1 @@
+"""The one model contract shared by teachers and students."""

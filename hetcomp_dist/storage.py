@@ -1,0 +1,258 @@
+"""The on-storage layout shared by every stage (see ARCHITECTURE.md).
+
+Every per-user dataset is a folder of user-range shards: shard ``s`` is the file
+``<folder>/shard-<s:05d>.parquet`` and holds exactly the users ``[s*S, min((s+1)*S, n_users))``,
+one row each, sorted by user -- so a per-user join of two datasets is a positional zip of the same
+shard id, with no shuffle. Item lists are ``list<int32>``, best first where they are rankings.
+
+Paths are strings: a local path or any URI pyarrow.fs understands (``s3://``, ``gs://``). Files are
+written under a temporary name and renamed; a stage folder is complete only once its
+``_manifest.json`` (written last) exists and carries the expected config hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import asdict, is_dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from hetcomp_dist.errors import InputError
+
+SCHEMA_VERSION = 1
+MANIFEST = "_manifest.json"
+
+
+# ----------------------------------------------------------------------------------------- paths
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or a URI; credentials come from the environment."""
+    if is_uri(path):
+        if path.startswith("file://"):
+            return pafs.LocalFileSystem(), path[len("file://"):]
+        fs, inner = pafs.FileSystem.from_uri(path)
+        return fs, inner
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def join(base: str, *parts: str) -> str:
+    out = base.rstrip("/")
+    for p in parts:
+        out += "/" + str(p).strip("/")
+    return out
+
+
+def shard_name(s: int) -> str:
+    return f"shard-{s:05d}.parquet"
+
+
+def shard_path(folder: str, s: int) -> str:
+    return join(folder, shard_name(s))
+
+
+def n_shards(n_users: int, shard_size: int) -> int:
+    return max(1, -(-n_users // shard_size))
+
+
+def shard_range(s: int, shard_size: int, n_users: int) -> tuple[int, int]:
+    """Users ``[lo, hi)`` held by shard ``s``."""
+    lo = s * shard_size
+    return lo, min(lo + shard_size, n_users)
+
+
+# ------------------------------------------------------------------------------- files, atomically
+def exists(path: str) -> bool:
+    fs, p = resolve(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def makedirs(path: str) -> None:
+    fs, p = resolve(path)
+    fs.create_dir(p, recursive=True)
+
+
+def delete_dir(path: str) -> None:
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type != pafs.FileType.NotFound:
+        fs.delete_dir(p)
+
+
+def _tmp_name(p: str) -> str:
+    head, _, tail = p.rpartition("/")
+    return f"{head}/.{tail}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    fs, p = resolve(path)
+    fs.create_dir(p.rpartition("/")[0], recursive=True)
+    tmp = _tmp_name(p)
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, p)
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = resolve(path)
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def read_json(path: str) -> Any:
+    return json.loads(read_bytes(path))
+
+
+def write_table_atomic(path: str, table: pa.Table) -> None:
+    """Writes one Parquet file under a temporary name, then renames it into place."""
+    fs, p = resolve(path)
+    fs.create_dir(p.rpartition("/")[0], recursive=True)
+    tmp = _tmp_name(p)
+    pq.write_table(table, tmp, filesystem=fs, compression="zstd")
+    fs.move(tmp, p)
+
+
+def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    fs, p = resolve(path)
+    return pq.read_table(p, filesystem=fs, columns=columns)
+
+
+def write_npz_atomic(path: str, **arrays: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Reads an .npz without ever unpickling (object arrays are refused)."""
+    import io
+
+    if not exists(path):
+        raise InputError(path, "file not found", "pass the path of an existing .npz file")
+    try:
+        with np.load(io.BytesIO(read_bytes(path)), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        raise InputError(path, f"not a readable .npz of numeric arrays ({e})", "save plain arrays with numpy.savez") from e
+
+
+# ------------------------------------------------------------------------------------- manifests
+def _json_default(o: Any) -> Any:
+    if is_dataclass(o):
+        return asdict(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (tuple, set, frozenset)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def config_hash(*parts: Any) -> str:
+    """Stable hash of config sections (dataclasses, dicts, scalars)."""
+    blob = json.dumps(parts, sort_keys=True, default=_json_default)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_manifest(stage_dir: str) -> dict | None:
+    path = join(stage_dir, MANIFEST)
+    return read_json(path) if exists(path) else None
+
+
+def write_manifest(stage_dir: str, manifest: Mapping[str, Any]) -> None:
+    """Commits a stage: written last, atomically."""
+    write_json_atomic(join(stage_dir, MANIFEST), {"schema_version": SCHEMA_VERSION, **manifest})
+
+
+def stage_is_done(stage_dir: str, cfg_hash: str) -> dict | None:
+    """The manifest when the stage finished with this config hash, else None."""
+    m = read_manifest(stage_dir)
+    if m is not None and m.get("config_hash") == cfg_hash and m.get("schema_version") == SCHEMA_VERSION:
+        return m
+    return None
+
+
+def begin_stage(stage_dir: str) -> None:
+    """A stage without a matching manifest is redone from scratch: clear what a crash left."""
+    delete_dir(stage_dir)
+    makedirs(stage_dir)
+
+
+# --------------------------------------------------------------------------- per-user list columns
+def list_to_csr(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets int64 (n+1,), values int32) of a list<int32> column, without a Python loop."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    col = col.cast(pa.large_list(pa.int32())) if not pa.types.is_large_list(col.type) else col
+    offsets = col.offsets.to_numpy().astype(np.int64)
+    values = col.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return offsets - offsets[0], values[offsets[0]: offsets[-1]]
+
+
+def csr_to_list(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
+    """list<int32> array from CSR offsets/values."""
+    return pa.ListArray.from_arrays(pa.array(np.asarray(offsets, dtype=np.int32)), pa.array(np.asarray(values, dtype=np.int32)))
+
+
+def dense_to_list(mat: np.ndarray, pad: int = -1) -> pa.Array:
+    """list<int32> array from a (B, K) matrix whose rows may end with `pad` entries."""
+    mat = np.asarray(mat)
+    keep = mat != pad
+    lengths = keep.sum(1)
+    offsets = np.zeros(len(mat) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return csr_to_list(offsets, mat[keep])
+
+
+def csr_to_dense(offsets: np.ndarray, values: np.ndarray, width: int | None = None, pad: int = -1) -> np.ndarray:
+    """(n, width) matrix of a CSR list column, rows right-padded with `pad` (truncated to width)."""
+    lengths = np.diff(offsets)
+    n = len(lengths)
+    width = int(lengths.max(initial=0)) if width is None else width
+    out = np.full((n, width), pad, dtype=np.int32)
+    pos = np.arange(len(values)) - np.repeat(offsets[:-1], lengths)
+    rows = np.repeat(np.arange(n), lengths)
+    keep = pos < width
+    out[rows[keep], pos[keep]] = values[keep]
+    return out
+
+
+def user_table(lo: int, hi: int, **columns: pa.Array | np.ndarray) -> pa.Table:
+    """A shard table for users [lo, hi): `user` first, then the given columns (one row per user)."""
+    cols = {"user": pa.array(np.arange(lo, hi, dtype=np.int32))}
+    for k, v in columns.items():
+        cols[k] = v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v)
+        if len(cols[k]) != hi - lo:
+            raise ValueError(f"column {k} has {len(cols[k])} rows for {hi - lo} users")
+    return pa.table(cols)
+
+
+def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
+    fs, p = resolve(folder)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    base = folder.rstrip("/")
+    return sorted(join(base, i.base_name) for i in infos if i.base_name.endswith(suffix) and not i.base_name.startswith("."))
+
+
+def iter_shards(folder: str, n_users: int, shard_size: int) -> Iterable[tuple[int, int, int]]:
+    """(shard id, lo, hi) for every shard of a run."""
+    for s in range(n_shards(n_users, shard_size)):
+        lo, hi = shard_range(s, shard_size, n_users)
+        yield s, lo, hi
