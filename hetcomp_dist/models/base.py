@@ -7,6 +7,7 @@ ranks with ``scores`` (any model) or ``embeddings`` (dot-product / distance mode
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Iterator
 
 import numpy as np
@@ -15,26 +16,26 @@ import torch
 from hetcomp_dist.data.dataset import CSR
 
 
-class Recommender(torch.nn.Module):
+class Recommender(torch.nn.Module, abc.ABC):
     """Base class: subclasses set ``n_users``/``n_items`` and implement the four methods below."""
 
     n_users: int
     n_items: int
 
+    @abc.abstractmethod
     def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of training batches for the model's own base loss (BPR triples, user rows, ...)."""
-        raise NotImplementedError  # abstract: every model defines its own sampler
 
+    @abc.abstractmethod
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scalar base loss of one batch from `batches`."""
-        raise NotImplementedError  # abstract
 
+    @abc.abstractmethod
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
         """(B, n_items) scores of every item for a batch of user ids (higher = better).
 
         `train` is given for models that score from the user's history (autoencoders).
         """
-        raise NotImplementedError  # abstract
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray, str] | None:
         """(user (n_users, d), item (n_items, d), metric "ip"|"l2") when scores are a dot product or a
