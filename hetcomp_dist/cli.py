@@ -1,0 +1,45 @@
+"""``hetcomp-dist`` command line: one subcommand per stage, each in its own module.
+
+Each command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hetcomp_dist.errors import InputError
+
+# command name -> module (explicit registry; add a line when a stage lands)
+COMMANDS: dict[str, str] = {
+}
+
+
+def _parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="hetcomp-dist", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, modname in COMMANDS.items():
+        if chosen is None or name == chosen:
+            mod = importlib.import_module(modname)
+            p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+            mod.add_arguments(p)
+            p.set_defaults(_module=mod)
+        else:
+            sub.add_parser(name, help="(see hetcomp-dist NAME --help)")
+    return parser, parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, args = _parser(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

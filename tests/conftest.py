@@ -1,0 +1,35 @@
+"""Shared fixtures: one Ray instance for the whole session, small synthetic runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+CITEULIKE = REPO.parent / "shared" / "data" / "citeulike" / "users.dat"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance shared by every test that needs Ray (ray.init costs ~5 s here)."""
+    import ray
+
+    if not ray.is_initialized():
+        # CPUs are scheduling tokens: 4 lets 2 Train workers and Ray Data tasks coexist on 2 cores.
+        ray.init(num_cpus=4, object_store_memory=512 * 2**20, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    yield ray
+    # left running for the rest of the session; pytest's exit shuts it down
+
+
+@pytest.fixture(scope="session")
+def citeulike_path() -> Path:
+    if not CITEULIKE.exists():
+        pytest.skip(f"CiteULike data not found at {CITEULIKE} (see README: Datasets)")
+    return CITEULIKE
