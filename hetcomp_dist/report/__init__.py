@@ -1,0 +1,1 @@
+"""RUN/report: report.json, report.md (the paper's table layout), curves.png, the cost table."""

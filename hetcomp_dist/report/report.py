@@ -1,0 +1,192 @@
+"""Collects every result of a run into RUN/report: report.json, report.md, curves.png.
+
+Results are stored one file each under ``RUN/report/rows/<method>-<student>.json`` (atomic), so stages
+and later ``distill`` runs add rows independently and the report is regenerated from all of them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from hetcomp_dist import storage
+from hetcomp_dist.progress import log
+from hetcomp_dist.report.paper import BASELINES, LABELS, METRICS, PAPER_CITEULIKE
+
+SPLITS = ("valid", "test")
+
+
+def report_dir(run: str) -> str:
+    return storage.join(run, "report")
+
+
+def add_result(run: str, method: str, student: str, metrics: Mapping[str, Mapping[str, float]],
+               extra: Mapping[str, Any] | None = None) -> None:
+    """Stores one result: ``metrics = {"valid": {"R@10", ...}, "test": {...}}``; student "-" for teachers."""
+    row = {"method": method, "student": student, **{s: dict(metrics[s]) for s in SPLITS}, **(extra or {})}
+    storage.write_json_atomic(storage.join(report_dir(run), "rows", f"{method}-{student}.json"), row)
+
+
+def load_results(run: str) -> list[dict]:
+    return [storage.read_json(p) for p in storage.list_files(storage.join(report_dir(run), "rows"), ".json")]
+
+
+def flat_rows(results: list[dict]) -> list[dict]:
+    """report.json rows: one per (method, student, split) with the four metrics."""
+    rows = []
+    for r in results:
+        for split in SPLITS:
+            rows.append({"method": r["method"], "student": r["student"], "split": split,
+                         **{m: float(r[split][m]) for m in METRICS}})
+    return rows
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4f}"
+
+
+def _table(results: list[dict], student: str, paper: bool, teachers: list[str]) -> list[str]:
+    by = {(r["method"], r["student"]): r for r in results}
+    head = "| method | " + " | ".join(METRICS) + " |"
+    if paper:
+        head += " paper " + " | paper ".join(METRICS) + " |"
+    lines = [head, "|" + " --- |" * (1 + len(METRICS) * (2 if paper else 1))]
+
+    def line(label: str, r: dict | None, key: str, pstudent: str) -> None:
+        if r is None:
+            return
+        cells = [_fmt(r["test"][m]) for m in METRICS]
+        if paper:
+            p = PAPER_CITEULIKE.get(key, {}).get(pstudent)
+            cells += [_fmt(v) for v in p] if p else ["—"] * len(METRICS)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    line(LABELS["ensemble"], by.get(("ensemble", "-")), "ensemble", "-")
+    teacher_rows = [by[(t, "-")] for t in teachers if (t, "-") in by]
+    if teacher_rows:
+        best = max(teacher_rows, key=lambda r: r["valid"]["R@50"])  # chosen on validation
+        line(f"{LABELS['best_teacher']} ({best['method']})", best, "best_teacher", "-")
+    for key in ("wokd", *BASELINES, "hetcomp"):
+        line(LABELS[key], by.get((key, student)), key, student)
+    return lines
+
+
+def render_markdown(results: list[dict], dataset: str, teachers: list[str], stage_times: Mapping[str, float] | None,
+                    cost: list[dict] | None) -> str:
+    paper = dataset == "citeulike"
+    students = sorted({r["student"] for r in results if r["student"] != "-"})
+    out = ["# hetcomp_dist report", "",
+           f"Dataset: **{dataset}**. Test split, Recall/NDCG@10/50 (full ranking, seen items excluded); "
+           "every model selected on validation R@50." + (" The paper's CiteULike numbers (METHOD.md §5) beside ours." if paper else ""),
+           ""]
+    for s in students:
+        out += [f"## Student: {s.upper()} (dimension 6)", ""] + _table(results, s, paper, teachers) + [""]
+        by = {r["method"]: r for r in results if r["student"] == s}
+        base = [by[b] for b in BASELINES if b in by]
+        if "hetcomp" in by and base:
+            best = max(base, key=lambda r: r["test"]["R@50"])
+            gains = {m: (by["hetcomp"]["test"][m] / best["test"][m] - 1) * 100 for m in METRICS if best["test"][m] > 0}
+            out += [f"HetComp vs the best baseline ({LABELS[best['method']]}): "
+                    + ", ".join(f"{m} {g:+.1f}%" for m, g in gains.items()), ""]
+    if teachers:
+        out += ["## Teachers (test)", "", "| teacher | " + " | ".join(METRICS) + " |", "|" + " --- |" * 5]
+        by = {r["method"]: r for r in results if r["student"] == "-"}
+        for t in teachers:
+            if t in by:
+                out.append(f"| {t} | " + " | ".join(_fmt(by[t]["test"][m]) for m in METRICS) + " |")
+        out.append("")
+    if cost:
+        out += ["## Inference cost (every test user's top-50, same machine)", "",
+                "| model | parameters | wall time (s) | users/s |", "| --- | --- | --- | --- |"]
+        out += [f"| {c['model']} | {c['params']:,} | {c['wall_s']:.2f} | {c['users_per_s']:,.0f} |" for c in cost]
+        out.append("")
+    if stage_times:
+        out += ["## Wall time per stage", "", "| stage | seconds |", "| --- | --- |"]
+        out += [f"| {k} | {v:.1f} |" for k, v in stage_times.items()] + [f"| total | {sum(stage_times.values()):.1f} |", ""]
+    out += ["Curves: `curves.png` (valid R@50 against epoch; HetComp's DKC state means on the right axis)."]
+    return "\n".join(out) + "\n"
+
+
+def plot_curves(run: str, path: str) -> bool:
+    """valid R@50 vs epoch per student run, with HetComp's mean DKC state. False when nothing to plot."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = []
+    for d in _student_dirs(run):
+        recs = _read_jsonl(storage.join(d, "metrics.jsonl"))
+        pts = [(r["epoch"], r["valid"]["R@50"]) for r in recs if isinstance(r.get("valid"), dict) and "R@50" in r["valid"]]
+        means = [(r["epoch"], sum(r["dkc_means"].values()) / len(r["dkc_means"])) for r in recs if r.get("dkc_means")]
+        if pts:
+            runs.append((d.rstrip("/").rpartition("/")[2], pts, means))
+    if not runs:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax2 = None
+    for name, pts, means in runs:
+        ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+        if means:
+            ax2 = ax2 or ax.twinx()
+            ax2.step(*zip(*means), where="post", ls="--", alpha=0.6, label=f"{name}: mean DKC state")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid R@50")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if ax2 is not None:
+        ax2.set_ylabel("mean teacher state (0 = E1 … 3 = E4)")
+        ax2.set_ylim(-0.1, 3.1)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=7, loc="lower right")
+    ax.set_title("Validation R@50 during student training")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    storage.write_bytes_atomic(path, buf.getvalue())
+    return True
+
+
+def _student_dirs(run: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, p = storage.resolve(storage.join(run, "student"))
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return sorted(storage.join(run, "student", i.base_name) for i in infos if i.type == pafs.FileType.Directory)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    if not storage.exists(path):
+        return []
+    return [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
+
+
+def write_report(run: str, teachers: list[str] | tuple[str, ...] = (), stage_times: Mapping[str, float] | None = None,
+                 cost: list[dict] | None = None) -> str:
+    """Regenerates RUN/report from every stored result; returns the report folder."""
+    from hetcomp_dist.data.dataset import load_manifest
+
+    dataset = load_manifest(run).get("source", {}).get("format", "unknown")
+    results = load_results(run)
+    rdir = report_dir(run)
+    meta_path = storage.join(rdir, "meta.json")
+    meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
+    if stage_times:
+        meta["stage_times"] = {**meta.get("stage_times", {}), **stage_times}
+    if cost:
+        meta["cost"] = cost
+    if teachers:
+        meta["teachers"] = list(teachers)
+    storage.write_json_atomic(meta_path, meta)
+    storage.write_json_atomic(storage.join(rdir, "report.json"),
+                              {"dataset": dataset, "rows": flat_rows(results), "cost": meta.get("cost", []),
+                               "stage_times": meta.get("stage_times", {})})
+    md = render_markdown(results, dataset, meta.get("teachers", []), meta.get("stage_times"), meta.get("cost"))
+    storage.write_bytes_atomic(storage.join(rdir, "report.md"), md.encode())
+    plot_curves(run, storage.join(rdir, "curves.png"))
+    log("report", f"wrote {storage.join(rdir, 'report.md')}")
+    return rdir
