@@ -134,6 +134,15 @@ class StudentConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    """What `hetcomp-dist run` trains after the teachers and the knowledge."""
+
+    students: tuple[str, ...] = ("mf", "ml", "dnn")
+    methods: tuple[str, ...] = ("hetcomp", "wokd")
+    cost_users: int = 0  # users timed for the inference-cost table; 0 = every test user
+
+
+@dataclass(frozen=True)
 class Config:
     run: str = "runs/default"  # RUN: local path or s3:// / gs:// URI
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,6 +151,7 @@ class Config:
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -264,6 +274,10 @@ def validate(cfg: Config, where: str = "config") -> Config:
     choice("student.model", cfg.student.model, ("mf", "ml", "dnn"))
     choice("student.method", cfg.student.method, ("hetcomp", "wokd", "rd", "rrd", "mtd", "cldrd", "dcd"))
     choice("student.tail", cfg.student.tail, ("exact", "sampled"))
+    for s in cfg.pipeline.students:
+        choice("pipeline.students", s, ("mf", "ml", "dnn"))
+    for m in cfg.pipeline.methods:
+        choice("pipeline.methods", m, ("hetcomp", "wokd", "rd", "rrd", "mtd", "cldrd", "dcd"))
     for name in ("dim", "batch_size", "max_epochs", "eval_every", "patience"):
         positive(f"student.{name}", getattr(cfg.student, name))
         positive(f"teachers.{name}", getattr(cfg.teachers, name))
