@@ -1,0 +1,55 @@
+"""Typed config: YAML + overrides, unknown keys and wrong types fail with the field's name."""
+
+import dataclasses
+
+import pytest
+
+from hetcomp_dist.config import Config, load_config
+from hetcomp_dist.errors import InputError
+
+
+def test_defaults_are_the_papers():
+    c = Config()
+    assert (c.knowledge.topk, c.knowledge.temperature, c.knowledge.alpha, c.knowledge.decay, c.knowledge.period) == (100, 10.0, 1.05, 0.995, 10)
+    assert (c.student.dim, c.student.batch_size, c.student.lr, c.student.weight_decay) == (6, 1024, 1e-3, 1e-5)
+    assert (c.student.lo_scale, c.student.lf_scale, c.student.logit_clamp) == (0.01, 0.005, 40.0)
+    assert c.teachers.names == ("mf", "ml", "dnn", "gnn", "ae", "iae") and c.teachers.dim == 64
+
+
+def test_yaml_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("run: /tmp/x\nstudent:\n  model: ml\n  lr: 0.01\nteachers:\n  names: [mf, ae]\n")
+    c = load_config(str(f), ["student.lr=0.5", "knowledge.weights=[1, 2]", "student.use_gpu=true"])
+    assert c.run == "/tmp/x" and c.student.model == "ml" and c.student.lr == 0.5
+    assert c.teachers.names == ("mf", "ae") and c.knowledge.weights == (1.0, 2.0) and c.student.use_gpu is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.student.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("override, field", [
+    ("student.modle=mf", "config.student.modle"),
+    ("student.dim=six", "config.student.dim"),
+    ("student.dim=6.5", "config.student.dim"),
+    ("student.model=gbdt", "config.student.model"),
+    ("teachers.names=[mf, xyz]", "config.teachers.names"),
+    ("knowledge.weights=[1, 2, 3]", "config.knowledge.weights"),
+    ("nosection.key=1", "config.nosection"),
+    ("student.use_gpu=1", "config.student.use_gpu"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(InputError) as e:
+        load_config(None, [override])
+    assert str(e.value).startswith(field)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("student: [1, 2\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(str(bad))
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(InputError, match="mapping"):
+        load_config(str(lst))

@@ -1,0 +1,83 @@
+"""Shard layout helpers, CSR conversions, atomic writes and stage manifests."""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from hetcomp_dist import storage
+from hetcomp_dist.data.dataset import CSR, union
+
+
+def _lists(rng, n):
+    return [list(rng.choice(50, rng.integers(0, 6), replace=False)) for _ in range(n)]
+
+
+def test_csr_roundtrips_against_python_lists():
+    rng = np.random.default_rng(0)
+    lists = _lists(rng, 40)
+    arr = pa.array(lists, type=pa.list_(pa.int32()))
+    off, val = storage.list_to_csr(arr.slice(5, 30))  # sliced arrays keep their offsets
+    assert [list(val[off[i]:off[i + 1]]) for i in range(30)] == lists[5:35]
+    assert storage.csr_to_list(off, val).to_pylist() == lists[5:35]
+    dense = storage.csr_to_dense(off, val, width=3)
+    for i, row in enumerate(lists[5:35]):
+        assert list(dense[i][dense[i] >= 0]) == row[:3]
+    assert storage.dense_to_list(dense).to_pylist() == [r[:3] for r in lists[5:35]]
+
+
+def test_csr_take_and_union():
+    rng = np.random.default_rng(1)
+    a, b = _lists(rng, 10), _lists(rng, 10)
+    ca = CSR(*storage.list_to_csr(pa.array(a, type=pa.list_(pa.int32()))), lo=100)
+    cb = CSR(*storage.list_to_csr(pa.array(b, type=pa.list_(pa.int32()))), lo=100)
+    u = union(ca, cb)
+    for i in range(10):
+        assert list(u.row(100 + i)) == a[i] + b[i]
+    t = ca.take(np.array([7, 2, 2]))
+    assert [list(t.items[t.offsets[i]:t.offsets[i + 1]]) for i in range(3)] == [a[7], a[2], a[2]]
+    assert list(ca.user_ids()) == [100 + i for i in range(10) for _ in a[i]]
+
+
+def test_shard_ranges_cover_users_once():
+    n, S = 1003, 100
+    seen = np.concatenate([np.arange(*storage.shard_range(s, S, n)) for s in range(storage.n_shards(n, S))])
+    assert (seen == np.arange(n)).all()
+    assert storage.n_shards(0, S) == 1
+
+
+def test_atomic_writes_leave_no_temporaries(tmp_path):
+    folder = str(tmp_path / "stage")
+    t = storage.user_table(0, 3, items=pa.array([[1], [], [2, 3]], type=pa.list_(pa.int32())))
+    storage.write_table_atomic(storage.shard_path(folder, 0), t)
+    storage.write_json_atomic(storage.join(folder, "x.json"), {"a": np.int64(3), "b": (1, 2)})
+    assert sorted(os.listdir(folder)) == ["shard-00000.parquet", "x.json"]
+    assert storage.read_table(storage.shard_path(folder, 0)).equals(t)
+    assert storage.read_json(storage.join(folder, "x.json")) == {"a": 3, "b": [1, 2]}
+    with pytest.raises(ValueError):
+        storage.user_table(0, 2, items=pa.array([[1]], type=pa.list_(pa.int32())))
+
+
+def test_stage_manifest_commits_and_begin_clears(tmp_path):
+    folder = str(tmp_path / "stage")
+    h = storage.config_hash({"k": 1})
+    assert storage.stage_is_done(folder, h) is None
+    storage.begin_stage(folder)
+    storage.write_bytes_atomic(storage.join(folder, "partial.bin"), b"x")
+    storage.write_manifest(folder, {"config_hash": h, "n": 5})
+    assert storage.stage_is_done(folder, h)["n"] == 5
+    assert storage.stage_is_done(folder, storage.config_hash({"k": 2})) is None
+    storage.begin_stage(folder)
+    assert os.listdir(folder) == []
+
+
+def test_npz_refuses_pickles(tmp_path):
+    p = tmp_path / "e.npz"
+    np.savez(p, user=np.zeros((2, 3), np.float32), obj=np.array([{"a": 1}], dtype=object))
+    from hetcomp_dist.errors import InputError
+
+    with pytest.raises(InputError, match="npz"):
+        storage.read_npz(str(p))
+    storage.write_npz_atomic(str(tmp_path / "ok.npz"), user=np.ones((2, 3), np.float32))
+    assert storage.read_npz(str(tmp_path / "ok.npz"))["user"].shape == (2, 3)
