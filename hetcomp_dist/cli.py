@@ -14,6 +14,7 @@ from hetcomp_dist.errors import InputError
 
 # command name -> module (explicit registry; add a line when a stage lands)
 COMMANDS: dict[str, str] = {
+    "run": "hetcomp_dist.pipeline",
 }
 
 

@@ -170,7 +170,8 @@ def write_report(run: str, teachers: list[str] | tuple[str, ...] = (), stage_tim
     """Regenerates RUN/report from every stored result; returns the report folder."""
     from hetcomp_dist.data.dataset import load_manifest
 
-    dataset = load_manifest(run).get("source", {}).get("format", "unknown")
+    source = load_manifest(run).get("source", {})
+    dataset = source.get("format") or source.get("kind", "unknown")
     results = load_results(run)
     rdir = report_dir(run)
     meta_path = storage.join(rdir, "meta.json")
