@@ -45,6 +45,13 @@ class SynthConfig:
     items: int = 2000
     seed: int = 0
     mean_interactions: float = 20.0
+    min_interactions: int = 5  # user activity: truncated discrete Pareto from here ...
+    max_interactions: int = 1000  # ... to min(this, items // 4)
+    pop_exponent: float = 1.0  # Zipf exponent of item popularity
+    topics: int = 16  # rank of the low-rank (topic) part
+    topic_concentration: float = 0.1  # Dirichlet alpha of user and item topic mixtures (small = sparse)
+    community_size: int = 50  # items per neighbourhood (the cluster part)
+    mixture: tuple[float, ...] = (0.2, 0.45, 0.35)  # mean share of popularity / topic / neighbourhood draws
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,22 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class TeacherTraining:
+    """Per-teacher training overrides; 0 (l2: < 0) means "use the shared value in TeachersConfig".
+
+    `batch_size` counts what the model's batches hold: train interactions (mf, ml, dnn, gnn), users
+    (ae) or items (iae).
+    """
+
+    lr: float = 0.0
+    batch_size: int = 0
+    l2: float = -1.0
+    eval_every: int = 0
+    snapshot_every: int = 0
+    max_epochs: int = 0
+
+
+@dataclass(frozen=True)
 class TeachersConfig:
     """Teachers (METHOD.md §2); one Ray actor each."""
 
@@ -72,21 +95,34 @@ class TeachersConfig:
     max_epochs: int = 1000
     eval_every: int = 10
     patience: int = 5  # evaluations without valid R@50 improvement
-    snapshot_every: int = 10  # epochs between trajectory snapshots
+    snapshot_every: int = 10  # epochs between trajectory snapshots (must divide every eval_every)
     num_cpus: float = 0.3  # per actor
-    num_gpus: float = 0.0
+    num_gpus: float = -1.0  # per actor; < 0 = auto: a share of the cluster's GPUs when it has any, else 0
     max_restarts: int = 3
     seed: int = 0
+    export_batch_size: int = 1024  # users per scoring block in the trajectory export
+    keep_snapshots: bool = False  # False: after the export keep only the four state snapshots
+    progress_every_s: float = 10.0  # driver's progress table period
     # model-specific
     cml_margin: float = 1.0
+    cml_negatives: int = 1  # sampled negatives per triple; the hinge uses the closest one
     dnn_negatives: int = 4
     dnn_layers: int = 3
+    dnn_mlp_dim: int = 32  # per-side id embedding of the MLP tower (input 2x this, halving per layer)
     gnn_layers: int = 3
     ae_hidden: int = 600
+    ae_decoder_hidden: int = 0  # 0 = linear decoder latent -> items; > 0 = latent -> hidden -> items
     ae_dropout: float = 0.5
     ae_beta: float = 0.2
     ae_anneal_steps: int = 20_000
     ae_variant: str = "vae"  # vae | cdae
+    # per-teacher training overrides (see TeacherTraining)
+    mf: TeacherTraining = field(default_factory=TeacherTraining)
+    ml: TeacherTraining = field(default_factory=TeacherTraining)
+    dnn: TeacherTraining = field(default_factory=TeacherTraining)
+    gnn: TeacherTraining = field(default_factory=TeacherTraining)
+    ae: TeacherTraining = field(default_factory=TeacherTraining)
+    iae: TeacherTraining = field(default_factory=TeacherTraining)
 
 
 @dataclass(frozen=True)
@@ -267,6 +303,17 @@ def validate(cfg: Config, where: str = "config") -> Config:
     if len(set(cfg.teachers.names)) != len(cfg.teachers.names) or not cfg.teachers.names:
         raise InputError(f"{where}.teachers.names", "must list distinct teacher names, at least one")
     choice("teachers.ae_variant", cfg.teachers.ae_variant, ("vae", "cdae"))
+    for name in TEACHER_NAMES:
+        t = getattr(cfg.teachers, name)
+        eval_every = t.eval_every or cfg.teachers.eval_every
+        snapshot_every = t.snapshot_every or cfg.teachers.snapshot_every
+        for key in ("lr", "batch_size", "eval_every", "snapshot_every", "max_epochs"):
+            if getattr(t, key) < 0:
+                raise InputError(f"{where}.teachers.{name}.{key}", "must be >= 0 (0 = the shared value)")
+        if eval_every % snapshot_every:
+            raise InputError(f"{where}.teachers.{name}.snapshot_every",
+                             f"{snapshot_every} does not divide eval_every={eval_every}",
+                             "every evaluated epoch must have a snapshot (E4 is the best evaluation)")
     choice("knowledge.d_variant", cfg.knowledge.d_variant, ("code", "paper"))
     choice("knowledge.move_rule", cfg.knowledge.move_rule, ("code", "paper"))
     if cfg.knowledge.weights and len(cfg.knowledge.weights) != len(cfg.teachers.names):

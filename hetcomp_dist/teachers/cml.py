@@ -1,0 +1,67 @@
+"""ML teacher: collaborative metric learning, s(u, i) = -||p_u - q_i||^2 (METHOD.md §2).
+
+Hinge loss [m + d(u,i)^2 - d(u,j)^2]_+ with margin m; with several sampled negatives the closest
+one is used (CML's WARP-style hardest-of-U). Rows are clipped back into the unit ball after every
+optimiser step.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from hetcomp_dist.config import TeachersConfig
+from hetcomp_dist.data.dataset import CSR
+from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.teachers.common import interaction_keys, pair_batches, sample_negatives
+
+
+class CML(Recommender):
+    """Metric learning: users and items as points in the unit ball; closer = better.
+
+    Args:
+        n_users, n_items: catalogue sizes.
+        cfg: teachers section (dim, cml_margin, cml_negatives).
+        train: unused.
+    """
+
+    def __init__(self, n_users: int, n_items: int, cfg: TeachersConfig, train: CSR | None = None) -> None:
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        self.margin, self.n_neg = cfg.cml_margin, cfg.cml_negatives
+        std = 1.0 / cfg.dim ** 0.5
+        self.user = torch.nn.Parameter(torch.randn(n_users, cfg.dim) * std)
+        self.item = torch.nn.Parameter(torch.randn(n_items, cfg.dim) * std)
+        self._keys: np.ndarray | None = None
+        self.after_step()
+
+    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        if self._keys is None or len(self._keys) != len(train.items):
+            self._keys = interaction_keys(train, self.n_items)
+        for u, i in pair_batches(train, rng, batch_size):
+            j = sample_negatives(self._keys, u, self.n_items, rng, self.n_neg)
+            yield {"user": torch.from_numpy(u), "pos": torch.from_numpy(i.astype(np.int64)),
+                   "neg": torch.from_numpy(j)}
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean hinge [m + d(u,i)^2 - min_j d(u,j)^2]_+ over the batch; neg is (B, U)."""
+        p = self.user[batch["user"]]
+        d_pos = (p - self.item[batch["pos"]]).pow(2).sum(1)
+        d_neg = (p[:, None, :] - self.item[batch["neg"]]).pow(2).sum(2).min(1).values
+        return torch.relu(self.margin + d_pos - d_neg).mean()
+
+    def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
+        """(B, n_items) negative squared distances."""
+        p = self.user[users]
+        return -(p.pow(2).sum(1, keepdim=True) - 2 * p @ self.item.T + self.item.pow(2).sum(1))
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray, str]:
+        return self.user.detach().cpu().numpy(), self.item.detach().cpu().numpy(), "l2"
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Clips every row to the unit ball (CML's norm constraint)."""
+        for w in (self.user, self.item):
+            w.div_(w.norm(dim=1, keepdim=True).clamp(min=1.0))

@@ -1,0 +1,107 @@
+"""Vectorised helpers the teacher models share: interaction batches, negative sampling, sparse rows.
+
+Pure numpy/torch; nothing here knows about Ray, storage or the training loop.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from hetcomp_dist.data.dataset import CSR
+
+
+def interaction_keys(train: CSR, n_items: int) -> np.ndarray:
+    """Sorted (nnz,) int64 keys ``user * n_items + item`` of every train pair, for membership tests."""
+    return np.sort(train.user_ids() * n_items + train.items.astype(np.int64))
+
+
+def contains(keys: np.ndarray, users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """(n,) bool: pair (users[j], items[j]) is a train pair (`keys` from `interaction_keys`)."""
+    q = users.astype(np.int64) * n_items + items.astype(np.int64)
+    pos = np.searchsorted(keys, q)
+    pos = np.minimum(pos, len(keys) - 1) if len(keys) else pos
+    return (keys[pos] == q) if len(keys) else np.zeros(len(q), bool)
+
+
+def sample_negatives(keys: np.ndarray, users: np.ndarray, n_items: int, rng: np.random.Generator,
+                     n: int = 1, rounds: int = 10) -> np.ndarray:
+    """(len(users), n) uniform items outside each user's train list (rejection sampling).
+
+    After `rounds` redraws a remaining collision is kept: only users who saw almost the whole
+    catalogue could still have one, and for them a rare positive-as-negative is harmless.
+    """
+    u = np.repeat(users, n)
+    neg = rng.integers(0, n_items, size=len(u))
+    for _ in range(rounds):
+        bad = np.nonzero(contains(keys, u, neg, n_items))[0]
+        if len(bad) == 0:
+            break
+        neg[bad] = rng.integers(0, n_items, size=len(bad))
+    return neg.reshape(len(users), n)
+
+
+def pair_batches(train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of (users (B,), positives (B,)) over every train interaction, shuffled."""
+    users = train.user_ids()
+    items = train.items
+    order = rng.permutation(len(items))
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        yield users[idx], items[idx]
+
+
+def transpose(train: CSR, n_items: int) -> CSR:
+    """Item-major CSR: row i lists the (absolute) users who have item i in train."""
+    users = train.user_ids()
+    order = np.argsort(train.items, kind="stable")
+    counts = np.bincount(train.items, minlength=n_items)
+    offsets = np.zeros(n_items + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return CSR(offsets, users[order].astype(np.int32), 0)
+
+
+def sparse_rows(csr: CSR, rows: np.ndarray, n_cols: int, normalise: bool = True,
+                drop: float = 0.0, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """(len(rows), n_cols) sparse COO float tensor of binary CSR rows (relative row indices).
+
+    Args:
+        csr: the lists.
+        rows: relative row indices into `csr`, in output order.
+        n_cols: width (items for user rows, users for item columns).
+        normalise: scale each row to unit L2 norm (Mult-VAE's input normalisation).
+        drop: dropout rate applied to the entries (kept ones scaled by 1 / (1 - drop)), after
+            normalising as in Mult-VAE.
+        rng: needed when drop > 0.
+    """
+    sub = csr.take(np.asarray(rows))
+    lengths = sub.lengths()
+    r = np.repeat(np.arange(len(rows)), lengths)
+    v = np.ones(len(sub.items), dtype=np.float32)
+    if normalise:
+        v /= np.sqrt(np.maximum(lengths, 1)).astype(np.float32)[r]
+    c = sub.items.astype(np.int64)
+    if drop > 0:
+        keep = rng.random(len(v)) >= drop
+        r, c, v = r[keep], c[keep], v[keep] / (1.0 - drop)
+    idx = torch.from_numpy(np.stack([r.astype(np.int64), c]))
+    return torch.sparse_coo_tensor(idx, torch.from_numpy(v), (len(rows), n_cols), check_invariants=False).coalesce()
+
+
+def dense_rows(csr: CSR, rows: np.ndarray, n_cols: int) -> torch.Tensor:
+    """(len(rows), n_cols) dense binary float block of CSR rows (a batch, never the whole matrix)."""
+    sub = csr.take(np.asarray(rows))
+    out = torch.zeros(len(rows), n_cols)
+    r = torch.from_numpy(np.repeat(np.arange(len(rows)), sub.lengths()))
+    out[r, torch.from_numpy(sub.items.astype(np.int64))] = 1.0
+    return out
+
+
+def rows_of(train: CSR, users: np.ndarray) -> np.ndarray:
+    """Relative row indices of absolute user ids in `train` (checks they are in its range)."""
+    rel = np.asarray(users, dtype=np.int64) - train.lo
+    if len(rel) and (rel.min() < 0 or rel.max() >= train.n):
+        raise IndexError(f"users outside the train rows [{train.lo}, {train.lo + train.n})")
+    return rel

@@ -1,0 +1,100 @@
+"""GNN teacher: LightGCN, s(u, i) = e_u . e_i with e the mean of L+1 propagation layers, BPR loss.
+
+Propagation is E^{k+1} = A_hat E^k over the user-item bipartite graph, A_hat = D^-1/2 A D^-1/2
+(symmetric normalisation, no self loops), held as one sparse tensor of 2*nnz entries.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hetcomp_dist.config import TeachersConfig
+from hetcomp_dist.data.dataset import CSR
+from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.teachers.common import interaction_keys, pair_batches, sample_negatives
+
+
+def normalised_adjacency(train: CSR, n_users: int, n_items: int) -> torch.Tensor:
+    """((U+I), (U+I)) sparse D^-1/2 A D^-1/2 of the bipartite train graph (items offset by U)."""
+    u = train.user_ids()
+    i = train.items.astype(np.int64) + n_users
+    deg = np.bincount(np.concatenate([u, i]), minlength=n_users + n_items).astype(np.float32)
+    inv = 1.0 / np.sqrt(np.maximum(deg, 1.0))
+    rows = np.concatenate([u, i])
+    cols = np.concatenate([i, u])
+    vals = inv[rows] * inv[cols]
+    n = n_users + n_items
+    idx = torch.from_numpy(np.stack([rows, cols]))
+    return torch.sparse_coo_tensor(idx, torch.from_numpy(vals), (n, n), check_invariants=False).coalesce()
+
+
+class LightGCN(Recommender):
+    """Light graph convolution over the train graph.
+
+    Args:
+        n_users, n_items: catalogue sizes.
+        cfg: teachers section (dim, gnn_layers, l2).
+        train: the full train lists (the graph); required.
+    """
+
+    def __init__(self, n_users: int, n_items: int, cfg: TeachersConfig, train: CSR | None = None) -> None:
+        super().__init__()
+        if train is None:
+            raise ValueError("LightGCN needs the train lists (its graph)")
+        self.n_users, self.n_items, self.n_layers, self.l2 = n_users, n_items, cfg.gnn_layers, cfg.l2
+        self.emb = torch.nn.Parameter(torch.randn(n_users + n_items, cfg.dim) * 0.1)
+        self.register_buffer("adj", normalised_adjacency(train, n_users, n_items), persistent=False)
+        self._keys = interaction_keys(train, n_items)
+        self._cache: torch.Tensor | None = None
+
+    def propagate(self) -> torch.Tensor:
+        """((U+I), d) mean of the L+1 layer embeddings."""
+        e, acc = self.emb, self.emb
+        for _ in range(self.n_layers):
+            e = torch.sparse.mm(self.adj, e)
+            acc = acc + e
+        return acc / (self.n_layers + 1)
+
+    def _final(self) -> torch.Tensor:
+        # In eval mode the propagated table is fixed: compute it once per parameter state.
+        if self.training:
+            self._cache = None
+            return self.propagate()
+        if self._cache is None:
+            with torch.no_grad():
+                self._cache = self.propagate()
+        return self._cache
+
+    def train(self, mode: bool = True) -> "LightGCN":
+        self._cache = None
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._cache = None
+        return super().load_state_dict(*args, **kwargs)
+
+    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        for u, i in pair_batches(train, rng, batch_size):
+            j = sample_negatives(self._keys, u, self.n_items, rng, 1)[:, 0]
+            yield {"user": torch.from_numpy(u), "pos": torch.from_numpy(i.astype(np.int64)),
+                   "neg": torch.from_numpy(j)}
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """BPR on the propagated embeddings plus L2 on the layer-0 rows of the batch."""
+        e = self.propagate()
+        u, i, j = batch["user"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
+        diff = (e[u] * e[i]).sum(1) - (e[u] * e[j]).sum(1)
+        reg = (self.emb[u].pow(2).sum() + self.emb[i].pow(2).sum() + self.emb[j].pow(2).sum()) / len(u)
+        return -F.logsigmoid(diff).mean() + self.l2 * reg
+
+    def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
+        e = self._final()
+        return e[users] @ e[self.n_users:].T
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray, str]:
+        e = self._final().detach().cpu().numpy()
+        return e[: self.n_users], e[self.n_users:], "ip"

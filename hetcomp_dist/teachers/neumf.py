@@ -1,0 +1,86 @@
+"""DNN teacher: NeuMF, s(u, i) = h . [p_u * q_i ; MLP(p'_u ; q'_i)] with BCE on sampled negatives.
+
+The MLP tower halves its width per layer (input 2*dnn_mlp_dim). Full-catalogue scoring splits the
+first MLP layer into a user part and an item part (it is linear in the concatenation), so a block
+of B users costs B x n_items x (the narrow layers) and never more than a bounded chunk of memory.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hetcomp_dist.config import TeachersConfig
+from hetcomp_dist.data.dataset import CSR
+from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.teachers.common import interaction_keys, pair_batches, sample_negatives
+
+_CHUNK_ELEMS = 1 << 23  # floats per (users x items x width) block while scoring (32 MiB)
+
+
+class NeuMF(Recommender):
+    """Neural matrix factorisation (GMF + MLP towers fused by a linear head).
+
+    Args:
+        n_users, n_items: catalogue sizes.
+        cfg: teachers section (dim = GMF width, dnn_mlp_dim, dnn_layers, dnn_negatives, l2).
+        train: unused.
+    """
+
+    def __init__(self, n_users: int, n_items: int, cfg: TeachersConfig, train: CSR | None = None) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.n_neg, self.l2 = n_users, n_items, cfg.dnn_negatives, cfg.l2
+        d, m = cfg.dim, cfg.dnn_mlp_dim
+        self.gmf_user = torch.nn.Parameter(torch.randn(n_users, d) * 0.01)
+        self.gmf_item = torch.nn.Parameter(torch.randn(n_items, d) * 0.01)
+        self.mlp_user = torch.nn.Parameter(torch.randn(n_users, m) * 0.01)
+        self.mlp_item = torch.nn.Parameter(torch.randn(n_items, m) * 0.01)
+        widths = [2 * m] + [max(1, 2 * m >> (k + 1)) for k in range(cfg.dnn_layers)]
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.head = torch.nn.Linear(d + widths[-1], 1)
+        self._keys: np.ndarray | None = None
+
+    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Each batch: positives (B,) plus dnn_negatives sampled negatives per positive."""
+        if self._keys is None or len(self._keys) != len(train.items):
+            self._keys = interaction_keys(train, self.n_items)
+        for u, i in pair_batches(train, rng, batch_size):
+            j = sample_negatives(self._keys, u, self.n_items, rng, self.n_neg)
+            users = np.concatenate([u, np.repeat(u, self.n_neg)])
+            items = np.concatenate([i.astype(np.int64), j.ravel()])
+            label = np.concatenate([np.ones(len(u), np.float32), np.zeros(j.size, np.float32)])
+            yield {"user": torch.from_numpy(users), "item": torch.from_numpy(items), "label": torch.from_numpy(label)}
+
+    def _pair_logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.mlp_user[users], self.mlp_item[items]], 1)
+        for layer in self.layers:
+            h = torch.relu(layer(h))
+        gmf = self.gmf_user[users] * self.gmf_item[items]
+        return self.head(torch.cat([gmf, h], 1))[:, 0]
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Binary cross-entropy on (user, item, label) pairs plus L2 on the touched embedding rows."""
+        u, i = batch["user"], batch["item"]
+        logit = self._pair_logits(u, i)
+        reg = sum(t.pow(2).sum() for t in (self.gmf_user[u], self.gmf_item[i], self.mlp_user[u], self.mlp_item[i]))
+        return F.binary_cross_entropy_with_logits(logit, batch["label"]) + self.l2 * reg / len(u)
+
+    def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
+        """(B, n_items) logits, computed in item chunks that bound the (B, chunk, width) block."""
+        first = self.layers[0]
+        m = self.mlp_user.shape[1]
+        a = self.mlp_user[users] @ first.weight[:, :m].T + first.bias  # (B, h1)
+        c = self.mlp_item @ first.weight[:, m:].T  # (n_items, h1)
+        w_gmf, w_mlp = self.head.weight[0, : self.gmf_user.shape[1]], self.head.weight[0, self.gmf_user.shape[1]:]
+        gmf = (self.gmf_user[users] * w_gmf) @ self.gmf_item.T + self.head.bias  # (B, n_items)
+        chunk = max(1, _CHUNK_ELEMS // max(1, len(users) * a.shape[1]))
+        out = []
+        for s in range(0, self.n_items, chunk):
+            h = torch.relu(a[:, None, :] + c[None, s: s + chunk, :])
+            for layer in self.layers[1:]:
+                h = torch.relu(layer(h))
+            out.append(h @ w_mlp)
+        return gmf + torch.cat(out, 1)

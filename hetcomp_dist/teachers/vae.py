@@ -1,0 +1,186 @@
+"""AE teacher: Mult-VAE over each user's train row (METHOD.md §2); CDAE as an option.
+
+Mult-VAE (Liang et al., 2018): x_u normalised to unit length, dropout, encoder
+I -> ae_hidden (tanh) -> (mu, log sigma^2) of dimension `dim`; decoder latent -> items (linear, or
+latent -> ae_decoder_hidden (tanh) -> items); loss = multinomial log-likelihood + beta * KL with
+beta annealed linearly to ae_beta over ae_anneal_steps optimiser steps. Inputs are sparse, so the
+encoder costs O(nnz x hidden); only the decoder's (B, n_items) block is dense.
+
+CDAE (Wu et al., 2016): corrupted row -> tanh(W x + V_u + b) -> sigmoid over items, BCE loss.
+
+`VAECore` and `multinomial_vae_loss` are shared with the item-based I-AE (iae.py).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hetcomp_dist.config import TeachersConfig
+from hetcomp_dist.data.dataset import CSR
+from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.teachers.common import rows_of, sparse_rows
+
+
+class VAECore(torch.nn.Module):
+    """Encoder/decoder of a Mult-VAE over `n_cols`-wide sparse rows.
+
+    Args:
+        n_cols: input and output width.
+        hidden: encoder hidden width.
+        dim: latent dimension.
+        dec_hidden: decoder hidden width, 0 = linear decoder.
+    """
+
+    def __init__(self, n_cols: int, hidden: int, dim: int, dec_hidden: int = 0) -> None:
+        super().__init__()
+        self.enc = torch.nn.Linear(n_cols, hidden)
+        self.enc_out = torch.nn.Linear(hidden, 2 * dim)
+        self.dec_hidden = torch.nn.Linear(dim, dec_hidden) if dec_hidden else None
+        self.dec = torch.nn.Linear(dec_hidden or dim, n_cols)
+        for lin in (self.enc, self.enc_out, self.dec, self.dec_hidden):
+            if lin is not None:
+                torch.nn.init.xavier_normal_(lin.weight)
+                torch.nn.init.normal_(lin.bias, std=0.001)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar), each (B, dim), of a sparse (B, n_cols) input."""
+        h = torch.tanh(torch.sparse.mm(x, self.enc.weight.T) + self.enc.bias)
+        mu, logvar = self.enc_out(h).chunk(2, dim=1)
+        return mu, logvar
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, f) input of the decoder's last (linear) layer."""
+        return torch.tanh(self.dec_hidden(z)) if self.dec_hidden is not None else z
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, n_cols) logits."""
+        return self.dec(self.features(z))
+
+
+def multinomial_vae_loss(core: VAECore, batch: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
+    """Mean over rows of -sum_j x_j log softmax(logits)_j + beta * KL(q(z|x) || N(0, I)).
+
+    batch: "x" sparse corrupted input (B, n), "rows"/"cols" the uncorrupted target entries,
+    "eps" (B, dim) reparameterisation noise (drawn by `batches`, so an epoch is reproducible).
+    """
+    mu, logvar = core.encode(batch["x"])
+    z = mu + batch["eps"] * torch.exp(0.5 * logvar)
+    logp = F.log_softmax(core.decode(z), dim=1)
+    nll = -logp[batch["rows"], batch["cols"]].sum() / len(mu)
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1).mean()
+    return nll + beta * kl
+
+
+def vae_batches(lists: CSR, n_cols: int, dim: int, rng: np.random.Generator, batch_size: int,
+                drop: float) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch over the non-empty rows of `lists` (shuffled), as `multinomial_vae_loss` batches."""
+    rows = np.nonzero(lists.lengths() > 0)[0]
+    rows = rows[rng.permutation(len(rows))]
+    for s in range(0, len(rows), batch_size):
+        r = rows[s: s + batch_size]
+        target = lists.take(r)
+        yield {
+            "x": sparse_rows(lists, r, n_cols, normalise=True, drop=drop, rng=rng),
+            "rows": torch.from_numpy(np.repeat(np.arange(len(r)), target.lengths())),
+            "cols": torch.from_numpy(target.items.astype(np.int64)),
+            "eps": torch.from_numpy(rng.standard_normal((len(r), dim), dtype=np.float32)),
+            "index": torch.from_numpy(r.astype(np.int64)),
+        }
+
+
+class _AnnealedBeta(Recommender):
+    """Shared step counter for the KL annealing (a buffer, so it survives checkpoint/resume)."""
+
+    def _init_anneal(self, beta: float, steps: int) -> None:
+        self.beta_max, self.anneal_steps = beta, max(1, steps)
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+    def beta(self) -> float:
+        return min(self.beta_max, float(self.step) / self.anneal_steps)
+
+    def after_step(self) -> None:
+        self.step += 1
+
+
+class MultVAE(_AnnealedBeta):
+    """User-based Mult-VAE; scores a user from its train row.
+
+    Args:
+        n_users, n_items: catalogue sizes.
+        cfg: teachers section (dim, ae_hidden, ae_decoder_hidden, ae_dropout, ae_beta, ae_anneal_steps).
+        train: unused at construction (rows are passed to `batches` / `scores`).
+    """
+
+    def __init__(self, n_users: int, n_items: int, cfg: TeachersConfig, train: CSR | None = None) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.dim, self.drop = n_users, n_items, cfg.dim, cfg.ae_dropout
+        self.core = VAECore(n_items, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden)
+        self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)
+
+    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of `batch_size` users (their train rows)."""
+        return vae_batches(train, self.n_items, self.dim, rng, batch_size, self.drop)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return multinomial_vae_loss(self.core, batch, self.beta())
+
+    def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
+        """(B, n_items) decoder logits at z = mu of each user's train row (train must hold the users)."""
+        if train is None:
+            raise ValueError("MultVAE scores users from their train rows: pass train")
+        x = sparse_rows(train, rows_of(train, users.cpu().numpy()), self.n_items).to(self.core.dec.weight.device)
+        mu, _ = self.core.encode(x)
+        return self.core.decode(mu)
+
+
+class CDAE(Recommender):
+    """Collaborative denoising autoencoder (the `ae_variant: cdae` option).
+
+    Args:
+        n_users, n_items: catalogue sizes.
+        cfg: teachers section (dim = hidden width, ae_dropout = corruption rate).
+        train: unused at construction.
+    """
+
+    def __init__(self, n_users: int, n_items: int, cfg: TeachersConfig, train: CSR | None = None) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.drop, self.l2 = n_users, n_items, cfg.ae_dropout, cfg.l2
+        self.enc = torch.nn.Linear(n_items, cfg.dim)
+        self.user = torch.nn.Parameter(torch.randn(n_users, cfg.dim) * 0.01)
+        self.dec = torch.nn.Linear(cfg.dim, n_items)
+        torch.nn.init.xavier_normal_(self.enc.weight)
+        torch.nn.init.xavier_normal_(self.dec.weight)
+
+    def _logits(self, x: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(torch.sparse.mm(x, self.enc.weight.T) + self.enc.bias + self.user[users])
+        return self.dec(h)
+
+    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of `batch_size` users: corrupted binary rows (unnormalised) and their targets."""
+        rows = np.nonzero(train.lengths() > 0)[0]
+        rows = rows[rng.permutation(len(rows))]
+        for s in range(0, len(rows), batch_size):
+            r = rows[s: s + batch_size]
+            target = train.take(r)
+            yield {"x": sparse_rows(train, r, self.n_items, normalise=False, drop=self.drop, rng=rng),
+                   "user": torch.from_numpy(r.astype(np.int64) + train.lo),
+                   "rows": torch.from_numpy(np.repeat(np.arange(len(r)), target.lengths())),
+                   "cols": torch.from_numpy(target.items.astype(np.int64))}
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """BCE of the reconstruction against the full binary rows, summed over items, mean over users."""
+        logits = self._logits(batch["x"], batch["user"])
+        target = torch.zeros_like(logits)
+        target[batch["rows"], batch["cols"]] = 1.0
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(logits)
+        return bce + self.l2 * self.user[batch["user"]].pow(2).sum() / len(logits)
+
+    def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
+        if train is None:
+            raise ValueError("CDAE scores users from their train rows: pass train")
+        x = sparse_rows(train, rows_of(train, users.cpu().numpy()), self.n_items, normalise=False)
+        return self._logits(x.to(self.dec.weight.device), users)
