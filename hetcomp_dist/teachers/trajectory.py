@@ -1,0 +1,187 @@
+"""A teacher's trajectory: pick states E1..E4 from its snapshots and export its rankings per shard.
+
+Layout (ARCHITECTURE.md): ``<tdir>/state=<e>/shard-*.parquet`` (``user``, ``items``: the top-K items
+not in the user's train list, best first), ``<tdir>/observed/shard-*.parquet`` (the user's train
+items in the E4 model's order), ``<tdir>/metrics.json``; the caller writes ``_manifest.json`` last.
+
+Ranking never holds a users x items matrix: a `Ranker` answers per block of users, through FAISS
+for models with embeddings and through a (B, n_items) score block reduced at once otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import EvalConfig
+from hetcomp_dist.data.dataset import CSR
+from hetcomp_dist.evaluation import retrieval
+from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.progress import Progress, log
+
+N_STATES = 4
+
+
+# ------------------------------------------------------------------------------------------ states
+def choose_states(snapshot_epochs: list[int], best_epoch: int) -> list[int]:
+    """Epochs of E1..E4: the snapshots nearest 25/50/75/100 % of the best-validation epoch C.
+
+    Only snapshots at epochs 1..C qualify (E4 = C itself, which always has a snapshot); a tie goes
+    to the later snapshot. The result is non-decreasing.
+
+    Args:
+        snapshot_epochs: epochs that have a saved snapshot.
+        best_epoch: C.
+
+    Returns:
+        [e1, e2, e3, e4].
+    """
+    cands = np.array(sorted(e for e in snapshot_epochs if 0 < e <= best_epoch))
+    if len(cands) == 0 or cands[-1] != best_epoch:
+        raise ValueError(f"no snapshot at the best epoch {best_epoch} (snapshots: {sorted(snapshot_epochs)})")
+    out = []
+    for frac in (0.25, 0.5, 0.75, 1.0):
+        dist = np.abs(cands - frac * best_epoch)
+        out.append(int(cands[np.flatnonzero(dist == dist.min())[-1]]))
+    return out
+
+
+def prunable_snapshots(snapshot_epochs: list[int], best_epoch: int) -> list[int]:
+    """Snapshots no future choice can pick: those before the one nearest 25 % of the current best.
+
+    A later best C' >= C only moves the targets later, so the nearest-to-0.25*C snapshot bounds
+    every future E1 from below.
+    """
+    if best_epoch not in snapshot_epochs:
+        return []
+    first = choose_states(snapshot_epochs, best_epoch)[0]
+    return [e for e in snapshot_epochs if e < first]
+
+
+# ----------------------------------------------------------------------------------------- ranking
+class Ranker:
+    """Top-k retrieval for one model state: FAISS when the model has embeddings, scores otherwise.
+
+    Args:
+        model: a Recommender in the state to rank with (put in eval mode here).
+        train: the full train lists (autoencoders score users from their rows).
+        eval_cfg: index kind and batch size.
+    """
+
+    def __init__(self, model: Recommender, train: CSR, eval_cfg: EvalConfig = EvalConfig()) -> None:
+        self.model, self.train, self.cfg = model.eval(), train, eval_cfg
+        with torch.no_grad():
+            emb = model.embeddings()
+        self.user_emb = self.index = None
+        if emb is not None:
+            self.user_emb, item_emb, self.metric = emb
+            self.item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
+            self.index = retrieval.build_index(self.item_emb, self.metric, eval_cfg.index, ivf_nlist=eval_cfg.ivf_nlist,
+                                               ivf_nprobe=eval_cfg.ivf_nprobe, hnsw_m=eval_cfg.hnsw_m,
+                                               hnsw_ef_search=eval_cfg.hnsw_ef_search)
+
+    def score_fn(self, users: np.ndarray) -> torch.Tensor:
+        """(B, n_items) scores of a block of users (the scorer path)."""
+        dev = next(self.model.parameters()).device
+        with torch.no_grad():
+            return self.model.scores(torch.as_tensor(users, dtype=torch.int64, device=dev), self.train).cpu()
+
+    def topk(self, users: np.ndarray, k: int, ex_offsets: np.ndarray, ex_values: np.ndarray) -> np.ndarray:
+        """(B, k) int32 best-first items per user, never an excluded one, -1 padded."""
+        if self.index is not None:
+            return retrieval.search_excluding(self.index, self.user_emb[users], k, ex_offsets, ex_values)
+        return retrieval.topk_scorer(self.score_fn, users, k, ex_offsets, ex_values, self.cfg.batch_size)
+
+    def pair_scores(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(n,) score of each (users[j], items[j]) pair; users must come in few distinct blocks."""
+        if self.index is not None:
+            u, i = self.user_emb[users], self.item_emb[items]
+            return (u * i).sum(1) if self.metric == "ip" else -((u - i) ** 2).sum(1)
+        uniq, inv = np.unique(users, return_inverse=True)
+        return self.score_fn(uniq).numpy()[inv, items]
+
+    def order_observed(self, users: np.ndarray, lists: CSR) -> CSR:
+        """Each row of `lists` (users' train items) sorted by this model's score, best first;
+        ties by item id."""
+        rows = np.repeat(np.arange(lists.n), lists.lengths())
+        s = self.pair_scores(np.repeat(users, lists.lengths()), lists.items) if len(rows) else np.zeros(0)
+        order = np.lexsort((lists.items, -s, rows))
+        return CSR(lists.offsets, lists.items[order], lists.lo)
+
+
+# ------------------------------------------------------------------------------------------ export
+def _blocks(lo: int, hi: int, size: int):
+    for s in range(lo, hi, size):
+        yield s, min(s + size, hi)
+
+
+def export_state(ranker: Ranker, train: CSR, out_dirs: list[str], n_users: int, shard_size: int, k: int,
+                 batch_size: int, observed_dir: str | None = None, label: str = "export") -> float:
+    """Writes each user's top-k unobserved items (and optionally the observed order) per shard.
+
+    Every shard is scored block by block (`batch_size` users), written atomically to each folder of
+    `out_dirs` (states sharing an epoch share the lists). Returns users per second.
+    """
+    prog = Progress(label, n_users)
+    for s, lo, hi in storage.iter_shards("", n_users, shard_size):
+        tops, obs_off, obs_val = [], [np.zeros(1, np.int64)], []
+        for b0, b1 in _blocks(lo, hi, batch_size):
+            block = train.rows(b0 - train.lo, b1 - train.lo)
+            users = np.arange(b0, b1)
+            tops.append(ranker.topk(users, k, block.offsets, block.items))
+            if observed_dir is not None:
+                ordered = ranker.order_observed(users, block)
+                obs_off.append(ordered.offsets[1:] + obs_off[-1][-1])
+                obs_val.append(ordered.items)
+            prog.update(b1 - b0)
+        table = storage.user_table(lo, hi, items=storage.dense_to_list(np.concatenate(tops)))
+        for d in out_dirs:
+            storage.write_table_atomic(storage.shard_path(d, s), table)
+        if observed_dir is not None:
+            off = np.concatenate(obs_off)
+            val = np.concatenate(obs_val) if obs_val else np.zeros(0, np.int32)
+            storage.write_table_atomic(storage.shard_path(observed_dir, s),
+                                       storage.user_table(lo, hi, items=storage.csr_to_list(off, val)))
+    return prog.close()
+
+
+def load_weights(path: str) -> dict[str, torch.Tensor]:
+    """A snapshot's state dict (never unpickles arbitrary objects)."""
+    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+
+
+def export_trajectory(model: Recommender, train: CSR, tdir: str, snapshot_path: Callable[[int], str],
+                      states: list[int], n_users: int, shard_size: int, k: int, eval_cfg: EvalConfig,
+                      evaluate: Callable[[Ranker], dict], batch_size: int, name: str = "teacher") -> dict:
+    """Exports E1..E4 and the E4 observed order; returns metrics.json's per-state part.
+
+    Args:
+        model: an instance of the teacher (its weights are replaced by each snapshot in turn).
+        train: full train lists.
+        tdir: the teacher's folder.
+        snapshot_path: epoch -> snapshot file.
+        states: [e1..e4] from `choose_states`.
+        evaluate: Ranker -> {"valid": {...}, "test": {...}} of that state.
+    """
+    out = {"states": []}
+    dev = next(model.parameters()).device
+    for epoch in sorted(set(states)):
+        idx = [i + 1 for i, e in enumerate(states) if e == epoch]
+        model.load_state_dict({k_: v.to(dev) for k_, v in load_weights(snapshot_path(epoch)).items()})
+        t0 = time.perf_counter()
+        ranker = Ranker(model, train, eval_cfg)
+        observed = storage.join(tdir, "observed") if N_STATES in idx else None
+        rate = export_state(ranker, train, [storage.join(tdir, f"state={i}") for i in idx], n_users, shard_size,
+                            k, batch_size, observed, label=f"{name} export E{idx} (epoch {epoch})")
+        metrics = evaluate(ranker)
+        log(f"{name}", f"state E{idx} epoch {epoch}: valid R@50={metrics['valid']['R@50']:.4f} "
+                       f"test R@50={metrics['test']['R@50']:.4f} ({time.perf_counter() - t0:.1f}s)")
+        for i in idx:
+            out["states"].append({"state": i, "epoch": epoch, "users_per_s": rate, **metrics})
+    out["states"].sort(key=lambda r: r["state"])
+    return out
