@@ -1,0 +1,150 @@
+"""Local mode through the real job path: a private one-node Ray cluster, `ray job submit`, teardown.
+
+``python -m hetcomp_dist.local_cluster [job options]`` (or ``bash cluster/local.sh ...``) starts a Ray
+head that listens on 127.0.0.1 only, with its own free ports and temp dir, submits
+``jobs/pipeline.py [job options]`` to it with a blocking ``ray job submit --working-dir .`` -- the same
+command a cloud cluster gets -- and stops that cluster, and only it, when the job ends: the head runs
+in its own process group, which is signalled (``ray stop`` would stop every Ray on the machine).
+Exits with the job's status (0 SUCCEEDED, 1 FAILED).
+
+The end-to-end test drives the same `LocalCluster`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_env() -> dict[str, str]:
+    """Environment for the head and the CLI: token auth off (loopback only), quiet Ray Data."""
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+            "PYTHONUNBUFFERED": "1"}
+
+
+class LocalCluster:
+    """A private Ray head on 127.0.0.1; use as a context manager.
+
+    Args:
+        num_cpus: CPUs the head advertises (scheduling tokens; None = the machine's count).
+        start_timeout_s: how long to wait for the job API.
+    """
+
+    def __init__(self, num_cpus: int | None = None, start_timeout_s: float = 120.0):
+        self.num_cpus, self.start_timeout_s = num_cpus, start_timeout_s
+        self.dashboard_port = free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        # short path: Ray's unix sockets live under it (108-byte limit)
+        self.temp_dir = tempfile.mkdtemp(prefix="hcray-", dir="/tmp")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "LocalCluster":
+        ports = {"--port": free_port(), "--dashboard-port": self.dashboard_port,
+                 "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
+                 "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
+                 "--metrics-export-port": free_port(), "--node-manager-port": free_port(),
+                 "--object-manager-port": free_port()}
+        cmd = [shutil.which("ray") or "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+               "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={self.temp_dir}",
+               *(f"{k}={v}" for k, v in ports.items())]
+        if self.num_cpus is not None:
+            cmd.append(f"--num-cpus={self.num_cpus}")
+        log = open(os.path.join(self.temp_dir, "head.log"), "wb")
+        # own session = own process group: stop() signals exactly this cluster's processes
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ray_env(),
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.proc.returncode}: {self.head_log()[-2000:]}")
+            if self._job_api_up():
+                return self
+            time.sleep(1.0)
+        self.stop()
+        raise TimeoutError(f"the job API at {self.address} did not come up in {self.start_timeout_s:.0f}s")
+
+    def _job_api_up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.address}/api/version", timeout=2) as r:
+                return "ray_version" in json.loads(r.read())
+        except (OSError, ValueError):
+            return False
+
+    def head_log(self) -> str:
+        path = os.path.join(self.temp_dir, "head.log")
+        return Path(path).read_text(errors="replace") if os.path.exists(path) else ""
+
+    def submit(self, entrypoint: list[str], working_dir: str | os.PathLike = REPO,
+               capture: bool = False, timeout_s: float | None = None) -> subprocess.CompletedProcess:
+        """Blocking ``ray job submit --working-dir`` of `entrypoint`; exit 0 = SUCCEEDED, 1 = FAILED."""
+        cmd = [shutil.which("ray") or "ray", "job", "submit", "--address", self.address,
+               "--working-dir", str(working_dir), "--", *entrypoint]
+        return subprocess.run(cmd, cwd=working_dir, env=ray_env(), text=True, timeout=timeout_s,
+                              capture_output=capture)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM to the cluster's process group, SIGKILL to what is left after `grace_s`."""
+        if self.proc is not None:
+            pgid = self.proc.pid  # session leader: its pid is the group id
+            for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(pgid, sig)
+                except ProcessLookupError:
+                    break
+                deadline = time.monotonic() + wait_s
+                while time.monotonic() < deadline and _group_alive(pgid):
+                    self.proc.poll()  # reap the leader so it does not linger as a zombie
+                    time.sleep(0.2)
+                if not _group_alive(pgid):
+                    break
+            self.proc.wait(timeout=5)
+            self.proc = None
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    with LocalCluster() as cluster:
+        print(f"local Ray cluster: dashboard/job API at {cluster.address} (127.0.0.1 only)", flush=True)
+        return cluster.submit(["python", "jobs/pipeline.py", *argv]).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
