@@ -1,0 +1,251 @@
+"""The baselines' distillation losses (METHOD.md §4) as pure, vectorised torch functions.
+
+Every function works on one batch of B users and returns the per-user loss ``(B,)``; the objectives
+(``baselines/objectives.py``) sum them, scale by λ_KD and add the student's base loss. Inputs are the
+student's logits (already clamped to ±40) gathered at item ids, with boolean masks for padding, so a
+(B, n_items) block is the largest tensor ever needed.
+
+Notation: a list ``pi`` is (B, L) item ids, best first, -1 padded; ``valid`` marks its real entries.
+A tail set R enters a Plackett–Luce term only through its log-sum-exp ``tail_lse`` (B,), computed
+exactly over the full catalogue (``masked_logsumexp``) or by a sampled estimator (the student's).
+
+    PL(pi; R) = -sum_k [ s_{pi_k} - log( sum_{l>=k} e^{s_{pi_l}} + sum_{j in R} e^{s_j} ) ]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+PAD = -1
+# A finite stand-in for -inf: exp(NEG) == 0 in float32 and float64, and gradients stay finite (a
+# logsumexp over an all -inf row is -inf with NaN gradients). Logits are clamped to ±40.
+NEG = -1.0e4
+
+
+# ------------------------------------------------------------------------------------ building blocks
+def masked_logsumexp(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log sum_{j: mask[b, j]} e^{logits[b, j]} per row; ≈ NEG (e^{...} = 0) for an empty mask.
+
+    Args:
+        logits: (B, N) scores.
+        mask: (B, N) bool, True for the items of the set.
+
+    Returns:
+        (B,) log-sum-exp over the masked entries.
+    """
+    return torch.logsumexp(logits.masked_fill(~mask, NEG), dim=1)
+
+
+def items_mask(n_items: int, *lists: torch.Tensor) -> torch.Tensor:
+    """(B, N) bool: True where the item occurs in any of the -1 padded (B, L_i) id lists."""
+    B = lists[0].shape[0]
+    mask = torch.zeros(B, n_items + 1, dtype=torch.bool, device=lists[0].device)
+    for lst in lists:
+        idx = torch.where(lst >= 0, lst, torch.full_like(lst, n_items)).long()  # pads -> spare column
+        mask.scatter_(1, idx, True)
+    return mask[:, :n_items]
+
+
+def gather_list(logits: torch.Tensor, lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of a padded id list.
+
+    Args:
+        logits: (B, N) scores.
+        lists: (B, L) item ids, -1 padded.
+
+    Returns:
+        ((B, L) scores, NEG at pads; (B, L) bool valid).
+    """
+    valid = lists >= 0
+    s = torch.gather(logits, 1, lists.clamp(min=0).long())
+    return s.masked_fill(~valid, NEG), valid
+
+
+def pl_loss(scores: torch.Tensor, valid: torch.Tensor, tail_lse: torch.Tensor,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Plackett–Luce loss of an ordered list above a tail set, optionally with per-term weights.
+
+    loss_b = -sum_{k valid} w_k [ s_k - log( sum_{l>=k, valid} e^{s_l} + e^{tail_lse_b} ) ]
+
+    Invalid entries may sit anywhere in the row (they are skipped, not just trailing pads).
+
+    Args:
+        scores: (B, L) scores in list order.
+        valid: (B, L) bool.
+        tail_lse: (B,) log-sum-exp of the tail set R (NEG or less for an empty tail).
+        weights: optional (B, L) weight of each term (default 1).
+
+    Returns:
+        (B,) per-user loss.
+    """
+    s = scores.masked_fill(~valid, NEG)
+    suffix = torch.logcumsumexp(s.flip(1), dim=1).flip(1)  # log sum_{l>=k} e^{s_l}
+    denom = torch.logaddexp(suffix, tail_lse[:, None])
+    terms = (s - denom) * valid
+    if weights is not None:
+        terms = terms * weights
+    return -terms.sum(1)
+
+
+# ------------------------------------------------------------------------------------ RD
+def rd_static_weights(n: int, lam: float = 1.0) -> torch.Tensor:
+    """(n,) position weights w_r ∝ exp(-r/λ) for 0-based teacher ranks r, summing to 1."""
+    w = torch.exp(-torch.arange(n, dtype=torch.float64) / lam)
+    return (w / w.sum()).float()
+
+
+def estimate_ranks(scores: torch.Tensor, ref_scores: torch.Tensor, n_items: int) -> torch.Tensor:
+    """RD's rank estimate from a random reference sample: r̂ = floor((n-1) · |{j: s_j > s_i}| / |S|).
+
+    Args:
+        scores: (B, L) scores of the items to rank.
+        ref_scores: (B, S) scores of S uniformly drawn items per user.
+        n_items: size of the catalogue ranked.
+
+    Returns:
+        (B, L) float estimated 0-based ranks.
+    """
+    above = (ref_scores[:, None, :] > scores[:, :, None]).float().mean(2)
+    return torch.floor((n_items - 1) * above)
+
+
+def rd_dynamic_weights(est_ranks: torch.Tensor, mu: float = 0.1) -> torch.Tensor:
+    """(B, L) dynamic weights tanh(max(μ (r̂ - r), 0)) for teacher ranks r = 0..L-1."""
+    r = torch.arange(est_ranks.shape[1], dtype=est_ranks.dtype, device=est_ranks.device)
+    return torch.tanh(torch.clamp(mu * (est_ranks - r), min=0.0))
+
+
+def rd_loss(scores: torch.Tensor, valid: torch.Tensor, static_w: torch.Tensor,
+            dynamic_w: torch.Tensor | None = None) -> torch.Tensor:
+    """RD: position-weighted pointwise loss on the teacher's top items, sum_r w_r · (-log σ(s_r)).
+
+    The weights are w = static · dynamic over the valid positions, renormalised to sum 1 per user
+    (a user whose weights are all 0 -- every item already ranked high enough -- contributes 0).
+
+    Args:
+        scores: (B, R) student scores of the teacher's top-R items, teacher order.
+        valid: (B, R) bool.
+        static_w: (R,) static position weights.
+        dynamic_w: optional (B, R) dynamic weights (used after the warm-up epochs).
+
+    Returns:
+        (B,) per-user loss.
+    """
+    w = static_w[None, :].to(scores.dtype) * valid
+    if dynamic_w is not None:
+        w = w * dynamic_w.detach()
+    w = w / w.sum(1, keepdim=True).clamp(min=1e-12)
+    return (w * F.softplus(-scores) * valid).sum(1)
+
+
+# ------------------------------------------------------------------------------------ MTD
+def mtd_loss(teacher_pl: torch.Tensor, user_emb: torch.Tensor, teacher_emb: torch.Tensor,
+             entropy_coef: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """MTD: per-user teacher weights w_u = softmax_x(<sg(e_u), t_x>); sum_x w_ux PL_x - c · H(w_u).
+
+    Args:
+        teacher_pl: (B, M) PL(π^x[:K]; rest) of each teacher's list.
+        user_emb: (B, d) the student's user representations (gradient stopped here).
+        teacher_emb: (M, d) learnable teacher vectors t_x.
+        entropy_coef: c, the weight of the entropy bonus.
+
+    Returns:
+        ((B,) per-user loss, (B, M) the weights w).
+    """
+    w = torch.softmax(user_emb.detach() @ teacher_emb.T, dim=1)
+    entropy = -(w * torch.log(w.clamp(min=1e-30))).sum(1)
+    return (w * teacher_pl).sum(1) - entropy_coef * entropy, w
+
+
+# ------------------------------------------------------------------------------------ CL-DRD
+def cldrd_labels(groups: tuple[int, int, int]) -> torch.Tensor:
+    """Relevance labels of one curriculum stage's list (fine, coarse, negatives).
+
+    Fine item at 0-based teacher rank r gets 1/(r+1) (its exact order matters); every coarse item
+    gets 1/(n_fine+1) (above the negatives, no order among them); negatives get 0.
+
+    Returns:
+        (n_fine + n_coarse + n_neg,) float labels.
+    """
+    n1, n2, n3 = groups
+    fine = 1.0 / torch.arange(1, n1 + 1, dtype=torch.float64)
+    return torch.cat([fine, torch.full((n2,), 1.0 / (n1 + 1), dtype=torch.float64),
+                      torch.zeros(n3, dtype=torch.float64)]).float()
+
+
+def list_ranks(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each valid entry within its row by descending score (ties: lower index first)."""
+    s = scores.detach().masked_fill(~valid, -math.inf)
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(1, s.shape[1] + 1, device=s.device).expand_as(order).contiguous())
+    return ranks
+
+
+def lambda_mrr_loss(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Pairwise LambdaMRR-style loss: sum over pairs y_i > y_j of |1/π_i - 1/π_j| · log(1 + e^{-(s_i - s_j)}).
+
+    π is the 1-based rank of the item in the student's current order of the list (no gradient), so a
+    pair weighs the change in reciprocal rank its swap would cause.
+
+    Args:
+        scores: (B, L) student scores.
+        labels: (B, L) or (L,) relevance labels.
+        valid: (B, L) bool.
+
+    Returns:
+        (B,) per-user loss.
+    """
+    labels = labels.expand_as(scores)
+    inv = 1.0 / list_ranks(scores, valid).to(scores.dtype)
+    pair = (labels[:, :, None] > labels[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    weight = (inv[:, :, None] - inv[:, None, :]).abs()
+    diff = scores[:, :, None] - scores[:, None, :]
+    return (F.softplus(-diff) * weight * pair).sum((1, 2))
+
+
+# ------------------------------------------------------------------------------------ DCD
+def unobserved_ranks(logits: torch.Tensor, observed: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each listed item among the user's unobserved items: |{j ∉ O_u: s_j > s_i}|.
+
+    Args:
+        logits: (B, N) scores of the whole catalogue.
+        observed: (B, N) bool, True for the user's train items.
+        items: (B, L) item ids, -1 padded (pads get rank -1).
+
+    Returns:
+        (B, L) int64 ranks.
+    """
+    s = logits.detach().masked_fill(observed, -math.inf)
+    asc = torch.sort(s, dim=1).values  # observed items (-inf) first, never counted as above
+    q = torch.gather(logits.detach(), 1, items.clamp(min=0).long())
+    above = s.shape[1] - torch.searchsorted(asc, q.contiguous(), right=True)
+    return torch.where(items >= 0, above, torch.full_like(above, -1))
+
+
+def dcd_loss(scores: torch.Tensor, valid: torch.Tensor, delta: torch.Tensor, eps: float = 10.0) -> torch.Tensor:
+    """DCD: under-estimated teacher items (Δ > 0) above over-estimated ones (Δ < 0), weighted by tanh(|Δ|/ε).
+
+    With w = tanh(|Δ|/ε), U = {k: Δ_k > 0} in teacher order and O = {k: Δ_k < 0}:
+        loss = -sum_{k∈U} w_k [ s_k - log( sum_{l∈U, l>=k} e^{s_l} + sum_{j∈O} w_j e^{s_j} ) ]
+    i.e. a weighted PL(U; O) where a large gap weighs a term more and an over-estimated item presses
+    on the denominators in proportion to how far the student over-ranks it.
+
+    Args:
+        scores: (B, L) student scores of the teacher's top list, teacher order.
+        valid: (B, L) bool.
+        delta: (B, L) rank gaps r_student - r_teacher (no gradient).
+        eps: ε of the tanh.
+
+    Returns:
+        (B,) per-user loss.
+    """
+    delta = delta.to(scores.dtype)
+    w = torch.tanh(delta.abs() / eps)
+    under = valid & (delta > 0)
+    over = valid & (delta < 0)
+    tail = torch.logsumexp((scores + torch.log(w.clamp(min=1e-30))).masked_fill(~over, NEG), dim=1)
+    return pl_loss(scores, under, tail, weights=w)
