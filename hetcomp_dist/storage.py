@@ -36,10 +36,20 @@ def is_uri(path: str) -> bool:
 
 
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or a URI; credentials come from the environment."""
+    """(filesystem, path inside it) for a local path or a URI.
+
+    Credentials, region and endpoint come only from the environment or the machine's identity: for
+    s3:// the standard AWS variables (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
+    ``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3`` for S3-compatible stores such as MinIO) or the
+    instance profile / pod identity; for gs:// ``GOOGLE_APPLICATION_CREDENTIALS`` or the instance identity.
+    """
     if is_uri(path):
         if path.startswith("file://"):
             return pafs.LocalFileSystem(), path[len("file://"):]
+        if path.startswith("s3://"):
+            # small files (manifests, JSON, small shards) go up in one PutObject instead of a
+            # three-request multipart upload; errors still surface before the atomic rename
+            path += ("&" if "?" in path else "?") + "allow_delayed_open=true"
         fs, inner = pafs.FileSystem.from_uri(path)
         return fs, inner
     return pafs.LocalFileSystem(), os.path.abspath(path)
