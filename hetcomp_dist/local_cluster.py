@@ -100,8 +100,12 @@ class LocalCluster:
         return subprocess.run(cmd, cwd=working_dir, env=ray_env(), text=True, timeout=timeout_s,
                               capture_output=capture)
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM to the cluster's process group, SIGKILL to what is left after `grace_s`."""
+    def stop(self, grace_s: float = 3.0) -> None:
+        """SIGTERM to the cluster's process group, SIGKILL to what is left after `grace_s`.
+
+        (GCS, raylet, dashboard and workers exit on SIGTERM within a second; the blocking `ray start`
+        and the autoscaler monitor ignore it, hence the SIGKILL.)
+        """
         if self.proc is not None:
             pgid = self.proc.pid  # session leader: its pid is the group id
             for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):

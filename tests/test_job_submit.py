@@ -1,0 +1,76 @@
+"""End to end through the real job path: a private local Ray head (`ray start --head` on free ports,
+own temp dir and process group), blocking `ray job submit --working-dir .` of jobs/pipeline.py on tiny
+synthetic data, then only that cluster is stopped (its process group is signalled; never `ray stop`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+
+import pytest
+
+from hetcomp_dist.local_cluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+SUBMIT_TIMEOUT_S = 480
+
+
+def _group_members(pgid: int) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.split()[0] == str(pgid) and not line.split()[1].startswith("Z")]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LocalCluster(num_cpus=4).start()  # CPUs are scheduling tokens: 6 teacher actors + Train on 2 cores
+    pgid, temp_dir = c.proc.pid, c.temp_dir
+    assert _group_members(pgid), "the head runs in its own process group"
+    try:
+        yield c
+    finally:
+        c.stop()
+    # only this cluster, and all of it, is gone
+    assert _group_members(pgid) == []
+    assert not os.path.exists(temp_dir)
+
+
+def _submit(cluster: LocalCluster, *job_args: str) -> subprocess.CompletedProcess:
+    res = cluster.submit(["python", "jobs/pipeline.py", *job_args], capture=True, timeout_s=SUBMIT_TIMEOUT_S)
+    print(res.stdout[-6000:], res.stderr[-3000:])  # shown by pytest when an assertion fails
+    return res
+
+
+def test_smoke_pipeline_job_succeeds_and_writes_the_report(cluster, tmp_path):
+    run = tmp_path / "run"
+    res = _submit(cluster, "--smoke", "--out", str(run))
+    assert res.returncode == 0, "ray job submit exits 0 only for a SUCCEEDED job"
+    assert "succeeded" in res.stdout
+    report_json = run / "report" / "report.json"
+    assert f"output: {report_json}" in res.stdout, "the job prints where the report landed"
+
+    report = json.loads(report_json.read_text())
+    assert report["dataset"] == "synthetic"
+    assert set(report["stage_times"]) == {"data", "teachers", "knowledge", "student", "report"}
+    rows = {(r["method"], r["student"], r["split"]): r for r in report["rows"]}
+    expected = {(t, "-") for t in ("mf", "ml", "dnn", "gnn", "ae", "iae")} | {("ensemble", "-"), ("hetcomp", "mf")}
+    assert {(m, s) for m, s, _ in rows} == expected
+    assert {split for *_, split in rows} == {"valid", "test"}
+    for key, r in rows.items():
+        vals = [r["R@10"], r["N@10"], r["R@50"], r["N@50"]]
+        assert all(0.0 <= v <= 1.0 and not math.isnan(v) for v in vals), key
+        assert r["R@50"] >= r["R@10"], key  # recall can only grow with K
+    assert (run / "report" / "report.md").exists()
+    assert (run / "data" / "_manifest.json").exists() and (run / "knowledge").is_dir()
+
+
+def test_job_with_a_missing_input_fails_with_the_reason_in_its_logs(cluster, tmp_path):
+    missing, run = tmp_path / "missing.csv", tmp_path / "bad-run"
+    res = _submit(cluster, "--smoke", "--input", str(missing), "--format", "csv", "--out", str(run))
+    assert res.returncode == 1, "ray job submit exits 1 for a FAILED job"
+    assert "failed" in res.stdout
+    assert f"error: {missing}: file not found" in res.stdout  # the job's own last words, in its logs
+    assert not run.exists(), "bad input is rejected before anything is written"
