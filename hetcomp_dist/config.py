@@ -167,6 +167,13 @@ class StudentConfig:
     cpus_per_worker: float = 0.5
     use_gpu: bool = False
     seed: int = 0
+    # students (METHOD.md §2) and the trainer's mechanics
+    ml_margin: float = 1.0  # ML student's hinge margin m (w/o KD)
+    ml_max_norm: float = 1.0  # ML student's rows renormalised into this ball after each step; 0 = off
+    dnn_hidden: tuple[int, ...] = (12,)  # DNN student's tower hidden widths (dim -> hidden... -> dim)
+    tail_chunk: int = 0  # items per block of the exact tail sums; 0 = auto (CPU: L2-sized, GPU: all)
+    threads_per_worker: int = 0  # torch threads per Train worker; 0 = max(1, floor(cpus_per_worker))
+    max_failures: int = 3  # Ray Train FailureConfig: worker-group restarts from the last checkpoint
 
 
 @dataclass(frozen=True)

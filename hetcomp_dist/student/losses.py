@@ -1,0 +1,252 @@
+"""HetComp's distillation losses (METHOD.md §3), pure torch, exact and vectorised over users.
+
+Notation: logits ŝ = clamp(s, -c, c) (c = 40); a user's exclusion set X_u (its train items plus the
+targets a term leaves out); its tail R_u = I minus X_u. With PL over an ordered list π and tail R:
+
+    PL(π; R) = -Σ_k [ŝ_{π_k} - log(Σ_{l>=k} e^{ŝ_{π_l}} + Σ_{j∈R} e^{ŝ_j})]
+    L_O = Σ_{i ∈ P+ ∪ T} -log(e^{ŝ_i} / (e^{ŝ_i} + Σ_{j ∈ N_u \\ T} e^{ŝ_j}))
+    L_F = PL(P+; N_u \\ T^a) + ½ [PL(T^a; N_u \\ T^a) + PL(T^b; N_u \\ T^b)]
+
+The only full-catalogue quantity is the tail's log-sum-exp. `tail_logsumexp` computes it exactly
+from the factorised logits s = a_u . c_j in blocks of (item chunk x users), never holding more than
+one block: the backward pass recomputes the blocks (measured faster on CPU than caching the whole
+(N x B) exp matrix, since every block then stays in cache). Excluded
+entries are *zeroed* in exp-space rather than subtracted from a full sum, so the tail stays exact
+when the excluded items hold almost all the mass (which they do once the student has learnt them).
+`sampled_tail_logsumexp` is the estimator for catalogues too large to score per batch.
+
+Lists are (B, L) int64 item ids, -1 padded at the end; per-user losses come back as (B,).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG2E = 1.0 / math.log(2.0)
+PAD_LOGIT = -1.0e4  # stands for "no item" inside log-sum-exps; far below any clamped logit
+
+
+# ------------------------------------------------------------------------------ exclusion sets
+def exclusion(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deduplicated exclusion pairs, sorted by item then row.
+
+    Args:
+        rows: (nnz,) int64 batch row of each excluded pair.
+        cols: (nnz,) int64 excluded item (pairs with cols < 0 are dropped: list padding).
+        n_rows, n_items: block shape.
+
+    Returns:
+        (rows, cols), each (nnz',) int64.
+    """
+    keep = cols >= 0
+    key = torch.unique(cols[keep] * n_rows + rows[keep])  # sorted
+    return key % n_rows, key // n_rows
+
+
+def _auto_chunk(n_rows: int, n_items: int, device: torch.device) -> int:
+    if device.type == "cuda":  # one block when it fits ~1 GiB; the GPU wants big kernels
+        return max(1, min(n_items, 2**28 // max(n_rows, 1)))
+    return max(64, min(n_items, 2**18 // max(n_rows, 1)))  # ~1 MiB blocks: stay in L2
+
+
+class _TailLSE(torch.autograd.Function):
+    """log Σ_{j ∉ X_b} exp(clamp(a_b . c_j)) with the gradient wrt a and c; see `tail_logsumexp`."""
+
+    @staticmethod
+    def forward(ctx, a, c, ex_rows, ex_cols, clamp, chunk):
+        B, N = a.shape[0], c.shape[0]
+        # |s| <= ||a|| ||c||: when that bound is inside the clamp, clamping is a no-op (skip the pass).
+        need_clamp = bool(a.norm(dim=1).max() * c.norm(dim=1).max() > clamp) if B and N else False
+        at = (a * LOG2E).T.contiguous()  # exp(s) = 2^(s log2 e); exp2 is ~3x faster than exp here
+        bounds = torch.searchsorted(ex_cols, torch.arange(0, N + chunk, chunk, device=a.device).clamp(max=N)).tolist()
+        z = torch.zeros(1, B, dtype=a.dtype, device=a.device)
+        for k, s in enumerate(range(0, N, chunk)):
+            e = min(s + chunk, N)
+            blk = _TailLSE._block(c, at, ex_rows, ex_cols, bounds[k], bounds[k + 1], s, e, clamp, need_clamp)
+            z += blk.sum(0, keepdim=True)
+        z = z[0]
+        ctx.save_for_backward(a, c, ex_rows, ex_cols, z)
+        ctx.meta = (clamp, chunk, need_clamp, bounds)
+        return torch.log(z)
+
+    @staticmethod
+    def _block(c, at, ex_rows, ex_cols, i0, i1, s, e, clamp, need_clamp, for_grad=False):
+        """(e - s, B) block of exp(ŝ) with excluded entries (and, for the gradient, clamped ones) zeroed."""
+        blk = torch.mm(c[s:e], at)
+        if need_clamp:
+            lim = clamp * LOG2E
+            clipped = (blk > lim) | (blk < -lim)
+            blk.clamp_(-lim, lim)
+        blk.exp2_()
+        blk[ex_cols[i0:i1] - s, ex_rows[i0:i1]] = 0.0
+        if need_clamp and for_grad:
+            blk.masked_fill_(clipped, 0.0)  # d clamp(s) / ds = 0 outside [-c, c]
+        return blk
+
+    @staticmethod
+    def backward(ctx, g):
+        a, c, ex_rows, ex_cols, z = ctx.saved_tensors
+        clamp, chunk, need_clamp, bounds = ctx.meta
+        coef = torch.where(z > 0, g / z, torch.zeros_like(z))  # empty tail: lse = -inf, no gradient
+        aw = a * coef[:, None]
+        at = (a * LOG2E).T.contiguous()
+        N = c.shape[0]
+        grad_c = torch.empty_like(c)
+        grad_at = torch.zeros(a.shape[1], a.shape[0], dtype=a.dtype, device=a.device)
+        for k, s in enumerate(range(0, N, chunk)):
+            e = min(s + chunk, N)
+            blk = _TailLSE._block(c, at, ex_rows, ex_cols, bounds[k], bounds[k + 1], s, e, clamp, need_clamp,
+                                  for_grad=True)
+            torch.mm(blk, aw, out=grad_c[s:e])
+            grad_at.addmm_(c[s:e].T, blk)
+        return grad_at.T * coef[:, None], grad_c, None, None, None, None
+
+
+def tail_logsumexp(a: torch.Tensor, c: torch.Tensor, ex_rows: torch.Tensor, ex_cols: torch.Tensor,
+                   clamp: float = 40.0, chunk: int = 0) -> torch.Tensor:
+    """Exact log Σ_{j ∉ X_b} exp(ŝ_bj) over the full catalogue, ŝ = clamp(a_b . c_j, ±clamp).
+
+    Args:
+        a: (B, d) user-side vectors.
+        c: (N, d) item-side vectors.
+        ex_rows, ex_cols: (nnz,) exclusion pairs from `exclusion` (deduplicated, sorted by item).
+        clamp: logit clamp c.
+        chunk: items per block (0 = auto: ~1 MiB blocks on CPU, up to 1 GiB on GPU).
+
+    Returns:
+        (B,) tail log-sum-exp; -inf for a user whose tail is empty.
+    """
+    B, N = a.shape[0], c.shape[0]
+    chunk = chunk or _auto_chunk(B, N, a.device)
+    return _TailLSE.apply(a, c, ex_rows, ex_cols, float(clamp), int(chunk))
+
+
+def sampled_tail_logsumexp(a: torch.Tensor, c: torch.Tensor, ex_rows: torch.Tensor, ex_cols: torch.Tensor,
+                           n_samples: int, generator: torch.Generator | None = None,
+                           clamp: float = 40.0) -> torch.Tensor:
+    """Sampled estimate of `tail_logsumexp` for catalogues too large to score per batch.
+
+    One uniform sample S of `n_samples` distinct items is drawn per batch and shared by its users
+    (one (B, |S|) block). For user b, the m_b sampled items outside X_b are a uniform sample of its
+    tail R_b, and Z_b = Σ_{j∈R_b} e^{ŝ_bj} is estimated by |R_b| / m_b · Σ_{j ∈ S∩R_b} e^{ŝ_bj}.
+
+    Bias: the sum estimate is unbiased given m_b, but its log is not: by Jensen E[log Ẑ] <= log Z,
+    with a deficit of about Var(Ẑ)/(2 Z²) = (1 - m_b/|R_b|) · CV²/(2 m_b), CV² being the squared
+    coefficient of variation of e^{ŝ} over the tail. It shrinks like 1/m_b, vanishes when the sample
+    covers the catalogue (then the value is exact), and grows as the student's score distribution
+    sharpens, so the tail term is under-weighted late in training. Gradients reach sampled items
+    only. `jobs/bench_student.py` measures the deficit against the exact tail.
+
+    Args:
+        a, c, ex_rows, ex_cols, clamp: as in `tail_logsumexp`.
+        n_samples: |S| (capped at N).
+        generator: RNG for the sample (on c's device).
+
+    Returns:
+        (B,) estimated tail log-sum-exp (-inf where no sampled item falls in the tail).
+    """
+    B, N = a.shape[0], c.shape[0]
+    n = min(int(n_samples), N)
+    dev = c.device
+    if 4 * n >= N:
+        sample = torch.randperm(N, generator=generator, device=dev)[:n]
+    else:  # O(n) draw; a uniform random subset given its size
+        sample = torch.unique(torch.randint(0, N, (n,), generator=generator, device=dev))
+        n = len(sample)
+    s = (a @ c[sample].T).clamp(-clamp, clamp)  # (B, n)
+    where = torch.full((N,), -1, dtype=torch.int64, device=dev)
+    where[sample] = torch.arange(n, device=dev)
+    p = where[ex_cols]
+    hit = p >= 0
+    s = s.index_put((ex_rows[hit], p[hit]), torch.tensor(PAD_LOGIT, dtype=s.dtype, device=dev))
+    n_ex = torch.bincount(ex_rows, minlength=B).to(a.dtype)
+    m = n - torch.bincount(ex_rows[hit], minlength=B).to(a.dtype)
+    scale = torch.log((N - n_ex).clamp(min=0)) - torch.log(m)
+    lse = torch.logsumexp(s, 1)
+    return torch.where(m > 0, lse + scale, torch.full_like(lse, float("-inf")))
+
+
+# ---------------------------------------------------------------------------------- list terms
+def list_logits(a: torch.Tensor, c: torch.Tensor, items: torch.Tensor, clamp: float = 40.0) -> torch.Tensor:
+    """(B, L) clamped logits ŝ of per-user item lists (B, L) (pads give a finite dummy value)."""
+    return torch.einsum("bd,bld->bl", a, c[items.clamp(min=0)]).clamp(-clamp, clamp)
+
+
+def lo_loss(logits: torch.Tensor, valid: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    """Per-user L_O terms Σ_i -log(e^{ŝ_i} / (e^{ŝ_i} + e^{tail})) = Σ_i softplus(tail - ŝ_i).
+
+    Args:
+        logits: (B, L) ŝ of P+ ∪ T (any order).
+        valid: (B, L) bool, False at pads.
+        tail: (B,) log Σ_{j ∈ N_u \\ T} e^{ŝ_j}.
+
+    Returns:
+        (B,) per-user sums.
+    """
+    return (F.softplus(tail[:, None] - logits) * valid).sum(1)
+
+
+def pl_loss(logits: torch.Tensor, valid: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    """Per-user Plackett-Luce -Σ_k [ŝ_k - log(Σ_{l>=k} e^{ŝ_l} + e^{tail})] over valid positions.
+
+    Args:
+        logits: (B, L) ŝ of the ordered list, best first.
+        valid: (B, L) bool, False at pads (pads at the end; a pad never joins a suffix sum).
+        tail: (B,) log-sum-exp of the tail set (-inf for an empty tail).
+
+    Returns:
+        (B,) per-user losses.
+    """
+    x = logits.masked_fill(~valid, PAD_LOGIT)
+    suffix = torch.logcumsumexp(x.flip(1), 1).flip(1)
+    denom = torch.logaddexp(suffix, tail[:, None].expand_as(suffix))
+    return ((denom - logits) * valid).sum(1)
+
+
+def masked_logsumexp(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B,) log Σ over valid entries (PAD_LOGIT for a row with none: adds nothing to a logaddexp)."""
+    return torch.logsumexp(logits.masked_fill(~valid, PAD_LOGIT), 1)
+
+
+# ---------------------------------------------------------------------------- HetComp's losses
+def overall_loss(a: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, targets: torch.Tensor, ex_rows: torch.Tensor,
+                 ex_cols: torch.Tensor, clamp: float = 40.0, tail_fn=None) -> torch.Tensor:
+    """Per-user L_O (B,) for P+ `pos` (B, P) and targets T `targets` (B, K), both -1 padded.
+
+    Args:
+        a, c: factorised logits (see `tail_logsumexp`).
+        ex_rows, ex_cols: each user's train items (raw pairs; targets are added here).
+        tail_fn: (a, c, rows, cols) -> (B,) tail log-sum-exp; default the exact `tail_logsumexp`.
+    """
+    tail_fn = tail_fn or (lambda *x: tail_logsumexp(*x, clamp=clamp))
+    B, N = a.shape[0], c.shape[0]
+    rows = torch.arange(B, device=a.device).repeat_interleave(targets.shape[1])
+    xr, xc = exclusion(torch.cat([ex_rows, rows]), torch.cat([ex_cols, targets.reshape(-1)]), B, N)
+    tail = tail_fn(a, c, xr, xc)
+    items = torch.cat([pos, targets], 1)
+    return lo_loss(list_logits(a, c, items, clamp), items >= 0, tail)
+
+
+def fine_loss(a: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, targets: torch.Tensor, ex_rows: torch.Tensor,
+              ex_cols: torch.Tensor, clamp: float = 40.0, tail_fn=None) -> torch.Tensor:
+    """Per-user L_F (B,): PL(P+; N_u\\T^a) + ½[PL(T^a; N_u\\T^a) + PL(T^b; N_u\\T^b)].
+
+    T^a = T[:K//2], T^b = T[:K//10] for targets of width K (50 and 10 at K = 100). The second tail
+    is derived exactly from the first: N_u\\T^b = (N_u\\T^a) ∪ (T^a\\T^b), a sum of positives.
+    Arguments as in `overall_loss`.
+    """
+    tail_fn = tail_fn or (lambda *x: tail_logsumexp(*x, clamp=clamp))
+    B, N = a.shape[0], c.shape[0]
+    ka, kb = max(1, targets.shape[1] // 2), max(1, targets.shape[1] // 10)
+    ta = targets[:, :ka]
+    rows = torch.arange(B, device=a.device).repeat_interleave(ka)
+    xr, xc = exclusion(torch.cat([ex_rows, rows]), torch.cat([ex_cols, ta.reshape(-1)]), B, N)
+    tail_a = tail_fn(a, c, xr, xc)
+    s_ta, v_ta = list_logits(a, c, ta, clamp), ta >= 0
+    tail_b = torch.logaddexp(tail_a, masked_logsumexp(s_ta[:, kb:], v_ta[:, kb:]))
+    s_pos = list_logits(a, c, pos, clamp)
+    return (pl_loss(s_pos, pos >= 0, tail_a)
+            + 0.5 * (pl_loss(s_ta, v_ta, tail_a) + pl_loss(s_ta[:, :kb], v_ta[:, :kb], tail_b)))

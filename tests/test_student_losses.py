@@ -1,0 +1,224 @@
+"""HetComp's losses against hand-worked numbers and a plain per-user loop written here."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hetcomp_dist.student import losses as L
+
+
+# ------------------------------------------------------------------------------ plain references
+def _ref_scores(a, c, u, clamp):
+    return [torch.clamp(a[u] @ c[j], -clamp, clamp) for j in range(c.shape[0])]
+
+
+def _ref_pl(s, order, tail_items):
+    """PL(π; R) = -Σ_k [ŝ_{π_k} - log(Σ_{l>=k} e^{ŝ_{π_l}} + Σ_{j∈R} e^{ŝ_j})], one user, loops."""
+    total = torch.zeros((), dtype=torch.float64)
+    for k in range(len(order)):
+        denom = sum(torch.exp(s[order[l]]) for l in range(k, len(order)))
+        denom = denom + sum((torch.exp(s[j]) for j in tail_items), torch.zeros((), dtype=torch.float64))
+        total = total - (s[order[k]] - torch.log(denom))
+    return total
+
+
+def _ref_user_lists(train, pos, targets, u):
+    observed = set(train[u])
+    p = [int(i) for i in pos[u] if i >= 0]
+    t = [int(i) for i in targets[u] if i >= 0]
+    return observed, p, t
+
+
+def ref_overall(a, c, train, pos, targets, clamp=40.0):
+    out = []
+    for u in range(a.shape[0]):
+        s = _ref_scores(a, c, u, clamp)
+        observed, p, t = _ref_user_lists(train, pos, targets, u)
+        tail = [j for j in range(c.shape[0]) if j not in observed and j not in t]
+        z = sum((torch.exp(s[j]) for j in tail), torch.zeros((), dtype=torch.float64))
+        loss = torch.zeros((), dtype=torch.float64)
+        for i in p + t:
+            loss = loss - torch.log(torch.exp(s[i]) / (torch.exp(s[i]) + z))
+        out.append(loss)
+    return torch.stack(out)
+
+
+def ref_fine(a, c, train, pos, targets, clamp=40.0):
+    K = targets.shape[1]
+    out = []
+    for u in range(a.shape[0]):
+        s = _ref_scores(a, c, u, clamp)
+        observed, p, _ = _ref_user_lists(train, pos, targets, u)
+        ta = [int(i) for i in targets[u][: K // 2] if i >= 0]
+        tb = [int(i) for i in targets[u][: max(1, K // 10)] if i >= 0]
+        unobserved = [j for j in range(c.shape[0]) if j not in observed]
+        rest_a = [j for j in unobserved if j not in ta]
+        rest_b = [j for j in unobserved if j not in tb]
+        out.append(_ref_pl(s, p, rest_a) + 0.5 * (_ref_pl(s, ta, rest_a) + _ref_pl(s, tb, rest_b)))
+    return torch.stack(out)
+
+
+def random_problem(seed, B=5, N=60, d=3, K=20, P=4, scale=0.7):
+    """Random users with train lists, P+ (subset of train, variable length) and targets (unobserved)."""
+    rng = np.random.default_rng(seed)
+    a = torch.tensor(rng.normal(0, scale, (B, d)), dtype=torch.float64, requires_grad=True)
+    c = torch.tensor(rng.normal(0, scale, (N, d)), dtype=torch.float64, requires_grad=True)
+    train, pos, targets = [], np.full((B, P), -1), np.full((B, K), -1)
+    for u in range(B):
+        items = rng.permutation(N)
+        n_tr = int(rng.integers(1, 12))
+        train.append(items[:n_tr].tolist())
+        n_p = int(rng.integers(1, min(P, n_tr) + 1))
+        pos[u, :n_p] = rng.permutation(items[:n_tr])[:n_p]
+        n_t = K if u % 2 == 0 else int(rng.integers(1, K))  # some users have fewer than K targets
+        targets[u, :n_t] = items[n_tr: n_tr + n_t]
+    rows = torch.tensor(np.concatenate([[u] * len(t) for u, t in enumerate(train)]), dtype=torch.int64)
+    cols = torch.tensor(np.concatenate(train), dtype=torch.int64)
+    return a, c, train, torch.tensor(pos), torch.tensor(targets), rows, cols
+
+
+# ------------------------------------------------------------------------------- hand-worked
+def test_overall_loss_hand_worked():
+    # one user, d = 1, a = 1, c = [2, 1, 0, -1] -> logits [2, 1, 0, -1]; train {0}, P+ = [0], T = [1].
+    # Tail N_u \ T = {2, 3}: Z = e^0 + e^-1 = 1.3678794.
+    # L_O = log(1 + Z/e^2) + log(1 + Z/e^1) = log(1.1851224) + log(1.5032147) = 0.1698460 + 0.4076060
+    a = torch.tensor([[1.0]], dtype=torch.float64)
+    c = torch.tensor([[2.0], [1.0], [0.0], [-1.0]], dtype=torch.float64)
+    got = L.overall_loss(a, c, torch.tensor([[0]]), torch.tensor([[1]]), torch.tensor([0]), torch.tensor([0]))
+    assert got.shape == (1,)
+    assert float(got[0]) == pytest.approx(0.1698460 + 0.4076060, abs=1e-6)
+
+
+def test_pl_hand_worked():
+    # PL([x, y]; R) with ŝ_x = 1, ŝ_y = 0, tail log-sum-exp log(2):
+    # -(1 - log(e + 1 + 2)) - (0 - log(1 + 2)) = -1 + 1.7436684 + 1.0986123 = 1.8422807
+    expect = 1.8422807
+    got = L.pl_loss(torch.tensor([[1.0, 0.0, 7.0]]), torch.tensor([[True, True, False]]),
+                    torch.tensor([math.log(2.0)]))
+    assert float(got[0]) == pytest.approx(expect, abs=1e-6)
+    # the pad (logit 7) must not change anything
+    assert float(L.pl_loss(torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool),
+                           torch.tensor([math.log(2.0)]))[0]) == pytest.approx(expect, abs=1e-6)
+
+
+def test_fine_loss_hand_worked():
+    # K = 2 targets -> T^a = T[:1], T^b = T[:1]. logits [2, 1, 0, -1], train {0}, P+ [0], T = [1, 2].
+    # N_u \ T^a = {2, 3}: tail = log(e^0 + e^-1).
+    # L_F = PL([0]; {2,3}) + 0.5 (PL([1]; {2,3}) + PL([1]; {2,3}))
+    z = math.exp(0) + math.exp(-1)
+    pl0 = -(2 - math.log(math.exp(2) + z))
+    pl1 = -(1 - math.log(math.exp(1) + z))
+    a = torch.tensor([[1.0]], dtype=torch.float64)
+    c = torch.tensor([[2.0], [1.0], [0.0], [-1.0]], dtype=torch.float64)
+    got = L.fine_loss(a, c, torch.tensor([[0]]), torch.tensor([[1, 2]]), torch.tensor([0]), torch.tensor([0]))
+    assert float(got[0]) == pytest.approx(pl0 + pl1, rel=1e-9)
+
+
+# ---------------------------------------------------------------------------- per-user loops
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("kind", ["overall", "fine"])
+def test_losses_match_per_user_loop(seed, kind):
+    a, c, train, pos, targets, rows, cols = random_problem(seed)
+    fn, ref = (L.overall_loss, ref_overall) if kind == "overall" else (L.fine_loss, ref_fine)
+    got = fn(a, c, pos, targets, rows, cols, 40.0, lambda *x: L.tail_logsumexp(*x, clamp=40.0, chunk=7))
+    want = ref(a, c, train, pos, targets)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    w = torch.linspace(0.5, 1.5, len(got), dtype=torch.float64)
+    ga, gc = torch.autograd.grad((got * w).sum(), [a, c])
+    ra, rc = torch.autograd.grad((want * w).sum(), [a, c])
+    torch.testing.assert_close(ga, ra, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(gc, rc, rtol=1e-9, atol=1e-10)
+
+
+def test_clamp_applies_to_tail_and_lists():
+    # large vectors: many logits beyond ±40, so clamping (and its zero gradient) matters
+    a, c, train, pos, targets, rows, cols = random_problem(3, d=4, scale=6.0)
+    s = (a @ c.T).detach()
+    assert (s.abs() > 40).float().mean() > 0.05
+    for fn, ref in ((L.overall_loss, ref_overall), (L.fine_loss, ref_fine)):
+        got = fn(a, c, pos, targets, rows, cols, 40.0)
+        want = ref(a, c, train, pos, targets)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-8)
+        ga, gc = torch.autograd.grad(got.sum(), [a, c])
+        ra, rc = torch.autograd.grad(want.sum(), [a, c])
+        torch.testing.assert_close(ga, ra, rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(gc, rc, rtol=1e-8, atol=1e-8)
+
+
+# ------------------------------------------------------------------------------ the tail itself
+@pytest.mark.parametrize("chunk", [0, 5, 64, 10_000])
+def test_tail_logsumexp_equals_masked_dense_float32(chunk):
+    g = torch.Generator().manual_seed(0)
+    B, N, d = 37, 1_000, 6
+    a = (torch.randn(B, d, generator=g) * 0.8).requires_grad_()
+    c = (torch.randn(N, d, generator=g) * 0.8).requires_grad_()
+    rows, cols = torch.randint(0, B, (3_000,), generator=g), torch.randint(0, N, (3_000,), generator=g)
+    xr, xc = L.exclusion(rows, cols, B, N)
+    got = L.tail_logsumexp(a, c, xr, xc, chunk=chunk)
+    dense = (a @ c.T).clamp(-40, 40)
+    excluded = torch.zeros(B, N, dtype=torch.bool)
+    excluded[rows, cols] = True
+    want = torch.logsumexp(dense.masked_fill(excluded, float("-inf")), 1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    w = torch.rand(B, generator=g)
+    ga, gc = torch.autograd.grad((got * w).sum(), [a, c])
+    ra, rc = torch.autograd.grad((want * w).sum(), [a, c])
+    torch.testing.assert_close(ga, ra, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gc, rc, rtol=1e-4, atol=1e-6)
+
+
+def test_tail_stays_exact_when_excluded_items_hold_the_mass():
+    # the targets dominate (logit 40 vs ~0): a subtract-from-total tail would lose everything
+    a = torch.tensor([[1.0, 0.0]])
+    c = torch.cat([torch.tensor([[40.0, 0.0]] * 5), torch.zeros(995, 2)], 0)
+    xr, xc = L.exclusion(torch.zeros(5, dtype=torch.int64), torch.arange(5), 1, 1000)
+    got = L.tail_logsumexp(a, c, xr, xc)
+    assert float(got[0]) == pytest.approx(math.log(995.0), rel=1e-6)
+
+
+def test_empty_tail_is_minus_inf_without_nan_gradients():
+    a = torch.randn(2, 3, requires_grad=True)
+    c = torch.randn(4, 3, requires_grad=True)
+    rows = torch.tensor([0, 0, 0, 0, 1])
+    cols = torch.tensor([0, 1, 2, 3, 2])
+    xr, xc = L.exclusion(rows, cols, 2, 4)
+    t = L.tail_logsumexp(a, c, xr, xc)
+    assert torch.isneginf(t[0]) and torch.isfinite(t[1])
+    items = torch.tensor([[0, 1], [2, -1]])
+    loss = L.lo_loss(L.list_logits(a, c, items), items >= 0, t).sum() + L.pl_loss(
+        L.list_logits(a, c, items), items >= 0, t).sum()
+    loss.backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(c.grad).all()
+
+
+def test_sampled_tail_converges_to_exact():
+    g = torch.Generator().manual_seed(1)
+    B, N, d = 20, 2_000, 6
+    a, c = torch.randn(B, d, generator=g), torch.randn(N, d, generator=g) * 0.7
+    rows, cols = torch.randint(0, B, (600,), generator=g), torch.randint(0, N, (600,), generator=g)
+    xr, xc = L.exclusion(rows, cols, B, N)
+    exact = L.tail_logsumexp(a, c, xr, xc)
+    full = L.sampled_tail_logsumexp(a, c, xr, xc, N, g)  # the sample covers N_u: exact
+    torch.testing.assert_close(full, exact, rtol=1e-5, atol=1e-5)
+    errors = []
+    for n in (50, 200, 1_000):
+        draws = torch.stack([L.sampled_tail_logsumexp(a, c, xr, xc, n, g) for _ in range(30)])
+        errors.append(float((draws - exact).abs().mean()))
+        bias = float((draws - exact).mean())
+        assert bias < 0.02  # Jensen: the log of an unbiased sum estimate is biased low, never high
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < errors[0] / 3
+
+
+def test_sampled_tail_gradient_flows():
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(4, 6, requires_grad=True)
+    c = torch.randn(300, 6, requires_grad=True)
+    xr, xc = L.exclusion(torch.tensor([0, 1]), torch.tensor([3, 4]), 4, 300)
+    L.sampled_tail_logsumexp(a, c, xr, xc, 64, g).sum().backward()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+    assert (c.grad.abs().sum(1) > 0).sum() <= 64  # only sampled items receive a gradient
