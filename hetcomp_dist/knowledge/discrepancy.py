@@ -16,30 +16,59 @@ user with fewer than K unobserved items) counts as a miss -- as in the code, whi
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from hetcomp_dist.knowledge.ensemble import key_dtype
 
 PAD = -1
 VARIANTS = ("code", "paper")
+
+
+FIXED_BITS = 40  # fixed-point weights: sums are exact integers, so equal hit sets give equal D
+
+
+def _merged_sort(sigma: np.ndarray, pi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Sorts each row's merged keys ``item << b | tag`` (tag t < P for sigma, P + r for pi), pads last.
+
+    Returns (item, tag, hit, P): (B, S+L) arrays in key order, with hit[b, j] true when entry j is a
+    sigma item whose next entry is the same item in pi (then its rank is tag[b, j+1] - P).
+    """
+    B, S = sigma.shape
+    L = pi.shape[1]
+    pbits = max(S, L, 1).bit_length()  # P = 2^pbits > max(S, L) - 1
+    P = 1 << pbits
+    tbits = pbits + 1
+    big = max(int(sigma.max(initial=0)), int(pi.max(initial=0)), 0) + 1
+    dt, udt = (np.int32, np.uint32) if key_dtype(big << tbits) is np.int32 else (np.int64, np.uint64)
+    tag = np.concatenate([np.arange(S), P + np.arange(L)]).astype(dt)
+    merged = np.concatenate([sigma.astype(dt, copy=False), pi.astype(dt, copy=False)], axis=1)
+    keys = np.sort(((merged << dt(tbits)) | tag[None, :]).view(udt), axis=1).view(dt)
+    item = keys >> dt(tbits)
+    tg = keys & dt((1 << tbits) - 1)
+    hit = np.zeros(keys.shape, dtype=bool)
+    hit[:, :-1] = (item[:, :-1] >= 0) & (item[:, :-1] == item[:, 1:]) & (tg[:, 1:] >= P)
+    return item, tg, hit, P
 
 
 def rank_in(sigma: np.ndarray, pi: np.ndarray) -> np.ndarray:
     """0-based rank of every sigma[b, t] in pi[b], or -1 when absent (or sigma[b, t] is PAD).
 
     Args:
-        sigma: (B, S) item ids, -1 padded.
-        pi: (B, L) item ids, -1 padded, at most one occurrence of an item per row.
+        sigma: (B, S) item ids, -1 padded, each item at most once per row.
+        pi: (B, L) item ids, -1 padded, each item at most once per row.
 
     Returns:
         (B, S) int64 ranks.
     """
-    sigma_t = torch.from_numpy(np.ascontiguousarray(sigma, dtype=np.int64))
-    B, S = sigma_t.shape
-    if pi.shape[1] == 0 or B == 0:
+    sigma, pi = np.asarray(sigma), np.asarray(pi)
+    B, S = sigma.shape
+    if B == 0 or S == 0 or pi.shape[1] == 0:
         return np.full((B, S), -1, dtype=np.int64)
-    sorted_pi, perm = torch.sort(torch.from_numpy(np.ascontiguousarray(pi, dtype=np.int64)), dim=1)
-    pos = torch.searchsorted(sorted_pi, sigma_t).clamp_(max=pi.shape[1] - 1)
-    found = (torch.gather(sorted_pi, 1, pos) == sigma_t) & (sigma_t >= 0)
-    return torch.where(found, torch.gather(perm, 1, pos), torch.full_like(pos, -1)).numpy()
+    item, tg, hit, P = _merged_sort(sigma, pi)
+    r_next = np.full(tg.shape, -1, dtype=np.int64)
+    r_next[:, :-1] = np.where(hit[:, :-1], tg[:, 1:] - P, -1)
+    out = np.full((B, S + 1), -1, dtype=np.int64)  # column S collects the pi entries
+    np.put_along_axis(out, np.where(tg < P, tg, S).astype(np.int64), r_next, axis=1)
+    return out[:, :S]
 
 
 def position_weights(d_k: int, lam: float = 10.0) -> np.ndarray:
@@ -48,9 +77,20 @@ def position_weights(d_k: int, lam: float = 10.0) -> np.ndarray:
     return (2.0 ** np.exp(-t / lam) - 1.0) / np.log2(t + 2.0)
 
 
+def _paper_table(d_k: int, L: int, lam: float) -> np.ndarray:
+    """(d_k, max(L, d_k)) fixed-point (2^{exp(-r/lam)} - 1) / log2(t+2) for position t, teacher rank r."""
+    r = np.arange(max(L, d_k), dtype=np.float64)
+    gain = 2.0 ** np.exp(-r / lam) - 1.0
+    disc = np.log2(np.arange(d_k, dtype=np.float64) + 2.0)
+    return np.round(gain[None, :] / disc[:, None] * 2.0 ** FIXED_BITS).astype(np.int64)
+
+
 def discrepancy(sigma: np.ndarray, pi: np.ndarray, d_k: int = 50, variant: str = "code",
                 lam: float = 10.0) -> np.ndarray:
     """D@K = 1 - NDCG@K of the student's list against one teacher list, per row.
+
+    Weights are fixed-point integers (2^-40 resolution), so a DCG is an exact, order-free sum: two
+    rows with the same hits get bit-identical D, and D = 0 exactly when every position hits.
 
     Args:
         sigma: (B, >= d_k) student top items, best first, -1 padded (only the first d_k are used).
@@ -68,12 +108,23 @@ def discrepancy(sigma: np.ndarray, pi: np.ndarray, d_k: int = 50, variant: str =
     sig = np.asarray(sigma)[:, :d_k]
     if sig.shape[1] < d_k:  # fewer columns than d_k: the missing positions are misses
         sig = np.concatenate([sig, np.full((len(sig), d_k - sig.shape[1]), PAD, sig.dtype)], axis=1)
-    wpos = position_weights(d_k, lam)[None, :]  # (1, d_k)
-    ideal = wpos.sum(axis=1)  # reduced exactly like the per-row sums below
+    pi = np.asarray(pi)[:, :d_k] if variant == "code" else np.asarray(pi)
+    B, L = len(sig), pi.shape[1]
+    if B == 0:
+        return np.zeros(0, dtype=np.float64)
+    if L == 0:
+        return np.ones(B, dtype=np.float64)
+    item, tg, hit, P = _merged_sort(sig, pi)
     if variant == "code":
-        # the missed weight over the ideal: exactly 0 when every sigma_t is in the teacher's top-d_k
-        r = rank_in(sig, np.asarray(pi)[:, :d_k])
-        return np.where(r < 0, wpos, 0.0).sum(axis=1) / ideal
-    r = rank_in(sig, np.asarray(pi))
-    rel = (2.0 ** np.exp(-np.maximum(r, 0) / lam) - 1.0) / np.log2(np.arange(d_k, dtype=np.float64) + 2.0)[None, :]
-    return 1.0 - np.where(r >= 0, rel, 0.0).sum(axis=1) / ideal
+        w = np.zeros(2 * P, dtype=np.int64)  # by tag: sigma positions t < d_k; pi tags weigh 0
+        w[:d_k] = np.round(position_weights(d_k, lam) * 2.0 ** FIXED_BITS).astype(np.int64)
+        missed = np.where(hit, 0, np.take(w, tg)).sum(axis=1)  # sigma pads are misses too
+        return missed / float(w.sum())
+    table = _paper_table(d_k, L, lam)
+    ideal = int(np.trace(table[:, :d_k]))
+    width = table.shape[1]
+    r_next = np.zeros(tg.shape, dtype=np.int64)
+    r_next[:, :-1] = tg[:, 1:] - P
+    idx = np.where(hit, tg.astype(np.int64) * width + r_next, 0)
+    dcg = np.where(hit, np.take(table.ravel(), idx), 0).sum(axis=1)
+    return np.maximum(ideal - dcg, 0) / float(ideal)
