@@ -14,6 +14,8 @@ from hetcomp_dist.errors import InputError
 
 # command name -> module (explicit registry; add a line when a stage lands)
 COMMANDS: dict[str, str] = {
+    "ingest": "hetcomp_dist.data.commands",
+    "synth": "hetcomp_dist.data.synth_command",
     "run": "hetcomp_dist.pipeline",
 }
 

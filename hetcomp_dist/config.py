@@ -48,10 +48,12 @@ class SynthConfig:
     min_interactions: int = 5  # user activity: truncated discrete Pareto from here ...
     max_interactions: int = 1000  # ... to min(this, items // 4)
     pop_exponent: float = 1.0  # Zipf exponent of item popularity
+    structure_pop_bias: float = 0.25  # popularity exponent inside topics and neighbourhoods (0 = none)
     topics: int = 16  # rank of the low-rank (topic) part
     topic_concentration: float = 0.1  # Dirichlet alpha of user and item topic mixtures (small = sparse)
+    topic_exponent: float = 0.5  # Zipf exponent of the within-topic item order (a head of core items)
     community_size: int = 50  # items per neighbourhood (the cluster part)
-    mixture: tuple[float, ...] = (0.2, 0.45, 0.35)  # mean share of popularity / topic / neighbourhood draws
+    mixture: tuple[float, ...] = (0.1, 0.4, 0.5)  # mean share of popularity / topic / neighbourhood draws
 
 
 @dataclass(frozen=True)
