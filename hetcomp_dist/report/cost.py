@@ -1,0 +1,97 @@
+"""Inference cost (the paper's Table 3 idea): parameters and the wall time to produce every test user's
+top-50 -- the ensemble (every teacher ranks, then g aggregates) against each student (one FAISS search).
+
+Both sides run in this process on the same machine, with the test protocol's exclusion (train ∪ valid),
+in blocks of users, so the figures compare like with like.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import Config
+from hetcomp_dist.data.dataset import CSR, load_manifest, load_split, union
+from hetcomp_dist.evaluation import retrieval
+from hetcomp_dist.progress import log
+
+K = 50
+
+
+def _test_users(run: str, m: dict, limit: int) -> tuple[np.ndarray, CSR, CSR]:
+    train, valid, test = (load_split(run, s, m) for s in ("train", "valid", "test"))
+    users = np.nonzero(test.lengths() > 0)[0]
+    if limit:
+        users = users[:limit]
+    return users, train, union(train, valid).take(users)
+
+
+def _params(model: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _ensemble_cost(run: str, cfg: Config, m: dict, users: np.ndarray, train: CSR, ex: CSR) -> dict | None:
+    from hetcomp_dist.knowledge.ensemble import ensemble_topk
+    from hetcomp_dist.teachers.fit import resolve
+    from hetcomp_dist.teachers.registry import model_class
+    from hetcomp_dist.teachers.runner import teacher_dir
+    from hetcomp_dist.teachers.trajectory import Ranker, load_weights
+
+    models = []
+    for name in cfg.teachers.names:
+        man = storage.read_manifest(teacher_dir(run, name))
+        if man is None:
+            return None
+        _, model_cfg = resolve(cfg.teachers, name)
+        model = model_class(name, model_cfg)(m["n_users"], m["n_items"], model_cfg, train)
+        model.load_state_dict(load_weights(storage.join(teacher_dir(run, name), man["snapshots"]["state=4"])))
+        models.append(model)
+    # building the rankers (embeddings, FAISS indexes) is part of serving set-up, not of the timed work
+    rankers = [Ranker(model, train, cfg.eval) for model in models]
+    bs = cfg.eval.batch_size
+    t0 = time.perf_counter()
+    for s in range(0, len(users), bs):
+        blk = ex.rows(s, min(s + bs, len(users)))
+        lists = np.stack([r.topk(users[s:s + bs], cfg.knowledge.topk, blk.offsets, blk.items) for r in rankers], axis=1)
+        ensemble_topk(lists, K, cfg.knowledge.temperature, np.asarray(cfg.knowledge.weights) if cfg.knowledge.weights else None)
+    wall = time.perf_counter() - t0
+    return {"model": f"ensemble ({len(models)} teachers, d={cfg.teachers.dim})", "params": sum(map(_params, models)),
+            "wall_s": wall, "users_per_s": len(users) / max(wall, 1e-9)}
+
+
+def _student_cost(path: str, label: str, users: np.ndarray, ex: CSR, cfg: Config) -> dict:
+    emb = storage.read_npz(path)
+    meta_path = path.rpartition("/")[0] + "/model.json"
+    meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
+    metric = meta.get("metric", "ip")
+    n_params = int(meta.get("n_params", emb["user"].size + emb["item"].size))
+    index = retrieval.build_index(emb["item"], metric, cfg.eval.index, ivf_nlist=cfg.eval.ivf_nlist,
+                                  ivf_nprobe=cfg.eval.ivf_nprobe, hnsw_m=cfg.eval.hnsw_m,
+                                  hnsw_ef_search=cfg.eval.hnsw_ef_search)
+    bs = cfg.eval.batch_size
+    t0 = time.perf_counter()
+    for s in range(0, len(users), bs):
+        blk = ex.rows(s, min(s + bs, len(users)))
+        retrieval.search_excluding(index, emb["user"][users[s:s + bs]], K, blk.offsets, blk.items)
+    wall = time.perf_counter() - t0
+    return {"model": label, "params": n_params, "wall_s": wall, "users_per_s": len(users) / max(wall, 1e-9)}
+
+
+def inference_cost(run: str, cfg: Config) -> list[dict]:
+    """Cost rows for the ensemble and every trained HetComp student of the run (what exists)."""
+    m = load_manifest(run)
+    users, train, ex = _test_users(run, m, cfg.pipeline.cost_users)
+    rows = []
+    ens = _ensemble_cost(run, cfg, m, users, train, ex)
+    if ens is not None:
+        rows.append(ens)
+    for model in cfg.pipeline.students:
+        path = storage.join(run, "student", f"hetcomp-{model}", "emb.npz")
+        if storage.exists(path):
+            rows.append(_student_cost(path, f"HetComp student {model.upper()} (d={cfg.student.dim})", users, ex, cfg))
+    for r in rows:
+        log("cost", f"{r['model']}: {r['params']:,} params, top-50 of {len(users):,} test users in {r['wall_s']:.2f}s")
+    return rows
