@@ -33,3 +33,14 @@ def citeulike_path() -> Path:
     if not CITEULIKE.exists():
         pytest.skip(f"CiteULike data not found at {CITEULIKE} (see README: Datasets)")
     return CITEULIKE
+
+
+@pytest.fixture(scope="session")
+def synth_run(tmp_path_factory) -> str:
+    """A tiny synthetic run: 400 users x 300 items, 4 shards of 128 users (RUN path, data committed)."""
+    from hetcomp_dist.config import DataConfig, SynthConfig
+    from hetcomp_dist.data.synth import synthesize
+
+    run = str(tmp_path_factory.mktemp("synth_run"))
+    synthesize(run, SynthConfig(users=400, items=300, seed=7), DataConfig(shard_size=128, seed=7))
+    return run
