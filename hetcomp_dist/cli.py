@@ -16,6 +16,7 @@ from hetcomp_dist.errors import InputError
 COMMANDS: dict[str, str] = {
     "ingest": "hetcomp_dist.data.commands",
     "synth": "hetcomp_dist.data.synth_command",
+    "evaluate": "hetcomp_dist.evaluation.commands",
     "run": "hetcomp_dist.pipeline",
 }
 

@@ -1,0 +1,305 @@
+"""The one evaluation function of the project: Recall/NDCG@{10,50} under the paper's protocol.
+
+Protocol (METHOD.md §1): the **valid** ranking excludes train(u) ∪ test(u), the **test** ranking
+excludes train(u) ∪ valid(u); only users with non-empty valid and test lists are evaluated.
+
+Both protocols come from ONE candidate search per user: the top ``K + |train ∪ valid ∪ test|`` items
+with no exclusion contain, for either protocol, the top K items that survive its exclusion set (at
+most that many candidates can be excluded). So each protocol's list is the first K candidates not in
+its exclusion set -- no second search. Users are grouped by the size of their exclusion set (powers
+of two) so one heavy user does not widen the search of a whole batch.
+
+Two scorers: FAISS over embeddings (`evaluate_embeddings`, inner product or L2) and any model's
+batched full-catalogue scores (`evaluate_scorer`). Small runs are evaluated in-process; runs with at
+least ``EvalConfig.distributed_min_users`` users as a Ray Data map over shard ids (same numbers).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import EvalConfig
+from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard, union
+from hetcomp_dist.errors import InputError
+from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
+from hetcomp_dist.evaluation.retrieval import PAD, build_index, excluded_mask, first_k_kept
+from hetcomp_dist.progress import Progress
+
+STAGE = "evaluate"
+ScoreFn = Callable[[np.ndarray], torch.Tensor]
+
+
+# ------------------------------------------------------------------------------ pure per-batch math
+def protocol_lists(cand: np.ndarray, train: CSR, valid: CSR, test: CSR, k: int, n_items: int,
+                   splits: Iterable[str] = ("valid", "test")) -> dict[str, np.ndarray]:
+    """Per-protocol top-k lists from one unexcluded candidate ranking.
+
+    Args:
+        cand: (B, C) item ids best first (PAD allowed), with C >= k + |train ∪ valid ∪ test| per row
+            or the whole catalogue.
+        train, valid, test: CSRs over the same B rows.
+        k: list length.
+
+    Returns:
+        {split: (B, k) int32}: "valid" excludes train ∪ test, "test" excludes train ∪ valid.
+    """
+    seen = excluded_mask(cand, train.offsets, train.items, n_items)
+    in_valid = excluded_mask(cand, valid.offsets, valid.items, n_items)
+    in_test = excluded_mask(cand, test.offsets, test.items, n_items)
+    out = {}
+    for split in splits:
+        drop = seen | (in_test if split == "valid" else in_valid)
+        out[split] = first_k_kept(cand, drop, k)
+    return out
+
+
+def candidates_faiss(index, q: np.ndarray, k: int, n_excl: np.ndarray) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """(rows, (len(rows), C) candidates) groups: C = k + the group's power-of-two cap of n_excl."""
+    n_items = index.ntotal
+    caps = np.where(n_excl > 0, 2 ** np.ceil(np.log2(np.maximum(n_excl, 1))).astype(np.int64), 0)
+    for cap in np.unique(caps):
+        rows = np.nonzero(caps == cap)[0]
+        _, cand = index.search(np.ascontiguousarray(q[rows]), int(min(k + cap, n_items)))
+        yield rows, cand.astype(np.int32)
+
+
+def candidates_scores(scores: torch.Tensor, k: int, train: CSR, n_excl: np.ndarray) -> np.ndarray:
+    """(B, C) candidates of a score block: train masked to -inf, top k + max |valid ∪ test| (cheap)."""
+    B, n_items = scores.shape
+    s = scores.detach().float().clone()
+    rows = torch.from_numpy(np.repeat(np.arange(B), train.lengths()))
+    s[rows, torch.from_numpy(train.items.astype(np.int64))] = float("-inf")
+    extra = int((n_excl - train.lengths()).max(initial=0))
+    kk = min(k + extra, n_items)
+    val, idx = torch.topk(s, kk, dim=1)
+    cand = idx.to(torch.int32).numpy()
+    cand[~torch.isfinite(val).numpy()] = PAD
+    return cand
+
+
+# --------------------------------------------------------------------------------- one shard range
+def _shard_parts(run: str, m: dict, s: int, lo: int, hi: int) -> tuple[CSR, CSR, CSR]:
+    """train / valid / test of users [lo, hi) inside shard s."""
+    parts = []
+    for split in ("train", "valid", "test"):
+        c = load_shard(run, split, s, m)
+        parts.append(c.rows(lo - c.lo, hi - c.lo))
+    return parts[0], parts[1], parts[2]
+
+
+def _eval_range(run: str, m: dict, s: int, lo: int, hi: int, *, index=None, user_emb=None, score_fn=None,
+                cfg: EvalConfig, splits: tuple[str, ...], keep_lists: bool = False) -> tuple[dict, dict]:
+    """Metric sums (and optionally the (hi-lo, K) lists, PAD for non-evaluated users) of users [lo, hi)."""
+    train, valid, test = _shard_parts(run, m, s, lo, hi)
+    k = max(cfg.ks)
+    n_items = m["n_items"]
+    sums = {split: MetricSums(cfg.ks) for split in splits}
+    lists = {split: np.full((hi - lo, k), PAD, np.int32) for split in splits} if keep_lists else {}
+    gt = {"valid": valid, "test": test}
+    evaluated = np.ones(hi - lo, bool)
+    for split in splits:
+        evaluated &= gt[split].lengths() > 0
+    ev_rows = np.nonzero(evaluated)[0]
+    for b0 in range(0, len(ev_rows), cfg.batch_size):
+        rows = ev_rows[b0: b0 + cfg.batch_size]
+        tr, va, te = train.take(rows), valid.take(rows), test.take(rows)
+        n_excl = tr.lengths() + va.lengths() + te.lengths()
+        if score_fn is not None:
+            with torch.no_grad():
+                scores = score_fn(rows + lo)
+            groups = [(np.arange(len(rows)), candidates_scores(scores, k, tr, n_excl))]
+        else:
+            groups = candidates_faiss(index, user_emb[rows + lo], k, n_excl)
+        for g, cand in groups:
+            got = protocol_lists(cand, tr.take(g), va.take(g), te.take(g), k, n_items, splits)
+            for split, top in got.items():
+                g_gt = gt[split].take(rows[g])
+                sums[split].add(recall_ndcg(top, g_gt.offsets, g_gt.items, cfg.ks, n_items))
+                if keep_lists:
+                    lists[split][rows[g]] = top
+    return {split: sm.to_state() for split, sm in sums.items()}, lists
+
+
+def _ranges(m: dict, users: tuple[int, int] | None) -> list[tuple[int, int, int]]:
+    """(shard, lo, hi) pieces of the requested user range."""
+    lo_all, hi_all = (0, m["n_users"]) if users is None else users
+    if not 0 <= lo_all <= hi_all <= m["n_users"]:
+        raise InputError(f"users={users}", f"not a range inside [0, {m['n_users']}]")
+    out = []
+    for s, lo, hi in storage.iter_shards("", m["n_users"], m["shard_size"]):
+        a, b = max(lo, lo_all), min(hi, hi_all)
+        if a < b:
+            out.append((s, a, b))
+    return out
+
+
+def _check_emb(m: dict, user_emb: np.ndarray, item_emb: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    fix = "save arrays `user` (n_users, d) and `item` (n_items, d) indexed by the run's dense ids"
+    for name, arr, n in (("user", user_emb, m["n_users"]), ("item", item_emb, m["n_items"])):
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise InputError(f"{where}: array {name!r}", f"shape {arr.shape} does not match the run ({n} {name}s)", fix)
+        if not np.issubdtype(arr.dtype, np.number):
+            raise InputError(f"{where}: array {name!r}", f"dtype {arr.dtype} is not numeric", fix)
+    if user_emb.shape[1] != item_emb.shape[1]:
+        raise InputError(where, f"user dim {user_emb.shape[1]} != item dim {item_emb.shape[1]}", fix)
+    u = np.ascontiguousarray(user_emb, dtype=np.float32)
+    i = np.ascontiguousarray(item_emb, dtype=np.float32)
+    if not (np.isfinite(u).all() and np.isfinite(i).all()):
+        raise InputError(where, "embeddings contain NaN or inf", "check the model that produced them")
+    return u, i
+
+
+def _finish(states: list[dict], cfg: EvalConfig, splits: tuple[str, ...], with_sums: bool) -> dict:
+    out: dict = {}
+    total = {split: MetricSums(cfg.ks) for split in splits}
+    for st in states:
+        for split in splits:
+            total[split].merge(MetricSums.from_state(st[split], cfg.ks))
+    for split in splits:
+        out[split] = total[split].means()
+    if with_sums:
+        out["sums"] = {split: total[split].to_state() for split in splits}
+    return out
+
+
+def _save_lists(folder: str, s: int, lo: int, lists: dict[str, np.ndarray]) -> None:
+    for split, top in lists.items():
+        storage.write_table_atomic(storage.shard_path(storage.join(folder, split), s),
+                                   storage.user_table(lo, lo + len(top), items=storage.dense_to_list(top)))
+
+
+# ------------------------------------------------------------------------------------- public API
+def evaluate_embeddings(run: str, user_emb: np.ndarray, item_emb: np.ndarray, metric: str = "ip",
+                        cfg: EvalConfig = EvalConfig(), splits: tuple[str, ...] = ("valid", "test"),
+                        users: tuple[int, int] | None = None, save_topk: str | None = None,
+                        distributed: bool | None = None, where: str = "embeddings") -> dict:
+    """Recall/NDCG of a dot-product (``ip``) or distance (``l2``) model, FAISS retrieval.
+
+    Args:
+        run: RUN folder/URI with a committed data stage.
+        user_emb: (n_users, d); item_emb: (n_items, d), indexed by dense id.
+        metric: "ip" (score = u·i) or "l2" (score = -|u - i|²).
+        splits: protocols to evaluate.
+        users: (lo, hi) restricts to a user range (in-process) and adds "sums" (MetricSums states per
+            split) so data-parallel workers can all-reduce.
+        save_topk: folder; writes ``<folder>/<split>/shard-*.parquet`` (user, items = the protocol's
+            top-max(ks) list, empty for users not evaluated). Whole runs only.
+        distributed: force (True) or forbid (False) the Ray Data path; None = by size.
+
+    Returns:
+        {"valid": {"R@10", "N@10", "R@50", "N@50"}, "test": {...}} (+ "sums" when `users` is given).
+    """
+    m = load_manifest(run)
+    user_emb, item_emb = _check_emb(m, np.asarray(user_emb), np.asarray(item_emb), where)
+    if metric not in ("ip", "l2"):
+        raise InputError("--metric", f"{metric!r} is not ip or l2")
+    return _evaluate(run, m, cfg, tuple(splits), users, save_topk, distributed,
+                     emb=(user_emb, item_emb, metric))
+
+
+def evaluate_scorer(run: str, score_fn: ScoreFn, cfg: EvalConfig = EvalConfig(),
+                    splits: tuple[str, ...] = ("valid", "test"), users: tuple[int, int] | None = None,
+                    save_topk: str | None = None, distributed: bool | None = None) -> dict:
+    """Same as `evaluate_embeddings` for any model: ``score_fn(user_ids (B,)) -> (B, n_items)`` torch
+    scores (higher = better), reduced to top-K per batch (never more than (batch, n_items) at once).
+    On the Ray path `score_fn` is pickled into the tasks."""
+    m = load_manifest(run)
+    return _evaluate(run, m, cfg, tuple(splits), users, save_topk, distributed, score_fn=score_fn)
+
+
+def _evaluate(run, m, cfg, splits, users, save_topk, distributed, emb=None, score_fn=None) -> dict:
+    for split in splits:
+        if split not in ("valid", "test"):
+            raise InputError(f"splits={splits}", f"unknown split {split!r}", "use valid and/or test")
+    if save_topk and users is not None:
+        raise InputError("save_topk", "top-K shards are written for whole runs only", "drop users=...")
+    pieces = _ranges(m, users)
+    if distributed is None:
+        distributed = users is None and m["n_users"] >= cfg.distributed_min_users
+    if distributed:
+        states = _evaluate_ray(run, m, cfg, splits, pieces, save_topk, emb, score_fn)
+    else:
+        index = None
+        if emb is not None:
+            index = build_index(emb[1], emb[2], cfg.index, ivf_nlist=cfg.ivf_nlist, ivf_nprobe=cfg.ivf_nprobe,
+                                hnsw_m=cfg.hnsw_m, hnsw_ef_search=cfg.hnsw_ef_search)
+        prog = Progress(STAGE, sum(hi - lo for _, lo, hi in pieces))
+        states = []
+        for s, lo, hi in pieces:
+            st, lists = _eval_range(run, m, s, lo, hi, index=index, user_emb=None if emb is None else emb[0],
+                                    score_fn=score_fn, cfg=cfg, splits=splits, keep_lists=bool(save_topk))
+            if save_topk:
+                _save_lists(save_topk, s, lo, lists)
+            states.append(st)
+            prog.update(hi - lo)
+        prog.close()
+    if save_topk:
+        storage.write_manifest(save_topk, {"k": max(cfg.ks), "splits": list(splits), "n_users": m["n_users"],
+                                           "shard_size": m["shard_size"], "config_hash": m["config_hash"]})
+    return _finish(states, cfg, splits, with_sums=users is not None)
+
+
+def _evaluate_ray(run, m, cfg, splits, pieces, save_topk, emb, score_fn) -> list[dict]:
+    """One Ray Data task per shard; embeddings travel once through the object store."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    emb_refs = None if emb is None else (ray.put(emb[0]), ray.put(emb[1]), emb[2])
+    ds = ray.data.from_items([{"shard": s, "lo": lo, "hi": hi} for s, lo, hi in pieces],
+                             override_num_blocks=len(pieces))
+    size = max(1, min(len(pieces), int(ray.cluster_resources().get("CPU", 1))))
+    out = ds.map_batches(_ray_eval_shards, batch_size=1, compute=ray.data.TaskPoolStrategy(size=size),
+                         fn_kwargs={"run": run, "m": m, "cfg": cfg, "splits": splits, "emb_refs": emb_refs,
+                                    "score_fn": score_fn, "save_topk": save_topk})
+    return [json.loads(r["state"]) for r in out.take_all()]
+
+
+def _ray_eval_shards(batch: dict, run: str, m: dict, cfg: EvalConfig, splits: tuple[str, ...], emb_refs,
+                     score_fn, save_topk: str | None) -> dict:
+    """Ray Data UDF: metric sums of the shard pieces in `batch` (one row each)."""
+    import ray
+
+    index = user_emb = None
+    if emb_refs is not None:
+        user_emb, item_emb, metric = (ray.get(r) if isinstance(r, ray.ObjectRef) else r for r in emb_refs)
+        index = build_index(item_emb, metric, cfg.index, ivf_nlist=cfg.ivf_nlist, ivf_nprobe=cfg.ivf_nprobe,
+                            hnsw_m=cfg.hnsw_m, hnsw_ef_search=cfg.hnsw_ef_search)
+    states = []
+    for s, lo, hi in zip(batch["shard"], batch["lo"], batch["hi"]):
+        st, lists = _eval_range(run, m, int(s), int(lo), int(hi), index=index, user_emb=user_emb,
+                                score_fn=score_fn, cfg=cfg, splits=splits, keep_lists=bool(save_topk))
+        if save_topk:
+            _save_lists(save_topk, int(s), int(lo), lists)
+        states.append(json.dumps(st))
+    return {"state": np.array(states, dtype=object)}
+
+
+def evaluate_lists(run: str, lists_dir: str, ks: tuple[int, ...] = (10, 50),
+                   splits: tuple[str, ...] = ("valid", "test")) -> dict:
+    """Metrics of precomputed per-protocol lists ``<lists_dir>/<split>/shard-*.parquet`` (user, items
+    best first, already excluding the protocol's seen items -- e.g. written by ``save_topk``)."""
+    m = load_manifest(run)
+    sums = {split: MetricSums(ks) for split in splits}
+    for split in splits:
+        for s, lo, hi in storage.iter_shards(data_dir(run), m["n_users"], m["shard_size"]):
+            path = storage.shard_path(storage.join(lists_dir, split), s)
+            if not storage.exists(path):
+                raise InputError(path, "missing list shard", "write every shard of the run's user ranges")
+            off, val = storage.list_to_csr(storage.read_table(path, ["items"]).column("items"))
+            if len(off) - 1 != hi - lo:
+                raise InputError(path, f"{len(off) - 1} rows for users [{lo}, {hi})")
+            gt = load_shard(run, split, s, m)
+            top = storage.csr_to_dense(off, val, max(ks))
+            ev = gt.lengths() > 0
+            g = gt.take(np.nonzero(ev)[0])
+            sums[split].add(recall_ndcg(top[ev], g.offsets, g.items, ks, m["n_items"]))
+    return {split: sums[split].means() for split in splits}
+
+
+__all__ = ["evaluate_embeddings", "evaluate_scorer", "evaluate_lists", "protocol_lists", "union"]

@@ -1,0 +1,171 @@
+"""Evaluation equals an independent brute-force reference (full score matrix, argsort, exclusion)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hetcomp_dist import cli, storage
+from hetcomp_dist.config import EvalConfig
+from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
+from hetcomp_dist.errors import InputError
+from hetcomp_dist.evaluation.evaluate import (evaluate_embeddings, evaluate_lists, evaluate_scorer,
+                                              protocol_lists)
+
+
+# ------------------------------------------------------------------------------ the reference
+def brute_force(run: str, user_emb: np.ndarray, item_emb: np.ndarray, metric: str, ks=(10, 50)) -> dict:
+    """Plain per-user loop over a full (n_users, n_items) float64 score matrix."""
+    m = load_manifest(run)
+    splits = {s: load_split(run, s, m) for s in ("train", "valid", "test")}
+    U, V = user_emb.astype(np.float64), item_emb.astype(np.float64)
+    if metric == "ip":
+        scores = U @ V.T
+    else:
+        scores = -((U[:, None, :] - V[None, :, :]) ** 2).sum(-1)
+    out = {}
+    for split, other in (("valid", "test"), ("test", "valid")):
+        sums = {f"{w}@{k}": 0.0 for k in ks for w in ("R", "N")}
+        n_eval = 0
+        for u in range(m["n_users"]):
+            gt = set(splits[split].row(u).tolist())
+            if not gt or not len(splits[other].row(u)):
+                continue
+            n_eval += 1
+            s = scores[u].copy()
+            s[splits["train"].row(u)] = -np.inf
+            s[splits[other].row(u)] = -np.inf
+            ranked = np.argsort(-s, kind="stable")
+            for k in ks:
+                top = [i for i in ranked[:k] if np.isfinite(s[i])]
+                hits = [1.0 if i in gt else 0.0 for i in top]
+                sums[f"R@{k}"] += sum(hits) / len(gt)
+                dcg = sum(h / math.log2(t + 2) for t, h in enumerate(hits))
+                idcg = sum(1 / math.log2(t + 2) for t in range(min(len(gt), k)))
+                sums[f"N@{k}"] += dcg / idcg
+        out[split] = {key: v / n_eval for key, v in sums.items()}
+    return out
+
+
+def assert_close(got: dict, ref: dict, tol: float = 1e-6) -> None:
+    for split in ref:
+        for key in ref[split]:
+            assert abs(got[split][key] - ref[split][key]) <= tol, (split, key, got[split][key], ref[split][key])
+
+
+def random_emb(run: str, dim: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    m = load_manifest(run)
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(m["n_users"], dim)).astype(np.float32),
+            rng.normal(size=(m["n_items"], dim)).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------- tests
+def test_protocol_lists_hand_example():
+    # one user, candidates best first: 5 4 3 2 1 0; train {4}, valid {2}, test {3}
+    cand = np.array([[5, 4, 3, 2, 1, 0]], np.int32)
+    one = lambda *xs: CSR(np.array([0, len(xs)]), np.array(xs, np.int32))  # noqa: E731
+    got = protocol_lists(cand, one(4), one(2), one(3), 3, 6)
+    assert got["valid"].tolist() == [[5, 2, 1]]  # excludes train and test
+    assert got["test"].tolist() == [[5, 3, 1]]  # excludes train and valid
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_faiss_equals_brute_force(synth_run, metric):
+    U, V = random_emb(synth_run, seed=1)
+    ref = brute_force(synth_run, U, V, metric)
+    got = evaluate_embeddings(synth_run, U, V, metric, EvalConfig(batch_size=50))
+    assert_close(got, ref)
+    assert ref["test"]["R@50"] > 0  # the reference is not trivially zero
+
+
+def test_learned_signal_brute_force(synth_run):
+    """Embeddings with real signal (truncated SVD of train), so hits are many: still equal."""
+    m = load_manifest(synth_run)
+    tr = load_split(synth_run, "train", m)
+    X = np.zeros((m["n_users"], m["n_items"]))
+    X[tr.user_ids(), tr.items] = 1
+    u, s, vt = np.linalg.svd(X, full_matrices=False)
+    U, V = (u[:, :8] * s[:8]).astype(np.float32), vt[:8].T.astype(np.float32)
+    ref = brute_force(synth_run, U, V, "ip")
+    assert ref["test"]["R@50"] > 0.1
+    assert_close(evaluate_embeddings(synth_run, U, V, "ip"), ref)
+
+
+def test_scorer_path_equals_faiss_path(synth_run):
+    U, V = random_emb(synth_run, seed=2)
+    Ut, Vt = torch.from_numpy(U), torch.from_numpy(V)
+    by_scores = evaluate_scorer(synth_run, lambda users: Ut[torch.from_numpy(users)] @ Vt.T, EvalConfig(batch_size=64))
+    assert_close(by_scores, evaluate_embeddings(synth_run, U, V, "ip"))
+    assert_close(by_scores, brute_force(synth_run, U, V, "ip"))
+
+
+def test_user_ranges_merge_to_the_whole(synth_run):
+    U, V = random_emb(synth_run, seed=3)
+    whole = evaluate_embeddings(synth_run, U, V)
+    a = evaluate_embeddings(synth_run, U, V, users=(0, 150))  # crosses the shard boundary at 128
+    b = evaluate_embeddings(synth_run, U, V, users=(150, 400))
+    for split in ("valid", "test"):
+        sa, sb = a["sums"][split], b["sums"][split]
+        for key, v in whole[split].items():
+            assert abs((sa[key] + sb[key]) / (sa["count"] + sb["count"]) - v) < 1e-12
+    assert "sums" not in whole
+
+
+def test_saved_topk_lists_reproduce_the_metrics(synth_run, tmp_path):
+    U, V = random_emb(synth_run, seed=4)
+    out = str(tmp_path / "topk")
+    got = evaluate_embeddings(synth_run, U, V, save_topk=out)
+    m = load_manifest(synth_run)
+    assert storage.read_manifest(out)["k"] == 50
+    t = storage.read_table(storage.shard_path(storage.join(out, "test"), 1))
+    assert t.column("user").to_pylist() == list(range(128, 256))
+    lists = t.column("items").to_pylist()
+    train, valid = load_split(synth_run, "train", m), load_split(synth_run, "valid", m)
+    for r, items in enumerate(lists):
+        u = 128 + r
+        assert not set(items) & set(train.row(u).tolist()) and not set(items) & set(valid.row(u).tolist())
+    assert_close(evaluate_lists(synth_run, out), got, 1e-12)
+
+
+def test_distributed_equals_in_process(synth_run, ray_session):
+    U, V = random_emb(synth_run, seed=5)
+    local = evaluate_embeddings(synth_run, U, V, "l2", distributed=False)
+    remote = evaluate_embeddings(synth_run, U, V, "l2", distributed=True)
+    assert_close(remote, local, 1e-12)
+    Ut, Vt = torch.from_numpy(U), torch.from_numpy(V)
+    remote_scorer = evaluate_scorer(synth_run, lambda users: -torch.cdist(Ut[torch.from_numpy(users)], Vt) ** 2,
+                                    distributed=True)
+    assert_close(remote_scorer, local, 1e-5)  # cdist rounds differently from FAISS; same lists up to ties
+
+
+def test_shape_mismatch_is_a_clear_error(synth_run):
+    U, V = random_emb(synth_run)
+    with pytest.raises(InputError, match="does not match the run"):
+        evaluate_embeddings(synth_run, U[:-1], V)
+    with pytest.raises(InputError, match="does not match the run"):
+        evaluate_embeddings(synth_run, U, V[:, None])
+    with pytest.raises(InputError, match="user dim"):
+        evaluate_embeddings(synth_run, U, V[:, :4])
+    with pytest.raises(InputError, match="NaN"):
+        evaluate_embeddings(synth_run, U, np.full_like(V, np.nan))
+
+
+def test_cli_json_and_errors(synth_run, tmp_path, capsys):
+    U, V = random_emb(synth_run, seed=6)
+    path = tmp_path / "emb.npz"
+    np.savez(path, user=U, item=V)
+    assert cli.main(["evaluate", "--run", synth_run, "--embeddings", str(path), "--metric", "l2", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert set(got) == {"valid", "test"} and set(got["test"]) == {"R@10", "N@10", "R@50", "N@50"}
+    assert_close(got, brute_force(synth_run, U, V, "l2"))
+    np.savez(tmp_path / "short.npz", user=U[:10], item=V)
+    assert cli.main(["evaluate", "--run", synth_run, "--embeddings", str(tmp_path / "short.npz")]) == 2
+    assert "does not match the run" in capsys.readouterr().err
+    np.savez(tmp_path / "noitem.npz", user=U)
+    assert cli.main(["evaluate", "--run", synth_run, "--embeddings", str(tmp_path / "noitem.npz")]) == 2
+    assert cli.main(["evaluate", "--run", synth_run, "--embeddings", str(tmp_path / "missing.npz")]) == 2
