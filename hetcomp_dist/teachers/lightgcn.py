@@ -18,8 +18,21 @@ from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.teachers.common import interaction_keys, pair_batches, sample_negatives
 
 
+class _SymmetricSpMM(torch.autograd.Function):
+    """A @ X for a symmetric sparse A: the backward is A^T @ G = A @ G (no transpose, no COO)."""
+
+    @staticmethod
+    def forward(ctx, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.adj = adj
+        return adj @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, ctx.adj @ grad
+
+
 def normalised_adjacency(train: CSR, n_users: int, n_items: int) -> torch.Tensor:
-    """((U+I), (U+I)) sparse D^-1/2 A D^-1/2 of the bipartite train graph (items offset by U)."""
+    """((U+I), (U+I)) sparse CSR D^-1/2 A D^-1/2 of the bipartite train graph (items offset by U)."""
     u = train.user_ids()
     i = train.items.astype(np.int64) + n_users
     deg = np.bincount(np.concatenate([u, i]), minlength=n_users + n_items).astype(np.float32)
@@ -29,7 +42,8 @@ def normalised_adjacency(train: CSR, n_users: int, n_items: int) -> torch.Tensor
     vals = inv[rows] * inv[cols]
     n = n_users + n_items
     idx = torch.from_numpy(np.stack([rows, cols]))
-    return torch.sparse_coo_tensor(idx, torch.from_numpy(vals), (n, n), check_invariants=False).coalesce()
+    coo = torch.sparse_coo_tensor(idx, torch.from_numpy(vals), (n, n), check_invariants=False).coalesce()
+    return coo.to_sparse_csr()
 
 
 class LightGCN(Recommender):
@@ -55,7 +69,7 @@ class LightGCN(Recommender):
         """((U+I), d) mean of the L+1 layer embeddings."""
         e, acc = self.emb, self.emb
         for _ in range(self.n_layers):
-            e = torch.sparse.mm(self.adj, e)
+            e = _SymmetricSpMM.apply(self.adj, e)
             acc = acc + e
         return acc / (self.n_layers + 1)
 

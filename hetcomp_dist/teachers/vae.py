@@ -37,18 +37,21 @@ class VAECore(torch.nn.Module):
 
     def __init__(self, n_cols: int, hidden: int, dim: int, dec_hidden: int = 0) -> None:
         super().__init__()
-        self.enc = torch.nn.Linear(n_cols, hidden)
+        # encoder weight stored (n_cols, hidden): sparse x @ W needs no transpose copy in backward
+        self.enc_weight = torch.nn.Parameter(torch.empty(n_cols, hidden))
+        self.enc_bias = torch.nn.Parameter(torch.zeros(hidden))
+        torch.nn.init.xavier_normal_(self.enc_weight)
         self.enc_out = torch.nn.Linear(hidden, 2 * dim)
         self.dec_hidden = torch.nn.Linear(dim, dec_hidden) if dec_hidden else None
         self.dec = torch.nn.Linear(dec_hidden or dim, n_cols)
-        for lin in (self.enc, self.enc_out, self.dec, self.dec_hidden):
+        for lin in (self.enc_out, self.dec, self.dec_hidden):
             if lin is not None:
                 torch.nn.init.xavier_normal_(lin.weight)
                 torch.nn.init.normal_(lin.bias, std=0.001)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar), each (B, dim), of a sparse (B, n_cols) input."""
-        h = torch.tanh(torch.sparse.mm(x, self.enc.weight.T) + self.enc.bias)
+        h = torch.tanh(torch.sparse.mm(x, self.enc_weight) + self.enc_bias)
         mu, logvar = self.enc_out(h).chunk(2, dim=1)
         return mu, logvar
 
@@ -69,8 +72,14 @@ def multinomial_vae_loss(core: VAECore, batch: dict[str, torch.Tensor], beta: fl
     """
     mu, logvar = core.encode(batch["x"])
     z = mu + batch["eps"] * torch.exp(0.5 * logvar)
-    logp = F.log_softmax(core.decode(z), dim=1)
-    nll = -logp[batch["rows"], batch["cols"]].sum() / len(mu)
+    f = core.features(z)
+    # -sum_j x_j log softmax_j = n * logsumexp(logits) - sum_{j in x} logit_j; the picked logits are
+    # computed from their decoder rows, so no (B, n_cols) index/scatter in the backward pass
+    lse = torch.logsumexp(core.dec(f), dim=1)
+    rows, cols = batch["rows"], batch["cols"]
+    picked = (f[rows] * core.dec.weight[cols]).sum(1) + core.dec.bias[cols]
+    counts = torch.bincount(rows, minlength=len(mu)).to(lse.dtype)
+    nll = ((counts * lse).sum() - picked.sum()) / len(mu)
     kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1).mean()
     return nll + beta * kl
 

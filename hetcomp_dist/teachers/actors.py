@@ -1,0 +1,181 @@
+"""Thin Ray orchestration: one actor per teacher, trained concurrently, progress on one board.
+
+Each `TeacherActor` runs `runner.run_teacher` (train -> export -> commit) for one teacher with
+fractional CPUs (and a share of the GPUs when the cluster has any). `max_restarts` brings a killed
+actor back; `max_task_retries` re-runs its `train` call, which resumes from the teacher's last
+checkpoint on storage. A `ProgressBoard` actor collects each teacher's status so the driver can
+print one table while they train.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import ray
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import Config
+from hetcomp_dist.progress import log
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Latest status per teacher (epoch, loss, valid R@50, pid, ...), pushed by the teacher actors."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, dict] = {}
+
+    def update(self, name: str, status: dict) -> None:
+        self.status[name] = {**self.status.get(name, {}), **status, "t": time.time()}
+
+    def snapshot(self) -> dict[str, dict]:
+        return self.status
+
+
+@ray.remote
+class TeacherActor:
+    """Trains and exports one teacher. Constructor arguments are small (a path, the config)."""
+
+    def __init__(self, run: str, cfg: Config, name: str, board, threads: int, device: str) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.run, self.cfg, self.name, self.board, self.device = run, cfg, name, board, device
+
+    def train(self) -> dict:
+        import os
+
+        from hetcomp_dist.teachers.runner import run_teacher
+
+        self.board.update.remote(self.name, {"phase": "starting", "pid": os.getpid()})
+
+        def push(status: dict) -> None:
+            self.board.update.remote(self.name, {"phase": "training", **status})
+
+        manifest = run_teacher(self.run, self.cfg, self.name, self.device, push)
+        self.board.update.remote(self.name, {"phase": "done", "done": True})
+        return manifest
+
+
+def _gpu_share(cfg: Config, n_teachers: int) -> float:
+    """GPUs per actor: the configured value, or with num_gpus < 0 an equal share of the cluster's."""
+    if cfg.teachers.num_gpus >= 0:
+        return cfg.teachers.num_gpus
+    total = ray.cluster_resources().get("GPU", 0.0)
+    return min(1.0, total / n_teachers) if total > 0 else 0.0
+
+
+@dataclass
+class TeacherGroup:
+    """Running teacher actors: `wait` prints progress until all are done and returns manifests."""
+
+    actors: dict[str, ray.actor.ActorHandle]
+    refs: dict[str, ray.ObjectRef]
+    board: ray.actor.ActorHandle
+    every_s: float
+    t0: float = field(default_factory=time.perf_counter)
+
+    def status(self) -> dict[str, dict]:
+        return ray.get(self.board.snapshot.remote())
+
+    def print_status(self) -> None:
+        rows = []
+        for name in self.actors:
+            s = self.status().get(name, {})
+            busy = s.get("train_s", 0.0) + s.get("eval_s", 0.0)
+            rate = s.get("epoch", 0) / busy if busy > 0 else 0.0
+            best = s.get("best_valid_R@50", float("nan"))
+            rows.append(f"{name}: {s.get('phase', 'queued')} ep {s.get('epoch', 0)} loss {s.get('loss', float('nan')):.4f} "
+                        f"best R@50 {best:.4f}@{s.get('best_epoch', 0)} {rate:.2f} ep/s rss {s.get('peak_rss_gib', 0):.2f}G")
+        log("teachers", f"{time.perf_counter() - self.t0:.0f}s | " + " | ".join(rows))
+
+    def wait(self) -> dict[str, dict]:
+        """Blocks until every teacher finished; raises after all ended if any failed for good."""
+        pending = {ref: name for name, ref in self.refs.items()}
+        results, errors = {}, {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.every_s)
+            for ref in ready:
+                name = pending.pop(ref)
+                try:
+                    results[name] = ray.get(ref)
+                except (ray.exceptions.RayError) as e:  # keep waiting for the others, report at the end
+                    errors[name] = e
+                    log("teachers", f"teacher {name} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+            if not ready:
+                self.print_status()
+        self.print_status()
+        for actor in self.actors.values():
+            ray.kill(actor)
+        ray.kill(self.board)
+        if errors:
+            raise RuntimeError(f"teachers failed: {', '.join(f'{n} ({type(e).__name__})' for n, e in errors.items())}") \
+                from next(iter(errors.values()))
+        return results
+
+
+def start_teachers(run: str, cfg: Config, names: list[str]) -> TeacherGroup:
+    """Starts one actor per teacher in `names` (Ray must be initialised) and their `train` calls."""
+    board = ProgressBoard.remote()
+    gpus = _gpu_share(cfg, len(names))
+    threads = max(1, int(cfg.teachers.num_cpus))
+    device = "cuda" if gpus > 0 else "cpu"
+    actors, refs = {}, {}
+    for name in names:
+        actor = TeacherActor.options(
+            name=None, num_cpus=cfg.teachers.num_cpus, num_gpus=gpus, max_restarts=cfg.teachers.max_restarts,
+            max_task_retries=cfg.teachers.max_restarts,
+        ).remote(run, cfg, name, board, threads, device)
+        actors[name] = actor
+        refs[name] = actor.train.remote()
+    log("teachers", f"started {len(names)} actors ({cfg.teachers.num_cpus} CPU, {gpus} GPU each): {', '.join(names)}")
+    return TeacherGroup(actors, refs, board, cfg.teachers.progress_every_s)
+
+
+def ensure_ray() -> None:
+    """Joins the cluster when there is one (inside a Ray job), else starts a local one."""
+    if not ray.is_initialized():
+        ray.init(configure_logging=False)
+
+
+def stage_dir(run: str) -> str:
+    return storage.join(run, "teachers")
+
+
+def train_teachers(run: str, cfg: Config) -> dict:
+    """Trains every teacher of `cfg.teachers.names` on `run` concurrently; skips committed ones.
+
+    Checks the input first (the data stage, the names), so a bad run fails before any actor starts.
+
+    Returns:
+        {"teachers": {name: {"valid", "test", "state_epochs", "convergence_epoch", "wall_s"}},
+         "trained": [names trained now], "wall_s": seconds}; also written (with the config hash) to
+        ``RUN/teachers/_manifest.json``.
+    """
+    from hetcomp_dist.data.dataset import load_manifest
+    from hetcomp_dist.teachers.registry import model_class
+    from hetcomp_dist.teachers.runner import teacher_dir, teacher_hash
+
+    t0 = time.perf_counter()
+    data = load_manifest(run)
+    names = list(cfg.teachers.names)
+    for name in names:
+        model_class(name, cfg.teachers)
+    hashes = {n: teacher_hash(cfg, n, data["config_hash"]) for n in names}
+    todo = [n for n in names if storage.stage_is_done(teacher_dir(run, n), hashes[n]) is None]
+    if todo:
+        ensure_ray()
+        start_teachers(run, cfg, todo).wait()
+    else:
+        log("teachers", f"all {len(names)} teachers are up to date; skipping")
+    out = {}
+    for n in names:
+        m = storage.stage_is_done(teacher_dir(run, n), hashes[n])
+        if m is None:
+            raise RuntimeError(f"teacher {n} finished without committing {teacher_dir(run, n)}")
+        out[n] = {k: m[k] for k in ("valid", "test", "state_epochs", "convergence_epoch", "wall_s")}
+    summary = {"teachers": out, "trained": todo, "wall_s": time.perf_counter() - t0}
+    storage.write_manifest(stage_dir(run), {"config_hash": storage.config_hash(hashes), "names": names,
+                                            "K": cfg.teachers.topk, **summary})
+    return summary

@@ -1,0 +1,123 @@
+"""The ensemble reference: metrics of g over the teachers' E4 rankings (METHOD.md §3), per shard.
+
+Per user: g = rank-importance ensemble of the M exported top-K lists (train already excluded), over
+their whole union. The valid protocol then drops the user's test items, the test protocol drops the
+valid items, and the list is cut to the largest cut-off -- the same exclusions the single-teacher
+metrics use. Also the
+`hetcomp-dist ensemble` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import numpy as np
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import Config, load_config, validate
+from hetcomp_dist.data.dataset import load_manifest, load_shard
+from hetcomp_dist.errors import InputError
+from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
+from hetcomp_dist.evaluation.retrieval import excluded_mask, first_k_kept
+from hetcomp_dist.knowledge.ensemble import ensemble_topk
+from hetcomp_dist.progress import Progress
+from hetcomp_dist.teachers.runner import load_teacher_lists, teacher_dir, teacher_hash, teachers_dir
+from hetcomp_dist.teachers.trajectory import N_STATES
+
+HELP = "Metrics of each teacher (E4) and of their ensemble g, on valid and test"
+KEYS = ("R@10", "N@10", "R@50", "N@50")
+
+
+def committed_teachers(run: str, cfg: Config, data: dict) -> dict[str, dict]:
+    """Manifests of cfg.teachers.names, each committed under the current config (else InputError)."""
+    out = {}
+    for name in cfg.teachers.names:
+        m = storage.stage_is_done(teacher_dir(run, name), teacher_hash(cfg, name, data["config_hash"]))
+        if m is None:
+            raise InputError(teacher_dir(run, name), "no committed teacher trajectory for this config",
+                             f"run `hetcomp-dist teachers --run {run}` with the same config first")
+        out[name] = m
+    return out
+
+
+def ensemble_report(run: str, cfg: Config) -> dict:
+    """{"teachers": {name: {"valid": {...}, "test": {...}}}, "ensemble": {"valid": {...}, "test": {...}}}
+    with keys R@10, N@10, R@50, N@50; also written to ``RUN/teachers/ensemble.json``."""
+    data = load_manifest(run)
+    teachers = committed_teachers(run, cfg, data)
+    names = list(teachers)
+    k = min(m["K"] for m in teachers.values())
+    weights = np.asarray(cfg.knowledge.weights, dtype=np.float64) if cfg.knowledge.weights else None
+    sums = {split: MetricSums(cfg.eval.ks) for split in ("valid", "test")}
+    prog = Progress("ensemble", data["n_users"])
+    for s, lo, hi in storage.iter_shards("", data["n_users"], data["shard_size"]):
+        lists = np.stack([storage.csr_to_dense(*_csr(load_teacher_lists(run, n, f"state={N_STATES}", s)), width=k)
+                          for n in names], axis=1)  # (B, M, K)
+        split_csr = {sp: load_shard(run, sp, s, data) for sp in ("valid", "test")}
+        for b0 in range(0, hi - lo, cfg.eval.batch_size):
+            b1 = min(b0 + cfg.eval.batch_size, hi - lo)
+            # the whole union in g's order (M*K): exclusions below may remove many of its head items
+            g = ensemble_topk(lists[b0:b1], lists.shape[1] * k, cfg.knowledge.temperature, weights)
+            for split, other in (("valid", "test"), ("test", "valid")):
+                gt, ex = split_csr[split].rows(b0, b1), split_csr[other].rows(b0, b1)
+                rows = np.nonzero(gt.lengths() > 0)[0]
+                if len(rows) == 0:
+                    continue
+                sub_ex, sub_gt = ex.take(rows), gt.take(rows)
+                top = first_k_kept(g[rows], excluded_mask(g[rows], sub_ex.offsets, sub_ex.items, data["n_items"]),
+                                   max(cfg.eval.ks))
+                sums[split].add(recall_ndcg(top, sub_gt.offsets, sub_gt.items, cfg.eval.ks, data["n_items"]))
+        prog.update(hi - lo)
+    prog.close()
+    report = {
+        "teachers": {n: {"valid": _pick(m["valid"]), "test": _pick(m["test"])} for n, m in teachers.items()},
+        "ensemble": {split: _pick(sums[split].means()) for split in ("valid", "test")},
+    }
+    storage.write_json_atomic(storage.join(teachers_dir(run), "ensemble.json"), report)
+    return report
+
+
+def _csr(c) -> tuple[np.ndarray, np.ndarray]:
+    return c.offsets, c.items
+
+
+def _pick(metrics: dict) -> dict:
+    return {key: float(metrics[key]) for key in KEYS if key in metrics}
+
+
+def format_table(report: dict) -> str:
+    """The report as a fixed-width table: one row per teacher and the ensemble, test then valid."""
+    head = f"{'model':<10}" + "".join(f"{'test ' + k:>11}" for k in KEYS) + "".join(f"{'valid ' + k:>12}" for k in KEYS)
+    rows = [head]
+    for name, m in list(report["teachers"].items()) + [("ensemble", report["ensemble"])]:
+        rows.append(f"{name:<10}" + "".join(f"{m['test'][k]:>11.4f}" for k in KEYS)
+                    + "".join(f"{m['valid'][k]:>12.4f}" for k in KEYS))
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------ command
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="RUN folder or URI with committed teachers")
+    p.add_argument("--config", help="YAML config the teachers were trained with (default: the paper's)")
+    p.add_argument("--teachers", help="comma-separated subset of teachers to ensemble (default: all of the config)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. knowledge.temperature=5")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Config file + overrides, then --run and --teachers; every field checked."""
+    cfg = load_config(args.config, list(args.overrides))
+    teachers = cfg.teachers
+    if getattr(args, "teachers", None):
+        names = tuple(n.strip() for n in args.teachers.split(",") if n.strip())
+        teachers = dataclasses.replace(teachers, names=names)
+    return validate(dataclasses.replace(cfg, run=args.run, teachers=teachers))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    report = ensemble_report(cfg.run, cfg)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0

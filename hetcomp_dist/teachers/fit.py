@@ -1,0 +1,181 @@
+"""The teacher training loop: epochs, validation every few epochs, early stopping, snapshots, resume.
+
+Pure torch; no Ray. Protocol (METHOD.md §1): evaluate on **valid** every `eval_every` epochs, keep the
+best valid R@50, stop after `patience` evaluations without improvement or at `max_epochs`. A snapshot
+(weights only) is saved every `snapshot_every` epochs -- every evaluated epoch has one, so the best
+epoch C does -- and a checkpoint (weights, optimiser, early-stopping state) at the same epochs. Each
+epoch draws its batches from an RNG seeded by (seed, epoch), so a run resumed from a checkpoint
+continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import TeachersConfig
+from hetcomp_dist.data.dataset import CSR
+from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.progress import log, peak_rss_gib
+from hetcomp_dist.teachers.trajectory import prunable_snapshots
+
+
+@dataclass(frozen=True)
+class FitParams:
+    """Resolved training settings of one teacher (shared values + its overrides)."""
+
+    lr: float
+    batch_size: int
+    max_epochs: int
+    eval_every: int
+    snapshot_every: int
+    patience: int
+    seed: int
+
+
+def resolve(cfg: TeachersConfig, name: str) -> tuple[FitParams, TeachersConfig]:
+    """(FitParams, the model's TeachersConfig with its l2 override applied) for teacher `name`."""
+    o = getattr(cfg, name)
+    params = FitParams(lr=o.lr or cfg.lr, batch_size=o.batch_size or cfg.batch_size,
+                       max_epochs=o.max_epochs or cfg.max_epochs, eval_every=o.eval_every or cfg.eval_every,
+                       snapshot_every=o.snapshot_every or cfg.snapshot_every, patience=cfg.patience, seed=cfg.seed)
+    model_cfg = dataclasses.replace(cfg, l2=o.l2) if o.l2 >= 0 else cfg
+    return params, model_cfg
+
+
+def snapshot_path(work: str, epoch: int) -> str:
+    return storage.join(work, f"snap-{epoch:05d}.pt")
+
+
+def _save_torch(path: str, obj: Any) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    storage.write_bytes_atomic(path, buf.getvalue())
+
+
+def _load_torch(path: str) -> Any:
+    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return batch if device.type == "cpu" else {k: v.to(device) for k, v in batch.items()}
+
+
+def _fresh_state(cfg_hash: str) -> dict:
+    return {"config_hash": cfg_hash, "epoch": 0, "best": -1.0, "best_epoch": 0, "bad": 0, "history": [],
+            "snapshots": [], "train_s": 0.0, "eval_s": 0.0, "resumed_from": [], "done": False, "stop": ""}
+
+
+def load_checkpoint(work: str, cfg_hash: str) -> dict | None:
+    """The checkpoint of `work` when it was written under `cfg_hash` (else None)."""
+    path = storage.join(work, "ckpt.pt")
+    if not storage.exists(path):
+        return None
+    ck = _load_torch(path)
+    state = json.loads(ck["state"])
+    return ck if state.get("config_hash") == cfg_hash else None
+
+
+def fit(model: Recommender, train: CSR, work: str, params: FitParams, evaluate: Callable[[Recommender], dict],
+        cfg_hash: str, name: str = "teacher", on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Trains `model` with early stopping on valid R@50, resuming from `work`'s checkpoint.
+
+    Args:
+        model: a fresh Recommender (its weights are replaced by the checkpoint's when resuming).
+        train: the full train lists.
+        work: folder for ckpt.pt and snap-<epoch>.pt (local or URI).
+        params: resolved settings.
+        evaluate: model -> valid metrics {"R@50", ...} (valid only: the test split is never seen here).
+        cfg_hash: written into the checkpoint; a checkpoint of another config is ignored.
+        name: label of the progress lines.
+        on_progress: called with a small status dict after every epoch.
+
+    Returns:
+        {"best_epoch", "best_valid", "history", "snapshots", "epochs", "train_s", "eval_s",
+         "resumed_from", "stop"}; the model holds the last epoch's weights.
+    """
+    device = next(model.parameters()).device
+    # fused Adam: one kernel per parameter, ~4x faster than the default on CPU for big item tables
+    opt = torch.optim.Adam(model.parameters(), lr=params.lr, fused=True)
+    ck = load_checkpoint(work, cfg_hash)
+    if ck is not None:
+        state = json.loads(ck["state"])
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optim"])
+        if not state["done"]:
+            state["resumed_from"].append(state["epoch"])
+            log(f"teacher {name}", f"resuming from the checkpoint of epoch {state['epoch']}")
+    else:
+        state = _fresh_state(cfg_hash)
+    t_epoch = time.perf_counter()
+    epoch = state["epoch"]
+    while not state["done"]:
+        epoch += 1
+        model.train()
+        rng = np.random.default_rng([params.seed, epoch])
+        torch.manual_seed(params.seed * 1_000_003 + epoch)
+        t0 = time.perf_counter()
+        total, steps = 0.0, 0
+        for batch in model.batches(train, rng, params.batch_size):
+            opt.zero_grad(set_to_none=True)
+            loss = model.loss(_to(batch, device))
+            loss.backward()
+            opt.step()
+            model.after_step()
+            total += float(loss.detach())
+            steps += 1
+        state["train_s"] += time.perf_counter() - t0
+        state["epoch"] = epoch
+        status = {"epoch": epoch, "loss": total / max(steps, 1)}
+        snap = epoch % params.snapshot_every == 0
+        if snap:
+            _save_torch(snapshot_path(work, epoch), model.state_dict())
+            state["snapshots"].append(epoch)
+        if epoch % params.eval_every == 0:
+            t1 = time.perf_counter()
+            metrics = evaluate(model)
+            state["eval_s"] += time.perf_counter() - t1
+            r50 = float(metrics["R@50"])
+            if r50 > state["best"]:
+                state.update(best=r50, best_epoch=epoch, bad=0)
+            else:
+                state["bad"] += 1
+            state["history"].append({"epoch": epoch, "loss": status["loss"], "valid": metrics})
+            status["valid_R@50"] = r50
+            for e in prunable_snapshots(state["snapshots"], state["best_epoch"]):
+                remove_file(snapshot_path(work, e))
+                state["snapshots"].remove(e)
+            rate = params.eval_every / max(time.perf_counter() - t_epoch, 1e-9)
+            t_epoch = time.perf_counter()
+            log(f"teacher {name}", f"epoch {epoch} loss {status['loss']:.4f} valid R@50 {r50:.4f} "
+                                   f"(best {state['best']:.4f} @ {state['best_epoch']}) {rate:.2f} epochs/s")
+            if state["bad"] >= params.patience:
+                state.update(done=True, stop="early")
+        if epoch >= params.max_epochs and not state["done"]:
+            state.update(done=True, stop="max_epochs")
+        if state["done"] and state["best_epoch"] == 0:
+            raise RuntimeError(f"teacher {name}: no evaluation in {epoch} epochs (max_epochs < eval_every?)")
+        if snap or state["done"]:
+            _save_torch(storage.join(work, "ckpt.pt"),
+                        {"model": model.state_dict(), "optim": opt.state_dict(), "state": json.dumps(state)})
+        if on_progress is not None:
+            on_progress({**status, "best_valid_R@50": state["best"], "best_epoch": state["best_epoch"],
+                         "train_s": state["train_s"], "eval_s": state["eval_s"], "pid": os.getpid(),
+                         "peak_rss_gib": peak_rss_gib(), "done": state["done"]})
+    return {"best_epoch": state["best_epoch"], "best_valid": state["best"], "history": state["history"],
+            "snapshots": state["snapshots"], "epochs": state["epoch"], "train_s": state["train_s"],
+            "eval_s": state["eval_s"], "resumed_from": state["resumed_from"], "stop": state["stop"]}
+
+
+def remove_file(path: str) -> None:
+    fs, p = storage.resolve(path)
+    fs.delete_file(p)

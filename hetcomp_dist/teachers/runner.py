@@ -1,0 +1,149 @@
+"""One teacher's whole stage, in one process and without Ray: train (or resume), pick E1..E4,
+export the trajectory, write metrics.json and commit the manifest last.
+
+Idempotent: a committed teacher is returned as is; an interrupted one resumes from its checkpoint
+(training) or redoes its export (exports are cheap next to training and overwrite shards atomically).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from functools import partial
+from typing import Callable
+
+import numpy as np
+import torch
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import Config, EvalConfig
+from hetcomp_dist.data.dataset import CSR, load_manifest, load_shard, load_split, union
+from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
+from hetcomp_dist.progress import log, peak_rss_gib
+from hetcomp_dist.teachers.fit import fit, load_checkpoint, remove_file, resolve, snapshot_path
+from hetcomp_dist.teachers.registry import model_class
+from hetcomp_dist.teachers.trajectory import N_STATES, Ranker, choose_states, export_trajectory
+
+# fields that change nothing a teacher computes (resources, logging, housekeeping)
+_NEUTRAL = ("names", "num_cpus", "num_gpus", "max_restarts", "progress_every_s", "keep_snapshots",
+            "export_batch_size", "mf", "ml", "dnn", "gnn", "ae", "iae")
+
+
+def teachers_dir(run: str) -> str:
+    return storage.join(run, "teachers")
+
+
+def teacher_dir(run: str, name: str) -> str:
+    return storage.join(teachers_dir(run), name)
+
+
+def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
+    """Config hash of teacher `name`: the data, the shared teacher settings, its own overrides, the
+    retrieval settings (an approximate index changes the exported lists)."""
+    shared = {k: v for k, v in dataclasses.asdict(cfg.teachers).items() if k not in _NEUTRAL}
+    own = dataclasses.asdict(getattr(cfg.teachers, name))
+    ev = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k not in ("batch_size", "distributed_min_users")}
+    return storage.config_hash("teacher", name, data_hash, shared, own, ev)
+
+
+def evaluate_ranker(run: str, ranker: Ranker, eval_cfg: EvalConfig, splits=("valid", "test"),
+                    manifest: dict | None = None) -> dict:
+    """{split: {"R@10", "N@10", "R@50", "N@50"}} under the protocol: valid ranks exclude train and
+    test items, test ranks exclude train and valid items; users with an empty split are skipped."""
+    m = manifest or load_manifest(run)
+    kmax = max(eval_cfg.ks)
+    out = {}
+    for split in splits:
+        other = "test" if split == "valid" else "valid"
+        sums = MetricSums(eval_cfg.ks)
+        for s, lo, hi in storage.iter_shards("", m["n_users"], m["shard_size"]):
+            gt, oth = load_shard(run, split, s, m), load_shard(run, other, s, m)
+            tr = ranker.train.rows(lo - ranker.train.lo, hi - ranker.train.lo)
+            rows = np.nonzero(gt.lengths() > 0)[0]
+            for b in range(0, len(rows), eval_cfg.batch_size):
+                r = rows[b: b + eval_cfg.batch_size]
+                ex = union(tr.take(r), oth.take(r))
+                top = ranker.topk(lo + r, kmax, ex.offsets, ex.items)
+                g = gt.take(r)
+                sums.add(recall_ndcg(top, g.offsets, g.items, eval_cfg.ks, m["n_items"]))
+        out[split] = sums.means()
+    return out
+
+
+def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
+                on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Trains and exports teacher `name` of `run`; returns its committed manifest.
+
+    Args:
+        run: the run folder (its data stage must be committed).
+        cfg: the whole config (teachers and eval sections are used).
+        name: a key of REGISTRY.
+        device: torch device for training and scoring.
+        on_progress: receives the training loop's status dicts.
+    """
+    t_start = time.perf_counter()
+    m = load_manifest(run)
+    tdir = teacher_dir(run, name)
+    h = teacher_hash(cfg, name, m["config_hash"])
+    done = storage.stage_is_done(tdir, h)
+    if done is not None:
+        log(f"teacher {name}", f"{tdir} is up to date (config {h}); skipping")
+        return done
+    work = storage.join(tdir, "work")
+    if load_checkpoint(work, h) is None:
+        storage.begin_stage(tdir)  # nothing of this config to resume: start clean
+    train = load_split(run, "train", m)
+    params, model_cfg = resolve(cfg.teachers, name)
+    torch.manual_seed(cfg.teachers.seed)
+    cls = model_class(name, model_cfg)
+    model = cls(m["n_users"], m["n_items"], model_cfg, train).to(device)
+
+    def valid(model_) -> dict:
+        return evaluate_ranker(run, Ranker(model_, train, cfg.eval), cfg.eval, ("valid",), m)["valid"]
+
+    result = fit(model, train, work, params, valid, h, name, on_progress)
+    states = choose_states(result["snapshots"], result["best_epoch"])
+    for d in [f"state={i}" for i in range(1, N_STATES + 1)] + ["observed"]:
+        storage.delete_dir(storage.join(tdir, d))  # leftovers of an interrupted export
+    t_export = time.perf_counter()
+    traj = export_trajectory(model, train, tdir, partial(snapshot_path, work), states, m["n_users"], m["shard_size"],
+                             cfg.teachers.topk, cfg.eval,
+                             lambda ranker: evaluate_ranker(run, ranker, cfg.eval, ("valid", "test"), m),
+                             cfg.teachers.export_batch_size, name)
+    export_s = time.perf_counter() - t_export
+    if on_progress is not None:
+        on_progress({"epoch": result["epochs"], "best_valid_R@50": result["best_valid"], "best_epoch": result["best_epoch"],
+                     "phase": "exported", "done": True, "peak_rss_gib": peak_rss_gib()})
+    metrics = {
+        "teacher": name, "model": cls.__name__, "convergence_epoch": result["best_epoch"],
+        "best_valid_R@50": result["best_valid"], "epochs": result["epochs"], "stop": result["stop"],
+        "state_epochs": states, "states": traj["states"], "history": result["history"],
+        "resumed_from": result["resumed_from"], "train_s": result["train_s"], "eval_s": result["eval_s"],
+        "export_s": export_s, "wall_s": result["train_s"] + result["eval_s"] + export_s,
+        "attempt_wall_s": time.perf_counter() - t_start, "peak_rss_gib": peak_rss_gib(),
+        "params": dataclasses.asdict(params),
+    }
+    storage.write_json_atomic(storage.join(tdir, "metrics.json"), metrics)
+    if not cfg.teachers.keep_snapshots:
+        for e in result["snapshots"]:
+            if e not in states:
+                remove_file(snapshot_path(work, e))
+    manifest = {
+        "config_hash": h, "teacher": name, "model": cls.__name__, "K": cfg.teachers.topk,
+        "state_epochs": states, "convergence_epoch": result["best_epoch"], "n_users": m["n_users"],
+        "n_items": m["n_items"], "shard_size": m["shard_size"],
+        "n_shards": storage.n_shards(m["n_users"], m["shard_size"]),
+        "snapshots": {f"state={i + 1}": f"work/snap-{e:05d}.pt" for i, e in enumerate(states)},
+        "test": traj["states"][-1]["test"], "valid": traj["states"][-1]["valid"],
+        "wall_s": metrics["wall_s"],
+    }
+    storage.write_manifest(tdir, manifest)
+    log(f"teacher {name}", f"committed {tdir}: states {states}, test R@50 {manifest['test']['R@50']:.4f}")
+    return storage.read_manifest(tdir)
+
+
+def load_teacher_lists(run: str, name: str, folder: str, s: int) -> CSR:
+    """Shard `s` of a teacher's `state=<e>` or `observed` lists as CSR."""
+    t = storage.read_table(storage.shard_path(storage.join(teacher_dir(run, name), folder), s), ["user", "items"])
+    off, val = storage.list_to_csr(t.column("items"))
+    return CSR(off, val, int(t.column("user")[0].as_py()) if t.num_rows else 0)

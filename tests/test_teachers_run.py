@@ -1,0 +1,285 @@
+"""Teachers end to end on tiny synthetic runs: Ray actors, the trajectory's properties, exact
+agreement with brute-force rankings and metrics, resume after a killed actor, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import Config, EvalConfig, TeachersConfig, TeacherTraining
+from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
+from hetcomp_dist.errors import InputError
+from hetcomp_dist.teachers.fit import snapshot_path
+from hetcomp_dist.teachers.registry import model_class
+from hetcomp_dist.teachers.runner import load_teacher_lists, run_teacher, teacher_dir
+from hetcomp_dist.teachers.trajectory import choose_states, load_weights
+
+K = 20
+
+
+# ------------------------------------------------------------------------------ tiny runs (helper)
+def _to_csr(lists: list[np.ndarray], lo: int = 0) -> CSR:
+    offsets = np.zeros(len(lists) + 1, np.int64)
+    np.cumsum([len(x) for x in lists], out=offsets[1:])
+    items = np.concatenate(lists).astype(np.int32) if lists else np.zeros(0, np.int32)
+    return CSR(offsets, items, lo)
+
+
+def write_tiny_run(run: str, n_users: int = 300, n_items: int = 120, shard_size: int = 128, seed: int = 0) -> dict:
+    """A clustered synthetic RUN/data (users of group g prefer items of group g), split per METHOD §1."""
+    rng = np.random.default_rng(seed)
+    groups = 4
+    item_group = rng.integers(0, groups, n_items)
+    split = {"train": [], "valid": [], "test": []}
+    for u in range(n_users):
+        n = int(rng.integers(6, 25))
+        pref = np.where(item_group == u % groups, 8.0, 1.0)
+        items = rng.choice(n_items, size=n, replace=False, p=pref / pref.sum())
+        nt = int(np.floor(0.2 * n))
+        split["test"].append(items[:nt])
+        split["valid"].append(items[nt: 2 * nt])
+        split["train"].append(np.sort(items[2 * nt:]))
+    seen = np.zeros(n_items, bool)
+    seen[np.concatenate(split["train"])] = True
+    for u in range(n_users):
+        v = np.sort(split["valid"][u][seen[split["valid"][u]]])
+        t = np.sort(split["test"][u][seen[split["test"][u]]])
+        if len(v) == 0 or len(t) == 0:
+            v, t = v[:0], t[:0]
+        split["valid"][u], split["test"][u] = v, t
+    base = storage.join(run, "data")
+    files = {}
+    for name, lists in split.items():
+        for s, lo, hi in storage.iter_shards("", n_users, shard_size):
+            c = _to_csr(lists[lo:hi])
+            path = storage.shard_path(storage.join(base, name), s)
+            storage.write_table_atomic(path, storage.user_table(lo, hi, items=storage.csr_to_list(c.offsets, c.items)))
+            files[f"{name}/{storage.shard_name(s)}"] = hi - lo
+    counts = {k: int(sum(len(x) for x in v)) for k, v in split.items()}
+    manifest = {"n_users": n_users, "n_items": n_items, "n_interactions": sum(counts.values()),
+                "n_train": counts["train"], "n_valid": counts["valid"], "n_test": counts["test"],
+                "n_eval_users": int(sum(len(x) > 0 for x in split["test"])), "shard_size": shard_size,
+                "seed": seed, "config_hash": f"tiny-{n_users}-{n_items}-{seed}", "files": files, "source": "test"}
+    storage.write_manifest(base, manifest)
+    return manifest
+
+
+def tiny_config(run: str, names=("mf", "ml", "dnn", "gnn", "ae", "iae"), **teachers) -> Config:
+    fast = TeacherTraining(lr=0.01)
+    t = TeachersConfig(names=tuple(names), dim=16, topk=K, max_epochs=12, eval_every=4, snapshot_every=2,
+                       patience=2, batch_size=256, ae_hidden=32, dnn_mlp_dim=8, ae_anneal_steps=20,
+                       num_cpus=0.25, progress_every_s=2.0,
+                       mf=fast, ml=fast, dnn=fast, gnn=fast, ae=TeacherTraining(lr=0.01, batch_size=64),
+                       iae=TeacherTraining(lr=0.01, batch_size=64))
+    t = dataclasses.replace(t, **teachers)
+    return Config(run=run, teachers=t, eval=EvalConfig(batch_size=100))
+
+
+# ---------------------------------------------------------------------------- independent checks
+def brute_force_topk(scores: np.ndarray, exclude: list[set], k: int) -> list[list[int]]:
+    """Per-user loop: items by score descending (ties: smaller id), skipping the excluded."""
+    out = []
+    for u, row in enumerate(scores):
+        order = sorted(range(len(row)), key=lambda i: (-row[i], i))
+        out.append([i for i in order if i not in exclude[u]][:k])
+    return out
+
+
+def brute_force_metrics(top: list[list[int]], gt: list[set], ks=(10, 50)) -> dict:
+    res = {f"{m}@{k}": [] for k in ks for m in ("R", "N")}
+    for t, g in zip(top, gt):
+        if not g:
+            continue
+        for k in ks:
+            hits = [1.0 if i in g else 0.0 for i in t[:k]]
+            res[f"R@{k}"].append(sum(hits) / len(g))
+            dcg = sum(h / np.log2(p + 2) for p, h in enumerate(hits))
+            res[f"N@{k}"].append(dcg / sum(1 / np.log2(p + 2) for p in range(min(len(g), k))))
+    return {key: float(np.mean(v)) for key, v in res.items()}
+
+
+def user_lists(run: str, split: str) -> list[set]:
+    c = load_split(run, split)
+    return [set(c.row(u).tolist()) for u in range(c.n)]
+
+
+def read_lists(run: str, name: str, folder: str, n_users: int, shard_size: int) -> list[list[int]]:
+    out = []
+    for s, lo, hi in storage.iter_shards("", n_users, shard_size):
+        t = storage.read_table(storage.shard_path(storage.join(teacher_dir(run, name), folder), s))
+        assert t.column("user").to_pylist() == list(range(lo, hi)), "shard rows must be exactly its user range"
+        out.extend(t.column("items").to_pylist())
+    return out
+
+
+def check_trajectory(run: str, name: str) -> dict:
+    """The issue's properties: 4 states ordered by epoch, K items per user, no train item, observed
+    lists = the train lists reordered, metrics for every state."""
+    data = load_manifest(run)
+    n, S = data["n_users"], data["shard_size"]
+    man = storage.read_manifest(teacher_dir(run, name))
+    metrics = storage.read_json(storage.join(teacher_dir(run, name), "metrics.json"))
+    train = user_lists(run, "train")
+    epochs = man["state_epochs"]
+    assert len(epochs) == 4 and epochs == sorted(epochs) and epochs[-1] == man["convergence_epoch"]
+    assert epochs == choose_states(metrics["state_epochs"], man["convergence_epoch"])
+    assert [s["state"] for s in metrics["states"]] == [1, 2, 3, 4]
+    for i in range(1, 5):
+        lists = read_lists(run, name, f"state={i}", n, S)
+        for u, row in enumerate(lists):
+            assert len(row) == min(K, data["n_items"] - len(train[u])), (name, i, u)
+            assert len(set(row)) == len(row)
+            assert not set(row) & train[u], f"{name} state {i}: train item in user {u}'s list"
+        assert set(metrics["states"][i - 1]) >= {"valid", "test", "epoch"}
+        assert set(metrics["states"][i - 1]["test"]) >= {"R@10", "N@10", "R@50", "N@50"}
+    observed = read_lists(run, name, "observed", n, S)
+    assert [sorted(o) for o in observed] == [sorted(t) for t in train]
+    return man
+
+
+# -------------------------------------------------------------------------------------------- tests
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, ray_session):
+    from hetcomp_dist.teachers import train_teachers
+
+    run = str(tmp_path_factory.mktemp("teachers") / "run")
+    write_tiny_run(run)
+    cfg = tiny_config(run)
+    summary = train_teachers(run, cfg)
+    return run, cfg, summary
+
+
+def test_all_six_trajectories_valid(trained_run):
+    run, cfg, summary = trained_run
+    assert sorted(summary["teachers"]) == sorted(cfg.teachers.names)
+    assert sorted(summary["trained"]) == sorted(cfg.teachers.names)
+    for name in cfg.teachers.names:
+        check_trajectory(run, name)
+    stage = storage.read_manifest(storage.join(run, "teachers"))
+    assert stage["names"] == list(cfg.teachers.names)
+
+
+@pytest.mark.parametrize("name", ["mf", "ae"])  # one FAISS path, one score-block path
+def test_export_and_metrics_equal_brute_force(trained_run, name):
+    run, cfg, _ = trained_run
+    data = load_manifest(run)
+    man = storage.read_manifest(teacher_dir(run, name))
+    metrics = storage.read_json(storage.join(teacher_dir(run, name), "metrics.json"))
+    train, valid, test = (user_lists(run, s) for s in ("train", "valid", "test"))
+    train_csr = load_split(run, "train")
+    model = model_class(name, cfg.teachers)(data["n_users"], data["n_items"], cfg.teachers, train_csr)
+    model.load_state_dict(load_weights(storage.join(teacher_dir(run, name), man["snapshots"]["state=4"])))
+    with torch.no_grad():
+        scores = model.eval().scores(torch.arange(data["n_users"]), train_csr).numpy()
+    exported = read_lists(run, name, "state=4", data["n_users"], data["shard_size"])
+    ref = brute_force_topk(scores, train, K)
+    for u in range(data["n_users"]):  # equal up to float near-ties
+        got = scores[u, exported[u]]
+        want = scores[u, ref[u]]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    for split, other in (("valid", test), ("test", valid)):
+        gt = valid if split == "valid" else test
+        top = brute_force_topk(scores, [a | b for a, b in zip(train, other)], 50)
+        want = brute_force_metrics(top, gt)
+        got = metrics["states"][3][split]
+        for key in want:
+            assert got[key] == pytest.approx(want[key], abs=1e-6), (name, split, key)
+    observed = read_lists(run, name, "observed", data["n_users"], data["shard_size"])
+    for u in range(data["n_users"]):
+        s = scores[u, observed[u]]
+        assert np.all(np.diff(s) <= 1e-6)
+
+
+def test_rerun_skips_committed(trained_run):
+    from hetcomp_dist.teachers import train_teachers
+
+    run, cfg, _ = trained_run
+    t0 = time.perf_counter()
+    summary = train_teachers(run, cfg)
+    assert summary["trained"] == []
+    assert time.perf_counter() - t0 < 5
+
+
+def test_killed_actor_resumes_from_snapshot(tmp_path, ray_session):
+    from hetcomp_dist.teachers.actors import start_teachers
+
+    run = str(tmp_path / "run")
+    write_tiny_run(run)
+    cfg = tiny_config(run, names=("mf",), max_epochs=40, patience=100, batch_size=16)
+    group = start_teachers(run, cfg, ["mf"])
+    deadline = time.time() + 120
+    status = {}
+    while time.time() < deadline:  # wait for a checkpoint, then kill the actor's process
+        status = group.status().get("mf", {})
+        if status.get("epoch", 0) >= 6 and not status.get("done"):
+            break
+        time.sleep(0.02)
+    assert 6 <= status.get("epoch", 0) < 40, f"could not catch the actor mid-training: {status}"
+    os.kill(status["pid"], signal.SIGKILL)
+    group.wait()
+    metrics = storage.read_json(storage.join(teacher_dir(run, "mf"), "metrics.json"))
+    assert len(metrics["resumed_from"]) == 1 and metrics["resumed_from"][0] >= 2
+    assert metrics["resumed_from"][0] % cfg.teachers.snapshot_every == 0
+    assert metrics["epochs"] == 40
+    check_trajectory(run, "mf")
+    # resuming is exact: an uninterrupted in-process run of the same config exports the same lists
+    ref_run = str(tmp_path / "ref")
+    shutil.copytree(storage.join(run, "data"), storage.join(ref_run, "data"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_teacher(ref_run, dataclasses.replace(cfg, run=ref_run), "mf")
+    finally:
+        torch.set_num_threads(threads)
+    data = load_manifest(run)
+    for i in range(1, 5):
+        a = read_lists(run, "mf", f"state={i}", data["n_users"], data["shard_size"])
+        b = read_lists(ref_run, "mf", f"state={i}", data["n_users"], data["shard_size"])
+        assert a == b, f"state {i} differs after resume"
+
+
+def test_bad_input_fails_before_anything_starts(tmp_path, capsys):
+    from hetcomp_dist.cli import main
+
+    empty = str(tmp_path / "empty")
+    assert main(["teachers", "--run", empty]) == 2
+    assert "no finished data stage" in capsys.readouterr().err
+    assert not os.path.exists(storage.join(empty, "teachers"))
+    run = str(tmp_path / "run")
+    write_tiny_run(run, n_users=20, n_items=30, shard_size=8)
+    assert main(["teachers", "--run", run, "--teachers", "mf,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teachers:\n  dim: sixty-four\n")
+    assert main(["teachers", "--run", run, "--config", str(bad)]) == 2
+    assert "teachers.dim" in capsys.readouterr().err
+    bad.write_text("teachers:\n  learning_rate: 0.1\n")
+    assert main(["teachers", "--run", run, "--config", str(bad)]) == 2
+    assert "unknown key" in capsys.readouterr().err
+    assert not os.path.exists(storage.join(run, "teachers"))
+
+
+def test_choose_states_and_pruning():
+    from hetcomp_dist.teachers.trajectory import prunable_snapshots
+
+    assert choose_states([10, 20, 30, 40], 40) == [10, 20, 30, 40]
+    assert choose_states([5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60], 60) == [15, 30, 45, 60]
+    # 0.25 * 60 = 15 is equidistant from 10 and 20: the later one
+    assert choose_states([10, 20, 30, 40, 50, 60, 70], 60) == [20, 30, 50, 60]
+    assert choose_states([10], 10) == [10, 10, 10, 10]
+    with pytest.raises(ValueError):
+        choose_states([10, 20], 30)
+    # pruned snapshots are never chosen for any later best epoch
+    snaps = list(range(2, 41, 2))
+    for best in range(2, 41, 2):
+        pruned = prunable_snapshots(snaps, best)
+        for later in range(best, 41, 2):
+            assert not set(pruned) & set(choose_states(snaps, later))
