@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "ingest": "hetcomp_dist.data.commands",
     "synth": "hetcomp_dist.data.synth_command",
     "evaluate": "hetcomp_dist.evaluation.commands",
+    "teachers": "hetcomp_dist.teachers.commands",
+    "ensemble": "hetcomp_dist.teachers.ensemble",
     "run": "hetcomp_dist.pipeline",
 }
 
