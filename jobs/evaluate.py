@@ -33,16 +33,17 @@ def evaluate(cfg, args) -> str:
     from hetcomp_dist.errors import InputError
     from hetcomp_dist.evaluation.evaluate import evaluate_embeddings
     from hetcomp_dist.pipeline import run_pipeline
+    from hetcomp_dist.student.trainer import student_dir
 
     if args.smoke:
         run_pipeline(cfg, ("data", "teachers", "knowledge", "student"))
-    path = args.embeddings or storage.join(cfg.run, "student", f"{cfg.student.method}-{cfg.student.model}", "emb.npz")
+    path = args.embeddings or storage.join(student_dir(cfg.run, cfg.student.method, cfg.student.model), "emb.npz")
     emb = storage.read_npz(path)
     missing = {"user", "item"} - set(emb)
     if missing:
         raise InputError(path, f"no array(s) {sorted(missing)} (has {sorted(emb)})",
                          "save it with numpy.savez(f, user=U, item=V)")
-    metrics = evaluate_embeddings(cfg.run, emb["user"], emb["item"], args.metric, cfg.eval)
+    metrics = evaluate_embeddings(cfg.run, emb["user"], emb["item"], args.metric, cfg.eval, where=path)
     out = args.metrics_out or path.removesuffix(".npz") + ".metrics.json"
     storage.write_json_atomic(out, metrics)
     print(json.dumps(metrics), flush=True)
