@@ -16,10 +16,8 @@ import torch
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, EvalConfig, TeachersConfig, TeacherTraining
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
-from hetcomp_dist.errors import InputError
-from hetcomp_dist.teachers.fit import snapshot_path
 from hetcomp_dist.teachers.registry import model_class
-from hetcomp_dist.teachers.runner import load_teacher_lists, run_teacher, teacher_dir
+from hetcomp_dist.teachers.runner import run_teacher, teacher_dir
 from hetcomp_dist.teachers.trajectory import choose_states, load_weights
 
 K = 20

@@ -12,13 +12,12 @@ import time
 from functools import partial
 from typing import Callable
 
-import numpy as np
 import torch
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, EvalConfig
-from hetcomp_dist.data.dataset import CSR, load_manifest, load_shard, load_split, union
-from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
+from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
+from hetcomp_dist.evaluation.evaluate import evaluate_embeddings, evaluate_scorer
 from hetcomp_dist.progress import log, peak_rss_gib
 from hetcomp_dist.teachers.fit import fit, load_checkpoint, remove_file, resolve, snapshot_path
 from hetcomp_dist.teachers.registry import model_class
@@ -46,28 +45,14 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
     return storage.config_hash("teacher", name, data_hash, shared, own, ev)
 
 
-def evaluate_ranker(run: str, ranker: Ranker, eval_cfg: EvalConfig, splits=("valid", "test"),
-                    manifest: dict | None = None) -> dict:
-    """{split: {"R@10", "N@10", "R@50", "N@50"}} under the protocol: valid ranks exclude train and
-    test items, test ranks exclude train and valid items; users with an empty split are skipped."""
-    m = manifest or load_manifest(run)
-    kmax = max(eval_cfg.ks)
-    out = {}
-    for split in splits:
-        other = "test" if split == "valid" else "valid"
-        sums = MetricSums(eval_cfg.ks)
-        for s, lo, hi in storage.iter_shards("", m["n_users"], m["shard_size"]):
-            gt, oth = load_shard(run, split, s, m), load_shard(run, other, s, m)
-            tr = ranker.train.rows(lo - ranker.train.lo, hi - ranker.train.lo)
-            rows = np.nonzero(gt.lengths() > 0)[0]
-            for b in range(0, len(rows), eval_cfg.batch_size):
-                r = rows[b: b + eval_cfg.batch_size]
-                ex = union(tr.take(r), oth.take(r))
-                top = ranker.topk(lo + r, kmax, ex.offsets, ex.items)
-                g = gt.take(r)
-                sums.add(recall_ndcg(top, g.offsets, g.items, eval_cfg.ks, m["n_items"]))
-        out[split] = sums.means()
-    return out
+def evaluate_ranker(run: str, ranker: Ranker, eval_cfg: EvalConfig, splits=("valid", "test")) -> dict:
+    """{split: {"R@10", "N@10", "R@50", "N@50"}} of one model state, through the project's evaluation
+    (FAISS for embedding models, score blocks otherwise), in this process: the teacher's actor is
+    already the unit of parallelism."""
+    if ranker.index is not None:
+        return evaluate_embeddings(run, ranker.user_emb, ranker.item_emb, ranker.metric, eval_cfg, tuple(splits),
+                                   distributed=False)
+    return evaluate_scorer(run, ranker.score_fn, eval_cfg, tuple(splits), distributed=False)
 
 
 def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
@@ -99,7 +84,7 @@ def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
     model = cls(m["n_users"], m["n_items"], model_cfg, train).to(device)
 
     def valid(model_) -> dict:
-        return evaluate_ranker(run, Ranker(model_, train, cfg.eval), cfg.eval, ("valid",), m)["valid"]
+        return evaluate_ranker(run, Ranker(model_, train, cfg.eval), cfg.eval, ("valid",))["valid"]
 
     result = fit(model, train, work, params, valid, h, name, on_progress)
     states = choose_states(result["snapshots"], result["best_epoch"])
@@ -108,7 +93,7 @@ def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
     t_export = time.perf_counter()
     traj = export_trajectory(model, train, tdir, partial(snapshot_path, work), states, m["n_users"], m["shard_size"],
                              cfg.teachers.topk, cfg.eval,
-                             lambda ranker: evaluate_ranker(run, ranker, cfg.eval, ("valid", "test"), m),
+                             lambda ranker: evaluate_ranker(run, ranker, cfg.eval, ("valid", "test")),
                              cfg.teachers.export_batch_size, name)
     export_s = time.perf_counter() - t_export
     if on_progress is not None:
