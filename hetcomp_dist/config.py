@@ -143,6 +143,9 @@ class KnowledgeConfig:
     decay: float = 0.995
     period: int = 10  # p: DKC every p epochs, from epoch p on
     distributed_min_users: int = 200_000  # below this, rounds run in-process
+    batch_users: int = 2048  # users per vectorised batch inside a shard task
+    task_cpus: float = 1.0  # Ray CPUs per shard task
+    max_tasks: int = 0  # concurrent shard tasks (0 = as many as the cluster's CPUs allow)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,467 @@
+"""Knowledge rounds on storage: round 0 (P+ and the E1 targets) and DKC rounds, one task per user shard.
+
+A round is a map over shard ids. Task s opens shard s of every input -- ``data/train``, each teacher's
+``state=<e>`` (and ``observed`` at round 0), ``knowledge/round=<r-1>`` -- and zips them positionally
+(every dataset of a run uses the same user-range shards: no shuffle, memory bounded by one shard).
+It computes in batches of users with the pure functions of `ensemble` / `dkc`, writes its output
+shard atomically and returns small statistics; the driver sums them, decides the switch and writes
+the manifest last. Small runs map in-process (Ray's fixed costs are seconds); from
+``knowledge.distributed_min_users`` users on, the same task function runs as a Ray Data map over
+shard ids. Both give identical files.
+
+Idempotent: a round whose manifest carries the expected config hash is returned as is. The hash
+chains round r to round r-1 (and round 0 to the data and the teachers), so stale rounds are redone.
+A round's hash includes the student's embedding path: a different student (or a rerun that writes
+new embeddings elsewhere) recomputes the round instead of reusing another student's decisions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import Config
+from hetcomp_dist.data.dataset import load_manifest, load_shard
+from hetcomp_dist.errors import InputError
+from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
+from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, rebuild_targets, state_means, switch_fired
+from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
+from hetcomp_dist.progress import Progress, log, peak_rss_gib
+
+N_STATES = 4  # E1..E4; state index v in 0..3
+STAGE = "knowledge"
+
+
+def knowledge_dir(run: str) -> str:
+    return storage.join(run, "knowledge")
+
+
+def round_dir(run: str, round_idx: int) -> str:
+    return storage.join(knowledge_dir(run), f"round={round_idx}")
+
+
+def pos_dir(run: str) -> str:
+    return storage.join(knowledge_dir(run), "pos")
+
+
+def tune_malloc() -> None:
+    """Keeps batch temporaries (< 32 MiB) on glibc's heap instead of fresh mmaps.
+
+    The vectorised batches allocate many short-lived arrays of a few MiB; by default glibc maps and
+    unmaps each, and the page faults cost as much as the arithmetic (measured ~2x on a batch).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
+
+
+# ------------------------------------------------------------------------------------------ task
+@dataclass(frozen=True)
+class RoundTask:
+    """Everything a shard task needs (small, picklable: paths and config, no arrays)."""
+
+    run: str
+    cfg: Config
+    names: tuple[str, ...]
+    data: dict  # the data manifest (n_users, n_items, shard_size)
+    round_idx: int
+    epoch: int = 0
+    emb_path: str = ""
+    metric: str = "ip"
+
+    @property
+    def kc(self):
+        return self.cfg.knowledge
+
+    def weights(self) -> np.ndarray | None:
+        return np.asarray(self.kc.weights, dtype=np.float64) if self.kc.weights else None
+
+
+def _teacher_dir(run: str, name: str) -> str:
+    return storage.join(run, "teachers", name)
+
+
+def _read(path: str, columns: list[str]) -> pa.Table:
+    """One Parquet file, single-threaded (the dataset reader's thread pool costs more than it saves
+    on one-column shards, and a shard task owns one CPU)."""
+    if not storage.exists(path):
+        raise InputError(path, "shard file missing", "rerun the stage that writes this folder")
+    fs, p = storage.resolve(path)
+    with fs.open_input_file(p) as f:
+        return pq.ParquetFile(f).read(columns=columns, use_threads=False)
+
+
+def _read_lists(path: str, lo: int, hi: int, column: str = "items") -> tuple[np.ndarray, np.ndarray]:
+    """CSR (offsets, values) of one shard's list column, checked against the users [lo, hi)."""
+    t = _read(path, ["user", column])
+    user = t.column("user")
+    if t.num_rows != hi - lo or (t.num_rows and (user[0].as_py() != lo or user[-1].as_py() != hi - 1)):
+        raise InputError(path, f"expected users [{lo}, {hi}) one row each, got {t.num_rows} rows",
+                         "the folder is corrupt; delete it and rerun the stage that writes it")
+    return storage.list_to_csr(t.column(column))
+
+
+def _dense(off: np.ndarray, val: np.ndarray, width: int, where: str) -> np.ndarray:
+    """(n, width) int32, -1 padded; a zero-copy view when every list has exactly `width` items."""
+    lengths = np.diff(off)
+    if len(lengths) and lengths.max() > width:
+        raise InputError(where, f"a list has {int(lengths.max())} items, more than K = {width}",
+                         "export the teachers with the same K as knowledge.topk")
+    if len(lengths) and lengths.min() == width:
+        return val[: len(lengths) * width].reshape(-1, width)
+    return storage.csr_to_dense(off, val, width)
+
+
+def _fixed_list(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """list<typ> column of a (n, M) matrix (every row has M entries)."""
+    n, m = mat.shape
+    offsets = pa.array(np.arange(0, n * m + 1, m, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(mat).ravel(), type=typ))
+
+
+def _read_round(run: str, round_idx: int, s: int, lo: int, hi: int, M: int, K: int):
+    """(v (n, M) int64, d (n, M) float32, targets (n, K) int32) of shard s of a committed round."""
+    path = storage.shard_path(round_dir(run, round_idx), s)
+    t = _read(path, ["user", "v", "d", "targets"])
+    if t.num_rows != hi - lo:
+        raise InputError(path, f"{t.num_rows} rows for users [{lo}, {hi})", "delete the round and rebuild it")
+    v = t.column("v").combine_chunks().flatten().to_numpy().astype(np.int64).reshape(-1, M)
+    d = t.column("d").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, M)
+    off, val = storage.list_to_csr(t.column("targets"))
+    return v, d, storage.csr_to_dense(off, val, K)
+
+
+def _write_round_shard(run: str, round_idx: int, s: int, lo: int, hi: int, v: np.ndarray, d: np.ndarray,
+                       targets: np.ndarray) -> None:
+    storage.write_table_atomic(storage.shard_path(round_dir(run, round_idx), s), storage.user_table(
+        lo, hi, v=_fixed_list(v.astype(np.int8), pa.int8()), d=_fixed_list(d.astype(np.float32), pa.float32()),
+        targets=storage.dense_to_list(targets)))
+
+
+def round0_shard(task: RoundTask, s: int) -> dict:
+    """Shard s of round 0: P+ (ensemble of the observed orders) and T_u = g of the E1 lists."""
+    tune_malloc()
+    t0 = time.perf_counter()
+    kc, names, run = task.kc, task.names, task.run
+    lo, hi = storage.shard_range(s, task.data["shard_size"], task.data["n_users"])
+    train = load_shard(run, "train", s, task.data)
+    e1, observed = [], []
+    for name in names:
+        path = storage.shard_path(storage.join(_teacher_dir(run, name), "state=1"), s)
+        e1.append(_dense(*_read_lists(path, lo, hi), kc.topk, path))
+        opath = storage.shard_path(storage.join(_teacher_dir(run, name), "observed"), s)
+        off, val = _read_lists(opath, lo, hi)
+        if not np.array_equal(np.diff(off), train.lengths()):
+            raise InputError(opath, "the observed lists do not have the users' train lengths",
+                             "the teacher's observed export must hold exactly each user's train items")
+        observed.append((off, val))
+    n, B = hi - lo, kc.batch_users
+    targets = np.full((n, kc.topk), -1, dtype=np.int32)
+    for b0 in range(0, n, B):
+        b1 = min(b0 + B, n)
+        targets[b0:b1] = ensemble_topk(np.stack([x[b0:b1] for x in e1], axis=1), kc.topk, kc.temperature,
+                                       task.weights())
+    pos = ensemble_topk_csr(observed, kc.pos_k, kc.temperature, task.weights())
+    M = len(names)
+    _write_round_shard(run, 0, s, lo, hi, np.zeros((n, M), np.int8), np.full((n, M), np.nan, np.float32), targets)
+    storage.write_table_atomic(storage.shard_path(pos_dir(run), s), storage.user_table(lo, hi, items=storage.dense_to_list(pos)))
+    wall = time.perf_counter() - t0
+    log(STAGE, f"round 0 shard {s}: users [{lo}, {hi}) in {wall:.2f}s")
+    return {"shard": s, "n": n, "v_sum": [0] * M, "moved": [0] * M, "changed": 0, "retrieval_s": 0.0,
+            "wall_s": wall, "peak_rss_gib": peak_rss_gib()}
+
+
+def student_topk(task: RoundTask, lo: int, hi: int, train) -> np.ndarray:
+    """(hi-lo, d_k) the student's top unobserved items (train excluded) through the FAISS factory."""
+    emb = storage.read_npz(task.emb_path)
+    ev = task.cfg.eval
+    index = build_index(emb["item"], task.metric, ev.index, ivf_nlist=ev.ivf_nlist, ivf_nprobe=ev.ivf_nprobe,
+                        hnsw_m=ev.hnsw_m, hnsw_ef_search=ev.hnsw_ef_search)
+    users = emb["user"][lo:hi]
+    out = np.full((hi - lo, task.kc.d_k), -1, dtype=np.int32)
+    for b0 in range(0, hi - lo, ev.batch_size):
+        b1 = min(b0 + ev.batch_size, hi - lo)
+        part = train.rows(b0, b1)
+        out[b0:b1] = search_excluding(index, users[b0:b1], task.kc.d_k, part.offsets, part.items)
+    return out
+
+
+def dkc_shard(task: RoundTask, s: int) -> dict:
+    """Shard s of DKC round r >= 1: the student's top-d_k, one DKC step for every user, new targets."""
+    tune_malloc()
+    t0 = time.perf_counter()
+    kc, names, run, r = task.kc, task.names, task.run, task.round_idx
+    M, K, last = len(names), kc.topk, N_STATES - 1
+    lo, hi = storage.shard_range(s, task.data["shard_size"], task.data["n_users"])
+    n, first = hi - lo, r == 1
+    v, d, prev_targets = _read_round(run, r - 1, s, lo, hi, M, K)
+    train = load_shard(run, "train", s, task.data)
+    t_r = time.perf_counter()
+    sigma = student_topk(task, lo, hi, train)
+    t_retrieval = time.perf_counter() - t_r
+    # only the states some user of the shard can touch: the ensemble needs v or v+1, D needs v+1, v+2
+    low = v.min(axis=0) + (1 if first else 0) if n else np.full(M, N_STATES)
+    states: dict[tuple[int, int], np.ndarray] = {}
+    for x, name in enumerate(names):
+        for e in range(int(min(low[x], last)), N_STATES):
+            path = storage.shard_path(storage.join(_teacher_dir(run, name), f"state={e + 1}"), s)
+            states[x, e] = _dense(*_read_lists(path, lo, hi), K, path)
+    params = DKCParams.from_config(kc)
+    v_new = np.empty((n, M), dtype=np.int8)
+    d_new = np.empty((n, M), dtype=np.float32)
+    targets = np.empty((n, K), dtype=np.int32)
+    moved_total = np.zeros(M, dtype=np.int64)
+    changed = 0
+    for b0 in range(0, n, kc.batch_users):
+        b1 = min(b0 + kc.batch_users, n)
+        lists = np.full((b1 - b0, M, N_STATES, K), -1, dtype=np.int32)
+        for (x, e), arr in states.items():
+            lists[:, x, e] = arr[b0:b1]
+        vb, db, moved = dkc_step(lists, v[b0:b1], d[b0:b1], sigma[b0:b1], task.epoch, first, params)
+        ch = moved.any(axis=1)
+        targets[b0:b1] = rebuild_targets(lists, vb, ch, prev_targets[b0:b1], K, kc.temperature, task.weights())
+        v_new[b0:b1], d_new[b0:b1] = vb, db
+        moved_total += moved.sum(axis=0)
+        changed += int(ch.sum())
+    _write_round_shard(run, r, s, lo, hi, v_new, d_new, targets)
+    wall = time.perf_counter() - t0
+    log(STAGE, f"round {r} shard {s}: users [{lo}, {hi}), {changed} changed, retrieval {t_retrieval:.2f}s, "
+               f"rest {wall - t_retrieval:.2f}s ({n / max(wall - t_retrieval, 1e-9):,.0f} users/s)")
+    return {"shard": s, "n": n, "v_sum": v_new.astype(np.int64).sum(axis=0).tolist(), "moved": moved_total.tolist(),
+            "changed": changed, "retrieval_s": t_retrieval, "wall_s": wall, "peak_rss_gib": peak_rss_gib()}
+
+
+SHARD_FUNCTIONS = {"round0": round0_shard, "dkc": dkc_shard}
+
+
+def _ray_entry(kind: str, task: RoundTask, batch: dict) -> dict:
+    """Ray Data UDF: one shard id in, its statistics (as a JSON string) out."""
+    stats = [SHARD_FUNCTIONS[kind](task, int(s)) for s in batch["id"]]
+    return {"stats": np.array([json.dumps(x) for x in stats])}
+
+
+def map_shards(kind: str, task: RoundTask, distributed: bool) -> list[dict]:
+    """Runs the shard function over every shard id, in-process or as a Ray Data map; stats by shard."""
+    n = storage.n_shards(task.data["n_users"], task.data["shard_size"])
+    if not distributed:
+        prog = Progress(f"{STAGE} round {task.round_idx}", task.data["n_users"])
+        out = []
+        for s in range(n):
+            out.append(SHARD_FUNCTIONS[kind](task, s))
+            prog.update(out[-1]["n"])
+        prog.close()
+        return out
+    import ray
+
+    size = max(1, min(n, task.kc.max_tasks)) if task.kc.max_tasks > 0 else None
+    ds = ray.data.range(n, override_num_blocks=n).map_batches(
+        partial(_ray_entry, kind, task), batch_size=1, batch_format="numpy", num_cpus=task.kc.task_cpus,
+        compute=ray.data.TaskPoolStrategy(size=size))
+    out = [json.loads(row["stats"]) for row in ds.take_all()]
+    return sorted(out, key=lambda x: x["shard"])
+
+
+# ---------------------------------------------------------------------------------------- driver
+def _dkc_fields(cfg: Config) -> dict:
+    kc = cfg.knowledge
+    ev = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k not in ("batch_size", "distributed_min_users")}
+    return {"d_k": kc.d_k, "d_variant": kc.d_variant, "d_lambda": kc.d_lambda, "move_rule": kc.move_rule,
+            "alpha": kc.alpha, "decay": kc.decay, "period": kc.period, "index": ev}
+
+
+def _base(run: str, cfg: Config) -> tuple[dict, tuple[str, ...], str]:
+    """(data manifest, teacher names, base hash) after checking the inputs are committed and agree."""
+    from hetcomp_dist.teachers.ensemble import committed_teachers
+
+    data = load_manifest(run)
+    teachers = committed_teachers(run, cfg, data)
+    names = tuple(cfg.teachers.names)
+    for name, m in teachers.items():
+        for key in ("n_users", "shard_size"):
+            if key in m and m[key] != data[key]:
+                raise InputError(_teacher_dir(run, name), f"{key} {m[key]} differs from the data's {data[key]}",
+                                 "retrain the teachers on this run's data")
+        if m.get("K", cfg.knowledge.topk) < cfg.knowledge.topk:
+            raise InputError(_teacher_dir(run, name), f"exported K = {m['K']} < knowledge.topk = {cfg.knowledge.topk}",
+                             "set knowledge.topk <= teachers.topk")
+    kc = cfg.knowledge
+    for name in ("batch_users", "task_cpus", "topk", "pos_k", "d_k"):
+        if getattr(kc, name) <= 0:
+            raise InputError(f"knowledge.{name}", f"must be > 0, got {getattr(kc, name)}")
+    base = storage.config_hash("knowledge", data["config_hash"], [teachers[n]["config_hash"] for n in names],
+                               names, kc.topk, kc.temperature, list(kc.weights))
+    return data, names, base
+
+
+def _round_hash(cfg: Config, r: int, prev_hash: str, epoch: int, emb_path: str, metric: str) -> str:
+    return storage.config_hash("round", r, prev_hash, epoch, emb_path, metric, _dkc_fields(cfg))
+
+
+def _chain(run: str, cfg: Config, base: str, upto: int) -> str:
+    """The config hash round `upto` must carry, checking every round before it is committed and current."""
+    h = storage.config_hash("round", 0, base)
+    for j in range(upto + 1):
+        m = storage.read_manifest(round_dir(run, j))
+        if m is None:
+            raise InputError(round_dir(run, j), "knowledge round not committed",
+                             "build the rounds in order: build_round0, then dkc_round(1), dkc_round(2), ...")
+        if j > 0:
+            h = _round_hash(cfg, j, h, m["epoch"], m["emb_path"], m["metric"])
+        if m.get("config_hash") != h:
+            raise InputError(round_dir(run, j), "built from other inputs (data, teachers, config or earlier rounds)",
+                             "rebuild the knowledge from round 0 (delete RUN/knowledge)")
+    return h
+
+
+def _distributed(cfg: Config, n_users: int) -> bool:
+    return n_users >= cfg.knowledge.distributed_min_users
+
+
+def _commit(run: str, cfg: Config, task: RoundTask, stats: list[dict], h: str, t0: float, distributed: bool,
+            extra: dict) -> dict:
+    names, n = task.names, task.data["n_users"]
+    v_sum = np.sum([x["v_sum"] for x in stats], axis=0)
+    means = state_means(v_sum, n)
+    wall = time.perf_counter() - t0
+    retrieval = float(sum(x["retrieval_s"] for x in stats))
+    manifest = {
+        "round": task.round_idx, "epoch": task.epoch, "teachers": list(names),
+        "means": {name: float(mu) for name, mu in zip(names, means)},
+        "switch": switch_fired(means, N_STATES - 1), "config_hash": h, "n_users": n,
+        "shard_size": task.data["shard_size"], "n_shards": len(stats), "K": cfg.knowledge.topk,
+        "pos_k": cfg.knowledge.pos_k, "n_states": N_STATES, "emb_path": task.emb_path, "metric": task.metric,
+        "changed_users": int(sum(x["changed"] for x in stats)),
+        "moved": {name: int(c) for name, c in zip(names, np.sum([x["moved"] for x in stats], axis=0))},
+        "distributed": distributed, "wall_s": wall, "task_retrieval_s": retrieval,
+        "task_rest_s": float(sum(x["wall_s"] for x in stats)) - retrieval,
+        "peak_rss_gib": max([peak_rss_gib()] + [x["peak_rss_gib"] for x in stats]),
+        "task_peak_rss_gib": max(x["peak_rss_gib"] for x in stats), **extra,
+    }
+    storage.write_manifest(round_dir(run, task.round_idx), manifest)
+    log(STAGE, f"committed round {task.round_idx} (epoch {task.epoch}): means "
+               + ", ".join(f"{k} {v:.3f}" for k, v in manifest["means"].items())
+               + f", switch {manifest['switch']}, {manifest['changed_users']:,} users changed, {wall:.1f}s")
+    return storage.read_manifest(round_dir(run, task.round_idx))
+
+
+def build_round0(run: str, cfg: Config) -> dict:
+    """Writes RUN/knowledge/pos (P+) and RUN/knowledge/round=0 (v = 0, d = NaN, T = g of the E1 states).
+
+    Returns:
+        The round manifest: {"round": 0, "epoch": 0, "teachers": [...], "means": {name: 0.0},
+        "switch": False, ...}. A committed round 0 of the same inputs is returned as is.
+    """
+    t0 = time.perf_counter()
+    data, names, base = _base(run, cfg)
+    h = storage.config_hash("round", 0, base)
+    h_pos = storage.config_hash("pos", base, cfg.knowledge.pos_k)
+    done = storage.stage_is_done(round_dir(run, 0), h)
+    if done is not None and storage.stage_is_done(pos_dir(run), h_pos) is not None:
+        log(STAGE, f"round 0 is up to date (config {h}); skipping")
+        return done
+    storage.delete_dir(knowledge_dir(run))  # every later round depends on round 0
+    storage.begin_stage(pos_dir(run))
+    storage.begin_stage(round_dir(run, 0))
+    task = RoundTask(run, cfg, names, data, 0)
+    distributed = _distributed(cfg, data["n_users"])
+    stats = map_shards("round0", task, distributed)
+    storage.write_manifest(pos_dir(run), {"config_hash": h_pos, "pos_k": cfg.knowledge.pos_k, "teachers": list(names),
+                                          "n_users": data["n_users"], "shard_size": data["shard_size"]})
+    return _commit(run, cfg, task, stats, h, t0, distributed, {})
+
+
+def _check_embeddings(emb_path: str, data: dict, metric: str) -> None:
+    if metric not in ("ip", "l2"):
+        raise InputError(f"metric={metric!r}", "must be ip or l2")
+    emb = storage.read_npz(emb_path)
+    for key, n in (("user", data["n_users"]), ("item", data["n_items"])):
+        a = emb.get(key)
+        if a is None or a.ndim != 2 or a.shape[0] != n or not np.issubdtype(a.dtype, np.floating):
+            raise InputError(emb_path, f"needs a float array `{key}` of shape ({n}, d), got "
+                                       f"{None if a is None else (a.shape, str(a.dtype))}",
+                             "save numpy.savez(path, user=U, item=I) with the student's embeddings")
+        if not np.all(np.isfinite(a)):
+            raise InputError(emb_path, f"`{key}` has NaN or infinite values", "check the student's training")
+    if emb["user"].shape[1] != emb["item"].shape[1]:
+        raise InputError(emb_path, "user and item embeddings differ in dimension")
+
+
+def dkc_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, metric: str = "ip") -> dict:
+    """DKC round `round_idx` >= 1 at student epoch `epoch`; round 1 is the first call (nobody moves).
+
+    Args:
+        run: the run folder (local or URI).
+        cfg: the config (knowledge section: D@K, move rule, threshold; eval: the FAISS index).
+        round_idx: r >= 1; round r-1 must be committed.
+        epoch: the student epoch e (threshold alpha * decay^floor(e/p)).
+        emb_path: .npz with float arrays `user` (n_users, d) and `item` (n_items, d).
+        metric: "ip" (dot product) or "l2" (negative squared distance) for the student's top-d_k.
+
+    Returns:
+        The round manifest: round, epoch, teachers, means (mean state index per teacher), switch, ...
+        A committed round of the same inputs is returned as is.
+    """
+    if not isinstance(round_idx, (int, np.integer)) or round_idx < 1:
+        raise InputError(f"round_idx={round_idx!r}", "DKC rounds start at 1", "use build_round0 for round 0")
+    if epoch < 0:
+        raise InputError(f"epoch={epoch}", "must be >= 0")
+    t0 = time.perf_counter()
+    data, names, base = _base(run, cfg)
+    prev_hash = _chain(run, cfg, base, round_idx - 1)
+    h = _round_hash(cfg, round_idx, prev_hash, epoch, emb_path, metric)
+    done = storage.stage_is_done(round_dir(run, round_idx), h)
+    if done is not None:
+        log(STAGE, f"round {round_idx} is up to date (config {h}); skipping")
+        return done
+    prev = storage.read_manifest(round_dir(run, round_idx - 1))
+    if prev["switch"]:
+        raise InputError(round_dir(run, round_idx - 1), "the switch fired at this round: DKC has stopped for good",
+                         "train on the last round's targets (L_F) instead of calling dkc_round")
+    _check_embeddings(emb_path, data, metric)
+    j = round_idx + 1
+    while storage.exists(round_dir(run, j)):  # later rounds were built on an older version of this one
+        storage.delete_dir(round_dir(run, j))
+        j += 1
+    storage.begin_stage(round_dir(run, round_idx))
+    task = RoundTask(run, cfg, names, data, int(round_idx), int(epoch), emb_path, metric)
+    distributed = _distributed(cfg, data["n_users"])
+    stats = map_shards("dkc", task, distributed)
+    return _commit(run, cfg, task, stats, h, t0, distributed, {"first_call": round_idx == 1})
+
+
+def load_targets(run: str, round_idx: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and P+ of users [lo, hi) of a committed round.
+
+    Returns:
+        (targets (hi-lo, K) int32, pos (hi-lo, pos_k) int32), -1 padded.
+    """
+    m = storage.read_manifest(round_dir(run, round_idx))
+    if m is None:
+        raise InputError(round_dir(run, round_idx), "knowledge round not committed",
+                         "run build_round0 / dkc_round first")
+    n, S, K, pos_k = m["n_users"], m["shard_size"], m["K"], m["pos_k"]
+    if not 0 <= lo <= hi <= n:
+        raise InputError(f"users [{lo}, {hi})", f"outside [0, {n})")
+    targets, pos = [], []
+    for s in range(lo // S, (hi - 1) // S + 1) if hi > lo else ():
+        s_lo, s_hi = storage.shard_range(s, S, n)
+        a, b = max(lo, s_lo) - s_lo, min(hi, s_hi) - s_lo
+        off, val = _read_lists(storage.shard_path(round_dir(run, round_idx), s), s_lo, s_hi, "targets")
+        targets.append(storage.csr_to_dense(off, val, K)[a:b])
+        off, val = _read_lists(storage.shard_path(pos_dir(run), s), s_lo, s_hi)
+        pos.append(storage.csr_to_dense(off, val, pos_k)[a:b])
+    if not targets:
+        return np.zeros((0, K), np.int32), np.zeros((0, pos_k), np.int32)
+    return np.concatenate(targets), np.concatenate(pos)

@@ -1,0 +1,238 @@
+"""Knowledge rounds on storage: round 0 and DKC rounds against a plain per-user replay, in-process and
+as a Ray Data map, plus idempotence, the switch and bad inputs.
+
+The run is tiny (a few shards of 64 users): `synthesize` writes the data stage and
+`knowledge.synthetic.write_trajectories` the teachers' trajectories in the exact teacher layout, with
+few enough items that many users have fewer than K unobserved items (-1 padded lists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import Config, from_dict
+from hetcomp_dist.data.dataset import load_manifest, load_split
+from hetcomp_dist.data.synth import synthesize
+from hetcomp_dist.errors import InputError
+from hetcomp_dist.knowledge import rounds
+from hetcomp_dist.knowledge.dkc import DKCParams
+from hetcomp_dist.knowledge.rounds import build_round0, dkc_round, load_targets
+from hetcomp_dist.knowledge.synthetic import perturb_embeddings, write_trajectories
+from test_knowledge_math import ref_dkc, ref_g
+
+N_USERS, N_ITEMS, SHARD = 230, 110, 64
+
+
+def _cfg(run: str, **knowledge) -> Config:
+    return from_dict(Config, {"run": run, "data": {"shard_size": SHARD},
+                              "synth": {"users": N_USERS, "items": N_ITEMS, "mean_interactions": 12,
+                                        "max_interactions": 40},
+                              "knowledge": {"distributed_min_users": 10**9, **knowledge}})
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """Data + synthetic trajectories + 6 student embeddings (a base and drifted copies)."""
+    run = str(tmp_path_factory.mktemp("kn") / "run")
+    cfg = _cfg(run)
+    synthesize(run, cfg.synth, cfg.data)
+    write_trajectories(run, cfg, seed=3, emb_path=f"{run}/emb0.npz")
+    for r in range(1, 40):
+        perturb_embeddings(f"{run}/emb0.npz", f"{run}/emb{r}.npz", scale=0.6, seed=r)
+    return run
+
+
+def _fresh(base_run: str, tmp_path, name: str) -> str:
+    run = str(tmp_path / name)
+    shutil.copytree(base_run, run)
+    return run
+
+
+def _teacher_lists(run: str, cfg: Config) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+    """All users' (n, M, S, K) state lists and observed orders, read plainly from the teacher files."""
+    n, K = N_USERS, cfg.knowledge.topk
+    lists = np.full((n, len(cfg.teachers.names), 4, K), -1, dtype=np.int32)
+    observed = [[None] * len(cfg.teachers.names) for _ in range(n)]
+    for x, name in enumerate(cfg.teachers.names):
+        for e in range(4):
+            for path in storage.list_files(f"{run}/teachers/{name}/state={e + 1}"):
+                t = storage.read_table(path).to_pydict()
+                for u, items in zip(t["user"], t["items"]):
+                    lists[u, x, e, : len(items)] = items
+        for path in storage.list_files(f"{run}/teachers/{name}/observed"):
+            t = storage.read_table(path).to_pydict()
+            for u, items in zip(t["user"], t["items"]):
+                observed[u][x] = np.array(items)
+    return lists, observed
+
+
+def _round_files(run: str, r: int):
+    """(v, d, targets, pos) of every user, read plainly from the round's shards."""
+    v, d, T, P = [], [], [], []
+    for path in storage.list_files(f"{run}/knowledge/round={r}"):
+        t = storage.read_table(path).to_pydict()
+        v += t["v"]
+        d += t["d"]
+        T += t["targets"]
+    for path in storage.list_files(f"{run}/knowledge/pos"):
+        P += storage.read_table(path).to_pydict()["items"]
+    return np.array(v), np.array(d, dtype=np.float32), T, P
+
+
+def _sigma(run: str, cfg: Config, emb: str) -> np.ndarray:
+    data = load_manifest(run)
+    train = load_split(run, "train", data)
+    task = rounds.RoundTask(run, cfg, tuple(cfg.teachers.names), data, 1, 0, emb)
+    return rounds.student_topk(task, 0, N_USERS, train)
+
+
+def test_student_topk_is_brute_force(base_run):
+    """The student's top-d_k through FAISS: train items excluded, scores as good as brute force."""
+    cfg = _cfg(base_run)
+    emb = storage.read_npz(f"{base_run}/emb1.npz")
+    sigma = _sigma(base_run, cfg, f"{base_run}/emb1.npz")
+    train = load_split(base_run, "train")
+    scores = emb["user"] @ emb["item"].T
+    for u in range(N_USERS):
+        tr = set(train.row(u).tolist())
+        got = [i for i in sigma[u] if i >= 0]
+        assert not tr & set(got) and len(got) == len(set(got)) == min(cfg.knowledge.d_k, N_ITEMS - len(tr))
+        rest = np.array(sorted(set(range(N_ITEMS)) - tr), dtype=np.int64)
+        best = np.sort(scores[u, rest])[::-1][: len(got)]
+        np.testing.assert_allclose(scores[u, got], best, rtol=1e-5, atol=1e-5)
+
+
+def test_rounds_match_per_user_replay(base_run, tmp_path):
+    """Round 0 and DKC rounds 1..4 equal a plain per-user replay of METHOD.md §3 from the raw files."""
+    run = _fresh(base_run, tmp_path, "inproc")
+    cfg = _cfg(run)
+    kc = cfg.knowledge
+    lists, observed = _teacher_lists(run, cfg)
+    assert (lists[:, :, :, -1] == -1).any(), "the fixture should have users with fewer than K unobserved items"
+
+    m0 = build_round0(run, cfg)
+    assert m0["round"] == 0 and m0["switch"] is False and set(m0["means"].values()) == {0.0}
+    v, d, T, P = _round_files(run, 0)
+    assert (v == 0).all() and np.isnan(d).all()
+    ref_T = [ref_g(lists[u, :, 0], kc.topk) for u in range(N_USERS)]
+    for u in range(N_USERS):
+        assert T[u] == [i for i in ref_T[u] if i >= 0]
+        assert P[u] == [i for i in ref_g([list(o) for o in observed[u]], kc.pos_k) if i >= 0]
+        assert len(P[u]) == min(kc.pos_k, len(observed[u][0]))
+
+    ref_v, ref_d = np.zeros((N_USERS, 6), dtype=int), np.full((N_USERS, 6), np.nan)
+    params = DKCParams.from_config(kc)
+    for r, epoch in ((1, 10), (2, 20), (3, 30), (4, 160)):  # epoch 160: threshold below 1
+        emb = f"{run}/emb{r}.npz"
+        m = dkc_round(run, cfg, r, epoch, emb)
+        sigma = _sigma(run, cfg, emb)
+        new_v, new_d = ref_dkc(lists, ref_v, ref_d, sigma, epoch, r == 1, params)
+        for u in range(N_USERS):
+            if (new_v[u] != ref_v[u]).any():
+                ref_T[u] = ref_g([lists[u, x, new_v[u, x]] for x in range(6)], kc.topk)
+        ref_v, ref_d = new_v, new_d
+        v, d, T, _ = _round_files(run, r)
+        np.testing.assert_array_equal(v, ref_v)
+        np.testing.assert_allclose(d, ref_d, rtol=0, atol=1e-6)
+        for u in range(N_USERS):
+            assert T[u] == [i for i in ref_T[u] if i >= 0]
+        assert m["means"] == pytest.approx({n: ref_v[:, x].mean() for x, n in enumerate(cfg.teachers.names)})
+        assert m["first_call"] == (r == 1) and m["epoch"] == epoch
+        if r == 1:
+            assert (v == 0).all() and m["changed_users"] == 0
+    assert 0 < ref_v.mean() < 3
+    got_T, got_P = load_targets(run, 4, 50, 140)  # crosses shard boundaries
+    assert got_T.shape == (90, kc.topk) and got_P.shape == (90, kc.pos_k)
+    for u in range(50, 140):
+        np.testing.assert_array_equal(got_T[u - 50], ref_T[u])
+
+
+def test_ray_data_round_equals_in_process(base_run, tmp_path, ray_session):
+    """The same rounds as a Ray Data map over shard ids (several tasks) give identical files."""
+    local, dist = _fresh(base_run, tmp_path, "local"), _fresh(base_run, tmp_path, "dist")
+    manifests = {}
+    for run, min_users in ((local, 10**9), (dist, 0)):
+        cfg = _cfg(run, distributed_min_users=min_users, max_tasks=3)
+        out = [build_round0(run, cfg)]
+        for r in (1, 2, 3):
+            out.append(dkc_round(run, cfg, r, 10 * r, f"{run}/emb{r}.npz"))
+        manifests[run] = out
+    assert [m["distributed"] for m in manifests[dist]] == [True] * 4
+    for a, b in zip(manifests[local], manifests[dist]):
+        assert a["means"] == b["means"] and a["switch"] == b["switch"] and a["changed_users"] == b["changed_users"]
+    for r in range(4):
+        (va, da, Ta, Pa), (vb, db, Tb, Pb) = _round_files(local, r), _round_files(dist, r)
+        np.testing.assert_array_equal(va, vb)
+        np.testing.assert_array_equal(da, db)  # NaN-aware: round 0 has d = NaN
+        assert Ta == Tb and Pa == Pb
+
+
+def test_idempotent_and_chained(base_run, tmp_path):
+    run = _fresh(base_run, tmp_path, "idem")
+    cfg = _cfg(run)
+    build_round0(run, cfg)
+    m1 = dkc_round(run, cfg, 1, 10, f"{run}/emb1.npz")
+    m2 = dkc_round(run, cfg, 2, 20, f"{run}/emb2.npz")
+    shard = storage.shard_path(f"{run}/knowledge/round=2", 0)
+    before = storage.read_bytes(shard)
+    assert dkc_round(run, cfg, 2, 20, f"{run}/emb2.npz") == m2  # committed: returned as is
+    assert build_round0(run, cfg)["config_hash"] == storage.read_manifest(f"{run}/knowledge/round=0")["config_hash"]
+    assert storage.read_bytes(shard) == before
+    # another student's embeddings for round 2: recomputed (and round 3 of the old one is gone)
+    dkc_round(run, cfg, 3, 30, f"{run}/emb3.npz")
+    m2b = dkc_round(run, cfg, 2, 20, f"{run}/emb5.npz")
+    assert m2b["config_hash"] != m2["config_hash"] and not storage.exists(f"{run}/knowledge/round=3")
+    assert dkc_round(run, cfg, 1, 10, f"{run}/emb1.npz") == m1
+    # a changed knowledge config invalidates the chain: round 0 rebuilt, later rounds must be redone
+    cfg_t = dataclasses.replace(cfg, knowledge=dataclasses.replace(cfg.knowledge, alpha=1.2))
+    with pytest.raises(InputError, match="other inputs"):
+        dkc_round(run, cfg_t, 2, 20, f"{run}/emb2.npz")
+    cfg_T = dataclasses.replace(cfg, knowledge=dataclasses.replace(cfg.knowledge, temperature=5.0))
+    build_round0(run, cfg_T)
+    with pytest.raises(InputError, match="not committed"):
+        dkc_round(run, cfg_T, 2, 20, f"{run}/emb2.npz")
+
+
+def test_switch_fires_and_stops_dkc(base_run, tmp_path):
+    run = _fresh(base_run, tmp_path, "switch")
+    cfg = _cfg(run, move_rule="paper", alpha=1e-6)  # paper rule, tiny alpha: every rho > 0 moves
+    build_round0(run, cfg)
+    means = []
+    for r in range(1, 6):
+        m = dkc_round(run, cfg, r, 10 * r, f"{run}/emb{r}.npz")
+        means.append(m["means"])
+        if m["switch"]:
+            break
+    # round 1 computes d only; then every teacher below 3 moves once per round: 1, 2, 3
+    assert [round(x["mf"], 6) for x in means] == [0.0, 1.0, 2.0, 3.0]
+    assert m["switch"] and set(m["means"].values()) == {3.0}
+    v, _, _, _ = _round_files(run, 4)
+    assert (v == 3).all()
+    with pytest.raises(InputError, match="switch"):
+        dkc_round(run, cfg, 5, 50, f"{run}/emb5.npz")
+
+
+def test_bad_inputs_fail_before_writing(base_run, tmp_path):
+    run = _fresh(base_run, tmp_path, "bad")
+    cfg = _cfg(run)
+    with pytest.raises(InputError, match="not committed"):
+        dkc_round(run, cfg, 1, 10, f"{run}/emb1.npz")  # no round 0 yet
+    build_round0(run, cfg)
+    storage.write_npz_atomic(f"{run}/wrong.npz", user=np.zeros((N_USERS - 1, 6), np.float32),
+                             item=np.zeros((N_ITEMS, 6), np.float32))
+    for emb, match in ((f"{run}/wrong.npz", "shape"), (f"{run}/missing.npz", "not found")):
+        with pytest.raises(InputError, match=match):
+            dkc_round(run, cfg, 1, 10, emb)
+        assert not storage.exists(f"{run}/knowledge/round=1")
+    with pytest.raises(InputError, match="round"):
+        dkc_round(run, cfg, 0, 10, f"{run}/emb1.npz")
+    with pytest.raises(InputError, match="metric"):
+        dkc_round(run, cfg, 1, 10, f"{run}/emb1.npz", metric="cos")
+    other = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, topk=50))  # teacher hash differs
+    with pytest.raises(InputError, match="teacher"):
+        build_round0(run, other)
