@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "hetcomp_dist.evaluation.commands",
     "teachers": "hetcomp_dist.teachers.commands",
     "ensemble": "hetcomp_dist.teachers.ensemble",
+    "knowledge": "hetcomp_dist.knowledge.commands",
     "run": "hetcomp_dist.pipeline",
 }
 
