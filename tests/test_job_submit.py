@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 
 import pytest
@@ -38,19 +39,24 @@ def cluster():
     assert not os.path.exists(temp_dir)
 
 
-def _submit(cluster: LocalCluster, *job_args: str) -> subprocess.CompletedProcess:
+def _submit(cluster: LocalCluster, *job_args: str) -> tuple[subprocess.CompletedProcess, str, str]:
+    """(the blocking `ray job submit`, the job's final status and its logs, both from the job API)."""
+    from ray.job_submission import JobSubmissionClient
+
     res = cluster.submit(["python", "jobs/pipeline.py", *job_args], capture=True, timeout_s=SUBMIT_TIMEOUT_S)
     print(res.stdout[-6000:], res.stderr[-3000:])  # shown by pytest when an assertion fails
-    return res
+    (job_id,) = set(re.findall(r"raysubmit_\w+", res.stdout + res.stderr))
+    client = JobSubmissionClient(cluster.address)
+    return res, str(client.get_job_status(job_id)), client.get_job_logs(job_id)
 
 
 def test_smoke_pipeline_job_succeeds_and_writes_the_report(cluster, tmp_path):
     run = tmp_path / "run"
-    res = _submit(cluster, "--smoke", "--out", str(run))
+    res, status, logs = _submit(cluster, "--smoke", "--out", str(run))
+    assert status == "SUCCEEDED"
     assert res.returncode == 0, "ray job submit exits 0 only for a SUCCEEDED job"
-    assert "succeeded" in res.stdout
     report_json = run / "report" / "report.json"
-    assert f"output: {report_json}" in res.stdout, "the job prints where the report landed"
+    assert logs.rstrip().endswith(f"output: {report_json}"), "the job's last line says where the report landed"
 
     report = json.loads(report_json.read_text())
     assert report["dataset"] == "synthetic"
@@ -69,8 +75,10 @@ def test_smoke_pipeline_job_succeeds_and_writes_the_report(cluster, tmp_path):
 
 def test_job_with_a_missing_input_fails_with_the_reason_in_its_logs(cluster, tmp_path):
     missing, run = tmp_path / "missing.csv", tmp_path / "bad-run"
-    res = _submit(cluster, "--smoke", "--input", str(missing), "--format", "csv", "--out", str(run))
+    res, status, logs = _submit(cluster, "--smoke", "--input", str(missing), "--format", "csv", "--out", str(run))
+    assert status == "FAILED"
     assert res.returncode == 1, "ray job submit exits 1 for a FAILED job"
-    assert "failed" in res.stdout
-    assert f"error: {missing}: file not found" in res.stdout  # the job's own last words, in its logs
+    last = logs.rstrip().splitlines()[-1]
+    assert last.startswith(f"error: {missing}: file not found"), "the job's last log line is the reason"
+    assert last in res.stdout, "and `ray job submit` shows it"
     assert not run.exists(), "bad input is rejected before anything is written"
