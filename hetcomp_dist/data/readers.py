@@ -114,8 +114,9 @@ def _columns(cfg: DataConfig) -> list[str]:
 def _check_columns(path: str, names: list[str], cfg: DataConfig) -> None:
     for flag, col in (("--user-col", cfg.user_col), ("--item-col", cfg.item_col), ("--rating-col", cfg.rating_col)):
         if col and col not in names:
+            hint = "; if the file is not comma-separated, pass --delimiter" if len(names) == 1 else ""
             raise InputError(f"{path}, column {col!r}", "column not found",
-                             f"the file has columns {names}; pass {flag} with one of them")
+                             f"the file has columns {names}; pass {flag} with one of them{hint}")
 
 
 def _csv(path: str, cfg: DataConfig) -> Iterator[Batch]:
