@@ -1,0 +1,54 @@
+"""The per-worker train function run by Ray Train's TorchTrainer (one screen; helpers in worker.py).
+
+Each rank trains its own users' rows and shares only item-side gradients; every `eval_every`
+epochs all ranks evaluate their users, agree on early stopping, run a DKC round (HetComp, until
+the switch) and checkpoint. A restarted worker group resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+
+from hetcomp_dist.student import distributed
+from hetcomp_dist.student import worker as W
+from hetcomp_dist.student.ranking import RangeEvaluator
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    job = W.Job.from_dict(config)
+    s, w = job.cfg.student, W.Worker.setup(job.cfg)
+    r0 = W.RankZero(w.rank, job.out)
+    data, task, sampler, opt = W.build(job, w)
+    net, comm = distributed.wrap(task, task.rank_local_names(), w.device)  # user rows stay local
+    loop, best_emb = W.resume(job, task, opt, data)
+    evaluator = RangeEvaluator(data, job.cfg.eval)
+    r0.log(f"{s.method}-{s.model}: {w.world} worker(s), {sampler.steps} steps/epoch, "
+           f"from epoch {loop.epoch + 1}, {task.objective.log_fields()}")
+    t_start = time.perf_counter()
+    while not loop.stopped and loop.epoch < s.max_epochs:
+        epoch = loop.epoch + 1
+        t0 = time.perf_counter()
+        loss = W.train_epoch(net, task, opt, sampler, epoch, comm)
+        line = W.epoch_line(epoch, loss, time.perf_counter() - t0, task)
+        loop.epoch = epoch
+        job.maybe_die(epoch, w.rank)
+        if epoch % s.eval_every == 0 or epoch == s.max_epochs:
+            metrics, improved, users, items = W.evaluate(task, data, evaluator, loop, epoch, job, w.device)
+            if improved:  # keep the best model's embeddings (rank 0 writes them at the end)
+                best_emb = {"user": users, "item": items} if w.rank == 0 else None
+            if task.objective.dkc_due(epoch) and not loop.stopped:
+                line["dkc_s"] = round(W.dkc(job, task, data, epoch, users, items, r0), 3)
+                loop.switch_epoch = loop.switch_epoch or (epoch if task.objective.state()["switched"] else 0)
+            line.update(metrics, improved=improved, **task.objective.log_fields())
+            loop.history.append(line)
+            W.report(task, opt, loop, data, best_emb, metrics, w.rank)  # a barrier on all ranks
+            r0.metrics(loop.history)
+        else:
+            loop.history.append(line)
+        r0.log(f"epoch {epoch} loss {loss:.4f} ({line['epoch_s']:.2f}s)"
+               + (f" valid R@50 {line['valid']['R@50']:.4f} best {loop.best_valid:.4f}@{loop.best_epoch}"
+                  f" {task.objective.log_fields()}" if "valid" in line else ""))
+    result = W.summary(loop, task, comm, sampler, time.perf_counter() - t_start, w)
+    if best_emb is not None:
+        r0.embeddings(best_emb["user"], best_emb["item"], result)
+    return result

@@ -1,0 +1,93 @@
+"""The student stage's driver: one Ray Train `TorchTrainer` run per (method, student).
+
+Writes ``RUN/student/<method>-<model>/``: ``metrics.jsonl`` (one line per epoch: loss, epoch time,
+DKC round and state means, valid/test metrics at evaluations), ``emb.npz`` (user, item: the best
+evaluation's retrieval vectors) with ``model.json`` (the summary), Ray Train's checkpoints under
+``_ray/``, and ``_manifest.json`` last. A finished stage with the same config is skipped; a crashed
+driver's run resumes from its last checkpoint (same RunConfig name and storage path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import Config, to_dict
+from hetcomp_dist.data.dataset import load_manifest
+from hetcomp_dist.errors import InputError
+from hetcomp_dist.progress import log
+from hetcomp_dist.student import knowledge_io
+from hetcomp_dist.student.objectives import OBJECTIVES
+from hetcomp_dist.student.train_loop import train_loop_per_worker
+from hetcomp_dist.student.worker import STAGE
+
+# fields that change how fast a run goes, not what it computes
+_MECHANICS = ("cpus_per_worker", "threads_per_worker", "max_failures", "tail_chunk")
+
+
+def student_dir(run: str, method: str, model: str) -> str:
+    return storage.join(run, "student", f"{method}-{model}")
+
+
+def student_hash(run: str, cfg: Config) -> str:
+    s = {k: v for k, v in dataclasses.asdict(cfg.student).items() if k not in _MECHANICS}
+    parts = [s, cfg.eval, load_manifest(run).get("config_hash")]
+    if OBJECTIVES[cfg.student.method].needs_knowledge:
+        r0 = knowledge_io.round_manifest(run, 0) or {}
+        parts += [cfg.knowledge, cfg.teachers.names, r0.get("config_hash")]
+    return storage.config_hash(*parts)
+
+
+def _ray_storage(out: str) -> str:
+    path = storage.join(out, "_ray")
+    return path if storage.is_uri(path) else storage.resolve(path)[1]
+
+
+def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, fault: dict | None = None) -> dict:
+    """Trains `cfg.student.model` with `cfg.student.method` on RUN (TorchTrainer, DDP when num_workers > 1).
+
+    Args:
+        run: the run root (local path or URI).
+        cfg: the config; `student.num_workers = 0` trains in this process (Ray Train local mode).
+        dkc_fn: "module:function" called for each DKC round (default: the knowledge stage's).
+        fault: tests only -- {"rank", "epoch", "marker"}: SIGKILL that worker once at that epoch.
+
+    Returns:
+        {"best_epoch", "valid", "test", "wall_s", "dir", ...} (valid/test: R@10, N@10, R@50, N@50).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    s = cfg.student
+    if s.method not in OBJECTIVES:
+        raise InputError("student.method", f"{s.method!r} has no objective here", f"choose {', '.join(OBJECTIVES)}")
+    load_manifest(run)  # a clear error before anything is written when there is no data stage
+    if OBJECTIVES[s.method].needs_knowledge and knowledge_io.round_manifest(run, 0) is None:
+        log(STAGE, "knowledge round 0 missing: building it")
+        knowledge_io.resolve(knowledge_io.ROUND0_FN)(run, cfg)
+    out = student_dir(run, s.method, s.model)
+    h = student_hash(run, cfg)
+    done = storage.stage_is_done(out, h)
+    if done is not None:
+        log(STAGE, f"{s.method}-{s.model}: finished earlier with this config, skipped")
+        return done["result"]
+    t0 = time.perf_counter()
+    job = {"run": run, "cfg": to_dict(cfg), "out": out, "dkc_fn": dkc_fn, "fault": fault or {}}
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=job,
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                     resources_per_worker=resources if s.num_workers else None),
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        run_config=RunConfig(name=f"{s.method}-{s.model}-{h}", storage_path=_ray_storage(out),
+                             failure_config=FailureConfig(max_failures=s.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    log(STAGE, f"{s.method}-{s.model}: TorchTrainer with {s.num_workers} worker(s) ({'nccl' if s.use_gpu else 'gloo'})")
+    summary = trainer.fit().return_value
+    result = {**summary, "wall_s": round(time.perf_counter() - t0, 2), "dir": out}
+    storage.write_manifest(out, {"config_hash": h, "stage": STAGE, "method": s.method, "model": s.model,
+                                 "result": result})
+    log(STAGE, f"{s.method}-{s.model}: best epoch {result['best_epoch']}, test {result['test']} "
+               f"in {result['wall_s']:.1f}s")
+    return result

@@ -1,0 +1,274 @@
+"""The helpers behind `train_loop.train_loop_per_worker`: setup, one epoch, evaluation, DKC,
+checkpoints and the rank-0 side effects. Everything here runs inside a Ray Train worker (or the
+driver in local mode); collectives are called by every rank in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import Config, from_dict
+from hetcomp_dist.progress import log, peak_rss_gib
+from hetcomp_dist.student import checkpoint, distributed, knowledge_io
+from hetcomp_dist.student.batching import BatchSampler, RankData
+from hetcomp_dist.student.models import build_student, count_parameters
+from hetcomp_dist.student.objectives import TrainTask, build_objective
+from hetcomp_dist.student.ranking import RangeEvaluator, reduce_means
+
+STAGE = "student"
+
+
+# ------------------------------------------------------------------------------------ the job
+@dataclass
+class Job:
+    """What the driver hands every worker (plain values: it crosses the TorchTrainer boundary)."""
+
+    run: str
+    cfg: Config
+    out: str  # RUN/student/<method>-<model>
+    dkc_fn: str = knowledge_io.DKC_FN
+    fault: dict = field(default_factory=dict)  # tests only: {"rank", "epoch", "marker"} -> SIGKILL once
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Job":
+        return cls(d["run"], from_dict(Config, d["cfg"]), d["out"], d.get("dkc_fn", knowledge_io.DKC_FN),
+                   dict(d.get("fault") or {}))
+
+    def maybe_die(self, epoch: int, rank: int) -> None:
+        """Fault injection for the recovery test: SIGKILL this worker once at (rank, epoch).
+
+        It first waits until the last reported checkpoint is committed by the Train controller
+        (a report still queued when a worker dies is lost, and the group would then restart from
+        the one before -- correct, but not the path the test means to exercise).
+        """
+        f = self.fault
+        if f and rank == f["rank"] and epoch == f["epoch"] and not os.path.exists(f["marker"]):
+            import ray.train
+
+            ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=120)
+            open(f["marker"], "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Worker:
+    rank: int
+    world: int
+    device: torch.device
+
+    @classmethod
+    def setup(cls, cfg: Config) -> "Worker":
+        import faiss
+        import ray.train
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        s = cfg.student
+        # Fractional-CPU workers get OMP_NUM_THREADS=1 from Ray; set threads deliberately.
+        threads = s.threads_per_worker or max(1, int(s.cpus_per_worker))
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
+        if s.use_gpu:
+            from ray.train.torch import get_device
+            device = get_device()
+        else:
+            device = torch.device("cpu")
+        return cls(rank, world, device)
+
+
+class RankZero:
+    """The one place for rank-0 side effects: progress lines and files under the student dir."""
+
+    def __init__(self, rank: int, out: str) -> None:
+        self.on, self.out = rank == 0, out
+
+    def log(self, msg: str) -> None:
+        if self.on:
+            log(STAGE, msg)
+
+    def metrics(self, history: list[dict]) -> None:
+        """metrics.jsonl, rewritten whole (atomic; object stores cannot append)."""
+        if self.on:
+            text = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history)
+            storage.write_bytes_atomic(storage.join(self.out, "metrics.jsonl"), text.encode())
+
+    def embeddings(self, user: np.ndarray, item: np.ndarray, meta: dict) -> None:
+        if self.on:
+            storage.write_npz_atomic(storage.join(self.out, "emb.npz"), user=user, item=item)
+            storage.write_json_atomic(storage.join(self.out, "model.json"), meta)
+
+
+# ------------------------------------------------------------------------------- loop state
+@dataclass
+class LoopState:
+    """Early stopping and history; saved in every checkpoint."""
+
+    epoch: int = 0
+    best_valid: float = -1.0
+    best_epoch: int = 0
+    best: dict = field(default_factory=dict)  # {"valid": {...}, "test": {...}} of the best evaluation
+    bad_evals: int = 0
+    stopped: bool = False
+    switch_epoch: int = 0
+    resumed_from: list = field(default_factory=list)  # epochs of the checkpoints restarts resumed from
+    history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def build(job: Job, w: Worker):
+    """(rank data, task, sampler, optimiser) with identical initial weights on every rank."""
+    cfg, s = job.cfg, job.cfg.student
+    data = RankData.load(job.run, w.rank, w.world)
+    torch.manual_seed(s.seed)
+    model = build_student(s.model, data.n_users, data.n_items, s)
+    task = TrainTask(model, build_objective(s.method, cfg)).to(w.device)
+    sampler = BatchSampler(data, s.batch_size, w.rank, w.world, s.seed, task.objective.needs_negatives, w.device)
+    opt = torch.optim.Adam(task.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    return data, task, sampler, opt
+
+
+def resume(job: Job, task: TrainTask, opt: torch.optim.Optimizer, data: RankData) -> tuple[LoopState, dict | None]:
+    """Restores the last committed checkpoint (if any) and loads the objective's knowledge round.
+
+    Returns:
+        (loop state, best embeddings {"user", "item"} or None).
+    """
+    import ray.train
+
+    loop, best_emb = LoopState(), None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            payload = checkpoint.load(d)
+        checkpoint.restore(task, opt, payload)
+        loop = LoopState(**payload["loop"])
+        loop.resumed_from.append(loop.epoch)
+        task.objective.load_state(payload["objective"])
+        best_emb = payload.get("best_emb")
+        best_emb = {k: v.numpy() for k, v in best_emb.items()} if best_emb else None
+    if task.objective.needs_knowledge:
+        r = max(task.objective.state().get("round", 0), 0)
+        load_knowledge(job, task, data, r)
+    return loop, best_emb
+
+
+def load_knowledge(job: Job, task: TrainTask, data: RankData, round_idx: int) -> None:
+    k = job.cfg.knowledge
+    targets, pos = knowledge_io.load_round(job.run, round_idx, data.lo, data.hi, k.topk, k.pos_k)
+    task.objective.set_knowledge(round_idx, knowledge_io.round_manifest(job.run, round_idx), targets, pos)
+
+
+# --------------------------------------------------------------------------------- training
+def train_epoch(net: torch.nn.Module, task: TrainTask, opt: torch.optim.Optimizer, sampler: BatchSampler,
+                epoch: int, comm: distributed.CommStats) -> float:
+    """One epoch; returns the mean per-step loss summed over ranks (one all-reduce per epoch)."""
+    task.train()
+    task.objective.start_epoch(epoch)
+    total = torch.zeros((), dtype=torch.float64, device=sampler.device)
+    for batch in sampler.epoch(epoch):
+        loss = net(batch)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()  # DDP all-reduces (sums) item-side gradients here; user rows stay local
+        opt.step()
+        task.model.after_step()
+        total += loss.detach()
+        comm.steps += 1
+    return float(distributed.all_reduce_(total)) / sampler.steps
+
+
+@torch.no_grad()
+def retrieval_vectors(task: TrainTask, data: RankData, full: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(this rank's user vectors (hi-lo, d), item vectors, all users' vectors or None).
+
+    `full` gathers every rank's rows (a collective; needed for DKC and the best-model snapshot).
+    """
+    task.eval()
+    m, dev = task.model, next(task.parameters()).device
+    own = m.user_vectors(torch.arange(data.lo, data.hi, device=dev))
+    items = m.item_vectors()
+    everyone = None
+    if full:
+        t = torch.zeros(data.n_users, own.shape[1], dtype=torch.float32, device=dev)
+        t[data.lo:data.hi] = torch.from_numpy(own).to(dev)
+        everyone = distributed.gather_rows(t, data.lo, data.hi).cpu().numpy()
+    return own, items, everyone
+
+
+def evaluate(task: TrainTask, data: RankData, evaluator: RangeEvaluator, loop: LoopState, epoch: int,
+             job: Job, device: torch.device) -> tuple[dict, bool, np.ndarray | None, np.ndarray]:
+    """Validation + test metrics (identical on all ranks) and the early-stopping bookkeeping.
+
+    Returns:
+        (metrics, improved, all users' vectors when improved or DKC is due else None, item vectors).
+    """
+    s = job.cfg.student
+    need_full_before = task.objective.dkc_due(epoch)
+    own, items, _ = retrieval_vectors(task, data, full=False)
+    metrics = reduce_means(evaluator.sums(own, items, task.model.metric), job.cfg.eval.ks, device)
+    improved = metrics["valid"]["R@50"] > loop.best_valid
+    if improved:
+        loop.best_valid, loop.best_epoch, loop.best, loop.bad_evals = metrics["valid"]["R@50"], epoch, metrics, 0
+    else:
+        loop.bad_evals += 1
+    loop.stopped = loop.bad_evals >= s.patience or epoch >= s.max_epochs
+    everyone = retrieval_vectors(task, data, full=True)[2] if (improved or need_full_before) else None
+    return metrics, improved, everyone, items
+
+
+def dkc(job: Job, task: TrainTask, data: RankData, epoch: int, users: np.ndarray, items: np.ndarray,
+        r0: RankZero) -> float:
+    """One DKC round: rank 0 writes the embeddings and calls the knowledge stage; all load targets."""
+    t0 = time.perf_counter()
+    r = task.objective.state()["round"] + 1
+    if r0.on:
+        path = storage.join(job.out, "dkc", f"round-{r}.npz")
+        storage.write_npz_atomic(path, user=users, item=items)
+        knowledge_io.resolve(job.dkc_fn)(job.run, job.cfg, r, epoch, path, task.model.metric)
+    distributed.barrier()  # the round is committed before anyone reads it
+    load_knowledge(job, task, data, r)
+    return time.perf_counter() - t0
+
+
+def report(task: TrainTask, opt: torch.optim.Optimizer, loop: LoopState, data: RankData, best_emb: dict | None,
+           metrics: dict, rank: int) -> None:
+    """Checkpoint through Ray Train: every rank gathers and reports (a barrier); rank 0 writes."""
+    import ray.train
+
+    payload = checkpoint.capture(task, opt, data.lo, data.hi)
+    flat = {"epoch": loop.epoch, "valid_R@50": metrics["valid"]["R@50"], "best_valid_R@50": loop.best_valid}
+    if rank != 0:
+        ray.train.report(flat, checkpoint=None)
+        return
+    best = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in best_emb.items()} if best_emb else None
+    payload.update(loop=loop.to_dict(), objective=task.objective.state(), best_emb=best)
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint.save(d, payload)
+        ray.train.report(flat, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def epoch_line(epoch: int, loss: float, seconds: float, task: TrainTask) -> dict:
+    return {"epoch": epoch, "loss": loss, "epoch_s": round(seconds, 4), **task.objective.log_fields(),
+            "peak_rss_gib": round(peak_rss_gib(), 3)}
+
+
+def summary(loop: LoopState, task: TrainTask, comm: distributed.CommStats, sampler: BatchSampler, wall_s: float,
+            w: Worker) -> dict:
+    return {"best_epoch": loop.best_epoch, "valid": loop.best.get("valid", {}), "test": loop.best.get("test", {}),
+            "epochs": loop.epoch, "switch_epoch": loop.switch_epoch, "resumed_from": list(loop.resumed_from),
+            "train_wall_s": round(wall_s, 2),
+            "steps_per_epoch": sampler.steps, "world_size": w.world,
+            "allreduce_bytes_per_step": comm.per_step(), "allreduce_buckets": comm.buckets,
+            "n_params": count_parameters(task.model), "metric": task.model.metric,
+            "model": task.model.__class__.__name__}
