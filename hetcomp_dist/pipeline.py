@@ -69,7 +69,7 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
         with _timed(times, "knowledge"):
             build_round0(cfg.run, cfg)
     if "student" in stages:
-        from hetcomp_dist.student import train_student
+        from hetcomp_dist.student.trainer import train_student
 
         with _timed(times, "student"):
             for model in cfg.pipeline.students:

@@ -51,7 +51,7 @@ def test_rerun_replaces_a_result(run):
 
 def test_curves_png(run):
     d = storage.join(run, "student", "hetcomp-mf")
-    lines = [{"epoch": e, "loss": 1.0, "valid": {"R@50": 0.1 + e / 100}, "dkc_means": {"mf": min(e / 10, 3)}}
+    lines = [{"epoch": e, "loss": 1.0, "valid": {"R@50": 0.1 + e / 100}, "means": {"mf": min(e / 10, 3)}}
              for e in (10, 20, 30)]
     storage.write_bytes_atomic(storage.join(d, "metrics.jsonl"), "\n".join(json.dumps(x) for x in lines).encode())
     assert report.plot_curves(run, storage.join(run, "report", "curves.png"))

@@ -101,7 +101,7 @@ def render_markdown(results: list[dict], dataset: str, teachers: list[str], stag
         out += [f"| {c['model']} | {c['params']:,} | {c['wall_s']:.2f} | {c['users_per_s']:,.0f} |" for c in cost]
         out.append("")
     if stage_times:
-        out += ["## Wall time per stage", "", "| stage | seconds |", "| --- | --- |"]
+        out += ["## Wall time per stage (summed over pipeline invocations)", "", "| stage | seconds |", "| --- | --- |"]
         out += [f"| {k} | {v:.1f} |" for k, v in stage_times.items()] + [f"| total | {sum(stage_times.values()):.1f} |", ""]
     out += ["Curves: `curves.png` (valid R@50 against epoch; HetComp's DKC state means on the right axis)."]
     return "\n".join(out) + "\n"
@@ -120,7 +120,7 @@ def plot_curves(run: str, path: str) -> bool:
     for d in _student_dirs(run):
         recs = _read_jsonl(storage.join(d, "metrics.jsonl"))
         pts = [(r["epoch"], r["valid"]["R@50"]) for r in recs if isinstance(r.get("valid"), dict) and "R@50" in r["valid"]]
-        means = [(r["epoch"], sum(r["dkc_means"].values()) / len(r["dkc_means"])) for r in recs if r.get("dkc_means")]
+        means = [(r["epoch"], sum(r["means"].values()) / len(r["means"])) for r in recs if r.get("means")]
         if pts:
             runs.append((d.rstrip("/").rpartition("/")[2], pts, means))
     if not runs:
@@ -176,8 +176,9 @@ def write_report(run: str, teachers: list[str] | tuple[str, ...] = (), stage_tim
     rdir = report_dir(run)
     meta_path = storage.join(rdir, "meta.json")
     meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
-    if stage_times:
-        meta["stage_times"] = {**meta.get("stage_times", {}), **stage_times}
+    if stage_times:  # summed over invocations: a resumed run adds the work it redid
+        old = meta.get("stage_times", {})
+        meta["stage_times"] = {**old, **{k: old.get(k, 0.0) + v for k, v in stage_times.items()}}
     if cost:
         meta["cost"] = cost
     if teachers:
