@@ -15,15 +15,14 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.teachers.ensemble import ensemble_report
 from hetcomp_dist.teachers.runner import run_teacher
 
-from test_teachers_run import brute_force_metrics, read_lists, tiny_config, user_lists, write_tiny_run
+from test_teachers_run import brute_force_metrics, copy_run, read_lists, tiny_config, user_lists
 
 NAMES = ("mf", "ml", "ae")
 
 
 @pytest.fixture(scope="module")
-def run_cfg(tmp_path_factory):
-    run = str(tmp_path_factory.mktemp("ens") / "run")
-    write_tiny_run(run, n_users=200, n_items=90, shard_size=64, seed=3)
+def run_cfg(tmp_path_factory, synth_run):
+    run = copy_run(synth_run, tmp_path_factory.mktemp("ens") / "run")
     cfg = tiny_config(run, names=NAMES)
     for name in NAMES:  # in-process: the ensemble needs trajectories, not actors
         run_teacher(run, cfg, name)
@@ -81,8 +80,7 @@ def test_ensemble_cli_json(run_cfg, tmp_path, capsys):
     assert "gnn" in capsys.readouterr().err
 
 
-def test_ensemble_needs_committed_teachers(tmp_path):
-    run = str(tmp_path / "run")
-    write_tiny_run(run, n_users=20, n_items=30, shard_size=8)
+def test_ensemble_needs_committed_teachers(tmp_path, synth_run):
+    run = copy_run(synth_run, tmp_path / "run")
     with pytest.raises(InputError, match="no committed teacher"):
         ensemble_report(run, tiny_config(run, names=("mf",)))

@@ -15,7 +15,7 @@ import torch
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, EvalConfig, TeachersConfig, TeacherTraining
-from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
+from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.teachers.registry import model_class
 from hetcomp_dist.teachers.runner import run_teacher, teacher_dir
 from hetcomp_dist.teachers.trajectory import choose_states, load_weights
@@ -23,51 +23,13 @@ from hetcomp_dist.teachers.trajectory import choose_states, load_weights
 K = 20
 
 
-# ------------------------------------------------------------------------------ tiny runs (helper)
-def _to_csr(lists: list[np.ndarray], lo: int = 0) -> CSR:
-    offsets = np.zeros(len(lists) + 1, np.int64)
-    np.cumsum([len(x) for x in lists], out=offsets[1:])
-    items = np.concatenate(lists).astype(np.int32) if lists else np.zeros(0, np.int32)
-    return CSR(offsets, items, lo)
-
-
-def write_tiny_run(run: str, n_users: int = 300, n_items: int = 120, shard_size: int = 128, seed: int = 0) -> dict:
-    """A clustered synthetic RUN/data (users of group g prefer items of group g), split per METHOD §1."""
-    rng = np.random.default_rng(seed)
-    groups = 4
-    item_group = rng.integers(0, groups, n_items)
-    split = {"train": [], "valid": [], "test": []}
-    for u in range(n_users):
-        n = int(rng.integers(6, 25))
-        pref = np.where(item_group == u % groups, 8.0, 1.0)
-        items = rng.choice(n_items, size=n, replace=False, p=pref / pref.sum())
-        nt = int(np.floor(0.2 * n))
-        split["test"].append(items[:nt])
-        split["valid"].append(items[nt: 2 * nt])
-        split["train"].append(np.sort(items[2 * nt:]))
-    seen = np.zeros(n_items, bool)
-    seen[np.concatenate(split["train"])] = True
-    for u in range(n_users):
-        v = np.sort(split["valid"][u][seen[split["valid"][u]]])
-        t = np.sort(split["test"][u][seen[split["test"][u]]])
-        if len(v) == 0 or len(t) == 0:
-            v, t = v[:0], t[:0]
-        split["valid"][u], split["test"][u] = v, t
-    base = storage.join(run, "data")
-    files = {}
-    for name, lists in split.items():
-        for s, lo, hi in storage.iter_shards("", n_users, shard_size):
-            c = _to_csr(lists[lo:hi])
-            path = storage.shard_path(storage.join(base, name), s)
-            storage.write_table_atomic(path, storage.user_table(lo, hi, items=storage.csr_to_list(c.offsets, c.items)))
-            files[f"{name}/{storage.shard_name(s)}"] = hi - lo
-    counts = {k: int(sum(len(x) for x in v)) for k, v in split.items()}
-    manifest = {"n_users": n_users, "n_items": n_items, "n_interactions": sum(counts.values()),
-                "n_train": counts["train"], "n_valid": counts["valid"], "n_test": counts["test"],
-                "n_eval_users": int(sum(len(x) > 0 for x in split["test"])), "shard_size": shard_size,
-                "seed": seed, "config_hash": f"tiny-{n_users}-{n_items}-{seed}", "files": files, "source": "test"}
-    storage.write_manifest(base, manifest)
-    return manifest
+# ------------------------------------------------------------------------------------- helpers
+def copy_run(synth_run: str, dest) -> str:
+    """A private RUN with the session's synthetic data (teachers are written next to it, not into
+    the shared fixture)."""
+    run = str(dest)
+    shutil.copytree(storage.join(synth_run, "data"), storage.join(run, "data"))
+    return run
 
 
 def tiny_config(run: str, names=("mf", "ml", "dnn", "gnn", "ae", "iae"), **teachers) -> Config:
@@ -145,11 +107,10 @@ def check_trajectory(run: str, name: str) -> dict:
 
 # -------------------------------------------------------------------------------------------- tests
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, ray_session):
+def trained_run(tmp_path_factory, ray_session, synth_run):
     from hetcomp_dist.teachers import train_teachers
 
-    run = str(tmp_path_factory.mktemp("teachers") / "run")
-    write_tiny_run(run)
+    run = copy_run(synth_run, tmp_path_factory.mktemp("teachers") / "run")
     cfg = tiny_config(run)
     summary = train_teachers(run, cfg)
     return run, cfg, summary
@@ -206,27 +167,26 @@ def test_rerun_skips_committed(trained_run):
     assert time.perf_counter() - t0 < 5
 
 
-def test_killed_actor_resumes_from_snapshot(tmp_path, ray_session):
+def test_killed_actor_resumes_from_snapshot(tmp_path, ray_session, synth_run):
     from hetcomp_dist.teachers.actors import start_teachers
 
-    run = str(tmp_path / "run")
-    write_tiny_run(run)
-    cfg = tiny_config(run, names=("mf",), max_epochs=40, patience=100, batch_size=16)
+    run = copy_run(synth_run, tmp_path / "run")
+    cfg = tiny_config(run, names=("mf",), max_epochs=20, patience=100, batch_size=32)
     group = start_teachers(run, cfg, ["mf"])
     deadline = time.time() + 120
     status = {}
     while time.time() < deadline:  # wait for a checkpoint, then kill the actor's process
         status = group.status().get("mf", {})
-        if status.get("epoch", 0) >= 6 and not status.get("done"):
+        if status.get("epoch", 0) >= 4 and not status.get("done"):
             break
         time.sleep(0.02)
-    assert 6 <= status.get("epoch", 0) < 40, f"could not catch the actor mid-training: {status}"
+    assert 4 <= status.get("epoch", 0) < 20, f"could not catch the actor mid-training: {status}"
     os.kill(status["pid"], signal.SIGKILL)
     group.wait()
     metrics = storage.read_json(storage.join(teacher_dir(run, "mf"), "metrics.json"))
     assert len(metrics["resumed_from"]) == 1 and metrics["resumed_from"][0] >= 2
     assert metrics["resumed_from"][0] % cfg.teachers.snapshot_every == 0
-    assert metrics["epochs"] == 40
+    assert metrics["epochs"] == 20
     check_trajectory(run, "mf")
     # resuming is exact: an uninterrupted in-process run of the same config exports the same lists
     ref_run = str(tmp_path / "ref")
@@ -244,15 +204,14 @@ def test_killed_actor_resumes_from_snapshot(tmp_path, ray_session):
         assert a == b, f"state {i} differs after resume"
 
 
-def test_bad_input_fails_before_anything_starts(tmp_path, capsys):
+def test_bad_input_fails_before_anything_starts(tmp_path, capsys, synth_run):
     from hetcomp_dist.cli import main
 
     empty = str(tmp_path / "empty")
     assert main(["teachers", "--run", empty]) == 2
     assert "no finished data stage" in capsys.readouterr().err
     assert not os.path.exists(storage.join(empty, "teachers"))
-    run = str(tmp_path / "run")
-    write_tiny_run(run, n_users=20, n_items=30, shard_size=8)
+    run = copy_run(synth_run, tmp_path / "run")
     assert main(["teachers", "--run", run, "--teachers", "mf,bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
