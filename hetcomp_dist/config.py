@@ -182,6 +182,23 @@ class StudentConfig:
 
 
 @dataclass(frozen=True)
+class BaselinesConfig:
+    """The comparison methods' own settings (METHOD.md §4); their λ_KD is student.lambda_kd."""
+
+    topk: int = 100  # K of the distilled teacher lists (E4 ensemble top-K; MTD: each teacher's top-K)
+    rd_top: int = 10  # RD: the teacher's top items used as positives
+    rd_lambda: float = 1.0  # RD: static position weight exp(-r / rd_lambda)
+    rd_mu: float = 0.1  # RD: dynamic weight tanh(max(mu (r_hat - r), 0))
+    rd_warmup: int = 10  # RD: the dynamic weight applies after this many epochs
+    rd_samples: int = 100  # RD: random items for the student's rank estimate r_hat
+    mtd_entropy: float = 0.01  # MTD: weight of the entropy bonus on the per-user teacher weights
+    cldrd_stages: tuple[tuple[int, ...], ...] = ((5, 12, 13), (10, 10, 10), (20, 5, 5))  # (fine, coarse, negatives)
+    cldrd_patience: int = 1  # CL-DRD: evaluations without a new best valid R@50 before the next stage
+    dcd_eps: float = 10.0  # DCD: weight tanh(|rank gap| / eps)
+    rank_block: int = 512  # DCD: users per scoring block when refreshing the student's ranks
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """What `hetcomp-dist run` trains after the teachers and the knowledge."""
 
@@ -200,6 +217,7 @@ class Config:
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -333,6 +351,15 @@ def validate(cfg: Config, where: str = "config") -> Config:
     choice("student.model", cfg.student.model, ("mf", "ml", "dnn"))
     choice("student.method", cfg.student.method, ("hetcomp", "wokd", "rd", "rrd", "mtd", "cldrd", "dcd"))
     choice("student.tail", cfg.student.tail, ("exact", "sampled"))
+    b = cfg.baselines
+    for i, st in enumerate(b.cldrd_stages):
+        if len(st) != 3 or st[0] < 1 or min(st) < 0 or st[0] + st[1] > b.topk:
+            raise InputError(f"{where}.baselines.cldrd_stages[{i}]", f"{list(st)} is not (fine >= 1, coarse, negatives) "
+                             f"with fine + coarse <= baselines.topk={b.topk}")
+    if not b.cldrd_stages:
+        raise InputError(f"{where}.baselines.cldrd_stages", "needs at least one stage")
+    for name in ("topk", "rd_top", "rd_lambda", "rd_samples", "dcd_eps", "cldrd_patience", "rank_block"):
+        positive(f"baselines.{name}", getattr(b, name))
     for s in cfg.pipeline.students:
         choice("pipeline.students", s, ("mf", "ml", "dnn"))
     for m in cfg.pipeline.methods:

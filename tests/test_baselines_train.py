@@ -1,0 +1,214 @@
+"""The baselines as objectives: teacher signal, per-epoch mechanics, and training on tiny synthetic runs.
+
+A run = synthetic data (`data.synth.synthesize`) + teachers' E4 lists in the on-storage layout,
+planted here: each teacher ranks the unobserved items by a shared rank-4 score plus its own noise,
+so a dimension-6 student can learn them. Every method trains a few epochs and its loss
+falls, in-process (the student stage's sampler and objective, no Ray) and through the real trainer
+(`train_student`, num_workers=0), including the λ_KD grid and its promotion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hetcomp_dist import storage
+from hetcomp_dist.baselines import losses as BL
+from hetcomp_dist.baselines import signal
+from hetcomp_dist.baselines.objectives import BASELINE_OBJECTIVES, CLDRDObjective
+from hetcomp_dist.config import Config, DataConfig, SynthConfig, from_dict
+from hetcomp_dist.data.dataset import load_manifest, load_split
+from hetcomp_dist.data.synth import synthesize
+from hetcomp_dist.knowledge.ensemble import ensemble_topk
+from hetcomp_dist.student.batching import BatchSampler, RankData
+from hetcomp_dist.student.models import build_student
+
+METHODS = sorted(BASELINE_OBJECTIVES)
+TEACHERS = ("mf", "ml", "gnn")
+K = 30
+
+
+def tiny_config(run: str, **student) -> Config:
+    raw = {"run": run,
+           "data": {"shard_size": 64},
+           "teachers": {"names": list(TEACHERS), "topk": K},
+           "knowledge": {"topk": K, "d_k": 10},
+           "baselines": {"topk": K, "rd_warmup": 2, "rd_samples": 50, "rank_block": 37},
+           "student": {"batch_size": 256, "lambda_kd": 0.1, "num_workers": 0, "eval_every": 2, "patience": 2,
+                       "max_epochs": 4, **student}}
+    return from_dict(Config, raw)
+
+
+def write_planted_teachers(run: str, names=TEACHERS, k: int = K, seed: int = 0, rank: int = 4) -> None:
+    """RUN/teachers/<name>/state=4 shards (top-k unobserved by U V^T + teacher noise) and manifests."""
+    m = load_manifest(run)
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(m["n_users"], rank)) @ rng.normal(size=(m["n_items"], rank)).T
+    train = load_split(run, "train")
+    for x, name in enumerate(names):
+        s = base + 0.5 * (1 + x) * rng.normal(size=base.shape)
+        for u in range(m["n_users"]):
+            s[u, train.row(u)] = -np.inf
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k].astype(np.int32)
+        tdir = storage.join(run, "teachers", name)
+        for sh, lo, hi in storage.iter_shards("", m["n_users"], m["shard_size"]):
+            storage.write_table_atomic(storage.shard_path(storage.join(tdir, "state=4"), sh),
+                                       storage.user_table(lo, hi, items=storage.dense_to_list(top[lo:hi])))
+        storage.write_manifest(tdir, {"config_hash": f"planted-{seed}", "teacher": name, "K": k})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids oversubscribing the shared cores (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> str:
+    run = str(tmp_path_factory.mktemp("baselines") / "run")
+    synthesize(run, SynthConfig(users=200, items=160, mean_interactions=12, topics=4, community_size=20),
+               DataConfig(shard_size=64))
+    write_planted_teachers(run)
+    return run
+
+
+# ------------------------------------------------------------------------------------ teacher signal
+def test_teacher_lists_across_shards_and_ensemble(run):
+    # users [50, 150) straddle shards 0, 1 and 2 (shard size 64)
+    lists = signal.teacher_lists(run, TEACHERS, 50, 150, K)
+    assert lists.shape == (100, len(TEACHERS), K)
+    for x, name in enumerate(TEACHERS):
+        for s in range(3):
+            t = storage.read_table(storage.shard_path(signal.state_dir(run, name), s)).to_pylist()
+            for row in t:
+                if 50 <= row["user"] < 150:
+                    want = row["items"][:K] + [-1] * (K - len(row["items"]))
+                    assert lists[row["user"] - 50, x].tolist() == want
+    train = load_split(run, "train")
+    for u in range(50, 150):  # the lists are unobserved items
+        assert not set(lists[u - 50].ravel().tolist()) & set(train.row(u).tolist())
+    got = signal.ensemble_targets(lists, K, 10.0, block=7)  # blocks must not change the result
+    np.testing.assert_array_equal(got, ensemble_topk(lists, K, 10.0))
+
+
+def test_missing_teacher_is_a_clear_error(run):
+    from hetcomp_dist.errors import InputError
+
+    with pytest.raises(InputError, match="no finished E4 export"):
+        signal.check_teachers(run, ("mf", "vae_that_never_ran"))
+
+
+# ------------------------------------------------------------------------------------ in-process training
+def _setup(run: str, method: str, student: str = "mf", **over):
+    cfg = tiny_config(run, method=method, model=student, **over)
+    data = RankData.load(run, 0, 1)
+    torch.manual_seed(0)
+    model = build_student(student, data.n_users, data.n_items, cfg.student)
+    obj = BASELINE_OBJECTIVES[method](cfg)
+    obj.attach(run, data)
+    sampler = BatchSampler(data, cfg.student.batch_size, 0, 1, 0, obj.needs_negatives)
+    params = list(model.parameters()) + list(obj.parameters())
+    opt = torch.optim.Adam(params, lr=0.02)
+    return cfg, data, model, obj, sampler, opt
+
+
+def _epoch_kd(model, obj, sampler, epoch) -> float:
+    """Mean per-user distillation loss over an epoch's batches, at fixed weights (no step)."""
+    obj.start_epoch(epoch)
+    with torch.no_grad():
+        vals = [obj.kd_loss(model, b).mean().item() for b in sampler.epoch(1000)]
+    return float(np.mean(vals))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("student", ["mf", "ml", "dnn"])
+def test_each_method_trains_and_its_loss_falls(run, method, student):
+    cfg, data, model, obj, sampler, opt = _setup(run, method, student, lambda_kd=1.0, batch_size=64)
+    before = _epoch_kd(model, obj, sampler, 1)
+    totals = []
+    for epoch in range(1, 7):
+        obj.start_epoch(epoch)
+        tot = 0.0
+        for batch in sampler.epoch(epoch):
+            loss = obj.loss(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            model.after_step()
+            tot += loss.item()
+        totals.append(tot / sampler.steps)
+    after = _epoch_kd(model, obj, sampler, 7)
+    assert np.isfinite(totals).all()
+    assert totals[-1] < totals[0], totals
+    assert after < before, (before, after)
+    if method == "mtd":  # the teacher weights were learnt and logged
+        assert set(obj.log_fields()["mtd_weights"]) == set(TEACHERS)
+
+
+def test_rd_dynamic_weight_only_after_warmup(run):
+    cfg, data, model, obj, sampler, opt = _setup(run, "rd")
+    batch = next(iter(sampler.epoch(1)))
+    obj.start_epoch(cfg.baselines.rd_warmup)
+    a, c = model.user_side(batch.users), model.item_side()
+    top = obj.targets[batch.rows, : cfg.baselines.rd_top].long()
+    s = a @ c.T
+    s_top = torch.gather(s, 1, top.clamp(min=0))
+    static = BL.rd_loss(s_top, top >= 0, obj.static_w)
+    torch.testing.assert_close(obj.kd_loss(model, batch), static)
+    obj.start_epoch(cfg.baselines.rd_warmup + 1)
+    dyn = obj.kd_loss(model, batch)
+    assert not torch.allclose(dyn, static)  # r_hat differs from r for an untrained student
+
+
+def test_dcd_ranks_refresh_each_epoch_and_match_brute_force(run):
+    cfg, data, model, obj, sampler, opt = _setup(run, "dcd")
+    train = load_split(run, "train")
+
+    def brute():  # per user: unobserved items scoring strictly higher than each target
+        s = model.scores(torch.arange(data.n_users)).detach().clamp(-40, 40).numpy()
+        out = np.full(tuple(obj.targets.shape), -1)
+        for u in range(data.n_users):
+            unobs = np.setdiff1d(np.arange(data.n_items), train.row(u))
+            for k, i in enumerate(obj.targets[u].tolist()):
+                if i >= 0:
+                    out[u, k] = int((s[u, unobs] > s[u, i]).sum())
+        return out.tolist()
+
+    seen = []
+    for epoch in (1, 2):
+        obj.start_epoch(epoch)
+        want = brute()  # the weights at the start of the epoch
+        for batch in sampler.epoch(epoch):
+            loss = obj.loss(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert obj.ranks.tolist() == want  # computed before the first step, kept for the whole epoch
+        seen.append(want)
+    assert seen[0] != seen[1]
+
+
+def test_cldrd_curriculum_advances_on_plateau_and_checkpoints():
+    cfg = from_dict(Config, {"baselines": {"cldrd_patience": 2}, "student": {"lambda_kd": 1.0}})
+    obj = CLDRDObjective(cfg)
+    seq = [0.10, 0.12, 0.11, 0.12, 0.13, 0.12, 0.12, 0.12, 0.12]
+    stages = []
+    for e, v in enumerate(seq):
+        obj.after_evaluation(e, {"valid": {"R@50": v}})
+        stages.append(obj.stage)
+    # improvement resets the count; 2 non-improving evaluations advance; the last stage stays
+    assert stages == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    other = CLDRDObjective(cfg)
+    other.load_state(obj.state())
+    assert other.state() == obj.state()
+
+
+def test_baseline_needs_a_lambda(run):
+    from hetcomp_dist.errors import InputError
+
+    with pytest.raises(InputError, match="lambda_kd"):
+        BASELINE_OBJECTIVES["rrd"](tiny_config(run, lambda_kd=-1.0))
