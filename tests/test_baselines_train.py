@@ -212,3 +212,49 @@ def test_baseline_needs_a_lambda(run):
 
     with pytest.raises(InputError, match="lambda_kd"):
         BASELINE_OBJECTIVES["rrd"](tiny_config(run, lambda_kd=-1.0))
+
+
+# ------------------------------------------------------------------------------------ through the trainer
+def _jsonl(path: str) -> list[dict]:
+    import json
+
+    return [json.loads(x) for x in storage.read_bytes(path).decode().splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_train_student_runs_each_baseline(run, ray_session, method):
+    from hetcomp_dist.student.trainer import train_student
+
+    cfg = tiny_config(run, method=method, lambda_kd=1.0, lr=0.02, batch_size=64, max_epochs=4)
+    res = train_student(run, cfg)
+    assert res["dir"].endswith(f"student/{method}-mf")
+    assert set(res["valid"]) >= {"R@10", "N@10", "R@50", "N@50"} and set(res["test"]) == set(res["valid"])
+    hist = _jsonl(storage.join(res["dir"], "metrics.jsonl"))
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert hist[-1]["loss"] < hist[0]["loss"], [h["loss"] for h in hist]
+    assert all(h["lambda_kd"] == 1.0 for h in hist)
+    if method == "cldrd":
+        assert "cl_stage" in hist[-1]
+    assert train_student(run, cfg) == res  # finished: skipped on rerun
+
+
+def test_lambda_grid_picks_the_best_on_validation_and_promotes_it(run, ray_session):
+    from hetcomp_dist.student.trainer import train_student
+
+    cfg = tiny_config(run, method="rrd", lambda_kd=-1.0, lambda_grid=[0.001, 1.0], lr=0.02, batch_size=64,
+                      max_epochs=2)
+    res = train_student(run, cfg)
+    grid = res["lambda_grid"]
+    assert set(grid) == {"0.001", "1"}
+    best = max(grid, key=lambda k: (grid[k], -float(k)))
+    assert res["lambda_kd"] == float(best)
+    assert res["valid"]["R@50"] == grid[best]
+    parent = storage.join(run, "student", "rrd-mf")
+    assert res["dir"] == parent
+    for name in ("metrics.jsonl", "emb.npz", "model.json"):  # the chosen candidate's files, promoted
+        assert storage.read_bytes(storage.join(parent, name)) == storage.read_bytes(
+            storage.join(parent, f"lambda={best}", name))
+    for lam in grid:  # every candidate is a finished student folder of its own
+        m = storage.read_manifest(storage.join(parent, f"lambda={lam}"))
+        assert m["result"]["valid"]["R@50"] == grid[lam]
+    assert train_student(run, cfg) == res  # the grid is skipped as a whole on rerun

@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from hetcomp_dist import storage
 from hetcomp_dist.baselines import losses as BL
 from hetcomp_dist.baselines import signal
 from hetcomp_dist.config import Config
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.student import losses as SL
-from hetcomp_dist.student.objectives import Batch, Objective
+from hetcomp_dist.student.objectives import OBJECTIVES, Batch, Objective
 from hetcomp_dist.student.models import Student
 
 
@@ -73,6 +74,15 @@ class BaselineObjective(Objective):
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @classmethod
+    def hash_parts(cls, run: str, cfg: Config) -> list:
+        """The baselines' settings, the ensemble's and each teacher's export identity (retrained teachers
+        invalidate a finished baseline)."""
+        k = cfg.knowledge
+        exports = [(storage.read_manifest(storage.join(run, "teachers", n)) or {}).get("config_hash")
+                   for n in cfg.teachers.names]
+        return [cls.name, cfg.baselines, list(cfg.teachers.names), k.temperature, list(k.weights), exports]
 
     # ---- the loss
     def loss(self, model: Student, batch: Batch) -> torch.Tensor:
@@ -323,3 +333,4 @@ class DCDObjective(BaselineObjective):
 BASELINE_OBJECTIVES: dict[str, type[Objective]] = {
     "rd": RDObjective, "rrd": RRDObjective, "mtd": MTDObjective, "cldrd": CLDRDObjective, "dcd": DCDObjective,
 }
+OBJECTIVES.update(BASELINE_OBJECTIVES)  # the student stage's registry: train_student / distill pick them by name

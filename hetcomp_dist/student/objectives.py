@@ -88,6 +88,18 @@ class Objective(torch.nn.Module):
     def log_fields(self) -> dict[str, Any]:
         return {}
 
+    def attach(self, run: str, data: Any) -> None:
+        """Called once per rank, with its `RankData`, after the task is on its device (baselines load
+        their teacher lists here)."""
+
+    def after_evaluation(self, epoch: int, metrics: dict) -> None:
+        """Called on every rank after each evaluation, with the all-reduced metrics (CL-DRD's curriculum)."""
+
+    @classmethod
+    def hash_parts(cls, run: str, cfg: Config) -> list:
+        """Extra inputs of a training's config hash (baselines: their section and the teachers' exports)."""
+        return []
+
 
 class WoKDObjective(Objective):
     """"w/o KD": the student's own base loss (BPR for MF/DNN, CML hinge for ML), mean over the batch."""
@@ -164,6 +176,7 @@ class HetCompObjective(Objective):
 
 
 OBJECTIVES: dict[str, type[Objective]] = {"hetcomp": HetCompObjective, "wokd": WoKDObjective}
+import hetcomp_dist.baselines.objectives  # noqa: E402,F401  (registers rd, rrd, mtd, cldrd, dcd in OBJECTIVES)
 
 
 def build_objective(method: str, cfg: Config) -> Objective:

@@ -34,6 +34,7 @@ def train_loop_per_worker(config: dict) -> dict:
         job.maybe_die(epoch, w.rank)
         if epoch % s.eval_every == 0 or epoch == s.max_epochs:
             metrics, improved, users, items = W.evaluate(task, data, evaluator, loop, epoch, job, w.device)
+            task.objective.after_evaluation(epoch, metrics)
             if improved:  # keep the best model's embeddings (rank 0 writes them at the end)
                 best_emb = {"user": users, "item": items} if w.rank == 0 else None
             if task.objective.dkc_due(epoch) and not loop.stopped:

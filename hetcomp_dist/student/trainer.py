@@ -13,6 +13,7 @@ import dataclasses
 import time
 
 from hetcomp_dist import storage
+from hetcomp_dist.baselines import select as lambda_grid
 from hetcomp_dist.config import Config, to_dict
 from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
@@ -36,6 +37,7 @@ def student_hash(run: str, cfg: Config) -> str:
     if OBJECTIVES[cfg.student.method].needs_knowledge:
         r0 = knowledge_io.round_manifest(run, 0) or {}
         parts += [cfg.knowledge, cfg.teachers.names, r0.get("config_hash")]
+    parts += OBJECTIVES[cfg.student.method].hash_parts(run, cfg)
     return storage.config_hash(*parts)
 
 
@@ -44,7 +46,8 @@ def _ray_storage(out: str) -> str:
     return path if storage.is_uri(path) else storage.resolve(path)[1]
 
 
-def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, fault: dict | None = None) -> dict:
+def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, fault: dict | None = None,
+                  out: str | None = None) -> dict:
     """Trains `cfg.student.model` with `cfg.student.method` on RUN (TorchTrainer, DDP when num_workers > 1).
 
     Args:
@@ -52,6 +55,7 @@ def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, f
         cfg: the config; `student.num_workers = 0` trains in this process (Ray Train local mode).
         dkc_fn: "module:function" called for each DKC round (default: the knowledge stage's).
         fault: tests only -- {"rank", "epoch", "marker"}: SIGKILL that worker once at that epoch.
+        out: the folder to train into (default RUN/student/<method>-<model>; the λ_KD grid's candidates).
 
     Returns:
         {"best_epoch", "valid", "test", "wall_s", "dir", ...} (valid/test: R@10, N@10, R@50, N@50).
@@ -66,7 +70,9 @@ def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, f
     if OBJECTIVES[s.method].needs_knowledge and knowledge_io.round_manifest(run, 0) is None:
         log(STAGE, "knowledge round 0 missing: building it")
         knowledge_io.resolve(knowledge_io.ROUND0_FN)(run, cfg)
-    out = student_dir(run, s.method, s.model)
+    if out is None and lambda_grid.needs_grid(cfg):  # a baseline without λ_KD: one training per grid value
+        return lambda_grid.train_with_grid(run, cfg, train_student, student_hash)
+    out = out or student_dir(run, s.method, s.model)
     h = student_hash(run, cfg)
     done = storage.stage_is_done(out, h)
     if done is not None:

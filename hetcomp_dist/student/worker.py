@@ -134,6 +134,7 @@ def build(job: Job, w: Worker):
     torch.manual_seed(s.seed)
     model = build_student(s.model, data.n_users, data.n_items, s)
     task = TrainTask(model, build_objective(s.method, cfg)).to(w.device)
+    task.objective.attach(job.run, data)
     sampler = BatchSampler(data, s.batch_size, w.rank, w.world, s.seed, task.objective.needs_negatives, w.device)
     opt = torch.optim.Adam(task.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     return data, task, sampler, opt
