@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from hetcomp_dist.knowledge.discrepancy import discrepancy, rank_in
+from hetcomp_dist.knowledge.discrepancy import discrepancies, discrepancy
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, rebuild_targets, switch_fired, threshold
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
 
@@ -211,7 +211,11 @@ def test_discrepancy_hand_worked():
     assert dp == pytest.approx(1 - ((2 ** math.exp(-0.2) - 1) + 1 / math.log2(3)) / (w0 + w1), abs=1e-12)
     # PAD never matches PAD
     assert discrepancy(np.array([[-1, -1]]), np.array([[-1, -1]]), d_k=2)[0] == 1.0
-    np.testing.assert_array_equal(rank_in(np.array([[3, -1, 9]]), np.array([[9, -1, 3]])), [[2, -1, 0]])
+    # several teachers at once, one student list per user
+    sig = np.array([[4, 5], [7, -1]])
+    pis = np.array([[[5, 6, 4], [4, 5, -1], [9, 8, 1]], [[7, 1, 2], [1, 7, 2], [-1, -1, -1]]])
+    np.testing.assert_allclose(discrepancies(sig, pis, 2), [[1 - w1 / (w0 + w1), 0.0, 1.0],
+                                                            [1 - w0 / (w0 + w1), 1 - w0 / (w0 + w1), 1.0]], atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------- DKC

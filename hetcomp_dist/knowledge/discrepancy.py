@@ -1,4 +1,4 @@
-"""The discrepancy D@K between the student's ranking and one teacher state (METHOD.md §3).
+"""The discrepancy D@K between the student's ranking and teacher states (METHOD.md §3).
 
 sigma = the student's top-K unobserved items (positions t = 0..K-1, -1 padded), pi = a teacher's list.
 
@@ -11,64 +11,34 @@ sigma = the student's top-K unobserved items (positions t = 0..K-1, -1 padded), 
 
 D = 1 - NDCG. The denominator runs over all K positions in both variants, so a padded position (a
 user with fewer than K unobserved items) counts as a miss -- as in the code, which always ranks K.
+
+Vectorisation: for a block of users, a (rows, n_items) uint8/uint16 table holds each user's sigma
+positions (t + 1, 0 = absent) -- a (batch of users x items) block, cleared after use. Every teacher
+list then looks its items up in one gather, whatever the number of teachers. Weights are fixed-point
+integers (2^-40 resolution), so a DCG is an exact, order-free sum: two lists with the same hits get
+bit-identical D, and D = 0 exactly when every position hits.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from hetcomp_dist.knowledge.ensemble import key_dtype
-
 PAD = -1
 VARIANTS = ("code", "paper")
+FIXED_BITS = 40
+TABLE_CELLS = 1 << 22  # entries of the per-block position table (~4 MiB: cache-resident)
+MIN_TABLE_ROWS = 16  # users per block even for huge catalogues (the Python loop's overhead)
+_scratch: dict[str, np.ndarray] = {}  # the table, allocated once per process and kept all-zero
 
 
-FIXED_BITS = 40  # fixed-point weights: sums are exact integers, so equal hit sets give equal D
-
-
-def _merged_sort(sigma: np.ndarray, pi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Sorts each row's merged keys ``item << b | tag`` (tag t < P for sigma, P + r for pi), pads last.
-
-    Returns (item, tag, hit, P): (B, S+L) arrays in key order, with hit[b, j] true when entry j is a
-    sigma item whose next entry is the same item in pi (then its rank is tag[b, j+1] - P).
-    """
-    B, S = sigma.shape
-    L = pi.shape[1]
-    pbits = max(S, L, 1).bit_length()  # P = 2^pbits > max(S, L) - 1
-    P = 1 << pbits
-    tbits = pbits + 1
-    big = max(int(sigma.max(initial=0)), int(pi.max(initial=0)), 0) + 1
-    dt, udt = (np.int32, np.uint32) if key_dtype(big << tbits) is np.int32 else (np.int64, np.uint64)
-    tag = np.concatenate([np.arange(S), P + np.arange(L)]).astype(dt)
-    merged = np.concatenate([sigma.astype(dt, copy=False), pi.astype(dt, copy=False)], axis=1)
-    keys = np.sort(((merged << dt(tbits)) | tag[None, :]).view(udt), axis=1).view(dt)
-    item = keys >> dt(tbits)
-    tg = keys & dt((1 << tbits) - 1)
-    hit = np.zeros(keys.shape, dtype=bool)
-    hit[:, :-1] = (item[:, :-1] >= 0) & (item[:, :-1] == item[:, 1:]) & (tg[:, 1:] >= P)
-    return item, tg, hit, P
-
-
-def rank_in(sigma: np.ndarray, pi: np.ndarray) -> np.ndarray:
-    """0-based rank of every sigma[b, t] in pi[b], or -1 when absent (or sigma[b, t] is PAD).
-
-    Args:
-        sigma: (B, S) item ids, -1 padded, each item at most once per row.
-        pi: (B, L) item ids, -1 padded, each item at most once per row.
-
-    Returns:
-        (B, S) int64 ranks.
-    """
-    sigma, pi = np.asarray(sigma), np.asarray(pi)
-    B, S = sigma.shape
-    if B == 0 or S == 0 or pi.shape[1] == 0:
-        return np.full((B, S), -1, dtype=np.int64)
-    item, tg, hit, P = _merged_sort(sigma, pi)
-    r_next = np.full(tg.shape, -1, dtype=np.int64)
-    r_next[:, :-1] = np.where(hit[:, :-1], tg[:, 1:] - P, -1)
-    out = np.full((B, S + 1), -1, dtype=np.int64)  # column S collects the pi entries
-    np.put_along_axis(out, np.where(tg < P, tg, S).astype(np.int64), r_next, axis=1)
-    return out[:, :S]
+def _zeroed(size: int, dtype: type) -> np.ndarray:
+    """A reusable all-zero buffer (a fresh 4 MiB calloc per batch costs more in page faults than the
+    lookups themselves); callers reset every cell they set before returning."""
+    key = np.dtype(dtype).str
+    buf = _scratch.get(key)
+    if buf is None or len(buf) < size:
+        buf = _scratch[key] = np.zeros(size, dtype=dtype)
+    return buf
 
 
 def position_weights(d_k: int, lam: float = 10.0) -> np.ndarray:
@@ -77,54 +47,81 @@ def position_weights(d_k: int, lam: float = 10.0) -> np.ndarray:
     return (2.0 ** np.exp(-t / lam) - 1.0) / np.log2(t + 2.0)
 
 
-def _paper_table(d_k: int, L: int, lam: float) -> np.ndarray:
-    """(d_k, max(L, d_k)) fixed-point (2^{exp(-r/lam)} - 1) / log2(t+2) for position t, teacher rank r."""
-    r = np.arange(max(L, d_k), dtype=np.float64)
-    gain = 2.0 ** np.exp(-r / lam) - 1.0
-    disc = np.log2(np.arange(d_k, dtype=np.float64) + 2.0)
-    return np.round(gain[None, :] / disc[:, None] * 2.0 ** FIXED_BITS).astype(np.int64)
+def _gain_table(d_k: int, L: int, variant: str, lam: float) -> tuple[np.ndarray, int]:
+    """Fixed-point DCG term by (sigma position + 1, teacher rank): row 0 (absent) is 0; and the ideal.
+
+    code: the term of position t whatever the rank (only the top-d_k ranks are looked up);
+    paper: (2^{exp(-r/lam)} - 1) / log2(t+2).
+    """
+    scale = 2.0 ** FIXED_BITS
+    t = np.arange(d_k, dtype=np.float64)
+    ideal = int(np.round(position_weights(d_k, lam) * scale).astype(np.int64).sum())
+    table = np.zeros((d_k + 1, L), dtype=np.int64)
+    if variant == "code":
+        table[1:, :] = np.round(position_weights(d_k, lam) * scale).astype(np.int64)[:, None]
+        return table, ideal
+    r = np.arange(L, dtype=np.float64)
+    table[1:, :] = np.round((2.0 ** np.exp(-r / lam) - 1.0)[None, :] / np.log2(t + 2.0)[:, None] * scale)
+    diag = np.round(position_weights(d_k, lam) * scale).astype(np.int64)  # the ideal: sigma = pi
+    m = min(d_k, L)
+    table[np.arange(1, m + 1), np.arange(m)] = diag[:m]
+    return table, ideal
 
 
-def discrepancy(sigma: np.ndarray, pi: np.ndarray, d_k: int = 50, variant: str = "code",
-                lam: float = 10.0) -> np.ndarray:
-    """D@K = 1 - NDCG@K of the student's list against one teacher list, per row.
-
-    Weights are fixed-point integers (2^-40 resolution), so a DCG is an exact, order-free sum: two
-    rows with the same hits get bit-identical D, and D = 0 exactly when every position hits.
+def discrepancies(sigma: np.ndarray, pis: np.ndarray, d_k: int = 50, variant: str = "code",
+                  lam: float = 10.0) -> np.ndarray:
+    """D@K of each user's student list against each of its teacher lists.
 
     Args:
-        sigma: (B, >= d_k) student top items, best first, -1 padded (only the first d_k are used).
-        pi: (B, L) teacher items, best first, -1 padded.
+        sigma: (B, >= d_k) student top items, best first, -1 padded (only the first d_k are used);
+            each item at most once per row.
+        pis: (B, M, L) teacher lists, best first, -1 padded; each item at most once per list.
         d_k: K of D@K.
         variant: "code" (membership in the teacher's top-d_k, gain of the student position) or
             "paper" (relevance exp(-r/lam) from the teacher's rank r).
         lam: lambda of exp(-t/lam) / exp(-r/lam).
 
     Returns:
-        (B,) float64 discrepancies in [0, 1].
+        (B, M) float64 discrepancies in [0, 1].
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     sig = np.asarray(sigma)[:, :d_k]
-    if sig.shape[1] < d_k:  # fewer columns than d_k: the missing positions are misses
-        sig = np.concatenate([sig, np.full((len(sig), d_k - sig.shape[1]), PAD, sig.dtype)], axis=1)
-    pi = np.asarray(pi)[:, :d_k] if variant == "code" else np.asarray(pi)
-    B, L = len(sig), pi.shape[1]
-    if B == 0:
-        return np.zeros(0, dtype=np.float64)
-    if L == 0:
-        return np.ones(B, dtype=np.float64)
-    item, tg, hit, P = _merged_sort(sig, pi)
+    pis = np.asarray(pis)
     if variant == "code":
-        w = np.zeros(2 * P, dtype=np.int64)  # by tag: sigma positions t < d_k; pi tags weigh 0
-        w[:d_k] = np.round(position_weights(d_k, lam) * 2.0 ** FIXED_BITS).astype(np.int64)
-        missed = np.where(hit, 0, np.take(w, tg)).sum(axis=1)  # sigma pads are misses too
-        return missed / float(w.sum())
-    table = _paper_table(d_k, L, lam)
-    ideal = int(np.trace(table[:, :d_k]))
-    width = table.shape[1]
-    r_next = np.zeros(tg.shape, dtype=np.int64)
-    r_next[:, :-1] = tg[:, 1:] - P
-    idx = np.where(hit, tg.astype(np.int64) * width + r_next, 0)
-    dcg = np.where(hit, np.take(table.ravel(), idx), 0).sum(axis=1)
+        pis = pis[:, :, :d_k]
+    B, M, L = pis.shape
+    if B == 0 or M == 0:
+        return np.zeros((B, M), dtype=np.float64)
+    if L == 0:
+        return np.ones((B, M), dtype=np.float64)
+    table, ideal = _gain_table(d_k, L, variant, lam)
+    n_items = max(int(sig.max(initial=-1)), int(pis.max(initial=-1))) + 1
+    width = n_items + 1  # the last column of each row is never written (read by PADs)
+    rows = max(1, min(B, max(MIN_TABLE_ROWS, TABLE_CELLS // width)))
+    pos = _zeroed(rows * width + 1, np.uint8 if d_k < 255 else np.uint16)  # + 1: cell -1 stays 0
+    rank = np.arange(L, dtype=np.int64)
+    dcg = np.empty((B, M), dtype=np.int64)
+    for b0 in range(0, B, rows):
+        b1 = min(b0 + rows, B)
+        base = (np.arange(b1 - b0, dtype=np.int64) * width)[:, None]
+        s = sig[b0:b1]
+        cells = (base + s)[s >= 0]
+        try:
+            pos[cells] = (np.nonzero(s >= 0)[1] + 1).astype(pos.dtype)
+            # (b, M, L): sigma position + 1, 0 = absent. A PAD (-1) lands on the previous row's PAD column,
+            # or for row 0 on the buffer's last cell: both are never set, so read 0
+            t1 = pos[base[:, :, None] + pis[b0:b1]]
+        finally:
+            pos[cells] = 0
+        if variant == "code":  # the term depends on the position only
+            dcg[b0:b1] = np.take(table[:, 0], t1).sum(axis=2)
+        else:
+            dcg[b0:b1] = np.take(table, t1.astype(np.int64) * L + rank).sum(axis=2)
     return np.maximum(ideal - dcg, 0) / float(ideal)
+
+
+def discrepancy(sigma: np.ndarray, pi: np.ndarray, d_k: int = 50, variant: str = "code",
+                lam: float = 10.0) -> np.ndarray:
+    """D@K of one student list against one teacher list per row: (B, >= d_k), (B, L) -> (B,) float64."""
+    return discrepancies(sigma, np.asarray(pi)[:, None, :], d_k, variant, lam)[:, 0]

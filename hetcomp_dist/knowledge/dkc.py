@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hetcomp_dist.knowledge.discrepancy import discrepancy
+from hetcomp_dist.knowledge.discrepancy import discrepancies
 from hetcomp_dist.knowledge.ensemble import ensemble_topk
 
 MOVE_RULES = ("code", "paper")
@@ -50,19 +50,13 @@ def threshold(epoch: int, params: DKCParams) -> float:
     return float(params.alpha * params.decay ** (epoch // params.period))
 
 
-def chosen_lists(lists: np.ndarray, state: np.ndarray) -> np.ndarray:
-    """(B, M, K): lists[b, x, state[b, x]] for (B, M, S, K) lists and (B, M) state indices."""
-    idx = np.asarray(state, dtype=np.int64)[:, :, None, None]
-    return np.take_along_axis(lists, idx, axis=2)[:, :, 0, :]
-
-
-def _disc(lists: np.ndarray, sigma: np.ndarray, rows: np.ndarray, teachers: np.ndarray, state: np.ndarray,
-          params: DKCParams) -> np.ndarray:
-    """float32 D(sigma[rows], lists[rows, teachers, state]) for flat (row, teacher) pairs."""
+def _disc(lists: np.ndarray, sigma: np.ndarray, rows: np.ndarray, state: np.ndarray, params: DKCParams) -> np.ndarray:
+    """float32 (len(rows), M): D(sigma[b], lists[b, x, state[b, x]]) for every teacher of the given users."""
     if len(rows) == 0:
-        return np.zeros(0, dtype=np.float32)
-    pi = lists[rows, teachers, state]
-    return discrepancy(sigma[rows], pi, params.d_k, params.d_variant, params.d_lambda).astype(np.float32)
+        return np.zeros((0, lists.shape[1]), dtype=np.float32)
+    width = params.d_k if params.d_variant == "code" else lists.shape[3]  # code: only the top-d_k matter
+    pis = lists[rows[:, None], np.arange(lists.shape[1])[None, :], state[rows], :width]  # (rows, M, width)
+    return discrepancies(sigma[rows], pis, params.d_k, params.d_variant, params.d_lambda).astype(np.float32)
 
 
 def dkc_step(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.ndarray, epoch: int, first: bool,
@@ -90,23 +84,24 @@ def dkc_step(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.ndarray,
         raise ValueError(f"v must be (B, M) = {(B, M)} in 0..{last}")
     d_new = np.asarray(d, dtype=np.float32).copy()
     moved = np.zeros((B, M), dtype=bool)
+    nxt = np.minimum(v + 1, last)
     if first:
-        rows, tch = np.nonzero(np.ones((B, M), dtype=bool))
-        d_new[rows, tch] = _disc(lists, sigma, rows, tch, np.minimum(v[rows, tch] + 1, last), params)
+        d_new[:] = _disc(lists, sigma, np.arange(B), nxt, params)
         return v.astype(np.int8), d_new, moved
 
-    rows, tch = np.nonzero(v < last)
-    d_next = _disc(lists, sigma, rows, tch, v[rows, tch] + 1, params).astype(np.float64)
-    d_old = d_new[rows, tch].astype(np.float64)
+    active = v < last
+    rows = np.nonzero(active.any(axis=1))[0]  # users with a teacher that can still move
+    d_next = _disc(lists, sigma, rows, nxt, params).astype(np.float64)
+    d_old = d_new[rows].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = np.where(d_next == 0, np.inf, d_old / np.where(d_next == 0, 1.0, d_next))
     th = threshold(epoch, params)
     go = (rho > th) | (rho < 1) if params.move_rule == "code" else rho > th
-    rows, tch = rows[go], tch[go]
-    v_new = v.copy()
-    v_new[rows, tch] += 1
-    moved[rows, tch] = True
-    d_new[rows, tch] = _disc(lists, sigma, rows, tch, np.minimum(v_new[rows, tch] + 1, last), params)
+    moved[rows] = go & active[rows]
+    v_new = v + moved
+    rows = np.nonzero(moved.any(axis=1))[0]
+    d_moved = _disc(lists, sigma, rows, np.minimum(v_new + 1, last), params)
+    d_new[rows] = np.where(moved[rows], d_moved, d_new[rows])
     return v_new.astype(np.int8), d_new, moved
 
 
@@ -124,7 +119,8 @@ def rebuild_targets(lists: np.ndarray, v: np.ndarray, changed: np.ndarray, prev:
     out = np.array(prev, dtype=np.int32, copy=True)
     rows = np.nonzero(changed)[0]
     if len(rows):
-        out[rows] = ensemble_topk(chosen_lists(lists[rows], v[rows]), k, temperature, weights)
+        chosen = lists[rows[:, None], np.arange(lists.shape[1])[None, :], np.asarray(v)[rows]]  # (rows, M, K)
+        out[rows] = ensemble_topk(chosen, k, temperature, weights)
     return out
 
 

@@ -6,10 +6,12 @@ train list, best first), ``observed/shard-*.parquet`` (the train items in a teac
 ``_manifest.json`` carrying the teacher config hash the pipeline expects -- so the knowledge stage
 reads them exactly like real trajectories. Optionally also a student embedding .npz.
 
-The structure is chosen to exercise DKC: each user has a pool of unobserved items in a hidden order;
-teacher x at state s ranks the pool by that order plus noise that shrinks with s (later states agree
-more), and the student's user vector points at the head of the pool, so its top-50 overlaps the
-teachers' lists. Generated per block of users, vectorised; memory is one shard.
+The structure is chosen to exercise DKC the way a distilled student does: each user's pool of
+unobserved candidates is the student's own top-2K (random item and user vectors, exact FAISS search,
+train excluded), in that hidden order; teacher x at state s ranks the pool by that order plus noise
+that shrinks with s (later states agree more), so the student's top-50 overlaps the teachers' lists
+and a drifting student (`perturb_embeddings`) moves the discrepancies both ways. Generated per block
+of users, vectorised; memory is one shard.
 """
 
 from __future__ import annotations
@@ -19,31 +21,19 @@ import numpy as np
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config
 from hetcomp_dist.data.dataset import load_manifest, load_shard
-from hetcomp_dist.evaluation.retrieval import excluded_mask, first_k_kept
+from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
 from hetcomp_dist.progress import Progress
 
 N_STATES = 4
 NOISE = (40.0, 25.0, 15.0, 8.0)  # per-state noise on pool positions (E1 noisiest)
 
 
-def _coprime_steps(rng: np.random.Generator, n: int, n_items: int) -> np.ndarray:
-    """n random steps c in [1, n_items) with gcd(c, n_items) = 1 (so a + j c mod n_items never repeats)."""
-    out = np.zeros(0, dtype=np.int64)
-    while len(out) < n:
-        c = rng.integers(1, max(n_items, 2), size=2 * n)
-        out = np.concatenate([out, c[np.gcd(c, n_items) == 1]])
-    return out[:n]
+def _block(rng: np.random.Generator, train, pool_items: np.ndarray, M: int, K: int):
+    """Lists (b, M, S, K) and observed orders (M CSR values) for one block of users.
 
-
-def _block(rng: np.random.Generator, train, n_items: int, M: int, K: int, pool: int):
-    """Lists (b, M, S, K), observed orders (M CSR values), pool (b, pool) for one block of users."""
-    b = train.n
-    a = rng.integers(0, n_items, size=b)
-    c = _coprime_steps(rng, b, n_items)
-    steps = np.arange(min(pool + 64, n_items))  # distinct while < n_items (c is coprime with n_items)
-    cand = (a[:, None] + steps[None, :] * c[:, None]) % n_items
-    cand = cand.astype(np.int32)
-    pool_items = first_k_kept(cand, excluded_mask(cand, train.offsets, train.items, n_items), pool)  # (b, pool)
+    pool_items: (b, pool) each user's unobserved candidates in the hidden relevance order, -1 padded.
+    """
+    b, pool = pool_items.shape
     # teacher x, state s: pool positions + noise, the K best; positions are the hidden relevance order
     # (sorted as packed int32 keys: quantised noisy position << jbits | j)
     jbits = max(1, (pool - 1).bit_length())
@@ -65,21 +55,63 @@ def _block(rng: np.random.Generator, train, n_items: int, M: int, K: int, pool: 
     for _ in range(M):
         o = np.lexsort((base + 0.5 * rng.random(len(rows)), rows))
         observed.append(train.items[o])
-    return lists.astype(np.int32), observed, pool_items
+    return lists.astype(np.int32), observed
+
+
+def _item_emb(seed: int, n_items: int, dim: int) -> np.ndarray:
+    return np.random.default_rng([seed, 1 << 30]).standard_normal((n_items, dim)).astype(np.float32)
+
+
+def write_trajectory_shard(run: str, cfg: Config, data: dict, s: int, seed: int = 0, pool: int | None = None,
+                           emb_dim: int = 6, block: int = 1024) -> np.ndarray:
+    """Shard s of every teacher's state and observed folders (RNG (seed, s): any order, any process).
+
+    Returns:
+        (n_shard_users, emb_dim) float32 student user vectors of the shard.
+    """
+    from hetcomp_dist.teachers.runner import teacher_dir
+
+    n_users, n_items, S = data["n_users"], data["n_items"], data["shard_size"]
+    names, K = list(cfg.teachers.names), cfg.teachers.topk
+    M, pool = len(names), pool or 2 * K
+    rng = np.random.default_rng([seed, s])
+    item_emb = _item_emb(seed, n_items, emb_dim)
+    index = build_index(item_emb)
+    lo, hi = storage.shard_range(s, S, n_users)
+    train = load_shard(run, "train", s, data)
+    lists = np.empty((hi - lo, M, N_STATES, K), dtype=np.int32)
+    user_emb = rng.standard_normal((hi - lo, emb_dim)).astype(np.float32)
+    obs_parts: list[list[np.ndarray]] = [[] for _ in range(M)]
+    for b0 in range(0, hi - lo, block):
+        b1 = min(b0 + block, hi - lo)
+        part = train.rows(b0, b1)
+        # the hidden order: the student's own top unobserved items, so its top-50 overlaps the teachers'
+        pool_items = search_excluding(index, user_emb[b0:b1], pool, part.offsets, part.items)
+        lists[b0:b1], observed = _block(rng, part, pool_items, M, K)
+        for x in range(M):
+            obs_parts[x].append(observed[x])
+    for x, name in enumerate(names):
+        tdir = teacher_dir(run, name)
+        for e in range(N_STATES):
+            storage.write_table_atomic(storage.shard_path(storage.join(tdir, f"state={e + 1}"), s),
+                                       storage.user_table(lo, hi, items=storage.dense_to_list(lists[:, x, e])))
+        obs = storage.csr_to_list(train.offsets, np.concatenate(obs_parts[x]))
+        storage.write_table_atomic(storage.shard_path(storage.join(tdir, "observed"), s), storage.user_table(lo, hi, items=obs))
+    return user_emb
 
 
 def write_trajectories(run: str, cfg: Config, seed: int = 0, pool: int | None = None,
-                       emb_path: str | None = None, emb_dim: int = 6, block: int = 1024) -> dict:
+                       emb_path: str | None = None, emb_dim: int = 6, distributed: bool = False) -> dict:
     """Writes synthetic trajectories for cfg.teachers.names (K = cfg.teachers.topk) into RUN/teachers.
 
     Args:
         run: a run with a committed data stage.
         cfg: names, K and the config hash the teachers stage would have.
-        seed: RNG seed (the output depends on it and on the data only).
+        seed: RNG seed (the output depends on it and on the data only, not on the shard order).
         pool: unobserved candidates per user (default 2K).
         emb_path: when given, also writes a student embedding .npz (`user` (n_users, d), `item`).
         emb_dim: d of those embeddings.
-        block: users per generation block.
+        distributed: generate the shards as Ray tasks (big benches) instead of in-process.
 
     Returns:
         {name: teacher manifest}.
@@ -87,48 +119,34 @@ def write_trajectories(run: str, cfg: Config, seed: int = 0, pool: int | None = 
     from hetcomp_dist.teachers.runner import teacher_dir, teacher_hash
 
     data = load_manifest(run)
-    n_users, n_items, S = data["n_users"], data["n_items"], data["shard_size"]
-    names, K = list(cfg.teachers.names), cfg.teachers.topk
-    M, pool = len(names), pool or 2 * K
-    rng = np.random.default_rng(seed)
-    item_emb = rng.standard_normal((n_items, emb_dim)).astype(np.float32)
-    user_emb = np.zeros((n_users, emb_dim), dtype=np.float32) if emb_path else None
+    n_users, S = data["n_users"], data["shard_size"]
+    names = list(cfg.teachers.names)
     for name in names:
         storage.begin_stage(teacher_dir(run, name))
+    n_shards = storage.n_shards(n_users, S)
     prog = Progress("synthetic trajectories", n_users)
-    for s, lo, hi in storage.iter_shards("", n_users, S):
-        train = load_shard(run, "train", s, data)
-        lists = np.empty((hi - lo, M, N_STATES, K), dtype=np.int32)
-        obs_parts: list[list[np.ndarray]] = [[] for _ in range(M)]
-        for b0 in range(0, hi - lo, block):
-            b1 = min(b0 + block, hi - lo)
-            lists[b0:b1], observed, pool_items = _block(rng, train.rows(b0, b1), n_items, M, K, pool)
-            for x in range(M):
-                obs_parts[x].append(observed[x])
-            if user_emb is not None:  # the student points at the head of the hidden order
-                head = pool_items[:, :10]
-                vec = np.where((head >= 0)[..., None], item_emb[np.maximum(head, 0)], 0).sum(1)
-                user_emb[lo + b0: lo + b1] = vec + 0.5 * rng.standard_normal(vec.shape).astype(np.float32)
-        for x, name in enumerate(names):
-            tdir = teacher_dir(run, name)
-            for e in range(N_STATES):
-                storage.write_table_atomic(storage.shard_path(storage.join(tdir, f"state={e + 1}"), s),
-                                           storage.user_table(lo, hi, items=storage.dense_to_list(lists[:, x, e])))
-            storage.write_table_atomic(storage.shard_path(storage.join(tdir, "observed"), s),
-                                       storage.user_table(lo, hi, items=storage.csr_to_list(train.offsets,
-                                                                                            np.concatenate(obs_parts[x]))))
-        prog.update(hi - lo)
+    if distributed:
+        import ray
+
+        task = ray.remote(num_cpus=1)(write_trajectory_shard)
+        parts = ray.get([task.remote(run, cfg, data, s, seed, pool, emb_dim) for s in range(n_shards)])
+        prog.update(n_users)
+    else:
+        parts = []
+        for s in range(n_shards):
+            parts.append(write_trajectory_shard(run, cfg, data, s, seed, pool, emb_dim))
+            prog.update(len(parts[-1]))
     prog.close()
     out = {}
     for name in names:
         manifest = {"config_hash": teacher_hash(cfg, name, data["config_hash"]), "teacher": name,
-                    "model": "synthetic", "K": K, "state_epochs": [10, 20, 30, 40], "convergence_epoch": 40,
-                    "n_users": n_users, "n_items": n_items, "shard_size": S,
-                    "n_shards": storage.n_shards(n_users, S), "seed": seed}
+                    "model": "synthetic", "K": cfg.teachers.topk, "state_epochs": [10, 20, 30, 40],
+                    "convergence_epoch": 40, "n_users": n_users, "n_items": data["n_items"], "shard_size": S,
+                    "n_shards": n_shards, "seed": seed}
         storage.write_manifest(teacher_dir(run, name), manifest)
         out[name] = storage.read_manifest(teacher_dir(run, name))
     if emb_path:
-        storage.write_npz_atomic(emb_path, user=user_emb, item=item_emb)
+        storage.write_npz_atomic(emb_path, user=np.concatenate(parts), item=_item_emb(seed, data["n_items"], emb_dim))
     return out
 
 

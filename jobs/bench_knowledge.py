@@ -1,0 +1,222 @@
+"""Benchmark of the knowledge stage: one DKC round, vectorised vs a plain per-user loop, and at 1M users.
+
+    python jobs/bench_knowledge.py [--workdir DIR] [--users-1m 1000000] [--skip-1m] [--repeats 3] [--keep]
+
+Synthetic inputs in the exact on-storage layout (6 teachers x 4 states x K = 100; `synthesize` for the
+data, `knowledge.synthetic` for the trajectories and a student whose embeddings drift between rounds).
+Setup (data, trajectories, round 0, round 1 = the first DKC call) is untimed.
+
+1. CiteULike size (5,219 users, 25,181 items, ~24 interactions per user): round 2 (a round with moves)
+   -- (a) the DKC computation on the same in-memory arrays, vectorised (`dkc_step` + `rebuild_targets`
+   in batches) and as a plain per-user Python loop written here, side by side, checked equal; medians
+   of --repeats runs; (b) the whole in-process round through `dkc_round`, retrieval timed apart.
+2. 1M users (vectorised only): round 2 through a Ray Data map over 50k-user shards on a 2-CPU Ray
+   instance, per-task retrieval and rest timed apart, peak memory per task.
+
+Ends with one JSON line: speedup_vs_loop, round_users_per_s_1m, peak_rss_gib, and the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+
+import numpy as np  # noqa: E402
+
+from hetcomp_dist import storage  # noqa: E402
+from hetcomp_dist.config import Config, from_dict  # noqa: E402
+from hetcomp_dist.data.dataset import load_manifest, load_shard  # noqa: E402
+from hetcomp_dist.data.synth import synthesize  # noqa: E402
+from hetcomp_dist.knowledge import rounds  # noqa: E402
+from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, rebuild_targets  # noqa: E402
+from hetcomp_dist.knowledge.synthetic import perturb_embeddings, write_trajectories  # noqa: E402
+from hetcomp_dist.progress import log, peak_rss_gib  # noqa: E402
+
+STAGE = "bench_knowledge"
+
+
+# ----------------------------------------------------------------------------- the per-user loop
+def loop_round(lists, v, d, sigma, prev_targets, epoch, first, p: DKCParams, K: int, T: float = 10.0):
+    """DKC + targets one user and one teacher at a time (METHOD.md §3), plain Python, like the
+    public code's loops. Returns (v, d, targets) with the dtypes of the vectorised path."""
+    n, M, S, _ = lists.shape
+    last = S - 1
+    w = [(2 ** math.exp(-t / p.d_lambda) - 1) / math.log2(t + 2) for t in range(p.d_k)]
+    ideal = sum(w)
+    imp = [math.exp(-r / T) for r in range(lists.shape[3])]
+    th = p.alpha * p.decay ** (epoch // p.period) if p.move_rule == "code" else p.alpha
+    v_out, d_out = v.astype(np.int8).copy(), d.astype(np.float32).copy()
+    targets = prev_targets.copy()
+    for u in range(n):
+        sig = sigma[u, : p.d_k].tolist()
+        lu = lists[u].tolist()
+
+        def D(x, s):
+            top = set(lu[x][s][: p.d_k])
+            top.discard(-1)
+            missed = sum(w[t] for t, i in enumerate(sig) if i < 0 or i not in top) + sum(w[len(sig):])
+            return float(np.float32(missed / ideal))
+
+        changed = False
+        for x in range(M):
+            vx = int(v_out[u, x])
+            if first:
+                d_out[u, x] = D(x, min(vx + 1, last))
+                continue
+            if vx == last:
+                continue
+            dn = D(x, vx + 1)
+            rho = math.inf if dn == 0 else float(d_out[u, x]) / dn
+            if (rho > th or rho < 1) if p.move_rule == "code" else rho > th:
+                v_out[u, x] = vx + 1
+                d_out[u, x] = D(x, min(vx + 2, last))
+                changed = True
+        if changed:
+            terms: dict[int, list[float]] = {}
+            for x in range(M):
+                for r, item in enumerate(lu[x][int(v_out[u, x])]):
+                    if item >= 0:
+                        terms.setdefault(item, []).append(imp[r])
+            score = {i: math.fsum(ts) for i, ts in terms.items()}  # exact ties only for equal rank sets
+            top = sorted(score, key=lambda i: (-score[i], i))[:K]
+            targets[u] = top + [-1] * (K - len(top))
+    return v_out, d_out, targets
+
+
+def vector_round(lists, v, d, sigma, prev_targets, epoch, first, p: DKCParams, K: int, batch: int = 2048):
+    """The same round with the library's vectorised functions, in batches of users."""
+    n = len(lists)
+    v_out, d_out = np.empty(v.shape, np.int8), np.empty(d.shape, np.float32)
+    targets = np.empty_like(prev_targets)
+    for b0 in range(0, n, batch):
+        b1 = min(b0 + batch, n)
+        vb, db, moved = dkc_step(lists[b0:b1], v[b0:b1], d[b0:b1], sigma[b0:b1], epoch, first, p)
+        targets[b0:b1] = rebuild_targets(lists[b0:b1], vb, moved.any(1), prev_targets[b0:b1], K)
+        v_out[b0:b1], d_out[b0:b1] = vb, db
+    return v_out, d_out, targets
+
+
+# ------------------------------------------------------------------------------------------ setup
+def make_run(path: str, users: int, items: int, shard_size: int, mean: float, **knowledge) -> Config:
+    """Synthetic data + trajectories + round 0 + round 1 (the first DKC call); returns the config."""
+    cfg = from_dict(Config, {"run": path, "data": {"shard_size": shard_size},
+                             "synth": {"users": users, "items": items, "mean_interactions": mean},
+                             "knowledge": knowledge})
+    t0 = time.perf_counter()
+    synthesize(path, cfg.synth, cfg.data)
+    write_trajectories(path, cfg, seed=1, emb_path=f"{path}/emb0.npz", distributed=users >= 200_000)
+    for r in (1, 2):
+        perturb_embeddings(f"{path}/emb0.npz", f"{path}/emb{r}.npz", scale=0.5, seed=r)
+    rounds.build_round0(path, cfg)
+    rounds.dkc_round(path, cfg, 1, 10, f"{path}/emb1.npz")
+    log(STAGE, f"setup of {users:,} users done in {time.perf_counter() - t0:.0f}s (untimed)")
+    return cfg
+
+
+def shard_inputs(cfg: Config, s: int):
+    """In-memory inputs of round 2 for shard s: lists (n, M, S, K), v, d, sigma, previous targets."""
+    data = load_manifest(cfg.run)
+    names = tuple(cfg.teachers.names)
+    lo, hi = storage.shard_range(s, data["shard_size"], data["n_users"])
+    K = cfg.knowledge.topk
+    v, d, prev = rounds._read_round(cfg.run, 1, s, lo, hi, len(names), K)
+    lists = np.full((hi - lo, len(names), rounds.N_STATES, K), -1, dtype=np.int32)
+    for x, name in enumerate(names):
+        for e in range(rounds.N_STATES):
+            path = storage.shard_path(storage.join(cfg.run, "teachers", name, f"state={e + 1}"), s)
+            lists[:, x, e] = rounds._dense(*rounds._read_lists(path, lo, hi), K, path)
+    task = rounds.RoundTask(cfg.run, cfg, names, data, 2, 20, f"{cfg.run}/emb2.npz")
+    sigma = rounds.student_topk(task, lo, hi, load_shard(cfg.run, "train", s, data))
+    return lists, v, d, sigma, prev
+
+
+# -------------------------------------------------------------------------------------- benches
+def bench_citeulike(workdir: str, repeats: int) -> dict:
+    path = f"{workdir}/citeulike_size"
+    cfg = make_run(path, 5219, 25181, 50_000, 24.06, distributed_min_users=10**9)
+    p = DKCParams.from_config(cfg.knowledge)
+    K = cfg.knowledge.topk
+    lists, v, d, sigma, prev = shard_inputs(cfg, 0)
+    n = len(lists)
+    t_vec, t_loop = [], []
+    for _ in range(repeats):  # side by side, alternating, medians
+        t0 = time.perf_counter()
+        vec = vector_round(lists, v, d, sigma, prev, 20, False, p, K)
+        t_vec.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ref = loop_round(lists, v, d, sigma, prev, 20, False, p, K)
+        t_loop.append(time.perf_counter() - t0)
+    if not (np.array_equal(vec[0], ref[0]) and np.allclose(vec[1], ref[1], rtol=0, atol=1e-6)
+            and np.array_equal(vec[2], ref[2])):
+        raise AssertionError("the vectorised round and the per-user loop disagree")
+    changed = int((vec[0] != v).any(1).sum())
+    vec_s, loop_s = statistics.median(t_vec), statistics.median(t_loop)
+    log(STAGE, f"CiteULike size: DKC compute vectorised {vec_s:.3f}s ({n / vec_s:,.0f} users/s), per-user loop "
+               f"{loop_s:.2f}s ({n / loop_s:,.0f} users/s): {loop_s / vec_s:.0f}x; {changed} of {n} users changed")
+    t0 = time.perf_counter()
+    m = rounds.dkc_round(path, cfg, 2, 20, f"{path}/emb2.npz")  # the whole in-process round, from storage
+    wall = time.perf_counter() - t0
+    rest = wall - m["task_retrieval_s"]
+    return {"users": n, "changed_users": changed, "vectorised_compute_s": vec_s, "loop_compute_s": loop_s,
+            "speedup_vs_loop": loop_s / vec_s, "round_wall_s": wall, "round_retrieval_s": m["task_retrieval_s"],
+            "round_rest_s": rest, "round_users_per_s_without_retrieval": n / rest,
+            "speedup_loop_vs_whole_round_without_retrieval": loop_s / rest}
+
+
+def bench_1m(workdir: str, users: int) -> dict:
+    import ray
+
+    path = f"{workdir}/one_million"
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    cfg = make_run(path, users, 25181, 50_000, 24.06, distributed_min_users=0)
+    t0 = time.perf_counter()
+    m = rounds.dkc_round(path, cfg, 2, 20, f"{path}/emb2.npz")
+    wall = time.perf_counter() - t0
+    retr, rest = m["task_retrieval_s"], m["task_rest_s"]
+    wall_rest = wall * rest / (rest + retr)  # the round's wall time, its retrieval share removed
+    return {"users": users, "shards": m["n_shards"], "changed_users": m["changed_users"], "round_wall_s": wall,
+            "task_retrieval_s_sum": retr, "task_rest_s_sum": rest, "round_wall_s_without_retrieval": wall_rest,
+            "round_users_per_s": users / wall_rest, "round_users_per_s_with_retrieval": users / wall,
+            "retrieval_users_per_s": users / (wall - wall_rest), "task_peak_rss_gib": m["task_peak_rss_gib"],
+            "means": m["means"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", default="/tmp/bench_knowledge")
+    ap.add_argument("--users-1m", type=int, default=1_000_000, help="users of the large run")
+    ap.add_argument("--skip-1m", action="store_true", help="only the CiteULike-size comparison")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--keep", action="store_true", help="keep the generated runs")
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    rounds.tune_malloc()
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    out: dict = {"machine_cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
+    try:
+        out["citeulike"] = bench_citeulike(args.workdir, args.repeats)
+        if not args.skip_1m:
+            out["one_million"] = bench_1m(args.workdir, args.users_1m)
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+    out["load_avg_end"] = os.getloadavg()[0]
+    print(json.dumps({"speedup_vs_loop": round(out["citeulike"]["speedup_vs_loop"], 1),
+                      "round_users_per_s_1m": round(out["one_million"]["round_users_per_s"]) if "one_million" in out else None,
+                      "peak_rss_gib": round(max(peak_rss_gib(), out.get("one_million", {}).get("task_peak_rss_gib", 0)), 2),
+                      **out}, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
