@@ -124,7 +124,7 @@ def start_teachers(run: str, cfg: Config, names: list[str]) -> TeacherGroup:
     actors, refs = {}, {}
     for name in names:
         actor = TeacherActor.options(
-            name=None, num_cpus=cfg.teachers.num_cpus, num_gpus=gpus, max_restarts=cfg.teachers.max_restarts,
+            num_cpus=cfg.teachers.num_cpus, num_gpus=gpus, max_restarts=cfg.teachers.max_restarts,
             max_task_retries=cfg.teachers.max_restarts,
         ).remote(run, cfg, name, board, threads, device)
         actors[name] = actor

@@ -106,6 +106,7 @@ def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
         "resumed_from": result["resumed_from"], "train_s": result["train_s"], "eval_s": result["eval_s"],
         "export_s": export_s, "wall_s": result["train_s"] + result["eval_s"] + export_s,
         "attempt_wall_s": time.perf_counter() - t_start, "peak_rss_gib": peak_rss_gib(),
+        "model_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30,
         "params": dataclasses.asdict(params),
     }
     storage.write_json_atomic(storage.join(tdir, "metrics.json"), metrics)

@@ -11,6 +11,7 @@ for models with embeddings and through a (B, n_items) score block reduced at onc
 from __future__ import annotations
 
 import io
+import os
 import time
 from typing import Callable
 
@@ -22,7 +23,7 @@ from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.evaluation import retrieval
 from hetcomp_dist.models.base import Recommender
-from hetcomp_dist.progress import Progress, log
+from hetcomp_dist.progress import Progress, log, peak_rss_gib
 
 N_STATES = 4
 
@@ -61,6 +62,15 @@ def prunable_snapshots(snapshot_epochs: list[int], best_epoch: int) -> list[int]
         return []
     first = choose_states(snapshot_epochs, best_epoch)[0]
     return [e for e in snapshot_epochs if e < first]
+
+
+def current_rss_gib() -> float:
+    """Resident set size of this process now (GiB); the peak when /proc is unavailable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except OSError:
+        return peak_rss_gib()
 
 
 # ----------------------------------------------------------------------------------------- ranking
@@ -121,13 +131,18 @@ def _blocks(lo: int, hi: int, size: int):
 
 
 def export_state(ranker: Ranker, train: CSR, out_dirs: list[str], n_users: int, shard_size: int, k: int,
-                 batch_size: int, observed_dir: str | None = None, label: str = "export") -> float:
+                 batch_size: int, observed_dir: str | None = None, label: str = "export") -> dict:
     """Writes each user's top-k unobserved items (and optionally the observed order) per shard.
 
     Every shard is scored block by block (`batch_size` users), written atomically to each folder of
-    `out_dirs` (states sharing an epoch share the lists). Returns users per second.
+    `out_dirs` (states sharing an epoch share the lists); memory is one shard's lists on top of the
+    model and its index.
+
+    Returns:
+        {"users_per_s", "rss_start_gib", "rss_max_gib"} (resident memory sampled after every block).
     """
     prog = Progress(label, n_users)
+    rss_start = rss_max = current_rss_gib()
     for s, lo, hi in storage.iter_shards("", n_users, shard_size):
         tops, obs_off, obs_val = [], [np.zeros(1, np.int64)], []
         for b0, b1 in _blocks(lo, hi, batch_size):
@@ -139,6 +154,7 @@ def export_state(ranker: Ranker, train: CSR, out_dirs: list[str], n_users: int, 
                 obs_off.append(ordered.offsets[1:] + obs_off[-1][-1])
                 obs_val.append(ordered.items)
             prog.update(b1 - b0)
+            rss_max = max(rss_max, current_rss_gib())
         table = storage.user_table(lo, hi, items=storage.dense_to_list(np.concatenate(tops)))
         for d in out_dirs:
             storage.write_table_atomic(storage.shard_path(d, s), table)
@@ -147,7 +163,8 @@ def export_state(ranker: Ranker, train: CSR, out_dirs: list[str], n_users: int, 
             val = np.concatenate(obs_val) if obs_val else np.zeros(0, np.int32)
             storage.write_table_atomic(storage.shard_path(observed_dir, s),
                                        storage.user_table(lo, hi, items=storage.csr_to_list(off, val)))
-    return prog.close()
+        rss_max = max(rss_max, current_rss_gib())
+    return {"users_per_s": prog.close(), "rss_start_gib": rss_start, "rss_max_gib": rss_max}
 
 
 def load_weights(path: str) -> dict[str, torch.Tensor]:
@@ -176,12 +193,12 @@ def export_trajectory(model: Recommender, train: CSR, tdir: str, snapshot_path: 
         t0 = time.perf_counter()
         ranker = Ranker(model, train, eval_cfg)
         observed = storage.join(tdir, "observed") if N_STATES in idx else None
-        rate = export_state(ranker, train, [storage.join(tdir, f"state={i}") for i in idx], n_users, shard_size,
+        stats = export_state(ranker, train, [storage.join(tdir, f"state={i}") for i in idx], n_users, shard_size,
                             k, batch_size, observed, label=f"{name} export E{idx} (epoch {epoch})")
         metrics = evaluate(ranker)
         log(f"{name}", f"state E{idx} epoch {epoch}: valid R@50={metrics['valid']['R@50']:.4f} "
                        f"test R@50={metrics['test']['R@50']:.4f} ({time.perf_counter() - t0:.1f}s)")
         for i in idx:
-            out["states"].append({"state": i, "epoch": epoch, "users_per_s": rate, **metrics})
+            out["states"].append({"state": i, "epoch": epoch, "export": stats, **metrics})
     out["states"].sort(key=lambda r: r["state"])
     return out
