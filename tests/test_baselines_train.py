@@ -17,7 +17,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.baselines import losses as BL
 from hetcomp_dist.baselines import signal
 from hetcomp_dist.baselines.objectives import BASELINE_OBJECTIVES, CLDRDObjective
-from hetcomp_dist.config import Config, DataConfig, SynthConfig, from_dict
+from hetcomp_dist.config import Config, DataConfig, SynthConfig, from_dict, to_dict
 from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.data.synth import synthesize
 from hetcomp_dist.knowledge.ensemble import ensemble_topk
@@ -258,3 +258,63 @@ def test_lambda_grid_picks_the_best_on_validation_and_promotes_it(run, ray_sessi
         m = storage.read_manifest(storage.join(parent, f"lambda={lam}"))
         assert m["result"]["valid"]["R@50"] == grid[lam]
     assert train_student(run, cfg) == res  # the grid is skipped as a whole on rerun
+
+
+# ------------------------------------------------------------------------------------ Table 2
+def test_reproduce_table2_trains_every_row_and_writes_the_report(tmp_path, ray_session):
+    import json
+
+    from hetcomp_dist.baselines.table2 import reproduce
+    from hetcomp_dist.knowledge.rounds import build_round0
+    from hetcomp_dist.knowledge.synthetic import write_trajectories
+
+    run = str(tmp_path / "run")
+    synthesize(run, SynthConfig(users=200, items=160, mean_interactions=12, topics=4, community_size=20),
+               DataConfig(shard_size=64))
+    cfg = tiny_config(run, lambda_kd=-1.0, lambda_grid=[0.01, 1.0], lr=0.01, batch_size=128)
+    cfg = from_dict(Config, {**to_dict(cfg), "knowledge": {"topk": K, "d_k": 10, "period": 2}})
+    write_trajectories(run, cfg, seed=0)
+    build_round0(run, cfg)
+    out = reproduce(run, cfg, "mf", methods=("wokd", "rrd", "hetcomp"), cpus=1.0)
+    assert out["failed"] == {}
+    assert set(out["results"]) == {"wokd", "rrd", "hetcomp"} and out["best_baseline"] == "rrd"
+    rrd = out["results"]["rrd"]
+    assert rrd["lambda_kd"] in (0.01, 1.0) and set(rrd["lambda_grid"]) == {"0.01", "1"}
+    rows = json.loads(storage.read_bytes(storage.join(out["report"], "report.json")))["rows"]
+    got = {(r["method"], r["split"]) for r in rows if r["student"] == "mf"}
+    assert got == {(m, s) for m in ("wokd", "rrd", "hetcomp") for s in ("valid", "test")}
+    for r in rows:  # the rows are the trainings' own best-validation metrics
+        if r["student"] == "mf" and r["split"] == "test":
+            assert r["R@50"] == pytest.approx(out["results"][r["method"]]["test"]["R@50"])
+    table = storage.read_bytes(out["table"]).decode()
+    for label in ("Student w/o KD", "RRD", "HetComp", "HetComp vs the best baseline (RRD)", "λ = "):
+        assert label in table
+    md = storage.read_bytes(storage.join(out["report"], "report.md")).decode()
+    assert "HetComp vs the best baseline" in md
+    for name in ("curves.png", "curves-mf.png"):
+        assert storage.read_bytes(storage.join(out["report"], name))[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table2_markdown_gaps_against_the_paper():
+    from hetcomp_dist.baselines.table2 import render_table2
+    from hetcomp_dist.report.paper import PAPER_CITEULIKE
+
+    def row(method, student, scale):
+        vals = dict(zip(("R@10", "N@10", "R@50", "N@50"), (v * scale for v in PAPER_CITEULIKE[method][student])))
+        return {"method": method, "student": student, "valid": vals, "test": vals}
+
+    results = [row("ensemble", "-", 0.9), row("wokd", "mf", 1.0), row("rrd", "mf", 1.2), row("dcd", "mf", 0.5),
+               {**row("hetcomp", "mf", 1.0), "best_epoch": 70}]
+    results[2]["lambda_kd"] = 0.1
+    text = render_table2(results, "mf", "citeulike", {"mtd": "boom"})
+    lines = {ln.split(" | ")[0]: ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "| +20.0% | +20.0% | 0.1 |" in lines["| RRD"]
+    assert "| -50.0% | -50.0% |" in lines["| DCD"]
+    assert "| -10.0% | -10.0% |" in lines["| Ensemble (teachers)"]
+    assert "Within ±25% of the paper on R@50 and N@50: RRD." in text
+    assert "**DCD is outside the ±25% band** (-50.0% R@50, -50.0% N@50; -40.0 points from the ensemble's" in text
+    assert "not explained by the teachers" in text
+    # HetComp at the paper's values vs RRD at 1.2x (R@50 .2906 > .2814): RRD is the best and is not beaten
+    assert "**HetComp vs the best baseline (RRD)**: R@10 +18.1%, N@10 +16.1%, R@50 -3.2%, N@50 +4.5%." in text
+    assert "HetComp does NOT beat every baseline" in text
+    assert "- MTD: boom" in text

@@ -107,8 +107,11 @@ def render_markdown(results: list[dict], dataset: str, teachers: list[str], stag
     return "\n".join(out) + "\n"
 
 
-def plot_curves(run: str, path: str) -> bool:
-    """valid R@50 vs epoch per student run, with HetComp's mean DKC state. False when nothing to plot."""
+def plot_curves(run: str, path: str, names: Mapping[str, str] | None = None, title: str | None = None) -> bool:
+    """valid R@50 vs epoch per student run, with HetComp's mean DKC state. False when nothing to plot.
+
+    `names` ({student folder name: legend label}, in plotting order) keeps only those runs.
+    """
     import io
 
     import matplotlib
@@ -117,12 +120,17 @@ def plot_curves(run: str, path: str) -> bool:
     import matplotlib.pyplot as plt
 
     runs = []
-    for d in _student_dirs(run):
+    dirs = _student_dirs(run)
+    if names is not None:
+        by = {d.rstrip("/").rpartition("/")[2]: d for d in dirs}
+        dirs = [by[n] for n in names if n in by]
+    for d in dirs:
         recs = _read_jsonl(storage.join(d, "metrics.jsonl"))
         pts = [(r["epoch"], r["valid"]["R@50"]) for r in recs if isinstance(r.get("valid"), dict) and "R@50" in r["valid"]]
         means = [(r["epoch"], sum(r["means"].values()) / len(r["means"])) for r in recs if r.get("means")]
         if pts:
-            runs.append((d.rstrip("/").rpartition("/")[2], pts, means))
+            base = d.rstrip("/").rpartition("/")[2]
+            runs.append(((names or {}).get(base, base), pts, means))
     if not runs:
         return False
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -142,7 +150,7 @@ def plot_curves(run: str, path: str) -> bool:
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=7, loc="lower right")
-    ax.set_title("Validation R@50 during student training")
+    ax.set_title(title or "Validation R@50 during student training")
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=120)

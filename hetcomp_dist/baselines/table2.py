@@ -1,0 +1,276 @@
+"""The paper's Table 2 on a run: every method for one student, side by side with the paper's numbers.
+
+`reproduce(run, cfg, student)` trains w/o KD, RD, RRD, MTD, CL-DRD, DCD and HetComp with the same
+student, split and early stopping, reusing the teachers and the knowledge already in RUN. Every
+training (and every λ_KD candidate of a baseline) is one Ray task, so they run in parallel as far
+as the cluster's CPUs allow; each task trains in its own process (``student.num_workers = 0``) or,
+with ``ddp=True``, launches a DDP TorchTrainer with the config's workers. Finished trainings are
+skipped on rerun (each student folder has its own manifest).
+
+Outputs under RUN/report/: a result row per method (report.json, report.md in the paper's layout
+with the relative improvement of HetComp over the best baseline), ``curves.png`` (valid R@50 vs
+epoch for w/o KD, the best baseline and HetComp; also kept as ``curves-<student>.png``) and
+``table2-<student>.md``: the table with each row's gap to the paper, the chosen λ_KD, and notes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+from hetcomp_dist import storage
+from hetcomp_dist.baselines import select
+from hetcomp_dist.baselines.signal import check_teachers
+from hetcomp_dist.config import Config, from_dict, to_dict
+from hetcomp_dist.data.dataset import load_manifest
+from hetcomp_dist.errors import InputError
+from hetcomp_dist.progress import log
+from hetcomp_dist.report import report
+from hetcomp_dist.report.paper import BASELINES, LABELS, METRICS, PAPER_CITEULIKE
+
+METHODS = ("wokd", *BASELINES, "hetcomp")
+STAGE = "table2"
+BAND = 0.25  # a baseline within ±25 % of the paper's value counts as reproduced
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One training: a method, its λ_KD candidate (None: a single training) and its folder."""
+
+    method: str
+    lam: float | None
+    out: str | None
+    cfg: Config
+
+    @property
+    def label(self) -> str:
+        return self.method + ("" if self.lam is None else f" λ={self.lam:g}")
+
+
+def plan(run: str, cfg: Config, student: str, methods: tuple[str, ...], ddp: bool = False,
+         cpus: float = 1.0) -> list[Candidate]:
+    """The trainings of the table, HetComp first (the longest), each baseline's λ grid expanded."""
+    s = dataclasses.replace(cfg.student, model=student)
+    if not ddp:  # one process per training; its threads are the task's CPUs
+        s = dataclasses.replace(s, num_workers=0, threads_per_worker=s.threads_per_worker or max(1, int(cpus)))
+    out = []
+    for m in sorted(methods, key=lambda m: m != "hetcomp"):
+        mcfg = dataclasses.replace(cfg, run=run, student=dataclasses.replace(s, method=m))
+        if select.needs_grid(mcfg):
+            out += [Candidate(m, float(lam), select.grid_dir(run, m, student, lam), select.with_lambda(mcfg, lam))
+                    for lam in s.lambda_grid]
+        else:
+            out.append(Candidate(m, None, None, mcfg))
+    return out
+
+
+def _train(run: str, cfg_dict: dict, out: str | None) -> dict:
+    """One training, in a Ray task (imports here: the task's process starts clean)."""
+    from hetcomp_dist.student.trainer import train_student
+
+    return train_student(run, from_dict(Config, cfg_dict), out=out)
+
+
+def run_all(run: str, cands: list[Candidate], cpus: float, ddp: bool) -> dict[Candidate, dict | Exception]:
+    """Runs the candidates as parallel Ray tasks; returns each one's result or its exception."""
+    import ray
+
+    task = ray.remote(num_cpus=0 if ddp else cpus)(_train)
+    pending = {task.remote(run, to_dict(c.cfg), c.out): c for c in cands}
+    log(STAGE, f"{len(pending)} trainings submitted ({cpus:g} CPU each; the cluster has "
+               f"{ray.cluster_resources().get('CPU', 0):g})")
+    results: dict[Candidate, dict | Exception] = {}
+    t0 = time.perf_counter()
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        c = pending.pop(done[0])
+        try:
+            r = ray.get(done[0])
+            results[c] = r
+            log(STAGE, f"{c.label}: valid R@50 {r['valid']['R@50']:.4f}, test R@50 {r['test']['R@50']:.4f} "
+                       f"(best epoch {r.get('best_epoch')}, {r.get('wall_s', 0):.0f}s); "
+                       f"{len(pending)} left, {time.perf_counter() - t0:.0f}s so far")
+        except Exception as e:  # keep the others going; reported at the end
+            results[c] = e
+            log(STAGE, f"{c.label}: FAILED ({type(e).__name__}: {str(e).splitlines()[0][:300]})")
+    return results
+
+
+def collect(run: str, cfg: Config, student: str, cands: list[Candidate],
+            results: dict[Candidate, dict | Exception]) -> tuple[dict[str, dict], dict[str, str]]:
+    """Per method: its result (a baseline's grid promoted to the best λ) or why it failed."""
+    from hetcomp_dist.student.trainer import student_hash
+
+    final, failed = {}, {}
+    for m in dict.fromkeys(c.method for c in cands):
+        mine = [c for c in cands if c.method == m]
+        errs = [f"{c.label}: {type(results[c]).__name__}: {results[c]}" for c in mine
+                if isinstance(results[c], Exception)]
+        ok = {c.lam: results[c] for c in mine if not isinstance(results[c], Exception)}
+        if errs:
+            failed[m] = "; ".join(errs)
+        if not ok:
+            continue
+        if mine[0].lam is None:
+            final[m] = dict(ok[None])
+            if m in BASELINES:
+                final[m]["lambda_kd"] = mine[0].cfg.student.lambda_kd
+        else:  # promote the best λ among the finished candidates (all of them, normally)
+            mcfg = dataclasses.replace(mine[0].cfg, student=dataclasses.replace(mine[0].cfg.student, lambda_kd=-1.0))
+            h = select.grid_hash(run, mcfg, student_hash) if not errs else "incomplete-grid"
+            final[m] = select.promote(run, mcfg, ok, h)
+    return final, failed
+
+
+def ensure_teacher_rows(run: str, cfg: Config) -> None:
+    """The ensemble and teacher rows of the table, when the teachers stage did not add them."""
+    have = {(r["method"], r["student"]) for r in report.load_results(run)}
+    if ("ensemble", "-") in have:
+        return
+    from hetcomp_dist.teachers import ensemble_report
+
+    try:
+        ens = ensemble_report(run, cfg)
+    except (InputError, KeyError) as e:  # e.g. teachers exported without metrics: the table goes on without them
+        log(STAGE, f"no teacher/ensemble rows: {type(e).__name__}: {e}")
+        return
+    for name, metrics in ens["teachers"].items():
+        report.add_result(run, name, "-", metrics)
+    report.add_result(run, "ensemble", "-", ens["ensemble"])
+
+
+def reproduce(run: str, cfg: Config, student: str, methods: tuple[str, ...] = METHODS, cpus: float = 1.0,
+              ddp: bool = False) -> dict:
+    """Trains every method of Table 2 for `student` on RUN and writes the report (see the module doc).
+
+    Args:
+        run: a run with data, teachers (E4 exports) and, for HetComp, knowledge.
+        cfg: the config (student section: the shared training settings; lambda_kd < 0 = grid).
+        student: mf | ml | dnn.
+        methods: which rows to train (default all seven).
+        cpus: CPUs per training task (its torch threads when training in-process).
+        ddp: launch each training as a DDP TorchTrainer with ``student.num_workers`` workers instead.
+
+    Returns:
+        {"results": {method: result}, "failed": {method: reason}, "report": folder, "table": path,
+         "curves": path, "best_baseline": method | None}.
+    """
+    bad = [m for m in methods if m not in METHODS]
+    if bad or student not in ("mf", "ml", "dnn"):
+        raise InputError("--methods/--student", f"unknown {bad or student!r}",
+                         f"methods: {', '.join(METHODS)}; students: mf, ml, dnn")
+    load_manifest(run)
+    if set(methods) - {"wokd"}:
+        check_teachers(run, cfg.teachers.names)
+        ensure_teacher_rows(run, cfg)
+    cands = plan(run, cfg, student, tuple(methods), ddp, cpus)
+    results = run_all(run, cands, cpus, ddp)
+    final, failed = collect(run, cfg, student, cands, results)
+    for m, r in final.items():
+        extra = {k: r[k] for k in ("best_epoch", "wall_s", "lambda_kd", "lambda_grid", "epochs") if k in r}
+        report.add_result(run, m, student, r, extra)
+    rdir = report.write_report(run, cfg.teachers.names)
+    best = best_baseline(final)
+    names = {f"wokd-{student}": LABELS["wokd"]}
+    if best:
+        names[f"{best}-{student}"] = f"{LABELS[best]} (best baseline)"
+    names[f"hetcomp-{student}"] = LABELS["hetcomp"]
+    title = f"Validation R@50 during training, {student.upper()} student"
+    curves = storage.join(rdir, "curves.png")
+    for path in (curves, storage.join(rdir, f"curves-{student}.png")):
+        report.plot_curves(run, path, names, title)
+    table = storage.join(rdir, f"table2-{student}.md")
+    source = load_manifest(run).get("source") or {}
+    dataset = (source.get("format") or source.get("kind", "unknown")) if isinstance(source, dict) else str(source)
+    text = render_table2(report.load_results(run), student, dataset, failed)
+    storage.write_bytes_atomic(table, text.encode())
+    log(STAGE, f"wrote {table} and {curves}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return {"results": final, "failed": failed, "report": rdir, "table": table, "curves": curves,
+            "best_baseline": best}
+
+
+def best_baseline(results: dict[str, dict]) -> str | None:
+    """The strongest baseline on test R@50 (the report's definition of 'the best baseline')."""
+    base = [m for m in BASELINES if m in results]
+    return max(base, key=lambda m: results[m]["test"]["R@50"]) if base else None
+
+
+def _gap(ours: float, paper: float) -> float:
+    return (ours / paper - 1.0) * 100.0 if paper else float("nan")
+
+
+def render_table2(results: list[dict], student: str, dataset: str, failed: dict[str, str]) -> str:
+    """table2-<student>.md: ours vs the paper per row and metric, the gaps, λ_KD, and notes."""
+    by = {(r["method"], r["student"]): r for r in results}
+    paper = dataset == "citeulike"
+    out = [f"# Table 2 reproduction: {student.upper()} student (dimension 6), dataset {dataset}", "",
+           "Test split, full ranking with seen items excluded; every model selected on validation R@50."
+           + (" `paper` = the paper's CiteULike numbers; `gap` = ours / paper − 1." if paper else ""), ""]
+    cols = ["method", *METRICS]
+    if paper:
+        cols += [f"paper {k}" for k in METRICS] + ["gap R@50", "gap N@50"]
+    cols += ["λ_KD", "best epoch"]
+    out += ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    rows = [("ensemble", "-"), *[(m, student) for m in METHODS]]
+    gaps: dict[str, tuple[float, float]] = {}
+    for key in rows:
+        r = by.get(key)
+        if r is None:
+            continue
+        m = key[0]
+        cells = [f"{r['test'][k]:.4f}" for k in METRICS]
+        if paper:
+            p = PAPER_CITEULIKE.get(m, {}).get(key[1])
+            if p:
+                g = (_gap(r["test"]["R@50"], p[2]), _gap(r["test"]["N@50"], p[3]))
+                gaps[m] = g
+                cells += [f"{v:.4f}" for v in p] + [f"{g[0]:+.1f}%", f"{g[1]:+.1f}%"]
+            else:
+                cells += ["—"] * (len(METRICS) + 2)
+        lam = r.get("lambda_kd")
+        cells += ["—" if lam is None else f"{lam:g}", str(r.get("best_epoch", "—"))]
+        out.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    out.append("")
+    ours = {m: by[(m, student)] for m in METHODS if (m, student) in by}
+    best = best_baseline(ours)
+    if best and "hetcomp" in ours:
+        h, b = ours["hetcomp"]["test"], ours[best]["test"]
+        imp = ", ".join(f"{k} {_gap(h[k], b[k]):+.1f}%" for k in METRICS)
+        beats = all(h[k] > ours[m]["test"][k] for m in BASELINES if m in ours for k in ("R@50", "N@50"))
+        out += [f"**HetComp vs the best baseline ({LABELS[best]})**: {imp}. HetComp "
+                + ("beats" if beats else "does NOT beat") + " every baseline on test R@50 and N@50.", ""]
+    grids = [(m, ours[m]) for m in BASELINES if m in ours and ours[m].get("lambda_grid")]
+    if grids:
+        out += ["λ_KD chosen on validation R@50 (valid R@50 of each candidate):", ""]
+        out += [f"- {LABELS[m]}: λ = {r['lambda_kd']:g} — " + ", ".join(f"{k}: {v:.4f}" for k, v in r["lambda_grid"].items())
+                for m, r in grids]
+        out.append("")
+    if paper and gaps:
+        out += _notes(gaps)
+    if failed:
+        out += ["## Failed trainings", ""] + [f"- {LABELS.get(m, m)}: {why}" for m, why in failed.items()] + [""]
+    return "\n".join(out) + "\n"
+
+
+def _notes(gaps: dict[str, tuple[float, float]]) -> list[str]:
+    """Which baselines sit outside the ±25 % band, read against the teachers' own gap to the paper."""
+    out = ["## Gaps to the paper", ""]
+    ens = gaps.get("ensemble")
+    if ens:
+        out.append(f"- Our teacher ensemble is at {ens[0]:+.1f}% (R@50) / {ens[1]:+.1f}% (N@50) of the paper's: "
+                   "every distilled student inherits that gap, so read the rows below against it.")
+    outside = [m for m in (*BASELINES,) if m in gaps and max(abs(gaps[m][0]), abs(gaps[m][1])) > 100 * BAND]
+    inside = [m for m in BASELINES if m in gaps and m not in outside]
+    if inside:
+        out.append(f"- Within ±{100 * BAND:.0f}% of the paper on R@50 and N@50: " + ", ".join(LABELS[m] for m in inside) + ".")
+    for m in outside:
+        g = gaps[m]
+        why = ""
+        if ens:
+            d = g[0] - ens[0]
+            why = (f"; {d:+.1f} points from the ensemble's own gap on R@50, " +
+                   ("so mostly inherited from the teachers" if abs(d) <= 100 * BAND else "not explained by the teachers"))
+        out.append(f"- **{LABELS[m]} is outside the ±{100 * BAND:.0f}% band** ({g[0]:+.1f}% R@50, {g[1]:+.1f}% N@50{why}).")
+    out.append("")
+    return out
