@@ -14,9 +14,7 @@ from typing import Callable
 import numpy as np
 
 from hetcomp_dist import storage
-from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
-from hetcomp_dist.student.batching import read_lists
 
 DKC_FN = "hetcomp_dist.knowledge.rounds:dkc_round"
 ROUND0_FN = "hetcomp_dist.knowledge.rounds:build_round0"
@@ -35,20 +33,15 @@ def round_manifest(run: str, round_idx: int) -> dict | None:
     return storage.read_manifest(round_dir(run, round_idx))
 
 
-def load_round(run: str, round_idx: int, lo: int, hi: int, k: int, pos_k: int,
-               manifest: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and P+ of users [lo, hi) for a committed round.
+def load_round(run: str, round_idx: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Targets (hi-lo, K) and P+ (hi-lo, pos_k) int32, -1 padded, of users [lo, hi) for a committed round
+    (the knowledge stage's `load_targets`, with the student's error message when it is missing)."""
+    from hetcomp_dist.knowledge.rounds import load_targets
 
-    Returns:
-        (targets (hi-lo, k), pos (hi-lo, pos_k)) int32, -1 padded.
-    """
     if round_manifest(run, round_idx) is None:
         raise InputError(round_dir(run, round_idx), "knowledge round not committed (no _manifest.json)",
                          "run the knowledge stage (`hetcomp-dist knowledge --run RUN`) first")
-    m = manifest or load_manifest(run)
-    t = read_lists(round_dir(run, round_idx), "targets", lo, hi, m)
-    p = read_lists(storage.join(knowledge_dir(run), "pos"), "items", lo, hi, m)
-    return storage.csr_to_dense(t.offsets, t.items, k), storage.csr_to_dense(p.offsets, p.items, pos_k)
+    return load_targets(run, round_idx, lo, hi)
 
 
 def resolve(spec: str) -> Callable:

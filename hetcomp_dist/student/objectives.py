@@ -17,7 +17,6 @@ trained and all-reduced with the student.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,33 +24,8 @@ import torch
 
 from hetcomp_dist.config import Config
 from hetcomp_dist.student import losses
+from hetcomp_dist.student.batching import Batch  # noqa: F401  (re-exported: objectives consume batches)
 from hetcomp_dist.student.models import Student
-
-
-@dataclass
-class Batch:
-    """One step's data on one rank (tensors on the training device).
-
-    Attributes:
-        users: (B,) int64 unique absolute user ids of the sampled interactions, sorted.
-        rows: (B,) int64 the same users as rows of the rank's local arrays (user - lo).
-        inter_users, inter_items: (n,) int64 the sampled train interactions.
-        neg_items: (n,) int64 one sampled unobserved item per interaction, or None.
-        train_rows, train_items: (nnz,) int64 every train pair of the batch users, as
-            (row in 0..B-1, item).
-        global_batch: interactions per step summed over ranks (the loss normaliser).
-        generator: RNG on the training device for sampled terms.
-    """
-
-    users: torch.Tensor
-    rows: torch.Tensor
-    inter_users: torch.Tensor
-    inter_items: torch.Tensor
-    neg_items: torch.Tensor | None
-    train_rows: torch.Tensor
-    train_items: torch.Tensor
-    global_batch: int
-    generator: torch.Generator | None = None
 
 
 class Objective(torch.nn.Module):

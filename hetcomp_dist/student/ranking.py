@@ -1,10 +1,10 @@
-"""Evaluation of a rank's own users during training, as mergeable metric sums.
+"""Evaluation of a rank's own users during training, merged over ranks.
 
-Each rank ranks the users it owns (FAISS over the student's item embeddings, the protocol's
-exclusions: valid excludes train ∪ test, test excludes train ∪ valid) and returns `MetricSums`
-states; the trainer all-reduces them, so every rank sees the same means and takes the same
-early-stopping decision. The exclusion sets are built once per rank; each evaluation only
-rebuilds the (items-sized) index.
+Each rank evaluates the users it owns with the one evaluation function of the project
+(`evaluate_embeddings(..., users=(lo, hi))`: FAISS over the student's item vectors, valid excludes
+train ∪ test, test excludes train ∪ valid) and gets `MetricSums` states back; the trainer
+all-reduces them, so every rank sees the same means and takes the same early-stopping decision.
+Only the rank's own user rows need to be current: the others are zeros and never read.
 """
 
 from __future__ import annotations
@@ -13,57 +13,33 @@ import numpy as np
 import torch
 
 from hetcomp_dist.config import EvalConfig
-from hetcomp_dist.data.dataset import CSR, union
-from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
-from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
+from hetcomp_dist.evaluation.evaluate import evaluate_embeddings
+from hetcomp_dist.evaluation.metrics import MetricSums
 from hetcomp_dist.student import distributed
-from hetcomp_dist.student.batching import RankData
 
 SPLITS = ("valid", "test")
 
 
-class RangeEvaluator:
-    """Metric sums of users [lo, hi) with a non-empty valid list (the evaluated users).
+def range_sums(run: str, own: np.ndarray, lo: int, n_users: int, items: np.ndarray, metric: str,
+               cfg: EvalConfig) -> dict[str, dict]:
+    """MetricSums states {"valid": ..., "test": ...} of users [lo, lo + len(own)).
 
     Args:
-        data: the rank's lists.
-        cfg: eval section (ks, index kind, retrieval batch size).
+        own: (hi - lo, d) retrieval vectors of the rank's users.
+        items: (n_items, d) item vectors.
+        metric: "ip" or "l2".
     """
-
-    def __init__(self, data: RankData, cfg: EvalConfig) -> None:
-        self.cfg, self.lo = cfg, data.lo
-        rows = np.nonzero(data.valid.lengths() > 0)[0]
-        self.rows = rows
-        self.gt = {"valid": data.valid.take(rows), "test": data.test.take(rows)}
-        self.ex = {"valid": union(data.train, data.test).take(rows), "test": union(data.train, data.valid).take(rows)}
-
-    def sums(self, user_vecs: np.ndarray, item_vecs: np.ndarray, metric: str) -> dict[str, MetricSums]:
-        """Per-split metric sums of this rank's evaluated users.
-
-        Args:
-            user_vecs: (hi - lo, d) query vectors of the rank's users (row r = user lo + r).
-            item_vecs: (n_items, d).
-            metric: "ip" or "l2".
-        """
-        c = self.cfg
-        index = build_index(item_vecs, metric, c.index, ivf_nlist=c.ivf_nlist, ivf_nprobe=c.ivf_nprobe,
-                            hnsw_m=c.hnsw_m, hnsw_ef_search=c.hnsw_ef_search)
-        kmax, n_items = max(c.ks), item_vecs.shape[0]
-        out = {s: MetricSums(c.ks) for s in SPLITS}
-        for s0 in range(0, len(self.rows), c.batch_size):
-            s1 = min(s0 + c.batch_size, len(self.rows))
-            q = user_vecs[self.rows[s0:s1]]
-            for split in SPLITS:
-                ex, gt = self.ex[split].rows(s0, s1), self.gt[split].rows(s0, s1)
-                topk = search_excluding(index, q, kmax, ex.offsets, ex.items)
-                out[split].add(recall_ndcg(topk, gt.offsets, gt.items, c.ks, n_items=n_items))
-        return out
+    user = np.zeros((n_users, own.shape[1]), dtype=np.float32)
+    user[lo: lo + len(own)] = own
+    out = evaluate_embeddings(run, user, items, metric, cfg, SPLITS, users=(lo, lo + len(own)), distributed=False,
+                              where="student embeddings")
+    return out["sums"]
 
 
-def reduce_means(sums: dict[str, MetricSums], ks: tuple[int, ...], device: torch.device) -> dict[str, dict[str, float]]:
+def reduce_means(sums: dict[str, dict], ks: tuple[int, ...], device: torch.device) -> dict[str, dict[str, float]]:
     """All-reduce per-rank metric sums; every rank gets the same means {"valid": {...}, "test": {...}}."""
     keys = [f"{m}@{k}" for k in ks for m in ("R", "N")]
-    vec = torch.tensor([[sums[s].count] + [sums[s].sums[k] for k in keys] for s in SPLITS], dtype=torch.float64,
+    vec = torch.tensor([[sums[s]["count"]] + [sums[s][k] for k in keys] for s in SPLITS], dtype=torch.float64,
                        device=device)
     distributed.all_reduce_(vec)
     vec = vec.cpu().numpy()

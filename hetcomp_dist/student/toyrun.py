@@ -70,6 +70,8 @@ def write_toy_run(run: str, n_users: int = 300, n_items: int = 400, seed: int = 
     kdir = storage.join(run, "knowledge")
     pos = [t[np.argsort(-logits[u, t], kind="stable")][:pos_k] for u, t in enumerate(train)]
     _write_folder(storage.join(kdir, "pos"), "items", _csr(pos), n_users, shard_size)
+    storage.write_manifest(storage.join(kdir, "pos"), {"pos_k": pos_k, "teachers": list(teachers), "config_hash": "toy",
+                                                       "n_users": n_users, "shard_size": shard_size})
     for r in range(rounds):
         noisy = logits + rng.normal(scale=2.0 / (r + 1), size=logits.shape)
         targets = []
@@ -81,7 +83,8 @@ def write_toy_run(run: str, n_users: int = 300, n_items: int = 400, seed: int = 
         final = r == rounds - 1
         storage.write_manifest(storage.join(kdir, f"round={r}"), {
             "round": r, "epoch": 10 * r, "teachers": list(teachers), "switch": final,
-            "means": {t: (3.0 if final else min(3.0, float(r))) for t in teachers}, "config_hash": "toy"})
+            "means": {t: (3.0 if final else min(3.0, float(r))) for t in teachers}, "config_hash": "toy",
+            "n_users": n_users, "shard_size": shard_size, "K": topk, "pos_k": pos_k})
     return manifest
 
 

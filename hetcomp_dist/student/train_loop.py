@@ -11,7 +11,6 @@ import time
 
 from hetcomp_dist.student import distributed
 from hetcomp_dist.student import worker as W
-from hetcomp_dist.student.ranking import RangeEvaluator
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -21,7 +20,6 @@ def train_loop_per_worker(config: dict) -> dict:
     data, task, sampler, opt = W.build(job, w)
     net, comm = distributed.wrap(task, task.rank_local_names(), w.device)  # user rows stay local
     loop, best_emb = W.resume(job, task, opt, data)
-    evaluator = RangeEvaluator(data, job.cfg.eval)
     r0.log(f"{s.method}-{s.model}: {w.world} worker(s), {sampler.steps} steps/epoch, "
            f"from epoch {loop.epoch + 1}, {task.objective.log_fields()}")
     t_start = time.perf_counter()
@@ -33,14 +31,15 @@ def train_loop_per_worker(config: dict) -> dict:
         loop.epoch = epoch
         job.maybe_die(epoch, w.rank)
         if epoch % s.eval_every == 0 or epoch == s.max_epochs:
-            metrics, improved, users, items = W.evaluate(task, data, evaluator, loop, epoch, job, w.device)
+            metrics, improved, users, items = W.evaluate(task, data, loop, epoch, job, w.device)
             task.objective.after_evaluation(epoch, metrics)
             if improved:  # keep the best model's embeddings (rank 0 writes them at the end)
                 best_emb = {"user": users, "item": items} if w.rank == 0 else None
             if task.objective.dkc_due(epoch) and not loop.stopped:
-                line["dkc_s"] = round(W.dkc(job, task, data, epoch, users, items, r0), 3)
+                seconds = W.dkc(job, task, data, epoch, users, items, r0)
+                line["dkc"] = {"s": round(seconds, 3), **task.objective.log_fields()}  # the new round's state
                 loop.switch_epoch = loop.switch_epoch or (epoch if task.objective.state()["switched"] else 0)
-            line.update(metrics, improved=improved, **task.objective.log_fields())
+            line.update(metrics, improved=improved)
             loop.history.append(line)
             W.report(task, opt, loop, data, best_emb, metrics, w.rank)  # a barrier on all ranks
             r0.metrics(loop.history)

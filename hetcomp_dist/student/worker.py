@@ -23,7 +23,7 @@ from hetcomp_dist.student import checkpoint, distributed, knowledge_io
 from hetcomp_dist.student.batching import BatchSampler, RankData
 from hetcomp_dist.student.models import build_student, count_parameters
 from hetcomp_dist.student.objectives import TrainTask, build_objective
-from hetcomp_dist.student.ranking import RangeEvaluator, reduce_means
+from hetcomp_dist.student.ranking import range_sums, reduce_means
 
 STAGE = "student"
 
@@ -166,8 +166,7 @@ def resume(job: Job, task: TrainTask, opt: torch.optim.Optimizer, data: RankData
 
 
 def load_knowledge(job: Job, task: TrainTask, data: RankData, round_idx: int) -> None:
-    k = job.cfg.knowledge
-    targets, pos = knowledge_io.load_round(job.run, round_idx, data.lo, data.hi, k.topk, k.pos_k)
+    targets, pos = knowledge_io.load_round(job.run, round_idx, data.lo, data.hi)
     task.objective.set_knowledge(round_idx, knowledge_io.round_manifest(job.run, round_idx), targets, pos)
 
 
@@ -207,8 +206,8 @@ def retrieval_vectors(task: TrainTask, data: RankData, full: bool) -> tuple[np.n
     return own, items, everyone
 
 
-def evaluate(task: TrainTask, data: RankData, evaluator: RangeEvaluator, loop: LoopState, epoch: int,
-             job: Job, device: torch.device) -> tuple[dict, bool, np.ndarray | None, np.ndarray]:
+def evaluate(task: TrainTask, data: RankData, loop: LoopState, epoch: int, job: Job,
+             device: torch.device) -> tuple[dict, bool, np.ndarray | None, np.ndarray]:
     """Validation + test metrics (identical on all ranks) and the early-stopping bookkeeping.
 
     Returns:
@@ -217,7 +216,8 @@ def evaluate(task: TrainTask, data: RankData, evaluator: RangeEvaluator, loop: L
     s = job.cfg.student
     need_full_before = task.objective.dkc_due(epoch)
     own, items, _ = retrieval_vectors(task, data, full=False)
-    metrics = reduce_means(evaluator.sums(own, items, task.model.metric), job.cfg.eval.ks, device)
+    sums = range_sums(job.run, own, data.lo, data.n_users, items, task.model.metric, job.cfg.eval)
+    metrics = reduce_means(sums, job.cfg.eval.ks, device)
     improved = metrics["valid"]["R@50"] > loop.best_valid
     if improved:
         loop.best_valid, loop.best_epoch, loop.best, loop.bad_evals = metrics["valid"]["R@50"], epoch, metrics, 0

@@ -1,0 +1,183 @@
+"""Student training: batches per rank, each student learns, the TorchTrainer loop (local mode and
+2-worker DDP), DKC rounds and the switch, early stopping, and recovery from a killed worker."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from hetcomp_dist import storage
+from hetcomp_dist.config import load_config
+from hetcomp_dist.data.dataset import load_split
+from hetcomp_dist.student import knowledge_io
+from hetcomp_dist.student.batching import BatchSampler, RankData, user_range
+from hetcomp_dist.student.models import build_student
+from hetcomp_dist.student.objectives import TrainTask, build_objective
+from hetcomp_dist.student.toyrun import write_toy_run
+from hetcomp_dist.student.trainer import train_student
+
+REPLAY = "hetcomp_dist.student.toyrun:replay_round"
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("toy") / "run")
+    write_toy_run(run, n_users=300, n_items=400, rounds=3)
+    return run
+
+
+def _cfg(*overrides):
+    return load_config(None, ["student.batch_size=256", "student.num_workers=0", *overrides])
+
+
+def _lines(run, name):
+    path = os.path.join(run, "student", name, "metrics.jsonl")
+    return [json.loads(x) for x in open(path)]
+
+
+# ----------------------------------------------------------------------------------- batching
+def test_ranks_draw_only_their_users_with_equal_steps(toy):
+    train = load_split(toy, "train")
+    samplers = [BatchSampler(RankData.load(toy, r, 2), 256, r, 2, seed=0, negatives=True) for r in range(2)]
+    assert samplers[0].steps == samplers[1].steps == -(-len(train.items) // 256)
+    assert samplers[0].local_batch + samplers[1].local_batch == 256
+    for r, smp in enumerate(samplers):
+        lo, hi = user_range(r, 2, 300)
+        seen = []
+        for b in smp.epoch(1):
+            users = b.users.numpy()
+            assert users.min() >= lo and users.max() < hi and len(np.unique(users)) == len(users)
+            assert set(b.inter_users.tolist()) == set(users.tolist())
+            for row, u in enumerate(users):  # train pairs of the batch users = their CSR rows
+                got = np.sort(b.train_items[b.train_rows == row].numpy())
+                np.testing.assert_array_equal(got, np.sort(train.row(u)))
+            for u, i, j in zip(b.inter_users.tolist(), b.inter_items.tolist(), b.neg_items.tolist()):
+                assert i in train.row(u) and j not in train.row(u)
+            seen += list(zip(b.inter_users.tolist(), b.inter_items.tolist()))
+        # every interaction of the rank's users is drawn in an epoch (the share covers them)
+        own = {(u, int(i)) for u in range(lo, hi) for i in train.row(u)}
+        assert own <= set(seen) and set(seen) <= own
+    a = [b.inter_items.numpy() for b in samplers[0].epoch(3)]
+    b = [b.inter_items.numpy() for b in samplers[0].epoch(3)]
+    c = [b.inter_items.numpy() for b in samplers[0].epoch(4)]
+    assert all((x == y).all() for x, y in zip(a, b)) and not all((x == y).all() for x, y in zip(a, c))
+
+
+# --------------------------------------------------------------------------- each student learns
+@pytest.mark.parametrize("model", ["mf", "ml", "dnn"])
+@pytest.mark.parametrize("kind", ["L_O", "L_F", "wokd"])
+def test_each_student_trains_and_its_loss_falls(toy, model, kind):
+    cfg = _cfg(f"student.model={model}")
+    data = RankData.load(toy, 0, 1)
+    torch.manual_seed(0)
+    task = TrainTask(build_student(model, data.n_users, data.n_items, cfg.student),
+                     build_objective("wokd" if kind == "wokd" else "hetcomp", cfg))
+    if kind != "wokd":
+        targets, pos = knowledge_io.load_round(toy, 0, 0, data.n_users)
+        task.objective.set_knowledge(0, {"switch": kind == "L_F", "means": {}}, targets, pos)
+    opt = torch.optim.Adam(task.parameters(), lr=0.05)
+    sampler = BatchSampler(data, 256, 0, 1, 0, task.objective.needs_negatives)
+    losses = []
+    for epoch in range(1, 7):
+        for batch in sampler.epoch(epoch):
+            loss = task(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            task.model.after_step()
+            losses.append(float(loss.detach()))
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.92 * np.mean(losses[:5]), (losses[:5], losses[-5:])
+
+
+# ------------------------------------------------------------------------- the loop, local mode
+def test_local_mode_dkc_rounds_switch_and_rerun_skip(toy):
+    cfg = _cfg("student.max_epochs=30", "student.patience=10")
+    res = train_student(toy, cfg, dkc_fn=REPLAY)
+    lines = _lines(toy, "hetcomp-mf")
+    assert [x["epoch"] for x in lines] == list(range(1, 31))
+    evals = [x for x in lines if "valid" in x]
+    assert [x["epoch"] for x in evals] == [10, 20, 30]
+    # DKC after the evaluations of epochs 10 and 20; round 2 carries the switch: L_F from epoch 21 on
+    calls = [json.loads(x) for x in open(os.path.join(toy, "knowledge", "replay_calls.jsonl"))]
+    assert [(c["round"], c["epoch"]) for c in calls] == [(1, 10), (2, 20)] and all(c["finite"] for c in calls)
+    assert {x["loss_kind"] for x in lines if x["epoch"] <= 20} == {"L_O"}
+    assert {x["loss_kind"] for x in lines if x["epoch"] > 20} == {"L_F"}
+    assert res["switch_epoch"] == 20 and "dkc" not in evals[2]
+    assert [(x["dkc"]["round"], x["dkc"]["switch"]) for x in evals[:2]] == [(1, False), (2, True)]
+    # the best evaluation's test metrics are reported; far above chance (50 / ~380 unobserved items)
+    best = max(evals, key=lambda x: x["valid"]["R@50"])
+    assert res["best_epoch"] == best["epoch"] and res["test"] == best["test"]
+    assert res["test"]["R@50"] > 0.4
+    emb = storage.read_npz(os.path.join(toy, "student", "hetcomp-mf", "emb.npz"))
+    assert emb["user"].shape == (300, 6) and emb["item"].shape == (400, 6)
+    assert storage.read_manifest(os.path.join(toy, "student", "hetcomp-mf"))["result"]["test"] == res["test"]
+    assert train_student(toy, cfg, dkc_fn=REPLAY) == res  # finished: skipped
+    assert len(_lines(toy, "hetcomp-mf")) == 30
+
+
+def test_early_stopping_after_patience_evaluations(toy):
+    cfg = _cfg("student.method=wokd", "student.model=ml", "student.lr=0.0", "student.weight_decay=0.0",
+               "student.eval_every=1", "student.patience=2", "student.max_epochs=50")
+    res = train_student(toy, cfg)
+    # lr 0: the first evaluation is the best, then 2 without improvement -> stop at epoch 3
+    assert res["epochs"] == 3 and res["best_epoch"] == 1
+    assert [x["improved"] for x in _lines(toy, "wokd-ml")] == [True, False, False]
+
+
+def _real_run(path):
+    """Synthetic data + synthetic teacher trajectories: the knowledge stage runs for real."""
+    from hetcomp_dist.data.synth import synthesize
+    from hetcomp_dist.knowledge.synthetic import write_trajectories
+
+    cfg = load_config(None, ["synth.users=400", "synth.items=300", "data.shard_size=128"])
+    synthesize(path, cfg.synth, cfg.data)
+    write_trajectories(path, cfg, seed=0)
+    return ["synth.users=400", "synth.items=300", "data.shard_size=128"]
+
+
+def test_local_mode_with_the_knowledge_stage(tmp_path):
+    run = str(tmp_path / "run")
+    base = _real_run(run)
+    cfg = _cfg(*base, "student.max_epochs=21", "student.patience=10")
+    res = train_student(run, cfg)  # builds round 0 itself, then real DKC rounds at epochs 10 and 20
+    for r, epoch in ((0, 0), (1, 10), (2, 20)):
+        m = knowledge_io.round_manifest(run, r)
+        assert m["epoch"] == epoch and set(m["means"]) == set(cfg.teachers.names)
+    assert knowledge_io.round_manifest(run, 3) is None
+    lines = _lines(run, "hetcomp-mf")
+    assert [x["round"] for x in lines if "valid" in x] == [0, 1, 2]  # the round each epoch trained on
+    assert [x["dkc"]["round"] for x in lines if "dkc" in x] == [1, 2]
+    assert res["epochs"] == 21 and np.isfinite(res["test"]["R@50"])
+
+
+# ------------------------------------------------------------------------- 2-worker DDP on Ray
+@pytest.mark.slow
+def test_ddp_two_workers_and_recovery_from_a_killed_worker(ray_session, tmp_path):
+    """Two gloo workers train disjoint user ranges; only item-side gradients travel. Killing one
+    worker mid-run (after the epoch-10 checkpoint) restarts the group from that checkpoint and ends
+    with the metrics of an uninterrupted run with the same seed."""
+    results = {}
+    for name, fault in (("plain", None), ("killed", {"rank": 1, "epoch": 15})):
+        run = str(tmp_path / name)
+        base = _real_run(run)
+        cfg = load_config(None, [*base, "student.batch_size=256", "student.num_workers=2", "student.max_epochs=20"])
+        if fault:
+            fault["marker"] = str(tmp_path / "killed.marker")
+        results[name] = train_student(run, cfg, fault=fault)
+        lines = _lines(run, "hetcomp-mf")
+        assert [x["epoch"] for x in lines] == list(range(1, 21))
+    plain, killed = results["plain"], results["killed"]
+    assert os.path.exists(tmp_path / "killed.marker")  # the worker really was killed
+    assert plain["resumed_from"] == [] and killed["resumed_from"] == [10]
+    assert plain["world_size"] == 2 and plain["epochs"] == 20
+    for split in ("valid", "test"):
+        for key, v in plain[split].items():
+            assert killed[split][key] == pytest.approx(v, abs=1e-6)
+    # per-step traffic = the item table's gradient (MF: n_items x dim float32), whatever n_users is
+    n_items = storage.read_json(os.path.join(str(tmp_path / "plain"), "data", "_manifest.json"))["n_items"]
+    assert plain["allreduce_bytes_per_step"] == n_items * 6 * 4
