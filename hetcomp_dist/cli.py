@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "teachers": "hetcomp_dist.teachers.commands",
     "ensemble": "hetcomp_dist.teachers.ensemble",
     "knowledge": "hetcomp_dist.knowledge.commands",
+    "distill": "hetcomp_dist.student.commands",
     "run": "hetcomp_dist.pipeline",
 }
 
