@@ -85,6 +85,14 @@ def init_ray() -> None:
         ray.init()
 
 
+def shutdown_ray() -> None:
+    """Disconnects (a local Ray started by `init_ray` stops); the cluster of a job keeps running."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def run_job(stage: Stage, description: str, argv: list[str] | None = None,
             add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
     """Runs one job entrypoint; returns its exit status (0 ok, 2 bad input, 1 any other failure).
@@ -107,16 +115,16 @@ def run_job(stage: Stage, description: str, argv: list[str] | None = None,
         log(name, f"run={cfg.run}{' (smoke)' if args.smoke else ''}")
         init_ray()
         out = stage(cfg, args)
+        status, last = 0, f"output: {out}"
+        log(name, f"done in {time.perf_counter() - t0:.1f}s")
     except InputError as e:  # the user can fix it: the message names where, what and how
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        status, last = 2, f"error: {e}"
     except Exception as e:  # a bug or an infrastructure failure: traceback first, reason last
         traceback.print_exc()
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
-    log(name, f"done in {time.perf_counter() - t0:.1f}s")
-    print(f"output: {out}", flush=True)
-    return 0
+        status, last = 1, f"error: {type(e).__name__}: {e}"
+    shutdown_ray()  # flushes the workers' buffered log lines, so `last` is the job's last line
+    print(last, file=sys.stderr if status else sys.stdout, flush=True)
+    return status
 
 
 def run_stage_job(stage: str, description: str, argv: list[str] | None = None) -> int:
