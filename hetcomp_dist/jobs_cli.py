@@ -12,6 +12,7 @@ job) and the job logs both carry it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -74,7 +75,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     from hetcomp_dist import pipeline
 
     smoke = list(SMOKE) if args.smoke else []
-    return pipeline.config_from_args(argparse.Namespace(**{**vars(args), "overrides": smoke + list(args.overrides)}))
+    cfg = pipeline.config_from_args(argparse.Namespace(**{**vars(args), "overrides": smoke + list(args.overrides)}))
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ and "://" not in cfg.run and not os.path.isabs(cfg.run):
+        # a submitted job runs in Ray's temporary copy of the working dir, deleted with the job
+        raise InputError(f"--out {cfg.run}", "a relative RUN inside a submitted job would land in the job's "
+                         "temporary working-dir copy", "pass an absolute path (one machine) or an s3:// / gs:// URI")
+    return cfg
 
 
 def init_ray() -> None:

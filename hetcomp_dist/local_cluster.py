@@ -5,6 +5,7 @@ head that listens on 127.0.0.1 only, with its own free ports and temp dir, submi
 ``jobs/pipeline.py [job options]`` to it with a blocking ``ray job submit --working-dir .`` -- the same
 command a cloud cluster gets -- and stops that cluster, and only it, when the job ends: the head runs
 in its own process group, which is signalled (``ray stop`` would stop every Ray on the machine).
+Relative paths in the options are made absolute (the job runs in a temporary copy of the repository).
 Exits with the job's status (0 SUCCEEDED, 1 FAILED).
 
 The end-to-end test drives the same `LocalCluster`.
@@ -140,6 +141,24 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
+PATH_OPTIONS = ("--out", "--input", "--config", "--embeddings", "--metrics-out")
+
+
+def absolute_paths(argv: list[str]) -> list[str]:
+    """Job options with local paths made absolute: the job runs in a temporary copy of the working
+    dir, but on this machine, so absolute paths reach the caller's files (URIs pass unchanged)."""
+    out, take = [], False
+    for a in argv:
+        opt, eq, val = a.partition("=")
+        if take and "://" not in a:
+            a = os.path.abspath(a)
+        elif eq and opt in PATH_OPTIONS and "://" not in val:
+            a = f"{opt}={os.path.abspath(val)}"
+        out.append(a)
+        take = a in PATH_OPTIONS
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["-h"], ["--help"]):
@@ -147,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with LocalCluster() as cluster:
         print(f"local Ray cluster: dashboard/job API at {cluster.address} (127.0.0.1 only)", flush=True)
-        return cluster.submit(["python", "jobs/pipeline.py", *argv]).returncode
+        return cluster.submit(["python", "jobs/pipeline.py", *absolute_paths(argv)]).returncode
 
 
 if __name__ == "__main__":

@@ -1,0 +1,98 @@
+"""The shared job command line (hetcomp_dist/jobs_cli.py), the job files' bootstrap, and the local
+recipe's path handling -- without starting Ray."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hetcomp_dist import jobs_cli
+from hetcomp_dist.config import Config
+from hetcomp_dist.errors import InputError
+from hetcomp_dist.local_cluster import absolute_paths
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if not p.stem.startswith("bench_"))
+
+
+def _cfg(*argv: str) -> Config:
+    return jobs_cli.config_from_args(jobs_cli.parser("test").parse_args(list(argv)))
+
+
+def test_smoke_preset_then_overrides_then_out():
+    default = _cfg()
+    assert default == Config()
+    smoke = _cfg("--smoke")
+    assert (smoke.data.format, smoke.synth.users, smoke.pipeline.students) == ("synthetic", 160, ("mf",))
+    assert _cfg("--smoke", "synth.users=200").synth.users == 200  # the user's override wins
+    # --out is taken verbatim, never parsed as YAML (a path is not a number or null)
+    assert _cfg("--out", "123").run == "123" and _cfg("--out", "null").run == "null"
+    cfg = _cfg("--input", "s3://b/users.dat", "--format", "citeulike", "--out", "s3://b/run")
+    assert (cfg.data.input, cfg.data.format, cfg.run) == ("s3://b/users.dat", "citeulike", "s3://b/run")
+    with pytest.raises(InputError, match="student.nope"):
+        _cfg("student.nope=1")
+
+
+def test_a_relative_run_is_refused_inside_a_submitted_job(monkeypatch, tmp_path):
+    assert _cfg("--out", "runs/x").run == "runs/x"  # fine from a shell
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets for a submitted job
+    with pytest.raises(InputError, match="relative RUN"):
+        _cfg("--out", "runs/x")
+    assert _cfg("--out", str(tmp_path)).run == str(tmp_path)
+    assert _cfg("--out", "s3://bucket/run").run == "s3://bucket/run"
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jobs_cli, "init_ray", lambda: calls.append("init"))
+    monkeypatch.setattr(jobs_cli, "shutdown_ray", lambda: calls.append("shutdown"))
+    return calls
+
+
+@pytest.mark.parametrize("raised, status", [(None, 0), (InputError("x.csv", "file not found", "fix it"), 2),
+                                            (RuntimeError("boom"), 1)])
+def test_run_job_exit_status_and_last_line(no_ray, capsys, raised, status):
+    def stage(cfg, args):
+        print("working")
+        if raised is not None:
+            raise raised
+        return cfg.run + "/report"
+
+    assert jobs_cli.run_job(stage, "test", ["--out", "/tmp/r"]) == status
+    out, err = capsys.readouterr()
+    assert no_ray == ["init", "shutdown"], "joins Ray, and disconnects before the last line"
+    if status == 0:
+        assert out.splitlines()[-1] == "output: /tmp/r/report"
+    else:
+        last = err.splitlines()[-1]
+        assert last == ("error: x.csv: file not found -- fix it" if status == 2 else "error: RuntimeError: boom")
+        assert ("Traceback" in err) == (status == 1)  # a bug gets its traceback; bad input only the reason
+
+
+def test_bad_config_fails_before_ray_starts(no_ray, capsys):
+    assert jobs_cli.run_job(lambda cfg, args: "never", "test", ["teachers.num_cpus=abc"]) == 2
+    assert no_ray == ["shutdown"]
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: config.teachers.num_cpus")
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_job_files_run_from_any_directory_without_install(job, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), "--help"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "--smoke" in res.stdout and "--out RUN" in res.stdout
+    assert f"jobs/{job}.py" in res.stdout, "the docstring shows how to run and submit it"
+
+
+def test_local_recipe_makes_job_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--smoke", "--out", "runs/x", "--input=data/i.csv", "--config", "s3://b/c.yaml", "--format", "csv",
+            "student.model=ml"]
+    assert absolute_paths(argv) == ["--smoke", "--out", str(tmp_path / "runs/x"), f"--input={tmp_path}/data/i.csv",
+                                    "--config", "s3://b/c.yaml", "--format", "csv", "student.model=ml"]
