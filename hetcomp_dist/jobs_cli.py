@@ -2,11 +2,10 @@
 
 Every entrypoint is ``python jobs/<name>.py [--config FILE] [--input PATH --format F] [--out RUN]
 [--smoke] [key=value ...]`` and calls `run_job` (or `run_stage_job`) with the one package function it
-runs. `run_job` parses the config, joins the
-Ray cluster the job runs on (plain ``ray.init()``: inside a job ``RAY_ADDRESS`` is set; with no
-cluster it starts a local one), runs the stage, prints where its output landed and turns any failure
-into a non-zero exit whose last line is the reason -- so ``ray job submit`` (which exits 1 for a FAILED
-job) and the job logs both carry it.
+runs. `run_job` parses the config, joins the Ray cluster the job runs on (plain ``ray.init()``: inside
+a job ``RAY_ADDRESS`` is set; with no cluster it starts a local one), runs the stage, prints where its
+output landed and turns any failure into a non-zero exit whose last line is the reason -- so
+``ray job submit`` (which exits 1 for a FAILED job) and the job logs both carry it.
 """
 
 from __future__ import annotations
@@ -53,6 +52,7 @@ SMOKE: tuple[str, ...] = (
 )
 
 Stage = Callable[[Config, argparse.Namespace], str]
+
 
 def parser(description: str) -> argparse.ArgumentParser:
     """The options every job takes; a job adds its own with ``add_arguments``."""
