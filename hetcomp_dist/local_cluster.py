@@ -75,7 +75,9 @@ class LocalCluster:
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited with {self.proc.returncode}: {self.head_log()[-2000:]}")
+                msg = f"ray start exited with {self.proc.returncode}: {self.head_log()[-2000:]}"
+                self.stop()  # whatever it started, and the temp dir
+                raise RuntimeError(msg)
             if self._job_api_up():
                 return self
             time.sleep(1.0)
