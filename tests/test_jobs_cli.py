@@ -38,6 +38,7 @@ def test_smoke_preset_then_overrides_then_out():
 
 
 def test_a_relative_run_is_refused_inside_a_submitted_job(monkeypatch, tmp_path):
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     assert _cfg("--out", "runs/x").run == "runs/x"  # fine from a shell
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets for a submitted job
     with pytest.raises(InputError, match="relative RUN"):
