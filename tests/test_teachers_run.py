@@ -16,6 +16,7 @@ import torch
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, EvalConfig, TeachersConfig, TeacherTraining
 from hetcomp_dist.data.dataset import load_manifest, load_split
+from hetcomp_dist.errors import InputError
 from hetcomp_dist.teachers.registry import model_class
 from hetcomp_dist.teachers.runner import run_teacher, teacher_dir
 from hetcomp_dist.teachers.trajectory import choose_states, load_weights
@@ -240,3 +241,20 @@ def test_choose_states_and_pruning():
         pruned = prunable_snapshots(snaps, best)
         for later in range(best, 41, 2):
             assert not set(pruned) & set(choose_states(snaps, later))
+
+
+def test_per_teacher_overrides_resolve_and_validate():
+    from hetcomp_dist.config import load_config
+    from hetcomp_dist.teachers.fit import resolve
+
+    cfg = load_config(None, ["teachers.lr=0.002", "teachers.gnn.lr=0.01", "teachers.gnn.l2=0.0001",
+                             "teachers.ae.eval_every=20"])
+    gnn, gnn_model_cfg = resolve(cfg.teachers, "gnn")
+    mf, mf_model_cfg = resolve(cfg.teachers, "mf")
+    assert (gnn.lr, gnn_model_cfg.l2) == (0.01, 0.0001)
+    assert (mf.lr, mf_model_cfg.l2, mf.eval_every) == (0.002, cfg.teachers.l2, 10)
+    assert resolve(cfg.teachers, "ae")[0].eval_every == 20
+    with pytest.raises(InputError, match="snapshot_every"):
+        load_config(None, ["teachers.ml.eval_every=15"])  # no snapshot at an evaluated epoch
+    with pytest.raises(InputError, match="unknown key"):
+        load_config(None, ["teachers.mf.momentum=0.9"])
