@@ -120,3 +120,15 @@ def test_only_user_tables_are_per_user():
         per_user = {n for n, p in m.named_parameters() if p.shape[0] == 1000}
         assert per_user == set(m.user_tables)
         assert count_parameters(m) > 0
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_exported_vectors_are_snapshots_not_live_views(name):
+    """The best epoch's vectors are kept while training goes on: they must not change with the weights."""
+    model = STUDENTS[name](7, 9, StudentConfig(dim=4))
+    users, items, _ = model.embeddings()
+    u0, i0 = users.copy(), items.copy()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert np.array_equal(users, u0) and np.array_equal(items, i0)

@@ -93,7 +93,8 @@ class Student(Recommender):
     @torch.no_grad()
     def item_vectors(self) -> np.ndarray:
         """(n_items, d) float32 retrieval vectors of items (the FAISS index side)."""
-        return self.item_side().float().cpu().numpy()
+        # a copy: on CPU .numpy() is a live view of the weights, and the best epoch's vectors must survive
+        return self.item_side().float().cpu().numpy().copy()
 
     def extra_state(self) -> dict:
         return {"n_users": self.n_users, "n_items": self.n_items}
@@ -168,7 +169,7 @@ class MLStudent(Student):
 
     @torch.no_grad()
     def item_vectors(self) -> np.ndarray:
-        return self.item_emb.weight.float().cpu().numpy()
+        return self.item_emb.weight.float().cpu().numpy().copy()  # not a live view (see above)
 
     @torch.no_grad()
     def after_step(self) -> None:
