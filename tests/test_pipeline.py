@@ -60,3 +60,16 @@ def test_bad_cli_input_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "r" / "data").exists()
     assert main(["run", "--out", str(tmp_path / "r"), "student.modl=mf"]) == 2
     assert "config.student.modl: unknown key" in capsys.readouterr().err
+
+
+def test_saved_student_embeddings_reproduce_its_report_row(piped):
+    """emb.npz is the selected (best-validation) student: evaluating it gives the reported metrics."""
+    from hetcomp_dist.evaluation.evaluate import evaluate_embeddings
+
+    cfg, out = piped
+    row = storage.read_json(storage.join(out, "rows", "hetcomp-mf.json"))
+    emb = storage.read_npz(storage.join(cfg.run, "student", "hetcomp-mf", "emb.npz"))
+    got = evaluate_embeddings(cfg.run, emb["user"], emb["item"], "ip", cfg.eval)
+    for split in ("valid", "test"):
+        for k in ("R@10", "N@10", "R@50", "N@50"):
+            assert got[split][k] == pytest.approx(row[split][k], abs=1e-9), (split, k)
