@@ -24,13 +24,14 @@ import torch
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import EvalConfig
-from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard, union
+from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
 from hetcomp_dist.evaluation.retrieval import PAD, build_index, excluded_mask, first_k_kept
 from hetcomp_dist.progress import Progress
 
 STAGE = "evaluate"
+SCORE_BLOCK = 1 << 25  # scorer path: at most this many (user, item) scores per batch (128 MiB float32)
 ScoreFn = Callable[[np.ndarray], torch.Tensor]
 
 
@@ -105,8 +106,9 @@ def _eval_range(run: str, m: dict, s: int, lo: int, hi: int, *, index=None, user
     for split in splits:
         evaluated &= gt[split].lengths() > 0
     ev_rows = np.nonzero(evaluated)[0]
-    for b0 in range(0, len(ev_rows), cfg.batch_size):
-        rows = ev_rows[b0: b0 + cfg.batch_size]
+    batch = cfg.batch_size if score_fn is None else max(16, min(cfg.batch_size, SCORE_BLOCK // n_items))
+    for b0 in range(0, len(ev_rows), batch):
+        rows = ev_rows[b0: b0 + batch]
         tr, va, te = train.take(rows), valid.take(rows), test.take(rows)
         n_excl = tr.lengths() + va.lengths() + te.lengths()
         if score_fn is not None:
@@ -302,4 +304,4 @@ def evaluate_lists(run: str, lists_dir: str, ks: tuple[int, ...] = (10, 50),
     return {split: sums[split].means() for split in splits}
 
 
-__all__ = ["evaluate_embeddings", "evaluate_scorer", "evaluate_lists", "protocol_lists", "union"]
+__all__ = ["evaluate_embeddings", "evaluate_scorer", "evaluate_lists", "protocol_lists"]
