@@ -3,7 +3,8 @@
 `write_toy_run` writes ``RUN/data`` (train/valid/test shards + manifest) from a planted low-rank
 model, and ``RUN/knowledge`` (P+ and rounds 0..R) whose targets are the planted model's top-K
 unobserved items, noisier in early rounds -- the shape of real knowledge, without the teachers.
-`replay_round` stands in for the knowledge stage's `dkc_round` when a test pre-writes the rounds:
+`write_random_knowledge` writes round 0 of any run quickly (random unobserved targets, shard by
+shard) for benchmarks where only shapes matter. `replay_round` stands in for the knowledge stage's `dkc_round` when a test pre-writes the rounds:
 like `dkc_round` on a committed round, it returns the committed manifest (and checks the
 embeddings file the trainer handed over).
 """
@@ -17,8 +18,9 @@ import numpy as np
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config
-from hetcomp_dist.data.dataset import CSR, data_dir
+from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.evaluation.retrieval import excluded_mask, first_k_kept
 
 
 def _csr(lists: list[np.ndarray]) -> CSR:
@@ -86,6 +88,39 @@ def write_toy_run(run: str, n_users: int = 300, n_items: int = 400, seed: int = 
             "means": {t: (3.0 if final else min(3.0, float(r))) for t in teachers}, "config_hash": "toy",
             "n_users": n_users, "shard_size": shard_size, "K": topk, "pos_k": pos_k})
     return manifest
+
+
+def write_random_knowledge(run: str, topk: int = 100, pos_k: int = 10, seed: int = 0,
+                           teachers: tuple[str, ...] = ("mf", "ml")) -> None:
+    """Round 0 + P+ for an existing data stage: per user `topk` distinct random unobserved items
+    (an arithmetic progression a + j·c mod n_items with c coprime to n_items, train items dropped)
+    and the first `pos_k` train items. Vectorised per shard; for timing benchmarks only."""
+    m = load_manifest(run)
+    n_items, S = m["n_items"], m["shard_size"]
+    kdir = storage.join(run, "knowledge")
+    width = min(n_items, 2 * topk + 64)
+    for s, lo, hi in storage.iter_shards(kdir, m["n_users"], S):
+        rng = np.random.default_rng([seed, s])
+        train = load_shard(run, "train", s, m)
+        steps = rng.integers(1, n_items, size=hi - lo)
+        while True:  # coprime steps: the progression never repeats an item
+            bad = np.gcd(steps, n_items) != 1
+            if not bad.any():
+                break
+            steps[bad] = rng.integers(1, n_items, size=int(bad.sum()))
+        start = rng.integers(0, n_items, size=hi - lo)
+        cand = ((start[:, None] + np.arange(width)[None, :] * steps[:, None]) % n_items).astype(np.int32)
+        targets = first_k_kept(cand, excluded_mask(cand, train.offsets, train.items, n_items), topk)
+        pos = storage.csr_to_dense(train.offsets, train.items, pos_k)
+        storage.write_table_atomic(storage.shard_path(storage.join(kdir, "round=0"), s),
+                                   storage.user_table(lo, hi, targets=storage.dense_to_list(targets)))
+        storage.write_table_atomic(storage.shard_path(storage.join(kdir, "pos"), s),
+                                   storage.user_table(lo, hi, items=storage.dense_to_list(pos)))
+    common = {"config_hash": f"random-{seed}", "n_users": m["n_users"], "shard_size": S, "pos_k": pos_k,
+              "teachers": list(teachers)}
+    storage.write_manifest(storage.join(kdir, "pos"), common)
+    storage.write_manifest(storage.join(kdir, "round=0"), {**common, "round": 0, "epoch": 0, "switch": False,
+                                                           "means": {t: 0.0 for t in teachers}, "K": topk})
 
 
 def replay_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, metric: str = "ip") -> dict:

@@ -1,0 +1,261 @@
+"""Benchmark of the student: epoch time of the exact HetComp losses, and DDP traffic vs users.
+
+    python jobs/bench_student.py [--workdir DIR] [--citeulike PATH] [--repeats 3] [--threads 1]
+                                 [--reference-steps 4] [--skip-ddp] [--ddp-users 10000,100000]
+
+1. CiteULike size, in-process, one worker (the real CiteULike run when --citeulike exists: 5,219
+   users, 25,181 items, ~79k train interactions; else a synthetic run of that size). Knowledge =
+   random targets (K = 100) and P+ (10): timing does not depend on their quality. One training
+   epoch (batches of 1,024 interactions, their unique users, exact full-catalogue tails, Adam) with
+   L_O and one with L_F through the trainer's own code path (BatchSampler + HetCompObjective),
+   medians of --repeats; side by side, two references of the same L_O written here:
+   (a) `dense`: the paper code's shape -- a (B, n_items) clamped score matrix, masks, exp and sums;
+   (b) `loop`: a plain per-user loop (each user's row, its masked tail, its terms) -- timed on
+       --reference-steps steps and scaled to an epoch.
+   Both are checked to give the same loss as the fast path on the same batch. Also: an epoch with
+   the sampled tail (4,096 items), and the sampled estimator's bias against the exact tail after
+   training (mean of log Ẑ - log Z over a batch) for several sample sizes.
+2. DDP traffic: `train_student` with 2 gloo workers for one epoch on synthetic runs of
+   --ddp-users users (same items); bytes handed to all-reduce per step, from the comm hook, next to
+   what the user table would have cost.
+
+Ends with one JSON line: epoch_s_lo, epoch_s_lf, reference_epoch_s_lo (the per-user loop),
+dense_epoch_s_lo, and the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from hetcomp_dist import storage  # noqa: E402
+from hetcomp_dist.config import DataConfig, load_config  # noqa: E402
+from hetcomp_dist.progress import log, peak_rss_gib  # noqa: E402
+from hetcomp_dist.student import knowledge_io, losses  # noqa: E402
+from hetcomp_dist.student.batching import BatchSampler, RankData  # noqa: E402
+from hetcomp_dist.student.models import build_student  # noqa: E402
+from hetcomp_dist.student.objectives import TrainTask, build_objective  # noqa: E402
+from hetcomp_dist.student.toyrun import write_random_knowledge  # noqa: E402
+
+STAGE = "bench_student"
+CITEULIKE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                         "citeulike", "users.dat")
+
+
+# ------------------------------------------------------------------------------------- inputs
+def citeulike_run(workdir: str, path: str) -> str:
+    run = os.path.join(workdir, "citeulike")
+    if os.path.exists(path):
+        from hetcomp_dist.data.ingest import ingest
+
+        ingest(run, DataConfig(input=os.path.abspath(path), format="citeulike"))
+    else:  # same size, synthetic
+        from hetcomp_dist.data.synth import synthesize
+
+        cfg = load_config(None, ["synth.users=5219", "synth.items=25181", "synth.mean_interactions=24"])
+        synthesize(run, cfg.synth, cfg.data)
+    if knowledge_io.round_manifest(run, 0) is None:
+        write_random_knowledge(run)
+    return run
+
+
+def setup(run: str, switched: bool, tail: str = "exact"):
+    cfg = load_config(None, [f"student.tail={tail}"])
+    data = RankData.load(run, 0, 1)
+    torch.manual_seed(0)
+    task = TrainTask(build_student("mf", data.n_users, data.n_items, cfg.student), build_objective("hetcomp", cfg))
+    targets, pos = knowledge_io.load_round(run, 0, 0, data.n_users)
+    task.objective.set_knowledge(0, {"switch": switched, "means": {}}, targets, pos)
+    opt = torch.optim.Adam(task.parameters(), lr=cfg.student.lr, weight_decay=cfg.student.weight_decay)
+    return task, opt, BatchSampler(data, cfg.student.batch_size, 0, 1, 0)
+
+
+def step(task, opt, loss_fn, batch) -> float:
+    loss = loss_fn(batch)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def time_epoch(task, opt, sampler, epoch, loss_fn=None) -> float:
+    loss_fn = loss_fn or task
+    t0 = time.perf_counter()
+    for batch in sampler.epoch(epoch):
+        step(task, opt, loss_fn, batch)
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------- references
+def dense_lo(task: TrainTask, batch) -> torch.Tensor:
+    """L_O the way the paper's code computes it: a (B, n_items) matrix, masks, exp and sums."""
+    m, o = task.model, task.objective
+    S = (m.user_side(batch.users) @ m.item_side().T).clamp(-40, 40)
+    B, N = S.shape
+    pos, tg = o.pos[batch.rows].long(), o.targets[batch.rows].long()
+    keep = torch.ones(B, N, dtype=torch.bool)
+    keep[batch.train_rows, batch.train_items] = False
+    rows = torch.arange(B)[:, None].expand_as(tg)
+    keep[rows[tg >= 0], tg[tg >= 0]] = False
+    tail = (S.exp() * keep).sum(1, keepdim=True)
+    items = torch.cat([pos, tg], 1)
+    s = torch.gather(S, 1, items.clamp(min=0))
+    terms = -(s - torch.log(s.exp() + tail))
+    return 0.01 * (terms * (items >= 0)).sum()
+
+
+def loop_lo(task: TrainTask, batch) -> torch.Tensor:
+    """L_O one user at a time: the user's score row, its masked tail, then its P+ and T terms."""
+    m, o = task.model, task.objective
+    a, c = m.user_side(batch.users), m.item_side()
+    total = torch.zeros(())
+    for b in range(len(batch.users)):
+        s = (c @ a[b]).clamp(-40, 40)
+        pos = [int(i) for i in o.pos[batch.rows[b]] if i >= 0]
+        tg = [int(i) for i in o.targets[batch.rows[b]] if i >= 0]
+        keep = torch.ones(len(s), dtype=torch.bool)
+        keep[batch.train_items[batch.train_rows == b]] = False
+        keep[tg] = False
+        tail = torch.logsumexp(s[keep], 0)
+        for i in pos + tg:
+            total = total + F.softplus(tail - s[i])
+    return 0.01 * total
+
+
+def bench_citeulike(run: str, repeats: int, ref_steps: int) -> dict:
+    out: dict = {}
+    task, opt, sampler = setup(run, switched=False)
+    out["steps_per_epoch"] = sampler.steps
+    batch = next(iter(sampler.epoch(1)))
+    out["users_per_batch"] = int(len(batch.users))
+    with torch.no_grad():
+        fast, dense, loop = float(task(batch)), float(dense_lo(task, batch)), float(loop_lo(task, batch))
+    out["check_rel_diff_dense"] = abs(dense - fast) / abs(fast)
+    out["check_rel_diff_loop"] = abs(loop - fast) / abs(fast)
+    log(STAGE, f"L_O on one batch: fast {fast:.6f}, dense {dense:.6f}, loop {loop:.6f}")
+    time_epoch(task, opt, sampler, 1)  # warm-up (allocator, first-touch)
+    lo = [time_epoch(task, opt, sampler, 2 + r) for r in range(repeats)]
+    log(STAGE, f"L_O epochs: {[round(x, 2) for x in lo]} s")
+    dense_t = [time_epoch(task, opt, sampler, 10 + r, lambda b: dense_lo(task, b)) for r in range(repeats)]
+    log(STAGE, f"dense reference epochs: {[round(x, 2) for x in dense_t]} s")
+    it = iter(sampler.epoch(20))
+    t0 = time.perf_counter()
+    for _ in range(ref_steps):
+        step(task, opt, lambda b: loop_lo(task, b), next(it))
+    loop_step = (time.perf_counter() - t0) / ref_steps
+    log(STAGE, f"per-user loop reference: {loop_step:.2f} s/step over {ref_steps} steps")
+    task_f, opt_f, sampler_f = setup(run, switched=True)
+    time_epoch(task_f, opt_f, sampler_f, 1)
+    lf = [time_epoch(task_f, opt_f, sampler_f, 2 + r) for r in range(repeats)]
+    log(STAGE, f"L_F epochs: {[round(x, 2) for x in lf]} s")
+    task_s, opt_s, sampler_s = setup(run, switched=False, tail="sampled")
+    sampled = [time_epoch(task_s, opt_s, sampler_s, 1 + r) for r in range(repeats)]
+    out.update(epoch_s_lo=statistics.median(lo), epoch_s_lf=statistics.median(lf),
+               dense_epoch_s_lo=statistics.median(dense_t), reference_epoch_s_lo=loop_step * sampler.steps,
+               reference_steps_timed=ref_steps, epoch_s_lo_sampled_4096=statistics.median(sampled),
+               epoch_s_lo_runs=lo, epoch_s_lf_runs=lf)
+    out["speedup_vs_loop"] = out["reference_epoch_s_lo"] / out["epoch_s_lo"]
+    out["speedup_vs_dense"] = out["dense_epoch_s_lo"] / out["epoch_s_lo"]
+    out.update(sampled_bias(task, batch))
+    return out
+
+
+@torch.no_grad()
+def sampled_bias(task: TrainTask, batch, draws: int = 20) -> dict:
+    """Mean (and spread) of log Ẑ - log Z over the users of a batch, for the trained model."""
+    m, o = task.model, task.objective
+    a, c = m.user_side(batch.users), m.item_side()
+    tg = o.targets[batch.rows].long()
+    rows = torch.arange(len(batch.users)).repeat_interleave(tg.shape[1])
+    xr, xc = losses.exclusion(torch.cat([batch.train_rows, rows]), torch.cat([batch.train_items, tg.reshape(-1)]),
+                              len(batch.users), c.shape[0])
+    exact = losses.tail_logsumexp(a, c, xr, xc)
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for n in (256, 1024, 4096, 16384):
+        diff = torch.stack([losses.sampled_tail_logsumexp(a, c, xr, xc, n, g) - exact for _ in range(draws)])
+        out[f"sampled_bias_{n}"] = float(diff.mean())
+        out[f"sampled_abs_err_{n}"] = float(diff.abs().mean())
+    log(STAGE, "sampled tail bias (mean log Zhat - log Z): " + ", ".join(
+        f"{k.split('_')[-1]}: {v:+.4f}" for k, v in out.items() if "bias" in k))
+    return out
+
+
+# ------------------------------------------------------------------------------ DDP traffic
+def bench_ddp(workdir: str, users: list[int], items: int) -> dict:
+    import ray
+
+    from hetcomp_dist.data.synth import synthesize
+    from hetcomp_dist.student.trainer import train_student
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    out = {}
+    for n in users:
+        run = os.path.join(workdir, f"ddp-{n}")
+        over = [f"synth.users={n}", f"synth.items={items}", "synth.mean_interactions=8", "synth.min_interactions=5",
+                "data.shard_size=50000", "student.num_workers=2", "student.max_epochs=1"]
+        cfg = load_config(None, over)
+        synthesize(run, cfg.synth, cfg.data)
+        write_random_knowledge(run)
+        res = train_student(run, cfg, dkc_fn="hetcomp_dist.student.toyrun:replay_round")
+        m = storage.read_json(os.path.join(run, "data", "_manifest.json"))
+        out[f"allreduce_bytes_per_step_{n}"] = res["allreduce_bytes_per_step"]
+        out[f"user_table_bytes_{n}"] = m["n_users"] * cfg.student.dim * 4
+        out[f"steps_per_epoch_{n}"] = res["steps_per_epoch"]
+        out[f"train_s_{n}"] = res["train_wall_s"]
+        log(STAGE, f"{n} users: {res['allreduce_bytes_per_step']:.0f} B all-reduced per step "
+                   f"(user table would add {out[f'user_table_bytes_{n}']:,} B), {res['steps_per_epoch']} steps")
+    b = [out[f"allreduce_bytes_per_step_{n}"] for n in users]
+    out["allreduce_bytes_per_step_ratio"] = b[-1] / b[0]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", default="/tmp/bench_student")
+    ap.add_argument("--citeulike", default=CITEULIKE)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared: 1 is steadier)")
+    ap.add_argument("--reference-steps", type=int, default=4)
+    ap.add_argument("--skip-ddp", action="store_true")
+    ap.add_argument("--skip-epochs", action="store_true", help="only the DDP traffic part")
+    ap.add_argument("--ddp-users", default="10000,100000")
+    ap.add_argument("--ddp-items", type=int, default=2000)
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.workdir, exist_ok=True)
+    t0 = time.perf_counter()
+    res = {"threads": args.threads, "device": "cpu", "load_avg_start": os.getloadavg()[0]}
+    if not args.skip_epochs:
+        run = citeulike_run(args.workdir, args.citeulike)
+        m = storage.read_json(os.path.join(run, "data", "_manifest.json"))
+        src = m.get("source")
+        res.update(dataset=src.get("format", "?") if isinstance(src, dict) else str(src), n_users=m["n_users"],
+                   n_items=m["n_items"], n_train=m["n_train"])
+        res.update(bench_citeulike(run, args.repeats, args.reference_steps))
+    if not args.skip_ddp:
+        res.update(bench_ddp(args.workdir, [int(x) for x in args.ddp_users.split(",")], args.ddp_items))
+    res.update(peak_rss_gib=round(peak_rss_gib(), 3), bench_wall_s=round(time.perf_counter() - t0, 1),
+               load_avg_end=os.getloadavg()[0])
+    if not args.keep:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+    print(json.dumps(res, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
