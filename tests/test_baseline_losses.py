@@ -197,6 +197,9 @@ def test_unobserved_ranks_matches_loop(seed):
             for b in range(B)]
     got = L.unobserved_ranks(torch.from_numpy(logits), torch.from_numpy(observed), torch.from_numpy(items))
     assert got.tolist() == want
+    for cap in (1, 5, 12):  # partial selection: exact below the cap, the cap above it
+        got = L.unobserved_ranks(torch.from_numpy(logits), torch.from_numpy(observed), torch.from_numpy(items), cap)
+        assert got.tolist() == [[min(r, cap) for r in row] for row in want]
 
 
 def test_dcd_hand_worked():
@@ -213,3 +216,19 @@ def test_dcd_hand_worked():
     # Δ = 0 (item d) is in neither set
     want = -(wa * (LOG(2) - LOG(2 + 1 + 4)) + wb * (0.0 - LOG(1 + 4)) + wc * (LOG(4) - LOG(4)))
     assert got.item() == pytest.approx(want)
+
+
+# ------------------------------------------------------------------------------------ list helpers
+def test_union_and_membership_match_sets():
+    rng = np.random.default_rng(0)
+    lists = torch.from_numpy(rng.integers(-1, 12, size=(9, 3, 5)))
+    union = L.union_lists(lists)
+    for b in range(9):
+        want = sorted({int(i) for i in lists[b].ravel() if i >= 0})
+        got = union[b][union[b] >= 0].tolist()
+        assert got == want
+        for x in range(3):
+            mem = L.is_member(union[b: b + 1], lists[b: b + 1, x])[0]
+            members = {int(i) for i in lists[b, x] if i >= 0}
+            assert mem.tolist() == [int(i) in members for i in union[b].tolist()]
+    assert not L.is_member(torch.tensor([[-1, 3]]), torch.tensor([[-1, -1]])).any()
