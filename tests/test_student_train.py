@@ -181,3 +181,21 @@ def test_ddp_two_workers_and_recovery_from_a_killed_worker(ray_session, tmp_path
     # per-step traffic = the item table's gradient (MF: n_items x dim float32), whatever n_users is
     n_items = storage.read_json(os.path.join(str(tmp_path / "plain"), "data", "_manifest.json"))["n_items"]
     assert plain["allreduce_bytes_per_step"] == n_items * 6 * 4
+
+
+def test_resume_refuses_a_round_rebuilt_by_another_student(toy):
+    """RUN/knowledge/round=<r> is shared: a checkpoint must not silently resume on other targets."""
+    from hetcomp_dist.errors import InputError
+
+    cfg = _cfg()
+    targets, pos = knowledge_io.load_round(toy, 0, 0, 300)
+    first = build_objective("hetcomp", cfg)
+    first.set_knowledge(1, {"config_hash": "mine", "switch": False}, targets, pos)
+    saved = first.state()
+    again = build_objective("hetcomp", cfg)
+    again.load_state(saved)
+    with pytest.raises(InputError, match="rebuilt by another student"):
+        again.set_knowledge(1, {"config_hash": "someone-else", "switch": False}, targets, pos)
+    again.load_state(saved)
+    again.set_knowledge(1, {"config_hash": "mine", "switch": False}, targets, pos)  # unchanged round: fine
+    assert again.state() == saved

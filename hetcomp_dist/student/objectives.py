@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from hetcomp_dist.config import Config
+from hetcomp_dist.errors import InputError
 from hetcomp_dist.student import losses
 from hetcomp_dist.student.batching import Batch  # noqa: F401  (re-exported: objectives consume batches)
 from hetcomp_dist.student.models import Student
@@ -107,6 +108,8 @@ class HetCompObjective(Objective):
         self.tail, self.tail_samples, self.chunk = s.tail, s.tail_samples, s.tail_chunk
         self.period = cfg.knowledge.period
         self.round, self.switched, self.means = -1, False, {}
+        self.round_hash: str | None = None
+        self._expect_hash: str | None = None
         self.register_buffer("targets", torch.zeros(0, 0, dtype=torch.int32), persistent=False)
         self.register_buffer("pos", torch.zeros(0, 0, dtype=torch.int32), persistent=False)
 
@@ -131,6 +134,13 @@ class HetCompObjective(Objective):
         return not self.switched and epoch >= self.period and epoch % self.period == 0
 
     def set_knowledge(self, round_idx: int, manifest: dict, targets: np.ndarray, pos: np.ndarray) -> None:
+        h = manifest.get("config_hash")
+        if self._expect_hash is not None and h != self._expect_hash:
+            # RUN/knowledge/round=<r> is shared by the run's students: another HetComp student rebuilt it
+            # after this checkpoint was taken, so its targets are not the ones this student trained on.
+            raise InputError(f"knowledge round={round_idx}", "rebuilt by another student since this checkpoint",
+                             "train HetComp students one at a time per RUN; delete this student's folder to restart it")
+        self._expect_hash, self.round_hash = None, h
         dev = self.targets.device
         self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int32)).to(dev)
         self.pos = torch.from_numpy(np.ascontiguousarray(pos, dtype=np.int32)).to(dev)
@@ -139,10 +149,11 @@ class HetCompObjective(Objective):
         self.means = {k: float(v) for k, v in dict(manifest.get("means", {})).items()}
 
     def state(self) -> dict[str, Any]:
-        return {"round": self.round, "switched": self.switched}
+        return {"round": self.round, "switched": self.switched, "round_hash": self.round_hash}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.round, self.switched = int(state["round"]), bool(state["switched"])
+        self._expect_hash = state.get("round_hash")  # checked when the round's targets are loaded again
 
     def log_fields(self) -> dict[str, Any]:
         return {"round": self.round, "switch": self.switched, "loss_kind": "L_F" if self.switched else "L_O",
