@@ -5,8 +5,9 @@
 
 Needs the run's data stage, and for HetComp its teachers (knowledge round 0 is built when missing).
 Joins the Ray cluster when there is one (``ray.init()``), else starts a local one; with
-``student.num_workers=0`` it trains in this process. Prints the result as one JSON line:
-best epoch, valid/test R@10, N@10, R@50, N@50, wall time and the output folder.
+``student.num_workers=0`` it trains in this process. Adds the result to RUN/report (a row of
+report.json, report.md regenerated) and prints it as one JSON line: best epoch, valid/test R@10,
+N@10, R@50, N@50, wall time and the output folder (baselines: the λ_KD chosen on validation).
 """
 
 from __future__ import annotations
@@ -40,5 +41,12 @@ def run(args: argparse.Namespace) -> int:
         if not ray.is_initialized():
             ray.init()
     result = train_student(cfg.run, cfg)
+    from hetcomp_dist.report import report
+
+    extra = {k: result[k] for k in ("best_epoch", "wall_s", "lambda_kd", "lambda_grid") if k in result}
+    if args.method not in ("hetcomp", "wokd"):
+        extra.setdefault("lambda_kd", cfg.student.lambda_kd)  # a baseline trained with one given λ_KD
+    report.add_result(cfg.run, args.method, args.student, result, extra)  # a row of RUN/report, report.md redone
+    report.write_report(cfg.run, cfg.teachers.names)
     print(json.dumps(result, sort_keys=True))
     return 0
