@@ -215,8 +215,10 @@ class CLDRDObjective(BaselineObjective):
 
     Stage (n1, n2, n3): the fine group T_u[:n1] (labels 1/(r+1): its order matters), a coarse group
     of n2 items drawn uniformly each step from T_u[n1:] (one label, below the fine group), and n3
-    negatives drawn uniformly from N_u minus T_u (label 0). The stages (5,12,13) → (10,10,10) →
-    (20,5,5) advance when `cldrd_patience` evaluations in a row bring no new best validation R@50.
+    negatives drawn uniformly from N_u minus T_u (label 0) -- the pair structure of CL-DRD's labels
+    (1/r, then -0.25, then -0.5; only their order matters to the loss). Each step a user's list is
+    fine + coarse + negatives, scored by `losses.lambda_mrr_loss`. The stages (5,12,13) → (10,10,10)
+    → (20,5,5) advance when `cldrd_patience` evaluations in a row bring no new best validation R@50.
     """
 
     name = "cldrd"
