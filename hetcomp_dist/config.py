@@ -340,6 +340,9 @@ def validate(cfg: Config, where: str = "config") -> Config:
         for key in ("lr", "batch_size", "eval_every", "snapshot_every", "max_epochs"):
             if getattr(t, key) < 0:
                 raise InputError(f"{where}.teachers.{name}.{key}", "must be >= 0 (0 = the shared value)")
+        if (t.max_epochs or cfg.teachers.max_epochs) < eval_every:
+            raise InputError(f"{where}.teachers.{name}.max_epochs", f"below eval_every={eval_every}",
+                             "a teacher needs at least one evaluation")
         if eval_every % snapshot_every:
             raise InputError(f"{where}.teachers.{name}.snapshot_every",
                              f"{snapshot_every} does not divide eval_every={eval_every}",

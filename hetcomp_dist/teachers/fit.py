@@ -118,6 +118,7 @@ def fit(model: Recommender, train: CSR, work: str, params: FitParams, evaluate: 
         state = _fresh_state(cfg_hash)
     t_epoch = time.perf_counter()
     epoch = state["epoch"]
+    prune: list[int] = []
     while not state["done"]:
         epoch += 1
         model.train()
@@ -151,9 +152,10 @@ def fit(model: Recommender, train: CSR, work: str, params: FitParams, evaluate: 
                 state["bad"] += 1
             state["history"].append({"epoch": epoch, "loss": status["loss"], "valid": metrics})
             status["valid_R@50"] = r50
-            for e in prunable_snapshots(state["snapshots"], state["best_epoch"]):
-                remove_file(snapshot_path(work, e))
-                state["snapshots"].remove(e)
+            # forget snapshots no choice of E1..E4 can pick; their files go once the checkpoint
+            # no longer lists them (a crash in between leaves an orphan file, never a dangling entry)
+            prune = prunable_snapshots(state["snapshots"], state["best_epoch"])
+            state["snapshots"] = [e for e in state["snapshots"] if e not in prune]
             rate = params.eval_every / max(time.perf_counter() - t_epoch, 1e-9)
             t_epoch = time.perf_counter()
             log(f"teacher {name}", f"epoch {epoch} loss {status['loss']:.4f} valid R@50 {r50:.4f} "
@@ -167,6 +169,9 @@ def fit(model: Recommender, train: CSR, work: str, params: FitParams, evaluate: 
         if snap or state["done"]:
             _save_torch(storage.join(work, "ckpt.pt"),
                         {"model": model.state_dict(), "optim": opt.state_dict(), "state": json.dumps(state)})
+            for e in prune:
+                remove_file(snapshot_path(work, e))
+            prune = []
         if on_progress is not None:
             on_progress({**status, "best_valid_R@50": state["best"], "best_epoch": state["best_epoch"],
                          "train_s": state["train_s"], "eval_s": state["eval_s"], "pid": os.getpid(),
