@@ -11,6 +11,15 @@ import torch
 from hetcomp_dist.student import losses as L
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core box OpenMP spin-waits make 2 threads many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ------------------------------------------------------------------------------ plain references
 def _ref_scores(a, c, u, clamp):
     return [torch.clamp(a[u] @ c[j], -clamp, clamp) for j in range(c.shape[0])]

@@ -16,6 +16,15 @@ CFG = StudentConfig()
 NAMES = sorted(STUDENTS)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core box OpenMP spin-waits make 2 threads many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _model(name, n_users=30, n_items=50, seed=0):
     torch.manual_seed(seed)
     return build_student(name, n_users, n_items, CFG)
