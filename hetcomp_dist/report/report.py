@@ -179,7 +179,7 @@ def write_report(run: str, teachers: list[str] | tuple[str, ...] = (), stage_tim
     from hetcomp_dist.data.dataset import load_manifest
 
     source = load_manifest(run).get("source", {})
-    dataset = source.get("format") or source.get("kind", "unknown")
+    dataset = (source.get("format") or source.get("kind", "unknown")) if isinstance(source, dict) else str(source)
     results = load_results(run)
     rdir = report_dir(run)
     meta_path = storage.join(rdir, "meta.json")
