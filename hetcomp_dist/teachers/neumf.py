@@ -75,12 +75,11 @@ class NeuMF(Recommender):
         a = self.mlp_user[users] @ first.weight[:, :m].T + first.bias  # (B, h1)
         c = self.mlp_item @ first.weight[:, m:].T  # (n_items, h1)
         w_gmf, w_mlp = self.head.weight[0, : self.gmf_user.shape[1]], self.head.weight[0, self.gmf_user.shape[1]:]
-        gmf = (self.gmf_user[users] * w_gmf) @ self.gmf_item.T + self.head.bias  # (B, n_items)
+        out = (self.gmf_user[users] * w_gmf) @ self.gmf_item.T + self.head.bias  # (B, n_items), filled in place
         chunk = max(1, _CHUNK_ELEMS // max(1, len(users) * a.shape[1]))
-        out = []
         for s in range(0, self.n_items, chunk):
             h = torch.relu(a[:, None, :] + c[None, s: s + chunk, :])
             for layer in self.layers[1:]:
                 h = torch.relu(layer(h))
-            out.append(h @ w_mlp)
-        return gmf + torch.cat(out, 1)
+            out[:, s: s + chunk] += h @ w_mlp
+        return out

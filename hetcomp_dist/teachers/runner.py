@@ -52,7 +52,9 @@ def evaluate_ranker(run: str, ranker: Ranker, eval_cfg: EvalConfig, splits=("val
     if ranker.index is not None:
         return evaluate_embeddings(run, ranker.user_emb, ranker.item_emb, ranker.metric, eval_cfg, tuple(splits),
                                    distributed=False)
-    return evaluate_scorer(run, ranker.score_fn, eval_cfg, tuple(splits), distributed=False)
+    # score blocks are (batch, n_items): keep them as small as the export's
+    small = dataclasses.replace(eval_cfg, batch_size=min(eval_cfg.batch_size, ranker.score_batch))
+    return evaluate_scorer(run, ranker.score_fn, small, tuple(splits), distributed=False)
 
 
 def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
@@ -84,7 +86,8 @@ def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
     model = cls(m["n_users"], m["n_items"], model_cfg, train).to(device)
 
     def valid(model_) -> dict:
-        return evaluate_ranker(run, Ranker(model_, train, cfg.eval), cfg.eval, ("valid",))["valid"]
+        ranker = Ranker(model_, train, cfg.eval, cfg.teachers.export_batch_size)
+        return evaluate_ranker(run, ranker, cfg.eval, ("valid",))["valid"]
 
     result = fit(model, train, work, params, valid, h, name, on_progress)
     states = choose_states(result["snapshots"], result["best_epoch"])

@@ -80,11 +80,12 @@ class Ranker:
     Args:
         model: a Recommender in the state to rank with (put in eval mode here).
         train: the full train lists (autoencoders score users from their rows).
-        eval_cfg: index kind and batch size.
+        eval_cfg: index settings.
+        score_batch: users per (B, n_items) score block on the scorer path.
     """
 
-    def __init__(self, model: Recommender, train: CSR, eval_cfg: EvalConfig = EvalConfig()) -> None:
-        self.model, self.train, self.cfg = model.eval(), train, eval_cfg
+    def __init__(self, model: Recommender, train: CSR, eval_cfg: EvalConfig = EvalConfig(), score_batch: int = 1024) -> None:
+        self.model, self.train, self.cfg, self.score_batch = model.eval(), train, eval_cfg, score_batch
         with torch.no_grad():
             emb = model.embeddings()
         self.user_emb = self.index = None
@@ -105,7 +106,7 @@ class Ranker:
         """(B, k) int32 best-first items per user, never an excluded one, -1 padded."""
         if self.index is not None:
             return retrieval.search_excluding(self.index, self.user_emb[users], k, ex_offsets, ex_values)
-        return retrieval.topk_scorer(self.score_fn, users, k, ex_offsets, ex_values, self.cfg.batch_size)
+        return retrieval.topk_scorer(self.score_fn, users, k, ex_offsets, ex_values, self.score_batch)
 
     def pair_scores(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """(n,) score of each (users[j], items[j]) pair; users must come in few distinct blocks."""
@@ -191,7 +192,7 @@ def export_trajectory(model: Recommender, train: CSR, tdir: str, snapshot_path: 
         idx = [i + 1 for i, e in enumerate(states) if e == epoch]
         model.load_state_dict({k_: v.to(dev) for k_, v in load_weights(snapshot_path(epoch)).items()})
         t0 = time.perf_counter()
-        ranker = Ranker(model, train, eval_cfg)
+        ranker = Ranker(model, train, eval_cfg, batch_size)
         observed = storage.join(tdir, "observed") if N_STATES in idx else None
         stats = export_state(ranker, train, [storage.join(tdir, f"state={i}") for i in idx], n_users, shard_size,
                             k, batch_size, observed, label=f"{name} export E{idx} (epoch {epoch})")
