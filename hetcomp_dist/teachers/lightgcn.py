@@ -6,6 +6,7 @@ Propagation is E^{k+1} = A_hat E^k over the user-item bipartite graph, A_hat = D
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -43,7 +44,9 @@ def normalised_adjacency(train: CSR, n_users: int, n_items: int) -> torch.Tensor
     n = n_users + n_items
     idx = torch.from_numpy(np.stack([rows, cols]))
     coo = torch.sparse_coo_tensor(idx, torch.from_numpy(vals), (n, n), check_invariants=False).coalesce()
-    return coo.to_sparse_csr()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is all we use
+        warnings.simplefilter("ignore", UserWarning)
+        return coo.to_sparse_csr()
 
 
 class LightGCN(Recommender):
