@@ -1,6 +1,6 @@
 """Benchmark of the knowledge stage: one DKC round, vectorised vs a plain per-user loop, and at 1M users.
 
-    python jobs/bench_knowledge.py [--workdir DIR] [--users-1m 1000000] [--skip-1m] [--repeats 3] [--keep]
+    python jobs/bench_knowledge.py [--workdir DIR] [--users-1m 1000000] [--skip-1m] [--repeats 3] [--keep] [--reuse]
 
 Synthetic inputs in the exact on-storage layout (6 teachers x 4 states x K = 100; `synthesize` for the
 data, `knowledge.synthetic` for the trajectories and a student whose embeddings drift between rounds).
@@ -111,12 +111,14 @@ def make_run(path: str, users: int, items: int, shard_size: int, mean: float, **
                              "synth": {"users": users, "items": items, "mean_interactions": mean},
                              "knowledge": knowledge})
     t0 = time.perf_counter()
-    synthesize(path, cfg.synth, cfg.data)
-    write_trajectories(path, cfg, seed=1, emb_path=f"{path}/emb0.npz", distributed=users >= 200_000)
-    for r in (1, 2):
-        perturb_embeddings(f"{path}/emb0.npz", f"{path}/emb{r}.npz", scale=0.5, seed=r)
-    rounds.build_round0(path, cfg)
+    synthesize(path, cfg.synth, cfg.data)  # skipped when committed (--reuse)
+    if storage.read_manifest(f"{path}/teachers/{cfg.teachers.names[-1]}") is None or not storage.exists(f"{path}/emb2.npz"):
+        write_trajectories(path, cfg, seed=1, emb_path=f"{path}/emb0.npz", distributed=users >= 200_000)
+        for r in (1, 2):
+            perturb_embeddings(f"{path}/emb0.npz", f"{path}/emb{r}.npz", scale=0.5, seed=r)
+    rounds.build_round0(path, cfg)  # both skipped when committed
     rounds.dkc_round(path, cfg, 1, 10, f"{path}/emb1.npz")
+    storage.delete_dir(rounds.round_dir(path, 2))  # the round to time
     log(STAGE, f"setup of {users:,} users done in {time.perf_counter() - t0:.0f}s (untimed)")
     return cfg
 
@@ -146,14 +148,16 @@ def bench_citeulike(workdir: str, repeats: int) -> dict:
     K = cfg.knowledge.topk
     lists, v, d, sigma, prev = shard_inputs(cfg, 0)
     n = len(lists)
-    t_vec, t_loop = [], []
-    for _ in range(repeats):  # side by side, alternating, medians
-        t0 = time.perf_counter()
+    t_vec, t_loop, c_vec, c_loop = [], [], [], []
+    for _ in range(repeats):  # side by side, alternating, medians (wall and CPU seconds)
+        t0, c0 = time.perf_counter(), time.process_time()
         vec = vector_round(lists, v, d, sigma, prev, 20, False, p, K)
         t_vec.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        c_vec.append(time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
         ref = loop_round(lists, v, d, sigma, prev, 20, False, p, K)
         t_loop.append(time.perf_counter() - t0)
+        c_loop.append(time.process_time() - c0)
     if not (np.array_equal(vec[0], ref[0]) and np.allclose(vec[1], ref[1], rtol=0, atol=1e-6)
             and np.array_equal(vec[2], ref[2])):
         raise AssertionError("the vectorised round and the per-user loop disagree")
@@ -166,8 +170,12 @@ def bench_citeulike(workdir: str, repeats: int) -> dict:
     wall = time.perf_counter() - t0
     rest = wall - m["task_retrieval_s"]
     return {"users": n, "changed_users": changed, "vectorised_compute_s": vec_s, "loop_compute_s": loop_s,
-            "speedup_vs_loop": loop_s / vec_s, "round_wall_s": wall, "round_retrieval_s": m["task_retrieval_s"],
-            "round_rest_s": rest, "round_users_per_s_without_retrieval": n / rest,
+            "speedup_vs_loop": loop_s / vec_s, "vectorised_compute_cpu_s": statistics.median(c_vec),
+            "loop_compute_cpu_s": statistics.median(c_loop),
+            "speedup_vs_loop_cpu": statistics.median(c_loop) / statistics.median(c_vec),
+            "round_wall_s": wall, "round_retrieval_s": m["task_retrieval_s"], "round_rest_s": rest,
+            "round_users_per_s_without_retrieval": n / rest,
+            "round_rest_cpu_s": m["task_rest_cpu_s"], "round_retrieval_cpu_s": m["task_retrieval_cpu_s"],
             "speedup_loop_vs_whole_round_without_retrieval": loop_s / rest}
 
 
@@ -183,7 +191,11 @@ def bench_1m(workdir: str, users: int) -> dict:
     wall = time.perf_counter() - t0
     retr, rest = m["task_retrieval_s"], m["task_rest_s"]
     wall_rest = wall * rest / (rest + retr)  # the round's wall time, its retrieval share removed
+    cpu = m["task_rest_cpu_s"]
     return {"users": users, "shards": m["n_shards"], "changed_users": m["changed_users"], "round_wall_s": wall,
+            "task_rest_cpu_s_sum": cpu, "task_retrieval_cpu_s_sum": m["task_retrieval_cpu_s"],
+            # what 2 idle cores would do: the tasks' CPU seconds without retrieval, spread over 2 CPUs
+            "round_users_per_s_2_idle_cores_from_cpu_s": 2 * users / cpu if cpu else None,
             "task_retrieval_s_sum": retr, "task_rest_s_sum": rest, "round_wall_s_without_retrieval": wall_rest,
             "round_users_per_s": users / wall_rest, "round_users_per_s_with_retrieval": users / wall,
             "retrieval_users_per_s": users / (wall - wall_rest), "task_peak_rss_gib": m["task_peak_rss_gib"],
@@ -197,12 +209,14 @@ def main() -> int:
     ap.add_argument("--skip-1m", action="store_true", help="only the CiteULike-size comparison")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the generated runs")
+    ap.add_argument("--reuse", action="store_true", help="reuse the runs a --keep run left in --workdir (skips setup)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     rounds.tune_malloc()
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    out: dict = {"machine_cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
+    if not args.reuse:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+    out: dict = {"machine_cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}  # a shared machine: see load
     try:
         out["citeulike"] = bench_citeulike(args.workdir, args.repeats)
         if not args.skip_1m:

@@ -37,12 +37,12 @@ def _cfg(run: str, **knowledge) -> Config:
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    """Data + synthetic trajectories + 6 student embeddings (a base and drifted copies)."""
+    """Data + synthetic trajectories + 7 student embeddings (a base and drifted copies)."""
     run = str(tmp_path_factory.mktemp("kn") / "run")
     cfg = _cfg(run)
     synthesize(run, cfg.synth, cfg.data)
     write_trajectories(run, cfg, seed=3, emb_path=f"{run}/emb0.npz")
-    for r in range(1, 40):
+    for r in range(1, 7):
         perturb_embeddings(f"{run}/emb0.npz", f"{run}/emb{r}.npz", scale=0.6, seed=r)
     return run
 
@@ -236,3 +236,17 @@ def test_bad_inputs_fail_before_writing(base_run, tmp_path):
     other = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, topk=50))  # teacher hash differs
     with pytest.raises(InputError, match="teacher"):
         build_round0(run, other)
+
+
+def test_cli(base_run, tmp_path, capsys):
+    import json
+
+    from hetcomp_dist.cli import main
+
+    run = _fresh(base_run, tmp_path, "cli")
+    assert main(["knowledge", "--run", run]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["round"] == 0
+    assert main(["knowledge", "--run", run, "--round", "1"]) == 2  # a DKC round needs --emb and --epoch
+    assert main(["knowledge", "--run", run, "--round", "1", "--epoch", "10", "--emb", f"{run}/emb1.npz"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["round"] == 1 and out["epoch"] == 10 and out["switch"] is False and len(out["means"]) == 6
