@@ -23,8 +23,8 @@ def _as_weights(weights: np.ndarray | None, m: int) -> np.ndarray:
     if weights is None or len(weights) == 0:
         return np.ones(m, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (m,) or not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ValueError(f"weights must be {m} finite numbers >= 0 (one per teacher), got {w!r}")
+    if w.shape != (m,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be {m} finite numbers >= 0, not all 0 (one per teacher), got {w!r}")
     return w
 
 
@@ -42,7 +42,7 @@ def _score_table(L: int, M: int, temperature: float, w: np.ndarray, cbits: int) 
     float64 sum near 1.
     """
     sbits = 62 - cbits
-    scale = 2.0 ** sbits / max(float(w.sum()), 1e-300)
+    scale = 2.0 ** sbits / float(w.sum())  # a sum may exceed 2^sbits by M/2 rounding units: still fits
     A = np.exp(-np.arange(L, dtype=np.float64) / temperature)
     if np.all(w == w[0]):
         return np.round(A * w[0] * scale).astype(np.int64), sbits
