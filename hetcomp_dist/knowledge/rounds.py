@@ -301,6 +301,8 @@ def _base(run: str, cfg: Config) -> tuple[dict, tuple[str, ...], str]:
     for name in ("batch_users", "task_cpus", "topk", "pos_k", "d_k"):
         if getattr(kc, name) <= 0:
             raise InputError(f"knowledge.{name}", f"must be > 0, got {getattr(kc, name)}")
+    if kc.weights and (min(kc.weights) < 0 or sum(kc.weights) <= 0):
+        raise InputError("knowledge.weights", f"{list(kc.weights)}: weights must be >= 0 and not all 0")
     base = storage.config_hash("knowledge", data["config_hash"], [teachers[n]["config_hash"] for n in names],
                                names, kc.topk, kc.temperature, list(kc.weights))
     return data, names, base
