@@ -237,6 +237,8 @@ def dkc(job: Job, task: TrainTask, data: RankData, epoch: int, users: np.ndarray
         path = storage.join(job.out, "dkc", f"round-{r}.npz")
         storage.write_npz_atomic(path, user=users, item=items)
         knowledge_io.resolve(job.dkc_fn)(job.run, job.cfg, r, epoch, path, task.model.metric)
+        fs, inner = storage.resolve(path)
+        fs.delete_file(inner)  # consumed: the committed round is what later epochs (and resumes) read
     distributed.barrier()  # the round is committed before anyone reads it
     load_knowledge(job, task, data, r)
     return time.perf_counter() - t0
