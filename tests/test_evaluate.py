@@ -14,7 +14,8 @@ from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.evaluate import (evaluate_embeddings, evaluate_lists, evaluate_scorer,
-                                              protocol_lists)
+                                              protocol_lists, protocol_lists_pruned)
+from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex
 
 
 # ------------------------------------------------------------------------------ the reference
@@ -105,6 +106,59 @@ def test_scorer_path_equals_faiss_path(synth_run):
     by_scores = evaluate_scorer(synth_run, lambda users: Ut[torch.from_numpy(users)] @ Vt.T, EvalConfig(batch_size=64))
     assert_close(by_scores, evaluate_embeddings(synth_run, U, V, "ip"))
     assert_close(by_scores, brute_force(synth_run, U, V, "ip"))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_pruned_index_equals_brute_force(synth_run, metric):
+    """EvalConfig.index = "pruned": random embeddings, and (ip) embeddings with signal (many hits)."""
+    U, V = random_emb(synth_run, seed=7)
+    cfg = EvalConfig(index="pruned", batch_size=50)
+    assert_close(evaluate_embeddings(synth_run, U, V, metric, cfg), brute_force(synth_run, U, V, metric))
+    if metric == "ip":
+        m = load_manifest(synth_run)
+        tr = load_split(synth_run, "train", m)
+        X = np.zeros((m["n_users"], m["n_items"]))
+        X[tr.user_ids(), tr.items] = 1
+        u, s, vt = np.linalg.svd(X, full_matrices=False)
+        U, V = (u[:, :8] * s[:8]).astype(np.float32), vt[:8].T.astype(np.float32)
+        ref = brute_force(synth_run, U, V, "ip")
+        assert ref["test"]["R@50"] > 0.1
+        assert_close(evaluate_embeddings(synth_run, U, V, "ip", cfg), ref)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_protocol_lists_pruned_equals_a_per_user_loop(metric):
+    """Integer vectors (many exact ties: smaller id first), heavy users, k above what is left."""
+    rng = np.random.default_rng(8)
+    B, n_items, d = 40, 60, 3
+    U, V = rng.integers(-2, 3, (B, d)).astype(np.float32), rng.integers(-2, 3, (n_items, d)).astype(np.float32)
+    parts = {"train": [], "valid": [], "test": []}
+    for b in range(B):
+        chosen = rng.permutation(n_items)[: int(rng.integers(3, n_items - 2 if b < 3 else 30))]
+        cut = np.sort(rng.choice(np.arange(1, len(chosen)), 2, replace=False))
+        for name, items in zip(parts, np.split(chosen, cut)):
+            parts[name].append(items)
+    csr = {name: CSR(np.concatenate([[0], np.cumsum([len(x) for x in rows])]).astype(np.int64),
+                     np.concatenate(rows).astype(np.int32)) for name, rows in parts.items()}
+    S = U.astype(np.float64) @ V.T.astype(np.float64) if metric == "ip" else \
+        -((U[:, None].astype(np.float64) - V[None].astype(np.float64)) ** 2).sum(-1)
+    for k in (5, 50):
+        got = protocol_lists_pruned(PrunedIndex(V, metric, block=8, user_chunk=16), U, csr["train"], csr["valid"],
+                                    csr["test"], k)
+        for split, other in (("valid", "test"), ("test", "valid")):
+            for b in range(B):
+                row = S[b].copy()
+                row[parts["train"][b]] = -np.inf
+                row[parts[other][b]] = -np.inf
+                ref = [i for i in np.argsort(-row, kind="stable") if np.isfinite(row[i])][:k]
+                assert got[split][b].tolist() == ref + [PAD] * (k - len(ref)), (split, b, k)
+
+
+def test_pruned_distributed_equals_in_process(synth_run, ray_session):
+    U, V = random_emb(synth_run, seed=9)
+    cfg = EvalConfig(index="pruned")
+    assert_close(evaluate_embeddings(synth_run, U, V, "ip", cfg, distributed=True),
+                 evaluate_embeddings(synth_run, U, V, "ip", distributed=False), 1e-12)
 
 
 def test_user_ranges_merge_to_the_whole(synth_run):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
-from hetcomp_dist.evaluation.retrieval import (PAD, build_index, excluded_mask, first_k_kept, search_excluding,
-                                               topk_from_scores, topk_scorer)
+from hetcomp_dist.evaluation.retrieval import (PAD, PrunedIndex, build_index, excluded_mask, first_k_kept,
+                                               search_excluding, topk_from_scores, topk_scorer)
 
 
 def random_case(seed: int, B: int = 60, n_items: int = 400, d: int = 6):
@@ -116,3 +116,96 @@ def test_recall_ndcg_equals_a_plain_loop():
             assert got[f"R@{k}"][b] == pytest.approx(sum(hits) / len(g), abs=1e-12)
             assert got[f"N@{k}"][b] == pytest.approx(sum(h / math.log2(t + 2) for t, h in enumerate(hits)) / idcg,
                                                      abs=1e-12)
+
+
+# ----------------------------------------------------------------------- PrunedIndex (exact, pruned)
+def exclusions(rng, B: int, n_items: int, big: int = 2):
+    """CSR exclusion sets: random sizes, the first `big` rows excluding all but 0, 1, 2... items."""
+    sizes = rng.integers(0, min(n_items, 40) + 1, B)
+    for b in range(min(big, B)):
+        sizes[b] = max(n_items - b * 3, 0)  # row 0: everything excluded; row 1: 3 items left
+    ex = [rng.choice(n_items, size=s, replace=False) for s in sizes]
+    off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return ex, off, np.concatenate(ex + [np.zeros(0, int)]).astype(np.int32)
+
+
+def pruned_case(seed: int, integer: bool):
+    """Items whose norms vary a lot (like trained popularity), or small integers (exact ties)."""
+    rng = np.random.default_rng(seed)
+    n, d, B = int(rng.integers(1, 400)), int(rng.integers(1, 8)), int(rng.integers(1, 50))
+    if integer:
+        items = rng.integers(-2, 3, size=(n, d)).astype(np.float32)
+        q = rng.integers(-2, 3, size=(B, d)).astype(np.float32)
+    else:
+        items = (rng.normal(size=(n, d)) * rng.lognormal(0, 1, size=(n, 1))).astype(np.float32)
+        q = rng.normal(size=(B, d)).astype(np.float32)
+    return (q, items, *exclusions(rng, B, n), int(rng.integers(1, 60)), int(rng.integers(4, 64)),
+            int(rng.integers(4, 32)))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("integer", [False, True], ids=["gaussian", "integer-ties"])
+def test_pruned_equals_brute_force(metric, integer):
+    """Random sizes (k above the catalogue too), blocks and chunks; huge exclusion sets; exact ties
+    (integer vectors: many items share a score, brute force puts the smaller id first)."""
+    for seed in range(12):
+        q, items, ex, off, val, k, block, chunk = pruned_case(seed, integer)
+        index = PrunedIndex(items, metric, block=block, user_chunk=chunk)
+        got, scores = index.search_excluding(q, k, off, val, return_scores=True)
+        ref = brute_topk(q, items, ex, k, metric)
+        np.testing.assert_array_equal(got, ref, err_msg=f"seed {seed}")
+        np.testing.assert_array_equal(search_excluding(index, q, k, off, val), ref)
+        # the returned scores are the ranking scores (l2: |u|^2 - |u - v|^2), -inf at PAD
+        pair = index.pair_scores(q, np.nonzero(got != PAD)[0], got[got != PAD])
+        np.testing.assert_allclose(scores[got != PAD], pair, rtol=1e-12, atol=1e-12)
+        assert np.isneginf(scores[got == PAD]).all()
+
+
+def test_pruned_k_above_catalogue_and_empty_batches():
+    rng = np.random.default_rng(3)
+    items, q = rng.normal(size=(7, 4)).astype(np.float32), rng.normal(size=(5, 4)).astype(np.float32)
+    ex, off, val = exclusions(rng, 5, 7)
+    index = PrunedIndex(items, "ip", block=2)
+    got = index.search_excluding(q, 20, off, val)
+    np.testing.assert_array_equal(got, brute_topk(q, items, ex, 20, "ip"))
+    assert (got[0] == PAD).all() and (got[1] != PAD).sum() == 3
+    assert index.search_excluding(q[:0], 5, np.zeros(1, np.int64), val[:0]).shape == (0, 5)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_pruned_near_ties_follow_float64(metric):
+    """Items differing by about one float32 ulp: float32 scores tie or misorder; the result still
+    equals a float64 brute-force ranking (rescored, and boundary near-ties redone exactly)."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(40, 6))
+    items = np.concatenate([base * (1 + j * 2.0 ** -23) for j in range(4)]).astype(np.float32)
+    rng.shuffle(items)
+    q = rng.normal(size=(30, 6)).astype(np.float32)
+    ex, off, val = exclusions(rng, 30, len(items), big=0)
+    for k in (1, 3, 10, 37):
+        got = PrunedIndex(items, metric, block=7, user_chunk=8).search_excluding(q, k, off, val)
+        np.testing.assert_array_equal(got, brute_topk(q, items, ex, k, metric))
+
+
+def test_pruned_faiss_style_search_and_pruning_happens():
+    """`search` (no exclusion) agrees with FAISS flat, and on popularity-like norms the scan stops early."""
+    rng = np.random.default_rng(5)
+    pop = rng.zipf(1.5, 20000).clip(max=1000).astype(np.float64)
+    items = (rng.normal(size=(20000, 6)) * np.log1p(pop)[:, None]).astype(np.float32)
+    q = rng.normal(size=(64, 6)).astype(np.float32)
+    for metric in ("ip", "l2"):
+        index = PrunedIndex(items, metric, block=256)
+        d, i = index.search(q, 20)
+        fd, fi = build_index(items, metric).search(q, 20)
+        np.testing.assert_array_equal(i, fi)
+        np.testing.assert_allclose(d, fd, rtol=1e-4, atol=1e-3)
+    index = PrunedIndex(items, "ip", block=256)
+    index.search_excluding(q, 20, np.zeros(65, np.int64), np.zeros(0, np.int32))
+    assert index.scanned < 0.2 * 64 * 20000  # scores computed: far fewer than users x items
+
+
+def test_build_index_pruned_kind():
+    items = np.random.default_rng(6).normal(size=(50, 3)).astype(np.float32)
+    assert isinstance(build_index(items, "l2", "pruned"), PrunedIndex)
+    with pytest.raises(ValueError):
+        build_index(items, "cos", "pruned")

@@ -12,7 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="RUN folder or URI (its data stage must be committed)")
     p.add_argument("--embeddings", required=True, help=".npz with float arrays `user` (n_users, d) and `item` (n_items, d)")
     p.add_argument("--metric", choices=("ip", "l2"), default="ip", help="score = dot product (ip) or -squared distance (l2)")
-    p.add_argument("--index", choices=("flat", "ivf", "hnsw"), help="FAISS index (default flat = exact)")
+    p.add_argument("--index", choices=("flat", "pruned", "ivf", "hnsw"),
+                   help="flat (default): exact FAISS; pruned: exact norm-pruned scan (faster for ip); ivf/hnsw: approximate")
     p.add_argument("--save-topk", help="folder for per-protocol top-K shards (<folder>/<split>/shard-*.parquet)")
     p.add_argument("--distributed", choices=("auto", "yes", "no"), default="auto",
                    help="Ray Data map over shards (auto: from eval.distributed_min_users users)")

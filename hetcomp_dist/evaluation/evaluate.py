@@ -9,6 +9,10 @@ most that many candidates can be excluded). So each protocol's list is the first
 its exclusion set -- no second search. Users are grouped by the size of their exclusion set (powers
 of two) so one heavy user does not widen the search of a whole batch.
 
+With ``EvalConfig.index = "pruned"`` (exact norm-pruned scan, `retrieval.PrunedIndex`) there is no wide
+candidate search: one top-K search excludes train ∪ valid ∪ test, and each protocol merges its own
+held-out items back in by score (`protocol_lists_pruned`).
+
 Two scorers: FAISS over embeddings (`evaluate_embeddings`, inner product or L2) and any model's
 batched full-catalogue scores (`evaluate_scorer`). Small runs are evaluated in-process; runs with at
 least ``EvalConfig.distributed_min_users`` users as a Ray Data map over shard ids (same numbers).
@@ -24,10 +28,10 @@ import torch
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import EvalConfig
-from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard
+from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard, union
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
-from hetcomp_dist.evaluation.retrieval import PAD, build_index, excluded_mask, first_k_kept
+from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex, _encode, build_index, excluded_mask, first_k_kept
 from hetcomp_dist.progress import Progress
 
 STAGE = "evaluate"
@@ -57,6 +61,58 @@ def protocol_lists(cand: np.ndarray, train: CSR, valid: CSR, test: CSR, k: int, 
         drop = seen | (in_test if split == "valid" else in_valid)
         out[split] = first_k_kept(cand, drop, k)
     return out
+
+
+def protocol_lists_pruned(index: PrunedIndex, q: np.ndarray, train: CSR, valid: CSR, test: CSR, k: int,
+                          splits: Iterable[str] = ("valid", "test")) -> dict[str, np.ndarray]:
+    """Per-protocol top-k lists from one exact search that excludes train ∪ valid ∪ test.
+
+    The protocol "valid" (excludes train ∪ test) ranks the items of that search plus the user's valid
+    items, so its top k is the top k of (that search's k) ∪ valid -- likewise for "test". Those items
+    are scored on the index's scale and merged in (score descending, then item id). No k + |excluded|
+    candidate search: the pruned scan stops as early as for a plain top-k.
+
+    Args:
+        index: a `PrunedIndex`.
+        q: (B, d) user vectors.
+        train, valid, test: CSRs over the same B rows.
+        k: list length (>= 1).
+
+    Returns:
+        {split: (B, k) int32}, best first, PAD-filled.
+    """
+    n = index.ntotal
+    ex = union(train, valid, test)
+    top, sc = index.search_excluding(q, k, ex.offsets, ex.items, return_scores=True)
+    kth = sc[:, k - 1]  # -inf when the row has fewer than k
+    out = {}
+    for split in splits:
+        back, other = (valid, test) if split == "valid" else (test, valid)
+        keys = np.unique(_pairs(back, n))
+        keys = keys[~np.isin(keys, np.concatenate([_pairs(train, n), _pairs(other, n)]))]  # disjoint by construction
+        rows, items = keys // (n + 1), (keys % (n + 1) - 1).astype(np.int32)
+        s = index.pair_scores(q, rows, items)
+        enter = s >= kth[rows]  # the rest rank below the row's k-th item
+        rows, items, s = rows[enter], items[enter], s[enter]
+        lst = top.copy()
+        hit = np.unique(rows)
+        if len(hit):
+            r = np.concatenate([np.repeat(np.arange(len(hit)), k), np.searchsorted(hit, rows)])
+            i = np.concatenate([top[hit].ravel(), items])
+            o = np.lexsort((i, -np.concatenate([sc[hit].ravel(), s]), r))  # by row, score desc, id
+            r, i = r[o], i[o]
+            rank = np.arange(len(r)) - np.searchsorted(r, r)
+            sel = rank < k
+            merged = np.full((len(hit), k), PAD, np.int32)
+            merged[r[sel], rank[sel]] = i[sel]
+            lst[hit] = merged
+        out[split] = lst
+    return out
+
+
+def _pairs(c: CSR, n_items: int) -> np.ndarray:
+    """(nnz,) int64 keys of a CSR's (row, item) pairs (see `retrieval._encode`)."""
+    return _encode(np.repeat(np.arange(c.n), c.lengths()), c.items, n_items)
 
 
 def candidates_faiss(index, q: np.ndarray, k: int, n_excl: np.ndarray) -> Iterable[tuple[np.ndarray, np.ndarray]]:
@@ -115,10 +171,13 @@ def _eval_range(run: str, m: dict, s: int, lo: int, hi: int, *, index=None, user
             with torch.no_grad():
                 scores = score_fn(rows + lo)
             groups = [(np.arange(len(rows)), candidates_scores(scores, k, tr, n_excl))]
+        elif isinstance(index, PrunedIndex):  # exact per-protocol lists, no wide candidate search
+            groups = [(np.arange(len(rows)), protocol_lists_pruned(index, user_emb[rows + lo], tr, va, te, k, splits))]
         else:
             groups = candidates_faiss(index, user_emb[rows + lo], k, n_excl)
         for g, cand in groups:
-            got = protocol_lists(cand, tr.take(g), va.take(g), te.take(g), k, n_items, splits)
+            got = cand if isinstance(cand, dict) else protocol_lists(cand, tr.take(g), va.take(g), te.take(g), k,
+                                                                     n_items, splits)
             for split, top in got.items():
                 g_gt = gt[split].take(rows[g])
                 sums[split].add(recall_ndcg(top, g_gt.offsets, g_gt.items, cfg.ks, n_items))
@@ -180,7 +239,8 @@ def evaluate_embeddings(run: str, user_emb: np.ndarray, item_emb: np.ndarray, me
                         cfg: EvalConfig = EvalConfig(), splits: tuple[str, ...] = ("valid", "test"),
                         users: tuple[int, int] | None = None, save_topk: str | None = None,
                         distributed: bool | None = None, where: str = "embeddings") -> dict:
-    """Recall/NDCG of a dot-product (``ip``) or distance (``l2``) model, FAISS retrieval.
+    """Recall/NDCG of a dot-product (``ip``) or distance (``l2``) model, by exact retrieval (FAISS flat,
+    or the norm-pruned scan with ``cfg.index = "pruned"``) or approximate (``ivf`` / ``hnsw``).
 
     Args:
         run: RUN folder/URI with a committed data stage.

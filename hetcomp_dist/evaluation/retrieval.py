@@ -18,15 +18,18 @@ PAD = -1
 
 def build_index(item_emb: np.ndarray, metric: str = "ip", kind: str = "flat", *, ivf_nlist: int = 1024,
                 ivf_nprobe: int = 32, hnsw_m: int = 32, hnsw_ef_search: int = 256) -> faiss.Index:
-    """The one FAISS factory: exact flat index by default, IVF / HNSW for large catalogues.
+    """The one index factory: exact flat FAISS index by default, exact norm-pruned torch scan
+    (`PrunedIndex`), FAISS IVF / HNSW (approximate) for large catalogues.
 
     Args:
         item_emb: (n_items, d) item vectors.
         metric: "ip" (score = dot product) or "l2" (score = -squared distance).
-        kind: "flat" | "ivf" | "hnsw".
+        kind: "flat" | "pruned" | "ivf" | "hnsw".
     """
     x = np.ascontiguousarray(item_emb, dtype=np.float32)
     n, d = x.shape
+    if kind == "pruned":
+        return PrunedIndex(x, metric)
     fmetric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
     if metric not in ("ip", "l2"):
         raise ValueError(f"metric must be ip or l2, got {metric!r}")
@@ -42,7 +45,7 @@ def build_index(item_emb: np.ndarray, metric: str = "ip", kind: str = "flat", *,
         index = faiss.IndexHNSWFlat(d, hnsw_m, fmetric)
         index.hnsw.efSearch = hnsw_ef_search
     else:
-        raise ValueError(f"index kind must be flat, ivf or hnsw, got {kind!r}")
+        raise ValueError(f"index kind must be flat, pruned, ivf or hnsw, got {kind!r}")
     index.add(x)
     return index
 
@@ -71,7 +74,7 @@ def first_k_kept(cand: np.ndarray, drop: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def search_excluding(index: faiss.Index, user_vecs: np.ndarray, k: int, ex_offsets: np.ndarray,
+def search_excluding(index: "faiss.Index | PrunedIndex", user_vecs: np.ndarray, k: int, ex_offsets: np.ndarray,
                      ex_values: np.ndarray) -> np.ndarray:
     """Top-k items per user from a FAISS index, never returning an excluded item.
 
@@ -87,6 +90,8 @@ def search_excluding(index: faiss.Index, user_vecs: np.ndarray, k: int, ex_offse
     Returns:
         (B, k) int32 item ids best first, PAD (-1) where fewer than k items remain.
     """
+    if isinstance(index, PrunedIndex):
+        return index.search_excluding(user_vecs, k, ex_offsets, ex_values)
     q = np.ascontiguousarray(user_vecs, dtype=np.float32)
     B, n_items = len(q), index.ntotal
     out = np.full((B, k), PAD, dtype=np.int32)
@@ -136,3 +141,222 @@ def topk_scorer(score_fn: Callable[[np.ndarray], torch.Tensor], users: np.ndarra
             scores = score_fn(users[s:e])
         outs.append(topk_from_scores(scores, k, ex_offsets[s:e + 1] - o0, ex_values[o0:o1]))
     return np.concatenate(outs) if outs else np.zeros((0, k), np.int32)
+
+
+
+class PrunedIndex:
+    """Exact top-k by inner product or L2 with norm-bound pruning (a torch scan, no FAISS).
+
+    Items are stored sorted by L2 norm, largest first, and scanned in blocks, for chunks of users at a
+    time: one ``(A, block)`` float32 matmul per block for the A users still active, excluded pairs set
+    to -inf, merged into a running top-(k+1). By Cauchy-Schwarz no item of a later block scores above
+    ``|u| * norm(first item of the block)``, so a user stops as soon as that bound (inflated by the
+    float32 rounding bound) is <= its running (k+1)-th score.
+
+    Exact, and ties broken like a brute-force stable sort (score descending, then item id): the top k
+    are re-scored in float64 and ordered by (score, id); a row whose float32 k-th and (k+1)-th scores
+    are closer than twice the float32 rounding bound (a tie or a near-tie: the float32 choice of the
+    top-k set could differ from the exact one) is redone by a float64 scan of the whole catalogue.
+
+    L2 ranks by ``-|u - v|^2``, which for a fixed u orders items like ``(2u, -1) . (v, |v|^2)``; the
+    same kernel runs on those augmented vectors. Exact, but the Cauchy-Schwarz bound is loose there
+    (the augmented norms are not what makes an item near u): expect little pruning for L2.
+
+    Args:
+        item_emb: (n_items, d) item vectors.
+        metric: "ip" or "l2".
+        block: items per scanned block.
+        first_block: items of the first block (its full top-k sets the users' thresholds; later
+            blocks only look at scores above them).
+        user_chunk: users scanned together (keeps a (user_chunk, block) score tile in cache).
+    """
+
+    def __init__(self, item_emb: np.ndarray, metric: str = "ip", block: int = 4096, user_chunk: int = 512,
+                 first_block: int = 1024) -> None:
+        if metric not in ("ip", "l2"):
+            raise ValueError(f"metric must be ip or l2, got {metric!r}")
+        x = np.ascontiguousarray(item_emb, dtype=np.float32)
+        x64 = x.astype(np.float64)
+        if metric == "l2":  # augmented (v, |v|^2); float64 keeps the exact |v|^2
+            x64 = np.concatenate([x64, (x64 ** 2).sum(1, keepdims=True)], 1)
+        norms = np.sqrt((x64 ** 2).sum(1))
+        order = np.argsort(-norms, kind="stable")
+        self.metric, self.d, self.ntotal = metric, x.shape[1], len(x)
+        self.block, self.user_chunk = max(1, int(block)), max(1, int(user_chunk))
+        self.first_block = max(1, int(first_block))
+        self.v64 = np.ascontiguousarray(x64[order])  # (n, d') float64, sorted by norm, descending
+        self.vecs = torch.from_numpy(self.v64.astype(np.float32))  # (n, d') float32 copy scanned
+        self.norms = norms[order]  # (n,) float64
+        self.ids = order.astype(np.int64)  # sorted position -> item id
+        self.pos = np.empty(len(x), np.int64)  # item id -> sorted position
+        self.pos[order] = np.arange(len(x))
+        self.scanned = 0  # (user, item) scores computed so far (a measure of the pruning)
+        self._v64_t = None  # torch view of v64 for exact rescans (torch's float64 mv beats numpy's here)
+        # |float32 score - exact score| <= gamma |q| |v|: dot product rounding (d' terms) plus the
+        # float32 rounding of the inputs (|v|^2 for l2), with a factor 2 of margin
+        self.gamma = 2.0 * (self.v64.shape[1] + 3) * 2.0 ** -24
+
+    def queries64(self, user_vecs: np.ndarray) -> np.ndarray:
+        """(B, d') float64 query vectors: u (ip) or (2u, -1) (l2)."""
+        q = np.asarray(user_vecs, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.d:
+            raise ValueError(f"queries must be (B, {self.d}), got {q.shape}")
+        q = q.astype(np.float64)
+        if self.metric == "l2":
+            q = np.concatenate([2 * q, -np.ones((len(q), 1))], 1)
+        return q
+
+    def pair_scores(self, user_vecs: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(n,) float64 ranking score of (user_vecs[rows[j]], items[j]), on the scale of the scores
+        `search_excluding` returns (ip: u.v; l2: 2u.v - |v|^2 = |u|^2 - |u - v|^2)."""
+        q = self.queries64(user_vecs)
+        return np.einsum("nd,nd->n", q[np.asarray(rows, np.int64)], self.v64[self.pos[np.asarray(items, np.int64)]])
+
+    def search(self, user_vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS-style, no exclusion: ((B, k) float32 scores (l2: squared distances), (B, k) int64 ids)."""
+        B = len(user_vecs)
+        ids, s = self.search_excluding(user_vecs, k, np.zeros(B + 1, np.int64), np.zeros(0, np.int64), True)
+        if self.metric == "l2":
+            s = (np.asarray(user_vecs, np.float64) ** 2).sum(1, keepdims=True) - s
+        return s.astype(np.float32), ids.astype(np.int64)
+
+    def search_excluding(self, user_vecs: np.ndarray, k: int, ex_offsets: np.ndarray, ex_values: np.ndarray,
+                         return_scores: bool = False):
+        """Top-k items per user, never an excluded one (the contract of module-level `search_excluding`).
+
+        Args:
+            user_vecs: (B, d) queries.
+            k: list length (may exceed the catalogue).
+            ex_offsets, ex_values: CSR exclusion sets over the B rows.
+            return_scores: also return the (B, k) float64 ranking scores (see `pair_scores`; -inf at PAD).
+
+        Returns:
+            (B, k) int32 item ids best first (ties by smaller id), PAD where fewer than k items remain;
+            with `return_scores`, the tuple (ids, scores).
+        """
+        q64 = self.queries64(user_vecs)
+        B, n = len(q64), self.ntotal
+        if B == 0 or n == 0 or k <= 0:
+            out = np.full((B, k), PAD, np.int32)
+            return (out, np.full((B, k), -np.inf)) if return_scores else out
+        m = min(k + 1, n)  # tracked per user: the (k+1)-th score is the stopping threshold
+        q32 = torch.from_numpy(q64.astype(np.float32))
+        qn = np.sqrt((q64 ** 2).sum(1))
+        vals = np.full((B, m), -np.inf, np.float32)
+        tpos = np.full((B, m), -1, np.int64)
+        C = self.user_chunk
+        # exclusions as (row, sorted position) pairs ordered by (chunk of the row, position)
+        ex_rows = np.repeat(np.arange(B), np.diff(ex_offsets))
+        ex_pos = self.pos[np.asarray(ex_values, np.int64)]
+        key = (ex_rows // C) * n + ex_pos
+        o = np.argsort(key, kind="stable")
+        ex_rows, ex_pos, key = ex_rows[o], ex_pos[o], key[o]
+
+        def chunk(c0: int) -> int:
+            c1 = min(c0 + C, B)
+            a0, a1 = np.searchsorted(key, [(c0 // C) * n, (c0 // C + 1) * n])
+            vals[c0:c1], tpos[c0:c1], scanned = self._scan(q32[c0:c1], qn[c0:c1] * (1 + self.gamma), m, k,
+                                                           ex_rows[a0:a1] - c0, ex_pos[a0:a1])
+            return scanned
+
+        # many small ops: intra-op threads (and Python threads over chunks, through the GIL) cost
+        # more than they give -- several times the single-core time on a busy machine. So the scan
+        # runs on one core; parallelism is over processes (the Ray path: one task per CPU).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self.scanned += sum(map(chunk, range(0, B, C)))
+        finally:
+            torch.set_num_threads(threads)
+        return self._finish(q64, qn, vals, tpos, k, ex_offsets, ex_values, return_scores)
+
+    def _scan(self, q: torch.Tensor, bound: np.ndarray, m: int, k: int, ex_rows: np.ndarray,
+              ex_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Running float32 top-m of one chunk of A users: ((A, m) scores, (A, m) sorted positions,
+        number of scores computed). ex_rows / ex_pos: the chunk's excluded (row, sorted position)
+        pairs, ordered by position."""
+        A, n = len(q), self.ntotal
+        vals = np.full((A, m), -np.inf, np.float32)
+        tpos = np.full((A, m), -1, np.int64)
+        act = np.arange(A)  # chunk rows still scanning
+        slot = np.arange(A)  # chunk row -> index among the active rows (-1: finished)
+        q_act, scanned, s = q, 0, 0
+        while s < n:
+            if s > 0 and m == k + 1:
+                done = bound[act] * self.norms[s] <= vals[act, -1]
+                if done.any():
+                    act = act[~done]
+                    if not len(act):
+                        break
+                    q_act = q[torch.from_numpy(act)]
+                    slot[:] = -1
+                    slot[act] = np.arange(len(act))
+            e = min(s + (self.first_block if s == 0 else self.block), n)
+            sc = (q_act @ self.vecs[s:e].T).numpy()  # (A_active, e - s)
+            scanned += sc.size
+            a, b = np.searchsorted(ex_pos, [s, e])
+            if b > a:
+                r = slot[ex_rows[a:b]]
+                hit = r >= 0
+                sc[r[hit], ex_pos[a:b][hit] - s] = -np.inf
+            thr = vals[act, -1]
+            rows = np.nonzero(sc.max(1) > thr)[0]  # users with a score above their running (k+1)-th
+            if len(rows):
+                sub = sc if len(rows) == len(sc) else sc[rows]
+                if s == 0:
+                    bv, bi = (x.numpy() for x in torch.topk(torch.from_numpy(sub), min(m, e - s), dim=1))
+                else:  # few entries pass the threshold once the first block is in
+                    rr, cc = np.divmod(np.flatnonzero(sub > thr[rows, None]), sub.shape[1])  # row-major
+                    cnt = np.bincount(rr, minlength=len(rows))
+                    rank = np.arange(len(rr)) - (np.cumsum(cnt) - cnt)[rr]  # place within its row
+                    bv = np.full((len(rows), cnt.max()), -np.inf, np.float32)
+                    bi = np.zeros(bv.shape, np.int64)
+                    bv[rr, rank], bi[rr, rank] = sub[rr, cc], cc
+                g = act[rows]
+                top_v, top_i = torch.topk(torch.from_numpy(np.concatenate([vals[g], bv], 1)), m, dim=1)
+                vals[g] = top_v.numpy()
+                tpos[g] = np.take_along_axis(np.concatenate([tpos[g], bi + s], 1), top_i.numpy(), 1)
+            s = e
+        return vals, tpos, scanned
+
+    def _finish(self, q64: np.ndarray, qn: np.ndarray, vals: np.ndarray, tpos: np.ndarray, k: int,
+                ex_offsets: np.ndarray, ex_values: np.ndarray, return_scores: bool):
+        """Float32 running top-(k+1) -> (B, k) ids ordered by (float64 score desc, id); near-tie rows redone."""
+        B, m = vals.shape
+        kk = min(k, m)
+        fin = np.isfinite(vals[:, :kk])
+        p = np.maximum(tpos[:, :kk], 0)
+        s64 = np.where(fin, np.einsum("bd,bkd->bk", q64, self.v64[p]), -np.inf)
+        ids = np.where(fin, self.ids[p], PAD)
+        ok = (s64[:, :-1] > s64[:, 1:]) | ((s64[:, :-1] == s64[:, 1:]) & (ids[:, :-1] < ids[:, 1:])) | ~fin[:, 1:]
+        for r in np.nonzero(~ok.all(1))[0]:  # float64 order or ties by id differ from the float32 order
+            o = np.lexsort((ids[r], -s64[r]))
+            ids[r], s64[r] = ids[r, o], s64[r, o]
+        if m > kk:  # the (k+1)-th is known: is the float32 top-k set the exact one?
+            with np.errstate(invalid="ignore"):
+                gap = vals[:, kk - 1].astype(np.float64) - vals[:, kk]  # NaN where both are -inf
+            redo = np.nonzero(fin[:, kk - 1] & (gap <= 2 * self.gamma * qn * self.norms[0]))[0]
+            for r in redo:
+                self.scanned += self.ntotal
+                ids[r], s64[r] = self._exact_row(q64[r], kk, ex_values[ex_offsets[r]: ex_offsets[r + 1]])
+        out = np.full((B, k), PAD, np.int32)
+        out[:, :kk] = ids
+        if not return_scores:
+            return out
+        sc = np.full((B, k), -np.inf)
+        sc[:, :kk] = s64
+        return out, sc
+
+    def _exact_row(self, q64: np.ndarray, k: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One user by a float64 scan of all items: (k,) ids by (score desc, id), PAD-filled; (k,) scores."""
+        if self._v64_t is None:
+            self._v64_t = torch.from_numpy(self.v64)
+        s = (self._v64_t @ torch.from_numpy(q64)).numpy()  # (n,) by sorted position
+        s[self.pos[np.asarray(excluded, np.int64)]] = -np.inf
+        kth = -np.partition(-s, k - 1)[k - 1]
+        cand = np.nonzero(s >= kth)[0] if np.isfinite(kth) else np.nonzero(np.isfinite(s))[0]
+        ids = self.ids[cand]
+        o = np.lexsort((ids, -s[cand]))[:k]
+        out, v = np.full(k, PAD, np.int32), np.full(k, -np.inf)
+        out[: len(o)], v[: len(o)] = ids[o], s[cand[o]]
+        return out, v
