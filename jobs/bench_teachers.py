@@ -84,12 +84,13 @@ def main() -> int:
     ray.shutdown()
 
     metrics = {n: storage.read_json(storage.join(teacher_dir(cfg.run, n), "metrics.json")) for n in cfg.teachers.names}
-    head = f"{'model':<9}" + "".join(f"{'test ' + k:>10}" for k in KEYS) + f"{'valid R@50':>11}{'C':>5}{'wall s':>8}{'peak GiB':>9}"
+    head = f"{'model':<9}" + "".join(f"{'test ' + k:>10}" for k in KEYS) + f"{'valid R@50':>11}{'C':>5}{'wall s':>8}{'cpu s':>7}{'peak GiB':>9}"
     lines = [head, "-" * len(head)]
     for n in cfg.teachers.names:
         m, r = metrics[n], report["teachers"][n]
         lines.append(f"{n:<9}" + "".join(f"{r['test'][k]:>10.4f}" for k in KEYS)
-                     + f"{r['valid']['R@50']:>11.4f}{m['convergence_epoch']:>5}{m['wall_s']:>8.0f}{m['peak_rss_gib']:>9.2f}")
+                     + f"{r['valid']['R@50']:>11.4f}{m['convergence_epoch']:>5}{m['wall_s']:>8.0f}{m.get('cpu_s', 0):>7.0f}"
+                     f"{m['peak_rss_gib']:>9.2f}")
     e = report["ensemble"]
     lines.append(f"{'ensemble':<9}" + "".join(f"{e['test'][k]:>10.4f}" for k in KEYS) + f"{e['valid']['R@50']:>11.4f}")
     print("\n".join(lines))
@@ -109,6 +110,7 @@ def main() -> int:
         "teachers": {n: {"test": report["teachers"][n]["test"], "valid_R@50": report["teachers"][n]["valid"]["R@50"],
                          "convergence_epoch": metrics[n]["convergence_epoch"], "epochs": metrics[n]["epochs"],
                          "state_epochs": metrics[n]["state_epochs"], "wall_s": round(metrics[n]["wall_s"], 1),
+                         "cpu_s": round(metrics[n].get("cpu_s", 0.0), 1),
                          "peak_rss_gib": round(metrics[n]["peak_rss_gib"], 3)} for n in cfg.teachers.names},
         "ensemble": e, "driver_peak_rss_gib": round(peak_rss_gib(), 3), "settings": TUNED + list(args.overrides),
     }

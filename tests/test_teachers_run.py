@@ -180,7 +180,7 @@ def test_killed_actor_resumes_from_snapshot(tmp_path, ray_session, synth_run):
         status = group.status().get("mf", {})
         if status.get("epoch", 0) >= 4 and not status.get("done"):
             break
-        time.sleep(0.02)
+        time.sleep(0.1)
     assert 4 <= status.get("epoch", 0) < 20, f"could not catch the actor mid-training: {status}"
     os.kill(status["pid"], signal.SIGKILL)
     group.wait()

@@ -80,15 +80,19 @@ class TeacherGroup:
         return ray.get(self.board.snapshot.remote())
 
     def print_status(self) -> None:
-        rows = []
+        """One line per teacher: phase, epoch, loss, last and best valid R@50, epochs/s, memory."""
+        status = self.status()
+        lines = [f"{time.perf_counter() - self.t0:.0f}s"]
         for name in self.actors:
-            s = self.status().get(name, {})
+            s = status.get(name, {})
             busy = s.get("train_s", 0.0) + s.get("eval_s", 0.0)
-            rate = s.get("epoch", 0) / busy if busy > 0 else 0.0
-            best = s.get("best_valid_R@50", float("nan"))
-            rows.append(f"{name}: {s.get('phase', 'queued')} ep {s.get('epoch', 0)} loss {s.get('loss', float('nan')):.4f} "
-                        f"best R@50 {best:.4f}@{s.get('best_epoch', 0)} {rate:.2f} ep/s rss {s.get('peak_rss_gib', 0):.2f}G")
-        log("teachers", f"{time.perf_counter() - self.t0:.0f}s | " + " | ".join(rows))
+            rate = f"{s.get('epoch', 0) / busy:.2f}" if busy > 0 else "-"
+            last = f"{s['valid_R@50']:.4f}" if "valid_R@50" in s else "-"
+            best = f"{s['best_valid_R@50']:.4f}@{s['best_epoch']}" if s.get("best_epoch") else "-"
+            loss = f"{s['loss']:.4f}" if "loss" in s else "-"
+            lines.append(f"  {name:<4} {s.get('phase', 'queued'):<9} epoch {s.get('epoch', 0):>4}  loss {loss:>9}  "
+                         f"valid R@50 {last:>6} best {best:>11}  {rate:>5} epochs/s  rss {s.get('peak_rss_gib', 0):.2f}G")
+        log("teachers", "\n".join(lines))
 
     def wait(self) -> dict[str, dict]:
         """Blocks until every teacher finished; raises after all ended if any failed for good."""
@@ -100,14 +104,13 @@ class TeacherGroup:
                 name = pending.pop(ref)
                 try:
                     results[name] = ray.get(ref)
-                except (ray.exceptions.RayError) as e:  # keep waiting for the others, report at the end
+                except ray.exceptions.RayError as e:  # keep waiting for the others, report at the end
                     errors[name] = e
                     log("teachers", f"teacher {name} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+                ray.kill(self.actors[name])  # free its CPU share and memory for the others now
             if not ready:
                 self.print_status()
         self.print_status()
-        for actor in self.actors.values():
-            ray.kill(actor)
         ray.kill(self.board)
         if errors:
             raise RuntimeError(f"teachers failed: {', '.join(f'{n} ({type(e).__name__})' for n, e in errors.items())}") \

@@ -8,6 +8,7 @@ Idempotent: a committed teacher is returned as is; an interrupted one resumes fr
 from __future__ import annotations
 
 import dataclasses
+import resource
 import time
 from functools import partial
 from typing import Callable
@@ -110,6 +111,8 @@ def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
         "export_s": export_s, "wall_s": result["train_s"] + result["eval_s"] + export_s,
         "attempt_wall_s": time.perf_counter() - t_start, "peak_rss_gib": peak_rss_gib(),
         "model_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30,
+        # CPU seconds of this process (not of crashed attempts): a figure that contention does not inflate
+        "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
         "params": dataclasses.asdict(params),
     }
     storage.write_json_atomic(storage.join(tdir, "metrics.json"), metrics)

@@ -108,21 +108,32 @@ class Ranker:
             return retrieval.search_excluding(self.index, self.user_emb[users], k, ex_offsets, ex_values)
         return retrieval.topk_scorer(self.score_fn, users, k, ex_offsets, ex_values, self.score_batch)
 
-    def pair_scores(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """(n,) score of each (users[j], items[j]) pair; users must come in few distinct blocks."""
+    def topk_and_observed(self, users: np.ndarray, k: int, lists: CSR) -> tuple[np.ndarray, CSR]:
+        """(top-k excluding `lists`, `lists` ordered by score) for a block of users -- one score block
+        on the scorer path."""
         if self.index is not None:
-            u, i = self.user_emb[users], self.item_emb[items]
-            return (u * i).sum(1) if self.metric == "ip" else -((u - i) ** 2).sum(1)
-        uniq, inv = np.unique(users, return_inverse=True)
-        return self.score_fn(uniq).numpy()[inv, items]
+            return self.topk(users, k, lists.offsets, lists.items), self.order_observed(users, lists)
+        with torch.no_grad():
+            scores = self.score_fn(users)
+        top = retrieval.topk_from_scores(scores, k, lists.offsets, lists.items)
+        rows = np.repeat(np.arange(lists.n), lists.lengths())
+        return top, _sort_rows(lists, scores.numpy()[rows, lists.items])
 
     def order_observed(self, users: np.ndarray, lists: CSR) -> CSR:
-        """Each row of `lists` (users' train items) sorted by this model's score, best first;
-        ties by item id."""
+        """Each row of `lists` (users' items) sorted by this model's score, best first; ties by item id."""
         rows = np.repeat(np.arange(lists.n), lists.lengths())
-        s = self.pair_scores(np.repeat(users, lists.lengths()), lists.items) if len(rows) else np.zeros(0)
-        order = np.lexsort((lists.items, -s, rows))
-        return CSR(lists.offsets, lists.items[order], lists.lo)
+        if self.index is not None:
+            u, i = self.user_emb[users[rows]], self.item_emb[lists.items]
+            s = (u * i).sum(1) if self.metric == "ip" else -((u - i) ** 2).sum(1)
+        else:
+            s = self.score_fn(users).numpy()[rows, lists.items]
+        return _sort_rows(lists, s)
+
+
+def _sort_rows(lists: CSR, scores: np.ndarray) -> CSR:
+    rows = np.repeat(np.arange(lists.n), lists.lengths())
+    order = np.lexsort((lists.items, -scores, rows))
+    return CSR(lists.offsets, lists.items[order], lists.lo)
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -149,9 +160,11 @@ def export_state(ranker: Ranker, train: CSR, out_dirs: list[str], n_users: int, 
         for b0, b1 in _blocks(lo, hi, batch_size):
             block = train.rows(b0 - train.lo, b1 - train.lo)
             users = np.arange(b0, b1)
-            tops.append(ranker.topk(users, k, block.offsets, block.items))
-            if observed_dir is not None:
-                ordered = ranker.order_observed(users, block)
+            if observed_dir is None:
+                tops.append(ranker.topk(users, k, block.offsets, block.items))
+            else:
+                top, ordered = ranker.topk_and_observed(users, k, block)
+                tops.append(top)
                 obs_off.append(ordered.offsets[1:] + obs_off[-1][-1])
                 obs_val.append(ordered.items)
             prog.update(b1 - b0)
