@@ -18,6 +18,8 @@ catalogue, once per epoch, block by block, to refresh the student's ranks of the
 
 from __future__ import annotations
 
+import abc
+
 import math
 from typing import Any
 
@@ -93,9 +95,9 @@ class BaselineObjective(Objective):
         kd = self.kd_loss(model, batch).sum() if self.lambda_kd > 0 else base.new_zeros(())
         return (base + self.lambda_kd * kd) / batch.global_batch
 
+    @abc.abstractmethod
     def kd_loss(self, model: Student, batch: Batch) -> torch.Tensor:
         """(B,) per-user distillation loss of the batch's unique users."""
-        raise NotImplementedError
 
     # ---- helpers shared by the list losses
     def tail(self, a: torch.Tensor, c: torch.Tensor, batch: Batch, lists: torch.Tensor) -> torch.Tensor:

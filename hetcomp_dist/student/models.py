@@ -17,6 +17,8 @@ them out of the gradient all-reduce.
 
 from __future__ import annotations
 
+import abc
+
 from typing import Iterator
 
 import numpy as np
@@ -46,17 +48,17 @@ class Student(Recommender):
         self._keys: np.ndarray | None = None
 
     # ---- the factorised score
+    @abc.abstractmethod
     def user_side(self, users: torch.Tensor) -> torch.Tensor:
         """(B, d') user-side vectors of absolute user ids (B,)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def item_side(self) -> torch.Tensor:
         """(n_items, d') item-side vectors."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def base_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """(n,) per-triple base loss for triples (user, observed item, sampled unobserved item)."""
-        raise NotImplementedError
 
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
         """(B, n_items) scores s(u, i) of every item."""

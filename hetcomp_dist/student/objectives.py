@@ -17,6 +17,8 @@ trained and all-reduced with the student.
 
 from __future__ import annotations
 
+import abc
+
 from typing import Any
 
 import numpy as np
@@ -29,7 +31,7 @@ from hetcomp_dist.student.batching import Batch  # noqa: F401  (re-exported: obj
 from hetcomp_dist.student.models import Student
 
 
-class Objective(torch.nn.Module):
+class Objective(torch.nn.Module, abc.ABC):
     """Base objective: a loss over a `Batch` plus hooks the trainer calls."""
 
     name = "base"
@@ -40,9 +42,9 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
 
+    @abc.abstractmethod
     def loss(self, model: Student, batch: Batch) -> torch.Tensor:
         """Scalar: this rank's share of the global loss of the step."""
-        raise NotImplementedError
 
     def start_epoch(self, epoch: int) -> None:
         """Called before epoch `epoch` (1-based) trains."""
@@ -52,7 +54,7 @@ class Objective(torch.nn.Module):
 
     def set_knowledge(self, round_idx: int, manifest: dict, targets: np.ndarray, pos: np.ndarray) -> None:
         """Targets (n_local, K) and P+ (n_local, P) int32, -1 padded, of a round's manifest."""
-        raise NotImplementedError(f"{self.name} uses no knowledge rounds")
+        raise RuntimeError(f"{self.name} uses no knowledge rounds")
 
     def state(self) -> dict[str, Any]:
         return {}
