@@ -165,7 +165,7 @@ def test_rerun_skips_committed(trained_run):
     t0 = time.perf_counter()
     summary = train_teachers(run, cfg)
     assert summary["trained"] == []
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 15  # no actor, no training: manifests only
 
 
 def test_killed_actor_resumes_from_snapshot(tmp_path, ray_session, synth_run):
