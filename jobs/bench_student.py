@@ -35,8 +35,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
-# Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared box, spinning threads
-# made 2 threads ~10-30x slower than 1 here; with passive waits 2 threads are the fastest setting.
+# Before torch loads OpenMP: idle threads sleep instead of spinning. On this shared box spinning
+# threads made 2 threads ~10-30x slower than 1; with passive waits 2 threads were still no faster
+# than 1 (5.9 vs 6.6 s per L_O epoch at load ~4, interleaved), so the default is 1 thread, like a
+# Train worker's default.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
@@ -240,7 +242,7 @@ def main() -> int:
     ap.add_argument("--workdir", default="/tmp/bench_student")
     ap.add_argument("--citeulike", default=CITEULIKE)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--reference-steps", type=int, default=4)
     ap.add_argument("--skip-ddp", action="store_true")
     ap.add_argument("--skip-epochs", action="store_true", help="only the DDP traffic part")
