@@ -11,9 +11,10 @@ the only figure the settings below were chosen on), wall time, peak memory per p
 with ONE JSON line. Targets (issue 3): best single teacher test R@50 >= 0.27, ensemble >= 0.30, all
 six within 25 minutes of wall time on the 2-core machine.
 
-Per-teacher settings (`TUNED`, overridable with key=value) were chosen on **validation** R@50 only;
-they are training-speed choices (learning rate, batch size, negatives, epochs per evaluation), the
-models are METHOD.md §2's.
+Per-teacher settings come from `hetcomp_dist/configs/citeulike.yaml` (the file `hetcomp-dist run`
+uses for CiteULike; overridable with key=value). They were chosen on **validation** R@50 only: training
+speed and regularisation (learning rate, batch size, negatives, L2, epochs per evaluation); the models
+are METHOD.md §2's.
 """
 
 from __future__ import annotations
@@ -38,23 +39,9 @@ STAGE = "bench_teachers"
 CITEULIKE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
                          "citeulike", "users.dat")
 
-# chosen on validation R@50 (see the module docstring); everything else is TeachersConfig's default
-TUNED = [
-    # every teacher: an evaluation (and a snapshot) every 5 epochs, patience 5 evaluations
-    "teachers.eval_every=5", "teachers.snapshot_every=5",
-    # BPR-MF: valid R@50 .253 at epoch 80 (l2 1e-6: .217 at 20, then overfits; lr 1e-2 + l2 3e-3: .246)
-    "teachers.mf.lr=0.005", "teachers.mf.l2=0.001",
-    # CML, hinge on the closest of 10 negatives: .296 at 110 (lr 1e-2: .285 at 50)
-    "teachers.ml.lr=0.005", "teachers.cml_negatives=10",
-    # LightGCN: .305 at 65 (lr 5e-3: .310 at 150, still rising -- twice the epochs)
-    "teachers.gnn.lr=0.01", "teachers.gnn.batch_size=4096", "teachers.gnn.l2=0.0001",
-    # Mult-VAE, lr 1e-3, 500 users per batch: .271 at 40
-    "teachers.ae.batch_size=500",
-    # item Mult-VAE, lr 1e-3: .283 at 165 (lr 3e-3: .270 at 60)
-    "teachers.iae.batch_size=1024",
-    # NeuMF: .232 at 20 with l2 1e-3 (l2 1e-6: .218 at 20, then overfits)
-    "teachers.dnn.lr=0.002", "teachers.dnn.l2=0.001",
-]
+# the CiteULike settings, chosen on validation R@50 only (see the file's comments)
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hetcomp_dist", "configs",
+                              "citeulike.yaml")
 KEYS = ("R@10", "N@10", "R@50", "N@50")
 
 
@@ -62,7 +49,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", default=os.path.normpath(CITEULIKE), help="CiteULike users.dat")
     ap.add_argument("--run", default="/tmp/hetcomp-bench-teachers", help="RUN folder (data + teachers)")
-    ap.add_argument("--config", help="YAML config applied before TUNED and the overrides")
+    ap.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config applied before the overrides")
     ap.add_argument("--fresh", action="store_true", help="delete RUN/teachers first (retrain everything)")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args()
@@ -74,7 +61,7 @@ def main() -> int:
     from hetcomp_dist.teachers import ensemble_report, train_teachers
     from hetcomp_dist.teachers.runner import teacher_dir
 
-    cfg = load_config(args.config, [f"run={args.run}", *TUNED, *args.overrides])
+    cfg = load_config(args.config, [f"run={args.run}", *args.overrides])
     t0 = time.perf_counter()
     data = ingest(cfg.run, DataConfig(**{**cfg.data.__dict__, "input": args.input, "format": "citeulike"}))
     ingest_s = time.perf_counter() - t0
@@ -118,7 +105,7 @@ def main() -> int:
                          "state_epochs": metrics[n]["state_epochs"], "wall_s": round(metrics[n]["wall_s"], 1),
                          "cpu_s": round(metrics[n].get("cpu_s", 0.0), 1),
                          "peak_rss_gib": round(metrics[n]["peak_rss_gib"], 3)} for n in cfg.teachers.names},
-        "ensemble": e, "driver_peak_rss_gib": round(peak_rss_gib(), 3), "settings": TUNED + list(args.overrides),
+        "ensemble": e, "driver_peak_rss_gib": round(peak_rss_gib(), 3), "config": args.config, "settings": list(args.overrides),
     }
     log(STAGE, "done")
     print(json.dumps(out))
