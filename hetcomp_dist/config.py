@@ -60,7 +60,7 @@ class SynthConfig:
 class EvalConfig:
     ks: tuple[int, ...] = (10, 50)
     batch_size: int = 4096  # users per retrieval batch
-    index: str = "flat"  # flat (exact FAISS) | pruned (exact, norm-pruned torch scan) | ivf | hnsw
+    index: str = "flat"  # flat (exact FAISS) | blocked (exact FAISS, norm-pruned) | pruned (exact torch) | ivf | hnsw
     ivf_nlist: int = 1024
     ivf_nprobe: int = 32
     hnsw_m: int = 32
@@ -327,7 +327,7 @@ def validate(cfg: Config, where: str = "config") -> Config:
     positive("data.shard_size", cfg.data.shard_size)
     if not 0 < cfg.data.test_frac + cfg.data.valid_frac < 1:
         raise InputError(f"{where}.data.test_frac", "test_frac + valid_frac must be in (0, 1)")
-    choice("eval.index", cfg.eval.index, ("flat", "pruned", "ivf", "hnsw"))
+    choice("eval.index", cfg.eval.index, ("flat", "blocked", "pruned", "ivf", "hnsw"))
     for name in cfg.teachers.names:
         choice("teachers.names", name, TEACHER_NAMES)
     if len(set(cfg.teachers.names)) != len(cfg.teachers.names) or not cfg.teachers.names:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import faiss
 import numpy as np
 import pytest
 import torch
 
+from hetcomp_dist.evaluation.faiss_exact import BLAS_THRESHOLD, BlockedFlatIndex, faiss_blas
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
 from hetcomp_dist.evaluation.retrieval import (PAD, PrunedIndex, build_index, excluded_mask, first_k_kept,
                                                search_excluding, topk_from_scores, topk_scorer)
@@ -209,3 +211,90 @@ def test_build_index_pruned_kind():
     assert isinstance(build_index(items, "l2", "pruned"), PrunedIndex)
     with pytest.raises(ValueError):
         build_index(items, "cos", "pruned")
+
+
+# ---------------------------------------------------------- BlockedFlatIndex (exact, FAISS blocks)
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("integer", [False, True], ids=["gaussian", "integer-ties"])
+def test_blocked_equals_brute_force(metric, integer):
+    """Random sizes (k above the catalogue too) and block sizes; rows excluding everything or all but
+    3 items; exact ties (integer vectors: brute force puts the smaller id first)."""
+    for seed in range(12):
+        q, items, ex, off, val, k, first_block, block = pruned_case(seed, integer)
+        index = BlockedFlatIndex(items, metric, first_block=first_block, block=block)
+        ref = brute_topk(q, items, ex, k, metric)
+        np.testing.assert_array_equal(index.search_excluding(q, k, off, val), ref, err_msg=f"seed {seed}")
+        np.testing.assert_array_equal(search_excluding(index, q, k, off, val), ref)
+
+
+def test_blocked_heavy_users_and_protocol_masks():
+    """Exclusion sets up to most of the catalogue (several power-of-two groups), two protocols from
+    one search: each equals a brute-force ranking without its own exclusion set."""
+    rng = np.random.default_rng(7)
+    n, B, k = 500, 80, 30
+    items = (rng.normal(size=(n, 6)) * rng.lognormal(0, 1, size=(n, 1))).astype(np.float32)
+    q = rng.normal(size=(B, 6)).astype(np.float32)
+    sizes = np.minimum(rng.zipf(1.3, B), n - 5)
+    sizes[:3] = (n - 5, n // 2, 200)
+    per_row = [rng.choice(n, size=s, replace=False) for s in sizes]
+    codes = [rng.choice(np.array([1, 2, 4], np.uint8), size=s) for s in sizes]
+    off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    got = BlockedFlatIndex(items, "ip", first_block=32, block=48).search_sets(
+        q, k, off, np.concatenate(per_row), np.concatenate(codes), [5, 3])
+    for p, mask in enumerate((5, 3)):
+        ex = [e[(c & mask) != 0] for e, c in zip(per_row, codes)]
+        np.testing.assert_array_equal(got[p], brute_topk(q, items, ex, k, "ip"), err_msg=f"mask {mask}")
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_blocked_near_ties_follow_float64(metric):
+    """Items one float32 ulp apart: FAISS's float32 scores tie or misorder them; the lists still equal
+    a float64 brute-force ranking (rescored; boundary near-ties redone by a float64 scan)."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(40, 6))
+    items = np.concatenate([base * (1 + j * 2.0 ** -23) for j in range(4)]).astype(np.float32)
+    rng.shuffle(items)
+    q = rng.normal(size=(30, 6)).astype(np.float32)
+    ex, off, val = exclusions(rng, 30, len(items), big=0)
+    for k in (1, 3, 10, 37):
+        got = BlockedFlatIndex(items, metric, first_block=8, block=7).search_excluding(q, k, off, val)
+        np.testing.assert_array_equal(got, brute_topk(q, items, ex, k, metric))
+
+
+def test_blocked_prunes_on_popularity_norms():
+    """On popularity-like item norms most users stop after a small prefix of the norm-sorted blocks,
+    and the lists equal FAISS flat's (no ties in continuous data) and brute force."""
+    rng = np.random.default_rng(5)
+    pop = rng.zipf(1.5, 20000).clip(max=1000).astype(np.float64)
+    items = (rng.normal(size=(20000, 6)) * np.log1p(pop)[:, None]).astype(np.float32)
+    q = rng.normal(size=(64, 6)).astype(np.float32)
+    ex, off, val = exclusions(rng, 64, 20000, big=0)
+    index = BlockedFlatIndex(items, "ip", first_block=512, block=512)
+    got = index.search_excluding(q, 20, off, val)
+    np.testing.assert_array_equal(got, brute_topk(q, items, ex, 20, "ip"))
+    np.testing.assert_array_equal(got, search_excluding(build_index(items, "ip"), q, 20, off, val))
+    assert index.scanned < 0.3 * 64 * 20000
+
+
+def test_blocked_one_block_is_plain_search_and_bad_input():
+    rng = np.random.default_rng(6)
+    items, q = rng.normal(size=(300, 5)).astype(np.float32), rng.normal(size=(20, 5)).astype(np.float32)
+    ex, off, val = exclusions(rng, 20, 300)
+    whole = BlockedFlatIndex(items, "ip", first_block=10**6)
+    assert len(whole.blocks) == 1 and len(BlockedFlatIndex(items, "ip", first_block=64, block=64).blocks) == 5
+    assert len(BlockedFlatIndex(items, "l2", first_block=64, block=64).blocks) == 1  # no norm bound for l2
+    np.testing.assert_array_equal(whole.search_excluding(q, 12, off, val), brute_topk(q, items, ex, 12, "ip"))
+    assert isinstance(build_index(items, "ip", "blocked"), BlockedFlatIndex)
+    assert whole.search_excluding(q[:0], 5, np.zeros(1, np.int64), val[:0]).shape == (0, 5)
+    with pytest.raises(ValueError, match="excluded item ids"):
+        whole.search_excluding(q[:1], 5, np.array([0, 1]), np.array([300], np.int32))
+    with pytest.raises(ValueError):
+        BlockedFlatIndex(items, "cos")
+
+
+def test_faiss_blas_sets_and_restores_settings():
+    cv = faiss.cvar
+    before = cv.distance_compute_blas_threshold, cv.distance_compute_blas_query_bs
+    with faiss_blas():
+        assert cv.distance_compute_blas_threshold == BLAS_THRESHOLD
+    assert (cv.distance_compute_blas_threshold, cv.distance_compute_blas_query_bs) == before

@@ -13,23 +13,26 @@ import faiss
 import numpy as np
 import torch
 
-PAD = -1
+from hetcomp_dist.evaluation.faiss_exact import PAD, BlockedFlatIndex
 
 
 def build_index(item_emb: np.ndarray, metric: str = "ip", kind: str = "flat", *, ivf_nlist: int = 1024,
                 ivf_nprobe: int = 32, hnsw_m: int = 32, hnsw_ef_search: int = 256) -> faiss.Index:
-    """The one index factory: exact flat FAISS index by default, exact norm-pruned torch scan
-    (`PrunedIndex`), FAISS IVF / HNSW (approximate) for large catalogues.
+    """The one index factory: exact flat FAISS index by default, exact FAISS flat search over
+    norm-sorted item blocks with norm-bound pruning (`faiss_exact.BlockedFlatIndex`), exact norm-pruned
+    torch scan (`PrunedIndex`), FAISS IVF / HNSW (approximate) for large catalogues.
 
     Args:
         item_emb: (n_items, d) item vectors.
         metric: "ip" (score = dot product) or "l2" (score = -squared distance).
-        kind: "flat" | "pruned" | "ivf" | "hnsw".
+        kind: "flat" | "blocked" | "pruned" | "ivf" | "hnsw".
     """
     x = np.ascontiguousarray(item_emb, dtype=np.float32)
     n, d = x.shape
     if kind == "pruned":
         return PrunedIndex(x, metric)
+    if kind == "blocked":
+        return BlockedFlatIndex(x, metric)
     fmetric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
     if metric not in ("ip", "l2"):
         raise ValueError(f"metric must be ip or l2, got {metric!r}")
@@ -45,7 +48,7 @@ def build_index(item_emb: np.ndarray, metric: str = "ip", kind: str = "flat", *,
         index = faiss.IndexHNSWFlat(d, hnsw_m, fmetric)
         index.hnsw.efSearch = hnsw_ef_search
     else:
-        raise ValueError(f"index kind must be flat, pruned, ivf or hnsw, got {kind!r}")
+        raise ValueError(f"index kind must be flat, blocked, pruned, ivf or hnsw, got {kind!r}")
     index.add(x)
     return index
 
@@ -90,7 +93,7 @@ def search_excluding(index: "faiss.Index | PrunedIndex", user_vecs: np.ndarray, 
     Returns:
         (B, k) int32 item ids best first, PAD (-1) where fewer than k items remain.
     """
-    if isinstance(index, PrunedIndex):
+    if isinstance(index, (PrunedIndex, BlockedFlatIndex)):
         return index.search_excluding(user_vecs, k, ex_offsets, ex_values)
     q = np.ascontiguousarray(user_vecs, dtype=np.float32)
     B, n_items = len(q), index.ntotal
