@@ -13,8 +13,9 @@ from hetcomp_dist import cli, storage
 from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
 from hetcomp_dist.errors import InputError
-from hetcomp_dist.evaluation.evaluate import (evaluate_embeddings, evaluate_lists, evaluate_scorer,
-                                              protocol_lists, protocol_lists_pruned)
+from hetcomp_dist.evaluation.evaluate import (evaluate_embeddings, evaluate_lists, evaluate_scorer, protocol_lists,
+                                              protocol_lists_blocked, protocol_lists_pruned, protocol_sets)
+from hetcomp_dist.evaluation.faiss_exact import BlockedFlatIndex
 from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex
 
 
@@ -76,6 +77,7 @@ def test_protocol_lists_hand_example():
     got = protocol_lists(cand, one(4), one(2), one(3), 3, 6)
     assert got["valid"].tolist() == [[5, 2, 1]]  # excludes train and test
     assert got["test"].tolist() == [[5, 3, 1]]  # excludes train and valid
+    assert protocol_lists(cand, one(4), one(2), one(3), 5, 6, ("test",))["test"].tolist() == [[5, 3, 1, 0, PAD]]
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
@@ -126,11 +128,8 @@ def test_pruned_index_equals_brute_force(synth_run, metric):
         assert_close(evaluate_embeddings(synth_run, U, V, "ip", cfg), ref)
 
 
-@pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_protocol_lists_pruned_equals_a_per_user_loop(metric):
-    """Integer vectors (many exact ties: smaller id first), heavy users, k above what is left."""
-    rng = np.random.default_rng(8)
-    B, n_items, d = 40, 60, 3
+def tie_case(rng, B: int = 40, n_items: int = 60, d: int = 3):
+    """Integer vectors (many exact ties) and disjoint train/valid/test per user, the first 3 users heavy."""
     U, V = rng.integers(-2, 3, (B, d)).astype(np.float32), rng.integers(-2, 3, (n_items, d)).astype(np.float32)
     parts = {"train": [], "valid": [], "test": []}
     for b in range(B):
@@ -140,24 +139,84 @@ def test_protocol_lists_pruned_equals_a_per_user_loop(metric):
             parts[name].append(items)
     csr = {name: CSR(np.concatenate([[0], np.cumsum([len(x) for x in rows])]).astype(np.int64),
                      np.concatenate(rows).astype(np.int32)) for name, rows in parts.items()}
+    return U, V, parts, csr
+
+
+def assert_lists_equal_a_per_user_loop(got: dict, U, V, parts, metric: str, k: int) -> None:
+    """Each protocol's lists equal a float64 brute-force argsort (stable: ties by smaller id) per user."""
     S = U.astype(np.float64) @ V.T.astype(np.float64) if metric == "ip" else \
         -((U[:, None].astype(np.float64) - V[None].astype(np.float64)) ** 2).sum(-1)
+    for split in got:
+        other = "test" if split == "valid" else "valid"
+        for b in range(len(U)):
+            row = S[b].copy()
+            row[parts["train"][b]] = -np.inf
+            row[parts[other][b]] = -np.inf
+            ref = [i for i in np.argsort(-row, kind="stable") if np.isfinite(row[i])][:k]
+            assert got[split][b].tolist() == ref + [PAD] * (k - len(ref)), (split, b, k)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_protocol_lists_pruned_equals_a_per_user_loop(metric):
+    """Integer vectors (many exact ties: smaller id first), heavy users, k above what is left."""
+    U, V, parts, csr = tie_case(np.random.default_rng(8))
     for k in (5, 50):
         got = protocol_lists_pruned(PrunedIndex(V, metric, block=8, user_chunk=16), U, csr["train"], csr["valid"],
                                     csr["test"], k)
-        for split, other in (("valid", "test"), ("test", "valid")):
-            for b in range(B):
-                row = S[b].copy()
-                row[parts["train"][b]] = -np.inf
-                row[parts[other][b]] = -np.inf
-                ref = [i for i in np.argsort(-row, kind="stable") if np.isfinite(row[i])][:k]
-                assert got[split][b].tolist() == ref + [PAD] * (k - len(ref)), (split, b, k)
+        assert set(got) == {"valid", "test"}
+        assert_lists_equal_a_per_user_loop(got, U, V, parts, metric, k)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_protocol_lists_blocked_equals_a_per_user_loop(metric):
+    """The same for FAISS over norm-sorted blocks, both protocols and each alone (its own exclusion)."""
+    U, V, parts, csr = tie_case(np.random.default_rng(9))
+    index = BlockedFlatIndex(V, metric, first_block=8, block=5)
+    for k in (5, 50):
+        for splits in (("valid", "test"), ("valid",), ("test",)):
+            got = protocol_lists_blocked(index, U, csr["train"], csr["valid"], csr["test"], k, splits)
+            assert tuple(got) == splits
+            assert_lists_equal_a_per_user_loop(got, U, V, parts, metric, k)
+
+
+def test_protocol_sets_hand_example():
+    # two users; train {1, 2} / {}, valid {3} / {0}, test {4} / {5, 6}
+    csr = lambda rows: CSR(np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64),  # noqa: E731
+                           np.array([i for r in rows for i in r], np.int32))
+    train, valid, test = csr([[1, 2], []]), csr([[3], [0]]), csr([[4], [5, 6]])
+    off, items, bits, masks = protocol_sets(train, valid, test)
+    assert off.tolist() == [0, 4, 7]
+    assert list(zip(items.tolist(), bits.tolist())) == [(1, 1), (2, 1), (3, 2), (4, 4), (0, 2), (5, 4), (6, 4)]
+    assert masks.tolist() == [1 | 4, 1 | 2]  # valid drops train and test; test drops train and valid
+    off, items, bits, masks = protocol_sets(train, valid, test, ("valid",))  # valid items are not needed
+    assert off.tolist() == [0, 3, 5] and items.tolist() == [1, 2, 4, 5, 6] and masks.tolist() == [5]
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_blocked_index_equals_brute_force(synth_run, metric):
+    """EvalConfig.index = "blocked": random embeddings, and (ip) embeddings with signal (many hits)."""
+    U, V = random_emb(synth_run, seed=10)
+    cfg = EvalConfig(index="blocked", batch_size=50)
+    assert_close(evaluate_embeddings(synth_run, U, V, metric, cfg), brute_force(synth_run, U, V, metric))
+    if metric == "ip":
+        m = load_manifest(synth_run)
+        tr = load_split(synth_run, "train", m)
+        X = np.zeros((m["n_users"], m["n_items"]))
+        X[tr.user_ids(), tr.items] = 1
+        u, s, vt = np.linalg.svd(X, full_matrices=False)
+        U, V = (u[:, :8] * s[:8]).astype(np.float32), vt[:8].T.astype(np.float32)
+        ref = brute_force(synth_run, U, V, "ip")
+        assert ref["test"]["R@50"] > 0.1
+        assert_close(evaluate_embeddings(synth_run, U, V, "ip", cfg), ref)
+        assert_close(evaluate_embeddings(synth_run, U, V, "ip", cfg, splits=("test",)), {"test": ref["test"]})
 
 
 def test_pruned_distributed_equals_in_process(synth_run, ray_session):
     U, V = random_emb(synth_run, seed=9)
     cfg = EvalConfig(index="pruned")
     assert_close(evaluate_embeddings(synth_run, U, V, "ip", cfg, distributed=True),
+                 evaluate_embeddings(synth_run, U, V, "ip", distributed=False), 1e-12)
+    assert_close(evaluate_embeddings(synth_run, U, V, "ip", EvalConfig(index="blocked"), distributed=True),
                  evaluate_embeddings(synth_run, U, V, "ip", distributed=False), 1e-12)
 
 

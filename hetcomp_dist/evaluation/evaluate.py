@@ -7,11 +7,14 @@ Both protocols come from ONE candidate search per user: the top ``K + |train ∪
 with no exclusion contain, for either protocol, the top K items that survive its exclusion set (at
 most that many candidates can be excluded). So each protocol's list is the first K candidates not in
 its exclusion set -- no second search. Users are grouped by the size of their exclusion set (powers
-of two) so one heavy user does not widen the search of a whole batch.
+of two) so one heavy user does not widen the search of a whole batch. The exclusion sets travel as one
+bit-coded CSR (train 1, valid 2, test 4; `protocol_sets`) into compiled per-row kernels.
 
-With ``EvalConfig.index = "pruned"`` (exact norm-pruned scan, `retrieval.PrunedIndex`) there is no wide
-candidate search: one top-K search excludes train ∪ valid ∪ test, and each protocol merges its own
-held-out items back in by score (`protocol_lists_pruned`).
+With ``EvalConfig.index = "blocked"`` (`faiss_exact.BlockedFlatIndex`) that one search runs over FAISS
+flat indexes of norm-sorted item blocks and stops per user once no unvisited item can enter its lists
+(exact; float64 order, ties by item id). With ``"pruned"`` (exact norm-pruned torch scan,
+`retrieval.PrunedIndex`) there is no wide candidate search: one top-K search excludes train ∪ valid ∪
+test, and each protocol merges its own held-out items back in by score (`protocol_lists_pruned`).
 
 Two scorers: FAISS over embeddings (`evaluate_embeddings`, inner product or L2) and any model's
 batched full-catalogue scores (`evaluate_scorer`). Small runs are evaluated in-process; runs with at
@@ -30,16 +33,49 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard, union
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.evaluation import kernels
+from hetcomp_dist.evaluation.faiss_exact import BlockedFlatIndex, faiss_blas
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
-from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex, _encode, build_index, excluded_mask, first_k_kept
+from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex, _encode, build_index
 from hetcomp_dist.progress import Progress
 
 STAGE = "evaluate"
 SCORE_BLOCK = 1 << 25  # scorer path: at most this many (user, item) scores per batch (128 MiB float32)
 ScoreFn = Callable[[np.ndarray], torch.Tensor]
+BITS = {"train": 1, "valid": 2, "test": 4}  # bit codes of the exclusion sets
+DROPS = {"valid": ("train", "test"), "test": ("train", "valid")}  # what each protocol excludes
 
 
 # ------------------------------------------------------------------------------ pure per-batch math
+def protocol_sets(train: CSR, valid: CSR, test: CSR,
+                  splits: Iterable[str] = ("valid", "test")) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The items the protocols of `splits` exclude, as one bit-coded CSR over the rows, and their masks.
+
+    Args:
+        train, valid, test: CSRs over the same B rows.
+
+    Returns:
+        offsets (B+1,) int64, items int64, bits uint8 (train 1, valid 2, test 4), grouped by row; masks
+        (P,) uint8, one per split: a protocol drops an item whose bits & mask != 0.
+    """
+    splits = tuple(splits)
+    sets = {"train": train, "valid": valid, "test": test}
+    used = [name for name in BITS if any(name in DROPS[s] for s in splits)]
+    lengths = [sets[name].lengths() for name in used]
+    offsets = np.zeros(train.n + 1, np.int64)
+    np.cumsum(sum(lengths), out=offsets[1:])
+    items = np.empty(offsets[-1], np.int64)
+    bits = np.empty(offsets[-1], np.uint8)
+    before = np.zeros(train.n, np.int64)  # entries of earlier sets already placed in each row
+    for name, n_r in zip(used, lengths):
+        c = sets[name]
+        dest = np.repeat(offsets[:-1] + before - c.offsets[:-1], n_r) + np.arange(len(c.items))
+        items[dest], bits[dest] = c.items, BITS[name]
+        before += n_r
+    masks = np.array([BITS[a] | BITS[b] for a, b in (DROPS[s] for s in splits)], np.uint8)
+    return offsets, items, bits, masks
+
+
 def protocol_lists(cand: np.ndarray, train: CSR, valid: CSR, test: CSR, k: int, n_items: int,
                    splits: Iterable[str] = ("valid", "test")) -> dict[str, np.ndarray]:
     """Per-protocol top-k lists from one unexcluded candidate ranking.
@@ -53,14 +89,19 @@ def protocol_lists(cand: np.ndarray, train: CSR, valid: CSR, test: CSR, k: int, 
     Returns:
         {split: (B, k) int32}: "valid" excludes train ∪ test, "test" excludes train ∪ valid.
     """
-    seen = excluded_mask(cand, train.offsets, train.items, n_items)
-    in_valid = excluded_mask(cand, valid.offsets, valid.items, n_items)
-    in_test = excluded_mask(cand, test.offsets, test.items, n_items)
-    out = {}
-    for split in splits:
-        drop = seen | (in_test if split == "valid" else in_valid)
-        out[split] = first_k_kept(cand, drop, k)
-    return out
+    splits = tuple(splits)
+    offsets, items, bits, masks = protocol_sets(train, valid, test, splits)
+    out = np.empty((len(splits), len(cand), k), np.int32)
+    kernels.first_k_kept_sets(np.ascontiguousarray(cand), offsets, items, bits, masks, k, out,
+                              np.zeros(n_items, np.uint8))
+    return dict(zip(splits, out))
+
+
+def protocol_lists_blocked(index: BlockedFlatIndex, q: np.ndarray, train: CSR, valid: CSR, test: CSR, k: int,
+                           splits: Iterable[str] = ("valid", "test")) -> dict[str, np.ndarray]:
+    """Per-protocol top-k lists from one exact search of a `BlockedFlatIndex` (see `protocol_lists`)."""
+    splits = tuple(splits)
+    return dict(zip(splits, index.search_sets(q, k, *protocol_sets(train, valid, test, splits))))
 
 
 def protocol_lists_pruned(index: PrunedIndex, q: np.ndarray, train: CSR, valid: CSR, test: CSR, k: int,
@@ -121,7 +162,8 @@ def candidates_faiss(index, q: np.ndarray, k: int, n_excl: np.ndarray) -> Iterab
     caps = np.where(n_excl > 0, 2 ** np.ceil(np.log2(np.maximum(n_excl, 1))).astype(np.int64), 0)
     for cap in np.unique(caps):
         rows = np.nonzero(caps == cap)[0]
-        _, cand = index.search(np.ascontiguousarray(q[rows]), int(min(k + cap, n_items)))
+        with faiss_blas():  # FAISS's BLAS path: ~4x its per-query path at small d (faiss_exact.BLAS_THRESHOLD)
+            _, cand = index.search(np.ascontiguousarray(q[rows]), int(min(k + cap, n_items)))
         yield rows, cand.astype(np.int32)
 
 
@@ -171,6 +213,8 @@ def _eval_range(run: str, m: dict, s: int, lo: int, hi: int, *, index=None, user
             with torch.no_grad():
                 scores = score_fn(rows + lo)
             groups = [(np.arange(len(rows)), candidates_scores(scores, k, tr, n_excl))]
+        elif isinstance(index, BlockedFlatIndex):
+            groups = [(np.arange(len(rows)), protocol_lists_blocked(index, user_emb[rows + lo], tr, va, te, k, splits))]
         elif isinstance(index, PrunedIndex):  # exact per-protocol lists, no wide candidate search
             groups = [(np.arange(len(rows)), protocol_lists_pruned(index, user_emb[rows + lo], tr, va, te, k, splits))]
         else:
@@ -239,8 +283,9 @@ def evaluate_embeddings(run: str, user_emb: np.ndarray, item_emb: np.ndarray, me
                         cfg: EvalConfig = EvalConfig(), splits: tuple[str, ...] = ("valid", "test"),
                         users: tuple[int, int] | None = None, save_topk: str | None = None,
                         distributed: bool | None = None, where: str = "embeddings") -> dict:
-    """Recall/NDCG of a dot-product (``ip``) or distance (``l2``) model, by exact retrieval (FAISS flat,
-    or the norm-pruned scan with ``cfg.index = "pruned"``) or approximate (``ivf`` / ``hnsw``).
+    """Recall/NDCG of a dot-product (``ip``) or distance (``l2``) model, by exact retrieval (FAISS flat;
+    FAISS flat over norm-sorted blocks with ``cfg.index = "blocked"``; the norm-pruned torch scan with
+    ``"pruned"``) or approximate (``ivf`` / ``hnsw``).
 
     Args:
         run: RUN folder/URI with a committed data stage.

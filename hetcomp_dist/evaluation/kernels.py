@@ -1,4 +1,5 @@
-"""Compiled per-row kernels of the exact FAISS retrieval (`faiss_exact.py`), one user row at a time.
+"""Compiled per-row kernels of the evaluation: exact FAISS retrieval (`faiss_exact.py`), protocol lists
+and metric hits (`evaluate.py`, `metrics.py`), one user row at a time.
 
 Per-row work over candidate lists and exclusion sets is O(candidates + excluded) with a scratch
 ``mark`` array over the items (zero on entry, zero again on return), instead of sorting encoded
@@ -101,6 +102,52 @@ def kth_kept(run_s: np.ndarray, run_i: np.ndarray, rows: np.ndarray, ex_off: np.
         for e in range(ex_off[r], ex_off[r + 1]):
             mark[ex_item[e]] = 0
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def first_k_kept_sets(cand: np.ndarray, ex_off: np.ndarray, ex_item: np.ndarray, ex_bits: np.ndarray,
+                      masks: np.ndarray, k: int, out: np.ndarray, mark: np.ndarray) -> None:
+    """out[p, r] = the first k candidates of row r whose code & masks[p] == 0, in order, -1-padded.
+
+    Args:
+        cand: (B, C) item ids best first (-1 = none).
+        ex_off, ex_item, ex_bits: CSR exclusion sets over the B rows with their bit codes.
+        masks: (P,) uint8 protocol masks.
+        out: (P, B, k) int32, filled here.
+        mark: (n_items,) uint8 scratch, zero.
+    """
+    for r in range(cand.shape[0]):
+        for e in range(ex_off[r], ex_off[r + 1]):
+            mark[ex_item[e]] |= ex_bits[e]
+        for p in range(masks.shape[0]):
+            cnt = 0
+            for c in range(cand.shape[1]):
+                if cnt == k:
+                    break
+                it = cand[r, c]
+                if it >= 0 and mark[it] & masks[p] == 0:
+                    out[p, r, cnt] = it
+                    cnt += 1
+            for c in range(cnt, k):
+                out[p, r, c] = -1
+        for e in range(ex_off[r], ex_off[r + 1]):
+            mark[ex_item[e]] = 0
+
+
+@nb.njit(cache=True, nogil=True)
+def hit_matrix(topk: np.ndarray, gt_off: np.ndarray, gt_item: np.ndarray, mark: np.ndarray) -> np.ndarray:
+    """(B, K) bool: topk[b, j] is in row b's ground-truth set (-1 never is); `mark` as above."""
+    B, K = topk.shape
+    hit = np.zeros((B, K), np.bool_)
+    for r in range(B):
+        for e in range(gt_off[r], gt_off[r + 1]):
+            mark[gt_item[e]] = 1
+        for j in range(K):
+            it = topk[r, j]
+            hit[r, j] = it >= 0 and mark[it] != 0
+        for e in range(gt_off[r], gt_off[r + 1]):
+            mark[gt_item[e]] = 0
+    return hit
 
 
 @nb.njit(cache=True, nogil=True)

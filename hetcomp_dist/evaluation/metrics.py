@@ -6,7 +6,7 @@ from typing import Iterable
 
 import numpy as np
 
-from hetcomp_dist.evaluation.retrieval import _encode
+from hetcomp_dist.evaluation import kernels
 
 
 def recall_ndcg(topk: np.ndarray, gt_offsets: np.ndarray, gt_values: np.ndarray, ks: Iterable[int] = (10, 50),
@@ -27,9 +27,10 @@ def recall_ndcg(topk: np.ndarray, gt_offsets: np.ndarray, gt_values: np.ndarray,
     B, kmax = topk.shape
     n_items = int(max(topk.max(initial=0), gt_values.max(initial=0)) + 1) if n_items is None else n_items
     n_gt = np.diff(gt_offsets)
-    gt_keys = np.unique(_encode(np.repeat(np.arange(B), n_gt), gt_values, n_items))
-    keys = _encode(np.repeat(np.arange(B), kmax), topk.ravel(), n_items)
-    hit = (np.isin(keys, gt_keys) & (topk.ravel() >= 0)).reshape(B, kmax)
+    if max(topk.max(initial=-1), gt_values.max(initial=-1)) >= n_items:  # the kernel indexes by item id
+        raise ValueError(f"item ids must be < n_items={n_items}")
+    hit = kernels.hit_matrix(np.ascontiguousarray(topk), np.asarray(gt_offsets, np.int64), gt_values,
+                             np.zeros(n_items, np.uint8))
     disc = 1.0 / np.log2(np.arange(kmax) + 2.0)
     ideal = np.concatenate([[0.0], np.cumsum(disc)])
     out = {}
