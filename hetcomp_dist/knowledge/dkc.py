@@ -12,16 +12,21 @@ discrepancy D(sigma_b, pi^{x, min(v+1, S-1)}_b) recorded at the last call (NaN b
 
 Discrepancies are returned as float32 (the storage type of `d`), and d' is rounded the same way before
 the ratio, so a round computed in memory and one re-read from storage take identical decisions.
+
+A compiled per-user kernel (numba, users in parallel) runs the rule with the D@K helpers of
+`discrepancy` on the lists in place: no (users, M, width) block of the chosen states is gathered.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
-from hetcomp_dist.knowledge.discrepancy import discrepancies
-from hetcomp_dist.knowledge.ensemble import ensemble_topk
+from hetcomp_dist.knowledge.discrepancy import gains, load_sigma, map_size, unload_sigma, user_d
+from hetcomp_dist.knowledge.ensemble import as_weights, g_states_kernel, score_table
+from hetcomp_dist.knowledge.prefetch import prefetch_row
 
 MOVE_RULES = ("code", "paper")
 
@@ -50,13 +55,45 @@ def threshold(epoch: int, params: DKCParams) -> float:
     return float(params.alpha * params.decay ** (epoch // params.period))
 
 
-def _disc(lists: np.ndarray, sigma: np.ndarray, rows: np.ndarray, state: np.ndarray, params: DKCParams) -> np.ndarray:
-    """float32 (len(rows), M): D(sigma[b], lists[b, x, state[b, x]]) for every teacher of the given users."""
-    if len(rows) == 0:
-        return np.zeros((0, lists.shape[1]), dtype=np.float32)
-    width = params.d_k if params.d_variant == "code" else lists.shape[3]  # code: only the top-d_k matter
-    pis = lists[rows[:, None], np.arange(lists.shape[1])[None, :], state[rows], :width]  # (rows, M, width)
-    return discrepancies(sigma[rows], pis, params.d_k, params.d_variant, params.d_lambda).astype(np.float32)
+@numba.njit(cache=True, error_model="numpy")
+def _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, lo, hi):
+    """The rule of the module docstring for users lo..hi-1; v_out / d_out start as copies of v / d."""
+    table, ideal, width, paper = g
+    M, last = lists.shape[1], lists.shape[2] - 1
+    pmap = np.zeros(n_map, dtype=np.uint16)
+    for b in range(lo, hi):
+        if b + 1 < hi:  # the next user's rows this rule reads (v+1, v+2), loading while b computes
+            for x in range(M):
+                nx = v[b + 1, x]
+                prefetch_row(lists, b + 1, x, min(nx + 1, last), width)
+                if not first:
+                    prefetch_row(lists, b + 1, x, min(nx + 2, last), width)
+        load_sigma(pmap, sigma, b, d_k)
+        for x in range(M):
+            vx = v[b, x]
+            if first:
+                d_out[b, x] = np.float32(user_d(pmap, lists, b, x, min(vx + 1, last), table, ideal, width, paper))
+                continue
+            if vx >= last:
+                continue
+            # d' rounded to float32 like the stored d: a re-read round takes the same decisions
+            dn = np.float64(np.float32(user_d(pmap, lists, b, x, vx + 1, table, ideal, width, paper)))
+            rho = np.inf if dn == 0 else np.float64(d[b, x]) / dn
+            if (rho > th or rho < 1.0) if code_rule else rho > th:  # NaN (no d yet) never moves
+                v_out[b, x] = vx + 1
+                moved[b, x] = True
+                d_out[b, x] = np.float32(user_d(pmap, lists, b, x, min(vx + 2, last), table, ideal, width, paper))
+        unload_sigma(pmap, sigma, b, d_k)
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _dkc_kernel(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, threads):
+    """`_dkc_rows` over all users, one contiguous chunk per thread."""
+    B = lists.shape[0]
+    n_chunks = max(1, min(threads, B))
+    for c in numba.prange(n_chunks):
+        _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved,
+                  c * B // n_chunks, (c + 1) * B // n_chunks)
 
 
 def dkc_step(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.ndarray, epoch: int, first: bool,
@@ -64,7 +101,9 @@ def dkc_step(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.ndarray,
     """One DKC call for a batch of users and all teachers.
 
     Args:
-        lists: (B, M, S, K) int item ids, teacher x's top-K at state s, best first, -1 padded.
+        lists: (B, M, S, K) int item ids, teacher x's top-K at state s, best first, -1 padded (any
+            strides, e.g. a transposed (M, S, B, K) buffer). Only the states v+1 and v+2 of each
+            teacher (v+1 on the first call) are read.
         v: (B, M) int current state indices (0..S-1).
         d: (B, M) float last discrepancies (NaN before the first call; ignored by the first call).
         sigma: (B, >= d_k) int the student's top unobserved items, best first, -1 padded.
@@ -77,32 +116,23 @@ def dkc_step(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.ndarray,
     """
     if params.move_rule not in MOVE_RULES:
         raise ValueError(f"move_rule must be one of {MOVE_RULES}, got {params.move_rule!r}")
-    B, M, S, _ = lists.shape
+    lists = np.asarray(lists)
+    B, M, S, L = lists.shape
     last = S - 1
-    v = np.asarray(v).astype(np.int64)
+    v = np.asarray(v)
     if v.shape != (B, M) or (v.size and (v.min() < 0 or v.max() > last)):
         raise ValueError(f"v must be (B, M) = {(B, M)} in 0..{last}")
+    v_new = v.astype(np.int8)
     d_new = np.asarray(d, dtype=np.float32).copy()
     moved = np.zeros((B, M), dtype=bool)
-    nxt = np.minimum(v + 1, last)
-    if first:
-        d_new[:] = _disc(lists, sigma, np.arange(B), nxt, params)
-        return v.astype(np.int8), d_new, moved
-
-    active = v < last
-    rows = np.nonzero(active.any(axis=1))[0]  # users with a teacher that can still move
-    d_next = _disc(lists, sigma, rows, nxt, params).astype(np.float64)
-    d_old = d_new[rows].astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rho = np.where(d_next == 0, np.inf, d_old / np.where(d_next == 0, 1.0, d_next))
-    th = threshold(epoch, params)
-    go = (rho > th) | (rho < 1) if params.move_rule == "code" else rho > th
-    moved[rows] = go & active[rows]
-    v_new = v + moved
-    rows = np.nonzero(moved.any(axis=1))[0]
-    d_moved = _disc(lists, sigma, rows, np.minimum(v_new + 1, last), params)
-    d_new[rows] = np.where(moved[rows], d_moved, d_new[rows])
-    return v_new.astype(np.int8), d_new, moved
+    if B == 0 or M == 0:
+        return v_new, d_new, moved
+    g = gains(params.d_k, L, params.d_variant, params.d_lambda)
+    sigma = np.asarray(sigma).astype(np.int32, copy=False)
+    _dkc_kernel(lists.astype(np.int32, copy=False), v_new.copy(), d_new.copy(), sigma, bool(first),
+                threshold(epoch, params), params.move_rule == "code", params.d_k, g.astuple(), map_size(sigma),
+                v_new, d_new, moved, numba.get_num_threads())
+    return v_new, d_new, moved
 
 
 def rebuild_targets(lists: np.ndarray, v: np.ndarray, changed: np.ndarray, prev: np.ndarray, k: int,
@@ -110,17 +140,18 @@ def rebuild_targets(lists: np.ndarray, v: np.ndarray, changed: np.ndarray, prev:
     """T_u = g of the chosen states for users whose selection changed; the previous targets otherwise.
 
     Args:
-        lists: (B, M, S, K) trajectories; v: (B, M) chosen states; changed: (B,) bool;
+        lists: (B, M, S, K) trajectories (any strides); v: (B, M) chosen states; changed: (B,) bool;
         prev: (B, k) previous targets (-1 padded).
 
     Returns:
         (B, k) int32 targets.
     """
+    lists = np.asarray(lists)
     out = np.array(prev, dtype=np.int32, copy=True)
-    rows = np.nonzero(changed)[0]
-    if len(rows):
-        chosen = lists[rows[:, None], np.arange(lists.shape[1])[None, :], np.asarray(v)[rows]]  # (rows, M, K)
-        out[rows] = ensemble_topk(chosen, k, temperature, weights)
+    if len(out) and k and np.any(changed):
+        table = score_table(lists.shape[3], as_weights(weights, lists.shape[1]), temperature)
+        g_states_kernel(lists.astype(np.int32, copy=False), np.asarray(v).astype(np.int64),
+                        np.asarray(changed, dtype=bool), table, out, numba.get_num_threads())
     return out
 
 

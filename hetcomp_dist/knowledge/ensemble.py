@@ -2,24 +2,36 @@
 
 For one user, teacher x contributes A = w_x * exp(-r/T) to the item at 0-based rank r of its list;
 E_u(i) = sum_x A and the result is the union of the lists ordered by E_u descending, ties broken by
-the smaller item id. Only the union of the lists is touched: a batch is a (B, M*L) block, never a
-(B, n_items) one.
+the smaller item id. Only the union of the lists is touched, never a dense (users x items) row.
 
-Vectorisation, per row of a (B, M*L) block: (1) sort the integer keys ``item << b | tag`` (tag = the
-rank r, or r*M + x with per-teacher weights; 32-bit whenever it fits) to group each item's entries;
-(2) sum fixed-point rank importances per item as differences of a running sum (exact integer
-arithmetic: items with the same ranks get identical scores, so the tie rule is exact); (3) sort one
-packed int64 per unique item, ``(max - score) << c | column``, whose column order is item order.
+Compiled per-user kernels (numba): each user's entries are summed per item in a small hash table
+(`hashtable`), then `select_top` orders the best k (score, item) pairs by a bucket sort on the
+score's magnitude and an insertion sort within buckets. Scores are fixed-point integers,
+round(w_x exp(-r/T) 2^60 / sum(w)): an item's sum is exact and independent of the order of its
+terms, so equal rank sets give identical scores and the tie rule is exact (a float sum would
+depend on the order). The resolution, sum(w) 2^-60, is finer than a float64 sum near 1.
+Measured on a CiteULike-size round (6 x 100 entries, ~130 distinct items per user, one thread):
+~1.2 us per user to sum, ~0.8 us to select, against ~9 us for the heap this replaced.
+
+Kernels run users in parallel (`numba.prange` over one contiguous chunk of users per thread, each
+with its own buffers; the caller sets the thread count, one inside a 1-CPU Ray task); each user's
+result depends on that user only, so the output is the same for any thread count.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
+from hetcomp_dist.knowledge import hashtable as ht
+from hetcomp_dist.knowledge.prefetch import prefetch_row
+
 PAD = -1
+SCORE_BITS = 60  # a user's total score <= 2^60 + M/2 rounding units: fits int64 with room
 
 
-def _as_weights(weights: np.ndarray | None, m: int) -> np.ndarray:
+def as_weights(weights: np.ndarray | None, m: int) -> np.ndarray:
+    """(M,) float64 per-teacher weights: all 1 for None or empty; checked otherwise."""
     if weights is None or len(weights) == 0:
         return np.ones(m, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
@@ -28,34 +40,160 @@ def _as_weights(weights: np.ndarray | None, m: int) -> np.ndarray:
     return w
 
 
-def key_dtype(max_key: int) -> type:
-    """int32 when every key fits (row sorts run ~2x faster), else int64."""
-    return np.int32 if int(max_key) < 2**31 else np.int64
-
-
-def _score_table(L: int, M: int, temperature: float, w: np.ndarray, cbits: int) -> tuple[np.ndarray, int]:
-    """Integer rank importances: round(w_x exp(-r/T) 2^sbits / sum(w)), laid out by tag (r or r*M + x).
-
-    Fixed-point scores make an item's sum exact and order-free (equal rank sets give equal scores: the
-    tie rule is exact), and leave `cbits` low bits of an int64 for the column in the packed sort key.
-    The resolution, sum(w) 2^-sbits with sbits = 62 - cbits (~1e-15 for M*L = 600), is as fine as a
-    float64 sum near 1.
-    """
-    sbits = 62 - cbits
-    scale = 2.0 ** sbits / float(w.sum())  # a sum may exceed 2^sbits by M/2 rounding units: still fits
+def score_table(L: int, w: np.ndarray, temperature: float) -> np.ndarray:
+    """(L, M) int64 fixed-point rank importances round(w_x exp(-r/T) 2^SCORE_BITS / sum(w))."""
+    scale = 2.0 ** SCORE_BITS / float(w.sum())
     A = np.exp(-np.arange(L, dtype=np.float64) / temperature)
-    if np.all(w == w[0]):
-        return np.round(A * w[0] * scale).astype(np.int64), sbits
-    return np.round((A[:, None] * w[None, :]).ravel() * scale).astype(np.int64), sbits
+    return np.round(A[:, None] * w[None, :] * scale).astype(np.int64)
 
 
+# ---------------------------------------------------------------------------------- the kernels
+SUB_BITS = 4  # score buckets per octave = 2^SUB_BITS: a bucket spans < 6.25 % of its scores
+N_BUCKETS = 64 << SUB_BITS  # octaves 0..61 of a score < 2^62, and bucket 0 for score 0
+_BUCKET_BASE = (1023 << SUB_BITS) - 1  # float64 exponent bias: a score of 1 lands in bucket 1 << SUB_BITS
+
+
+@numba.njit(cache=True, inline="always")
+def _worse(s1, i1, s2, i2):
+    """(score s1, item i1) ranks after (s2, i2): a lower score, or the same score and a larger id."""
+    return s1 < s2 or (s1 == s2 and i1 > i2)
+
+
+@numba.njit(cache=True)
+def workspace(entries):
+    """One thread's buffers for users of at most `entries` list entries: the hash table (keys, vals,
+    used slots) and the buffers of `select_top`."""
+    n = max(entries, 1)
+    bits = ht.table_bits(n, 2)
+    fbuf = np.empty(n, dtype=np.float64)
+    return (np.full(1 << bits, ht.EMPTY, dtype=np.int32), np.zeros(1 << bits, dtype=np.int64),
+            np.empty(n, dtype=np.int64), fbuf, fbuf.view(np.int64), np.empty(n, dtype=np.int32),
+            np.zeros(N_BUCKETS, dtype=np.int32), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32))
+
+
+@numba.njit(cache=True)
+def select_top(ws, n_used, out_row):
+    """out_row[:] = the best len(out_row) items of the table by (score desc, id asc), PAD-filled,
+    and the table emptied.
+
+    A bucket sort then an insertion sort, O(entries + k) for the score spreads of rank importances
+    (a heap of the k best measured 4x slower: its comparisons are coin flips): each score's bucket
+    is the exponent and top SUB_BITS mantissa bits of its float64 value (monotone in the score);
+    counting from the top bucket down finds the bucket where the best k end, the entries of that
+    bucket and above are placed in bucket order, and an insertion sort on the exact (score, id)
+    keys only reorders entries within a bucket.
+    """
+    keys, vals, used, fbuf, fbits, bucket, counts, ss, si = ws
+    k = len(out_row)
+    lo, hi = N_BUCKETS, 0
+    for j in range(n_used):
+        fbuf[j] = vals[used[j]]  # int64 -> float64 rounds monotonically; read back as its bits
+        bk = max((fbits[j] >> (52 - SUB_BITS)) - _BUCKET_BASE, 0)
+        bucket[j] = bk
+        counts[bk] += 1
+        lo, hi = min(lo, bk), max(hi, bk)
+    total, cut = 0, lo
+    for bk in range(hi, lo - 1, -1):  # counts become start positions, best bucket first
+        c = counts[bk]
+        counts[bk] = total
+        total += c
+        if total >= k:
+            cut = bk
+            break
+    for j in range(n_used):
+        bk = bucket[j]
+        if bk >= cut:
+            h, p = used[j], counts[bk]
+            counts[bk] = p + 1
+            ss[p], si[p] = vals[h], keys[h]
+    counts[lo: hi + 1] = 0
+    ht.clear(keys, vals, used, n_used)
+    for a in range(1, total):  # total: the entries of the buckets that hold the best k
+        s, it = ss[a], si[a]
+        q = a - 1
+        while q >= 0 and _worse(ss[q], si[q], s, it):
+            ss[q + 1], si[q + 1] = ss[q], si[q]
+            q -= 1
+        ss[q + 1], si[q + 1] = s, it
+    kk = min(k, total)
+    for p in range(kk):
+        out_row[p] = si[p]
+    for p in range(kk, k):
+        out_row[p] = PAD
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _g_states_rows(lists, state, rows, table, out, lo, hi):
+    """`g_states_kernel` for users lo..hi-1 (one thread's chunk)."""
+    M, L = lists.shape[1], lists.shape[3]
+    ws = workspace(M * L)
+    bits = ht.table_bits(M * L, 2)
+    for b in range(lo, hi):
+        if not rows[b]:
+            continue
+        if b + 1 < hi and rows[b + 1]:
+            for x in range(M):
+                prefetch_row(lists, b + 1, x, state[b + 1, x], L)
+        n_used = 0
+        for x in range(M):
+            s = state[b, x]
+            for r in range(L):
+                item = lists[b, x, s, r]
+                if item >= 0:
+                    n_used = ht.add(ws[0], ws[1], ws[2], n_used, bits, item, table[r, x])
+        select_top(ws, n_used, out[b])
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def g_states_kernel(lists, state, rows, table, out, threads):
+    """out[b] = g of lists[b, x, state[b, x]] over x, for every b with rows[b]; other rows untouched.
+
+    lists: (B, M, S, L) int32, any strides; state: (B, M) int64; rows: (B,) bool;
+    table: (L, M) int64 fixed-point importances; out: (B, k) int32.
+    """
+    B = lists.shape[0]
+    n_chunks = max(1, min(threads, B))
+    for c in numba.prange(n_chunks):  # the chunk loop lives in a plain njit function (faster code)
+        _g_states_rows(lists, state, rows, table, out, c * B // n_chunks, (c + 1) * B // n_chunks)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _g_csr_rows(offsets, values, table, max_entries, out, lo, hi):
+    """`_g_csr_kernel` for users lo..hi-1 (one thread's chunk)."""
+    M = offsets.shape[0]
+    ws = workspace(max_entries)
+    for b in range(lo, hi):
+        entries = 0
+        for x in range(M):
+            entries += offsets[x, b + 1] - offsets[x, b]
+        bits = ht.table_bits(entries, 2)  # small users stay in cache beside a heavy one's table
+        n_used = 0
+        for x in range(M):
+            for j in range(offsets[x, b], offsets[x, b + 1]):
+                item = values[j]
+                if item >= 0:
+                    n_used = ht.add(ws[0], ws[1], ws[2], n_used, bits, item, table[j - offsets[x, b], x])
+        select_top(ws, n_used, out[b])
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _g_csr_kernel(offsets, values, table, max_entries, out, threads):
+    """out[b] = g of the M lists values[offsets[x, b]:offsets[x, b+1]] (offsets: (M, B+1) into the
+    concatenated values, table: (L_max, M)); each user's hash table is a prefix sized by its entries."""
+    B = offsets.shape[1] - 1
+    n_chunks = max(1, min(threads, B))
+    for c in numba.prange(n_chunks):
+        _g_csr_rows(offsets, values, table, max_entries, out, c * B // n_chunks, (c + 1) * B // n_chunks)
+
+
+# ------------------------------------------------------------------------------------ the API
 def ensemble_topk(lists: np.ndarray, k: int, temperature: float = 10.0,
                   weights: np.ndarray | None = None) -> np.ndarray:
     """Rank-importance ensemble g.
 
     Args:
-        lists: (B, M, L) int item ids per user per teacher, best first, -1 padded. An item is expected
-            at most once per teacher list.
+        lists: (B, M, L) int item ids per user per teacher, best first, -1 padded (any strides). An
+            item is expected at most once per teacher list.
         k: length of the result.
         temperature: T of A = exp(-r/T) for the 0-based rank r < L.
         weights: (M,) non-negative per-teacher w_x; None (or empty) = all 1.
@@ -68,67 +206,25 @@ def ensemble_topk(lists: np.ndarray, k: int, temperature: float = 10.0,
     if lists.ndim != 3:
         raise ValueError(f"lists must be (B, M, L), got shape {lists.shape}")
     B, M, L = lists.shape
-    w = _as_weights(weights, M)
+    w = as_weights(weights, M)
     out = np.full((B, k), PAD, dtype=np.int32)
     if B == 0 or M * L == 0 or k == 0:
         return out
-    C = M * L
-    cbits = max(1, (C - 1).bit_length())  # a column index within a row
-    table, sbits = _score_table(L, M, temperature, w, cbits)
-    uniform = len(table) == L
-    tbits = max(1, ((L if uniform else C) - 1).bit_length())  # the tag: rank r, or r*M + x
-    tag = np.tile(np.arange(L), M) if uniform else (np.arange(L)[None, :] * M + np.arange(M)[:, None]).ravel()
-    dt, udt = (np.int32, np.uint32) if key_dtype((int(lists.max()) + 1) << tbits) is np.int32 else (np.int64, np.uint64)
-
-    # 1. group each row's entries by item: sort the keys item << tbits | tag as unsigned, so the pads
-    #    (item -1, negative keys) sort last
-    keys = ((lists.reshape(B, C).astype(dt) << dt(tbits)) | tag.astype(dt)[None, :]).view(udt)
-    keys = np.sort(keys, axis=1).view(dt)
-    item = keys >> dt(tbits)  # -1 for pads
-    val = np.take(table, keys & dt((1 << tbits) - 1), mode="clip")
-    # 2. an item's score = the running sum at its last entry minus the one at the previous item's
-    csum = np.cumsum(val, axis=1)
-    last = item >= 0
-    last[:, :-1] &= item[:, :-1] != item[:, 1:]
-    flat = np.flatnonzero(last)
-    if len(flat) == 0:
-        return out
-    n_per_row = np.count_nonzero(last, axis=1)
-    row = np.repeat(np.arange(B), n_per_row)
-    row_start = np.zeros(B, dtype=np.int64)
-    np.cumsum(n_per_row[:-1], out=row_start[1:])
-    cs = csum.ravel()[flat]
-    prev = np.empty_like(cs)
-    prev[0] = 0
-    prev[1:] = cs[:-1]
-    prev[row_start[n_per_row > 0]] = 0
-    score = cs - prev
-    u_max = int(n_per_row.max())
-    col = np.arange(len(flat)) - row_start[row]
-    packed = np.full((B, u_max), np.iinfo(np.int64).max, dtype=np.int64)
-    packed[row, col] = ((np.int64(1) << sbits) - score) << cbits | col
-    items_c = np.full((B, u_max), PAD, dtype=np.int32)
-    items_c[row, col] = item.ravel()[flat]
-    kk = min(k, u_max)
-    top = np.sort(packed, axis=1)[:, :kk]
-    empty = top == np.iinfo(np.int64).max
-    top_items = np.take_along_axis(items_c, np.where(empty, 0, top & ((1 << cbits) - 1)), axis=1)
-    out[:, :kk] = np.where(empty, PAD, top_items)
+    g_states_kernel(lists.astype(np.int32, copy=False)[:, :, None, :], np.zeros((B, M), dtype=np.int64),
+                    np.ones(B, dtype=bool), score_table(L, w, temperature), out, numba.get_num_threads())
     return out
 
 
 def ensemble_topk_csr(csrs: list[tuple[np.ndarray, np.ndarray]], k: int, temperature: float = 10.0,
-                      weights: np.ndarray | None = None, max_cells: int = 1 << 24) -> np.ndarray:
+                      weights: np.ndarray | None = None) -> np.ndarray:
     """`ensemble_topk` over variable-length lists given as one CSR per teacher (e.g. observed items).
 
-    Users are grouped by their longest list (powers of two), so one heavy user does not widen the dense
-    block of the whole batch; each group is cut into blocks of at most ``max_cells`` entries.
+    Memory is the CSR itself plus one hash table per thread sized by the heaviest user's entries.
 
     Args:
         csrs: M pairs (offsets (B+1,), values), one per teacher, over the same B users, best first.
         k: length of the result.
         temperature, weights: as in `ensemble_topk`.
-        max_cells: bound on B_block * M * L per dense block (memory).
 
     Returns:
         (B, k) int32, -1 padded.
@@ -136,23 +232,14 @@ def ensemble_topk_csr(csrs: list[tuple[np.ndarray, np.ndarray]], k: int, tempera
     M = len(csrs)
     B = len(csrs[0][0]) - 1
     out = np.full((B, k), PAD, dtype=np.int32)
-    if B == 0:
+    if B == 0 or k == 0:
         return out
-    lengths = np.stack([np.diff(off) for off, _ in csrs], axis=1)  # (B, M)
-    longest = lengths.max(axis=1)
-    caps = np.where(longest > 0, 2 ** np.ceil(np.log2(np.maximum(longest, 1))).astype(np.int64), 0)
-    for cap in np.unique(caps):
-        if cap == 0:
-            continue
-        rows_all = np.nonzero(caps == cap)[0]
-        step = max(1, int(max_cells // (M * cap)))
-        for s in range(0, len(rows_all), step):
-            rows = rows_all[s: s + step]
-            dense = np.full((len(rows), M, int(cap)), PAD, dtype=np.int32)
-            for x, (off, val) in enumerate(csrs):
-                n = lengths[rows, x]
-                pos = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-                src = np.repeat(off[rows], n) + pos
-                dense[np.repeat(np.arange(len(rows)), n), x, pos] = val[src]
-            out[rows] = ensemble_topk(dense, k, temperature, weights)
+    w = as_weights(weights, M)
+    lengths = np.stack([np.diff(off) for off, _ in csrs])  # (M, B)
+    base = np.concatenate([[0], np.cumsum([len(val) for _, val in csrs])[:-1]])
+    offsets = np.stack([np.asarray(off, dtype=np.int64) + b for (off, _), b in zip(csrs, base)])
+    values = np.concatenate([np.asarray(val, dtype=np.int32) for _, val in csrs])
+    longest = int(lengths.max(initial=0))
+    _g_csr_kernel(offsets, values, score_table(max(longest, 1), w, temperature), int(lengths.sum(axis=0).max()), out,
+                  numba.get_num_threads())
     return out

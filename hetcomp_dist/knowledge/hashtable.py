@@ -1,0 +1,60 @@
+"""Open-addressing hash table for the compiled per-user ensemble kernels (`ensemble`).
+
+A user's lists touch at most M * L distinct items, so each kernel thread keeps one small table --
+item ids as keys, -1 = empty, linear probing, values 0 when empty -- and clears exactly the slots
+it used before the next user. Its size follows the user's entries, not the catalogue: it stays
+cache-resident for ten million items as for ten thousand (a per-item score array would not, and
+measured no faster at 25k items). Keys are item ids >= 0 (int32): callers skip PADs (-1).
+"""
+
+from __future__ import annotations
+
+import numba
+
+EMPTY = -1
+_GOLDEN = 2654435769  # 2^32 / phi: Fibonacci hashing spreads consecutive ids over the table
+
+
+@numba.njit(cache=True)
+def table_bits(entries, spread):
+    """log2 of a table size >= spread * entries (load factor <= 1/spread), at least 4."""
+    bits = 4
+    while (1 << bits) < spread * entries:
+        bits += 1
+    return bits
+
+
+@numba.njit(cache=True, inline="always")
+def slot(item, bits):
+    """Home slot of `item` (0 <= item < 2^31) in a table of 2^bits slots: the top bits of item * golden."""
+    return ((item * _GOLDEN) & 0xFFFFFFFF) >> (32 - bits)
+
+
+@numba.njit(cache=True, inline="always")
+def add(keys, vals, used, n_used, bits, item, val):
+    """vals[item] += val (inserting item when new); returns the new count of used slots.
+
+    used[:n_used] lists the slots taken so far, in insertion order (for the scan and the clear).
+    Empty slots hold value 0, so a new item and a known one take the same path -- no branch on
+    which it is (unpredictable when a user's lists overlap); only a home slot taken by another
+    item walks the probe sequence.
+    """
+    h = slot(item, bits)
+    k = keys[h]
+    if k != item and k != EMPTY:
+        mask = (1 << bits) - 1
+        while k != item and k != EMPTY:
+            h = (h + 1) & mask
+            k = keys[h]
+    keys[h] = item
+    vals[h] += val
+    used[n_used] = h
+    return n_used + (k != item)
+
+
+@numba.njit(cache=True, inline="always")
+def clear(keys, vals, used, n_used):
+    """Empties the used slots, values back to 0 (the table is as new for the next user)."""
+    for j in range(n_used):
+        keys[used[j]] = EMPTY
+        vals[used[j]] = 0
