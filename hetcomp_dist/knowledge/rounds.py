@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config
@@ -35,22 +33,12 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, rebuild_targets, state_means, switch_fired
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
+from hetcomp_dist.knowledge.shard_io import (knowledge_dir, pos_dir, read_dense, read_lists, read_round, round_dir,
+                                             state_path, teacher_dir, write_round_shard)
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
 
 N_STATES = 4  # E1..E4; state index v in 0..3
 STAGE = "knowledge"
-
-
-def knowledge_dir(run: str) -> str:
-    return storage.join(run, "knowledge")
-
-
-def round_dir(run: str, round_idx: int) -> str:
-    return storage.join(knowledge_dir(run), f"round={round_idx}")
-
-
-def pos_dir(run: str) -> str:
-    return storage.join(knowledge_dir(run), "pos")
 
 
 def tune_malloc() -> None:
@@ -89,93 +77,31 @@ class RoundTask:
         return np.asarray(self.kc.weights, dtype=np.float64) if self.kc.weights else None
 
 
-def _teacher_dir(run: str, name: str) -> str:
-    return storage.join(run, "teachers", name)
-
-
-def _read(path: str, columns: list[str]) -> pa.Table:
-    """One Parquet file, single-threaded (the dataset reader's thread pool costs more than it saves
-    on one-column shards, and a shard task owns one CPU)."""
-    if not storage.exists(path):
-        raise InputError(path, "shard file missing", "rerun the stage that writes this folder")
-    fs, p = storage.resolve(path)
-    with fs.open_input_file(p) as f:
-        return pq.ParquetFile(f).read(columns=columns, use_threads=False)
-
-
-def _read_lists(path: str, lo: int, hi: int, column: str = "items") -> tuple[np.ndarray, np.ndarray]:
-    """CSR (offsets, values) of one shard's list column, checked against the users [lo, hi)."""
-    t = _read(path, ["user", column])
-    user = t.column("user")
-    if t.num_rows != hi - lo or (t.num_rows and (user[0].as_py() != lo or user[-1].as_py() != hi - 1)):
-        raise InputError(path, f"expected users [{lo}, {hi}) one row each, got {t.num_rows} rows",
-                         "the folder is corrupt; delete it and rerun the stage that writes it")
-    return storage.list_to_csr(t.column(column))
-
-
-def _dense(off: np.ndarray, val: np.ndarray, width: int, where: str) -> np.ndarray:
-    """(n, width) int32, -1 padded; a zero-copy view when every list has exactly `width` items."""
-    lengths = np.diff(off)
-    if len(lengths) and lengths.max() > width:
-        raise InputError(where, f"a list has {int(lengths.max())} items, more than K = {width}",
-                         "export the teachers with the same K as knowledge.topk")
-    if len(lengths) and lengths.min() == width:
-        return val[: len(lengths) * width].reshape(-1, width)
-    return storage.csr_to_dense(off, val, width)
-
-
-def _fixed_list(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
-    """list<typ> column of a (n, M) matrix (every row has M entries)."""
-    n, m = mat.shape
-    offsets = pa.array(np.arange(0, n * m + 1, m, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(mat).ravel(), type=typ))
-
-
-def _read_round(run: str, round_idx: int, s: int, lo: int, hi: int, M: int, K: int):
-    """(v (n, M) int64, d (n, M) float32, targets (n, K) int32) of shard s of a committed round."""
-    path = storage.shard_path(round_dir(run, round_idx), s)
-    t = _read(path, ["user", "v", "d", "targets"])
-    if t.num_rows != hi - lo:
-        raise InputError(path, f"{t.num_rows} rows for users [{lo}, {hi})", "delete the round and rebuild it")
-    v = t.column("v").combine_chunks().flatten().to_numpy().astype(np.int64).reshape(-1, M)
-    d = t.column("d").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, M)
-    off, val = storage.list_to_csr(t.column("targets"))
-    return v, d, storage.csr_to_dense(off, val, K)
-
-
-def _write_round_shard(run: str, round_idx: int, s: int, lo: int, hi: int, v: np.ndarray, d: np.ndarray,
-                       targets: np.ndarray) -> None:
-    storage.write_table_atomic(storage.shard_path(round_dir(run, round_idx), s), storage.user_table(
-        lo, hi, v=_fixed_list(v.astype(np.int8), pa.int8()), d=_fixed_list(d.astype(np.float32), pa.float32()),
-        targets=storage.dense_to_list(targets)))
-
-
 def round0_shard(task: RoundTask, s: int) -> dict:
     """Shard s of round 0: P+ (ensemble of the observed orders) and T_u = g of the E1 lists."""
     tune_malloc()
     t0, c0 = time.perf_counter(), time.process_time()
     kc, names, run = task.kc, task.names, task.run
     lo, hi = storage.shard_range(s, task.data["shard_size"], task.data["n_users"])
+    n, M = hi - lo, len(names)
     train = load_shard(run, "train", s, task.data)
-    e1, observed = [], []
-    for name in names:
-        path = storage.shard_path(storage.join(_teacher_dir(run, name), "state=1"), s)
-        e1.append(_dense(*_read_lists(path, lo, hi), kc.topk, path))
-        opath = storage.shard_path(storage.join(_teacher_dir(run, name), "observed"), s)
-        off, val = _read_lists(opath, lo, hi)
+    e1 = np.empty((M, n, kc.topk), dtype=np.int32)
+    observed = []
+    for x, name in enumerate(names):
+        read_dense(state_path(run, name, 1, s), lo, hi, kc.topk, out=e1[x])
+        opath = storage.shard_path(storage.join(teacher_dir(run, name), "observed"), s)
+        off, val = read_lists(opath, lo, hi)
         if not np.array_equal(np.diff(off), train.lengths()):
             raise InputError(opath, "the observed lists do not have the users' train lengths",
                              "the teacher's observed export must hold exactly each user's train items")
         observed.append((off, val))
-    n, B = hi - lo, kc.batch_users
+    lists = e1.transpose(1, 0, 2)  # (n, M, K) view
     targets = np.full((n, kc.topk), -1, dtype=np.int32)
-    for b0 in range(0, n, B):
-        b1 = min(b0 + B, n)
-        targets[b0:b1] = ensemble_topk(np.stack([x[b0:b1] for x in e1], axis=1), kc.topk, kc.temperature,
-                                       task.weights())
+    for b0 in range(0, n, kc.batch_users):
+        b1 = min(b0 + kc.batch_users, n)
+        targets[b0:b1] = ensemble_topk(lists[b0:b1], kc.topk, kc.temperature, task.weights())
     pos = ensemble_topk_csr(observed, kc.pos_k, kc.temperature, task.weights())
-    M = len(names)
-    _write_round_shard(run, 0, s, lo, hi, np.zeros((n, M), np.int8), np.full((n, M), np.nan, np.float32), targets)
+    write_round_shard(run, 0, s, lo, hi, np.zeros((n, M), np.int8), np.full((n, M), np.nan, np.float32), targets)
     storage.write_table_atomic(storage.shard_path(pos_dir(run), s), storage.user_table(lo, hi, items=storage.dense_to_list(pos)))
     wall = time.perf_counter() - t0
     log(STAGE, f"round 0 shard {s}: users [{lo}, {hi}) in {wall:.2f}s")
@@ -198,26 +124,51 @@ def student_topk(task: RoundTask, lo: int, hi: int, train) -> np.ndarray:
     return out
 
 
+def needed_states(v: np.ndarray, first: bool) -> list[range]:
+    """Per teacher, the state indices a DKC call on users with states v (n, M) can read.
+
+    D reads v+1 (the first call: min(v+1, S-1)) and, for a mover, min(v+2, S-1); the targets of a
+    user who moved read each teacher's new state, v or v+1. Parsing a state file is most of a
+    round's time, so the states outside [min v, max v + 2] of the shard are not read (at round 2,
+    when every v is 0, E4 is skipped: 18 files of 24).
+    """
+    last = N_STATES - 1
+    if len(v) == 0:
+        return [range(0)] * v.shape[1]
+    lo, hi = v.min(axis=0), v.max(axis=0)
+    if first:
+        return [range(min(a + 1, last), min(b + 1, last) + 1) for a, b in zip(lo, hi)]
+    return [range(a, min(b + 2, last) + 1) for a, b in zip(lo, hi)]
+
+
+def read_states(task: RoundTask, s: int, lo: int, hi: int, states: list[range]) -> np.ndarray:
+    """(n, M, S, K) int32 view of shard s's trajectories, teacher x's states states[x] read.
+
+    The buffer is (M, S, n, K): each state file is copied in as one contiguous block, and the pages of
+    the states not read are never touched (not resident) -- nor read by the kernels.
+    """
+    K, n = task.kc.topk, hi - lo
+    buf = np.empty((len(task.names), N_STATES, n, K), dtype=np.int32)
+    for x, name in enumerate(task.names):
+        for e in states[x]:
+            read_dense(state_path(task.run, name, e + 1, s), lo, hi, K, out=buf[x, e])
+    return buf.transpose(2, 0, 1, 3)
+
+
 def dkc_shard(task: RoundTask, s: int) -> dict:
     """Shard s of DKC round r >= 1: the student's top-d_k, one DKC step for every user, new targets."""
     tune_malloc()
     t0, c0 = time.perf_counter(), time.process_time()
     kc, names, run, r = task.kc, task.names, task.run, task.round_idx
-    M, K, last = len(names), kc.topk, N_STATES - 1
+    M, K = len(names), kc.topk
     lo, hi = storage.shard_range(s, task.data["shard_size"], task.data["n_users"])
     n, first = hi - lo, r == 1
-    v, d, prev_targets = _read_round(run, r - 1, s, lo, hi, M, K)
+    v, d, prev_targets = read_round(run, r - 1, s, lo, hi, M, K)
     train = load_shard(run, "train", s, task.data)
     t_r, c_r = time.perf_counter(), time.process_time()
     sigma = student_topk(task, lo, hi, train)
     t_retrieval, c_retrieval = time.perf_counter() - t_r, time.process_time() - c_r
-    # only the states some user of the shard can touch: the ensemble needs v or v+1, D needs v+1, v+2
-    low = v.min(axis=0) + (1 if first else 0) if n else np.full(M, N_STATES)
-    states: dict[tuple[int, int], np.ndarray] = {}
-    for x, name in enumerate(names):
-        for e in range(int(min(low[x], last)), N_STATES):
-            path = storage.shard_path(storage.join(_teacher_dir(run, name), f"state={e + 1}"), s)
-            states[x, e] = _dense(*_read_lists(path, lo, hi), K, path)
+    lists = read_states(task, s, lo, hi, needed_states(v, first))
     params = DKCParams.from_config(kc)
     v_new = np.empty((n, M), dtype=np.int8)
     d_new = np.empty((n, M), dtype=np.float32)
@@ -226,16 +177,14 @@ def dkc_shard(task: RoundTask, s: int) -> dict:
     changed = 0
     for b0 in range(0, n, kc.batch_users):
         b1 = min(b0 + kc.batch_users, n)
-        lists = np.full((b1 - b0, M, N_STATES, K), -1, dtype=np.int32)
-        for (x, e), arr in states.items():
-            lists[:, x, e] = arr[b0:b1]
-        vb, db, moved = dkc_step(lists, v[b0:b1], d[b0:b1], sigma[b0:b1], task.epoch, first, params)
+        vb, db, moved = dkc_step(lists[b0:b1], v[b0:b1], d[b0:b1], sigma[b0:b1], task.epoch, first, params)
         ch = moved.any(axis=1)
-        targets[b0:b1] = rebuild_targets(lists, vb, ch, prev_targets[b0:b1], K, kc.temperature, task.weights())
+        targets[b0:b1] = rebuild_targets(lists[b0:b1], vb, ch, prev_targets[b0:b1], K, kc.temperature, task.weights())
         v_new[b0:b1], d_new[b0:b1] = vb, db
         moved_total += moved.sum(axis=0)
         changed += int(ch.sum())
-    _write_round_shard(run, r, s, lo, hi, v_new, d_new, targets)
+    del lists
+    write_round_shard(run, r, s, lo, hi, v_new, d_new, targets)
     wall = time.perf_counter() - t0
     log(STAGE, f"round {r} shard {s}: users [{lo}, {hi}), {changed} changed, retrieval {t_retrieval:.2f}s, "
                f"rest {wall - t_retrieval:.2f}s ({n / max(wall - t_retrieval, 1e-9):,.0f} users/s)")
@@ -249,6 +198,11 @@ SHARD_FUNCTIONS = {"round0": round0_shard, "dkc": dkc_shard}
 
 def _ray_entry(kind: str, task: RoundTask, batch: dict) -> dict:
     """Ray Data UDF: one shard id in, its statistics (as a JSON string) out."""
+    import numba
+
+    # the compiled kernels use as many threads as the task has CPUs (one by default): numba would
+    # otherwise start one per core of the node, beside the other tasks' threads
+    numba.set_num_threads(max(1, min(int(task.kc.task_cpus), numba.config.NUMBA_NUM_THREADS)))
     stats = [SHARD_FUNCTIONS[kind](task, int(s)) for s in batch["id"]]
     return {"stats": np.array([json.dumps(x) for x in stats])}
 
@@ -292,10 +246,10 @@ def _base(run: str, cfg: Config) -> tuple[dict, tuple[str, ...], str]:
     for name, m in teachers.items():
         for key in ("n_users", "shard_size"):
             if key in m and m[key] != data[key]:
-                raise InputError(_teacher_dir(run, name), f"{key} {m[key]} differs from the data's {data[key]}",
+                raise InputError(teacher_dir(run, name), f"{key} {m[key]} differs from the data's {data[key]}",
                                  "retrain the teachers on this run's data")
         if m.get("K", cfg.knowledge.topk) < cfg.knowledge.topk:
-            raise InputError(_teacher_dir(run, name), f"exported K = {m['K']} < knowledge.topk = {cfg.knowledge.topk}",
+            raise InputError(teacher_dir(run, name), f"exported K = {m['K']} < knowledge.topk = {cfg.knowledge.topk}",
                              "set knowledge.topk <= teachers.topk")
     kc = cfg.knowledge
     for name in ("batch_users", "task_cpus", "topk", "pos_k", "d_k"):
@@ -464,10 +418,8 @@ def load_targets(run: str, round_idx: int, lo: int, hi: int) -> tuple[np.ndarray
     for s in range(lo // S, (hi - 1) // S + 1) if hi > lo else ():
         s_lo, s_hi = storage.shard_range(s, S, n)
         a, b = max(lo, s_lo) - s_lo, min(hi, s_hi) - s_lo
-        off, val = _read_lists(storage.shard_path(round_dir(run, round_idx), s), s_lo, s_hi, "targets")
-        targets.append(storage.csr_to_dense(off, val, K)[a:b])
-        off, val = _read_lists(storage.shard_path(pos_dir(run), s), s_lo, s_hi)
-        pos.append(storage.csr_to_dense(off, val, pos_k)[a:b])
+        targets.append(read_dense(storage.shard_path(round_dir(run, round_idx), s), s_lo, s_hi, K, "targets")[a:b])
+        pos.append(read_dense(storage.shard_path(pos_dir(run), s), s_lo, s_hi, pos_k)[a:b])
     if not targets:
         return np.zeros((0, K), np.int32), np.zeros((0, pos_k), np.int32)
     return np.concatenate(targets), np.concatenate(pos)

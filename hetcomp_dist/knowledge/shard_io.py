@@ -1,0 +1,116 @@
+"""Reading and writing the knowledge stage's per-user shards (the layout is ARCHITECTURE.md's).
+
+A shard task reads shard s of several datasets -- each teacher's ``state=<e>`` lists, the previous
+round -- and writes shard s of the round. List columns go from Parquet straight to numpy: Arrow's
+offsets and values buffers (no per-row Python), copied once into the caller's dense -1 padded block
+by a compiled loop, after which the Arrow table is freed: a task holds its dense inputs and one
+decoded column at a time, never the Arrow tables of all its inputs.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hetcomp_dist import storage
+from hetcomp_dist.errors import InputError
+
+PAD = -1
+
+
+def knowledge_dir(run: str) -> str:
+    return storage.join(run, "knowledge")
+
+
+def round_dir(run: str, round_idx: int) -> str:
+    return storage.join(knowledge_dir(run), f"round={round_idx}")
+
+
+def pos_dir(run: str) -> str:
+    return storage.join(knowledge_dir(run), "pos")
+
+
+def teacher_dir(run: str, name: str) -> str:
+    return storage.join(run, "teachers", name)
+
+
+def state_path(run: str, name: str, e: int, s: int) -> str:
+    """Shard s of teacher `name`'s trajectory state E_e (e = 1..4)."""
+    return storage.shard_path(storage.join(teacher_dir(run, name), f"state={e}"), s)
+
+
+def read(path: str, columns: list[str]) -> pa.Table:
+    """One Parquet file, single-threaded (the dataset reader's thread pool costs more than it saves
+    on one-column shards, and a shard task owns one CPU)."""
+    if not storage.exists(path):
+        raise InputError(path, "shard file missing", "rerun the stage that writes this folder")
+    fs, p = storage.resolve(path)
+    with fs.open_input_file(p) as f:
+        return pq.ParquetFile(f).read(columns=columns, use_threads=False)
+
+
+def read_lists(path: str, lo: int, hi: int, column: str = "items") -> tuple[np.ndarray, np.ndarray]:
+    """CSR (offsets (n+1,) int64, values int32) of one shard's list column, checked against users [lo, hi)."""
+    t = read(path, ["user", column])
+    user = t.column("user")
+    if t.num_rows != hi - lo or (t.num_rows and (user[0].as_py() != lo or user[-1].as_py() != hi - 1)):
+        raise InputError(path, f"expected users [{lo}, {hi}) one row each, got {t.num_rows} rows",
+                         "the folder is corrupt; delete it and rerun the stage that writes it")
+    return storage.list_to_csr(t.column(column))
+
+
+@numba.njit(cache=True)
+def _fill(offsets, values, out):
+    """out[i] = values[offsets[i]:offsets[i+1]] then PADs (each row fits: checked by the caller)."""
+    n, width = out.shape
+    for i in range(n):
+        a, length = offsets[i], offsets[i + 1] - offsets[i]
+        for j in range(length):
+            out[i, j] = values[a + j]
+        for j in range(length, width):
+            out[i, j] = PAD
+
+
+def fill_dense(off: np.ndarray, val: np.ndarray, out: np.ndarray, where: str) -> np.ndarray:
+    """Writes CSR lists into `out` (n, width) int32, -1 padded; a list longer than width is an InputError."""
+    lengths = np.diff(off)
+    if len(lengths) and lengths.max() > out.shape[1]:
+        raise InputError(where, f"a list has {int(lengths.max())} items, more than K = {out.shape[1]}",
+                         "export the teachers with the same K as knowledge.topk")
+    _fill(np.asarray(off, dtype=np.int64), np.asarray(val, dtype=np.int32), out)
+    return out
+
+
+def read_dense(path: str, lo: int, hi: int, width: int, column: str = "items", out: np.ndarray | None = None) -> np.ndarray:
+    """(hi-lo, width) int32 -1 padded lists of one shard's list column, into `out` when given."""
+    out = np.empty((hi - lo, width), dtype=np.int32) if out is None else out
+    return fill_dense(*read_lists(path, lo, hi, column), out, path)
+
+
+def fixed_list(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """list<typ> column of a (n, M) matrix (every row has M entries)."""
+    n, m = mat.shape
+    offsets = pa.array(np.arange(0, n * m + 1, m, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(mat).ravel(), type=typ))
+
+
+def read_round(run: str, round_idx: int, s: int, lo: int, hi: int, M: int, K: int):
+    """(v (n, M) int64, d (n, M) float32, targets (n, K) int32) of shard s of a committed round."""
+    path = storage.shard_path(round_dir(run, round_idx), s)
+    t = read(path, ["user", "v", "d", "targets"])
+    if t.num_rows != hi - lo:
+        raise InputError(path, f"{t.num_rows} rows for users [{lo}, {hi})", "delete the round and rebuild it")
+    v = t.column("v").combine_chunks().flatten().to_numpy().astype(np.int64).reshape(-1, M)
+    d = t.column("d").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, M)
+    targets = fill_dense(*storage.list_to_csr(t.column("targets")), np.empty((hi - lo, K), np.int32), path)
+    return v, d, targets
+
+
+def write_round_shard(run: str, round_idx: int, s: int, lo: int, hi: int, v: np.ndarray, d: np.ndarray,
+                      targets: np.ndarray) -> None:
+    """Shard s of a round: v (n, M) int8, d (n, M) float32, targets (n, K) -1 padded, written atomically."""
+    storage.write_table_atomic(storage.shard_path(round_dir(run, round_idx), s), storage.user_table(
+        lo, hi, v=fixed_list(v.astype(np.int8), pa.int8()), d=fixed_list(d.astype(np.float32), pa.float32()),
+        targets=storage.dense_to_list(targets)))
