@@ -83,7 +83,8 @@ def fill_dense(off: np.ndarray, val: np.ndarray, out: np.ndarray, where: str) ->
     return out
 
 
-def read_dense(path: str, lo: int, hi: int, width: int, column: str = "items", out: np.ndarray | None = None) -> np.ndarray:
+def read_dense(path: str, lo: int, hi: int, width: int, column: str = "items",
+               out: np.ndarray | None = None) -> np.ndarray:
     """(hi-lo, width) int32 -1 padded lists of one shard's list column, into `out` when given."""
     out = np.empty((hi - lo, width), dtype=np.int32) if out is None else out
     return fill_dense(*read_lists(path, lo, hi, column), out, path)
