@@ -34,7 +34,7 @@ from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard, union
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation import kernels
-from hetcomp_dist.evaluation.faiss_exact import BlockedFlatIndex, faiss_blas
+from hetcomp_dist.evaluation.faiss_exact import BlockedFlatIndex, faiss_blas, pow2_caps
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
 from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex, _encode, build_index
 from hetcomp_dist.progress import Progress
@@ -159,7 +159,7 @@ def _pairs(c: CSR, n_items: int) -> np.ndarray:
 def candidates_faiss(index, q: np.ndarray, k: int, n_excl: np.ndarray) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """(rows, (len(rows), C) candidates) groups: C = k + the group's power-of-two cap of n_excl."""
     n_items = index.ntotal
-    caps = np.where(n_excl > 0, 2 ** np.ceil(np.log2(np.maximum(n_excl, 1))).astype(np.int64), 0)
+    caps = pow2_caps(n_excl)
     for cap in np.unique(caps):
         rows = np.nonzero(caps == cap)[0]
         with faiss_blas():  # FAISS's BLAS path: ~4x its per-query path at small d (faiss_exact.BLAS_THRESHOLD)

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 import torch
 
-from hetcomp_dist.evaluation.faiss_exact import PAD, BlockedFlatIndex
+from hetcomp_dist.evaluation.faiss_exact import PAD, BlockedFlatIndex, faiss_blas, pow2_caps
 
 
 def build_index(item_emb: np.ndarray, metric: str = "ip", kind: str = "flat", *, ivf_nlist: int = 1024,
@@ -101,14 +101,16 @@ def search_excluding(index: "faiss.Index | PrunedIndex", user_vecs: np.ndarray, 
     if B == 0:
         return out
     counts = np.diff(ex_offsets)
-    caps = np.where(counts > 0, 2 ** np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64), 0)
+    caps = pow2_caps(counts)
     for cap in np.unique(caps):
         rows = np.nonzero(caps == cap)[0]
-        kk = int(min(k + cap, n_items))
-        _, cand = index.search(q[rows], kk)
+        with faiss_blas():  # FAISS's BLAS path: ~4x its per-query path at small d (faiss_exact.BLAS_THRESHOLD)
+            _, cand = index.search(q[rows], int(min(k + cap, n_items)))
+        n = counts[rows]
         sub_off = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(counts[rows], out=sub_off[1:])
-        sub_val = np.concatenate([ex_values[ex_offsets[r]: ex_offsets[r + 1]] for r in rows]) if cap else np.zeros(0, np.int32)
+        np.cumsum(n, out=sub_off[1:])
+        # the group's exclusion lists, gathered without a loop over its users
+        sub_val = ex_values[np.repeat(ex_offsets[rows] - sub_off[:-1], n) + np.arange(sub_off[-1])]
         cand = cand.astype(np.int32)
         out[rows] = first_k_kept(cand, excluded_mask(cand, sub_off, sub_val, n_items), k)
     return out
