@@ -158,14 +158,15 @@ def test_export_and_metrics_equal_brute_force(trained_run, name):
         assert np.all(np.diff(s) <= 1e-6)
 
 
-def test_rerun_skips_committed(trained_run):
-    from hetcomp_dist.teachers import train_teachers
+def test_rerun_skips_committed(trained_run, monkeypatch):
+    from hetcomp_dist.teachers import actors, train_teachers
 
-    run, cfg, _ = trained_run
-    t0 = time.perf_counter()
+    run, cfg, first = trained_run
+    started = []
+    monkeypatch.setattr(actors, "start_teachers", lambda run, cfg, names: started.append(names))
     summary = train_teachers(run, cfg)
-    assert summary["trained"] == []
-    assert time.perf_counter() - t0 < 15  # no actor, no training: manifests only
+    assert summary["trained"] == [] and started == []  # no actor started: manifests only
+    assert summary["teachers"] == first["teachers"]
 
 
 def test_killed_actor_resumes_from_snapshot(tmp_path, ray_session, synth_run):
