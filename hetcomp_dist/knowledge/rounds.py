@@ -33,8 +33,8 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, rebuild_targets, state_means, switch_fired
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
-from hetcomp_dist.knowledge.shard_io import (knowledge_dir, pos_dir, read_dense, read_lists, read_round, round_dir,
-                                             state_path, teacher_dir, write_round_shard)
+from hetcomp_dist.knowledge.shard_io import (block, knowledge_dir, pos_dir, read_dense, read_lists, read_round,
+                                             round_dir, state_path, teacher_dir, write_round_shard)
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
 
 N_STATES = 4  # E1..E4; state index v in 0..3
@@ -85,7 +85,7 @@ def round0_shard(task: RoundTask, s: int) -> dict:
     lo, hi = storage.shard_range(s, task.data["shard_size"], task.data["n_users"])
     n, M = hi - lo, len(names)
     train = load_shard(run, "train", s, task.data)
-    e1 = np.empty((M, n, kc.topk), dtype=np.int32)
+    e1 = block((M, n, kc.topk))
     observed = []
     for x, name in enumerate(names):
         read_dense(state_path(run, name, 1, s), lo, hi, kc.topk, out=e1[x])
@@ -144,11 +144,11 @@ def needed_states(v: np.ndarray, first: bool) -> list[range]:
 def read_states(task: RoundTask, s: int, lo: int, hi: int, states: list[range]) -> np.ndarray:
     """(n, M, S, K) int32 view of shard s's trajectories, teacher x's states states[x] read.
 
-    The buffer is (M, S, n, K): each state file is copied in as one contiguous block, and the pages of
-    the states not read are never touched (not resident) -- nor read by the kernels.
+    The buffer is (M, S, n, K): each state file is copied in as one contiguous block; the states not
+    read stay uninitialised and are never read by the kernels (`needed_states`).
     """
     K, n = task.kc.topk, hi - lo
-    buf = np.empty((len(task.names), N_STATES, n, K), dtype=np.int32)
+    buf = block((len(task.names), N_STATES, n, K))
     for x, name in enumerate(task.names):
         for e in states[x]:
             read_dense(state_path(task.run, name, e + 1, s), lo, hi, K, out=buf[x, e])

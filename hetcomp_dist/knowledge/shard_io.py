@@ -83,6 +83,18 @@ def fill_dense(off: np.ndarray, val: np.ndarray, out: np.ndarray, where: str) ->
     return out
 
 
+def block(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised int32 array from Arrow's memory pool (mimalloc or jemalloc).
+
+    The pool reuses the pages it freed (a shard task's previous block, Arrow's own decode buffers),
+    where a large np.empty maps fresh pages each time: first-touch page faults then cost as much as
+    parsing the files (measured on a 2-core VM: 0.43 s for 19 state files of 50k users, against
+    0.02 s for the copy itself).
+    """
+    buf = pa.allocate_buffer(int(np.prod(shape)) * 4)
+    return np.frombuffer(buf, dtype=np.int32).reshape(shape)  # the array keeps the buffer alive
+
+
 def read_dense(path: str, lo: int, hi: int, width: int, column: str = "items",
                out: np.ndarray | None = None) -> np.ndarray:
     """(hi-lo, width) int32 -1 padded lists of one shard's list column, into `out` when given."""
