@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-
 PAD = -1
 VARIANTS = ("code", "paper")
 FIXED_BITS = 40

@@ -41,7 +41,11 @@ def as_weights(weights: np.ndarray | None, m: int) -> np.ndarray:
 
 
 def score_table(L: int, w: np.ndarray, temperature: float) -> np.ndarray:
-    """(L, M) int64 fixed-point rank importances round(w_x exp(-r/T) 2^SCORE_BITS / sum(w))."""
+    """(L, M) int64 fixed-point rank importances round(w_x exp(-r/T) 2^SCORE_BITS / sum(w)).
+
+    Ranks past T ln(2^61 w_x / sum(w)) (~410 for T = 10, 6 equal weights) round to 0: items seen only
+    that deep tie, by id -- only long lists (observed items of heavy users) reach them, and P+ keeps 10.
+    """
     scale = 2.0 ** SCORE_BITS / float(w.sum())
     A = np.exp(-np.arange(L, dtype=np.float64) / temperature)
     return np.round(A[:, None] * w[None, :] * scale).astype(np.int64)
