@@ -16,7 +16,8 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.local_cluster import absolute_paths
 
 REPO = Path(__file__).resolve().parents[1]
-JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if not p.stem.startswith("bench_"))
+# every job file but the benchmarks (bench_*) and the checks of an existing run (check_*) is a stage entrypoint
+JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if not p.stem.startswith(("bench_", "check_")))
 
 
 def _cfg(*argv: str) -> Config:
