@@ -110,11 +110,12 @@ def test_scorer_path_equals_faiss_path(synth_run):
     assert_close(by_scores, brute_force(synth_run, U, V, "ip"))
 
 
+@pytest.mark.parametrize("index, seed", [("pruned", 7), ("blocked", 10)])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_pruned_index_equals_brute_force(synth_run, metric):
-    """EvalConfig.index = "pruned": random embeddings, and (ip) embeddings with signal (many hits)."""
-    U, V = random_emb(synth_run, seed=7)
-    cfg = EvalConfig(index="pruned", batch_size=50)
+def test_exact_indexes_equal_brute_force(synth_run, metric, index, seed):
+    """EvalConfig.index = "pruned" / "blocked": random embeddings, and (ip) embeddings with signal (many hits)."""
+    U, V = random_emb(synth_run, seed=seed)
+    cfg = EvalConfig(index=index, batch_size=50)
     assert_close(evaluate_embeddings(synth_run, U, V, metric, cfg), brute_force(synth_run, U, V, metric))
     if metric == "ip":
         m = load_manifest(synth_run)
@@ -126,6 +127,7 @@ def test_pruned_index_equals_brute_force(synth_run, metric):
         ref = brute_force(synth_run, U, V, "ip")
         assert ref["test"]["R@50"] > 0.1
         assert_close(evaluate_embeddings(synth_run, U, V, "ip", cfg), ref)
+        assert_close(evaluate_embeddings(synth_run, U, V, "ip", cfg, splits=("test",)), {"test": ref["test"]})
 
 
 def tie_case(rng, B: int = 40, n_items: int = 60, d: int = 3):
@@ -190,25 +192,6 @@ def test_protocol_sets_hand_example():
     assert masks.tolist() == [1 | 4, 1 | 2]  # valid drops train and test; test drops train and valid
     off, items, bits, masks = protocol_sets(train, valid, test, ("valid",))  # valid items are not needed
     assert off.tolist() == [0, 3, 5] and items.tolist() == [1, 2, 4, 5, 6] and masks.tolist() == [5]
-
-
-@pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_blocked_index_equals_brute_force(synth_run, metric):
-    """EvalConfig.index = "blocked": random embeddings, and (ip) embeddings with signal (many hits)."""
-    U, V = random_emb(synth_run, seed=10)
-    cfg = EvalConfig(index="blocked", batch_size=50)
-    assert_close(evaluate_embeddings(synth_run, U, V, metric, cfg), brute_force(synth_run, U, V, metric))
-    if metric == "ip":
-        m = load_manifest(synth_run)
-        tr = load_split(synth_run, "train", m)
-        X = np.zeros((m["n_users"], m["n_items"]))
-        X[tr.user_ids(), tr.items] = 1
-        u, s, vt = np.linalg.svd(X, full_matrices=False)
-        U, V = (u[:, :8] * s[:8]).astype(np.float32), vt[:8].T.astype(np.float32)
-        ref = brute_force(synth_run, U, V, "ip")
-        assert ref["test"]["R@50"] > 0.1
-        assert_close(evaluate_embeddings(synth_run, U, V, "ip", cfg), ref)
-        assert_close(evaluate_embeddings(synth_run, U, V, "ip", cfg, splits=("test",)), {"test": ref["test"]})
 
 
 def test_pruned_distributed_equals_in_process(synth_run, ray_session):

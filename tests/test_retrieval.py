@@ -174,19 +174,22 @@ def test_pruned_k_above_catalogue_and_empty_batches():
     assert index.search_excluding(q[:0], 5, np.zeros(1, np.int64), val[:0]).shape == (0, 5)
 
 
+@pytest.mark.parametrize("make", [lambda items, m: PrunedIndex(items, m, block=7, user_chunk=8),
+                                  lambda items, m: BlockedFlatIndex(items, m, first_block=8, block=7)],
+                         ids=["pruned", "blocked"])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_pruned_near_ties_follow_float64(metric):
-    """Items differing by about one float32 ulp: float32 scores tie or misorder; the result still
-    equals a float64 brute-force ranking (rescored, and boundary near-ties redone exactly)."""
+def test_exact_indexes_near_ties_follow_float64(metric, make):
+    """Items about one float32 ulp apart: float32 scores tie or misorder them; the lists still equal a
+    float64 brute-force ranking (rescored, and boundary near-ties redone by a float64 scan)."""
     rng = np.random.default_rng(4)
     base = rng.normal(size=(40, 6))
     items = np.concatenate([base * (1 + j * 2.0 ** -23) for j in range(4)]).astype(np.float32)
     rng.shuffle(items)
     q = rng.normal(size=(30, 6)).astype(np.float32)
     ex, off, val = exclusions(rng, 30, len(items), big=0)
+    index = make(items, metric)
     for k in (1, 3, 10, 37):
-        got = PrunedIndex(items, metric, block=7, user_chunk=8).search_excluding(q, k, off, val)
-        np.testing.assert_array_equal(got, brute_topk(q, items, ex, k, metric))
+        np.testing.assert_array_equal(index.search_excluding(q, k, off, val), brute_topk(q, items, ex, k, metric))
 
 
 def test_pruned_faiss_style_search_and_pruning_happens():
@@ -244,21 +247,6 @@ def test_blocked_heavy_users_and_protocol_masks():
     for p, mask in enumerate((5, 3)):
         ex = [e[(c & mask) != 0] for e, c in zip(per_row, codes)]
         np.testing.assert_array_equal(got[p], brute_topk(q, items, ex, k, "ip"), err_msg=f"mask {mask}")
-
-
-@pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_blocked_near_ties_follow_float64(metric):
-    """Items one float32 ulp apart: FAISS's float32 scores tie or misorder them; the lists still equal
-    a float64 brute-force ranking (rescored; boundary near-ties redone by a float64 scan)."""
-    rng = np.random.default_rng(4)
-    base = rng.normal(size=(40, 6))
-    items = np.concatenate([base * (1 + j * 2.0 ** -23) for j in range(4)]).astype(np.float32)
-    rng.shuffle(items)
-    q = rng.normal(size=(30, 6)).astype(np.float32)
-    ex, off, val = exclusions(rng, 30, len(items), big=0)
-    for k in (1, 3, 10, 37):
-        got = BlockedFlatIndex(items, metric, first_block=8, block=7).search_excluding(q, k, off, val)
-        np.testing.assert_array_equal(got, brute_topk(q, items, ex, k, metric))
 
 
 def test_blocked_prunes_on_popularity_norms():
