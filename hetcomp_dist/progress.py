@@ -13,8 +13,13 @@ def peak_rss_gib() -> float:
 
 
 def log(stage: str, msg: str) -> None:
-    """One progress line, flushed at once (job logs have no TTY)."""
-    print(f"[{stage}] {msg} | peak_rss={peak_rss_gib():.2f}GiB", file=sys.stderr, flush=True)
+    """One progress line, flushed at once (job logs have no TTY).
+
+    Written to stderr directly rather than through `print`: inside a Ray Train worker, `print` is
+    patched to also log through Train's root logger, whose console handler writes the line again.
+    """
+    sys.stderr.write(f"[{stage}] {msg} | peak_rss={peak_rss_gib():.2f}GiB\n")
+    sys.stderr.flush()
 
 
 class Progress:
