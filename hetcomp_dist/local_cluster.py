@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+NO_AGENT = "No available agent to submit job"  # Ray's job API before the head's agent registers
 
 
 def free_port() -> int:
@@ -97,11 +98,22 @@ class LocalCluster:
 
     def submit(self, entrypoint: list[str], working_dir: str | os.PathLike = REPO,
                capture: bool = False, timeout_s: float | None = None) -> subprocess.CompletedProcess:
-        """Blocking ``ray job submit --working-dir`` of `entrypoint`; exit 0 = SUCCEEDED, 1 = FAILED."""
+        """Blocking ``ray job submit --working-dir`` of `entrypoint`; exit 0 = SUCCEEDED, 1 = FAILED.
+
+        The job API can answer before the head's dashboard agent has registered (seen on a loaded
+        machine); a submission then fails with "No available agent to submit job" and creates no
+        job. With `capture` such a submission is retried for up to `start_timeout_s` (uncaptured
+        output streams to the terminal, where the message is seen and the command can be rerun).
+        """
         cmd = [shutil.which("ray") or "ray", "job", "submit", "--address", self.address,
                "--working-dir", str(working_dir), "--", *entrypoint]
-        return subprocess.run(cmd, cwd=working_dir, env=ray_env(), text=True, timeout=timeout_s,
-                              capture_output=capture)
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            res = subprocess.run(cmd, cwd=working_dir, env=ray_env(), text=True, timeout=timeout_s,
+                                 capture_output=capture)
+            if not capture or NO_AGENT not in res.stdout + res.stderr or time.monotonic() > deadline:
+                return res
+            time.sleep(2.0)
 
     def stop(self, grace_s: float = 3.0) -> None:
         """SIGTERM to the cluster's process group, SIGKILL to what is left after `grace_s`.
