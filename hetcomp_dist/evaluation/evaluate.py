@@ -34,9 +34,9 @@ from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard, union
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation import kernels
-from hetcomp_dist.evaluation.faiss_exact import BlockedFlatIndex, faiss_blas, pow2_caps
+from hetcomp_dist.evaluation.faiss_exact import BlockedFlatIndex
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
-from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex, _encode, build_index
+from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex, _encode, build_index, grouped_search
 from hetcomp_dist.progress import Progress
 
 STAGE = "evaluate"
@@ -156,17 +156,6 @@ def _pairs(c: CSR, n_items: int) -> np.ndarray:
     return _encode(np.repeat(np.arange(c.n), c.lengths()), c.items, n_items)
 
 
-def candidates_faiss(index, q: np.ndarray, k: int, n_excl: np.ndarray) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """(rows, (len(rows), C) candidates) groups: C = k + the group's power-of-two cap of n_excl."""
-    n_items = index.ntotal
-    caps = pow2_caps(n_excl)
-    for cap in np.unique(caps):
-        rows = np.nonzero(caps == cap)[0]
-        with faiss_blas():  # FAISS's BLAS path: ~4x its per-query path at small d (faiss_exact.BLAS_THRESHOLD)
-            _, cand = index.search(np.ascontiguousarray(q[rows]), int(min(k + cap, n_items)))
-        yield rows, cand.astype(np.int32)
-
-
 def candidates_scores(scores: torch.Tensor, k: int, train: CSR, n_excl: np.ndarray) -> np.ndarray:
     """(B, C) candidates of a score block: train masked to -inf, top k + max |valid ∪ test| (cheap)."""
     B, n_items = scores.shape
@@ -218,7 +207,7 @@ def _eval_range(run: str, m: dict, s: int, lo: int, hi: int, *, index=None, user
         elif isinstance(index, PrunedIndex):  # exact per-protocol lists, no wide candidate search
             groups = [(np.arange(len(rows)), protocol_lists_pruned(index, user_emb[rows + lo], tr, va, te, k, splits))]
         else:
-            groups = candidates_faiss(index, user_emb[rows + lo], k, n_excl)
+            groups = grouped_search(index, user_emb[rows + lo], k, n_excl)
         for g, cand in groups:
             got = cand if isinstance(cand, dict) else protocol_lists(cand, tr.take(g), va.take(g), te.take(g), k,
                                                                      n_items, splits)

@@ -77,6 +77,18 @@ def first_k_kept(cand: np.ndarray, drop: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def grouped_search(index: "faiss.Index", q: np.ndarray, k: int, n_excl: np.ndarray):
+    """(rows, (len(rows), C) int32 candidates) per group of rows with the same power-of-two cap of
+    n_excl: C = k + cap, so one heavy user does not widen the FAISS search of the whole batch."""
+    n_items = index.ntotal
+    caps = pow2_caps(n_excl)
+    for cap in np.unique(caps):
+        rows = np.nonzero(caps == cap)[0]
+        with faiss_blas():  # FAISS's BLAS path: ~4x its per-query path at small d (faiss_exact.BLAS_THRESHOLD)
+            _, cand = index.search(np.ascontiguousarray(q[rows]), int(min(k + cap, n_items)))
+        yield rows, cand.astype(np.int32)
+
+
 def search_excluding(index: "faiss.Index | PrunedIndex", user_vecs: np.ndarray, k: int, ex_offsets: np.ndarray,
                      ex_values: np.ndarray) -> np.ndarray:
     """Top-k items per user from a FAISS index, never returning an excluded item.
@@ -101,17 +113,12 @@ def search_excluding(index: "faiss.Index | PrunedIndex", user_vecs: np.ndarray, 
     if B == 0:
         return out
     counts = np.diff(ex_offsets)
-    caps = pow2_caps(counts)
-    for cap in np.unique(caps):
-        rows = np.nonzero(caps == cap)[0]
-        with faiss_blas():  # FAISS's BLAS path: ~4x its per-query path at small d (faiss_exact.BLAS_THRESHOLD)
-            _, cand = index.search(q[rows], int(min(k + cap, n_items)))
+    for rows, cand in grouped_search(index, q, k, counts):
         n = counts[rows]
         sub_off = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(n, out=sub_off[1:])
         # the group's exclusion lists, gathered without a loop over its users
         sub_val = ex_values[np.repeat(ex_offsets[rows] - sub_off[:-1], n) + np.arange(sub_off[-1])]
-        cand = cand.astype(np.int32)
         out[rows] = first_k_kept(cand, excluded_mask(cand, sub_off, sub_val, n_items), k)
     return out
 
