@@ -72,7 +72,8 @@ def workspace(entries):
     fbuf = np.empty(n, dtype=np.float64)
     return (np.full(1 << bits, ht.EMPTY, dtype=np.int32), np.zeros(1 << bits, dtype=np.int64),
             np.empty(n, dtype=np.int64), fbuf, fbuf.view(np.int64), np.empty(n, dtype=np.int32),
-            np.zeros(N_BUCKETS, dtype=np.int32), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32))
+            np.zeros(N_BUCKETS, dtype=np.int32), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32),
+            np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32))
 
 
 @numba.njit(cache=True)
@@ -84,14 +85,21 @@ def select_top(ws, n_used, out_row):
     (a heap of the k best measured 4x slower: its comparisons are coin flips): each score's bucket
     is the exponent and top SUB_BITS mantissa bits of its float64 value (monotone in the score);
     counting from the top bucket down finds the bucket where the best k end, the entries of that
-    bucket and above are placed in bucket order, and an insertion sort on the exact (score, id)
-    keys only reorders entries within a bucket.
+    bucket and above are placed in bucket order (the rest after them, unsorted), and an insertion
+    sort on the exact (score, id) keys only reorders entries within a bucket. The first pass copies
+    each (score, item) out of the table and empties its slot, so the later passes read two dense
+    arrays; the placement has no branch on the cut (measured ~10 % of g: a mispredicted branch
+    for each entry near the cut).
     """
-    keys, vals, used, fbuf, fbits, bucket, counts, ss, si = ws
+    keys, vals, used, fbuf, fbits, bucket, counts, ss, si, cs, ci = ws
     k = len(out_row)
     lo, hi = N_BUCKETS, 0
     for j in range(n_used):
-        fbuf[j] = vals[used[j]]  # int64 -> float64 rounds monotonically; read back as its bits
+        h = used[j]
+        sc = vals[h]
+        cs[j], ci[j] = sc, keys[h]
+        keys[h], vals[h] = ht.EMPTY, 0
+        fbuf[j] = sc  # int64 -> float64 rounds monotonically; read back as its bits
         bk = max((fbits[j] >> (52 - SUB_BITS)) - _BUCKET_BASE, 0)
         bucket[j] = bk
         counts[bk] += 1
@@ -104,14 +112,16 @@ def select_top(ws, n_used, out_row):
         if total >= k:
             cut = bk
             break
+    floor = cut  # entries below the cut bucket go to one counter past the best buckets: no branch
+    if cut > lo:
+        floor = cut - 1
+        counts[floor] = total
     for j in range(n_used):
-        bk = bucket[j]
-        if bk >= cut:
-            h, p = used[j], counts[bk]
-            counts[bk] = p + 1
-            ss[p], si[p] = vals[h], keys[h]
+        c = max(bucket[j], floor)
+        p = counts[c]
+        counts[c] = p + 1
+        ss[p], si[p] = cs[j], ci[j]
     counts[lo: hi + 1] = 0
-    ht.clear(keys, vals, used, n_used)
     for a in range(1, total):  # total: the entries of the buckets that hold the best k
         s, it = ss[a], si[a]
         q = a - 1
