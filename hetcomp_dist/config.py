@@ -17,6 +17,7 @@ import yaml
 from hetcomp_dist.errors import InputError
 
 TEACHER_NAMES = ("mf", "ml", "dnn", "gnn", "ae", "iae")
+STUDENT_METHODS = ("hetcomp", "wokd", "rd", "rrd", "mtd", "cldrd", "dcd")
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class StudentConfig:
     method: str = "hetcomp"  # hetcomp | wokd | rd | rrd | mtd | cldrd | dcd
     dim: int = 6
     lr: float = 1e-3
+    method_lr: tuple[str, ...] = ()  # per-method learning rates "method=lr" (e.g. "wokd=0.001"); others use lr
     weight_decay: float = 1e-5
     batch_size: int = 1024  # train interactions per batch (its unique users are used)
     max_epochs: int = 1000
@@ -313,6 +315,27 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     return from_dict(Config, apply_overrides(raw, list(overrides)))
 
 
+def student_lr(s: StudentConfig, where: str = "student.method_lr") -> float:
+    """The learning rate of `s.method`: its ``method=lr`` entry of `s.method_lr`, else `s.lr`.
+
+    Raises InputError naming the entry when one is malformed, names an unknown or repeated method,
+    or gives a learning rate that is not > 0.
+    """
+    lrs: dict[str, float] = {}
+    for i, entry in enumerate(s.method_lr):
+        method, eq, text = entry.partition("=")
+        method = method.strip()
+        try:
+            lr = float(text) if eq else float("nan")
+        except ValueError:
+            lr = float("nan")
+        if method not in STUDENT_METHODS or not lr > 0 or method in lrs:
+            raise InputError(f"{where}[{i}]", f"{entry!r} is not a unique 'method=lr' with lr > 0 and method "
+                             f"one of {', '.join(STUDENT_METHODS)}", "e.g. student.method_lr=[wokd=0.001]")
+        lrs[method] = lr
+    return lrs.get(s.method, s.lr)
+
+
 def validate(cfg: Config, where: str = "config") -> Config:
     """Checks value ranges and choices that types alone cannot."""
     def choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -352,8 +375,10 @@ def validate(cfg: Config, where: str = "config") -> Config:
     if cfg.knowledge.weights and len(cfg.knowledge.weights) != len(cfg.teachers.names):
         raise InputError(f"{where}.knowledge.weights", f"needs one weight per teacher ({len(cfg.teachers.names)})")
     choice("student.model", cfg.student.model, ("mf", "ml", "dnn"))
-    choice("student.method", cfg.student.method, ("hetcomp", "wokd", "rd", "rrd", "mtd", "cldrd", "dcd"))
+    choice("student.method", cfg.student.method, STUDENT_METHODS)
     choice("student.tail", cfg.student.tail, ("exact", "sampled"))
+    student_lr(cfg.student, f"{where}.student.method_lr")  # parses and checks every entry
+    positive("student.lr", cfg.student.lr)
     b = cfg.baselines
     for i, st in enumerate(b.cldrd_stages):
         if len(st) != 3 or st[0] < 1 or min(st) < 0 or st[0] + st[1] > b.topk:
@@ -366,7 +391,7 @@ def validate(cfg: Config, where: str = "config") -> Config:
     for s in cfg.pipeline.students:
         choice("pipeline.students", s, ("mf", "ml", "dnn"))
     for m in cfg.pipeline.methods:
-        choice("pipeline.methods", m, ("hetcomp", "wokd", "rd", "rrd", "mtd", "cldrd", "dcd"))
+        choice("pipeline.methods", m, STUDENT_METHODS)
     for name in ("dim", "batch_size", "max_epochs", "eval_every", "patience"):
         positive(f"student.{name}", getattr(cfg.student, name))
         positive(f"teachers.{name}", getattr(cfg.teachers, name))

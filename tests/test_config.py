@@ -53,3 +53,34 @@ def test_bad_files(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(InputError, match="mapping"):
         load_config(str(lst))
+
+
+def test_method_lr_picks_the_methods_learning_rate_and_keeps_the_hash(tmp_path):
+    from hetcomp_dist.config import student_lr
+
+    c = load_config(None, ["student.lr=0.005", "student.method_lr=[wokd=0.001, rd=2e-3]"])
+    by = {m: student_lr(dataclasses.replace(c.student, method=m)) for m in ("hetcomp", "wokd", "rd", "dcd")}
+    assert by == {"hetcomp": 0.005, "wokd": 0.001, "rd": 0.002, "dcd": 0.005}
+    # the training's identity is the learning rate it uses: a table entry for another method, or the
+    # same rate given through the table, leaves a student's hash unchanged
+    from hetcomp_dist.data.synth import synthesize
+    from hetcomp_dist.student.trainer import student_hash
+
+    run = str(tmp_path / "run")
+    base = load_config(None, [f"run={run}", "synth.users=60", "synth.items=40", "student.method=wokd"])
+    synthesize(run, base.synth, base.data)
+    h = student_hash(run, base)
+    assert student_hash(run, dataclasses.replace(base, student=dataclasses.replace(
+        base.student, method_lr=("hetcomp=0.01",)))) == h
+    assert student_hash(run, dataclasses.replace(base, student=dataclasses.replace(
+        base.student, lr=0.5, method_lr=("wokd=0.001",)))) == h
+    assert student_hash(run, dataclasses.replace(base, student=dataclasses.replace(
+        base.student, method_lr=("wokd=0.002",)))) != h
+
+
+@pytest.mark.parametrize("entry", ["wokd", "teacher=0.001", "wokd=0", "wokd=-1", "wokd=abc"])
+def test_bad_method_lr_names_the_entry(entry):
+    with pytest.raises(InputError, match=r"student\.method_lr\[0\]"):
+        load_config(None, [f"student.method_lr=[{entry}]"])
+    with pytest.raises(InputError, match=r"student\.method_lr\[1\]"):
+        load_config(None, ["student.method_lr=[wokd=0.001, wokd=0.002]"])

@@ -14,7 +14,7 @@ import time
 
 from hetcomp_dist import storage
 from hetcomp_dist.baselines import select as lambda_grid
-from hetcomp_dist.config import Config, to_dict
+from hetcomp_dist.config import Config, student_lr, to_dict
 from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.progress import log
@@ -33,6 +33,8 @@ def student_dir(run: str, method: str, model: str) -> str:
 
 def student_hash(run: str, cfg: Config) -> str:
     s = {k: v for k, v in dataclasses.asdict(cfg.student).items() if k not in _MECHANICS}
+    del s["method_lr"]  # the training's identity is the learning rate it uses, not the whole table
+    s["lr"] = student_lr(cfg.student)
     parts = [s, cfg.eval, load_manifest(run).get("config_hash")]
     if OBJECTIVES[cfg.student.method].needs_knowledge:
         r0 = knowledge_io.round_manifest(run, 0) or {}

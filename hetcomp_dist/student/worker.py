@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import Config, from_dict
+from hetcomp_dist.config import Config, from_dict, student_lr
 from hetcomp_dist.progress import log, peak_rss_gib
 from hetcomp_dist.student import checkpoint, distributed, knowledge_io
 from hetcomp_dist.student.batching import BatchSampler, RankData
@@ -141,7 +141,7 @@ def build(job: Job, w: Worker):
     task = TrainTask(model, build_objective(s.method, cfg)).to(w.device)
     task.objective.attach(job.run, data)
     sampler = BatchSampler(data, s.batch_size, w.rank, w.world, s.seed, task.objective.needs_negatives, w.device)
-    opt = torch.optim.Adam(task.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    opt = torch.optim.Adam(task.parameters(), lr=student_lr(s), weight_decay=s.weight_decay)
     return data, task, sampler, opt
 
 
