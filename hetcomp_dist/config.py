@@ -378,7 +378,6 @@ def validate(cfg: Config, where: str = "config") -> Config:
     choice("student.method", cfg.student.method, STUDENT_METHODS)
     choice("student.tail", cfg.student.tail, ("exact", "sampled"))
     student_lr(cfg.student, f"{where}.student.method_lr")  # parses and checks every entry
-    positive("student.lr", cfg.student.lr)
     b = cfg.baselines
     for i, st in enumerate(b.cldrd_stages):
         if len(st) != 3 or st[0] < 1 or min(st) < 0 or st[0] + st[1] > b.topk:

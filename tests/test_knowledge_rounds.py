@@ -250,3 +250,41 @@ def test_cli(base_run, tmp_path, capsys):
     assert main(["knowledge", "--run", run, "--round", "1", "--epoch", "10", "--emb", f"{run}/emb1.npz"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["round"] == 1 and out["epoch"] == 10 and out["switch"] is False and len(out["means"]) == 6
+
+
+def _round_arrays(folder: str):
+    """(v, d, targets) of every user of one round folder, read plainly."""
+    v, d, T = [], [], []
+    for path in storage.list_files(folder):
+        t = storage.read_table(path).to_pydict()
+        v, d, T = v + t["v"], d + t["d"], T + t["targets"]
+    return np.array(v), np.array(d, dtype=np.float32), T
+
+
+def test_students_keep_their_own_rounds(base_run, tmp_path):
+    """Two students on one run, their DKC rounds interleaved: each student's rounds (in its own folder)
+    equal those of the same student alone on a copy of the run; round 0 is shared and left as it was."""
+    run = _fresh(base_run, tmp_path, "two")
+    cfg = _cfg(run)
+    build_round0(run, cfg)
+    r0 = storage.read_bytes(storage.shard_path(f"{run}/knowledge/round=0", 0))
+    embs = {"a": (1, 2, 3), "b": (4, 5, 6)}
+    folders = {s: f"{run}/student/{s}/knowledge" for s in embs}
+    for r in (1, 2, 3):
+        for s, e in embs.items():
+            m = dkc_round(run, cfg, r, 10 * r, f"{run}/emb{e[r - 1]}.npz", rounds=folders[s])
+            assert storage.read_manifest(f"{folders[s]}/round={r}") == m
+    assert storage.read_bytes(storage.shard_path(f"{run}/knowledge/round=0", 0)) == r0
+    assert not storage.exists(f"{run}/knowledge/round=1")
+    for s, e in embs.items():
+        solo = _fresh(base_run, tmp_path, f"solo-{s}")
+        build_round0(solo, _cfg(solo))
+        for r in (1, 2, 3):
+            dkc_round(solo, _cfg(solo), r, 10 * r, f"{solo}/emb{e[r - 1]}.npz")
+            got, want = _round_arrays(f"{folders[s]}/round={r}"), _round_arrays(f"{solo}/knowledge/round={r}")
+            assert np.array_equal(got[0], want[0]) and got[2] == want[2]
+            assert np.array_equal(got[1], want[1], equal_nan=True)
+        targets, _ = rounds.load_targets(run, 3, 0, N_USERS, folders[s])
+        assert [list(t[t >= 0]) for t in targets] == [list(t) for t in _round_arrays(f"{folders[s]}/round=3")[2]]
+    a3, b3 = _round_arrays(f"{folders['a']}/round=3"), _round_arrays(f"{folders['b']}/round=3")
+    assert a3[2] != b3[2], "the two students should have built different targets"

@@ -158,10 +158,12 @@ def test_local_mode_with_the_knowledge_stage(tmp_path):
     base = _real_run(run)
     cfg = _cfg(*base, "student.max_epochs=21", "student.patience=10")
     res = train_student(run, cfg)  # builds round 0 itself, then real DKC rounds at epochs 10 and 20
+    mine = knowledge_io.rounds_dir(os.path.join(run, "student", "hetcomp-mf"))  # rounds >= 1: the student's own
     for r, epoch in ((0, 0), (1, 10), (2, 20)):
-        m = knowledge_io.round_manifest(run, r)
+        m = knowledge_io.round_manifest(run, r, mine)
         assert m["epoch"] == epoch and set(m["means"]) == set(cfg.teachers.names)
-    assert knowledge_io.round_manifest(run, 3) is None
+    assert knowledge_io.round_manifest(run, 3, mine) is None
+    assert knowledge_io.round_manifest(run, 1) is None  # nothing of this student's in the shared folder
     lines = _lines(run, "hetcomp-mf")
     assert [x["round"] for x in lines if "valid" in x] == [0, 1, 2]  # the round each epoch trained on
     assert [x["dkc"]["round"] for x in lines if "dkc" in x] == [1, 2]

@@ -1,13 +1,18 @@
 """Knowledge rounds on storage: round 0 (P+ and the E1 targets) and DKC rounds, one task per user shard.
 
 A round is a map over shard ids. Task s opens shard s of every input -- ``data/train``, each teacher's
-``state=<e>`` (and ``observed`` at round 0), ``knowledge/round=<r-1>`` -- and zips them positionally
+``state=<e>`` (and ``observed`` at round 0), round r-1 -- and zips them positionally
 (every dataset of a run uses the same user-range shards: no shuffle, memory bounded by one shard).
 It computes in batches of users with the pure functions of `ensemble` / `dkc`, writes its output
 shard atomically and returns small statistics; the driver sums them, decides the switch and writes
 the manifest last. Small runs map in-process (Ray's fixed costs are seconds); from
 ``knowledge.distributed_min_users`` users on, the same task function runs as a Ray Data map over
 shard ids. Both give identical files.
+
+Round 0 lives in RUN/knowledge and is shared by every student. Rounds r >= 1 follow one student's
+rankings: the trainer keeps them in the student's folder (``rounds=`` of `dkc_round`), so students
+trained side by side on one run (the λ grid, `reproduce_table2`, two `distill` commands) never read
+or delete each other's rounds; by hand (`hetcomp-dist knowledge --round r`) they go to RUN/knowledge.
 
 Idempotent: a round whose manifest carries the expected config hash is returned as is. The hash
 chains round r to round r-1 (and round 0 to the data and the teachers), so stale rounds are redone.
@@ -68,6 +73,7 @@ class RoundTask:
     epoch: int = 0
     emb_path: str = ""
     metric: str = "ip"
+    rounds: str | None = None  # where rounds >= 1 live (`shard_io.round_dir`)
 
     @property
     def kc(self):
@@ -163,7 +169,7 @@ def dkc_shard(task: RoundTask, s: int) -> dict:
     M, K = len(names), kc.topk
     lo, hi = storage.shard_range(s, task.data["shard_size"], task.data["n_users"])
     n, first = hi - lo, r == 1
-    v, d, prev_targets = read_round(run, r - 1, s, lo, hi, M, K)
+    v, d, prev_targets = read_round(run, r - 1, s, lo, hi, M, K, task.rounds)
     train = load_shard(run, "train", s, task.data)
     t_r, c_r = time.perf_counter(), time.process_time()
     sigma = student_topk(task, lo, hi, train)
@@ -184,7 +190,7 @@ def dkc_shard(task: RoundTask, s: int) -> dict:
         moved_total += moved.sum(axis=0)
         changed += int(ch.sum())
     del lists
-    write_round_shard(run, r, s, lo, hi, v_new, d_new, targets)
+    write_round_shard(run, r, s, lo, hi, v_new, d_new, targets, task.rounds)
     wall = time.perf_counter() - t0
     log(STAGE, f"round {r} shard {s}: users [{lo}, {hi}), {changed} changed, retrieval {t_retrieval:.2f}s, "
                f"rest {wall - t_retrieval:.2f}s ({n / max(wall - t_retrieval, 1e-9):,.0f} users/s)")
@@ -266,18 +272,18 @@ def _round_hash(cfg: Config, r: int, prev_hash: str, epoch: int, emb_path: str, 
     return storage.config_hash("round", r, prev_hash, epoch, emb_path, metric, _dkc_fields(cfg))
 
 
-def _chain(run: str, cfg: Config, base: str, upto: int) -> str:
+def _chain(run: str, cfg: Config, base: str, upto: int, rounds: str | None = None) -> str:
     """The config hash round `upto` must carry, checking every round before it is committed and current."""
     h = storage.config_hash("round", 0, base)
     for j in range(upto + 1):
-        m = storage.read_manifest(round_dir(run, j))
+        m = storage.read_manifest(round_dir(run, j, rounds))
         if m is None:
-            raise InputError(round_dir(run, j), "knowledge round not committed",
+            raise InputError(round_dir(run, j, rounds), "knowledge round not committed",
                              "build the rounds in order: build_round0, then dkc_round(1), dkc_round(2), ...")
         if j > 0:
             h = _round_hash(cfg, j, h, m["epoch"], m["emb_path"], m["metric"])
         if m.get("config_hash") != h:
-            raise InputError(round_dir(run, j), "built from other inputs (data, teachers, config or earlier rounds)",
+            raise InputError(round_dir(run, j, rounds), "built from other inputs (data, teachers, config or earlier rounds)",
                              "rebuild the knowledge from round 0 (delete RUN/knowledge)")
     return h
 
@@ -309,11 +315,11 @@ def _commit(run: str, cfg: Config, task: RoundTask, stats: list[dict], h: str, t
         "peak_rss_gib": max([peak_rss_gib()] + [x["peak_rss_gib"] for x in stats]),
         "task_peak_rss_gib": max(x["peak_rss_gib"] for x in stats), **extra,
     }
-    storage.write_manifest(round_dir(run, task.round_idx), manifest)
+    storage.write_manifest(round_dir(run, task.round_idx, task.rounds), manifest)
     log(STAGE, f"committed round {task.round_idx} (epoch {task.epoch}): means "
                + ", ".join(f"{k} {v:.3f}" for k, v in manifest["means"].items())
                + f", switch {manifest['switch']}, {manifest['changed_users']:,} users changed, {wall:.1f}s")
-    return storage.read_manifest(round_dir(run, task.round_idx))
+    return storage.read_manifest(round_dir(run, task.round_idx, task.rounds))
 
 
 def build_round0(run: str, cfg: Config) -> dict:
@@ -358,7 +364,8 @@ def _check_embeddings(emb_path: str, data: dict, metric: str) -> None:
         raise InputError(emb_path, "user and item embeddings differ in dimension")
 
 
-def dkc_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, metric: str = "ip") -> dict:
+def dkc_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, metric: str = "ip",
+              rounds: str | None = None) -> dict:
     """DKC round `round_idx` >= 1 at student epoch `epoch`; round 1 is the first call (nobody moves).
 
     Args:
@@ -368,6 +375,9 @@ def dkc_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, 
         epoch: the student epoch e (threshold alpha * decay^floor(e/p)).
         emb_path: .npz with float arrays `user` (n_users, d) and `item` (n_items, d).
         metric: "ip" (dot product) or "l2" (negative squared distance) for the student's top-d_k.
+        rounds: the folder of this student's rounds >= 1 (the trainer passes the student's own, so
+            students training side by side on one run keep separate rounds); None = RUN/knowledge.
+            Round 0 is always RUN/knowledge/round=0.
 
     Returns:
         The round manifest: round, epoch, teachers, means (mean state index per teacher), switch, ...
@@ -379,37 +389,37 @@ def dkc_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, 
         raise InputError(f"epoch={epoch}", "must be >= 0")
     t0 = time.perf_counter()
     data, names, base = _base(run, cfg)
-    prev_hash = _chain(run, cfg, base, round_idx - 1)
+    prev_hash = _chain(run, cfg, base, round_idx - 1, rounds)
     h = _round_hash(cfg, round_idx, prev_hash, epoch, emb_path, metric)
-    done = storage.stage_is_done(round_dir(run, round_idx), h)
+    done = storage.stage_is_done(round_dir(run, round_idx, rounds), h)
     if done is not None:
         log(STAGE, f"round {round_idx} is up to date (config {h}); skipping")
         return done
-    prev = storage.read_manifest(round_dir(run, round_idx - 1))
+    prev = storage.read_manifest(round_dir(run, round_idx - 1, rounds))
     if prev["switch"]:
-        raise InputError(round_dir(run, round_idx - 1), "the switch fired at this round: DKC has stopped for good",
+        raise InputError(round_dir(run, round_idx - 1, rounds), "the switch fired at this round: DKC has stopped for good",
                          "train on the last round's targets (L_F) instead of calling dkc_round")
     _check_embeddings(emb_path, data, metric)
     j = round_idx + 1
-    while storage.exists(round_dir(run, j)):  # later rounds were built on an older version of this one
-        storage.delete_dir(round_dir(run, j))
+    while storage.exists(round_dir(run, j, rounds)):  # later rounds were built on an older version of this one
+        storage.delete_dir(round_dir(run, j, rounds))
         j += 1
-    storage.begin_stage(round_dir(run, round_idx))
-    task = RoundTask(run, cfg, names, data, int(round_idx), int(epoch), emb_path, metric)
+    storage.begin_stage(round_dir(run, round_idx, rounds))
+    task = RoundTask(run, cfg, names, data, int(round_idx), int(epoch), emb_path, metric, rounds)
     distributed = _distributed(cfg, data["n_users"])
     stats = map_shards("dkc", task, distributed)
     return _commit(run, cfg, task, stats, h, t0, distributed, {"first_call": round_idx == 1})
 
 
-def load_targets(run: str, round_idx: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and P+ of users [lo, hi) of a committed round.
+def load_targets(run: str, round_idx: int, lo: int, hi: int, rounds: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and P+ of users [lo, hi) of a committed round (`rounds`: see `shard_io.round_dir`).
 
     Returns:
         (targets (hi-lo, K) int32, pos (hi-lo, pos_k) int32), -1 padded.
     """
-    m = storage.read_manifest(round_dir(run, round_idx))
+    m = storage.read_manifest(round_dir(run, round_idx, rounds))
     if m is None:
-        raise InputError(round_dir(run, round_idx), "knowledge round not committed",
+        raise InputError(round_dir(run, round_idx, rounds), "knowledge round not committed",
                          "run build_round0 / dkc_round first")
     n, S, K, pos_k = m["n_users"], m["shard_size"], m["K"], m["pos_k"]
     if not 0 <= lo <= hi <= n:
@@ -418,7 +428,7 @@ def load_targets(run: str, round_idx: int, lo: int, hi: int) -> tuple[np.ndarray
     for s in range(lo // S, (hi - 1) // S + 1) if hi > lo else ():
         s_lo, s_hi = storage.shard_range(s, S, n)
         a, b = max(lo, s_lo) - s_lo, min(hi, s_hi) - s_lo
-        targets.append(read_dense(storage.shard_path(round_dir(run, round_idx), s), s_lo, s_hi, K, "targets")[a:b])
+        targets.append(read_dense(storage.shard_path(round_dir(run, round_idx, rounds), s), s_lo, s_hi, K, "targets")[a:b])
         pos.append(read_dense(storage.shard_path(pos_dir(run), s), s_lo, s_hi, pos_k)[a:b])
     if not targets:
         return np.zeros((0, K), np.int32), np.zeros((0, pos_k), np.int32)

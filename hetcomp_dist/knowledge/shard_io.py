@@ -24,8 +24,13 @@ def knowledge_dir(run: str) -> str:
     return storage.join(run, "knowledge")
 
 
-def round_dir(run: str, round_idx: int) -> str:
-    return storage.join(knowledge_dir(run), f"round={round_idx}")
+def round_dir(run: str, round_idx: int, rounds: str | None = None) -> str:
+    """Round r's folder. Round 0 (from the E1 states) is shared by every student: RUN/knowledge/round=0.
+    Rounds r >= 1 follow one student's rankings, so each student keeps its own under `rounds` (its
+    folder's ``knowledge``: students training side by side on one run never share them); None =
+    RUN/knowledge (the standalone knowledge stage)."""
+    base = knowledge_dir(run) if round_idx == 0 or rounds is None else rounds
+    return storage.join(base, f"round={round_idx}")
 
 
 def pos_dir(run: str) -> str:
@@ -109,9 +114,10 @@ def fixed_list(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(mat).ravel(), type=typ))
 
 
-def read_round(run: str, round_idx: int, s: int, lo: int, hi: int, M: int, K: int):
-    """(v (n, M) int64, d (n, M) float32, targets (n, K) int32) of shard s of a committed round."""
-    path = storage.shard_path(round_dir(run, round_idx), s)
+def read_round(run: str, round_idx: int, s: int, lo: int, hi: int, M: int, K: int, rounds: str | None = None):
+    """(v (n, M) int64, d (n, M) float32, targets (n, K) int32) of shard s of a committed round
+    (`rounds`: see `round_dir`)."""
+    path = storage.shard_path(round_dir(run, round_idx, rounds), s)
     t = read(path, ["user", "v", "d", "targets"])
     if t.num_rows != hi - lo:
         raise InputError(path, f"{t.num_rows} rows for users [{lo}, {hi})", "delete the round and rebuild it")
@@ -122,8 +128,8 @@ def read_round(run: str, round_idx: int, s: int, lo: int, hi: int, M: int, K: in
 
 
 def write_round_shard(run: str, round_idx: int, s: int, lo: int, hi: int, v: np.ndarray, d: np.ndarray,
-                      targets: np.ndarray) -> None:
+                      targets: np.ndarray, rounds: str | None = None) -> None:
     """Shard s of a round: v (n, M) int8, d (n, M) float32, targets (n, K) -1 padded, written atomically."""
-    storage.write_table_atomic(storage.shard_path(round_dir(run, round_idx), s), storage.user_table(
+    storage.write_table_atomic(storage.shard_path(round_dir(run, round_idx, rounds), s), storage.user_table(
         lo, hi, v=fixed_list(v.astype(np.int8), pa.int8()), d=fixed_list(d.astype(np.float32), pa.float32()),
         targets=storage.dense_to_list(targets)))

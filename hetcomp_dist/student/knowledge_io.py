@@ -1,8 +1,10 @@
 """The student's side of the knowledge stage: reading rounds and running DKC from the trainer.
 
 Layout (BRIEF.md): ``RUN/knowledge/pos/shard-*.parquet`` (`items` = P+) and
-``RUN/knowledge/round=<r>/shard-*.parquet`` (`targets` = T_u) with ``round=<r>/_manifest.json``
-holding ``means`` and ``switch``. Building rounds (round 0, DKC) is the knowledge stage's job
+``RUN/knowledge/round=0/shard-*.parquet`` (`targets` = T_u from the E1 states), shared by every
+student; a student's DKC rounds r >= 1 follow its own rankings and live in its folder,
+``RUN/student/<method>-<model>/knowledge/round=<r>/``; each round's ``_manifest.json`` holds
+``means`` and ``switch``. Building rounds (round 0, DKC) is the knowledge stage's job
 (`hetcomp_dist.knowledge.rounds`); the trainer only calls it through `dkc_function`.
 """
 
@@ -24,24 +26,32 @@ def knowledge_dir(run: str) -> str:
     return storage.join(run, "knowledge")
 
 
-def round_dir(run: str, round_idx: int) -> str:
-    return storage.join(knowledge_dir(run), f"round={round_idx}")
+def rounds_dir(out: str) -> str:
+    """Where the student trained in folder `out` keeps its DKC rounds r >= 1: they follow its own
+    rankings, so two students on one run (side by side or one after the other) never share them."""
+    return storage.join(out, "knowledge")
 
 
-def round_manifest(run: str, round_idx: int) -> dict | None:
+def round_dir(run: str, round_idx: int, rounds: str | None = None) -> str:
+    """Round 0 in RUN/knowledge (shared); rounds r >= 1 in `rounds` (None: RUN/knowledge)."""
+    base = knowledge_dir(run) if round_idx == 0 or rounds is None else rounds
+    return storage.join(base, f"round={round_idx}")
+
+
+def round_manifest(run: str, round_idx: int, rounds: str | None = None) -> dict | None:
     """The committed manifest of a round, or None."""
-    return storage.read_manifest(round_dir(run, round_idx))
+    return storage.read_manifest(round_dir(run, round_idx, rounds))
 
 
-def load_round(run: str, round_idx: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+def load_round(run: str, round_idx: int, lo: int, hi: int, rounds: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Targets (hi-lo, K) and P+ (hi-lo, pos_k) int32, -1 padded, of users [lo, hi) for a committed round
     (the knowledge stage's `load_targets`, with the student's error message when it is missing)."""
     from hetcomp_dist.knowledge.rounds import load_targets
 
-    if round_manifest(run, round_idx) is None:
-        raise InputError(round_dir(run, round_idx), "knowledge round not committed (no _manifest.json)",
+    if round_manifest(run, round_idx, rounds) is None:
+        raise InputError(round_dir(run, round_idx, rounds), "knowledge round not committed (no _manifest.json)",
                          "run the knowledge stage (`hetcomp-dist knowledge --run RUN`) first")
-    return load_targets(run, round_idx, lo, hi)
+    return load_targets(run, round_idx, lo, hi, rounds)
 
 
 def resolve(spec: str) -> Callable:

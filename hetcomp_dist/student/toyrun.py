@@ -123,16 +123,27 @@ def write_random_knowledge(run: str, topk: int = 100, pos_k: int = 10, seed: int
                                                            "means": {t: 0.0 for t in teachers}, "K": topk})
 
 
-def replay_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, metric: str = "ip") -> dict:
-    """`dkc_round`'s signature over pre-written rounds: checks the embeddings, returns the committed
-    manifest, and appends the call to ``RUN/knowledge/replay_calls.jsonl`` (local runs) for tests."""
+def replay_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, metric: str = "ip",
+                 rounds: str | None = None) -> dict:
+    """`dkc_round`'s signature over pre-written rounds: checks the embeddings, commits the pre-written
+    round ``RUN/knowledge/round=<r>`` into the student's `rounds` folder (as `dkc_round` would write
+    it there), returns its manifest, and appends the call to ``RUN/knowledge/replay_calls.jsonl``
+    (local runs) for tests."""
     emb = storage.read_npz(emb_path)
     m = storage.read_json(storage.join(data_dir(run), storage.MANIFEST))
     if emb["user"].shape[0] != m["n_users"] or emb["item"].shape[0] != m["n_items"]:
         raise InputError(emb_path, f"shapes {emb['user'].shape} / {emb['item'].shape} do not match the run")
-    manifest = storage.read_manifest(storage.join(run, "knowledge", f"round={round_idx}"))
+    src = storage.join(run, "knowledge", f"round={round_idx}")
+    manifest = storage.read_manifest(src)
     if manifest is None:
         raise InputError(f"round={round_idx}", "not pre-written for the replay")
+    if rounds is not None:
+        dst = storage.join(rounds, f"round={round_idx}")
+        if storage.read_manifest(dst) != manifest:
+            storage.begin_stage(dst)
+            for path in storage.list_files(src, ".parquet"):
+                storage.write_bytes_atomic(storage.join(dst, path.rsplit("/", 1)[-1]), storage.read_bytes(path))
+            storage.write_manifest(dst, manifest)
     if not storage.is_uri(run):
         with open(os.path.join(storage.resolve(run)[1], "knowledge", "replay_calls.jsonl"), "a") as f:
             f.write(json.dumps({"round": round_idx, "epoch": epoch, "metric": metric,

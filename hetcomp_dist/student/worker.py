@@ -171,8 +171,9 @@ def resume(job: Job, task: TrainTask, opt: torch.optim.Optimizer, data: RankData
 
 
 def load_knowledge(job: Job, task: TrainTask, data: RankData, round_idx: int) -> None:
-    targets, pos = knowledge_io.load_round(job.run, round_idx, data.lo, data.hi)
-    task.objective.set_knowledge(round_idx, knowledge_io.round_manifest(job.run, round_idx), targets, pos)
+    rounds = knowledge_io.rounds_dir(job.out)
+    targets, pos = knowledge_io.load_round(job.run, round_idx, data.lo, data.hi, rounds)
+    task.objective.set_knowledge(round_idx, knowledge_io.round_manifest(job.run, round_idx, rounds), targets, pos)
 
 
 # --------------------------------------------------------------------------------- training
@@ -241,7 +242,8 @@ def dkc(job: Job, task: TrainTask, data: RankData, epoch: int, users: np.ndarray
     if r0.on:
         path = storage.join(job.out, "dkc", f"round-{r}.npz")
         storage.write_npz_atomic(path, user=users, item=items)
-        knowledge_io.resolve(job.dkc_fn)(job.run, job.cfg, r, epoch, path, task.model.metric)
+        knowledge_io.resolve(job.dkc_fn)(job.run, job.cfg, r, epoch, path, task.model.metric,
+                                         rounds=knowledge_io.rounds_dir(job.out))
         fs, inner = storage.resolve(path)
         fs.delete_file(inner)  # consumed: the committed round is what later epochs (and resumes) read
     distributed.barrier()  # the round is committed before anyone reads it
