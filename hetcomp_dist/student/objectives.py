@@ -141,10 +141,10 @@ class HetCompObjective(Objective):
     def set_knowledge(self, round_idx: int, manifest: dict, targets: np.ndarray, pos: np.ndarray) -> None:
         h = manifest.get("config_hash")
         if self._expect_hash is not None and h != self._expect_hash:
-            # RUN/knowledge/round=<r> is shared by the run's students: another HetComp student rebuilt it
-            # after this checkpoint was taken, so its targets are not the ones this student trained on.
-            raise InputError(f"knowledge round={round_idx}", "rebuilt by another student since this checkpoint",
-                             "train HetComp students one at a time per RUN; delete this student's folder to restart it")
+            # the round in this student's folder was rebuilt after this checkpoint was taken (e.g. by hand),
+            # so its targets are not the ones this student trained on
+            raise InputError(f"knowledge round={round_idx}", "rebuilt since this student's checkpoint",
+                             "delete this student's folder to restart it")
         self._expect_hash, self.round_hash = None, h
         dev = self.targets.device
         self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int32)).to(dev)
