@@ -84,3 +84,25 @@ def test_bad_method_lr_names_the_entry(entry):
         load_config(None, [f"student.method_lr=[{entry}]"])
     with pytest.raises(InputError, match=r"student\.method_lr\[1\]"):
         load_config(None, ["student.method_lr=[wokd=0.001, wokd=0.002]"])
+
+
+def test_input_error_survives_pickling():
+    """Ray pickles a task's exception to re-raise it in the driver: the message and fix must arrive."""
+    import pickle
+
+    e = pickle.loads(pickle.dumps(InputError("RUN/knowledge/round=3", "not committed", "build the rounds in order")))
+    assert isinstance(e, InputError) and (e.where, e.problem, e.fix) == ("RUN/knowledge/round=3", "not committed",
+                                                                         "build the rounds in order")
+    assert str(e) == "RUN/knowledge/round=3: not committed -- build the rounds in order"
+
+
+def test_input_error_reaches_the_driver_through_ray(ray_session):
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def fails():
+        raise InputError("RUN/x", "broken", "fix it")
+
+    with pytest.raises(InputError) as e:
+        ray.get(fails.remote())
+    assert (e.value.where, e.value.problem, e.value.fix) == ("RUN/x", "broken", "fix it")
