@@ -214,3 +214,26 @@ def test_resume_refuses_a_rebuilt_round(toy):
     again.load_state(saved)
     again.set_knowledge(1, {"config_hash": "mine", "switch": False}, targets, pos)  # unchanged round: fine
     assert again.state() == saved
+
+
+def test_local_mode_rerun_resumes_from_its_checkpoint(tmp_path):
+    """Local mode (no Train checkpoints, e.g. every reproduce_table2 training): a run that fails after
+    its epoch-10 checkpoint resumes there on rerun -- DKC round included -- and ends with the metrics
+    of an uninterrupted run with the same seed."""
+    results = {}
+    for name, fault in (("plain", None), ("failed", {"rank": 0, "epoch": 15, "raise": True})):
+        run = str(tmp_path / name)
+        base = _real_run(run)
+        cfg = _cfg(*base, "student.max_epochs=20")
+        if fault:
+            fault["marker"] = str(tmp_path / "failed.marker")
+            with pytest.raises(Exception, match="injected failure at epoch 15"):
+                train_student(run, cfg, fault=fault)
+            assert not os.path.exists(os.path.join(run, "student", "hetcomp-mf", "_manifest.json"))
+        results[name] = train_student(run, cfg, fault=fault)
+        assert [x["epoch"] for x in _lines(run, "hetcomp-mf")] == list(range(1, 21))
+    plain, failed = results["plain"], results["failed"]
+    assert plain["resumed_from"] == [] and failed["resumed_from"] == [10]
+    for split in ("valid", "test"):
+        for key, v in plain[split].items():
+            assert failed[split][key] == pytest.approx(v, abs=1e-6)

@@ -8,9 +8,12 @@ loads with ``torch.load(..., weights_only=True)`` (tensors and plain containers 
 
 from __future__ import annotations
 
+import io
 import os
 
 import torch
+
+from hetcomp_dist import storage
 
 from hetcomp_dist.student import distributed
 from hetcomp_dist.student.objectives import TrainTask
@@ -48,3 +51,21 @@ def save(directory: str, payload: dict) -> str:
 def load(directory: str) -> dict:
     """The payload of a checkpoint directory, never unpickling arbitrary objects."""
     return torch.load(os.path.join(directory, FILE), map_location="cpu", weights_only=True)
+
+
+def save_file(path: str, payload: dict) -> None:
+    """The payload as one file at `path` (local or URI), written atomically (a crash keeps the last one).
+
+    Ray Train's local mode (``student.num_workers = 0``: the training runs in the calling process)
+    keeps no checkpoints of its own, so the trainer keeps this one for a rerun to resume from.
+    """
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    storage.write_bytes_atomic(path, buf.getvalue())
+
+
+def load_file(path: str) -> dict | None:
+    """The payload `save_file` wrote, or None when there is none (never unpickling arbitrary objects)."""
+    if not storage.exists(path):
+        return None
+    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)

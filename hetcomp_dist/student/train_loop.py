@@ -41,7 +41,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 loop.switch_epoch = loop.switch_epoch or (epoch if task.objective.state()["switched"] else 0)
             line.update(metrics, improved=improved)
             loop.history.append(line)
-            W.report(task, opt, loop, data, best_emb, metrics, w.rank)  # a barrier on all ranks
+            W.report(task, opt, loop, data, best_emb, metrics, w.rank, job.local_ckpt)  # a barrier on all ranks
             r0.metrics(loop.history)
         else:
             loop.history.append(line)

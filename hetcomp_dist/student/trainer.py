@@ -56,7 +56,8 @@ def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, f
         run: the run root (local path or URI).
         cfg: the config; `student.num_workers = 0` trains in this process (Ray Train local mode).
         dkc_fn: "module:function" called for each DKC round (default: the knowledge stage's).
-        fault: tests only -- {"rank", "epoch", "marker"}: SIGKILL that worker once at that epoch.
+        fault: tests only -- {"rank", "epoch", "marker"}: SIGKILL that worker once at that epoch
+            (with "raise": True, raise instead: local mode runs the loop in this process).
         out: the folder to train into (default RUN/student/<method>-<model>; the λ_KD grid's candidates).
 
     Returns:
@@ -81,7 +82,9 @@ def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, f
         log(STAGE, f"{s.method}-{s.model}: finished earlier with this config, skipped")
         return done["result"]
     t0 = time.perf_counter()
-    job = {"run": run, "cfg": to_dict(cfg), "out": out, "dkc_fn": dkc_fn, "fault": fault or {}}
+    job = {"run": run, "cfg": to_dict(cfg), "out": out, "dkc_fn": dkc_fn, "fault": fault or {},
+           # local mode keeps no Train checkpoints: the loop keeps its own, per config, for a rerun
+           "local_ckpt": "" if s.num_workers else storage.join(out, "_local", f"{s.method}-{s.model}-{h}.pt")}
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=job,

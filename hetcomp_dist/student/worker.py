@@ -38,11 +38,12 @@ class Job:
     out: str  # RUN/student/<method>-<model>
     dkc_fn: str = knowledge_io.DKC_FN
     fault: dict = field(default_factory=dict)  # tests only: {"rank", "epoch", "marker"} -> SIGKILL once
+    local_ckpt: str = ""  # local mode (no Train checkpoints): the checkpoint file kept by the trainer
 
     @classmethod
     def from_dict(cls, d: dict) -> "Job":
         return cls(d["run"], from_dict(Config, d["cfg"]), d["out"], d.get("dkc_fn", knowledge_io.DKC_FN),
-                   dict(d.get("fault") or {}))
+                   dict(d.get("fault") or {}), d.get("local_ckpt", ""))
 
     def maybe_die(self, epoch: int, rank: int) -> None:
         """Fault injection for the recovery test: SIGKILL this worker once at (rank, epoch).
@@ -54,6 +55,10 @@ class Job:
         f = self.fault
         if f and rank == f["rank"] and epoch == f["epoch"] and not os.path.exists(f["marker"]):
             import ray.train
+
+            if f.get("raise"):  # local mode: the loop runs in the caller's process, so fail it instead
+                open(f["marker"], "w").close()
+                raise RuntimeError(f"injected failure at epoch {epoch}")
 
             ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=120)
             open(f["marker"], "w").close()
@@ -154,10 +159,13 @@ def resume(job: Job, task: TrainTask, opt: torch.optim.Optimizer, data: RankData
     import ray.train
 
     loop, best_emb = LoopState(), None
-    ckpt = ray.train.get_checkpoint()
+    ckpt, payload = ray.train.get_checkpoint(), None
     if ckpt is not None:
         with ckpt.as_directory() as d:
             payload = checkpoint.load(d)
+    elif job.local_ckpt:
+        payload = checkpoint.load_file(job.local_ckpt)
+    if payload is not None:
         checkpoint.restore(task, opt, payload)
         loop = LoopState(**payload["loop"])
         loop.resumed_from.append(loop.epoch)
@@ -252,8 +260,9 @@ def dkc(job: Job, task: TrainTask, data: RankData, epoch: int, users: np.ndarray
 
 
 def report(task: TrainTask, opt: torch.optim.Optimizer, loop: LoopState, data: RankData, best_emb: dict | None,
-           metrics: dict, rank: int) -> None:
-    """Checkpoint through Ray Train: every rank gathers and reports (a barrier); rank 0 writes."""
+           metrics: dict, rank: int, local_ckpt: str = "") -> None:
+    """Checkpoint through Ray Train: every rank gathers and reports (a barrier); rank 0 writes (and,
+    in local mode, also keeps the checkpoint at `local_ckpt`)."""
     import ray.train
 
     payload = checkpoint.capture(task, opt, data.lo, data.hi)
@@ -266,6 +275,8 @@ def report(task: TrainTask, opt: torch.optim.Optimizer, loop: LoopState, data: R
     with tempfile.TemporaryDirectory() as d:
         checkpoint.save(d, payload)
         ray.train.report(flat, checkpoint=ray.train.Checkpoint.from_directory(d))
+    if local_ckpt:
+        checkpoint.save_file(local_ckpt, payload)
 
 
 def epoch_line(epoch: int, loss: float, seconds: float, task: TrainTask) -> dict:
