@@ -14,7 +14,6 @@ import os
 import torch
 
 from hetcomp_dist import storage
-
 from hetcomp_dist.student import distributed
 from hetcomp_dist.student.objectives import TrainTask
 
