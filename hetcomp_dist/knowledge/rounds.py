@@ -16,8 +16,8 @@ or delete each other's rounds; by hand (`hetcomp-dist knowledge --round r`) they
 
 Idempotent: a round whose manifest carries the expected config hash is returned as is. The hash
 chains round r to round r-1 (and round 0 to the data and the teachers), so stale rounds are redone.
-A round's hash includes the student's embedding path: a different student (or a rerun that writes
-new embeddings elsewhere) recomputes the round instead of reusing another student's decisions.
+A round's hash includes the student's embedding path: a rerun that writes new embeddings elsewhere
+(or another student pointed at the same folder) recomputes the round instead of reusing old decisions.
 """
 
 from __future__ import annotations

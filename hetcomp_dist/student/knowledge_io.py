@@ -17,25 +17,16 @@ import numpy as np
 
 from hetcomp_dist import storage
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.knowledge.shard_io import round_dir  # the layout of rounds, kept in one place
 
 DKC_FN = "hetcomp_dist.knowledge.rounds:dkc_round"
 ROUND0_FN = "hetcomp_dist.knowledge.rounds:build_round0"
-
-
-def knowledge_dir(run: str) -> str:
-    return storage.join(run, "knowledge")
 
 
 def rounds_dir(out: str) -> str:
     """Where the student trained in folder `out` keeps its DKC rounds r >= 1: they follow its own
     rankings, so two students on one run (side by side or one after the other) never share them."""
     return storage.join(out, "knowledge")
-
-
-def round_dir(run: str, round_idx: int, rounds: str | None = None) -> str:
-    """Round 0 in RUN/knowledge (shared); rounds r >= 1 in `rounds` (None: RUN/knowledge)."""
-    base = knowledge_dir(run) if round_idx == 0 or rounds is None else rounds
-    return storage.join(base, f"round={round_idx}")
 
 
 def round_manifest(run: str, round_idx: int, rounds: str | None = None) -> dict | None:

@@ -20,6 +20,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import Config
 from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.student import knowledge_io
 from hetcomp_dist.evaluation.retrieval import excluded_mask, first_k_kept
 
 
@@ -133,12 +134,12 @@ def replay_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: st
     m = storage.read_json(storage.join(data_dir(run), storage.MANIFEST))
     if emb["user"].shape[0] != m["n_users"] or emb["item"].shape[0] != m["n_items"]:
         raise InputError(emb_path, f"shapes {emb['user'].shape} / {emb['item'].shape} do not match the run")
-    src = storage.join(run, "knowledge", f"round={round_idx}")
+    src = knowledge_io.round_dir(run, round_idx)
     manifest = storage.read_manifest(src)
     if manifest is None:
         raise InputError(f"round={round_idx}", "not pre-written for the replay")
     if rounds is not None:
-        dst = storage.join(rounds, f"round={round_idx}")
+        dst = knowledge_io.round_dir(run, round_idx, rounds)
         if storage.read_manifest(dst) != manifest:
             storage.begin_stage(dst)
             for path in storage.list_files(src, ".parquet"):
