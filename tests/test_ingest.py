@@ -144,7 +144,8 @@ def bad(tmp_path, cfg: DataConfig, match: str) -> InputError:
 
 
 def test_missing_file(tmp_path):
-    bad(tmp_path, DataConfig(input=str(tmp_path / "nope.csv"), format="csv"), "file not found")
+    e = bad(tmp_path, DataConfig(input=str(tmp_path / "nope.csv"), format="csv"), "file not found")
+    assert e.where.endswith("nope.csv")  # names the file
 
 
 def test_unreadable_or_wrong_format(tmp_path):
@@ -155,7 +156,8 @@ def test_unreadable_or_wrong_format(tmp_path):
     bad(tmp_path, DataConfig(input=csv, format="parquet"), "not a readable Parquet")
     mixed = tmp_path / "mixed.csv"
     mixed.write_text("user,item\n" + "\n".join(f"{u},{i}" for u in range(30) for i in range(6)) + "\nabc,1,2,3\n")
-    bad(tmp_path, DataConfig(input=str(mixed), format="csv"), "CSV")
+    e = bad(tmp_path, DataConfig(input=str(mixed), format="csv"), "CSV")
+    assert "mixed.csv" in e.where
 
 
 def test_missing_column(tmp_path):
@@ -205,7 +207,8 @@ def test_empty_after_filtering(tmp_path):
     bad(tmp_path, DataConfig(input=str(path), format="citeulike"), "no user has >= 5")
     rows = interactions()
     csv = write_csv(tmp_path / "x.csv", rows)
-    bad(tmp_path, DataConfig(input=csv, format="csv", rating_col="rating", rating_threshold=99.0), "no interactions")
+    e = bad(tmp_path, DataConfig(input=csv, format="csv", rating_col="rating", rating_threshold=99.0), "no interactions")
+    assert "x.csv" in e.where
 
 
 def test_failed_write_leaves_no_data(tmp_path, monkeypatch):
