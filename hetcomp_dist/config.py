@@ -176,7 +176,8 @@ class StudentConfig:
     seed: int = 0
     # students (METHOD.md §2) and the trainer's mechanics
     ml_margin: float = 1.0  # ML student's hinge margin m (w/o KD)
-    ml_max_norm: float = 1.0  # ML student's rows renormalised into this ball after each step; 0 = off
+    ml_max_norm: float = 1.0  # ML student's rows renormalised into this ball after each step, where the
+    # objective trains CML's hinge (w/o KD, baselines; not HetComp: objectives.model_config); 0 = off
     dnn_hidden: tuple[int, ...] = (12,)  # DNN student's tower hidden widths (dim -> hidden... -> dim)
     tail_chunk: int = 0  # items per block of the exact tail sums; 0 = auto (CPU: L2-sized, GPU: all)
     threads_per_worker: int = 0  # torch threads per Train worker; 0 = max(1, floor(cpus_per_worker))

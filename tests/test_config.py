@@ -78,6 +78,23 @@ def test_method_lr_picks_the_methods_learning_rate_and_keeps_the_hash(tmp_path):
         base.student, method_lr=("wokd=0.002",)))) != h
 
 
+def test_ml_clip_in_the_hash_is_the_one_the_model_trains_with(tmp_path):
+    """HetComp's ML student trains unclipped whatever ml_max_norm says, so its hash ignores it; w/o KD's does not."""
+    from hetcomp_dist.data.synth import synthesize
+    from hetcomp_dist.student.trainer import student_hash
+
+    run = str(tmp_path / "run")
+    base = load_config(None, [f"run={run}", "synth.users=60", "synth.items=40", "student.model=ml"])
+    synthesize(run, base.synth, base.data)
+
+    def h(method, norm):
+        return student_hash(run, dataclasses.replace(base, student=dataclasses.replace(
+            base.student, method=method, ml_max_norm=norm)))
+
+    assert h("hetcomp", 1.0) == h("hetcomp", 0.0) == h("hetcomp", 2.0)
+    assert len({h("wokd", 1.0), h("wokd", 0.0), h("wokd", 2.0)}) == 3
+
+
 @pytest.mark.parametrize("entry", ["wokd", "teacher=0.001", "wokd=0", "wokd=-1", "wokd=abc"])
 def test_bad_method_lr_names_the_entry(entry):
     with pytest.raises(InputError, match=r"student\.method_lr\[0\]"):

@@ -123,6 +123,28 @@ def test_ml_rows_stay_in_the_ball():
     assert float(ml.item_emb.weight.detach().norm(dim=1).max()) <= CFG.ml_max_norm + 1e-5
 
 
+@pytest.mark.parametrize("method", ["hetcomp", "wokd", "rd", "rrd", "mtd", "cldrd", "dcd"])
+def test_ml_clip_goes_with_cmls_hinge(method):
+    """CML's unit-ball clip applies where the objective trains the hinge (w/o KD, baselines), not in HetComp."""
+    from hetcomp_dist.config import Config
+    from hetcomp_dist.student.objectives import OBJECTIVES, model_config
+
+    cfg = Config(student=StudentConfig(model="ml", method=method))
+    torch.manual_seed(0)
+    ml = build_student("ml", 30, 50, model_config(cfg))
+    with torch.no_grad():
+        ml.user_emb.weight.mul_(10)
+        ml.item_emb.weight.mul_(10)
+    ml.after_step()
+    longest = max(float(w.detach().norm(dim=1).max()) for w in (ml.user_emb.weight, ml.item_emb.weight))
+    trains_hinge = method != "hetcomp"
+    assert OBJECTIVES[method].needs_negatives == trains_hinge
+    assert (longest <= CFG.ml_max_norm + 1e-5) == trains_hinge, longest
+    # the other students' settings are untouched
+    mf = Config(student=StudentConfig(model="mf", method=method))
+    assert model_config(mf) == mf.student
+
+
 def test_only_user_tables_are_per_user():
     for name in NAMES:
         m = _model(name, n_users=1000, n_items=50)

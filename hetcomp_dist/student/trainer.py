@@ -19,7 +19,7 @@ from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.progress import log
 from hetcomp_dist.student import knowledge_io
-from hetcomp_dist.student.objectives import OBJECTIVES
+from hetcomp_dist.student.objectives import OBJECTIVES, model_config
 from hetcomp_dist.student.train_loop import train_loop_per_worker
 from hetcomp_dist.student.worker import STAGE
 
@@ -35,6 +35,7 @@ def student_hash(run: str, cfg: Config) -> str:
     s = {k: v for k, v in dataclasses.asdict(cfg.student).items() if k not in _MECHANICS}
     del s["method_lr"]  # the training's identity is the learning rate it uses, not the whole table
     s["lr"] = student_lr(cfg.student)
+    s["ml_max_norm"] = model_config(cfg).ml_max_norm  # the clip the model trains with (see model_config)
     parts = [s, cfg.eval, load_manifest(run).get("config_hash")]
     if OBJECTIVES[cfg.student.method].needs_knowledge:
         r0 = knowledge_io.round_manifest(run, 0) or {}

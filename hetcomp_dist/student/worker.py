@@ -22,7 +22,7 @@ from hetcomp_dist.progress import log, peak_rss_gib
 from hetcomp_dist.student import checkpoint, distributed, knowledge_io
 from hetcomp_dist.student.batching import BatchSampler, RankData
 from hetcomp_dist.student.models import build_student, count_parameters
-from hetcomp_dist.student.objectives import TrainTask, build_objective
+from hetcomp_dist.student.objectives import TrainTask, build_objective, model_config
 from hetcomp_dist.student.ranking import range_sums, reduce_means
 
 STAGE = "student"
@@ -142,7 +142,7 @@ def build(job: Job, w: Worker):
     cfg, s = job.cfg, job.cfg.student
     data = RankData.load(job.run, w.rank, w.world)
     torch.manual_seed(s.seed)
-    model = build_student(s.model, data.n_users, data.n_items, s)
+    model = build_student(s.model, data.n_users, data.n_items, model_config(cfg))
     task = TrainTask(model, build_objective(s.method, cfg)).to(w.device)
     task.objective.attach(job.run, data)
     sampler = BatchSampler(data, s.batch_size, w.rank, w.world, s.seed, task.objective.needs_negatives, w.device)
