@@ -93,6 +93,10 @@ def test_ml_clip_in_the_hash_is_the_one_the_model_trains_with(tmp_path):
 
     assert h("hetcomp", 1.0) == h("hetcomp", 0.0) == h("hetcomp", 2.0)
     assert len({h("wokd", 1.0), h("wokd", 0.0), h("wokd", 2.0)}) == 3
+    # a setting added later changes the hash only when it is used
+    res = dataclasses.replace(base, student=dataclasses.replace(base.student, model="dnn", dnn_residual=True))
+    assert student_hash(run, res) != student_hash(run, dataclasses.replace(res, student=dataclasses.replace(
+        res.student, dnn_residual=False)))
 
 
 @pytest.mark.parametrize("entry", ["wokd", "teacher=0.001", "wokd=0", "wokd=-1", "wokd=abc"])

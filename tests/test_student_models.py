@@ -145,6 +145,24 @@ def test_ml_clip_goes_with_cmls_hinge(method):
     assert model_config(mf) == mf.student
 
 
+def test_residual_dnn_towers_start_from_mf():
+    """With the towers' last layers zeroed, a residual DNN scores like MF on its id tables; a plain one scores 0."""
+    import dataclasses
+
+    for residual in (True, False):
+        torch.manual_seed(0)
+        m = build_student("dnn", 30, 50, dataclasses.replace(CFG, dnn_residual=residual))
+        with torch.no_grad():
+            for tower in (m.user_tower, m.item_tower):
+                tower[-1].weight.zero_()
+                tower[-1].bias.zero_()
+        users = torch.arange(30)
+        want = m.user_emb.weight @ m.item_emb.weight.T if residual else torch.zeros(30, 50)
+        torch.testing.assert_close(m.scores(users), want)
+        u, i, _ = m.embeddings()
+        np.testing.assert_allclose(u @ i.T, want.detach().numpy(), atol=1e-6)
+
+
 def test_only_user_tables_are_per_user():
     for name in NAMES:
         m = _model(name, n_users=1000, n_items=50)

@@ -194,7 +194,9 @@ class DNNStudent(Student):
 
     Id embeddings of width ``cfg.dim``, towers ``dim -> dnn_hidden... -> dim`` with ReLU between
     layers (the last layer linear). The user tower's weights are shared by all users, so they are
-    all-reduced like the item side; only the id table `user_emb` is per user.
+    all-reduced like the item side; only the id table `user_emb` is per user. With
+    ``cfg.dnn_residual`` each tower adds its input back (a_u = e_u + f(e_u)): an MF student plus a
+    learned correction, instead of a ReLU bottleneck every score must pass through.
     """
 
     def __init__(self, n_users: int, n_items: int, cfg: StudentConfig) -> None:
@@ -203,16 +205,20 @@ class DNNStudent(Student):
         self.item_emb = _normal_embedding(n_items, cfg.dim, 0.1)
         dims = [cfg.dim, *cfg.dnn_hidden, cfg.dim]
         self.user_tower, self.item_tower = _tower(dims), _tower(dims)
+        self.residual = cfg.dnn_residual
+
+    def _through(self, tower: torch.nn.Module, e: torch.Tensor) -> torch.Tensor:
+        return e + tower(e) if self.residual else tower(e)
 
     def user_side(self, users: torch.Tensor) -> torch.Tensor:
-        return self.user_tower(self.user_emb(users))
+        return self._through(self.user_tower, self.user_emb(users))
 
     def item_side(self) -> torch.Tensor:
-        return self.item_tower(self.item_emb.weight)
+        return self._through(self.item_tower, self.item_emb.weight)
 
     def base_loss(self, users, pos, neg):
         a = self.user_side(users)
-        ci, cj = self.item_tower(self.item_emb(pos)), self.item_tower(self.item_emb(neg))
+        ci, cj = self._through(self.item_tower, self.item_emb(pos)), self._through(self.item_tower, self.item_emb(neg))
         return -F.logsigmoid((a * (ci - cj)).sum(1))
 
 

@@ -31,11 +31,18 @@ def student_dir(run: str, method: str, model: str) -> str:
     return storage.join(run, "student", f"{method}-{model}")
 
 
+# settings added after results existed: hashed only when set off their default, the behaviour before them
+_ADDED_LATER = {"dnn_residual": False}
+
+
 def student_hash(run: str, cfg: Config) -> str:
     s = {k: v for k, v in dataclasses.asdict(cfg.student).items() if k not in _MECHANICS}
     del s["method_lr"]  # the training's identity is the learning rate it uses, not the whole table
     s["lr"] = student_lr(cfg.student)
     s["ml_max_norm"] = model_config(cfg).ml_max_norm  # the clip the model trains with (see model_config)
+    for k, default in _ADDED_LATER.items():  # results trained before a setting existed keep their hash
+        if s[k] == default:
+            del s[k]
     parts = [s, cfg.eval, load_manifest(run).get("config_hash")]
     if OBJECTIVES[cfg.student.method].needs_knowledge:
         r0 = knowledge_io.round_manifest(run, 0) or {}
