@@ -179,7 +179,7 @@ class StudentConfig:
     ml_max_norm: float = 1.0  # ML student's rows renormalised into this ball after each step, where the
     # objective trains CML's hinge (w/o KD, baselines; not HetComp: objectives.model_config); 0 = off
     dnn_hidden: tuple[int, ...] = (12,)  # DNN student's tower hidden widths (dim -> hidden... -> dim)
-    dnn_residual: bool = False  # DNN student: towers add their input back (a_u = e_u + f(e_u)), MF as the start
+    dnn_residual: bool = True  # DNN student: towers add their input back (a_u = e_u + f(e_u)); False = plain towers
     tail_chunk: int = 0  # items per block of the exact tail sums; 0 = auto (CPU: L2-sized, GPU: all)
     threads_per_worker: int = 0  # torch threads per Train worker; 0 = max(1, floor(cpus_per_worker))
     max_failures: int = 3  # Ray Train FailureConfig: worker-group restarts from the last checkpoint

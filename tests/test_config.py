@@ -97,6 +97,9 @@ def test_ml_clip_in_the_hash_is_the_one_the_model_trains_with(tmp_path):
     res = dataclasses.replace(base, student=dataclasses.replace(base.student, model="dnn", dnn_residual=True))
     assert student_hash(run, res) != student_hash(run, dataclasses.replace(res, student=dataclasses.replace(
         res.student, dnn_residual=False)))
+    mf = dataclasses.replace(res, student=dataclasses.replace(res.student, model="mf"))  # not a DNN setting
+    assert student_hash(run, mf) == student_hash(run, dataclasses.replace(mf, student=dataclasses.replace(
+        mf.student, dnn_residual=False)))
 
 
 @pytest.mark.parametrize("entry", ["wokd", "teacher=0.001", "wokd=0", "wokd=-1", "wokd=abc"])

@@ -47,8 +47,9 @@ def test_scores_follow_the_definitions():
                         for u in users])
     torch.testing.assert_close(ml.scores(users), want, rtol=1e-5, atol=1e-5)
     dnn = _model("dnn")
-    f = dnn.user_tower(dnn.user_emb.weight[users])
-    g = dnn.item_tower(dnn.item_emb.weight)
+    assert CFG.dnn_residual  # the default: each tower adds its input back
+    f = dnn.user_emb.weight[users] + dnn.user_tower(dnn.user_emb.weight[users])
+    g = dnn.item_emb.weight + dnn.item_tower(dnn.item_emb.weight)
     torch.testing.assert_close(dnn.scores(users), f @ g.T)
     assert f.shape[1] == CFG.dim  # the DNN's retrieval vectors are dimension 6 too
 

@@ -31,8 +31,9 @@ def student_dir(run: str, method: str, model: str) -> str:
     return storage.join(run, "student", f"{method}-{model}")
 
 
-# settings added after results existed: hashed only when set off their default, the behaviour before them
-_ADDED_LATER = {"dnn_residual": False}
+# settings added after results existed: (the behaviour before them, the student they apply to); hashed only for
+# that student and when set off the old behaviour, so finished trainings keep their hash
+_ADDED_LATER = {"dnn_residual": (False, "dnn")}
 
 
 def student_hash(run: str, cfg: Config) -> str:
@@ -40,8 +41,8 @@ def student_hash(run: str, cfg: Config) -> str:
     del s["method_lr"]  # the training's identity is the learning rate it uses, not the whole table
     s["lr"] = student_lr(cfg.student)
     s["ml_max_norm"] = model_config(cfg).ml_max_norm  # the clip the model trains with (see model_config)
-    for k, default in _ADDED_LATER.items():  # results trained before a setting existed keep their hash
-        if s[k] == default:
+    for k, (before, model) in _ADDED_LATER.items():
+        if s[k] == before or cfg.student.model != model:
             del s[k]
     parts = [s, cfg.eval, load_manifest(run).get("config_hash")]
     if OBJECTIVES[cfg.student.method].needs_knowledge:
