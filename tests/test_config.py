@@ -93,7 +93,16 @@ def test_ml_clip_in_the_hash_is_the_one_the_model_trains_with(tmp_path):
 
     assert h("hetcomp", 1.0) == h("hetcomp", 0.0) == h("hetcomp", 2.0)
     assert len({h("wokd", 1.0), h("wokd", 0.0), h("wokd", 2.0)}) == 3
-    # a setting added later changes the hash only when it is used
+
+
+def test_a_setting_added_later_enters_the_hash_only_where_it_is_used(tmp_path):
+    """dnn_residual changes a DNN student's hash when on, and never an MF student's."""
+    from hetcomp_dist.data.synth import synthesize
+    from hetcomp_dist.student.trainer import student_hash
+
+    run = str(tmp_path / "run")
+    base = load_config(None, [f"run={run}", "synth.users=60", "synth.items=40"])
+    synthesize(run, base.synth, base.data)
     res = dataclasses.replace(base, student=dataclasses.replace(base.student, model="dnn", dnn_residual=True))
     assert student_hash(run, res) != student_hash(run, dataclasses.replace(res, student=dataclasses.replace(
         res.student, dnn_residual=False)))

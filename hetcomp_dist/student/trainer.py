@@ -37,10 +37,10 @@ _ADDED_LATER = {"dnn_residual": (False, "dnn")}
 
 
 def student_hash(run: str, cfg: Config) -> str:
-    s = {k: v for k, v in dataclasses.asdict(cfg.student).items() if k not in _MECHANICS}
+    # the settings the model is built with (model_config: e.g. the ML clip HetComp does not train with)
+    s = {k: v for k, v in dataclasses.asdict(model_config(cfg)).items() if k not in _MECHANICS}
     del s["method_lr"]  # the training's identity is the learning rate it uses, not the whole table
     s["lr"] = student_lr(cfg.student)
-    s["ml_max_norm"] = model_config(cfg).ml_max_norm  # the clip the model trains with (see model_config)
     for k, (before, model) in _ADDED_LATER.items():
         if s[k] == before or cfg.student.model != model:
             del s[k]
