@@ -111,6 +111,29 @@ def test_a_setting_added_later_enters_the_hash_only_where_it_is_used(tmp_path):
         mf.student, dnn_residual=False)))
 
 
+def test_a_grid_candidate_hash_holds_its_lambda_not_the_grid(tmp_path):
+    """Narrowing or extending student.lambda_grid must not rerun a finished candidate; its λ_KD must."""
+    from hetcomp_dist.baselines import select
+    from hetcomp_dist.data.synth import synthesize
+    from hetcomp_dist.student.trainer import student_hash
+
+    run = str(tmp_path / "run")
+    base = load_config(None, [f"run={run}", "synth.users=60", "synth.items=40", "student.method=rd"])
+    synthesize(run, base.synth, base.data)
+
+    def cand(lam, grid):
+        return select.with_lambda(dataclasses.replace(base, student=dataclasses.replace(base.student, lambda_grid=grid)),
+                                  lam)
+
+    h = student_hash(run, cand(0.1, (1e-3, 1e-2, 1e-1, 1.0)))
+    assert student_hash(run, cand(0.1, (0.1,))) == h == student_hash(run, cand(0.1, (0.1, 10.0)))
+    assert student_hash(run, cand(1.0, (0.1,))) != h
+    # the grid's own identity still follows its values (the choice among them reruns)
+    g = dataclasses.replace(base, student=dataclasses.replace(base.student, lambda_kd=-1.0))
+    narrowed = dataclasses.replace(g, student=dataclasses.replace(g.student, lambda_grid=(0.1, 1.0)))
+    assert select.grid_hash(run, g, student_hash) != select.grid_hash(run, narrowed, student_hash)
+
+
 @pytest.mark.parametrize("entry", ["wokd", "teacher=0.001", "wokd=0", "wokd=-1", "wokd=abc"])
 def test_bad_method_lr_names_the_entry(entry):
     with pytest.raises(InputError, match=r"student\.method_lr\[0\]"):

@@ -14,7 +14,7 @@ import time
 
 from hetcomp_dist import storage
 from hetcomp_dist.baselines import select as lambda_grid
-from hetcomp_dist.config import Config, student_lr, to_dict
+from hetcomp_dist.config import Config, StudentConfig, student_lr, to_dict
 from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.progress import log
@@ -34,6 +34,7 @@ def student_dir(run: str, method: str, model: str) -> str:
 # settings added after results existed: (the behaviour before them, the student they apply to); hashed only for
 # that student and when set off the old behaviour, so finished trainings keep their hash
 _ADDED_LATER = {"dnn_residual": (False, "dnn")}
+_GRID_DEFAULT = next(f.default for f in dataclasses.fields(StudentConfig) if f.name == "lambda_grid")
 
 
 def student_hash(run: str, cfg: Config) -> str:
@@ -41,6 +42,10 @@ def student_hash(run: str, cfg: Config) -> str:
     s = {k: v for k, v in dataclasses.asdict(model_config(cfg)).items() if k not in _MECHANICS}
     del s["method_lr"]  # the training's identity is the learning rate it uses, not the whole table
     s["lr"] = student_lr(cfg.student)
+    # One training has one λ_KD: the grid only says which trainings the search runs (its own identity is
+    # select.grid_hash, over its candidates' hashes), so extending or narrowing it reruns nothing. It is
+    # hashed at its default, which every training before this rule was hashed with, so they keep theirs.
+    s["lambda_grid"] = _GRID_DEFAULT
     for k, (before, model) in _ADDED_LATER.items():
         if s[k] == before or cfg.student.model != model:
             del s[k]
