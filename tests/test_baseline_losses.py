@@ -222,13 +222,13 @@ def test_dcd_hand_worked():
 def test_union_and_membership_match_sets():
     rng = np.random.default_rng(0)
     lists = torch.from_numpy(rng.integers(-1, 12, size=(9, 3, 5)))
-    union = L.union_lists(lists)
+    lists[0, 1] = -1  # a teacher with no list for this user
+    union, member = L.union_members(lists)
+    assert union.shape == (9, 15) and member.shape == (9, 15, 3)
     for b in range(9):
         want = sorted({int(i) for i in lists[b].ravel() if i >= 0})
         got = union[b][union[b] >= 0].tolist()
         assert got == want
         for x in range(3):
-            mem = L.is_member(union[b: b + 1], lists[b: b + 1, x])[0]
             members = {int(i) for i in lists[b, x] if i >= 0}
-            assert mem.tolist() == [int(i) in members for i in union[b].tolist()]
-    assert not L.is_member(torch.tensor([[-1, 3]]), torch.tensor([[-1, -1]])).any()
+            assert member[b, :, x].tolist() == [int(i) in members for i in union[b].tolist()]

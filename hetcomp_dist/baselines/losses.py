@@ -64,29 +64,26 @@ def gather_list(logits: torch.Tensor, lists: torch.Tensor) -> tuple[torch.Tensor
     return s.masked_fill(~valid, NEG), valid
 
 
-def union_lists(lists: torch.Tensor) -> torch.Tensor:
-    """Per-row union of M id lists, each item once.
+def union_members(lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row union of M id lists (each item once), and which lists hold each union item.
 
     Args:
         lists: (B, M, L) item ids, -1 padded.
 
     Returns:
-        (B, M*L) the distinct items of each row (ascending), -1 elsewhere.
+        ((B, M*L) the distinct items of each row (ascending), -1 elsewhere; (B, M*L, M) bool:
+        member[b, j, x] is True when union[b, j] >= 0 occurs in lists[b, x]).
     """
-    B = lists.shape[0]
-    flat = torch.sort(lists.reshape(B, -1), dim=1).values
-    dup = torch.zeros_like(flat, dtype=torch.bool)
-    dup[:, 1:] = flat[:, 1:] == flat[:, :-1]
-    return torch.where(dup | (flat < 0), torch.full_like(flat, PAD), flat)
-
-
-def is_member(items: torch.Tensor, lists: torch.Tensor) -> torch.Tensor:
-    """(B, L) bool: items[b, l] >= 0 occurs in lists[b] ((B, K), -1 padded)."""
-    if lists.shape[1] == 0:
-        return torch.zeros_like(items, dtype=torch.bool)
-    srt = torch.sort(lists, dim=1).values
-    pos = torch.searchsorted(srt, items.contiguous()).clamp(max=lists.shape[1] - 1)
-    return (torch.gather(srt, 1, pos) == items) & (items >= 0)
+    B, M, L = lists.shape
+    srt, idx = torch.sort(lists.reshape(B, M * L), dim=1, stable=True)
+    dup = torch.zeros_like(srt, dtype=torch.bool)
+    dup[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    union = torch.where(dup | (srt < 0), torch.full_like(srt, PAD), srt)
+    run = torch.cumsum(~dup, dim=1) - 1  # each position's run of equal ids (a run starts at its union entry)
+    hit = torch.zeros(B, M * L * M, dtype=torch.bool, device=lists.device)
+    hit.scatter_(1, run * M + torch.div(idx, L, rounding_mode="floor"), True)  # (run, list) pairs that occur
+    member = torch.gather(hit.view(B, M * L, M), 1, run[:, :, None].expand(B, M * L, M))
+    return union, member & (union >= 0)[:, :, None]
 
 
 def pl_loss(scores: torch.Tensor, valid: torch.Tensor, tail_lse: torch.Tensor,

@@ -186,15 +186,18 @@ class MTDObjective(BaselineObjective):
         # One exact catalogue pass for the tail outside the union U of the M lists; each teacher's
         # tail N_u minus π^x = (N_u minus U) ∪ (U minus π^x) then adds only positive terms (no
         # cancellation), so M teachers cost one tail instead of M.
-        union = BL.union_lists(lists)
+        # All M teachers at once: (B, U, M) membership from the union's own sort, one masked
+        # log-sum-exp over U and one PL over the (B*M, K) lists.
+        B, M, K = lists.shape
+        union, member = BL.union_members(lists)
         tail_u = self.tail(a, c, batch, union)
         s_u = SL.list_logits(a, c, union, self.clamp)
-        pl = []
-        for x in range(lists.shape[1]):
-            rest = (union >= 0) & ~BL.is_member(union, lists[:, x])
-            tail_x = torch.logaddexp(tail_u, BL.masked_logsumexp(s_u, rest))
-            pl.append(BL.pl_loss(SL.list_logits(a, c, lists[:, x], self.clamp), lists[:, x] >= 0, tail_x))
-        loss, w = BL.mtd_loss(torch.stack(pl, 1), model.user_emb(batch.users), self.teacher_emb, self.entropy)
+        rest = (union >= 0)[:, :, None] & ~member  # (B, U, M): U minus π^x
+        rest_lse = torch.logsumexp(s_u[:, :, None].masked_fill(~rest, BL.NEG), dim=1)  # (B, M)
+        tail_x = torch.logaddexp(tail_u[:, None], rest_lse).reshape(B * M)
+        s_x = SL.list_logits(a, c, lists.reshape(B, M * K), self.clamp).reshape(B * M, K)
+        pl = BL.pl_loss(s_x, lists.reshape(B * M, K) >= 0, tail_x).reshape(B, M)
+        loss, w = BL.mtd_loss(pl, model.user_emb(batch.users), self.teacher_emb, self.entropy)
         ws = w.detach().sum(0)
         self._w_sum = ws if self._w_sum is None else self._w_sum + ws
         self._w_n += len(w)
