@@ -221,14 +221,35 @@ def test_dcd_hand_worked():
 # ------------------------------------------------------------------------------------ list helpers
 def test_union_and_membership_match_sets():
     rng = np.random.default_rng(0)
-    lists = torch.from_numpy(rng.integers(-1, 12, size=(9, 3, 5)))
+    lists = torch.from_numpy(rng.integers(-1, 12, size=(9, 3, 5)))  # repeats within a list too
     lists[0, 1] = -1  # a teacher with no list for this user
-    union, member = L.union_members(lists)
-    assert union.shape == (9, 15) and member.shape == (9, 15, 3)
+    union, patterns = L.union_patterns(lists)
+    assert union.shape == patterns.shape == (9, 15)
     for b in range(9):
         want = sorted({int(i) for i in lists[b].ravel() if i >= 0})
         got = union[b][union[b] >= 0].tolist()
         assert got == want
-        for x in range(3):
-            members = {int(i) for i in lists[b, x] if i >= 0}
-            assert member[b, :, x].tolist() == [int(i) in members for i in union[b].tolist()]
+        for j, item in enumerate(union[b].tolist()):
+            holders = {x for x in range(3) if item >= 0 and item in lists[b, x].tolist()}
+            assert int(patterns[b, j]) == sum(1 << x for x in holders)
+
+
+@pytest.mark.parametrize("m", [3, 12])  # per-pattern sums, and the (B, U, M) path past 10 lists
+def test_rest_logsumexp_is_each_lists_complement_in_the_union(m):
+    rng = np.random.default_rng(m)
+    lists = torch.from_numpy(rng.integers(-1, 20, size=(7, m, 6)))
+    lists[1] = lists[1, :1]  # every list the same: empty complements
+    union, patterns = L.union_patterns(lists)
+    scores = torch.from_numpy(rng.normal(0, 5, size=union.shape))
+    got = L.rest_logsumexp(scores, patterns, m)
+    for b in range(7):
+        for x in range(m):
+            mine = set(lists[b, x].tolist())
+            terms = [float(scores[b, j]) for j, i in enumerate(union[b].tolist()) if i >= 0 and i not in mine]
+            if terms:
+                assert float(got[b, x]) == pytest.approx(math.log(math.fsum(math.exp(s) for s in terms)), abs=1e-9)
+            else:
+                assert float(got[b, x]) <= L.NEG / 2
+    g = scores.clone().requires_grad_(True)  # finite gradients, empty complements included
+    L.rest_logsumexp(g, patterns, m).clamp(min=-100).sum().backward()
+    assert torch.isfinite(g.grad).all()

@@ -64,15 +64,15 @@ def gather_list(logits: torch.Tensor, lists: torch.Tensor) -> tuple[torch.Tensor
     return s.masked_fill(~valid, NEG), valid
 
 
-def union_members(lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row union of M id lists (each item once), and which lists hold each union item.
+def union_patterns(lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row union of M id lists (each item once), and which lists hold each union item, as bits.
 
     Args:
-        lists: (B, M, L) item ids, -1 padded.
+        lists: (B, M, L) item ids, -1 padded (an id repeated within one list counts once).
 
     Returns:
-        ((B, M*L) the distinct items of each row (ascending), -1 elsewhere; (B, M*L, M) bool:
-        member[b, j, x] is True when union[b, j] >= 0 occurs in lists[b, x]).
+        ((B, M*L) the distinct items of each row (ascending), -1 elsewhere; (B, M*L) int64: bit x of
+        entry j is set when union[b, j] >= 0 occurs in lists[b, x], 0 at pads).
     """
     B, M, L = lists.shape
     srt, idx = torch.sort(lists.reshape(B, M * L), dim=1, stable=True)
@@ -80,10 +80,42 @@ def union_members(lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dup[:, 1:] = srt[:, 1:] == srt[:, :-1]
     union = torch.where(dup | (srt < 0), torch.full_like(srt, PAD), srt)
     run = torch.cumsum(~dup, dim=1) - 1  # each position's run of equal ids (a run starts at its union entry)
-    hit = torch.zeros(B, M * L * M, dtype=torch.bool, device=lists.device)
-    hit.scatter_(1, run * M + torch.div(idx, L, rounding_mode="floor"), True)  # (run, list) pairs that occur
-    member = torch.gather(hit.view(B, M * L, M), 1, run[:, :, None].expand(B, M * L, M))
-    return union, member & (union >= 0)[:, :, None]
+    owner = torch.div(idx, L, rounding_mode="floor")  # the list of each position; stable: a run is in list order
+    again = torch.zeros_like(dup)
+    again[:, 1:] = dup[:, 1:] & (owner[:, 1:] == owner[:, :-1])  # the same id twice in one list
+    bit = torch.bitwise_left_shift(torch.ones_like(owner), owner).masked_fill(again, 0)
+    bits = torch.zeros_like(owner).scatter_add_(1, run, bit)  # distinct bits per run: their sum is their OR
+    return union, torch.gather(bits, 1, run).masked_fill(union < 0, 0)
+
+
+# patterns of at most this many lists are summed per pattern (2^M columns); more fall back to (B, U, M)
+_MAX_PATTERN_LISTS = 10
+
+
+def rest_logsumexp(scores: torch.Tensor, patterns: torch.Tensor, m: int) -> torch.Tensor:
+    """(B, M): log Σ_{j: patterns[b, j] != 0, bit x unset} e^{scores[b, j]} -- each list's complement in the union.
+
+    One exp per union entry: the entries are summed per pattern (B, 2^M), and list x's complement is
+    the sum over the patterns without bit x -- positive terms only, no cancellation. NEG where a
+    complement is empty.
+
+    Args:
+        scores: (B, U) scores of the union entries (any value at pads).
+        patterns: (B, U) int64 bit sets from `union_patterns` (0 at pads).
+        m: the number of lists M.
+    """
+    valid = patterns != 0
+    if m > _MAX_PATTERN_LISTS:
+        member = (patterns[:, :, None] >> torch.arange(m, device=patterns.device)) & 1 == 1
+        rest = valid[:, :, None] & ~member
+        return torch.logsumexp(scores[:, :, None].masked_fill(~rest, NEG), dim=1)
+    top = scores.detach().masked_fill(~valid, NEG).amax(1, keepdim=True)
+    e = torch.exp((scores - top).masked_fill(~valid, NEG))
+    sums = torch.zeros(len(e), 1 << m, dtype=e.dtype, device=e.device).scatter_add(1, patterns, e)
+    codes = torch.arange(1 << m, device=e.device)[:, None]
+    lacks = ((codes >> torch.arange(m, device=e.device)[None, :]) & 1 == 0).to(e.dtype)  # (2^M, M)
+    rest = sums @ lacks
+    return torch.where(rest > 0, torch.log(rest.clamp(min=1e-30)) + top, torch.full_like(rest, NEG))
 
 
 def pl_loss(scores: torch.Tensor, valid: torch.Tensor, tail_lse: torch.Tensor,

@@ -186,15 +186,13 @@ class MTDObjective(BaselineObjective):
         # One exact catalogue pass for the tail outside the union U of the M lists; each teacher's
         # tail N_u minus π^x = (N_u minus U) ∪ (U minus π^x) then adds only positive terms (no
         # cancellation), so M teachers cost one tail instead of M.
-        # All M teachers at once: (B, U, M) membership from the union's own sort, one masked
-        # log-sum-exp over U and one PL over the (B*M, K) lists.
+        # All M teachers at once: each union item's teacher set as bits, each complement U minus π^x
+        # from per-set sums (one exp per union item), one PL over the (B*M, K) lists.
         B, M, K = lists.shape
-        union, member = BL.union_members(lists)
+        union, patterns = BL.union_patterns(lists)
         tail_u = self.tail(a, c, batch, union)
         s_u = SL.list_logits(a, c, union, self.clamp)
-        rest = (union >= 0)[:, :, None] & ~member  # (B, U, M): U minus π^x
-        rest_lse = torch.logsumexp(s_u[:, :, None].masked_fill(~rest, BL.NEG), dim=1)  # (B, M)
-        tail_x = torch.logaddexp(tail_u[:, None], rest_lse).reshape(B * M)
+        tail_x = torch.logaddexp(tail_u[:, None], BL.rest_logsumexp(s_u, patterns, M)).reshape(B * M)
         s_x = SL.list_logits(a, c, lists.reshape(B, M * K), self.clamp).reshape(B * M, K)
         pl = BL.pl_loss(s_x, lists.reshape(B * M, K) >= 0, tail_x).reshape(B, M)
         loss, w = BL.mtd_loss(pl, model.user_emb(batch.users), self.teacher_emb, self.entropy)
