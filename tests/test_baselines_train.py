@@ -306,8 +306,11 @@ def test_table2_markdown_gaps_against_the_paper():
 
     results = [row("ensemble", "-", 0.9), row("wokd", "mf", 1.0), row("rrd", "mf", 1.2), row("dcd", "mf", 0.5),
                {**row("hetcomp", "mf", 1.0), "best_epoch": 70}]
-    results[2]["lambda_kd"] = 0.1
+    results[2].update(lambda_kd=0.1, lambda_grid={"0.01": 0.2, "0.1": 0.25})
+    results[3].update(lambda_kd=1.0, lambda_grid={"1": 0.125})
     text = render_table2(results, "mf", "citeulike", {"mtd": "boom"})
+    assert "- RRD: λ = 0.1 — 0.01: 0.2000, 0.1: 0.2500" in text
+    assert "- DCD: λ = 1 only — a single candidate, not a choice on validation (valid R@50 0.1250)" in text
     lines = {ln.split(" | ")[0]: ln for ln in text.splitlines() if ln.startswith("| ")}
     assert "| +20.0% | +20.0% | 0.1 |" in lines["| RRD"]
     assert "| -50.0% | -50.0% |" in lines["| DCD"]
