@@ -7,7 +7,8 @@ student's logits (already clamped to ±40) gathered at item ids, with boolean ma
 
 Notation: a list ``pi`` is (B, L) item ids, best first, -1 padded; ``valid`` marks its real entries.
 A tail set R enters a Plackett–Luce term only through its log-sum-exp ``tail_lse`` (B,), computed
-exactly over the full catalogue (``masked_logsumexp``) or by a sampled estimator (the student's).
+exactly over the full catalogue (the student stage's item-blocked ``tail_logsumexp``; ``items_mask`` +
+``masked_logsumexp`` are its dense form, the tests' reference) or by a sampled estimator (the student's).
 
     PL(pi; R) = -sum_k [ s_{pi_k} - log( sum_{l>=k} e^{s_{pi_l}} + sum_{j in R} e^{s_j} ) ]
 """
@@ -96,8 +97,8 @@ def rest_logsumexp(scores: torch.Tensor, patterns: torch.Tensor, m: int) -> torc
     """(B, M): log Σ_{j: patterns[b, j] != 0, bit x unset} e^{scores[b, j]} -- each list's complement in the union.
 
     One exp per union entry: the entries are summed per pattern (B, 2^M), and list x's complement is
-    the sum over the patterns without bit x -- positive terms only, no cancellation. NEG where a
-    complement is empty.
+    the sum over the patterns without bit x -- positive terms only, no cancellation. The sums are
+    float64 (exact for score spreads up to ~700 within a row); NEG where a complement is empty.
 
     Args:
         scores: (B, U) scores of the union entries (any value at pads).
@@ -109,13 +110,16 @@ def rest_logsumexp(scores: torch.Tensor, patterns: torch.Tensor, m: int) -> torc
         member = (patterns[:, :, None] >> torch.arange(m, device=patterns.device)) & 1 == 1
         rest = valid[:, :, None] & ~member
         return torch.logsumexp(scores[:, :, None].masked_fill(~rest, NEG), dim=1)
-    top = scores.detach().masked_fill(~valid, NEG).amax(1, keepdim=True)
-    e = torch.exp((scores - top).masked_fill(~valid, NEG))
+    s = scores.double()
+    top = s.detach().masked_fill(~valid, NEG).amax(1, keepdim=True)
+    e = torch.exp((s - top).masked_fill(~valid, NEG))  # pads: exp(NEG) == 0 in float64 too
     sums = torch.zeros(len(e), 1 << m, dtype=e.dtype, device=e.device).scatter_add(1, patterns, e)
     codes = torch.arange(1 << m, device=e.device)[:, None]
     lacks = ((codes >> torch.arange(m, device=e.device)[None, :]) & 1 == 0).to(e.dtype)  # (2^M, M)
     rest = sums @ lacks
-    return torch.where(rest > 0, torch.log(rest.clamp(min=1e-30)) + top, torch.full_like(rest, NEG))
+    tiny = torch.finfo(rest.dtype).tiny  # only exact zeros (empty complements) are clamped
+    out = torch.where(rest > 0, torch.log(rest.clamp(min=tiny)) + top, torch.full_like(rest, NEG))
+    return out.to(scores.dtype)
 
 
 def pl_loss(scores: torch.Tensor, valid: torch.Tensor, tail_lse: torch.Tensor,

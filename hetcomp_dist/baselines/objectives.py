@@ -185,9 +185,8 @@ class MTDObjective(BaselineObjective):
         lists = self.targets[batch.rows].long()  # (B, M, K)
         # One exact catalogue pass for the tail outside the union U of the M lists; each teacher's
         # tail N_u minus π^x = (N_u minus U) ∪ (U minus π^x) then adds only positive terms (no
-        # cancellation), so M teachers cost one tail instead of M.
-        # All M teachers at once: each union item's teacher set as bits, each complement U minus π^x
-        # from per-set sums (one exp per union item), one PL over the (B*M, K) lists.
+        # cancellation), so M teachers cost one tail instead of M. U minus π^x comes for all teachers
+        # at once from sums per teacher set (one exp per union item), and one PL runs over (B*M, K).
         B, M, K = lists.shape
         union, patterns = BL.union_patterns(lists)
         tail_u = self.tail(a, c, batch, union)
