@@ -294,6 +294,9 @@ def test_reproduce_table2_trains_every_row_and_writes_the_report(tmp_path, ray_s
     assert "HetComp vs the best baseline" in md
     for name in ("curves.png", "curves-mf.png"):
         assert storage.read_bytes(storage.join(out["report"], name))[:8] == b"\x89PNG\r\n\x1a\n"
+    again = reproduce(run, cfg, "mf", methods=("wokd",), cpus=1.0)  # one row again: finished, skipped
+    assert set(again["results"]) == {"wokd"} and again["best_baseline"] == "rrd"  # still the report's best
+    assert "HetComp vs the best baseline (RRD)" in storage.read_bytes(again["table"]).decode()
 
 
 def test_table2_markdown_gaps_against_the_paper():

@@ -171,7 +171,9 @@ def reproduce(run: str, cfg: Config, student: str, methods: tuple[str, ...] = ME
         extra = {k: r[k] for k in ("best_epoch", "wall_s", "lambda_kd", "lambda_grid", "epochs") if k in r}
         report.add_result(run, m, student, r, extra)
     rdir = report.write_report(run, cfg.teachers.names)
-    best = best_baseline(final)
+    # the best baseline among every row the report holds for this student (earlier calls' included):
+    # a rerun for one method must not relabel the curves
+    best = best_baseline({r["method"]: r for r in report.load_results(run) if r["student"] == student})
     names = {f"wokd-{student}": LABELS["wokd"]}
     if best:
         names[f"{best}-{student}"] = f"{LABELS[best]} (best baseline)"
