@@ -234,7 +234,7 @@ def test_union_and_membership_match_sets():
             assert int(patterns[b, j]) == sum(1 << x for x in holders)
 
 
-@pytest.mark.parametrize("m", [3, 12])  # per-pattern sums, and the (B, U, M) path past 10 lists
+@pytest.mark.parametrize("m", [1, 3, 6])  # one teacher up to all six
 def test_rest_logsumexp_is_each_lists_complement_in_the_union(m):
     rng = np.random.default_rng(m)
     lists = torch.from_numpy(rng.integers(-1, 20, size=(7, m, 6)))

@@ -89,10 +89,6 @@ def union_patterns(lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return union, torch.gather(bits, 1, run).masked_fill(union < 0, 0)
 
 
-# patterns of at most this many lists are summed per pattern (2^M columns); more fall back to (B, U, M)
-_MAX_PATTERN_LISTS = 10
-
-
 def rest_logsumexp(scores: torch.Tensor, patterns: torch.Tensor, m: int) -> torch.Tensor:
     """(B, M): log Σ_{j: patterns[b, j] != 0, bit x unset} e^{scores[b, j]} -- each list's complement in the union.
 
@@ -103,13 +99,9 @@ def rest_logsumexp(scores: torch.Tensor, patterns: torch.Tensor, m: int) -> torc
     Args:
         scores: (B, U) scores of the union entries (any value at pads).
         patterns: (B, U) int64 bit sets from `union_patterns` (0 at pads).
-        m: the number of lists M.
+        m: the number of lists M (the teachers: at most six, so 2^M sums per user are few).
     """
     valid = patterns != 0
-    if m > _MAX_PATTERN_LISTS:
-        member = (patterns[:, :, None] >> torch.arange(m, device=patterns.device)) & 1 == 1
-        rest = valid[:, :, None] & ~member
-        return torch.logsumexp(scores[:, :, None].masked_fill(~rest, NEG), dim=1)
     s = scores.double()
     top = s.detach().masked_fill(~valid, NEG).amax(1, keepdim=True)
     e = torch.exp((s - top).masked_fill(~valid, NEG))  # pads: exp(NEG) == 0 in float64 too

@@ -246,13 +246,13 @@ def render_table2(results: list[dict], student: str, dataset: str, failed: dict[
     if grids:
         out += ["λ_KD chosen on validation R@50 (valid R@50 of each candidate):", ""]
         for m, r in grids:
-            vals = ", ".join(f"{k}: {v:.4f}" for k, v in r["lambda_grid"].items())
             if len(r["lambda_grid"]) == 1:  # a grid of one value: nothing was chosen, say so
                 (only,) = r["lambda_grid"].values()
                 out.append(f"- {LABELS[m]}: λ = {r['lambda_kd']:g} only — a single candidate, not a choice on "
                            f"validation (valid R@50 {only:.4f})")
             else:
-                out.append(f"- {LABELS[m]}: λ = {r['lambda_kd']:g} — {vals}")
+                out.append(f"- {LABELS[m]}: λ = {r['lambda_kd']:g} — "
+                           + ", ".join(f"{k}: {v:.4f}" for k, v in r["lambda_grid"].items()))
         out.append("")
     if paper and gaps:
         out += _notes(gaps)

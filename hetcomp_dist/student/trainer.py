@@ -34,7 +34,7 @@ def student_dir(run: str, method: str, model: str) -> str:
 # settings added after results existed: (the behaviour before them, the student they apply to); hashed only for
 # that student and when set off the old behaviour, so finished trainings keep their hash
 _ADDED_LATER = {"dnn_residual": (False, "dnn")}
-_GRID_DEFAULT = next(f.default for f in dataclasses.fields(StudentConfig) if f.name == "lambda_grid")
+_GRID_DEFAULT = StudentConfig().lambda_grid
 
 
 def student_hash(run: str, cfg: Config) -> str:
