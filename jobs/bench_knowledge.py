@@ -7,9 +7,9 @@ data, `knowledge.synthetic` for the trajectories and a student whose embeddings 
 Setup (data, trajectories, round 0, round 1 = the first DKC call) is untimed.
 
 1. CiteULike size (5,219 users, 25,181 items, ~24 interactions per user): round 2 (a round with moves)
-   -- (a) the DKC computation on the same in-memory arrays, vectorised (`dkc_step` + `rebuild_targets`
-   in batches: numba kernels on numba's default thread count, and on 1 thread) and as a plain
-   per-user Python loop written here, side by side, alternating, checked equal; medians of --repeats
+   -- (a) the DKC computation on the same in-memory arrays, vectorised (`dkc_step_targets`: the step
+   and the new targets in one compiled pass, in batches; numba kernels on numba's default thread
+   count, and on 1 thread) and as a plain per-user Python loop written here, side by side, alternating, checked equal; medians of --repeats
    runs; (b) the whole in-process round through `dkc_round`, retrieval timed apart.
 2. 1M users (vectorised only): round 2 through a Ray Data map over 50k-user shards on a 2-CPU Ray
    instance (one numba thread per task), per-task retrieval and rest timed apart, peak memory per task.
@@ -43,7 +43,7 @@ from hetcomp_dist.config import Config, from_dict  # noqa: E402
 from hetcomp_dist.data.dataset import load_manifest, load_shard  # noqa: E402
 from hetcomp_dist.data.synth import synthesize  # noqa: E402
 from hetcomp_dist.knowledge import rounds, shard_io  # noqa: E402
-from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, rebuild_targets  # noqa: E402
+from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step_targets  # noqa: E402
 from hetcomp_dist.knowledge.synthetic import perturb_embeddings, write_trajectories  # noqa: E402
 from hetcomp_dist.progress import log, peak_rss_gib  # noqa: E402
 
@@ -105,9 +105,8 @@ def vector_round(lists, v, d, sigma, prev_targets, epoch, first, p: DKCParams, K
     targets = np.empty_like(prev_targets)
     for b0 in range(0, n, batch):
         b1 = min(b0 + batch, n)
-        vb, db, moved = dkc_step(lists[b0:b1], v[b0:b1], d[b0:b1], sigma[b0:b1], epoch, first, p)
-        targets[b0:b1] = rebuild_targets(lists[b0:b1], vb, moved.any(1), prev_targets[b0:b1], K)
-        v_out[b0:b1], d_out[b0:b1] = vb, db
+        v_out[b0:b1], d_out[b0:b1], _, targets[b0:b1] = dkc_step_targets(
+            lists[b0:b1], v[b0:b1], d[b0:b1], sigma[b0:b1], epoch, first, p, prev_targets[b0:b1])
     return v_out, d_out, targets
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hetcomp_dist.knowledge.discrepancy import discrepancies
-from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, rebuild_targets
+from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, dkc_step_targets, rebuild_targets
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
 from hetcomp_dist.knowledge.rounds import needed_states
 from test_knowledge_math import _states, make_batch, ref_D, ref_dkc, ref_g
@@ -38,6 +38,7 @@ def test_any_thread_count_gives_the_same_result():
     def run():
         vb, db, moved = dkc_step(lists, v, d, sigma, 30, False, p)
         return (vb, db, moved, rebuild_targets(lists, vb, moved.any(1), np.full((B, K), -7, np.int32), K),
+                *dkc_step_targets(lists, v, d, sigma, 30, False, p, np.full((B, K), -7, np.int32)),
                 ensemble_topk(lists[:, :, 0], 15), discrepancies(sigma, lists[:, :, 1], 10, "paper"))
 
     one = _with_threads(1, run)
@@ -64,6 +65,9 @@ def test_transposed_buffer_matches_per_user_loop(seed):
     for b in np.nonzero(moved.any(1))[0]:
         np.testing.assert_array_equal(got[b], ref_g([lists[7 + b, x, vb[b, x]] for x in range(M)], K))
     assert (got[~moved.any(1)] == -7).all()
+    fused = dkc_step_targets(view, v, d, sigma[7:], 40, False, p, np.full((B - 7, K), -7, np.int32))
+    for a, b in zip(fused, (vb, db, moved, got)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_discrepancy_position_map_bounds():
@@ -159,6 +163,7 @@ def test_needed_states_are_all_a_round_reads(first):
     outs = []
     for arr in (lists, masked):
         vb, db, moved = dkc_step(arr, v, d, sigma, 50, first, p)
-        outs.append((vb, db, rebuild_targets(arr, vb, moved.any(1), np.full((B, K), -7, np.int32), K)))
+        outs.append((vb, db, rebuild_targets(arr, vb, moved.any(1), np.full((B, K), -7, np.int32), K),
+                     *dkc_step_targets(arr, v, d, sigma, 50, first, p, np.full((B, K), -7, np.int32))))
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)

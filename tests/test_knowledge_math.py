@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hetcomp_dist.knowledge.discrepancy import discrepancies, discrepancy
-from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, rebuild_targets, switch_fired, threshold
+from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, dkc_step_targets, rebuild_targets, switch_fired, threshold
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
 
 
@@ -254,6 +254,38 @@ def test_dkc_step_matches_per_user_loop(seed, rule, variant):
         np.testing.assert_array_equal(d_new[~moved], np.asarray(d, np.float32)[~moved])  # others keep d
         v, d = v_new, d_new
     assert (v > v0).any() and (v == S - 1).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("rule,variant,weighted", [("code", "code", False), ("code", "paper", True),
+                                                   ("paper", "code", True)])
+def test_dkc_step_targets_matches_per_user_loop(seed, rule, variant, weighted):
+    """The fused step + targets: v and d of the per-user DKC loop, and for each user with a mover
+    the per-user g of its new states (previous targets kept otherwise), over several calls."""
+    lists, _, sigma, _ = make_batch(seed + 50, d_k=10)
+    B, M, S, K = lists.shape
+    k = K + 3  # longer than one list: the union's order past K, PAD-filled where it runs out
+    w = np.random.default_rng(seed).uniform(0, 2, M) if weighted else None
+    if weighted:
+        w[1] = 0.0
+    p = DKCParams(d_k=10, d_variant=variant, move_rule=rule)
+    v = _states(seed, B, M, S)
+    d = np.full((B, M), np.nan)
+    prev = np.full((B, k), -7, dtype=np.int32)
+    rng = np.random.default_rng(seed + 1)
+    for epoch, first in ((10, True), (20, False), (60, False), (400, False)):
+        sig = sigma if epoch <= 20 else _shuffle_sigma(rng, sigma, lists)
+        v_new, d_new, moved, targets = dkc_step_targets(lists, v, d, sig, epoch, first, p, prev, 10.0, w)
+        rv, rd = ref_dkc(lists, v, d, sig, epoch, first, p)
+        np.testing.assert_array_equal(v_new, rv)
+        np.testing.assert_allclose(d_new, rd, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(moved, v_new != v)
+        for b in range(B):
+            want = ref_g([lists[b, x, v_new[b, x]] for x in range(M)], k, 10.0, w) if moved[b].any() else prev[b]
+            np.testing.assert_array_equal(targets[b], want)
+        assert not first or not moved.any()
+        v, d, prev = v_new, d_new, targets
+    assert (v == S - 1).any() and (prev != -7).any()
 
 
 def _shuffle_sigma(rng, sigma, lists):

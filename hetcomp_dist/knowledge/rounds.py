@@ -36,7 +36,7 @@ from hetcomp_dist.config import Config
 from hetcomp_dist.data.dataset import load_manifest, load_shard
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
-from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, rebuild_targets, state_means, switch_fired
+from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step_targets, state_means, switch_fired
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
 from hetcomp_dist.knowledge.shard_io import (block, knowledge_dir, pos_dir, read_dense, read_lists, read_round,
                                              round_dir, state_path, teacher_dir, write_round_shard)
@@ -183,9 +183,10 @@ def dkc_shard(task: RoundTask, s: int) -> dict:
     changed = 0
     for b0 in range(0, n, kc.batch_users):
         b1 = min(b0 + kc.batch_users, n)
-        vb, db, moved = dkc_step(lists[b0:b1], v[b0:b1], d[b0:b1], sigma[b0:b1], task.epoch, first, params)
+        vb, db, moved, targets[b0:b1] = dkc_step_targets(lists[b0:b1], v[b0:b1], d[b0:b1], sigma[b0:b1], task.epoch,
+                                                          first, params, prev_targets[b0:b1], kc.temperature,
+                                                          task.weights())
         ch = moved.any(axis=1)
-        targets[b0:b1] = rebuild_targets(lists[b0:b1], vb, ch, prev_targets[b0:b1], K, kc.temperature, task.weights())
         v_new[b0:b1], d_new[b0:b1] = vb, db
         moved_total += moved.sum(axis=0)
         changed += int(ch.sum())
