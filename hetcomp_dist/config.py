@@ -170,6 +170,9 @@ class StudentConfig:
     tail_samples: int = 4096  # sampled tail: uniform sample of N_u, scaled
     lambda_kd: float = -1.0  # baselines: < 0 = pick from lambda_grid on validation
     lambda_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+    # λ grid pruning: every candidate trains this many epochs (a multiple of eval_every), then only the one
+    # with the best validation R@50 so far trains on to early stopping; 0 = every candidate trains to the end
+    lambda_prune_epoch: int = 0
     num_workers: int = 2  # Ray Train workers (0 = in the driver, no DDP)
     cpus_per_worker: float = 0.5
     use_gpu: bool = False
@@ -396,6 +399,12 @@ def validate(cfg: Config, where: str = "config") -> Config:
     for name in ("dim", "batch_size", "max_epochs", "eval_every", "patience"):
         positive(f"student.{name}", getattr(cfg.student, name))
         positive(f"teachers.{name}", getattr(cfg.teachers, name))
+    st = cfg.student
+    if st.lambda_prune_epoch < 0 or st.lambda_prune_epoch % st.eval_every or (
+            st.lambda_prune_epoch and st.lambda_prune_epoch >= st.max_epochs):
+        raise InputError(f"{where}.student.lambda_prune_epoch",
+                         f"{st.lambda_prune_epoch} is not 0 or a multiple of eval_every={st.eval_every} below "
+                         f"max_epochs={st.max_epochs}", "the candidates are compared at an evaluation")
     if cfg.knowledge.topk < cfg.knowledge.d_k:
         raise InputError(f"{where}.knowledge.topk", "must be >= knowledge.d_k")
     return cfg

@@ -261,6 +261,91 @@ def test_lambda_grid_picks_the_best_on_validation_and_promotes_it(run, ray_sessi
     assert train_student(run, cfg) == res  # the grid is skipped as a whole on rerun
 
 
+def _planted_run(path: str) -> str:
+    synthesize(path, SynthConfig(users=200, items=160, mean_interactions=12, topics=4, community_size=20),
+               DataConfig(shard_size=64))
+    write_planted_teachers(path)
+    return path
+
+
+def _rung_leader(parent: str, grid, rung: int) -> float:
+    """The pruning rule, read back from the candidates' own metrics: the best valid R@50 up to the
+    rung (ties: the smaller λ)."""
+    best = {}
+    for lam in grid:
+        lines = [x for x in _jsonl(storage.join(parent, f"lambda={lam:g}", "metrics.jsonl")) if "valid" in x]
+        best[lam] = max(x["valid"]["R@50"] for x in lines if x["epoch"] <= rung)
+    return max(grid, key=lambda lam: (best[lam], -lam))
+
+
+def test_pruned_lambda_grid_trains_only_the_leader_on(tmp_path, ray_session):
+    """student.lambda_prune_epoch: every candidate trains to the rung and pauses; the leader resumes
+    from its checkpoint to the end (the same metrics as one uninterrupted training); the others stay
+    paused, unfinished, and are recorded as pruned."""
+    from hetcomp_dist.student.trainer import train_student
+
+    run = _planted_run(str(tmp_path / "run"))
+    grid = [0.001, 0.1, 1.0]
+    cfg = tiny_config(run, method="rrd", lambda_kd=-1.0, lambda_grid=grid, lr=0.02, batch_size=64, max_epochs=6,
+                      patience=10, lambda_prune_epoch=2)
+    res = train_student(run, cfg)
+    parent = storage.join(run, "student", "rrd-mf")
+    leader = _rung_leader(parent, grid, 2)
+    assert res["lambda_kd"] == leader
+    assert res["lambda_pruned"] == {f"{lam:g}": 2 for lam in grid if lam != leader}
+    for lam in grid:
+        cdir = storage.join(parent, f"lambda={lam:g}")
+        epochs = [x["epoch"] for x in _jsonl(storage.join(cdir, "metrics.jsonl"))]
+        if lam == leader:
+            assert epochs == [1, 2, 3, 4, 5, 6] and res["resumed_from"] == [2]
+            assert storage.read_manifest(cdir)["result"]["valid"] == res["valid"]
+        else:
+            assert epochs == [1, 2]
+            assert storage.read_manifest(cdir) is None  # paused, not finished
+            assert res["lambda_grid"][f"{lam:g}"] <= res["valid"]["R@50"]
+    straight = train_student(run, select_lambda(cfg, leader), out=str(tmp_path / "straight"))
+    assert straight["resumed_from"] == [] and straight["epochs"] == 6
+    for split in ("valid", "test"):
+        for key, v in straight[split].items():
+            assert res[split][key] == pytest.approx(v, abs=1e-6)
+    assert train_student(run, cfg) == res  # the grid is skipped as a whole on rerun
+
+
+def test_pruning_epoch_must_be_an_evaluation(tmp_path):
+    from hetcomp_dist.errors import InputError
+    from hetcomp_dist.config import validate
+
+    for bad in (3, -2, 4):  # not a multiple of eval_every = 2; negative; not below max_epochs = 4
+        with pytest.raises(InputError, match="lambda_prune_epoch"):
+            validate(tiny_config(str(tmp_path), lambda_prune_epoch=bad))
+    validate(tiny_config(str(tmp_path), lambda_prune_epoch=2))
+
+
+def select_lambda(cfg: Config, lam: float) -> Config:
+    from hetcomp_dist.baselines.select import with_lambda
+
+    return with_lambda(cfg, lam)
+
+
+# ------------------------------------------------------------------------------------ Table 2
+def test_reproduce_table2_prunes_the_grid_in_two_phases(tmp_path, ray_session):
+    """The parallel path: every candidate as a task to the rung, then the leader as a second task."""
+    from hetcomp_dist.baselines.table2 import reproduce
+
+    run = _planted_run(str(tmp_path / "run"))
+    grid = [0.01, 1.0]
+    cfg = tiny_config(run, lambda_kd=-1.0, lambda_grid=grid, lr=0.02, batch_size=64, max_epochs=6, patience=10,
+                      lambda_prune_epoch=2)
+    out = reproduce(run, cfg, "mf", methods=("rd",), cpus=1.0)
+    assert out["failed"] == {}
+    rd = out["results"]["rd"]
+    leader = _rung_leader(storage.join(run, "student", "rd-mf"), grid, 2)
+    other = [lam for lam in grid if lam != leader][0]
+    assert rd["lambda_kd"] == leader and rd["epochs"] == 6 and rd["lambda_pruned"] == {f"{other:g}": 2}
+    table = storage.read_bytes(out["table"]).decode()
+    assert f"{other:g}: {rd['lambda_grid'][f'{other:g}']:.4f} (stopped at epoch 2)" in table
+
+
 # ------------------------------------------------------------------------------------ Table 2
 def test_reproduce_table2_trains_every_row_and_writes_the_report(tmp_path, ray_session):
     import json
@@ -309,10 +394,10 @@ def test_table2_markdown_gaps_against_the_paper():
 
     results = [row("ensemble", "-", 0.9), row("wokd", "mf", 1.0), row("rrd", "mf", 1.2), row("dcd", "mf", 0.5),
                {**row("hetcomp", "mf", 1.0), "best_epoch": 70}]
-    results[2].update(lambda_kd=0.1, lambda_grid={"0.01": 0.2, "0.1": 0.25})
+    results[2].update(lambda_kd=0.1, lambda_grid={"0.01": 0.2, "0.1": 0.25}, lambda_pruned={"0.01": 20})
     results[3].update(lambda_kd=1.0, lambda_grid={"1": 0.125})
     text = render_table2(results, "mf", "citeulike", {"mtd": "boom"})
-    assert "- RRD: λ = 0.1 — 0.01: 0.2000, 0.1: 0.2500" in text
+    assert "- RRD: λ = 0.1 — 0.01: 0.2000 (stopped at epoch 20), 0.1: 0.2500" in text
     assert "- DCD: λ = 1 only — a single candidate, not a choice on validation (valid R@50 0.1250)" in text
     lines = {ln.split(" | ")[0]: ln for ln in text.splitlines() if ln.startswith("| ")}
     assert "| +20.0% | +20.0% | 0.1 |" in lines["| RRD"]

@@ -128,10 +128,15 @@ def test_a_grid_candidate_hash_holds_its_lambda_not_the_grid(tmp_path):
     h = student_hash(run, cand(0.1, (1e-3, 1e-2, 1e-1, 1.0)))
     assert student_hash(run, cand(0.1, (0.1,))) == h == student_hash(run, cand(0.1, (0.1, 10.0)))
     assert student_hash(run, cand(1.0, (0.1,))) != h
+    pruned = cand(0.1, (0.1,))  # pruning says how long the search trains a candidate, not what it is
+    assert student_hash(run, dataclasses.replace(pruned, student=dataclasses.replace(pruned.student,
+                                                                                      lambda_prune_epoch=50))) == h
     # the grid's own identity still follows its values (the choice among them reruns)
     g = dataclasses.replace(base, student=dataclasses.replace(base.student, lambda_kd=-1.0))
     narrowed = dataclasses.replace(g, student=dataclasses.replace(g.student, lambda_grid=(0.1, 1.0)))
     assert select.grid_hash(run, g, student_hash) != select.grid_hash(run, narrowed, student_hash)
+    prune = dataclasses.replace(g, student=dataclasses.replace(g.student, lambda_prune_epoch=50))
+    assert select.grid_hash(run, g, student_hash) != select.grid_hash(run, prune, student_hash)
 
 
 @pytest.mark.parametrize("entry", ["wokd", "teacher=0.001", "wokd=0", "wokd=-1", "wokd=abc"])

@@ -42,6 +42,7 @@ class Candidate:
     lam: float | None
     out: str | None
     cfg: Config
+    stop_at: int = 0  # a pruned λ grid's first phase: pause after this epoch (`select`)
 
     @property
     def label(self) -> str:
@@ -58,18 +59,18 @@ def plan(run: str, cfg: Config, student: str, methods: tuple[str, ...], ddp: boo
     for m in sorted(methods, key=lambda m: m != "hetcomp"):
         mcfg = dataclasses.replace(cfg, run=run, student=dataclasses.replace(s, method=m))
         if select.needs_grid(mcfg):
-            out += [Candidate(m, float(lam), select.grid_dir(run, m, student, lam), select.with_lambda(mcfg, lam))
-                    for lam in s.lambda_grid]
+            out += [Candidate(m, float(lam), select.grid_dir(run, m, student, lam), select.with_lambda(mcfg, lam),
+                              s.lambda_prune_epoch) for lam in s.lambda_grid]
         else:
             out.append(Candidate(m, None, None, mcfg))
     return out
 
 
-def _train(run: str, cfg_dict: dict, out: str | None) -> dict:
+def _train(run: str, cfg_dict: dict, out: str | None, stop_at: int = 0) -> dict:
     """One training, in a Ray task (imports here: the task's process starts clean)."""
     from hetcomp_dist.student.trainer import train_student
 
-    return train_student(run, from_dict(Config, cfg_dict), out=out)
+    return train_student(run, from_dict(Config, cfg_dict), out=out, stop_at=stop_at)
 
 
 def run_all(run: str, cands: list[Candidate], cpus: float, ddp: bool) -> dict[Candidate, dict | Exception]:
@@ -77,7 +78,7 @@ def run_all(run: str, cands: list[Candidate], cpus: float, ddp: bool) -> dict[Ca
     import ray
 
     task = ray.remote(num_cpus=0 if ddp else cpus)(_train)
-    pending = {task.remote(run, to_dict(c.cfg), c.out): c for c in cands}
+    pending = {task.remote(run, to_dict(c.cfg), c.out, c.stop_at): c for c in cands}
     log(STAGE, f"{len(pending)} trainings submitted ({cpus:g} CPU each; the cluster has "
                f"{ray.cluster_resources().get('CPU', 0):g})")
     results: dict[Candidate, dict | Exception] = {}
@@ -89,12 +90,35 @@ def run_all(run: str, cands: list[Candidate], cpus: float, ddp: bool) -> dict[Ca
             r = ray.get(done[0])
             results[c] = r
             log(STAGE, f"{c.label}: valid R@50 {r['valid']['R@50']:.4f}, test R@50 {r['test']['R@50']:.4f} "
-                       f"(best epoch {r.get('best_epoch')}, {r.get('wall_s', 0):.0f}s); "
+                       f"(best epoch {r.get('best_epoch')}, {r.get('wall_s', 0):.0f}s"
+                       + (f", paused at epoch {r['epochs']}" if r.get("paused") else "") + "); "
                        f"{len(pending)} left, {time.perf_counter() - t0:.0f}s so far")
         except Exception as e:  # keep the others going; reported at the end
             results[c] = e
             log(STAGE, f"{c.label}: FAILED ({type(e).__name__}: {str(e).splitlines()[0][:300]})")
     return results
+
+
+def train_survivors(run: str, cands: list[Candidate], results: dict[Candidate, dict | Exception], cpus: float,
+                    ddp: bool) -> dict[Candidate, dict | Exception]:
+    """A pruned grid's second phase: per method, the paused candidate with the best validation R@50
+    trains on to early stopping (in parallel across methods); the others keep their paused results."""
+    go = []
+    for m in dict.fromkeys(c.method for c in cands):
+        mine = {c.lam: c for c in cands if c.method == m and c.stop_at}
+        ok = {lam: results[c] for lam, c in mine.items() if not isinstance(results[c], Exception)}
+        lam = select.survivor(ok) if ok and len(ok) == len(mine) else None  # a failed candidate: no choice
+        if lam is not None:
+            log(STAGE, f"{mine[lam].label} leads at epoch {mine[lam].stop_at}: it trains on, the others stop")
+            go.append(mine[lam])
+    if not go:
+        return {}
+    again = run_all(run, [dataclasses.replace(c, stop_at=0) for c in go], cpus, ddp)
+    out: dict[Candidate, dict | Exception] = {}
+    for c in go:
+        r = again[dataclasses.replace(c, stop_at=0)]
+        out[c] = r if isinstance(r, Exception) else select.merge_resumed(results[c], r)
+    return out
 
 
 def collect(run: str, cfg: Config, student: str, cands: list[Candidate],
@@ -116,6 +140,8 @@ def collect(run: str, cfg: Config, student: str, cands: list[Candidate],
             final[m] = dict(ok[None])
             if m in BASELINES:
                 final[m]["lambda_kd"] = mine[0].cfg.student.lambda_kd
+        elif select.survivor(ok) is not None:  # a pruned grid whose leader could not train on
+            failed[m] = "; ".join(errs + [f"λ={select.survivor(ok):g} leads the pruned grid but did not train on"])
         else:  # promote the best λ among the finished candidates (all of them, normally)
             mcfg = dataclasses.replace(mine[0].cfg, student=dataclasses.replace(mine[0].cfg.student, lambda_kd=-1.0))
             h = select.grid_hash(run, mcfg, student_hash) if not errs else "incomplete-grid"
@@ -166,9 +192,10 @@ def reproduce(run: str, cfg: Config, student: str, methods: tuple[str, ...] = ME
         ensure_teacher_rows(run, cfg)
     cands = plan(run, cfg, student, tuple(methods), ddp, cpus)
     results = run_all(run, cands, cpus, ddp)
+    results.update(train_survivors(run, cands, results, cpus, ddp))
     final, failed = collect(run, cfg, student, cands, results)
     for m, r in final.items():
-        extra = {k: r[k] for k in ("best_epoch", "wall_s", "lambda_kd", "lambda_grid", "epochs") if k in r}
+        extra = {k: r[k] for k in ("best_epoch", "wall_s", "lambda_kd", "lambda_grid", "lambda_pruned", "epochs") if k in r}
         report.add_result(run, m, student, r, extra)
     rdir = report.write_report(run, cfg.teachers.names)
     # the best baseline among every row the report holds for this student (earlier calls' included):
@@ -251,8 +278,10 @@ def render_table2(results: list[dict], student: str, dataset: str, failed: dict[
                 out.append(f"- {LABELS[m]}: λ = {r['lambda_kd']:g} only — a single candidate, not a choice on "
                            f"validation (valid R@50 {only:.4f})")
             else:
+                pruned = r.get("lambda_pruned") or {}
                 out.append(f"- {LABELS[m]}: λ = {r['lambda_kd']:g} — "
-                           + ", ".join(f"{k}: {v:.4f}" for k, v in r["lambda_grid"].items()))
+                           + ", ".join(f"{k}: {v:.4f}" + (f" (stopped at epoch {pruned[k]})" if k in pruned else "")
+                                       for k, v in r["lambda_grid"].items()))
         out.append("")
     if paper and gaps:
         out += _notes(gaps)

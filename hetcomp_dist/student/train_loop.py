@@ -23,7 +23,8 @@ def train_loop_per_worker(config: dict) -> dict:
     r0.log(f"{s.method}-{s.model}: {w.world} worker(s), {sampler.steps} steps/epoch, "
            f"from epoch {loop.epoch + 1}, {task.objective.log_fields()}")
     t_start = time.perf_counter()
-    while not loop.stopped and loop.epoch < s.max_epochs:
+    last = min(s.max_epochs, job.stop_at) if job.stop_at > 0 else s.max_epochs  # stop_at: a multiple of eval_every
+    while not loop.stopped and loop.epoch < last:
         epoch = loop.epoch + 1
         t0 = time.perf_counter()
         loss = W.train_epoch(net, task, opt, sampler, epoch, comm)
@@ -48,7 +49,8 @@ def train_loop_per_worker(config: dict) -> dict:
         r0.log(f"epoch {epoch} loss {loss:.4f} ({line['epoch_s']:.2f}s)"
                + (f" valid R@50 {line['valid']['R@50']:.4f} best {loop.best_valid:.4f}@{loop.best_epoch}"
                   f" {task.objective.log_fields()}" if "valid" in line else ""))
-    result = W.summary(loop, task, comm, sampler, time.perf_counter() - t_start, w)
-    if best_emb is not None:
+    paused = not loop.stopped and loop.epoch < s.max_epochs  # at stop_at: the checkpoint resumes it
+    result = W.summary(loop, task, comm, sampler, time.perf_counter() - t_start, w, paused)
+    if best_emb is not None and not paused:
         r0.embeddings(best_emb["user"], best_emb["item"], result)
     return result

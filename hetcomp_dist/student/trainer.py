@@ -46,6 +46,7 @@ def student_hash(run: str, cfg: Config) -> str:
     # select.grid_hash, over its candidates' hashes), so extending or narrowing it reruns nothing. It is
     # hashed at its default, which every training before this rule was hashed with, so they keep theirs.
     s["lambda_grid"] = _GRID_DEFAULT
+    del s["lambda_prune_epoch"]  # how the search spends its epochs, not what one training computes
     for k, (before, model) in _ADDED_LATER.items():
         if s[k] == before or cfg.student.model != model:
             del s[k]
@@ -63,7 +64,7 @@ def _ray_storage(out: str) -> str:
 
 
 def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, fault: dict | None = None,
-                  out: str | None = None) -> dict:
+                  out: str | None = None, stop_at: int = 0) -> dict:
     """Trains `cfg.student.model` with `cfg.student.method` on RUN (TorchTrainer, DDP when num_workers > 1).
 
     Args:
@@ -73,9 +74,12 @@ def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, f
         fault: tests only -- {"rank", "epoch", "marker"}: SIGKILL that worker once at that epoch
             (with "raise": True, raise instead: local mode runs the loop in this process).
         out: the folder to train into (default RUN/student/<method>-<model>; the λ_KD grid's candidates).
+        stop_at: > 0 (a multiple of ``student.eval_every``): pause after that epoch's evaluation and
+            checkpoint, without committing the stage; a later call resumes there (the λ grid's pruning).
 
     Returns:
-        {"best_epoch", "valid", "test", "wall_s", "dir", ...} (valid/test: R@10, N@10, R@50, N@50).
+        {"best_epoch", "valid", "test", "wall_s", "dir", "paused", ...} (valid/test: R@10, N@10, R@50,
+        N@50; paused: stopped at `stop_at` before early stopping, so not finished).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -89,6 +93,8 @@ def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, f
         knowledge_io.resolve(knowledge_io.ROUND0_FN)(run, cfg)
     if out is None and lambda_grid.needs_grid(cfg):  # a baseline without λ_KD: one training per grid value
         return lambda_grid.train_with_grid(run, cfg, train_student, student_hash)
+    if stop_at < 0 or stop_at % s.eval_every:
+        raise ValueError(f"stop_at={stop_at} must be 0 or a multiple of student.eval_every={s.eval_every}")
     out = out or student_dir(run, s.method, s.model)
     h = student_hash(run, cfg)
     done = storage.stage_is_done(out, h)
@@ -96,7 +102,7 @@ def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, f
         log(STAGE, f"{s.method}-{s.model}: finished earlier with this config, skipped")
         return done["result"]
     t0 = time.perf_counter()
-    job = {"run": run, "cfg": to_dict(cfg), "out": out, "dkc_fn": dkc_fn, "fault": fault or {},
+    job = {"run": run, "cfg": to_dict(cfg), "out": out, "dkc_fn": dkc_fn, "fault": fault or {}, "stop_at": stop_at,
            # local mode keeps no Train checkpoints: the loop keeps its own, per config, for a rerun
            "local_ckpt": "" if s.num_workers else storage.join(out, "_local", f"{s.method}-{s.model}-{h}.pt")}
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
@@ -111,6 +117,10 @@ def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, f
     log(STAGE, f"{s.method}-{s.model}: TorchTrainer with {s.num_workers} worker(s) ({'nccl' if s.use_gpu else 'gloo'})")
     summary = trainer.fit().return_value
     result = {**summary, "wall_s": round(time.perf_counter() - t0, 2), "dir": out}
+    if result.get("paused"):
+        log(STAGE, f"{s.method}-{s.model}: paused after epoch {result['epochs']} (best valid R@50 "
+                   f"{result['valid'].get('R@50', float('nan')):.4f} at epoch {result['best_epoch']}); a rerun resumes")
+        return result
     storage.write_manifest(out, {"config_hash": h, "stage": STAGE, "method": s.method, "model": s.model,
                                  "result": result})
     log(STAGE, f"{s.method}-{s.model}: best epoch {result['best_epoch']}, test {result['test']} "

@@ -39,11 +39,12 @@ class Job:
     dkc_fn: str = knowledge_io.DKC_FN
     fault: dict = field(default_factory=dict)  # tests only: {"rank", "epoch", "marker"} -> SIGKILL once
     local_ckpt: str = ""  # local mode (no Train checkpoints): the checkpoint file kept by the trainer
+    stop_at: int = 0  # > 0: pause after this epoch's evaluation (a λ grid's pruning rung); a rerun resumes
 
     @classmethod
     def from_dict(cls, d: dict) -> "Job":
         return cls(d["run"], from_dict(Config, d["cfg"]), d["out"], d.get("dkc_fn", knowledge_io.DKC_FN),
-                   dict(d.get("fault") or {}), d.get("local_ckpt", ""))
+                   dict(d.get("fault") or {}), d.get("local_ckpt", ""), int(d.get("stop_at", 0)))
 
     def maybe_die(self, epoch: int, rank: int) -> None:
         """Fault injection for the recovery test: SIGKILL this worker once at (rank, epoch).
@@ -285,9 +286,9 @@ def epoch_line(epoch: int, loss: float, seconds: float, task: TrainTask) -> dict
 
 
 def summary(loop: LoopState, task: TrainTask, comm: distributed.CommStats, sampler: BatchSampler, wall_s: float,
-            w: Worker) -> dict:
+            w: Worker, paused: bool = False) -> dict:
     return {"best_epoch": loop.best_epoch, "valid": loop.best.get("valid", {}), "test": loop.best.get("test", {}),
-            "epochs": loop.epoch, "switch_epoch": loop.switch_epoch, "resumed_from": list(loop.resumed_from),
+            "epochs": loop.epoch, "paused": paused, "switch_epoch": loop.switch_epoch, "resumed_from": list(loop.resumed_from),
             "train_wall_s": round(wall_s, 2),
             "steps_per_epoch": sampler.steps, "world_size": w.world,
             "allreduce_bytes_per_step": comm.per_step(), "allreduce_buckets": comm.buckets,
