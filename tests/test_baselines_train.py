@@ -321,6 +321,26 @@ def test_pruning_epoch_must_be_an_evaluation(tmp_path):
     validate(tiny_config(str(tmp_path), lambda_prune_epoch=2))
 
 
+def test_promote_refuses_a_paused_leader_before_writing(tmp_path):
+    """A grid whose best candidate is still paused has no final result: nothing is copied or committed."""
+    from hetcomp_dist.baselines import select
+
+    run = str(tmp_path)
+    cfg = tiny_config(run, method="rrd", lambda_kd=-1.0, lambda_grid=[0.01, 1.0])
+    for lam in (0.01, 1.0):
+        storage.write_bytes_atomic(storage.join(select.grid_dir(run, "rrd", "mf", lam), "metrics.jsonl"), b"{}\n")
+    results = {0.01: {"valid": {"R@50": 0.2}, "epochs": 2, "paused": True},
+               1.0: {"valid": {"R@50": 0.1}, "epochs": 2, "paused": True}}
+    assert select.survivor(results) == 0.01
+    with pytest.raises(RuntimeError, match="paused at epoch 2"):
+        select.promote(run, cfg, results, "h")
+    parent = select.method_dir(run, "rrd", "mf")
+    assert not storage.exists(storage.join(parent, "metrics.jsonl")) and storage.read_manifest(parent) is None
+    results[0.01] = {"valid": {"R@50": 0.3}, "epochs": 9, "paused": False}  # the leader trained on
+    assert select.survivor(results) is None
+    assert select.promote(run, cfg, results, "h")["lambda_pruned"] == {"1": 2}
+
+
 def select_lambda(cfg: Config, lam: float) -> Config:
     from hetcomp_dist.baselines.select import with_lambda
 

@@ -62,14 +62,14 @@ def promote(run: str, cfg: Config, results: Mapping[float, Mapping], h: str) -> 
     """Copies the best candidate's files to the method folder and commits it; returns the result."""
     s = cfg.student
     lam = choose(results)
+    if results[lam].get("paused"):
+        raise RuntimeError(f"{s.method}-{s.model}: the best λ_KD {lam:g} paused at epoch {results[lam]['epochs']} "
+                           "and was not trained on (its result is not final)")
     src, dst = grid_dir(run, s.method, s.model, lam), method_dir(run, s.method, s.model)
     for name in PROMOTED:
         path = storage.join(src, name)
         if storage.exists(path):
             storage.write_bytes_atomic(storage.join(dst, name), storage.read_bytes(path))
-    if results[lam].get("paused"):
-        raise RuntimeError(f"{s.method}-{s.model}: the best λ_KD {lam:g} paused at epoch {results[lam]['epochs']} "
-                           "and was not trained on (its result is not final)")
     result = {**results[lam], "dir": dst, "lambda_kd": lam, "lambda_dir": src,
               "lambda_grid": {f"{k:g}": float(results[k]["valid"]["R@50"]) for k in sorted(results)},
               "wall_s": round(sum(float(r.get("wall_s", 0.0)) for r in results.values()), 2)}
