@@ -113,12 +113,10 @@ def train_survivors(run: str, cands: list[Candidate], results: dict[Candidate, d
             go.append(mine[lam])
     if not go:
         return {}
-    again = run_all(run, [dataclasses.replace(c, stop_at=0) for c in go], cpus, ddp)
-    out: dict[Candidate, dict | Exception] = {}
-    for c in go:
-        r = again[dataclasses.replace(c, stop_at=0)]
-        out[c] = r if isinstance(r, Exception) else select.merge_resumed(results[c], r)
-    return out
+    on = {c: dataclasses.replace(c, stop_at=0) for c in go}
+    again = run_all(run, list(on.values()), cpus, ddp)
+    return {c: again[c2] if isinstance(again[c2], Exception) else select.merge_resumed(results[c], again[c2])
+            for c, c2 in on.items()}
 
 
 def collect(run: str, cfg: Config, student: str, cands: list[Candidate],
@@ -140,8 +138,8 @@ def collect(run: str, cfg: Config, student: str, cands: list[Candidate],
             final[m] = dict(ok[None])
             if m in BASELINES:
                 final[m]["lambda_kd"] = mine[0].cfg.student.lambda_kd
-        elif select.survivor(ok) is not None:  # a pruned grid whose leader could not train on
-            failed[m] = "; ".join(errs + [f"λ={select.survivor(ok):g} leads the pruned grid but did not train on"])
+        elif (lead := select.survivor(ok)) is not None:  # a pruned grid whose leader could not train on
+            failed[m] = "; ".join(errs + [f"λ={lead:g} leads the pruned grid but did not train on"])
         else:  # promote the best λ among the finished candidates (all of them, normally)
             mcfg = dataclasses.replace(mine[0].cfg, student=dataclasses.replace(mine[0].cfg.student, lambda_kd=-1.0))
             h = select.grid_hash(run, mcfg, student_hash) if not errs else "incomplete-grid"
@@ -195,7 +193,8 @@ def reproduce(run: str, cfg: Config, student: str, methods: tuple[str, ...] = ME
     results.update(train_survivors(run, cands, results, cpus, ddp))
     final, failed = collect(run, cfg, student, cands, results)
     for m, r in final.items():
-        extra = {k: r[k] for k in ("best_epoch", "wall_s", "lambda_kd", "lambda_grid", "lambda_pruned", "epochs") if k in r}
+        extra = {k: r[k] for k in ("best_epoch", "wall_s", "lambda_kd", "lambda_grid", "lambda_pruned", "epochs")
+                 if k in r}
         report.add_result(run, m, student, r, extra)
     rdir = report.write_report(run, cfg.teachers.names)
     # the best baseline among every row the report holds for this student (earlier calls' included):

@@ -288,7 +288,8 @@ def epoch_line(epoch: int, loss: float, seconds: float, task: TrainTask) -> dict
 def summary(loop: LoopState, task: TrainTask, comm: distributed.CommStats, sampler: BatchSampler, wall_s: float,
             w: Worker, paused: bool = False) -> dict:
     return {"best_epoch": loop.best_epoch, "valid": loop.best.get("valid", {}), "test": loop.best.get("test", {}),
-            "epochs": loop.epoch, "paused": paused, "switch_epoch": loop.switch_epoch, "resumed_from": list(loop.resumed_from),
+            "epochs": loop.epoch, "paused": paused, "switch_epoch": loop.switch_epoch,
+            "resumed_from": list(loop.resumed_from),
             "train_wall_s": round(wall_s, 2),
             "steps_per_epoch": sampler.steps, "world_size": w.world,
             "allreduce_bytes_per_step": comm.per_step(), "allreduce_buckets": comm.buckets,
