@@ -73,3 +73,18 @@ def test_saved_student_embeddings_reproduce_its_report_row(piped):
     for split in ("valid", "test"):
         for k in ("R@10", "N@10", "R@50", "N@50"):
             assert got[split][k] == pytest.approx(row[split][k], abs=1e-9), (split, k)
+
+
+def test_stage_times_of_an_invocation_without_the_report_stage_are_kept(piped):
+    """`--stages data,teachers` writes no report; its wall times must still reach the next report."""
+    cfg, out = piped
+    meta = storage.join(out, "meta.json")
+    before = storage.read_json(meta)["stage_times"]
+    run_pipeline(cfg, ("data", "teachers"))  # both up to date: quick, but timed
+    after = storage.read_json(meta)["stage_times"]
+    assert after["data"] > before["data"] and after["teachers"] > before["teachers"]
+    assert after["knowledge"] == before["knowledge"] and after["student"] == before["student"]
+    run_pipeline(cfg, ("report",))
+    rep = json.loads(storage.read_bytes(storage.join(out, "report.json")))
+    assert rep["stage_times"] == pytest.approx(after)
+    assert set(rep["stage_times"]) == {"data", "teachers", "knowledge", "student"}

@@ -173,6 +173,16 @@ def _read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
 
 
+def record_stage_times(run: str, stage_times: Mapping[str, float]) -> None:
+    """Adds these stage wall times to RUN/report/meta.json (summed over invocations: a resumed run adds
+    the work it redid), so an invocation without the report stage still counts in the next report."""
+    meta_path = storage.join(report_dir(run), "meta.json")
+    meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
+    old = meta.get("stage_times", {})
+    meta["stage_times"] = {**old, **{k: old.get(k, 0.0) + v for k, v in stage_times.items()}}
+    storage.write_json_atomic(meta_path, meta)
+
+
 def write_report(run: str, teachers: list[str] | tuple[str, ...] = (), stage_times: Mapping[str, float] | None = None,
                  cost: list[dict] | None = None) -> str:
     """Regenerates RUN/report from every stored result; returns the report folder."""
@@ -182,11 +192,10 @@ def write_report(run: str, teachers: list[str] | tuple[str, ...] = (), stage_tim
     dataset = (source.get("format") or source.get("kind", "unknown")) if isinstance(source, dict) else str(source)
     results = load_results(run)
     rdir = report_dir(run)
+    if stage_times:
+        record_stage_times(run, stage_times)
     meta_path = storage.join(rdir, "meta.json")
     meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
-    if stage_times:  # summed over invocations: a resumed run adds the work it redid
-        old = meta.get("stage_times", {})
-        meta["stage_times"] = {**old, **{k: old.get(k, 0.0) + v for k, v in stage_times.items()}}
     if cost:
         meta["cost"] = cost
     if teachers:
