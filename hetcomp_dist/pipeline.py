@@ -20,7 +20,7 @@ STAGES = ("data", "teachers", "knowledge", "student", "report")
 
 
 @contextmanager
-def _timed(times: dict[str, float], stage: str, run: str | None) -> Iterator[None]:
+def _timed(stage: str, run: str | None) -> Iterator[None]:
     """Times a stage. With a run, its wall time goes to the run's report metadata as soon as it is done, so
     the report counts it even when the report stage runs in a later invocation (or a later stage fails);
     the report stage itself passes None (it is not a row of the report it writes)."""
@@ -30,10 +30,9 @@ def _timed(times: dict[str, float], stage: str, run: str | None) -> Iterator[Non
     log("pipeline", f"stage {stage} ...")
     yield
     dt = time.perf_counter() - t0
-    times[stage] = times.get(stage, 0.0) + dt
     if run is not None:
         report.record_stage_times(run, {stage: dt})
-    log("pipeline", f"stage {stage} done in {times[stage]:.1f}s")
+    log("pipeline", f"stage {stage} done in {dt:.1f}s")
 
 
 def ensure_data(cfg: Config) -> dict:
@@ -57,15 +56,14 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise InputError("stages", f"unknown stage(s) {sorted(unknown)}", f"choose from {', '.join(STAGES)}")
-    times: dict[str, float] = {}
     t_all = time.perf_counter()
     if "data" in stages:
-        with _timed(times, "data", cfg.run):
+        with _timed("data", cfg.run):
             ensure_data(cfg)
     if "teachers" in stages:
         from hetcomp_dist.teachers import ensemble_report, train_teachers
 
-        with _timed(times, "teachers", cfg.run):
+        with _timed("teachers", cfg.run):
             train_teachers(cfg.run, cfg)
             ens = ensemble_report(cfg.run, cfg)
             for name, metrics in ens["teachers"].items():
@@ -74,12 +72,12 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
     if "knowledge" in stages:
         from hetcomp_dist.knowledge.rounds import build_round0
 
-        with _timed(times, "knowledge", cfg.run):
+        with _timed("knowledge", cfg.run):
             build_round0(cfg.run, cfg)
     if "student" in stages:
         from hetcomp_dist.student.trainer import train_student
 
-        with _timed(times, "student", cfg.run):
+        with _timed("student", cfg.run):
             for model in cfg.pipeline.students:
                 for method in cfg.pipeline.methods:
                     scfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, model=model, method=method))
@@ -89,7 +87,7 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
                     log("pipeline", f"student {method}-{model}: test {res['test']}")
     out = report.report_dir(cfg.run)
     if "report" in stages:
-        with _timed(times, "report", None):
+        with _timed("report", None):
             cost = None
             if "teachers" in stages or "student" in stages:
                 from hetcomp_dist.report.cost import inference_cost
