@@ -7,7 +7,8 @@ data, `knowledge.synthetic` for the trajectories and a student whose embeddings 
 Setup (data, trajectories, round 0, round 1 = the first DKC call) is untimed.
 
 1. CiteULike size (5,219 users, 25,181 items, ~24 interactions per user): round 2 (a round with moves)
-   -- (a) the DKC computation on the same in-memory arrays, vectorised (`dkc_step_targets`: the step
+   -- (a) the DKC computation on the same in-memory arrays, vectorised (`dkc_step_targets` given the
+   catalogue size as a round gives it: the step
    and the new targets in one compiled pass, in batches; numba kernels on numba's default thread
    count, and on 1 thread) and as a plain per-user Python loop written here, side by side, alternating, checked equal; medians of --repeats
    runs; (b) the whole in-process round through `dkc_round`, retrieval timed apart.
@@ -98,15 +99,17 @@ def loop_round(lists, v, d, sigma, prev_targets, epoch, first, p: DKCParams, K: 
     return v_out, d_out, targets
 
 
-def vector_round(lists, v, d, sigma, prev_targets, epoch, first, p: DKCParams, K: int, batch: int = 2048):
-    """The same round with the library's vectorised functions, in batches of users."""
+def vector_round(lists, v, d, sigma, prev_targets, epoch, first, p: DKCParams, K: int, n_items: int,
+                 batch: int = 2048):
+    """The same round with the library's vectorised functions, in batches of users, given the
+    catalogue size like a round (`rounds.dkc_shard`)."""
     n = len(lists)
     v_out, d_out = np.empty(v.shape, np.int8), np.empty(d.shape, np.float32)
     targets = np.empty_like(prev_targets)
     for b0 in range(0, n, batch):
         b1 = min(b0 + batch, n)
         v_out[b0:b1], d_out[b0:b1], _, targets[b0:b1] = dkc_step_targets(
-            lists[b0:b1], v[b0:b1], d[b0:b1], sigma[b0:b1], epoch, first, p, prev_targets[b0:b1])
+            lists[b0:b1], v[b0:b1], d[b0:b1], sigma[b0:b1], epoch, first, p, prev_targets[b0:b1], n_items=n_items)
     return v_out, d_out, targets
 
 
@@ -166,21 +169,21 @@ def bench_citeulike(workdir: str, repeats: int) -> dict:
     p = DKCParams.from_config(cfg.knowledge)
     K = cfg.knowledge.topk
     lists, v, d, sigma, prev = shard_inputs(cfg, 0)
-    n = len(lists)
+    n, n_items = len(lists), load_manifest(path)["n_items"]
     threads = numba.get_num_threads()
     # warm-up (untimed): compiles the kernels on a machine's first run, else loads them from numba's cache
-    warm_s, _, _ = _timed(lambda: vector_round(lists[:256], v[:256], d[:256], sigma[:256], prev[:256], 20, False, p, K))
+    warm_s, _, _ = _timed(lambda: vector_round(lists[:256], v[:256], d[:256], sigma[:256], prev[:256], 20, False, p, K, n_items))
     runs: dict[str, list] = {"vec": [], "vec_1_thread": [], "loop": []}
 
     def one_thread():
         numba.set_num_threads(1)
         try:
-            return vector_round(lists, v, d, sigma, prev, 20, False, p, K)
+            return vector_round(lists, v, d, sigma, prev, 20, False, p, K, n_items)
         finally:
             numba.set_num_threads(threads)
 
     for _ in range(repeats):  # side by side, alternating, medians (wall and CPU seconds)
-        for name, fn in (("vec", lambda: vector_round(lists, v, d, sigma, prev, 20, False, p, K)), ("vec_1_thread", one_thread),
+        for name, fn in (("vec", lambda: vector_round(lists, v, d, sigma, prev, 20, False, p, K, n_items)), ("vec_1_thread", one_thread),
                          ("loop", lambda: loop_round(lists, v, d, sigma, prev, 20, False, p, K))):
             runs[name].append(_timed(fn))
     ref = runs["loop"][0][2]

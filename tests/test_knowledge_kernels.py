@@ -13,7 +13,7 @@ import pytest
 
 from hetcomp_dist.knowledge.discrepancy import discrepancies
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, dkc_step_targets, rebuild_targets
-from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
+from hetcomp_dist.knowledge.ensemble import DENSE_MAX_ITEMS, dense_size, ensemble_topk, ensemble_topk_csr
 from hetcomp_dist.knowledge.rounds import needed_states
 from test_knowledge_math import _states, make_batch, ref_D, ref_dkc, ref_g
 
@@ -39,7 +39,9 @@ def test_any_thread_count_gives_the_same_result():
         vb, db, moved = dkc_step(lists, v, d, sigma, 30, False, p)
         return (vb, db, moved, rebuild_targets(lists, vb, moved.any(1), np.full((B, K), -7, np.int32), K),
                 *dkc_step_targets(lists, v, d, sigma, 30, False, p, np.full((B, K), -7, np.int32)),
-                ensemble_topk(lists[:, :, 0], 15), discrepancies(sigma, lists[:, :, 1], 10, "paper"))
+                ensemble_topk(lists[:, :, 0], 15), discrepancies(sigma, lists[:, :, 1], 10, "paper"),
+                dkc_step_targets(lists, v, d, sigma, 30, False, p, np.full((B, K), -7, np.int32), n_items=70)[3],
+                ensemble_topk(lists[:, :, 0], 15, n_items=70))  # the dense tables (make_batch: ids < 70)
 
     one = _with_threads(1, run)
     for n in (2, 3):
@@ -107,14 +109,16 @@ def test_dkc_zero_d_prime_nan_and_final_rows():
     assert db[0, 0] == np.float32(rd[0, 0]) == 1.0  # D against state 2, which shares nothing with sigma
 
 
-def test_ensemble_zero_weights_large_ids_and_ties():
-    """Zero-weight teachers' items score exactly 0 (ordered by id after every positive score), ids
-    up to 2^31 - 1 through the hash table, M-way exact ties at every rank."""
+@pytest.mark.parametrize("n_items", [None, 3000])
+def test_ensemble_zero_weights_large_ids_and_ties(n_items):
+    """Zero-weight teachers' items score exactly 0 (ordered by id after every positive score; in the
+    dense table, a present item with score 0 is still in the union), ids up to 2^31 - 1 through the
+    hash table, M-way exact ties at every rank."""
     rng = np.random.default_rng(8)
     B, M, L = 60, 4, 25
     lists = np.full((B, M, L), -1, dtype=np.int32)
     for b in range(B):
-        pool = rng.choice(2**31 - 1, size=M * L, replace=False).astype(np.int32)
+        pool = rng.choice(n_items or 2**31 - 1, size=M * L, replace=False).astype(np.int32)
         if b % 3 == 0:  # disjoint lists: items at the same rank tie exactly
             lists[b] = pool.reshape(M, L)
         else:
@@ -123,9 +127,39 @@ def test_ensemble_zero_weights_large_ids_and_ties():
                 lists[b, x, :n] = rng.permutation(pool[: 2 * L])[:n]
     w = np.array([1.0, 0.0, 2.5, 0.0])
     for k in (1, 10, M * L):
-        got = ensemble_topk(lists, k, 10.0, w)
+        got = ensemble_topk(lists, k, 10.0, w, n_items)
         want = np.array([ref_g(lists[b], k, 10.0, w) for b in range(B)])
         np.testing.assert_array_equal(got, want)
+
+
+def test_dense_tables_reject_ids_outside_the_catalogue():
+    """With n_items, every kernel checks ids (the dense table is indexed by them): an id >= n_items
+    is a ValueError, not a write past the table; without n_items (hash table) there is no bound;
+    a catalogue past DENSE_MAX_ITEMS hashes, with the same result."""
+    rng = np.random.default_rng(11)
+    B, M, S, K = 40, 3, 4, 12
+    lists = np.stack([np.stack([rng.permutation(200)[:K] for _ in range(M * S)]).reshape(M, S, K) for _ in range(B)])
+    lists = lists.astype(np.int32)
+    lists[17, 1, :, 0] = 250  # one user, one teacher, every state, at rank 0 (in every top-K)
+    sigma = rng.permutation(200)[None, :10].repeat(B, 0).astype(np.int32)
+    v, d = np.zeros((B, M), np.int64), np.full((B, M), 0.5)
+    prev = np.full((B, K), -1, np.int32)
+    p = DKCParams(d_k=10, alpha=0.0)  # everybody moves: every user's targets are built
+    calls = {"ensemble_topk": lambda n: ensemble_topk(lists[:, :, 0], K, n_items=n),
+             "ensemble_topk_csr": lambda n: ensemble_topk_csr(
+                 [(np.arange(B + 1) * K, lists[:, x, 0].ravel()) for x in range(M)], K, n_items=n),
+             "rebuild_targets": lambda n: rebuild_targets(lists, v + 1, np.ones(B, bool), prev, K, n_items=n),
+             "dkc_step_targets": lambda n: dkc_step_targets(lists, v, d, sigma, 30, False, p, prev, n_items=n)[3]}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="item id 250 is >= n_items = 200"):
+            call(200)
+        hashed = call(None)
+        np.testing.assert_array_equal(call(251), hashed, err_msg=name)
+        assert 250 in hashed[17], name
+    assert dense_size(DENSE_MAX_ITEMS) == DENSE_MAX_ITEMS and dense_size(DENSE_MAX_ITEMS + 1) == 0
+    assert dense_size(None) == 0 == dense_size(0)
+    with pytest.raises(ValueError, match="n_items must be >= 0"):
+        dense_size(-1)
 
 
 def test_ensemble_csr_very_uneven_users():

@@ -123,14 +123,15 @@ def make_batch(seed, B=120, M=5, S=4, K=20, n_items=70, d_k=10):
 # ------------------------------------------------------------------------------------ ensemble g
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_ensemble_matches_per_user_loop(seed, weighted):
+@pytest.mark.parametrize("n_items", [None, 70])  # the hash table; the dense per-item table (ids < 70)
+def test_ensemble_matches_per_user_loop(seed, weighted, n_items):
     lists, _, _, _ = make_batch(seed)
     M = lists.shape[1]
     w = np.random.default_rng(seed).uniform(0.2, 2.0, M) if weighted else None
     for k in (5, 20, 80):  # 80 > most unions: -1 padding
         state = np.random.default_rng(seed + k).integers(0, lists.shape[2], size=lists.shape[:2])
         chosen = lists[np.arange(len(lists))[:, None], np.arange(M)[None, :], state]  # (B, M, K)
-        got = ensemble_topk(chosen, k, 10.0, w)
+        got = ensemble_topk(chosen, k, 10.0, w, n_items)
         want = np.array([ref_g(chosen[b], k, 10.0, w) for b in range(len(chosen))])
         np.testing.assert_array_equal(got, want)
 
@@ -158,7 +159,8 @@ def test_ensemble_empty_and_padding():
 
 # --------------------------------------------------------------------------------------------- P+
 @pytest.mark.parametrize("seed", [0, 3])
-def test_positive_set_matches_per_user_loop(seed):
+@pytest.mark.parametrize("n_items", [None, 5000])
+def test_positive_set_matches_per_user_loop(seed, n_items):
     """P+ = the train items by g over each teacher's observed order, at most pos_k (variable length)."""
     rng = np.random.default_rng(seed)
     B, M, pos_k = 150, 6, 10
@@ -173,7 +175,7 @@ def test_positive_set_matches_per_user_loop(seed):
         off = np.concatenate([[0], np.cumsum(lengths)])
         val = np.concatenate([obs[b][x] for b in range(B)]).astype(np.int32)
         csrs.append((off, val))
-    got = ensemble_topk_csr(csrs, pos_k)  # heavy users (300 items) size their own hash tables
+    got = ensemble_topk_csr(csrs, pos_k, n_items=n_items)  # heavy users (300 items) size their own hash tables
     want = np.array([ref_g([list(o) for o in obs[b]], pos_k) for b in range(B)])
     np.testing.assert_array_equal(got, want)
     assert (got[np.arange(B) % 8 == 1] >= 0).sum(1).max() == 1  # a 1-item user has a 1-item P+
@@ -259,7 +261,8 @@ def test_dkc_step_matches_per_user_loop(seed, rule, variant):
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("rule,variant,weighted", [("code", "code", False), ("code", "paper", True),
                                                    ("paper", "code", True)])
-def test_dkc_step_targets_matches_per_user_loop(seed, rule, variant, weighted):
+@pytest.mark.parametrize("n_items", [None, 70])
+def test_dkc_step_targets_matches_per_user_loop(seed, rule, variant, weighted, n_items):
     """The fused step + targets: v and d of the per-user DKC loop, and for each user with a mover
     the per-user g of its new states (previous targets kept otherwise), over several calls."""
     lists, _, sigma, _ = make_batch(seed + 50, d_k=10)
@@ -275,7 +278,7 @@ def test_dkc_step_targets_matches_per_user_loop(seed, rule, variant, weighted):
     rng = np.random.default_rng(seed + 1)
     for epoch, first in ((10, True), (20, False), (60, False), (400, False)):
         sig = sigma if epoch <= 20 else _shuffle_sigma(rng, sigma, lists)
-        v_new, d_new, moved, targets = dkc_step_targets(lists, v, d, sig, epoch, first, p, prev, 10.0, w)
+        v_new, d_new, moved, targets = dkc_step_targets(lists, v, d, sig, epoch, first, p, prev, 10.0, w, n_items)
         rv, rd = ref_dkc(lists, v, d, sig, epoch, first, p)
         np.testing.assert_array_equal(v_new, rv)
         np.testing.assert_allclose(d_new, rd, rtol=0, atol=1e-6)

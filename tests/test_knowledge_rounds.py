@@ -12,6 +12,7 @@ import dataclasses
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from hetcomp_dist import storage
@@ -236,6 +237,38 @@ def test_bad_inputs_fail_before_writing(base_run, tmp_path):
     other = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, topk=50))  # teacher hash differs
     with pytest.raises(InputError, match="teacher"):
         build_round0(run, other)
+
+
+def _put_item(path: str, row: int, item: int) -> None:
+    """Rewrites one teacher shard with `item` first in row `row`'s list (the file's schema kept)."""
+    t = storage.read_table(path)
+    lists = t.column("items").to_pylist()
+    lists[row] = [item] + lists[row][1:]
+    col = t.schema.get_field_index("items")
+    storage.write_table_atomic(path, t.set_column(col, t.schema.field(col), pa.array(lists, t.schema.field(col).type)))
+
+
+def test_item_ids_outside_the_catalogue_fail_naming_the_file(base_run, tmp_path):
+    """The kernels index a dense table by item id: an id >= n_items in a teacher's files is an
+    InputError naming the file, raised before the shard is written; the round is not committed, and
+    a rerun after the fix commits it."""
+    run = _fresh(base_run, tmp_path, "ids")
+    cfg = _cfg(run)
+    observed = storage.shard_path(f"{run}/teachers/ae/observed", 1)
+    shutil.copy(observed, f"{tmp_path}/observed.parquet")
+    _put_item(observed, 3, N_ITEMS)
+    with pytest.raises(InputError, match=f"(?s)observed.*item id {N_ITEMS} is outside this run's catalogue"):
+        build_round0(run, cfg)
+    assert storage.read_manifest(f"{run}/knowledge/round=0") is None
+    assert not storage.exists(storage.shard_path(f"{run}/knowledge/round=0", 1))
+    shutil.copy(f"{tmp_path}/observed.parquet", observed)
+    build_round0(run, cfg)
+    state2 = storage.shard_path(f"{run}/teachers/gnn/state=2", 2)  # read by round 1 (v = 0: D against E2)
+    _put_item(state2, 5, N_ITEMS + 7)
+    with pytest.raises(InputError, match=f"(?s)gnn/state=2.*item id {N_ITEMS + 7}"):
+        dkc_round(run, cfg, 1, 10, f"{run}/emb1.npz")
+    assert storage.read_manifest(f"{run}/knowledge/round=1") is None
+    assert not storage.exists(storage.shard_path(f"{run}/knowledge/round=1", 2))
 
 
 def test_cli(base_run, tmp_path, capsys):

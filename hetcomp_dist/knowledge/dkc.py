@@ -30,7 +30,8 @@ import numpy as np
 
 from hetcomp_dist.knowledge.discrepancy import gains, load_sigma, map_size, unload_sigma, user_d
 from hetcomp_dist.knowledge import hashtable as ht
-from hetcomp_dist.knowledge.ensemble import as_weights, g_states_kernel, score_table, select_top, workspace
+from hetcomp_dist.knowledge.ensemble import (as_weights, check_items, dense_size, g_states_kernel, score_table, select_top,
+                                              workspace)
 from hetcomp_dist.knowledge.prefetch import prefetch_row
 
 MOVE_RULES = ("code", "paper")
@@ -61,18 +62,21 @@ def threshold(epoch: int, params: DKCParams) -> float:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, score, out, lo, hi):
+def _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, score, out, n_dense,
+              lo, hi):
     """The rule of the module docstring for users lo..hi-1; v_out / d_out start as copies of v / d.
 
     With out of k > 0 columns (a copy of the previous targets), a user with a mover also gets
     out[b] = g of its new states, straight after its step: the mover's rows, just read for d', are
-    still in L1, and the lists are streamed once per round instead of twice.
+    still in L1, and the lists are streamed once per round instead of twice. Returns the largest item
+    id >= n_dense the targets met (dense score table, `check_items`), else -1.
     """
     table, ideal, width, paper = g
     M, last, L = lists.shape[1], lists.shape[2] - 1, lists.shape[3]
     targets = out.shape[1] > 0
-    ws = workspace(M * L if targets else 1)
+    ws = workspace(M * L if targets else 1, n_dense if targets else 0)
     bits = ht.table_bits(M * L, 2)
+    bad = -1
     pmap = np.zeros(n_map, dtype=np.uint16)
     for b in range(lo, hi):
         if b + 1 < hi:  # the next user's rows this rule reads (v+1, v+2), loading while b computes
@@ -106,18 +110,27 @@ def _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_
                 for r in range(L):
                     item = lists[b, x, s, r]
                     if item >= 0:
-                        n_used = ht.add(ws[0], ws[1], ws[2], n_used, bits, item, score[r, x])
-            select_top(ws, n_used, out[b])
+                        if n_dense == 0:
+                            n_used = ht.add(ws[0], ws[1], ws[2], n_used, bits, item, score[r, x])
+                        elif item < n_dense:
+                            n_used = ht.add_dense(ws[1], ws[2], n_used, item, score[r, x])
+                        else:
+                            bad = max(bad, item)  # reported by the caller
+            select_top(ws, n_used, out[b], n_dense > 0)
+    return bad
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def _dkc_kernel(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, score, out, threads):
-    """`_dkc_rows` over all users, one contiguous chunk per thread."""
+def _dkc_kernel(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, score, out, n_dense,
+                threads):
+    """`_dkc_rows` over all users, one contiguous chunk per thread; returns each chunk's `bad`."""
     B = lists.shape[0]
     n_chunks = max(1, min(threads, B))
+    bad = np.full(n_chunks, -1, dtype=np.int64)
     for c in numba.prange(n_chunks):
-        _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, score, out,
-                  c * B // n_chunks, (c + 1) * B // n_chunks)
+        bad[c] = _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, score, out,
+                           n_dense, c * B // n_chunks, (c + 1) * B // n_chunks)
+    return bad
 
 
 def dkc_step(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.ndarray, epoch: int, first: bool,
@@ -138,25 +151,28 @@ def dkc_step(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.ndarray,
     Returns:
         (v_new (B, M) int8, d_new (B, M) float32, moved (B, M) bool).
     """
-    return _step(lists, v, d, sigma, epoch, first, params, None, None)[:3]
+    return _step(lists, v, d, sigma, epoch, first, params, None, None, None)[:3]
 
 
 def dkc_step_targets(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.ndarray, epoch: int, first: bool,
                      params: DKCParams, prev: np.ndarray, temperature: float = 10.0,
-                     weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                     weights: np.ndarray | None = None, n_items: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`dkc_step`, then `rebuild_targets` on its result, in one pass over the users.
 
     Each user's new targets are built right after its own step, while its lists are in cache;
-    the result is the two calls' exactly. prev: (B, k) previous targets (-1 padded).
+    the result is the two calls' exactly. prev: (B, k) previous targets (-1 padded); n_items: the
+    catalogue size when known (a dense score table, ids checked: see `ensemble.ensemble_topk`).
 
     Returns:
         (v_new, d_new, moved, targets (B, k) int32).
     """
     return _step(lists, v, d, sigma, epoch, first, params, prev,
-                 score_table(np.asarray(lists).shape[3], as_weights(weights, np.asarray(lists).shape[1]), temperature))
+                 score_table(np.asarray(lists).shape[3], as_weights(weights, np.asarray(lists).shape[1]), temperature),
+                 n_items)
 
 
-def _step(lists, v, d, sigma, epoch, first, params, prev, score):
+def _step(lists, v, d, sigma, epoch, first, params, prev, score, n_items):
     """The body of `dkc_step` / `dkc_step_targets` (prev and score None: no targets)."""
     if params.move_rule not in MOVE_RULES:
         raise ValueError(f"move_rule must be one of {MOVE_RULES}, got {params.move_rule!r}")
@@ -179,19 +195,22 @@ def _step(lists, v, d, sigma, epoch, first, params, prev, score):
         return v_new, d_new, moved, out
     g = gains(params.d_k, L, params.d_variant, params.d_lambda)
     sigma = np.asarray(sigma).astype(np.int32, copy=False)
-    _dkc_kernel(lists.astype(np.int32, copy=False), v_new.copy(), d_new.copy(), sigma, bool(first),
-                threshold(epoch, params), params.move_rule == "code", params.d_k, g.astuple(), map_size(sigma),
-                v_new, d_new, moved, score, out, numba.get_num_threads())
+    bad = _dkc_kernel(lists.astype(np.int32, copy=False), v_new.copy(), d_new.copy(), sigma, bool(first),
+                      threshold(epoch, params), params.move_rule == "code", params.d_k, g.astuple(), map_size(sigma),
+                      v_new, d_new, moved, score, out, dense_size(n_items) if prev is not None else 0,
+                      numba.get_num_threads())
+    check_items(bad, n_items)
     return v_new, d_new, moved, out
 
 
 def rebuild_targets(lists: np.ndarray, v: np.ndarray, changed: np.ndarray, prev: np.ndarray, k: int,
-                    temperature: float = 10.0, weights: np.ndarray | None = None) -> np.ndarray:
+                    temperature: float = 10.0, weights: np.ndarray | None = None,
+                    n_items: int | None = None) -> np.ndarray:
     """T_u = g of the chosen states for users whose selection changed; the previous targets otherwise.
 
     Args:
         lists: (B, M, S, K) trajectories (any strides); v: (B, M) chosen states; changed: (B,) bool;
-        prev: (B, k) previous targets (-1 padded).
+        prev: (B, k) previous targets (-1 padded); n_items: as in `ensemble.ensemble_topk`.
 
     Returns:
         (B, k) int32 targets.
@@ -200,8 +219,9 @@ def rebuild_targets(lists: np.ndarray, v: np.ndarray, changed: np.ndarray, prev:
     out = np.array(prev, dtype=np.int32, copy=True)
     if len(out) and k and np.any(changed):
         table = score_table(lists.shape[3], as_weights(weights, lists.shape[1]), temperature)
-        g_states_kernel(lists.astype(np.int32, copy=False), np.asarray(v).astype(np.int64),
-                        np.asarray(changed, dtype=bool), table, out, numba.get_num_threads())
+        check_items(g_states_kernel(lists.astype(np.int32, copy=False), np.asarray(v).astype(np.int64),
+                                    np.asarray(changed, dtype=bool), table, out, dense_size(n_items),
+                                    numba.get_num_threads()), n_items)
     return out
 
 

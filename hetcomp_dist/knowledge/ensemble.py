@@ -4,8 +4,9 @@ For one user, teacher x contributes A = w_x * exp(-r/T) to the item at 0-based r
 E_u(i) = sum_x A and the result is the union of the lists ordered by E_u descending, ties broken by
 the smaller item id. Only the union of the lists is touched, never a dense (users x items) row.
 
-Compiled per-user kernels (numba): each user's entries are summed per item in a small hash table
-(`hashtable`), then `select_top` orders the best k (score, item) pairs by a bucket sort on the
+Compiled per-user kernels (numba): each user's entries are summed per item -- in an array indexed
+by item id when the caller gives the catalogue size n_items (<= DENSE_MAX_ITEMS), else in a small
+hash table (`hashtable` has both) -- then `select_top` orders the best k (score, item) pairs by a bucket sort on the
 score's magnitude and an insertion sort within buckets. Scores are fixed-point integers,
 round(w_x exp(-r/T) 2^60 / sum(w)): an item's sum is exact and independent of the order of its
 terms, so equal rank sets give identical scores and the tie rule is exact (a float sum would
@@ -28,6 +29,26 @@ from hetcomp_dist.knowledge.prefetch import prefetch_row
 
 PAD = -1
 SCORE_BITS = 60  # a user's total score <= 2^60 + M/2 rounding units: fits int64 with room
+DENSE_MAX_ITEMS = 1 << 22  # dense score arrays up to 32 MB per thread; larger catalogues hash
+
+
+def dense_size(n_items: int | None) -> int:
+    """Length of the dense per-thread score array for a catalogue of n_items; 0 = use the hash table
+    (n_items unknown, or past DENSE_MAX_ITEMS)."""
+    if n_items is None:
+        return 0
+    n = int(n_items)
+    if n < 0:
+        raise ValueError(f"n_items must be >= 0, got {n}")
+    return n if 0 < n <= DENSE_MAX_ITEMS else 0
+
+
+def check_items(bad: np.ndarray, n_items: int | None) -> None:
+    """Raises for an item id >= n_items met by a dense kernel (bad: each chunk's largest such id, or -1)."""
+    worst = int(np.max(bad, initial=-1))
+    if worst >= 0:
+        raise ValueError(f"item id {worst} is >= n_items = {n_items}: the lists hold ids outside the catalogue "
+                         f"(pass the catalogue's n_items, or None for no bound)")
 
 
 def as_weights(weights: np.ndarray | None, m: int) -> np.ndarray:
@@ -64,22 +85,26 @@ def _worse(s1, i1, s2, i2):
 
 
 @numba.njit(cache=True)
-def workspace(entries):
-    """One thread's buffers for users of at most `entries` list entries: the hash table (keys, vals,
-    used slots) and the buffers of `select_top`."""
+def workspace(entries, n_dense):
+    """One thread's buffers for users of at most `entries` list entries: the score table (keys, vals,
+    used slots: a hash table, or with n_dense > 0 no keys and one score per item id < n_dense) and
+    the buffers of `select_top`."""
     n = max(entries, 1)
-    bits = ht.table_bits(n, 2)
+    if n_dense > 0:
+        keys, vals = np.empty(0, dtype=np.int32), np.zeros(n_dense, dtype=np.int64)
+    else:
+        bits = ht.table_bits(n, 2)
+        keys, vals = np.full(1 << bits, ht.EMPTY, dtype=np.int32), np.zeros(1 << bits, dtype=np.int64)
     fbuf = np.empty(n, dtype=np.float64)
-    return (np.full(1 << bits, ht.EMPTY, dtype=np.int32), np.zeros(1 << bits, dtype=np.int64),
-            np.empty(n, dtype=np.int64), fbuf, fbuf.view(np.int64), np.empty(n, dtype=np.int32),
+    return (keys, vals, np.empty(n, dtype=np.int64), fbuf, fbuf.view(np.int64), np.empty(n, dtype=np.int32),
             np.zeros(N_BUCKETS, dtype=np.int32), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32),
             np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32))
 
 
 @numba.njit(cache=True)
-def select_top(ws, n_used, out_row):
+def select_top(ws, n_used, out_row, dense):
     """out_row[:] = the best len(out_row) items of the table by (score desc, id asc), PAD-filled,
-    and the table emptied.
+    and the table emptied (dense: the table of `add_dense`, whose marker unit is taken off).
 
     A bucket sort then an insertion sort, O(entries + k) for the score spreads of rank importances
     (a heap of the k best measured 4x slower: its comparisons are coin flips): each score's bucket
@@ -97,8 +122,14 @@ def select_top(ws, n_used, out_row):
     for j in range(n_used):
         h = used[j]
         sc = vals[h]
-        cs[j], ci[j] = sc, keys[h]
-        keys[h], vals[h] = ht.EMPTY, 0
+        if dense:
+            sc -= 1
+            ci[j] = h
+        else:
+            ci[j] = keys[h]
+            keys[h] = ht.EMPTY
+        vals[h] = 0
+        cs[j] = sc
         fbuf[j] = sc  # int64 -> float64 rounds monotonically; read back as its bits
         bk = max((fbits[j] >> (52 - SUB_BITS)) - _BUCKET_BASE, 0)
         bucket[j] = bk
@@ -137,11 +168,13 @@ def select_top(ws, n_used, out_row):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _g_states_rows(lists, state, rows, table, out, lo, hi):
-    """`g_states_kernel` for users lo..hi-1 (one thread's chunk)."""
+def _g_states_rows(lists, state, rows, table, out, n_dense, lo, hi):
+    """`g_states_kernel` for users lo..hi-1 (one thread's chunk); returns the largest item id >= n_dense
+    met (dense table), else -1."""
     M, L = lists.shape[1], lists.shape[3]
-    ws = workspace(M * L)
+    ws = workspace(M * L, n_dense)
     bits = ht.table_bits(M * L, 2)
+    bad = -1
     for b in range(lo, hi):
         if not rows[b]:
             continue
@@ -154,28 +187,38 @@ def _g_states_rows(lists, state, rows, table, out, lo, hi):
             for r in range(L):
                 item = lists[b, x, s, r]
                 if item >= 0:
-                    n_used = ht.add(ws[0], ws[1], ws[2], n_used, bits, item, table[r, x])
-        select_top(ws, n_used, out[b])
+                    if n_dense == 0:
+                        n_used = ht.add(ws[0], ws[1], ws[2], n_used, bits, item, table[r, x])
+                    elif item < n_dense:
+                        n_used = ht.add_dense(ws[1], ws[2], n_used, item, table[r, x])
+                    else:
+                        bad = max(bad, item)  # reported by the caller
+        select_top(ws, n_used, out[b], n_dense > 0)
+    return bad
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def g_states_kernel(lists, state, rows, table, out, threads):
+def g_states_kernel(lists, state, rows, table, out, n_dense, threads):
     """out[b] = g of lists[b, x, state[b, x]] over x, for every b with rows[b]; other rows untouched.
 
     lists: (B, M, S, L) int32, any strides; state: (B, M) int64; rows: (B,) bool;
-    table: (L, M) int64 fixed-point importances; out: (B, k) int32.
+    table: (L, M) int64 fixed-point importances; out: (B, k) int32; n_dense: `dense_size`.
+    Returns each chunk's largest item id >= n_dense (dense table only; -1 = none): see `check_items`.
     """
     B = lists.shape[0]
     n_chunks = max(1, min(threads, B))
+    bad = np.full(n_chunks, -1, dtype=np.int64)
     for c in numba.prange(n_chunks):  # the chunk loop lives in a plain njit function (faster code)
-        _g_states_rows(lists, state, rows, table, out, c * B // n_chunks, (c + 1) * B // n_chunks)
+        bad[c] = _g_states_rows(lists, state, rows, table, out, n_dense, c * B // n_chunks, (c + 1) * B // n_chunks)
+    return bad
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _g_csr_rows(offsets, values, table, max_entries, out, lo, hi):
-    """`_g_csr_kernel` for users lo..hi-1 (one thread's chunk)."""
+def _g_csr_rows(offsets, values, table, max_entries, out, n_dense, lo, hi):
+    """`_g_csr_kernel` for users lo..hi-1 (one thread's chunk); returns as `_g_states_rows`."""
     M = offsets.shape[0]
-    ws = workspace(max_entries)
+    ws = workspace(max_entries, n_dense)
+    bad = -1
     for b in range(lo, hi):
         entries = 0
         for x in range(M):
@@ -186,23 +229,32 @@ def _g_csr_rows(offsets, values, table, max_entries, out, lo, hi):
             for j in range(offsets[x, b], offsets[x, b + 1]):
                 item = values[j]
                 if item >= 0:
-                    n_used = ht.add(ws[0], ws[1], ws[2], n_used, bits, item, table[j - offsets[x, b], x])
-        select_top(ws, n_used, out[b])
+                    if n_dense == 0:
+                        n_used = ht.add(ws[0], ws[1], ws[2], n_used, bits, item, table[j - offsets[x, b], x])
+                    elif item < n_dense:
+                        n_used = ht.add_dense(ws[1], ws[2], n_used, item, table[j - offsets[x, b], x])
+                    else:
+                        bad = max(bad, item)  # reported by the caller
+        select_top(ws, n_used, out[b], n_dense > 0)
+    return bad
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def _g_csr_kernel(offsets, values, table, max_entries, out, threads):
+def _g_csr_kernel(offsets, values, table, max_entries, out, n_dense, threads):
     """out[b] = g of the M lists values[offsets[x, b]:offsets[x, b+1]] (offsets: (M, B+1) into the
     concatenated values, table: (L_max, M)); each user's hash table is a prefix sized by its entries."""
     B = offsets.shape[1] - 1
     n_chunks = max(1, min(threads, B))
+    bad = np.full(n_chunks, -1, dtype=np.int64)
     for c in numba.prange(n_chunks):
-        _g_csr_rows(offsets, values, table, max_entries, out, c * B // n_chunks, (c + 1) * B // n_chunks)
+        bad[c] = _g_csr_rows(offsets, values, table, max_entries, out, n_dense, c * B // n_chunks,
+                             (c + 1) * B // n_chunks)
+    return bad
 
 
 # ------------------------------------------------------------------------------------ the API
 def ensemble_topk(lists: np.ndarray, k: int, temperature: float = 10.0,
-                  weights: np.ndarray | None = None) -> np.ndarray:
+                  weights: np.ndarray | None = None, n_items: int | None = None) -> np.ndarray:
     """Rank-importance ensemble g.
 
     Args:
@@ -211,6 +263,9 @@ def ensemble_topk(lists: np.ndarray, k: int, temperature: float = 10.0,
         k: length of the result.
         temperature: T of A = exp(-r/T) for the 0-based rank r < L.
         weights: (M,) non-negative per-teacher w_x; None (or empty) = all 1.
+        n_items: the catalogue size, when known: item ids are < n_items (ValueError otherwise), and
+            scores are summed in a dense per-item array (faster; 8 bytes x n_items per thread, up to
+            DENSE_MAX_ITEMS). None: a hash table, no bound on ids. The result is the same.
 
     Returns:
         (B, k) int32 items by E_u = sum_x w_x A_x descending, ties broken by smaller item id, -1 padded
@@ -224,21 +279,23 @@ def ensemble_topk(lists: np.ndarray, k: int, temperature: float = 10.0,
     out = np.full((B, k), PAD, dtype=np.int32)
     if B == 0 or M * L == 0 or k == 0:
         return out
-    g_states_kernel(lists.astype(np.int32, copy=False)[:, :, None, :], np.zeros((B, M), dtype=np.int64),
-                    np.ones(B, dtype=bool), score_table(L, w, temperature), out, numba.get_num_threads())
+    check_items(g_states_kernel(lists.astype(np.int32, copy=False)[:, :, None, :], np.zeros((B, M), dtype=np.int64),
+                                np.ones(B, dtype=bool), score_table(L, w, temperature), out, dense_size(n_items),
+                                numba.get_num_threads()), n_items)
     return out
 
 
 def ensemble_topk_csr(csrs: list[tuple[np.ndarray, np.ndarray]], k: int, temperature: float = 10.0,
-                      weights: np.ndarray | None = None) -> np.ndarray:
+                      weights: np.ndarray | None = None, n_items: int | None = None) -> np.ndarray:
     """`ensemble_topk` over variable-length lists given as one CSR per teacher (e.g. observed items).
 
-    Memory is the CSR itself plus one hash table per thread sized by the heaviest user's entries.
+    Memory is the CSR itself plus one score table per thread: a hash table sized by the heaviest
+    user's entries, or the dense array of n_items.
 
     Args:
         csrs: M pairs (offsets (B+1,), values), one per teacher, over the same B users, best first.
         k: length of the result.
-        temperature, weights: as in `ensemble_topk`.
+        temperature, weights, n_items: as in `ensemble_topk`.
 
     Returns:
         (B, k) int32, -1 padded.
@@ -254,6 +311,6 @@ def ensemble_topk_csr(csrs: list[tuple[np.ndarray, np.ndarray]], k: int, tempera
     offsets = np.stack([np.asarray(off, dtype=np.int64) + b for (off, _), b in zip(csrs, base)])
     values = np.concatenate([np.asarray(val, dtype=np.int32) for _, val in csrs])
     longest = int(lengths.max(initial=0))
-    _g_csr_kernel(offsets, values, score_table(max(longest, 1), w, temperature), int(lengths.sum(axis=0).max()), out,
-                  numba.get_num_threads())
+    check_items(_g_csr_kernel(offsets, values, score_table(max(longest, 1), w, temperature),
+                              int(lengths.sum(axis=0).max()), out, dense_size(n_items), numba.get_num_threads()), n_items)
     return out

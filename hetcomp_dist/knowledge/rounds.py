@@ -38,8 +38,8 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step_targets, state_means, switch_fired
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
-from hetcomp_dist.knowledge.shard_io import (block, knowledge_dir, pos_dir, read_dense, read_lists, read_round,
-                                             round_dir, state_path, teacher_dir, write_round_shard)
+from hetcomp_dist.knowledge.shard_io import (block, check_ids, knowledge_dir, pos_dir, read_dense, read_lists,
+                                             read_round, round_dir, state_path, teacher_dir, write_round_shard)
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
 
 N_STATES = 4  # E1..E4; state index v in 0..3
@@ -89,24 +89,25 @@ def round0_shard(task: RoundTask, s: int) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     kc, names, run = task.kc, task.names, task.run
     lo, hi = storage.shard_range(s, task.data["shard_size"], task.data["n_users"])
-    n, M = hi - lo, len(names)
+    n, M, n_items = hi - lo, len(names), task.data["n_items"]
     train = load_shard(run, "train", s, task.data)
     e1 = block((M, n, kc.topk))
     observed = []
     for x, name in enumerate(names):
-        read_dense(state_path(run, name, 1, s), lo, hi, kc.topk, out=e1[x])
+        read_dense(state_path(run, name, 1, s), lo, hi, kc.topk, out=e1[x], n_items=n_items)
         opath = storage.shard_path(storage.join(teacher_dir(run, name), "observed"), s)
         off, val = read_lists(opath, lo, hi)
         if not np.array_equal(np.diff(off), train.lengths()):
             raise InputError(opath, "the observed lists do not have the users' train lengths",
                              "the teacher's observed export must hold exactly each user's train items")
+        check_ids(int(val.max(initial=-1)), n_items, opath)
         observed.append((off, val))
     lists = e1.transpose(1, 0, 2)  # (n, M, K) view
     targets = np.full((n, kc.topk), -1, dtype=np.int32)
     for b0 in range(0, n, kc.batch_users):
         b1 = min(b0 + kc.batch_users, n)
-        targets[b0:b1] = ensemble_topk(lists[b0:b1], kc.topk, kc.temperature, task.weights())
-    pos = ensemble_topk_csr(observed, kc.pos_k, kc.temperature, task.weights())
+        targets[b0:b1] = ensemble_topk(lists[b0:b1], kc.topk, kc.temperature, task.weights(), n_items)
+    pos = ensemble_topk_csr(observed, kc.pos_k, kc.temperature, task.weights(), n_items)
     write_round_shard(run, 0, s, lo, hi, np.zeros((n, M), np.int8), np.full((n, M), np.nan, np.float32), targets)
     storage.write_table_atomic(storage.shard_path(pos_dir(run), s), storage.user_table(lo, hi, items=storage.dense_to_list(pos)))
     wall = time.perf_counter() - t0
@@ -157,7 +158,7 @@ def read_states(task: RoundTask, s: int, lo: int, hi: int, states: list[range]) 
     buf = block((len(task.names), N_STATES, n, K))
     for x, name in enumerate(task.names):
         for e in states[x]:
-            read_dense(state_path(task.run, name, e + 1, s), lo, hi, K, out=buf[x, e])
+            read_dense(state_path(task.run, name, e + 1, s), lo, hi, K, out=buf[x, e], n_items=task.data["n_items"])
     return buf.transpose(2, 0, 1, 3)
 
 
@@ -185,7 +186,7 @@ def dkc_shard(task: RoundTask, s: int) -> dict:
         b1 = min(b0 + kc.batch_users, n)
         vb, db, moved, targets[b0:b1] = dkc_step_targets(lists[b0:b1], v[b0:b1], d[b0:b1], sigma[b0:b1], task.epoch,
                                                           first, params, prev_targets[b0:b1], kc.temperature,
-                                                          task.weights())
+                                                          task.weights(), task.data["n_items"])
         ch = moved.any(axis=1)
         v_new[b0:b1], d_new[b0:b1] = vb, db
         moved_total += moved.sum(axis=0)

@@ -68,24 +68,37 @@ def read_lists(path: str, lo: int, hi: int, column: str = "items") -> tuple[np.n
 
 @numba.njit(cache=True)
 def _fill(offsets, values, out):
-    """out[i] = values[offsets[i]:offsets[i+1]] then PADs (each row fits: checked by the caller)."""
+    """out[i] = values[offsets[i]:offsets[i+1]] then PADs (each row fits: checked by the caller);
+    returns the largest value copied (-1 for none), for the caller's range check."""
     n, width = out.shape
+    top = -1
     for i in range(n):
         a, length = offsets[i], offsets[i + 1] - offsets[i]
         for j in range(length):
             out[i, j] = values[a + j]
+            top = max(top, values[a + j])
         for j in range(length, width):
             out[i, j] = PAD
+    return top
 
 
-def fill_dense(off: np.ndarray, val: np.ndarray, out: np.ndarray, where: str) -> np.ndarray:
-    """Writes CSR lists into `out` (n, width) int32, -1 padded; a list longer than width is an InputError."""
+def fill_dense(off: np.ndarray, val: np.ndarray, out: np.ndarray, where: str, n_items: int | None = None) -> np.ndarray:
+    """Writes CSR lists into `out` (n, width) int32, -1 padded; a list longer than width, or (with
+    n_items) an item id >= n_items, is an InputError."""
     lengths = np.diff(off)
     if len(lengths) and lengths.max() > out.shape[1]:
         raise InputError(where, f"a list has {int(lengths.max())} items, more than K = {out.shape[1]}",
                          "export the teachers with the same K as knowledge.topk")
-    _fill(np.asarray(off, dtype=np.int64), np.asarray(val, dtype=np.int32), out)
+    top = _fill(np.asarray(off, dtype=np.int64), np.asarray(val, dtype=np.int32), out)
+    check_ids(top, n_items, where)
     return out
+
+
+def check_ids(top: int, n_items: int | None, where: str) -> None:
+    """InputError when the largest item id `top` of the lists read from `where` is outside n_items."""
+    if n_items is not None and top >= n_items:
+        raise InputError(where, f"item id {int(top)} is outside this run's catalogue of {n_items} items",
+                         "the lists must hold this run's dense item ids: re-export them from this run's data")
 
 
 def block(shape: tuple[int, ...]) -> np.ndarray:
@@ -101,10 +114,11 @@ def block(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def read_dense(path: str, lo: int, hi: int, width: int, column: str = "items",
-               out: np.ndarray | None = None) -> np.ndarray:
-    """(hi-lo, width) int32 -1 padded lists of one shard's list column, into `out` when given."""
+               out: np.ndarray | None = None, n_items: int | None = None) -> np.ndarray:
+    """(hi-lo, width) int32 -1 padded lists of one shard's list column, into `out` when given; with
+    n_items, an item id >= n_items is an InputError naming the file."""
     out = np.empty((hi - lo, width), dtype=np.int32) if out is None else out
-    return fill_dense(*read_lists(path, lo, hi, column), out, path)
+    return fill_dense(*read_lists(path, lo, hi, column), out, path, n_items)
 
 
 def fixed_list(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
