@@ -78,11 +78,12 @@ def _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_
     bits = ht.table_bits(M * L, 2)
     bad = -1
     pmap = np.zeros(n_map, dtype=np.uint16)
+    ahead = L if targets else width  # v+1 is a mover's new state: its targets read the whole row
     for b in range(lo, hi):
         if b + 1 < hi:  # the next user's rows this rule reads (v+1, v+2), loading while b computes
             for x in range(M):
                 nx = v[b + 1, x]
-                prefetch_row(lists, b + 1, x, min(nx + 1, last), width)
+                prefetch_row(lists, b + 1, x, min(nx + 1, last), ahead)
                 if not first:
                     prefetch_row(lists, b + 1, x, min(nx + 2, last), width)
         load_sigma(pmap, sigma, b, d_k)
