@@ -8,10 +8,10 @@ Setup (data, trajectories, round 0, round 1 = the first DKC call) is untimed.
 
 1. CiteULike size (5,219 users, 25,181 items, ~24 interactions per user): round 2 (a round with moves)
    -- (a) the DKC computation on the same in-memory arrays, vectorised (`dkc_step_targets` given the
-   catalogue size as a round gives it: the step
-   and the new targets in one compiled pass, in batches; numba kernels on numba's default thread
-   count, and on 1 thread) and as a plain per-user Python loop written here, side by side, alternating, checked equal; medians of --repeats
-   runs; (b) the whole in-process round through `dkc_round`, retrieval timed apart.
+   catalogue size, as a round gives it: the step and the new targets in one compiled pass, in
+   batches; numba kernels on numba's default thread count, and on 1 thread) and as a plain per-user
+   Python loop written here, side by side, alternating, checked equal; medians of --repeats runs;
+   (b) the whole in-process round through `dkc_round`, retrieval timed apart.
 2. 1M users (vectorised only): round 2 through a Ray Data map over 50k-user shards on a 2-CPU Ray
    instance (one numba thread per task), per-task retrieval and rest timed apart, peak memory per task.
 

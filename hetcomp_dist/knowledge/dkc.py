@@ -198,7 +198,7 @@ def _step(lists, v, d, sigma, epoch, first, params, prev, score, n_items):
     sigma = np.asarray(sigma).astype(np.int32, copy=False)
     bad = _dkc_kernel(lists.astype(np.int32, copy=False), v_new.copy(), d_new.copy(), sigma, bool(first),
                       threshold(epoch, params), params.move_rule == "code", params.d_k, g.astuple(), map_size(sigma),
-                      v_new, d_new, moved, score, out, dense_size(n_items) if prev is not None else 0,
+                      v_new, d_new, moved, score, out, dense_size(n_items),
                       numba.get_num_threads())
     check_items(bad, n_items)
     return v_new, d_new, moved, out
