@@ -55,8 +55,8 @@ class Gains:
     paper: bool
 
     def astuple(self) -> tuple:
-        """(table, ideal, width, paper): the form the kernels take."""
-        return self.table, self.ideal, self.width, self.paper
+        """(flat table, row stride, ideal, width, paper): the form the kernels take (`user_d`)."""
+        return np.ascontiguousarray(self.table).ravel(), np.uintp(self.table.shape[1]), self.ideal, self.width, self.paper
 
 
 def gains(d_k: int, L: int, variant: str = "code", lam: float = 10.0) -> Gains:
@@ -102,28 +102,32 @@ def unload_sigma(pmap, sigma, b, d_k):
 
 
 @numba.njit(cache=True, inline="always")
-def user_d(pmap, lists, b, x, s, table, ideal, width, paper):
-    """float64 D of user b's sigma (in `pmap`) against lists[b, x, s].
+def user_d(pmap, lists, b, x, s, table, stride, ideal, width, paper):
+    """float64 D of user b's sigma (in `pmap`) against lists[b, x, s]; (table, stride, ...) as `Gains.astuple`.
 
     Each teacher item reads its sigma position + 1 (0 when absent, PADs and items beyond the map
-    included) and adds that row of the table, whose row 0 is 0: no branch on hit or miss.
+    included) and adds that row of the table, whose row 0 is 0: no branch on hit or miss. The indices
+    are unsigned (a PAD's item + 1 = 0; larger items clamp to the map's last slot), so numba emits no
+    negative-index fix-up per lookup: measured 1.65 against 2.1-2.9 ns per lookup (cache-resident lists).
     """
-    top = len(pmap) - 1
+    top = np.uint32(len(pmap) - 1)
+    row = lists[b, x, s]
     dcg = 0
     for r in range(width):
-        dcg += table[pmap[min(lists[b, x, s, r] + 1, top)], r if paper else 0]
+        pos = np.uintp(pmap[min(np.uint32(row[r] + 1), top)])
+        dcg += table[pos * stride + (np.uintp(r) if paper else np.uintp(0))]
     return max(ideal - dcg, 0) / ideal
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _d_rows(sigma, lists, d_k, g, n_map, out, lo, hi):
     """out[b, x] = D(sigma[b], lists[b, x, 0]) for users lo..hi-1 (lists (B, M, 1, L), any strides)."""
-    table, ideal, width, paper = g
+    table, stride, ideal, width, paper = g
     pmap = np.zeros(n_map, dtype=np.uint16)
     for b in range(lo, hi):
         load_sigma(pmap, sigma, b, d_k)
         for x in range(out.shape[1]):
-            out[b, x] = user_d(pmap, lists, b, x, 0, table, ideal, width, paper)
+            out[b, x] = user_d(pmap, lists, b, x, 0, table, stride, ideal, width, paper)
         unload_sigma(pmap, sigma, b, d_k)
 
 

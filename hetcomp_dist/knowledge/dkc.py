@@ -71,10 +71,12 @@ def _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_
     still in L1, and the lists are streamed once per round instead of twice. Returns the largest item
     id >= n_dense the targets met (dense score table, `check_items`), else -1.
     """
-    table, ideal, width, paper = g
+    table, stride, ideal, width, paper = g
     M, last, L = lists.shape[1], lists.shape[2] - 1, lists.shape[3]
     targets = out.shape[1] > 0
     ws = workspace(M * L if targets else 1, n_dense if targets else 0)
+    keys, vals, used = ws[0], ws[1], ws[2]
+    nd = np.uint32(n_dense if targets else 0)
     bits = ht.table_bits(M * L, 2)
     bad = -1
     pmap = np.zeros(n_map, dtype=np.uint16)
@@ -91,30 +93,30 @@ def _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_
         for x in range(M):
             vx = v[b, x]
             if first:
-                d_out[b, x] = np.float32(user_d(pmap, lists, b, x, min(vx + 1, last), table, ideal, width, paper))
+                d_out[b, x] = np.float32(user_d(pmap, lists, b, x, min(vx + 1, last), table, stride, ideal, width, paper))
                 continue
             if vx >= last:
                 continue
             # d' rounded to float32 like the stored d: a re-read round takes the same decisions
-            dn = np.float64(np.float32(user_d(pmap, lists, b, x, vx + 1, table, ideal, width, paper)))
+            dn = np.float64(np.float32(user_d(pmap, lists, b, x, vx + 1, table, stride, ideal, width, paper)))
             rho = np.inf if dn == 0 else np.float64(d[b, x]) / dn
             if (rho > th or rho < 1.0) if code_rule else rho > th:  # NaN (no d yet) never moves
                 v_out[b, x] = vx + 1
                 moved[b, x] = True
                 any_moved = True
-                d_out[b, x] = np.float32(user_d(pmap, lists, b, x, min(vx + 2, last), table, ideal, width, paper))
+                d_out[b, x] = np.float32(user_d(pmap, lists, b, x, min(vx + 2, last), table, stride, ideal, width, paper))
         unload_sigma(pmap, sigma, b, d_k)
         if targets and any_moved:
             n_used = 0
             for x in range(M):
-                s = v_out[b, x]
+                row, srow = lists[b, x, v_out[b, x]], score[x]
                 for r in range(L):
-                    item = lists[b, x, s, r]
-                    if item >= 0:
+                    item = row[r]
+                    if np.uint32(item) < nd:  # as in `ensemble._g_states_rows`
+                        n_used = ht.add_dense(vals, used, n_used, np.uintp(item), srow[r])
+                    elif item >= 0:
                         if n_dense == 0:
-                            n_used = ht.add(ws[0], ws[1], ws[2], n_used, bits, item, score[r, x])
-                        elif item < n_dense:
-                            n_used = ht.add_dense(ws[1], ws[2], n_used, item, score[r, x])
+                            n_used = ht.add(keys, vals, used, n_used, bits, item, srow[r])
                         else:
                             bad = max(bad, item)  # reported by the caller
             select_top(ws, n_used, out[b], n_dense > 0)

@@ -62,14 +62,15 @@ def as_weights(weights: np.ndarray | None, m: int) -> np.ndarray:
 
 
 def score_table(L: int, w: np.ndarray, temperature: float) -> np.ndarray:
-    """(L, M) int64 fixed-point rank importances round(w_x exp(-r/T) 2^SCORE_BITS / sum(w)).
+    """(M, L) int64 fixed-point rank importances round(w_x exp(-r/T) 2^SCORE_BITS / sum(w)), one row per
+    teacher (a kernel reads teacher x's row along its list).
 
     Ranks past T ln(2^61 w_x / sum(w)) (~410 for T = 10, 6 equal weights) round to 0: items seen only
     that deep tie, by id -- only long lists (observed items of heavy users) reach them, and P+ keeps 10.
     """
     scale = 2.0 ** SCORE_BITS / float(w.sum())
     A = np.exp(-np.arange(L, dtype=np.float64) / temperature)
-    return np.round(A[:, None] * w[None, :] * scale).astype(np.int64)
+    return np.ascontiguousarray(np.round(w[:, None] * A[None, :] * scale).astype(np.int64))
 
 
 # ---------------------------------------------------------------------------------- the kernels
@@ -120,7 +121,7 @@ def select_top(ws, n_used, out_row, dense):
     k = len(out_row)
     lo, hi = N_BUCKETS, 0
     for j in range(n_used):
-        h = used[j]
+        h = np.uintp(used[j])  # unsigned indices throughout: no negative-index fix-up per access
         sc = vals[h]
         if dense:
             sc -= 1
@@ -133,12 +134,12 @@ def select_top(ws, n_used, out_row, dense):
         fbuf[j] = sc  # int64 -> float64 rounds monotonically; read back as its bits
         bk = max((fbits[j] >> (52 - SUB_BITS)) - _BUCKET_BASE, 0)
         bucket[j] = bk
-        counts[bk] += 1
+        counts[np.uintp(bk)] += 1
         lo, hi = min(lo, bk), max(hi, bk)
     total, cut = 0, lo
     for bk in range(hi, lo - 1, -1):  # counts become start positions, best bucket first
-        c = counts[bk]
-        counts[bk] = total
+        c = counts[np.uintp(bk)]
+        counts[np.uintp(bk)] = total
         total += c
         if total >= k:
             cut = bk
@@ -146,20 +147,20 @@ def select_top(ws, n_used, out_row, dense):
     floor = cut  # entries below the cut bucket go to one counter past the best buckets: no branch
     if cut > lo:
         floor = cut - 1
-        counts[floor] = total
+        counts[np.uintp(floor)] = total
     for j in range(n_used):
-        c = max(bucket[j], floor)
-        p = counts[c]
+        c = np.uintp(max(bucket[j], floor))
+        p = np.uintp(counts[c])
         counts[c] = p + 1
         ss[p], si[p] = cs[j], ci[j]
     counts[lo: hi + 1] = 0
     for a in range(1, total):  # total: the entries of the buckets that hold the best k
         s, it = ss[a], si[a]
         q = a - 1
-        while q >= 0 and _worse(ss[q], si[q], s, it):
-            ss[q + 1], si[q + 1] = ss[q], si[q]
+        while q >= 0 and _worse(ss[np.uintp(q)], si[np.uintp(q)], s, it):
+            ss[np.uintp(q + 1)], si[np.uintp(q + 1)] = ss[np.uintp(q)], si[np.uintp(q)]
             q -= 1
-        ss[q + 1], si[q + 1] = s, it
+        ss[np.uintp(q + 1)], si[np.uintp(q + 1)] = s, it
     kk = min(k, total)
     for p in range(kk):
         out_row[p] = si[p]
@@ -173,7 +174,9 @@ def _g_states_rows(lists, state, rows, table, out, n_dense, lo, hi):
     met (dense table), else -1."""
     M, L = lists.shape[1], lists.shape[3]
     ws = workspace(M * L, n_dense)
+    keys, vals, used = ws[0], ws[1], ws[2]
     bits = ht.table_bits(M * L, 2)
+    nd = np.uint32(n_dense)
     bad = -1
     for b in range(lo, hi):
         if not rows[b]:
@@ -183,14 +186,14 @@ def _g_states_rows(lists, state, rows, table, out, n_dense, lo, hi):
                 prefetch_row(lists, b + 1, x, state[b + 1, x], L)
         n_used = 0
         for x in range(M):
-            s = state[b, x]
+            row, trow = lists[b, x, state[b, x]], table[x]
             for r in range(L):
-                item = lists[b, x, s, r]
-                if item >= 0:
+                item = row[r]
+                if np.uint32(item) < nd:  # dense (nd = 0 for the hash table); a PAD wraps to 2^32 - 1
+                    n_used = ht.add_dense(vals, used, n_used, np.uintp(item), trow[r])
+                elif item >= 0:
                     if n_dense == 0:
-                        n_used = ht.add(ws[0], ws[1], ws[2], n_used, bits, item, table[r, x])
-                    elif item < n_dense:
-                        n_used = ht.add_dense(ws[1], ws[2], n_used, item, table[r, x])
+                        n_used = ht.add(keys, vals, used, n_used, bits, item, trow[r])
                     else:
                         bad = max(bad, item)  # reported by the caller
         select_top(ws, n_used, out[b], n_dense > 0)
@@ -202,7 +205,7 @@ def g_states_kernel(lists, state, rows, table, out, n_dense, threads):
     """out[b] = g of lists[b, x, state[b, x]] over x, for every b with rows[b]; other rows untouched.
 
     lists: (B, M, S, L) int32, any strides; state: (B, M) int64; rows: (B,) bool;
-    table: (L, M) int64 fixed-point importances; out: (B, k) int32; n_dense: `dense_size`.
+    table: (M, L) int64 fixed-point importances (`score_table`); out: (B, k) int32; n_dense: `dense_size`.
     Returns each chunk's largest item id >= n_dense (dense table only; -1 = none): see `check_items`.
     """
     B = lists.shape[0]
@@ -218,6 +221,8 @@ def _g_csr_rows(offsets, values, table, max_entries, out, n_dense, lo, hi):
     """`_g_csr_kernel` for users lo..hi-1 (one thread's chunk); returns as `_g_states_rows`."""
     M = offsets.shape[0]
     ws = workspace(max_entries, n_dense)
+    keys, vals, used = ws[0], ws[1], ws[2]
+    nd = np.uint32(n_dense)
     bad = -1
     for b in range(lo, hi):
         entries = 0
@@ -226,13 +231,14 @@ def _g_csr_rows(offsets, values, table, max_entries, out, n_dense, lo, hi):
         bits = ht.table_bits(entries, 2)  # small users stay in cache beside a heavy one's table
         n_used = 0
         for x in range(M):
-            for j in range(offsets[x, b], offsets[x, b + 1]):
-                item = values[j]
-                if item >= 0:
+            row, trow = values[offsets[x, b]: offsets[x, b + 1]], table[x]
+            for r in range(len(row)):
+                item = row[r]
+                if np.uint32(item) < nd:  # as in `_g_states_rows`
+                    n_used = ht.add_dense(vals, used, n_used, np.uintp(item), trow[r])
+                elif item >= 0:
                     if n_dense == 0:
-                        n_used = ht.add(ws[0], ws[1], ws[2], n_used, bits, item, table[j - offsets[x, b], x])
-                    elif item < n_dense:
-                        n_used = ht.add_dense(ws[1], ws[2], n_used, item, table[j - offsets[x, b], x])
+                        n_used = ht.add(keys, vals, used, n_used, bits, item, trow[r])
                     else:
                         bad = max(bad, item)  # reported by the caller
         select_top(ws, n_used, out[b], n_dense > 0)
@@ -242,7 +248,7 @@ def _g_csr_rows(offsets, values, table, max_entries, out, n_dense, lo, hi):
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _g_csr_kernel(offsets, values, table, max_entries, out, n_dense, threads):
     """out[b] = g of the M lists values[offsets[x, b]:offsets[x, b+1]] (offsets: (M, B+1) into the
-    concatenated values, table: (L_max, M)); each user's hash table is a prefix sized by its entries."""
+    concatenated values, table: (M, L_max)); each user's hash table is a prefix sized by its entries."""
     B = offsets.shape[1] - 1
     n_chunks = max(1, min(threads, B))
     bad = np.full(n_chunks, -1, dtype=np.int64)

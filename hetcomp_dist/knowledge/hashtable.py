@@ -19,6 +19,7 @@ three call sites: the same choice in one shared inline helper measured 8x slower
 from __future__ import annotations
 
 import numba
+import numpy as np
 
 EMPTY = -1
 _GOLDEN = 2654435769  # 2^32 / phi: Fibonacci hashing spreads consecutive ids over the table
@@ -69,7 +70,7 @@ def add_dense(vals, used, n_used, item, val):
     old = vals[item]
     new = old == 0
     vals[item] = old + val + new
-    used[n_used] = item
+    used[np.uintp(n_used)] = item  # unsigned indices (item too, from the caller): no negative-index fix-up
     return n_used + new
 
 
