@@ -139,6 +139,36 @@ def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(p, filesystem=fs, columns=columns)
 
 
+def write_ipc_atomic(path: str, table: pa.Table, compression: str | None = "lz4") -> None:
+    """Writes one Arrow IPC file (lz4-compressed buffers by default) under a temporary name, then
+    renames it into place: a stage's own intermediate files that are read back far more often than
+    written (Arrow IPC holds the column buffers as they are in memory: no Parquet decoding)."""
+    import pyarrow.ipc as ipc
+
+    fs, p = resolve(path)
+    fs.create_dir(p.rpartition("/")[0], recursive=True)
+    tmp = _tmp_name(p)
+    with fs.open_output_stream(tmp) as f, ipc.new_file(f, table.schema,
+                                                       options=ipc.IpcWriteOptions(compression=compression)) as w:
+        w.write_table(table)
+    fs.move(tmp, p)
+
+
+def read_ipc(path: str, fix: str = "the folder is corrupt; delete it and rerun the stage that writes it") -> pa.Table:
+    """An Arrow IPC file written by `write_ipc_atomic`; a missing or unreadable one is an InputError
+    naming it, with `fix`."""
+    import pyarrow.ipc as ipc
+
+    if not exists(path):
+        raise InputError(path, "file missing", fix)
+    fs, p = resolve(path)
+    try:
+        with fs.open_input_file(p) as f:
+            return ipc.open_file(f).read_all()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(path, f"not a readable Arrow IPC file ({e})", fix) from e
+
+
 def write_npz_atomic(path: str, **arrays: np.ndarray) -> None:
     import io
 

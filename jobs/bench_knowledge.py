@@ -4,7 +4,8 @@
 
 Synthetic inputs in the exact on-storage layout (6 teachers x 4 states x K = 100; `synthesize` for the
 data, `knowledge.synthetic` for the trajectories and a student whose embeddings drift between rounds).
-Setup (data, trajectories, round 0, round 1 = the first DKC call) is untimed.
+Setup (data, trajectories, round 0 with its copies of the teachers' states, round 1 = the first DKC
+call) is untimed; the timed rounds read the states from those copies, as every DKC round does.
 
 1. CiteULike size (5,219 users, 25,181 items, ~24 interactions per user): round 2 (a round with moves)
    -- (a) the DKC computation on the same in-memory arrays, vectorised (`dkc_step_targets` given the

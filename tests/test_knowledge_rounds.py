@@ -9,6 +9,7 @@ few enough items that many users have fewer than K unobserved items (-1 padded l
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 
 import numpy as np
@@ -251,7 +252,8 @@ def _put_item(path: str, row: int, item: int) -> None:
 def test_item_ids_outside_the_catalogue_fail_naming_the_file(base_run, tmp_path):
     """The kernels index a dense table by item id: an id >= n_items in a teacher's files is an
     InputError naming the file, raised before the shard is written; the round is not committed, and
-    a rerun after the fix commits it."""
+    a rerun after the fix commits it. Round 0 reads every state (it copies them for the DKC rounds);
+    without the copies, the DKC round that reads the state fails instead."""
     run = _fresh(base_run, tmp_path, "ids")
     cfg = _cfg(run)
     observed = storage.shard_path(f"{run}/teachers/ae/observed", 1)
@@ -262,13 +264,101 @@ def test_item_ids_outside_the_catalogue_fail_naming_the_file(base_run, tmp_path)
     assert storage.read_manifest(f"{run}/knowledge/round=0") is None
     assert not storage.exists(storage.shard_path(f"{run}/knowledge/round=0", 1))
     shutil.copy(f"{tmp_path}/observed.parquet", observed)
-    build_round0(run, cfg)
-    state2 = storage.shard_path(f"{run}/teachers/gnn/state=2", 2)  # read by round 1 (v = 0: D against E2)
+    state2 = storage.shard_path(f"{run}/teachers/gnn/state=2", 2)
+    shutil.copy(state2, f"{tmp_path}/state2.parquet")
     _put_item(state2, 5, N_ITEMS + 7)
     with pytest.raises(InputError, match=f"(?s)gnn/state=2.*item id {N_ITEMS + 7}"):
-        dkc_round(run, cfg, 1, 10, f"{run}/emb1.npz")
+        build_round0(run, cfg)
+    assert storage.read_manifest(f"{run}/knowledge/round=0") is None
+    assert not storage.exists(storage.shard_path(f"{run}/knowledge/round=0", 2))
+
+    nocache = dataclasses.replace(cfg, knowledge=dataclasses.replace(cfg.knowledge, cache_states=False))
+    assert build_round0(run, nocache)["state_cache"] is False
+    assert not storage.exists(f"{run}/knowledge/states")
+    with pytest.raises(InputError, match=f"(?s)gnn/state=2.*item id {N_ITEMS + 7}"):  # round 1 reads E2 (v = 0)
+        dkc_round(run, nocache, 1, 10, f"{run}/emb1.npz")
     assert storage.read_manifest(f"{run}/knowledge/round=1") is None
     assert not storage.exists(storage.shard_path(f"{run}/knowledge/round=1", 2))
+    shutil.copy(f"{tmp_path}/state2.parquet", state2)
+    dkc_round(run, nocache, 1, 10, f"{run}/emb1.npz")
+
+
+def test_state_copies_equal_the_teacher_files_and_are_checked(base_run, tmp_path):
+    """Round 0's copies of the states hold the teachers' lists exactly (-1 padded), the DKC rounds read
+    them and equal the rounds read from the Parquet files; a missing or bad copy fails naming it."""
+    from hetcomp_dist.knowledge import shard_io
+
+    cached, plain = _fresh(base_run, tmp_path, "cached"), _fresh(base_run, tmp_path, "plain")
+    cfg, cfg_plain = _cfg(cached), _cfg(plain, cache_states=False)
+    lists, _ = _teacher_lists(cached, cfg)
+    K = cfg.knowledge.topk
+    assert build_round0(cached, cfg)["state_cache"] is True
+    build_round0(plain, cfg_plain)
+    for x, name in enumerate(cfg.teachers.names):
+        for e in range(1, 5):
+            for s in range(storage.n_shards(N_USERS, SHARD)):
+                lo, hi = storage.shard_range(s, SHARD, N_USERS)
+                got = shard_io.read_state_cache(shard_io.cache_path(cached, name, e, s), lo, hi,
+                                                np.empty((hi - lo, K), np.int32), N_ITEMS)
+                np.testing.assert_array_equal(got, lists[lo:hi, x, e - 1])
+    for r in (1, 2, 3):
+        dkc_round(cached, cfg, r, 10 * r, f"{cached}/emb{r}.npz")
+        dkc_round(plain, cfg_plain, r, 10 * r, f"{plain}/emb{r}.npz")
+        (va, da, Ta, _), (vb, db, Tb, _) = _round_files(cached, r), _round_files(plain, r)
+        np.testing.assert_array_equal(va, vb)
+        np.testing.assert_array_equal(da, db)
+        assert Ta == Tb
+
+    copy = shard_io.cache_path(cached, "dnn", 3, 1)
+    lo, hi = storage.shard_range(1, SHARD, N_USERS)
+    bad = lists[lo:hi, 2, 2].copy()
+    bad[4, 0] = N_ITEMS + 2
+    good = storage.read_bytes(copy)
+    for broken, match in ((lambda: storage.write_bytes_atomic(copy, good[: len(good) // 2]), "not a readable Arrow IPC.*rebuild round 0"),
+                          (lambda: _put_copy(copy, lo, hi, bad), f"item id {N_ITEMS + 2}"),
+                          (lambda: shard_io.write_state_cache(copy, lo + 1, hi + 1, lists[lo:hi, 2, 2], N_ITEMS), "expected users"),
+                          (lambda: storage.write_bytes_atomic(copy, b""), "not a readable"),
+                          (lambda: os.remove(copy), "missing.*rebuild round 0")):
+        broken()
+        with pytest.raises(InputError, match=f"(?s)states/dnn/state=3/shard-00001.arrow.*{match}"):
+            dkc_round(cached, cfg, 4, 160, f"{cached}/emb4.npz")  # v <= 2 here: E3 is read
+        assert storage.read_manifest(f"{cached}/knowledge/round=4") is None
+        storage.write_bytes_atomic(copy, good)
+    dkc_round(cached, cfg, 4, 160, f"{cached}/emb4.npz")
+
+
+def _put_copy(path: str, lo: int, hi: int, lists: np.ndarray) -> None:
+    """A state copy in the int32 layout holding `lists` as they are (write_state_cache refuses bad ids)."""
+    storage.write_ipc_atomic(path, pa.table({"user": pa.array(np.arange(lo, hi, dtype=np.int32)),
+                                             "items": pa.FixedSizeListArray.from_arrays(pa.array(lists.ravel()),
+                                                                                        lists.shape[1])}))
+
+
+@pytest.mark.parametrize("n_items", [70, 70_000])  # item + 1 as uint16, and int32 past NARROW_MAX_ITEMS
+def test_state_copy_round_trip(tmp_path, n_items):
+    from hetcomp_dist.knowledge import shard_io
+
+    rng = np.random.default_rng(n_items)
+    lists = np.full((37, 12), -1, dtype=np.int32)
+    for i in range(37):
+        m = int(rng.integers(0, 13))  # empty lists, short ones and full ones
+        lists[i, :m] = rng.choice(n_items, m, replace=False)
+    lists[5, :12] = np.arange(n_items - 12, n_items)  # the largest ids
+    path = f"{tmp_path}/s.arrow"
+    shard_io.write_state_cache(path, 100, 137, lists, n_items)
+    typ = storage.read_ipc(path).schema.field("items").type
+    assert typ.value_type == (pa.uint16() if n_items <= shard_io.NARROW_MAX_ITEMS else pa.int32())
+    np.testing.assert_array_equal(shard_io.read_state_cache(path, 100, 137, np.empty((37, 12), np.int32), n_items), lists)
+    with pytest.raises(InputError, match="fixed_size_list"):
+        shard_io.read_state_cache(path, 100, 137, np.empty((37, 11), np.int32), n_items)
+    with pytest.raises(InputError, match=f"item id {n_items - 1} is outside"):
+        shard_io.read_state_cache(path, 100, 137, np.empty((37, 12), np.int32), n_items - 1)
+    for wrong in (n_items, -2):  # the writer refuses ids it could not store
+        bad = lists.copy()
+        bad[3, 0] = wrong
+        with pytest.raises(ValueError, match="ids in"):
+            shard_io.write_state_cache(f"{tmp_path}/t.arrow", 100, 137, bad, n_items)
+    assert not os.path.exists(f"{tmp_path}/t.arrow")
 
 
 def test_cli(base_run, tmp_path, capsys):

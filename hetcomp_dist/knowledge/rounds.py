@@ -9,6 +9,12 @@ the manifest last. Small runs map in-process (Ray's fixed costs are seconds); fr
 ``knowledge.distributed_min_users`` users on, the same task function runs as a Ray Data map over
 shard ids. Both give identical files.
 
+Round 0 also copies every teacher state shard to RUN/knowledge/states as an lz4 Arrow IPC file
+(``knowledge.cache_states``, on by default; `shard_io.write_state_cache`): every DKC round reads a
+shard's states again, and decoding Parquet lists was most of a round's time. The copies are part of
+round 0 -- made from the files round 0 checked, deleted and remade with it -- so the DKC rounds read
+the teachers' trajectories as round 0 saw them. A round 0 built without them is read from Parquet.
+
 Round 0 lives in RUN/knowledge and is shared by every student. Rounds r >= 1 follow one student's
 rankings: the trainer keeps them in the student's folder (``rounds=`` of `dkc_round`), so students
 trained side by side on one run (the λ grid, `reproduce_table2`, two `distill` commands) never read
@@ -38,8 +44,9 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step_targets, state_means, switch_fired
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
-from hetcomp_dist.knowledge.shard_io import (block, check_ids, knowledge_dir, pos_dir, read_dense, read_lists,
-                                             read_round, round_dir, state_path, teacher_dir, write_round_shard)
+from hetcomp_dist.knowledge.shard_io import (block, cache_path, check_ids, knowledge_dir, pos_dir, read_dense, read_lists,
+                                             read_round, read_state_cache, round_dir, state_path, teacher_dir,
+                                             write_round_shard, write_state_cache)
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
 
 N_STATES = 4  # E1..E4; state index v in 0..3
@@ -74,6 +81,7 @@ class RoundTask:
     emb_path: str = ""
     metric: str = "ip"
     rounds: str | None = None  # where rounds >= 1 live (`shard_io.round_dir`)
+    state_cache: bool = False  # read the teachers' states from round 0's copies (`shard_io.write_state_cache`)
 
     @property
     def kc(self):
@@ -95,6 +103,13 @@ def round0_shard(task: RoundTask, s: int) -> dict:
     observed = []
     for x, name in enumerate(names):
         read_dense(state_path(run, name, 1, s), lo, hi, kc.topk, out=e1[x], n_items=n_items)
+        if task.state_cache:  # every later round reads the states from these copies
+            write_state_cache(cache_path(run, name, 1, s), lo, hi, e1[x], n_items)
+            other = block((n, kc.topk))
+            for e in range(2, N_STATES + 1):
+                write_state_cache(cache_path(run, name, e, s), lo, hi,
+                                  read_dense(state_path(run, name, e, s), lo, hi, kc.topk, out=other, n_items=n_items),
+                                  n_items)
         opath = storage.shard_path(storage.join(teacher_dir(run, name), "observed"), s)
         off, val = read_lists(opath, lo, hi)
         if not np.array_equal(np.diff(off), train.lengths()):
@@ -149,16 +164,20 @@ def needed_states(v: np.ndarray, first: bool) -> list[range]:
 
 
 def read_states(task: RoundTask, s: int, lo: int, hi: int, states: list[range]) -> np.ndarray:
-    """(n, M, S, K) int32 view of shard s's trajectories, teacher x's states states[x] read.
+    """(n, M, S, K) int32 view of shard s's trajectories, teacher x's states states[x] read: from
+    round 0's copies when it made them (`task.state_cache`), else from the teachers' Parquet files.
 
     The buffer is (M, S, n, K): each state file is copied in as one contiguous block; the states not
     read stay uninitialised and are never read by the kernels (`needed_states`).
     """
-    K, n = task.kc.topk, hi - lo
+    K, n, n_items = task.kc.topk, hi - lo, task.data["n_items"]
     buf = block((len(task.names), N_STATES, n, K))
     for x, name in enumerate(task.names):
         for e in states[x]:
-            read_dense(state_path(task.run, name, e + 1, s), lo, hi, K, out=buf[x, e], n_items=task.data["n_items"])
+            if task.state_cache:
+                read_state_cache(cache_path(task.run, name, e + 1, s), lo, hi, buf[x, e], n_items)
+            else:
+                read_dense(state_path(task.run, name, e + 1, s), lo, hi, K, out=buf[x, e], n_items=n_items)
     return buf.transpose(2, 0, 1, 3)
 
 
@@ -342,12 +361,12 @@ def build_round0(run: str, cfg: Config) -> dict:
     storage.delete_dir(knowledge_dir(run))  # every later round depends on round 0
     storage.begin_stage(pos_dir(run))
     storage.begin_stage(round_dir(run, 0))
-    task = RoundTask(run, cfg, names, data, 0)
+    task = RoundTask(run, cfg, names, data, 0, state_cache=cfg.knowledge.cache_states)
     distributed = _distributed(cfg, data["n_users"])
     stats = map_shards("round0", task, distributed)
     storage.write_manifest(pos_dir(run), {"config_hash": h_pos, "pos_k": cfg.knowledge.pos_k, "teachers": list(names),
                                           "n_users": data["n_users"], "shard_size": data["shard_size"]})
-    return _commit(run, cfg, task, stats, h, t0, distributed, {})
+    return _commit(run, cfg, task, stats, h, t0, distributed, {"state_cache": task.state_cache})
 
 
 def _check_embeddings(emb_path: str, data: dict, metric: str) -> None:
@@ -407,7 +426,8 @@ def dkc_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, 
         storage.delete_dir(round_dir(run, j, rounds))
         j += 1
     storage.begin_stage(round_dir(run, round_idx, rounds))
-    task = RoundTask(run, cfg, names, data, int(round_idx), int(epoch), emb_path, metric, rounds)
+    state_cache = bool(storage.read_manifest(round_dir(run, 0)).get("state_cache", False))  # checked by _chain
+    task = RoundTask(run, cfg, names, data, int(round_idx), int(epoch), emb_path, metric, rounds, state_cache)
     distributed = _distributed(cfg, data["n_users"])
     stats = map_shards("dkc", task, distributed)
     return _commit(run, cfg, task, stats, h, t0, distributed, {"first_call": round_idx == 1})

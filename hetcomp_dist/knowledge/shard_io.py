@@ -46,6 +46,67 @@ def state_path(run: str, name: str, e: int, s: int) -> str:
     return storage.shard_path(storage.join(teacher_dir(run, name), f"state={e}"), s)
 
 
+def cache_path(run: str, name: str, e: int, s: int) -> str:
+    """Shard s of the knowledge stage's copy of teacher `name`'s state E_e (`write_state_cache`)."""
+    return storage.join(knowledge_dir(run), "states", name, f"state={e}", f"shard-{s:05d}.arrow")
+
+
+# items + 1 as uint16 (0 = PAD) when every id fits: half the bytes, and lz4 decompresses it ~5x faster
+NARROW_MAX_ITEMS = (1 << 16) - 1
+
+
+def write_state_cache(path: str, lo: int, hi: int, lists: np.ndarray, n_items: int) -> None:
+    """Shard [lo, hi) of a teacher state, (n, K) int32 -1 padded and already checked against n_items,
+    as an lz4 Arrow IPC file: ``user`` int32 and ``items`` fixed_size_list<K> of item + 1 as uint16
+    (n_items <= NARROW_MAX_ITEMS, 0 = PAD) or of the ids as int32 (-1 = PAD).
+
+    Every DKC round reads a shard's states again, and decoding Parquet's list<int32> was most of a
+    round's time: one 50k x 100 state file took 51-57 ms of CPU from Parquet, 9 ms from a uint16 copy
+    and 15 ms from an int32 one (`read_state_cache`; 10 and 16 MB on disk against Parquet's 8.6 MB).
+    """
+    n, K = lists.shape
+    if lists.size and (lists.min() < PAD or lists.max() >= n_items):
+        raise ValueError(f"{path}: the lists must hold ids in [0, {n_items}) or {PAD}, got "
+                         f"[{int(lists.min())}, {int(lists.max())}]")
+    if n_items <= NARROW_MAX_ITEMS:
+        values = pa.array((lists.ravel() + 1).astype(np.uint16))
+    else:
+        values = pa.array(np.ascontiguousarray(lists, dtype=np.int32).ravel())
+    table = pa.table({"user": pa.array(np.arange(lo, hi, dtype=np.int32)),
+                      "items": pa.FixedSizeListArray.from_arrays(values, K)})
+    storage.write_ipc_atomic(path, table)
+
+
+def read_state_cache(path: str, lo: int, hi: int, out: np.ndarray, n_items: int) -> np.ndarray:
+    """`read_dense` of a `write_state_cache` file: its lists into out (hi-lo, K) int32, -1 padded,
+    checked (users, K, item ids < n_items) with an InputError naming the file."""
+    fix = "delete RUN/knowledge and rebuild round 0 (the copies of the teachers' states are made there)"
+    t = storage.read_ipc(path, fix)
+    n, K = out.shape
+    typ = t.schema.field("items").type if "items" in t.column_names else None
+    if (typ is None or "user" not in t.column_names or not pa.types.is_fixed_size_list(typ)
+            or typ.list_size != K or typ.value_type not in (pa.uint16(), pa.int32())):
+        raise InputError(path, f"expected columns user, items: fixed_size_list<uint16 or int32, {K}>, got {t.schema}", fix)
+    user = t.column("user")
+    if t.num_rows != n or (n and (user[0].as_py() != lo or user[-1].as_py() != hi - 1)):
+        raise InputError(path, f"expected users [{lo}, {hi}) one row each, got {t.num_rows} rows", fix)
+    if n == 0:
+        return out
+    col = t.column("items").combine_chunks() if t.column("items").num_chunks != 1 else t.column("items").chunk(0)
+    flat = col.flatten()
+    if col.null_count or flat.null_count:
+        raise InputError(path, "null lists or items", fix)
+    values = flat.to_numpy().reshape(n, K)
+    if typ.value_type == pa.uint16():
+        np.subtract(values, 1, out=out, dtype=np.int32)  # 0 (PAD) -> -1
+        top = int(values.max()) - 1
+    else:
+        np.copyto(out, values)
+        top = int(values.max())
+    check_ids(top, n_items, path)
+    return out
+
+
 def read(path: str, columns: list[str]) -> pa.Table:
     """One Parquet file, single-threaded (the dataset reader's thread pool costs more than it saves
     on one-column shards, and a shard task owns one CPU)."""
