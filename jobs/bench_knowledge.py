@@ -22,7 +22,8 @@ later process, Ray workers included); none of that is timed: (a) is preceded by 
 kernels in rounds 0 and 1 of the setup (the targets kernel from the cache at its first use, ~0.1 s).
 
 Ends with one JSON line: speedup_vs_loop (default threads), speedup_vs_loop_1_thread, round_users_per_s_1m,
-peak_rss_gib, and the raw figures (wall and CPU seconds; the load average at start and end).
+peak_rss_gib, and the raw figures (wall and CPU seconds; the load average and `host_thread_scaling`
+at start and end: on a VM whose two vCPUs share a busy core, the default-threads figures drop with it).
 """
 
 from __future__ import annotations
@@ -150,6 +151,29 @@ def shard_inputs(cfg: Config, s: int):
 
 
 # -------------------------------------------------------------------------------------- benches
+def host_thread_scaling(n: int = 20_000_000, repeats: int = 5) -> float:
+    """How much a second thread adds on this host right now: the wall time of one compute-only chunk
+    on 1 thread against two such chunks on 2 threads (2.0 = two free cores; ~1.0 = one core's worth,
+    e.g. a VM's two vCPUs on one busy physical core). The speedup at numba's default threads scales
+    with it; the 1-thread figure does not."""
+    import numba
+
+    @numba.njit(parallel=True, cache=False)
+    def busy(iters, chunks):
+        out = np.zeros(chunks)
+        for c in numba.prange(chunks):
+            x = 0.0
+            for i in range(iters):
+                x += (i * 0.5) % 7.3
+            out[c] = x
+        return out
+
+    busy(10, 2)
+    one = statistics.median(_timed(lambda: busy(n, 1))[0] for _ in range(repeats))
+    two = statistics.median(_timed(lambda: busy(n, 2))[0] for _ in range(repeats))
+    return 2 * one / two
+
+
 def _timed(fn):
     """(wall seconds, CPU seconds of this process, result) of fn()."""
     t0, c0 = time.perf_counter(), time.process_time()
@@ -253,7 +277,9 @@ def main() -> int:
     rounds.tune_malloc()
     if not args.reuse:
         shutil.rmtree(args.workdir, ignore_errors=True)
-    out: dict = {"machine_cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}  # a shared machine: see load
+    out: dict = {"machine_cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0],  # a shared machine: see load
+                 "host_2_thread_scaling_start": host_thread_scaling()}
+    log(STAGE, f"host: a second thread adds {out['host_2_thread_scaling_start']:.2f}x on compute-only work")
     try:
         out["citeulike"] = bench_citeulike(args.workdir, args.repeats)
         if not args.skip_1m:
@@ -262,6 +288,7 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
     out["load_avg_end"] = os.getloadavg()[0]
+    out["host_2_thread_scaling_end"] = host_thread_scaling()
     print(json.dumps({"speedup_vs_loop": round(out["citeulike"]["speedup_vs_loop"], 1),
                       "speedup_vs_loop_1_thread": round(out["citeulike"]["speedup_vs_loop_1_thread"], 1),
                       "round_users_per_s_1m": round(out["one_million"]["round_users_per_s"]) if "one_million" in out else None,
