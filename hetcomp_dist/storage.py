@@ -62,12 +62,12 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
-def shard_name(s: int) -> str:
-    return f"shard-{s:05d}.parquet"
+def shard_name(s: int, suffix: str = ".parquet") -> str:
+    return f"shard-{s:05d}{suffix}"
 
 
-def shard_path(folder: str, s: int) -> str:
-    return join(folder, shard_name(s))
+def shard_path(folder: str, s: int, suffix: str = ".parquet") -> str:
+    return join(folder, shard_name(s, suffix))
 
 
 def n_shards(n_users: int, shard_size: int) -> int:

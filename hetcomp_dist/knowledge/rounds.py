@@ -100,12 +100,12 @@ def round0_shard(task: RoundTask, s: int) -> dict:
     n, M, n_items = hi - lo, len(names), task.data["n_items"]
     train = load_shard(run, "train", s, task.data)
     e1 = block((M, n, kc.topk))
+    other = block((n, kc.topk)) if task.state_cache else None  # E2..E4, one at a time, for their copies
     observed = []
     for x, name in enumerate(names):
         read_dense(state_path(run, name, 1, s), lo, hi, kc.topk, out=e1[x], n_items=n_items)
         if task.state_cache:  # every later round reads the states from these copies
             write_state_cache(cache_path(run, name, 1, s), lo, hi, e1[x], n_items)
-            other = block((n, kc.topk))
             for e in range(2, N_STATES + 1):
                 write_state_cache(cache_path(run, name, e, s), lo, hi,
                                   read_dense(state_path(run, name, e, s), lo, hi, kc.topk, out=other, n_items=n_items),

@@ -48,7 +48,7 @@ def state_path(run: str, name: str, e: int, s: int) -> str:
 
 def cache_path(run: str, name: str, e: int, s: int) -> str:
     """Shard s of the knowledge stage's copy of teacher `name`'s state E_e (`write_state_cache`)."""
-    return storage.join(knowledge_dir(run), "states", name, f"state={e}", f"shard-{s:05d}.arrow")
+    return storage.shard_path(storage.join(knowledge_dir(run), "states", name, f"state={e}"), s, ".arrow")
 
 
 # items + 1 as uint16 (0 = PAD) when every id fits: half the bytes, and lz4 decompresses it ~5x faster
@@ -87,9 +87,7 @@ def read_state_cache(path: str, lo: int, hi: int, out: np.ndarray, n_items: int)
     if (typ is None or "user" not in t.column_names or not pa.types.is_fixed_size_list(typ)
             or typ.list_size != K or typ.value_type not in (pa.uint16(), pa.int32())):
         raise InputError(path, f"expected columns user, items: fixed_size_list<uint16 or int32, {K}>, got {t.schema}", fix)
-    user = t.column("user")
-    if t.num_rows != n or (n and (user[0].as_py() != lo or user[-1].as_py() != hi - 1)):
-        raise InputError(path, f"expected users [{lo}, {hi}) one row each, got {t.num_rows} rows", fix)
+    check_users(t, lo, hi, path, fix)
     if n == 0:
         return out
     col = t.column("items").combine_chunks() if t.column("items").num_chunks != 1 else t.column("items").chunk(0)
@@ -117,13 +115,18 @@ def read(path: str, columns: list[str]) -> pa.Table:
         return pq.ParquetFile(f).read(columns=columns, use_threads=False)
 
 
+def check_users(t: pa.Table, lo: int, hi: int, path: str,
+                fix: str = "the folder is corrupt; delete it and rerun the stage that writes it") -> None:
+    """InputError unless table t (of file `path`) holds users [lo, hi), one row each, in order of its ends."""
+    user = t.column("user")
+    if t.num_rows != hi - lo or (t.num_rows and (user[0].as_py() != lo or user[-1].as_py() != hi - 1)):
+        raise InputError(path, f"expected users [{lo}, {hi}) one row each, got {t.num_rows} rows", fix)
+
+
 def read_lists(path: str, lo: int, hi: int, column: str = "items") -> tuple[np.ndarray, np.ndarray]:
     """CSR (offsets (n+1,) int64, values int32) of one shard's list column, checked against users [lo, hi)."""
     t = read(path, ["user", column])
-    user = t.column("user")
-    if t.num_rows != hi - lo or (t.num_rows and (user[0].as_py() != lo or user[-1].as_py() != hi - 1)):
-        raise InputError(path, f"expected users [{lo}, {hi}) one row each, got {t.num_rows} rows",
-                         "the folder is corrupt; delete it and rerun the stage that writes it")
+    check_users(t, lo, hi, path)
     return storage.list_to_csr(t.column(column))
 
 
