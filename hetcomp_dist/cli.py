@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from hetcomp_dist import storage
+
+        storage.absolute_args(args)  # here, in the driver: Ray workers have working directories of their own
         return int(args._module.run(args) or 0)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -307,8 +307,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Config from an optional YAML file plus overrides; every field checked."""
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (), run: str | None = None) -> Config:
+    """Config from an optional YAML file plus overrides (then `run`, taken verbatim, when given); every
+    field checked, local paths made absolute."""
     raw: dict = {}
     if path:
         from hetcomp_dist import storage
@@ -321,7 +322,17 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
             raise InputError(path, f"not valid YAML ({e})") from e
         if not isinstance(raw, dict):
             raise InputError(path, "the top level must be a mapping of sections")
-    return from_dict(Config, apply_overrides(raw, list(overrides)))
+    cfg = from_dict(Config, apply_overrides(raw, list(overrides)))
+    return with_absolute_paths(cfg if run is None else dataclasses.replace(cfg, run=run))
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """`cfg` with its local paths (``run``, ``data.input``) absolute: done in the driver, before Ray
+    workers, whose working directories differ, see them (`storage.absolute`)."""
+    from hetcomp_dist import storage
+
+    data = dataclasses.replace(cfg.data, input=storage.absolute(cfg.data.input, where="data.input"))
+    return dataclasses.replace(cfg, run=storage.absolute(cfg.run, output=True, where="run"), data=data)
 
 
 def student_lr(s: StudentConfig, where: str = "student.method_lr") -> float:

@@ -11,7 +11,6 @@ output landed and turns any failure into a non-zero exit whose last line is the 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import traceback
@@ -74,13 +73,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """The typed config: file, the smoke preset, the overrides, then --input/--format/--out verbatim."""
     from hetcomp_dist import pipeline
 
+    from hetcomp_dist import storage
+
     smoke = list(SMOKE) if args.smoke else []
-    cfg = pipeline.config_from_args(argparse.Namespace(**{**vars(args), "overrides": smoke + list(args.overrides)}))
-    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ and "://" not in cfg.run and not os.path.isabs(cfg.run):
-        # a submitted job runs in Ray's temporary copy of the working dir, deleted with the job
-        raise InputError(f"--out {cfg.run}", "a relative RUN inside a submitted job would land in the job's "
-                         "temporary working-dir copy", "pass an absolute path (one machine) or an s3:// / gs:// URI")
-    return cfg
+    storage.absolute_args(args)  # in the driver: Ray workers have working directories of their own
+    return pipeline.config_from_args(argparse.Namespace(**{**vars(args), "overrides": smoke + list(args.overrides)}))
 
 
 def init_ray() -> None:

@@ -113,11 +113,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Config file + key=value overrides, then --input/--format/--out (taken verbatim, never YAML-parsed)."""
-    cfg = load_config(args.config, list(args.overrides))
     if args.input and not args.format:
         raise InputError("--format", "an --input needs its --format", "add --format citeulike|csv|parquet")
+    cfg = load_config(args.config, list(args.overrides), run=args.out or None)
     data = dataclasses.replace(cfg.data, input=args.input or cfg.data.input, format=args.format or cfg.data.format)
-    return validate(dataclasses.replace(cfg, run=args.out or cfg.run, data=data))
+    return validate(dataclasses.replace(cfg, data=data))
 
 
 def run(args: argparse.Namespace) -> int:

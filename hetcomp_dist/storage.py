@@ -55,6 +55,41 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
+def in_submitted_job() -> bool:
+    """True inside a ``ray job submit`` entrypoint, whose working directory is Ray's temporary copy."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def absolute(path: str | None, *, output: bool = False, where: str = "path") -> str | None:
+    """`path` made absolute against this process's working directory; URIs and "" / None unchanged.
+
+    Called in the driver, before any Ray task, actor or Train worker sees the path: they run in
+    working directories of their own. A relative output path inside a submitted job is refused, since
+    it would land in the job's temporary copy of the working directory, deleted with the job.
+    """
+    if not path or is_uri(path):
+        return path
+    if output and not os.path.isabs(path) and in_submitted_job():
+        raise InputError(f"{where} {path}", "a relative output path inside a submitted job would land in the job's "
+                         "temporary working-dir copy", "pass an absolute path (one machine) or an s3:// / gs:// URI")
+    return os.path.abspath(path)
+
+
+# option name -> True where the command writes there; every local path a command takes is one of these
+PATH_OPTIONS: dict[str, bool] = {"run": True, "out": True, "save_topk": True, "metrics_out": True,
+                                 "input": False, "config": False, "embeddings": False, "emb": False,
+                                 "users": False, "exclude": False, "only": False}
+
+
+def absolute_args(args: Any) -> Any:
+    """Makes every path option of a parsed command line absolute (see `absolute`), in place."""
+    for name, output in PATH_OPTIONS.items():
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, absolute(value, output=output, where="--" + name.replace("_", "-")))
+    return args
+
+
 def join(base: str, *parts: str) -> str:
     out = base.rstrip("/")
     for p in parts:

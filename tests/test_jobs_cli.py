@@ -3,6 +3,7 @@ recipe's path handling -- without starting Ray."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -26,12 +27,12 @@ def _cfg(*argv: str) -> Config:
 
 def test_smoke_preset_then_overrides_then_out():
     default = _cfg()
-    assert default == Config()
+    assert default == dataclasses.replace(Config(), run=os.path.abspath(Config().run))
     smoke = _cfg("--smoke")
     assert (smoke.data.format, smoke.synth.users, smoke.pipeline.students) == ("synthetic", 160, ("mf",))
     assert _cfg("--smoke", "synth.users=200").synth.users == 200  # the user's override wins
-    # --out is taken verbatim, never parsed as YAML (a path is not a number or null)
-    assert _cfg("--out", "123").run == "123" and _cfg("--out", "null").run == "null"
+    # --out is never parsed as YAML (a path is not a number or null); a local one is made absolute here
+    assert _cfg("--out", "123").run == os.path.abspath("123") and _cfg("--out", "null").run == os.path.abspath("null")
     cfg = _cfg("--input", "s3://b/users.dat", "--format", "citeulike", "--out", "s3://b/run")
     assert (cfg.data.input, cfg.data.format, cfg.run) == ("s3://b/users.dat", "citeulike", "s3://b/run")
     with pytest.raises(InputError, match="student.nope"):
@@ -40,10 +41,13 @@ def test_smoke_preset_then_overrides_then_out():
 
 def test_a_relative_run_is_refused_inside_a_submitted_job(monkeypatch, tmp_path):
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
-    assert _cfg("--out", "runs/x").run == "runs/x"  # fine from a shell
+    monkeypatch.chdir(tmp_path)
+    assert _cfg("--out", "runs/x").run == str(tmp_path / "runs/x")  # fine from a shell: made absolute
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets for a submitted job
-    with pytest.raises(InputError, match="relative RUN"):
+    with pytest.raises(InputError, match="relative output path"):
         _cfg("--out", "runs/x")
+    with pytest.raises(InputError, match="relative output path"):
+        _cfg("run=runs/x")  # the config's own run, too
     assert _cfg("--out", str(tmp_path)).run == str(tmp_path)
     assert _cfg("--out", "s3://bucket/run").run == "s3://bucket/run"
 

@@ -10,10 +10,9 @@ same inputs is returned without recomputing.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
-from hetcomp_dist.config import load_config, validate
+from hetcomp_dist.config import load_config
 
 HELP = "Build knowledge round 0 (P+, E1 targets) or one DKC round from a student's embeddings"
 
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from hetcomp_dist.errors import InputError
     from hetcomp_dist.knowledge.rounds import build_round0, dkc_round
 
-    cfg = validate(dataclasses.replace(load_config(args.config, list(args.overrides)), run=args.run))
+    cfg = load_config(args.config, list(args.overrides), run=args.run)
     if args.round == 0:
         manifest = build_round0(cfg.run, cfg)
     else:

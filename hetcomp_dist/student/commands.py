@@ -13,7 +13,6 @@ N@10, R@50, N@50, wall time and the output folder (baselines: the λ_KD chosen o
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 HELP = "Train a dimension-6 student (HetComp or a baseline) with Ray Train DDP"
@@ -28,12 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hetcomp_dist.config import load_config, validate
+    from hetcomp_dist.config import load_config
     from hetcomp_dist.data.dataset import load_manifest
     from hetcomp_dist.student.trainer import train_student
 
     overrides = [*args.overrides, f"student.method={args.method}", f"student.model={args.student}"]
-    cfg = validate(dataclasses.replace(load_config(args.config, overrides), run=args.run))
+    cfg = load_config(args.config, overrides, run=args.run)
     load_manifest(cfg.run)  # bad input fails here, before a Ray instance is started
     if cfg.student.num_workers > 0:
         import ray

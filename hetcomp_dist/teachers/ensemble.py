@@ -108,12 +108,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Config file + overrides, then --run and --teachers; every field checked."""
-    cfg = load_config(args.config, list(args.overrides))
+    cfg = load_config(args.config, list(args.overrides), run=args.run)
     teachers = cfg.teachers
     if getattr(args, "teachers", None):
         names = tuple(n.strip() for n in args.teachers.split(",") if n.strip())
         teachers = dataclasses.replace(teachers, names=names)
-    return validate(dataclasses.replace(cfg, run=args.run, teachers=teachers))
+    return validate(dataclasses.replace(cfg, teachers=teachers))
 
 
 def run(args: argparse.Namespace) -> int:
