@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -61,7 +62,9 @@ class SynthConfig:
 class EvalConfig:
     ks: tuple[int, ...] = (10, 50)
     batch_size: int = 4096  # users per retrieval batch
-    index: str = "flat"  # flat (exact FAISS) | blocked (exact FAISS, norm-pruned) | pruned (exact torch) | ivf | hnsw
+    index: str = (
+        "flat"  # flat (exact FAISS) | blocked (exact FAISS, norm-pruned) | pruned (exact torch) | ivf | hnsw
+    )
     ivf_nlist: int = 1024
     ivf_nprobe: int = 32
     hnsw_m: int = 32
@@ -161,7 +164,9 @@ class StudentConfig:
     method: str = "hetcomp"  # hetcomp | wokd | rd | rrd | mtd | cldrd | dcd
     dim: int = 6
     lr: float = 1e-3
-    method_lr: tuple[str, ...] = ()  # per-method learning rates "method=lr" (e.g. "wokd=0.001"); others use lr
+    method_lr: tuple[
+        str, ...
+    ] = ()  # per-method learning rates "method=lr" (e.g. "wokd=0.001"); others use lr
     weight_decay: float = 1e-5
     batch_size: int = 1024  # train interactions per batch (its unique users are used)
     max_epochs: int = 1000
@@ -186,7 +191,9 @@ class StudentConfig:
     ml_max_norm: float = 1.0  # ML student's rows renormalised into this ball after each step, where the
     # objective trains CML's hinge (w/o KD, baselines; not HetComp: objectives.model_config); 0 = off
     dnn_hidden: tuple[int, ...] = (12,)  # DNN student's tower hidden widths (dim -> hidden... -> dim)
-    dnn_residual: bool = True  # DNN student: towers add their input back (a_u = e_u + f(e_u)); False = plain towers
+    dnn_residual: bool = (
+        True  # DNN student: towers add their input back (a_u = e_u + f(e_u)); False = plain towers
+    )
     tail_chunk: int = 0  # items per block of the exact tail sums; 0 = auto (CPU: L2-sized, GPU: all)
     threads_per_worker: int = 0  # torch threads per Train worker; 0 = max(1, floor(cpus_per_worker))
     max_failures: int = 3  # Ray Train FailureConfig: worker-group restarts from the last checkpoint
@@ -203,7 +210,11 @@ class BaselinesConfig:
     rd_warmup: int = 10  # RD: the dynamic weight applies after this many epochs
     rd_samples: int = 100  # RD: random items for the student's rank estimate r_hat
     mtd_entropy: float = 0.01  # MTD: weight of the entropy bonus on the per-user teacher weights
-    cldrd_stages: tuple[tuple[int, ...], ...] = ((5, 12, 13), (10, 10, 10), (20, 5, 5))  # (fine, coarse, negatives)
+    cldrd_stages: tuple[tuple[int, ...], ...] = (
+        (5, 12, 13),
+        (10, 10, 10),
+        (20, 5, 5),
+    )  # (fine, coarse, negatives)
     cldrd_patience: int = 1  # CL-DRD: evaluations without a new best valid R@50 before the next stage
     dcd_eps: float = 10.0  # DCD: weight tanh(|rank gap| / eps)
     rank_block: int = 512  # DCD: users per scoring block when refreshing the student's ranks
@@ -307,7 +318,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (), run: str | None = None) -> Config:
+def load_config(
+    path: str | None = None, overrides: list[str] | tuple[str, ...] = (), run: str | None = None
+) -> Config:
     """Config from an optional YAML file plus overrides (then `run`, taken verbatim, when given); every
     field checked, local paths made absolute."""
     raw: dict = {}
@@ -350,14 +363,19 @@ def student_lr(s: StudentConfig, where: str = "student.method_lr") -> float:
         except ValueError:
             lr = float("nan")
         if method not in STUDENT_METHODS or not lr > 0 or method in lrs:
-            raise InputError(f"{where}[{i}]", f"{entry!r} is not a unique 'method=lr' with lr > 0 and method "
-                             f"one of {', '.join(STUDENT_METHODS)}", "e.g. student.method_lr=[wokd=0.001]")
+            raise InputError(
+                f"{where}[{i}]",
+                f"{entry!r} is not a unique 'method=lr' with lr > 0 and method "
+                f"one of {', '.join(STUDENT_METHODS)}",
+                "e.g. student.method_lr=[wokd=0.001]",
+            )
         lrs[method] = lr
     return lrs.get(s.method, s.lr)
 
 
 def validate(cfg: Config, where: str = "config") -> Config:
     """Checks value ranges and choices that types alone cannot."""
+
     def choice(name: str, value: str, options: tuple[str, ...]) -> None:
         if value not in options:
             raise InputError(f"{where}.{name}", f"{value!r} is not one of {', '.join(options)}")
@@ -384,16 +402,23 @@ def validate(cfg: Config, where: str = "config") -> Config:
             if getattr(t, key) < 0:
                 raise InputError(f"{where}.teachers.{name}.{key}", "must be >= 0 (0 = the shared value)")
         if (t.max_epochs or cfg.teachers.max_epochs) < eval_every:
-            raise InputError(f"{where}.teachers.{name}.max_epochs", f"below eval_every={eval_every}",
-                             "a teacher needs at least one evaluation")
+            raise InputError(
+                f"{where}.teachers.{name}.max_epochs",
+                f"below eval_every={eval_every}",
+                "a teacher needs at least one evaluation",
+            )
         if eval_every % snapshot_every:
-            raise InputError(f"{where}.teachers.{name}.snapshot_every",
-                             f"{snapshot_every} does not divide eval_every={eval_every}",
-                             "every evaluated epoch must have a snapshot (E4 is the best evaluation)")
+            raise InputError(
+                f"{where}.teachers.{name}.snapshot_every",
+                f"{snapshot_every} does not divide eval_every={eval_every}",
+                "every evaluated epoch must have a snapshot (E4 is the best evaluation)",
+            )
     choice("knowledge.d_variant", cfg.knowledge.d_variant, ("code", "paper"))
     choice("knowledge.move_rule", cfg.knowledge.move_rule, ("code", "paper"))
     if cfg.knowledge.weights and len(cfg.knowledge.weights) != len(cfg.teachers.names):
-        raise InputError(f"{where}.knowledge.weights", f"needs one weight per teacher ({len(cfg.teachers.names)})")
+        raise InputError(
+            f"{where}.knowledge.weights", f"needs one weight per teacher ({len(cfg.teachers.names)})"
+        )
     choice("student.model", cfg.student.model, ("mf", "ml", "dnn"))
     choice("student.method", cfg.student.method, STUDENT_METHODS)
     choice("student.tail", cfg.student.tail, ("exact", "sampled"))
@@ -401,8 +426,11 @@ def validate(cfg: Config, where: str = "config") -> Config:
     b = cfg.baselines
     for i, st in enumerate(b.cldrd_stages):
         if len(st) != 3 or st[0] < 1 or min(st) < 0 or st[0] + st[1] > b.topk:
-            raise InputError(f"{where}.baselines.cldrd_stages[{i}]", f"{list(st)} is not (fine >= 1, coarse, negatives) "
-                             f"with fine + coarse <= baselines.topk={b.topk}")
+            raise InputError(
+                f"{where}.baselines.cldrd_stages[{i}]",
+                f"{list(st)} is not (fine >= 1, coarse, negatives) "
+                f"with fine + coarse <= baselines.topk={b.topk}",
+            )
     if not b.cldrd_stages:
         raise InputError(f"{where}.baselines.cldrd_stages", "needs at least one stage")
     for name in ("topk", "rd_top", "rd_lambda", "rd_samples", "dcd_eps", "cldrd_patience", "rank_block"):
@@ -415,11 +443,17 @@ def validate(cfg: Config, where: str = "config") -> Config:
         positive(f"student.{name}", getattr(cfg.student, name))
         positive(f"teachers.{name}", getattr(cfg.teachers, name))
     st = cfg.student
-    if st.lambda_prune_epoch < 0 or st.lambda_prune_epoch % st.eval_every or (
-            st.lambda_prune_epoch and st.lambda_prune_epoch >= st.max_epochs):
-        raise InputError(f"{where}.student.lambda_prune_epoch",
-                         f"{st.lambda_prune_epoch} is not 0 or a multiple of eval_every={st.eval_every} below "
-                         f"max_epochs={st.max_epochs}", "the candidates are compared at an evaluation")
+    if (
+        st.lambda_prune_epoch < 0
+        or st.lambda_prune_epoch % st.eval_every
+        or (st.lambda_prune_epoch and st.lambda_prune_epoch >= st.max_epochs)
+    ):
+        raise InputError(
+            f"{where}.student.lambda_prune_epoch",
+            f"{st.lambda_prune_epoch} is not 0 or a multiple of eval_every={st.eval_every} below "
+            f"max_epochs={st.max_epochs}",
+            "the candidates are compared at an evaluation",
+        )
     if cfg.knowledge.topk < cfg.knowledge.d_k:
         raise InputError(f"{where}.knowledge.topk", "must be >= knowledge.d_k")
     return cfg

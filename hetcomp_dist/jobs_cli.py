@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from hetcomp_dist.config import Config
 from hetcomp_dist.errors import InputError
@@ -56,28 +56,38 @@ Stage = Callable[[Config, argparse.Namespace], str]
 def parser(description: str) -> argparse.ArgumentParser:
     """The options every job takes; a job adds its own with ``add_arguments``."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="YAML config (local path or s3:// / gs:// URI); "
-                                                    "default: the paper's values")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config (local path or s3:// / gs:// URI); default: the paper's values",
+    )
     p.add_argument("--input", metavar="PATH", help="interactions: local path or s3:// / gs:// URI")
     p.add_argument("--format", choices=("citeulike", "csv", "parquet", "synthetic"), help="input format")
     p.add_argument("--out", metavar="RUN", help="where the run lives (local path, s3:// or gs:// URI)")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny synthetic data and short training (and the stages before this one): "
-                        "a quick end-to-end check")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. student.model=ml teachers.num_cpus=2")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny synthetic data and short training (and the stages before this one): "
+        "a quick end-to-end check",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. student.model=ml teachers.num_cpus=2",
+    )
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The typed config: file, the smoke preset, the overrides, then --input/--format/--out verbatim."""
-    from hetcomp_dist import pipeline
-
-    from hetcomp_dist import storage
+    from hetcomp_dist import pipeline, storage
 
     smoke = list(SMOKE) if args.smoke else []
     storage.absolute_args(args)  # in the driver: Ray workers have working directories of their own
-    return pipeline.config_from_args(argparse.Namespace(**{**vars(args), "overrides": smoke + list(args.overrides)}))
+    return pipeline.config_from_args(
+        argparse.Namespace(**{**vars(args), "overrides": smoke + list(args.overrides)})
+    )
 
 
 def init_ray() -> None:
@@ -96,8 +106,12 @@ def shutdown_ray() -> None:
         ray.shutdown()
 
 
-def run_job(stage: Stage, description: str, argv: list[str] | None = None,
-            add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+def run_job(
+    stage: Stage,
+    description: str,
+    argv: list[str] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
     """Runs one job entrypoint; returns its exit status (0 ok, 2 bad input, 1 any other failure).
 
     Args:

@@ -37,8 +37,12 @@ def free_port() -> int:
 
 def ray_env() -> dict[str, str]:
     """Environment for the head and the CLI: token auth off (loopback only), quiet Ray Data."""
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-            "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 class LocalCluster:
@@ -57,21 +61,36 @@ class LocalCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="hcray-", dir="/tmp")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "LocalCluster":
-        ports = {"--port": free_port(), "--dashboard-port": self.dashboard_port,
-                 "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-                 "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
-                 "--metrics-export-port": free_port(), "--node-manager-port": free_port(),
-                 "--object-manager-port": free_port()}
-        cmd = [shutil.which("ray") or "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-               "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={self.temp_dir}",
-               *(f"{k}={v}" for k, v in ports.items())]
+    def start(self) -> LocalCluster:
+        ports = {
+            "--port": free_port(),
+            "--dashboard-port": self.dashboard_port,
+            "--ray-client-server-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
+        }
+        cmd = [
+            shutil.which("ray") or "ray",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--temp-dir={self.temp_dir}",
+            *(f"{k}={v}" for k, v in ports.items()),
+        ]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
         log = open(os.path.join(self.temp_dir, "head.log"), "wb")
         # own session = own process group: stop() signals exactly this cluster's processes
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ray_env(),
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
@@ -96,8 +115,13 @@ class LocalCluster:
         path = os.path.join(self.temp_dir, "head.log")
         return Path(path).read_text(errors="replace") if os.path.exists(path) else ""
 
-    def submit(self, entrypoint: list[str], working_dir: str | os.PathLike = REPO,
-               capture: bool = False, timeout_s: float | None = None) -> subprocess.CompletedProcess:
+    def submit(
+        self,
+        entrypoint: list[str],
+        working_dir: str | os.PathLike = REPO,
+        capture: bool = False,
+        timeout_s: float | None = None,
+    ) -> subprocess.CompletedProcess:
         """Blocking ``ray job submit --working-dir`` of `entrypoint`; exit 0 = SUCCEEDED, 1 = FAILED.
 
         The job API can answer before the head's dashboard agent has registered (seen on a loaded
@@ -105,12 +129,22 @@ class LocalCluster:
         job. With `capture` such a submission is retried for up to `start_timeout_s` (uncaptured
         output streams to the terminal, where the message is seen and the command can be rerun).
         """
-        cmd = [shutil.which("ray") or "ray", "job", "submit", "--address", self.address,
-               "--working-dir", str(working_dir), "--", *entrypoint]
+        cmd = [
+            shutil.which("ray") or "ray",
+            "job",
+            "submit",
+            "--address",
+            self.address,
+            "--working-dir",
+            str(working_dir),
+            "--",
+            *entrypoint,
+        ]
         deadline = time.monotonic() + self.start_timeout_s
         while True:
-            res = subprocess.run(cmd, cwd=working_dir, env=ray_env(), text=True, timeout=timeout_s,
-                                 capture_output=capture)
+            res = subprocess.run(
+                cmd, cwd=working_dir, env=ray_env(), text=True, timeout=timeout_s, capture_output=capture
+            )
             if not capture or NO_AGENT not in res.stdout + res.stderr or time.monotonic() > deadline:
                 return res
             time.sleep(2.0)
@@ -138,7 +172,7 @@ class LocalCluster:
             self.proc = None
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

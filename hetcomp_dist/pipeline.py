@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from hetcomp_dist.config import Config, load_config, validate
 from hetcomp_dist.errors import InputError
@@ -80,10 +80,17 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
         with _timed("student", cfg.run):
             for model in cfg.pipeline.students:
                 for method in cfg.pipeline.methods:
-                    scfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, model=model, method=method))
+                    scfg = dataclasses.replace(
+                        cfg, student=dataclasses.replace(cfg.student, model=model, method=method)
+                    )
                     res = train_student(cfg.run, scfg)
-                    report.add_result(cfg.run, method, model, res,
-                                      {"best_epoch": res.get("best_epoch"), "wall_s": res.get("wall_s")})
+                    report.add_result(
+                        cfg.run,
+                        method,
+                        model,
+                        res,
+                        {"best_epoch": res.get("best_epoch"), "wall_s": res.get("wall_s")},
+                    )
                     log("pipeline", f"student {method}-{model}: test {res['test']}")
     out = report.report_dir(cfg.run)
     if "report" in stages:
@@ -99,16 +106,23 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-HELP = "run the whole pipeline (ingest -> teachers -> knowledge -> students -> report); finished stages are skipped"
+HELP = (
+    "run the whole pipeline (ingest -> teachers -> knowledge -> students -> report); "
+    "finished stages are skipped"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (every field optional; defaults are the paper's)")
-    p.add_argument("--input", help="interactions: local path or s3:// / gs:// URI (default: built-in synthetic data)")
+    p.add_argument(
+        "--input", help="interactions: local path or s3:// / gs:// URI (default: built-in synthetic data)"
+    )
     p.add_argument("--format", choices=("citeulike", "csv", "parquet", "synthetic"), help="input format")
     p.add_argument("--out", help="RUN folder or URI (default: config 'run')")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. student.model=ml")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. student.model=ml"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -116,7 +130,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.input and not args.format:
         raise InputError("--format", "an --input needs its --format", "add --format citeulike|csv|parquet")
     cfg = load_config(args.config, list(args.overrides), run=args.out or None)
-    data = dataclasses.replace(cfg.data, input=args.input or cfg.data.input, format=args.format or cfg.data.format)
+    data = dataclasses.replace(
+        cfg.data, input=args.input or cfg.data.input, format=args.format or cfg.data.format
+    )
     return validate(dataclasses.replace(cfg, data=data))
 
 

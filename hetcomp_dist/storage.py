@@ -16,8 +16,9 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, is_dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +46,7 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     """
     if is_uri(path):
         if path.startswith("file://"):
-            return pafs.LocalFileSystem(), path[len("file://"):]
+            return pafs.LocalFileSystem(), path[len("file://") :]
         if path.startswith("s3://"):
             # small files (manifests, JSON, small shards) go up in one PutObject instead of a
             # three-request multipart upload; errors still surface before the atomic rename
@@ -70,15 +71,29 @@ def absolute(path: str | None, *, output: bool = False, where: str = "path") -> 
     if not path or is_uri(path):
         return path
     if output and not os.path.isabs(path) and in_submitted_job():
-        raise InputError(f"{where} {path}", "a relative output path inside a submitted job would land in the job's "
-                         "temporary working-dir copy", "pass an absolute path (one machine) or an s3:// / gs:// URI")
+        raise InputError(
+            f"{where} {path}",
+            "a relative output path inside a submitted job would land in the job's "
+            "temporary working-dir copy",
+            "pass an absolute path (one machine) or an s3:// / gs:// URI",
+        )
     return os.path.abspath(path)
 
 
 # option name -> True where the command writes there; every local path a command takes is one of these
-PATH_OPTIONS: dict[str, bool] = {"run": True, "out": True, "save_topk": True, "metrics_out": True,
-                                 "input": False, "config": False, "embeddings": False, "emb": False,
-                                 "users": False, "exclude": False, "only": False}
+PATH_OPTIONS: dict[str, bool] = {
+    "run": True,
+    "out": True,
+    "save_topk": True,
+    "metrics_out": True,
+    "input": False,
+    "config": False,
+    "embeddings": False,
+    "emb": False,
+    "users": False,
+    "exclude": False,
+    "only": False,
+}
 
 
 def absolute_args(args: Any) -> Any:
@@ -153,7 +168,9 @@ def read_bytes(path: str) -> bytes:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+    write_bytes_atomic(
+        path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
+    )
 
 
 def read_json(path: str) -> Any:
@@ -183,13 +200,17 @@ def write_ipc_atomic(path: str, table: pa.Table, compression: str | None = "lz4"
     fs, p = resolve(path)
     fs.create_dir(p.rpartition("/")[0], recursive=True)
     tmp = _tmp_name(p)
-    with fs.open_output_stream(tmp) as f, ipc.new_file(f, table.schema,
-                                                       options=ipc.IpcWriteOptions(compression=compression)) as w:
+    with (
+        fs.open_output_stream(tmp) as f,
+        ipc.new_file(f, table.schema, options=ipc.IpcWriteOptions(compression=compression)) as w,
+    ):
         w.write_table(table)
     fs.move(tmp, p)
 
 
-def read_ipc(path: str, fix: str = "the folder is corrupt; delete it and rerun the stage that writes it") -> pa.Table:
+def read_ipc(
+    path: str, fix: str = "the folder is corrupt; delete it and rerun the stage that writes it"
+) -> pa.Table:
     """An Arrow IPC file written by `write_ipc_atomic`; a missing or unreadable one is an InputError
     naming it, with `fix`."""
     import pyarrow.ipc as ipc
@@ -222,7 +243,9 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(read_bytes(path)), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except ValueError as e:
-        raise InputError(path, f"not a readable .npz of numeric arrays ({e})", "save plain arrays with numpy.savez") from e
+        raise InputError(
+            path, f"not a readable .npz of numeric arrays ({e})", "save plain arrays with numpy.savez"
+        ) from e
 
 
 # ------------------------------------------------------------------------------------- manifests
@@ -278,12 +301,14 @@ def list_to_csr(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray
     col = col.cast(pa.large_list(pa.int32())) if not pa.types.is_large_list(col.type) else col
     offsets = col.offsets.to_numpy().astype(np.int64)
     values = col.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    return offsets - offsets[0], values[offsets[0]: offsets[-1]]
+    return offsets - offsets[0], values[offsets[0] : offsets[-1]]
 
 
 def csr_to_list(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
     """list<int32> array from CSR offsets/values."""
-    return pa.ListArray.from_arrays(pa.array(np.asarray(offsets, dtype=np.int32)), pa.array(np.asarray(values, dtype=np.int32)))
+    return pa.ListArray.from_arrays(
+        pa.array(np.asarray(offsets, dtype=np.int32)), pa.array(np.asarray(values, dtype=np.int32))
+    )
 
 
 def dense_to_list(mat: np.ndarray, pad: int = -1) -> pa.Array:
@@ -296,7 +321,9 @@ def dense_to_list(mat: np.ndarray, pad: int = -1) -> pa.Array:
     return csr_to_list(offsets, mat[keep])
 
 
-def csr_to_dense(offsets: np.ndarray, values: np.ndarray, width: int | None = None, pad: int = -1) -> np.ndarray:
+def csr_to_dense(
+    offsets: np.ndarray, values: np.ndarray, width: int | None = None, pad: int = -1
+) -> np.ndarray:
     """(n, width) matrix of a CSR list column, rows right-padded with `pad` (truncated to width)."""
     lengths = np.diff(offsets)
     n = len(lengths)
@@ -323,7 +350,11 @@ def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
     fs, p = resolve(folder)
     infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     base = folder.rstrip("/")
-    return sorted(join(base, i.base_name) for i in infos if i.base_name.endswith(suffix) and not i.base_name.startswith("."))
+    return sorted(
+        join(base, i.base_name)
+        for i in infos
+        if i.base_name.endswith(suffix) and not i.base_name.startswith(".")
+    )
 
 
 def iter_shards(folder: str, n_users: int, shard_size: int) -> Iterable[tuple[int, int, int]]:

@@ -49,7 +49,9 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # a checkout without pip install
 
 import numpy as np  # noqa: E402
 
@@ -68,8 +70,10 @@ def embeddings(args, m: dict) -> tuple[np.ndarray, np.ndarray]:
     n_users, n_items, dim = m["n_users"], m["n_items"], args.dim
     rng = np.random.default_rng(0)
     if args.emb == "gaussian":
-        return (rng.standard_normal((n_users, dim), dtype=np.float32),
-                rng.standard_normal((n_items, dim), dtype=np.float32))
+        return (
+            rng.standard_normal((n_users, dim), dtype=np.float32),
+            rng.standard_normal((n_items, dim), dtype=np.float32),
+        )
     path = f"{args.run.rstrip('/')}-emb-{args.emb}-d{dim}.npz"
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as z:
@@ -142,11 +146,13 @@ def run_bruteforce(args, m: dict) -> dict:
         a, b = max(lo, args.lo), min(hi, args.hi)
         if a >= b:
             continue
-        parts = {name: load_shard(args.run, name, s, m).rows(a - lo, b - lo) for name in ("train", "valid", "test")}
+        parts = {
+            name: load_shard(args.run, name, s, m).rows(a - lo, b - lo) for name in ("train", "valid", "test")
+        }
         for b0 in range(0, b - a, batch):
             b1 = min(b0 + batch, b - a)
             sub = {name: part.rows(b0, b1) for name, part in parts.items()}
-            scores = torch.from_numpy(U[a + b0: a + b1]) @ Vt  # (B, n_items)
+            scores = torch.from_numpy(U[a + b0 : a + b1]) @ Vt  # (B, n_items)
             ev = (sub["valid"].lengths() > 0) & (sub["test"].lengths() > 0)
             for split, other in (("valid", "test"), ("test", "valid")):
                 sc = scores.clone()
@@ -184,7 +190,7 @@ def _result(stdout: str, rc: int) -> dict:
     if rc != 0:
         raise RuntimeError(f"bench child failed with exit code {rc}")
     line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def spawn(path: str, args, n: int, m: dict) -> dict:
@@ -193,10 +199,22 @@ def spawn(path: str, args, n: int, m: dict) -> dict:
     from hetcomp_dist.evaluation.metrics import MetricSums
 
     cuts = np.linspace(0, n, args.threads + 1).astype(int)
-    base = [sys.executable, os.path.abspath(__file__), "--child", path, "--run", args.run, "--dim", str(args.dim),
-            "--emb", args.emb]
-    procs = [subprocess.Popen(base + ["--lo", str(lo), "--hi", str(hi)], stdout=subprocess.PIPE, text=True)
-             for lo, hi in zip(cuts[:-1], cuts[1:])]
+    base = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        path,
+        "--run",
+        args.run,
+        "--dim",
+        str(args.dim),
+        "--emb",
+        args.emb,
+    ]
+    procs = [
+        subprocess.Popen(base + ["--lo", str(lo), "--hi", str(hi)], stdout=subprocess.PIPE, text=True)
+        for lo, hi in zip(cuts[:-1], cuts[1:])
+    ]
     parts = [_result(p.communicate()[0], p.returncode) for p in procs]
     wall = max(r["t1"] for r in parts) - min(r["t0"] for r in parts)
     cpu = sum(r["cpu_s"] for r in parts)
@@ -206,10 +224,17 @@ def spawn(path: str, args, n: int, m: dict) -> dict:
         for r in parts:
             total.merge(MetricSums.from_state(r["sums"][split], (10, 50)))
         metrics[split] = total.means()
-    return {"users_per_s": n / wall, "users_per_cpu_s": n / cpu, "wall_s": wall, "cpu_s": cpu, "metrics": metrics,
-            "peak_rss_gib": max(r["peak_rss_gib"] for r in parts), "processes": len(parts),
-            "warmup_s": max(r["warmup_s"] for r in parts),
-            "scanned_fraction": sum(r["scanned"] for r in parts) / (n * m["n_items"])}
+    return {
+        "users_per_s": n / wall,
+        "users_per_cpu_s": n / cpu,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "metrics": metrics,
+        "peak_rss_gib": max(r["peak_rss_gib"] for r in parts),
+        "processes": len(parts),
+        "warmup_s": max(r["warmup_s"] for r in parts),
+        "scanned_fraction": sum(r["scanned"] for r in parts) / (n * m["n_items"]),
+    }
 
 
 def main() -> None:
@@ -218,10 +243,16 @@ def main() -> None:
     p.add_argument("--users", type=int, default=1_000_000)
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=6)
-    p.add_argument("--emb", choices=("gaussian", "popnorm"), default="gaussian",
-                   help="embeddings: i.i.d. normal, or item norms growing with popularity (like trained ones)")
+    p.add_argument(
+        "--emb",
+        choices=("gaussian", "popnorm"),
+        default="gaussian",
+        help="embeddings: i.i.d. normal, or item norms growing with popularity (like trained ones)",
+    )
     p.add_argument("--faiss-users", type=int, default=0, help="users of the two FAISS paths (0 = all)")
-    p.add_argument("--pruned-users", type=int, default=0, help="users of the pruned torch scan (0 = as FAISS)")
+    p.add_argument(
+        "--pruned-users", type=int, default=0, help="users of the pruned torch scan (0 = as FAISS)"
+    )
     p.add_argument("--bruteforce-users", type=int, default=50_000, help="users of the brute-force subsample")
     p.add_argument("--threads", type=int, default=2, help="worker processes per path, one thread each")
     p.add_argument("--repeats", type=int, default=1)
@@ -245,34 +276,59 @@ def main() -> None:
         for path in PATHS:
             runs[path].append(spawn(path, args, users[path], m))
             r = runs[path][-1]
-            log(STAGE, f"{path}: {r['users_per_s']:,.0f} users/s ({r['users_per_cpu_s']:,.0f} per CPU-s) over "
-                       f"{users[path]:,} users; load average {os.getloadavg()[0]:.1f}")
+            log(
+                STAGE,
+                f"{path}: {r['users_per_s']:,.0f} users/s ({r['users_per_cpu_s']:,.0f} per CPU-s) over "
+                f"{users[path]:,} users; load average {os.getloadavg()[0]:.1f}",
+            )
     ref = runs["bruteforce"][0]["metrics"]
-    diffs = {path: max(abs(common[path]["metrics"][s][k] - ref[s][k]) for s in ref for k in ref[s]) for path in common}
+    diffs = {
+        path: max(abs(common[path]["metrics"][s][k] - ref[s][k]) for s in ref for k in ref[s])
+        for path in common
+    }
     med = lambda name, key: statistics.median(r[key] for r in runs[name])  # noqa: E731
     log(STAGE, f"{'path':14s} {'users/s':>9s} {'per CPU-s':>10s} {'peak RSS GiB':>13s} {'users':>10s}")
     for path in PATHS:
-        log(STAGE, f"{path:14s} {med(path, 'users_per_s'):9,.0f} {med(path, 'users_per_cpu_s'):10,.0f} "
-                   f"{max(r['peak_rss_gib'] for r in runs[path]):13.2f} {users[path]:10,}")
-    figures = {f"{path}_{key}": round(med(path, key), 1) for path in PATHS
-               for key in ("users_per_s", "users_per_cpu_s")}
-    figures.update({f"{path}_peak_rss_gib": round(max(r["peak_rss_gib"] for r in runs[path]), 3) for path in PATHS})
+        log(
+            STAGE,
+            f"{path:14s} {med(path, 'users_per_s'):9,.0f} {med(path, 'users_per_cpu_s'):10,.0f} "
+            f"{max(r['peak_rss_gib'] for r in runs[path]):13.2f} {users[path]:10,}",
+        )
+    figures = {
+        f"{path}_{key}": round(med(path, key), 1)
+        for path in PATHS
+        for key in ("users_per_s", "users_per_cpu_s")
+    }
+    figures.update(
+        {f"{path}_peak_rss_gib": round(max(r["peak_rss_gib"] for r in runs[path]), 3) for path in PATHS}
+    )
     figures.update({f"{path}_users": users[path] for path in PATHS})
     figures.update({f"{path}_warmup_s": round(max(r["warmup_s"] for r in runs[path]), 2) for path in PATHS})
     figures.update({f"{path}_vs_bruteforce_max_abs_diff": diffs[path] for path in diffs})
-    figures.update({
-        "faiss_blocked_scanned_fraction": round(med("faiss_blocked", "scanned_fraction"), 4),
-        "pruned_scanned_fraction": round(med("pruned", "scanned_fraction"), 4),
-        "peak_rss_gib": round(max(r["peak_rss_gib"] for rs in runs.values() for r in rs), 3),
-        "bruteforce_subsample": n_b < m["n_users"], "processes_per_path": args.threads, "threads_per_process": 1,
-        "n_users": m["n_users"], "n_items": m["n_items"], "dim": args.dim, "emb": args.emb, "k": K,
-        "repeats": args.repeats, "metrics_max_abs_diff": max(diffs.values()),
-        "metrics_agree_1e-6": max(diffs.values()) <= 1e-6,
-        "faiss_metrics_first_users": runs["faiss"][0]["metrics"], "load_avg_1m": os.getloadavg()[0],
-    })
+    figures.update(
+        {
+            "faiss_blocked_scanned_fraction": round(med("faiss_blocked", "scanned_fraction"), 4),
+            "pruned_scanned_fraction": round(med("pruned", "scanned_fraction"), 4),
+            "peak_rss_gib": round(max(r["peak_rss_gib"] for rs in runs.values() for r in rs), 3),
+            "bruteforce_subsample": n_b < m["n_users"],
+            "processes_per_path": args.threads,
+            "threads_per_process": 1,
+            "n_users": m["n_users"],
+            "n_items": m["n_items"],
+            "dim": args.dim,
+            "emb": args.emb,
+            "k": K,
+            "repeats": args.repeats,
+            "metrics_max_abs_diff": max(diffs.values()),
+            "metrics_agree_1e-6": max(diffs.values()) <= 1e-6,
+            "faiss_metrics_first_users": runs["faiss"][0]["metrics"],
+            "load_avg_1m": os.getloadavg()[0],
+        }
+    )
     for path in ("faiss", "faiss_blocked", "pruned"):
-        figures[f"{path}_speedup_vs_bruteforce"] = round(figures[f"{path}_users_per_s"]
-                                                         / figures["bruteforce_users_per_s"], 2)
+        figures[f"{path}_speedup_vs_bruteforce"] = round(
+            figures[f"{path}_users_per_s"] / figures["bruteforce_users_per_s"], 2
+        )
     print(json.dumps(figures), flush=True)
 
 

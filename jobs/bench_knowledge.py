@@ -1,6 +1,7 @@
 """Benchmark of the knowledge stage: one DKC round, vectorised vs a plain per-user loop, and at 1M users.
 
-    python jobs/bench_knowledge.py [--workdir DIR] [--users-1m 1000000] [--skip-1m] [--repeats 3] [--keep] [--reuse]
+    python jobs/bench_knowledge.py [--workdir DIR] [--users-1m 1000000] [--skip-1m] [--repeats 3]
+                                   [--keep] [--reuse]
 
 Synthetic inputs in the exact on-storage layout (6 teachers x 4 states x K = 100; `synthesize` for the
 data, `knowledge.synthetic` for the trajectories and a student whose embeddings drift between rounds).
@@ -37,7 +38,9 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # a checkout without pip install
 
 import numpy as np  # noqa: E402
 
@@ -69,10 +72,10 @@ def loop_round(lists, v, d, sigma, prev_targets, epoch, first, p: DKCParams, K: 
         sig = sigma[u, : p.d_k].tolist()
         lu = lists[u].tolist()
 
-        def D(x, s):
+        def D(x, s, lu=lu, sig=sig):  # this user's lists and sigma, bound per iteration
             top = set(lu[x][s][: p.d_k])
             top.discard(-1)
-            missed = sum(w[t] for t, i in enumerate(sig) if i < 0 or i not in top) + sum(w[len(sig):])
+            missed = sum(w[t] for t, i in enumerate(sig) if i < 0 or i not in top) + sum(w[len(sig) :])
             return float(np.float32(missed / ideal))
 
         changed = False
@@ -101,8 +104,9 @@ def loop_round(lists, v, d, sigma, prev_targets, epoch, first, p: DKCParams, K: 
     return v_out, d_out, targets
 
 
-def vector_round(lists, v, d, sigma, prev_targets, epoch, first, p: DKCParams, K: int, n_items: int,
-                 batch: int = 2048):
+def vector_round(
+    lists, v, d, sigma, prev_targets, epoch, first, p: DKCParams, K: int, n_items: int, batch: int = 2048
+):
     """The same round with the library's vectorised functions, in batches of users, given the
     catalogue size like a round (`rounds.dkc_shard`)."""
     n = len(lists)
@@ -111,19 +115,36 @@ def vector_round(lists, v, d, sigma, prev_targets, epoch, first, p: DKCParams, K
     for b0 in range(0, n, batch):
         b1 = min(b0 + batch, n)
         v_out[b0:b1], d_out[b0:b1], _, targets[b0:b1] = dkc_step_targets(
-            lists[b0:b1], v[b0:b1], d[b0:b1], sigma[b0:b1], epoch, first, p, prev_targets[b0:b1], n_items=n_items)
+            lists[b0:b1],
+            v[b0:b1],
+            d[b0:b1],
+            sigma[b0:b1],
+            epoch,
+            first,
+            p,
+            prev_targets[b0:b1],
+            n_items=n_items,
+        )
     return v_out, d_out, targets
 
 
 # ------------------------------------------------------------------------------------------ setup
 def make_run(path: str, users: int, items: int, shard_size: int, mean: float, **knowledge) -> Config:
     """Synthetic data + trajectories + round 0 + round 1 (the first DKC call); returns the config."""
-    cfg = from_dict(Config, {"run": path, "data": {"shard_size": shard_size},
-                             "synth": {"users": users, "items": items, "mean_interactions": mean},
-                             "knowledge": knowledge})
+    cfg = from_dict(
+        Config,
+        {
+            "run": path,
+            "data": {"shard_size": shard_size},
+            "synth": {"users": users, "items": items, "mean_interactions": mean},
+            "knowledge": knowledge,
+        },
+    )
     t0 = time.perf_counter()
     synthesize(path, cfg.synth, cfg.data)  # skipped when committed (--reuse)
-    if storage.read_manifest(f"{path}/teachers/{cfg.teachers.names[-1]}") is None or not storage.exists(f"{path}/emb2.npz"):
+    if storage.read_manifest(f"{path}/teachers/{cfg.teachers.names[-1]}") is None or not storage.exists(
+        f"{path}/emb2.npz"
+    ):
         write_trajectories(path, cfg, seed=1, emb_path=f"{path}/emb0.npz", distributed=users >= 200_000)
         for r in (1, 2):
             perturb_embeddings(f"{path}/emb0.npz", f"{path}/emb{r}.npz", scale=0.5, seed=r)
@@ -182,8 +203,11 @@ def _timed(fn):
 
 
 def _same(a, b) -> bool:
-    return (np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], rtol=0, atol=1e-6, equal_nan=True)
-            and np.array_equal(a[2], b[2]))
+    return (
+        np.array_equal(a[0], b[0])
+        and np.allclose(a[1], b[1], rtol=0, atol=1e-6, equal_nan=True)
+        and np.array_equal(a[2], b[2])
+    )
 
 
 def bench_citeulike(workdir: str, repeats: int) -> dict:
@@ -197,7 +221,9 @@ def bench_citeulike(workdir: str, repeats: int) -> dict:
     n, n_items = len(lists), load_manifest(path)["n_items"]
     threads = numba.get_num_threads()
     # warm-up (untimed): compiles the kernels on a machine's first run, else loads them from numba's cache
-    warm_s, _, _ = _timed(lambda: vector_round(lists[:256], v[:256], d[:256], sigma[:256], prev[:256], 20, False, p, K, n_items))
+    warm_s, _, _ = _timed(
+        lambda: vector_round(lists[:256], v[:256], d[:256], sigma[:256], prev[:256], 20, False, p, K, n_items)
+    )
     runs: dict[str, list] = {"vec": [], "vec_1_thread": [], "loop": []}
 
     def one_thread():
@@ -208,8 +234,11 @@ def bench_citeulike(workdir: str, repeats: int) -> dict:
             numba.set_num_threads(threads)
 
     for _ in range(repeats):  # side by side, alternating, medians (wall and CPU seconds)
-        for name, fn in (("vec", lambda: vector_round(lists, v, d, sigma, prev, 20, False, p, K, n_items)), ("vec_1_thread", one_thread),
-                         ("loop", lambda: loop_round(lists, v, d, sigma, prev, 20, False, p, K))):
+        for name, fn in (
+            ("vec", lambda: vector_round(lists, v, d, sigma, prev, 20, False, p, K, n_items)),
+            ("vec_1_thread", one_thread),
+            ("loop", lambda: loop_round(lists, v, d, sigma, prev, 20, False, p, K)),
+        ):
             runs[name].append(_timed(fn))
     ref = runs["loop"][0][2]
     if not all(_same(r[2], ref) for r in runs["vec"] + runs["vec_1_thread"]):
@@ -217,27 +246,42 @@ def bench_citeulike(workdir: str, repeats: int) -> dict:
     changed = int((ref[0] != v).any(1).sum())
     wall = {k: statistics.median(r[0] for r in x) for k, x in runs.items()}
     cpu = {k: statistics.median(r[1] for r in x) for k, x in runs.items()}
-    log(STAGE, f"CiteULike size: DKC compute vectorised {wall['vec']:.4f}s ({n / wall['vec']:,.0f} users/s, {threads} "
-               f"threads; 1 thread {wall['vec_1_thread']:.4f}s), per-user loop {wall['loop']:.2f}s "
-               f"({n / wall['loop']:,.0f} users/s): {wall['loop'] / wall['vec']:.0f}x "
-               f"({wall['loop'] / wall['vec_1_thread']:.0f}x on 1 thread); {changed} of {n} users changed")
+    log(
+        STAGE,
+        f"CiteULike size: DKC compute vectorised {wall['vec']:.4f}s ({n / wall['vec']:,.0f} users/s, "
+        f"{threads} threads; 1 thread {wall['vec_1_thread']:.4f}s), per-user loop {wall['loop']:.2f}s "
+        f"({n / wall['loop']:,.0f} users/s): {wall['loop'] / wall['vec']:.0f}x "
+        f"({wall['loop'] / wall['vec_1_thread']:.0f}x on 1 thread); {changed} of {n} users changed",
+    )
     rounds.dkc_round(path, cfg, 2, 20, f"{path}/emb2.npz")  # warm-up of the shard path's kernels (untimed)
     storage.delete_dir(rounds.round_dir(path, 2))
     t0 = time.perf_counter()
     m = rounds.dkc_round(path, cfg, 2, 20, f"{path}/emb2.npz")  # the whole in-process round, from storage
     round_wall = time.perf_counter() - t0
     rest = round_wall - m["task_retrieval_s"]
-    return {"users": n, "changed_users": changed, "numba_threads": threads, "warm_up_s": warm_s,
-            "vectorised_compute_s": wall["vec"], "vectorised_compute_1_thread_s": wall["vec_1_thread"],
-            "loop_compute_s": wall["loop"], "speedup_vs_loop": wall["loop"] / wall["vec"],
-            "speedup_vs_loop_1_thread": wall["loop"] / wall["vec_1_thread"],
-            "vectorised_compute_cpu_s": cpu["vec"], "vectorised_compute_1_thread_cpu_s": cpu["vec_1_thread"],
-            "loop_compute_cpu_s": cpu["loop"], "speedup_vs_loop_cpu": cpu["loop"] / cpu["vec"],
-            "speedup_vs_loop_cpu_1_thread": cpu["loop"] / cpu["vec_1_thread"],
-            "round_wall_s": round_wall, "round_retrieval_s": m["task_retrieval_s"], "round_rest_s": rest,
-            "round_users_per_s_without_retrieval": n / rest,
-            "round_rest_cpu_s": m["task_rest_cpu_s"], "round_retrieval_cpu_s": m["task_retrieval_cpu_s"],
-            "speedup_loop_vs_whole_round_without_retrieval": wall["loop"] / rest}
+    return {
+        "users": n,
+        "changed_users": changed,
+        "numba_threads": threads,
+        "warm_up_s": warm_s,
+        "vectorised_compute_s": wall["vec"],
+        "vectorised_compute_1_thread_s": wall["vec_1_thread"],
+        "loop_compute_s": wall["loop"],
+        "speedup_vs_loop": wall["loop"] / wall["vec"],
+        "speedup_vs_loop_1_thread": wall["loop"] / wall["vec_1_thread"],
+        "vectorised_compute_cpu_s": cpu["vec"],
+        "vectorised_compute_1_thread_cpu_s": cpu["vec_1_thread"],
+        "loop_compute_cpu_s": cpu["loop"],
+        "speedup_vs_loop_cpu": cpu["loop"] / cpu["vec"],
+        "speedup_vs_loop_cpu_1_thread": cpu["loop"] / cpu["vec_1_thread"],
+        "round_wall_s": round_wall,
+        "round_retrieval_s": m["task_retrieval_s"],
+        "round_rest_s": rest,
+        "round_users_per_s_without_retrieval": n / rest,
+        "round_rest_cpu_s": m["task_rest_cpu_s"],
+        "round_retrieval_cpu_s": m["task_retrieval_cpu_s"],
+        "speedup_loop_vs_whole_round_without_retrieval": wall["loop"] / rest,
+    }
 
 
 def bench_1m(workdir: str, users: int) -> dict:
@@ -253,14 +297,24 @@ def bench_1m(workdir: str, users: int) -> dict:
     retr, rest = m["task_retrieval_s"], m["task_rest_s"]
     wall_rest = wall * rest / (rest + retr)  # the round's wall time, its retrieval share removed
     cpu = m["task_rest_cpu_s"]
-    return {"users": users, "shards": m["n_shards"], "changed_users": m["changed_users"], "round_wall_s": wall,
-            "task_rest_cpu_s_sum": cpu, "task_retrieval_cpu_s_sum": m["task_retrieval_cpu_s"],
-            # what 2 idle cores would do: the tasks' CPU seconds without retrieval, spread over 2 CPUs
-            "round_users_per_s_2_idle_cores_from_cpu_s": 2 * users / cpu if cpu else None,
-            "task_retrieval_s_sum": retr, "task_rest_s_sum": rest, "round_wall_s_without_retrieval": wall_rest,
-            "round_users_per_s": users / wall_rest, "round_users_per_s_with_retrieval": users / wall,
-            "retrieval_users_per_s": users / (wall - wall_rest), "task_peak_rss_gib": m["task_peak_rss_gib"],
-            "means": m["means"]}
+    return {
+        "users": users,
+        "shards": m["n_shards"],
+        "changed_users": m["changed_users"],
+        "round_wall_s": wall,
+        "task_rest_cpu_s_sum": cpu,
+        "task_retrieval_cpu_s_sum": m["task_retrieval_cpu_s"],
+        # what 2 idle cores would do: the tasks' CPU seconds without retrieval, spread over 2 CPUs
+        "round_users_per_s_2_idle_cores_from_cpu_s": 2 * users / cpu if cpu else None,
+        "task_retrieval_s_sum": retr,
+        "task_rest_s_sum": rest,
+        "round_wall_s_without_retrieval": wall_rest,
+        "round_users_per_s": users / wall_rest,
+        "round_users_per_s_with_retrieval": users / wall,
+        "retrieval_users_per_s": users / (wall - wall_rest),
+        "task_peak_rss_gib": m["task_peak_rss_gib"],
+        "means": m["means"],
+    }
 
 
 def main() -> int:
@@ -270,15 +324,20 @@ def main() -> int:
     ap.add_argument("--skip-1m", action="store_true", help="only the CiteULike-size comparison")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the generated runs")
-    ap.add_argument("--reuse", action="store_true", help="reuse the runs a --keep run left in --workdir (skips setup)")
+    ap.add_argument(
+        "--reuse", action="store_true", help="reuse the runs a --keep run left in --workdir (skips setup)"
+    )
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     rounds.tune_malloc()
     if not args.reuse:
         shutil.rmtree(args.workdir, ignore_errors=True)
-    out: dict = {"machine_cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0],  # a shared machine: see load
-                 "host_2_thread_scaling_start": host_thread_scaling()}
+    out: dict = {
+        "machine_cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg()[0],  # a shared machine: see load
+        "host_2_thread_scaling_start": host_thread_scaling(),
+    }
     log(STAGE, f"host: a second thread adds {out['host_2_thread_scaling_start']:.2f}x on compute-only work")
     try:
         out["citeulike"] = bench_citeulike(args.workdir, args.repeats)
@@ -289,11 +348,22 @@ def main() -> int:
             shutil.rmtree(args.workdir, ignore_errors=True)
     out["load_avg_end"] = os.getloadavg()[0]
     out["host_2_thread_scaling_end"] = host_thread_scaling()
-    print(json.dumps({"speedup_vs_loop": round(out["citeulike"]["speedup_vs_loop"], 1),
-                      "speedup_vs_loop_1_thread": round(out["citeulike"]["speedup_vs_loop_1_thread"], 1),
-                      "round_users_per_s_1m": round(out["one_million"]["round_users_per_s"]) if "one_million" in out else None,
-                      "peak_rss_gib": round(max(peak_rss_gib(), out.get("one_million", {}).get("task_peak_rss_gib", 0)), 2),
-                      **out}, default=float))
+    print(
+        json.dumps(
+            {
+                "speedup_vs_loop": round(out["citeulike"]["speedup_vs_loop"], 1),
+                "speedup_vs_loop_1_thread": round(out["citeulike"]["speedup_vs_loop_1_thread"], 1),
+                "round_users_per_s_1m": round(out["one_million"]["round_users_per_s"])
+                if "one_million" in out
+                else None,
+                "peak_rss_gib": round(
+                    max(peak_rss_gib(), out.get("one_million", {}).get("task_peak_rss_gib", 0)), 2
+                ),
+                **out,
+            },
+            default=float,
+        )
+    )
     return 0
 
 

@@ -13,9 +13,9 @@
    (b) `loop`: a plain per-user loop (each user's row, its masked tail, its terms) -- timed on
        --reference-steps steps and scaled to an epoch.
    Both are checked to give the same loss as the fast path on the same batch; the references are
-   timed on their first steps (dense: 5 x --reference-steps) and scaled to the epoch's step count. Also: an epoch with
-   the sampled tail (4,096 items), and the sampled estimator's bias against the exact tail after
-   training (mean of log Ẑ - log Z over a batch) for several sample sizes.
+   timed on their first steps (dense: 5 x --reference-steps) and scaled to the epoch's step count.
+   Also: an epoch with the sampled tail (4,096 items), and the sampled estimator's bias against the
+   exact tail after training (mean of log Ẑ - log Z over a batch) for several sample sizes.
 2. DDP traffic: `train_student` with 2 gloo workers for one epoch on synthetic runs of
    --ddp-users users (same items); bytes handed to all-reduce per step, from the comm hook, next to
    what the user table would have cost.
@@ -34,14 +34,15 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # a checkout without pip install
 # Before torch loads OpenMP: idle threads sleep instead of spinning. On this shared box spinning
 # threads made 2 threads ~10-30x slower than 1; with passive waits 2 threads were still no faster
 # than 1 (5.9 vs 6.6 s per L_O epoch at load ~4, interleaved), so the default is 1 thread, like a
 # Train worker's default.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -55,8 +56,14 @@ from hetcomp_dist.student.objectives import TrainTask, build_objective  # noqa: 
 from hetcomp_dist.student.toyrun import write_random_knowledge  # noqa: E402
 
 STAGE = "bench_student"
-CITEULIKE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-                         "citeulike", "users.dat")
+CITEULIKE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "..",
+    "shared",
+    "data",
+    "citeulike",
+    "users.dat",
+)
 
 
 # ------------------------------------------------------------------------------------- inputs
@@ -80,7 +87,9 @@ def setup(run: str, switched: bool, tail: str = "exact"):
     cfg = load_config(None, [f"student.tail={tail}"])
     data = RankData.load(run, 0, 1)
     torch.manual_seed(0)
-    task = TrainTask(build_student("mf", data.n_users, data.n_items, cfg.student), build_objective("hetcomp", cfg))
+    task = TrainTask(
+        build_student("mf", data.n_users, data.n_items, cfg.student), build_objective("hetcomp", cfg)
+    )
     targets, pos = knowledge_io.load_round(run, 0, 0, data.n_users)
     task.objective.set_knowledge(0, {"switch": switched, "means": {}}, targets, pos)
     opt = torch.optim.Adam(task.parameters(), lr=cfg.student.lr, weight_decay=cfg.student.weight_decay)
@@ -162,7 +171,9 @@ def bench_citeulike(run: str, repeats: int, ref_steps: int) -> dict:
     time_epoch(task, opt, sampler, 1)  # warm-up (allocator, first-touch)
     lo = [time_epoch(task, opt, sampler, 2 + r) for r in range(repeats)]
     log(STAGE, f"L_O epochs: {[round(x, 2) for x in lo]} s")
-    dense_step = time_steps(task, opt, sampler, 10, lambda b: dense_lo(task, b), min(sampler.steps, 5 * ref_steps))
+    dense_step = time_steps(
+        task, opt, sampler, 10, lambda b: dense_lo(task, b), min(sampler.steps, 5 * ref_steps)
+    )
     log(STAGE, f"dense reference: {dense_step:.3f} s/step over {min(sampler.steps, 5 * ref_steps)} steps")
     loop_step = time_steps(task, opt, sampler, 20, lambda b: loop_lo(task, b), ref_steps)
     log(STAGE, f"per-user loop reference: {loop_step:.2f} s/step over {ref_steps} steps")
@@ -172,11 +183,17 @@ def bench_citeulike(run: str, repeats: int, ref_steps: int) -> dict:
     log(STAGE, f"L_F epochs: {[round(x, 2) for x in lf]} s")
     task_s, opt_s, sampler_s = setup(run, switched=False, tail="sampled")
     sampled = [time_epoch(task_s, opt_s, sampler_s, 1 + r) for r in range(repeats)]
-    out.update(epoch_s_lo=statistics.median(lo), epoch_s_lf=statistics.median(lf),
-               dense_epoch_s_lo=dense_step * sampler.steps, reference_epoch_s_lo=loop_step * sampler.steps,
-               reference_steps_timed=ref_steps, dense_steps_timed=min(sampler.steps, 5 * ref_steps),
-               epoch_s_lo_sampled_4096=statistics.median(sampled),
-               epoch_s_lo_runs=lo, epoch_s_lf_runs=lf)
+    out.update(
+        epoch_s_lo=statistics.median(lo),
+        epoch_s_lf=statistics.median(lf),
+        dense_epoch_s_lo=dense_step * sampler.steps,
+        reference_epoch_s_lo=loop_step * sampler.steps,
+        reference_steps_timed=ref_steps,
+        dense_steps_timed=min(sampler.steps, 5 * ref_steps),
+        epoch_s_lo_sampled_4096=statistics.median(sampled),
+        epoch_s_lo_runs=lo,
+        epoch_s_lf_runs=lf,
+    )
     out["speedup_vs_loop"] = out["reference_epoch_s_lo"] / out["epoch_s_lo"]
     out["speedup_vs_dense"] = out["dense_epoch_s_lo"] / out["epoch_s_lo"]
     out.update(sampled_bias(task, batch))
@@ -191,19 +208,28 @@ def sampled_bias(task: TrainTask, batch, draws: int = 10) -> dict:
     a0, c = m.user_side(batch.users), m.item_side()
     tg = o.targets[batch.rows].long()
     rows = torch.arange(len(batch.users)).repeat_interleave(tg.shape[1])
-    xr, xc = losses.exclusion(torch.cat([batch.train_rows, rows]), torch.cat([batch.train_items, tg.reshape(-1)]),
-                              len(batch.users), c.shape[0])
+    xr, xc = losses.exclusion(
+        torch.cat([batch.train_rows, rows]),
+        torch.cat([batch.train_items, tg.reshape(-1)]),
+        len(batch.users),
+        c.shape[0],
+    )
     g = torch.Generator().manual_seed(0)
     out = {}
     for scale in (1, 4, 16):
         a = a0 * scale
         exact = losses.tail_logsumexp(a, c, xr, xc)
         for n in (256, 1024, 4096, 16384):
-            diff = torch.stack([losses.sampled_tail_logsumexp(a, c, xr, xc, n, g) - exact for _ in range(draws)])
+            diff = torch.stack(
+                [losses.sampled_tail_logsumexp(a, c, xr, xc, n, g) - exact for _ in range(draws)]
+            )
             out[f"sampled_bias_{n}_x{scale}"] = float(diff.mean())
             out[f"sampled_abs_err_{n}_x{scale}"] = float(diff.abs().mean())
-        log(STAGE, f"sampled tail, scores x{scale}: bias (mean log Zhat - log Z) " + ", ".join(
-            f"{n}: {out[f'sampled_bias_{n}_x{scale}']:+.4f}" for n in (256, 1024, 4096, 16384)))
+        log(
+            STAGE,
+            f"sampled tail, scores x{scale}: bias (mean log Zhat - log Z) "
+            + ", ".join(f"{n}: {out[f'sampled_bias_{n}_x{scale}']:+.4f}" for n in (256, 1024, 4096, 16384)),
+        )
     return out
 
 
@@ -219,8 +245,15 @@ def bench_ddp(workdir: str, users: list[int], items: int) -> dict:
     out = {}
     for n in users:
         run = os.path.join(workdir, f"ddp-{n}")
-        over = [f"synth.users={n}", f"synth.items={items}", "synth.mean_interactions=8", "synth.min_interactions=5",
-                "data.shard_size=50000", "student.num_workers=2", "student.max_epochs=1"]
+        over = [
+            f"synth.users={n}",
+            f"synth.items={items}",
+            "synth.mean_interactions=8",
+            "synth.min_interactions=5",
+            "data.shard_size=50000",
+            "student.num_workers=2",
+            "student.max_epochs=1",
+        ]
         cfg = load_config(None, over)
         synthesize(run, cfg.synth, cfg.data)
         write_random_knowledge(run)
@@ -230,8 +263,11 @@ def bench_ddp(workdir: str, users: list[int], items: int) -> dict:
         out[f"user_table_bytes_{n}"] = m["n_users"] * cfg.student.dim * 4
         out[f"steps_per_epoch_{n}"] = res["steps_per_epoch"]
         out[f"train_s_{n}"] = res["train_wall_s"]
-        log(STAGE, f"{n} users: {res['allreduce_bytes_per_step']:.0f} B all-reduced per step "
-                   f"(user table would add {out[f'user_table_bytes_{n}']:,} B), {res['steps_per_epoch']} steps")
+        log(
+            STAGE,
+            f"{n} users: {res['allreduce_bytes_per_step']:.0f} B all-reduced per step "
+            f"(user table would add {out[f'user_table_bytes_{n}']:,} B), {res['steps_per_epoch']} steps",
+        )
     b = [out[f"allreduce_bytes_per_step_{n}"] for n in users]
     out["allreduce_bytes_per_step_ratio"] = b[-1] / b[0]
     return out
@@ -254,19 +290,30 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     os.makedirs(args.workdir, exist_ok=True)
     t0 = time.perf_counter()
-    res = {"threads": args.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "device": "cpu",
-           "load_avg_start": os.getloadavg()[0]}
+    res = {
+        "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "device": "cpu",
+        "load_avg_start": os.getloadavg()[0],
+    }
     if not args.skip_epochs:
         run = citeulike_run(args.workdir, args.citeulike)
         m = storage.read_json(os.path.join(run, "data", "_manifest.json"))
         src = m.get("source")
-        res.update(dataset=src.get("format", "?") if isinstance(src, dict) else str(src), n_users=m["n_users"],
-                   n_items=m["n_items"], n_train=m["n_train"])
+        res.update(
+            dataset=src.get("format", "?") if isinstance(src, dict) else str(src),
+            n_users=m["n_users"],
+            n_items=m["n_items"],
+            n_train=m["n_train"],
+        )
         res.update(bench_citeulike(run, args.repeats, args.reference_steps))
     if not args.skip_ddp:
         res.update(bench_ddp(args.workdir, [int(x) for x in args.ddp_users.split(",")], args.ddp_items))
-    res.update(peak_rss_gib=round(peak_rss_gib(), 3), bench_wall_s=round(time.perf_counter() - t0, 1),
-               load_avg_end=os.getloadavg()[0])
+    res.update(
+        peak_rss_gib=round(peak_rss_gib(), 3),
+        bench_wall_s=round(time.perf_counter() - t0, 1),
+        load_avg_end=os.getloadavg()[0],
+    )
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)
     print(json.dumps(res, sort_keys=True))

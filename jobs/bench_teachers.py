@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # a checkout without pip install
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -36,12 +37,19 @@ from hetcomp_dist.config import load_config  # noqa: E402
 from hetcomp_dist.progress import log, peak_rss_gib  # noqa: E402
 
 STAGE = "bench_teachers"
-CITEULIKE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-                         "citeulike", "users.dat")
+CITEULIKE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "..",
+    "shared",
+    "data",
+    "citeulike",
+    "users.dat",
+)
 
 # the CiteULike settings, chosen on validation R@50 only (see the file's comments)
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hetcomp_dist", "configs",
-                              "citeulike.yaml")
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hetcomp_dist", "configs", "citeulike.yaml"
+)
 KEYS = ("R@10", "N@10", "R@50", "N@50")
 
 
@@ -76,36 +84,71 @@ def main() -> int:
     ensemble_s = time.perf_counter() - t2
     ray.shutdown()
 
-    metrics = {n: storage.read_json(storage.join(teacher_dir(cfg.run, n), "metrics.json")) for n in cfg.teachers.names}
-    head = f"{'model':<9}" + "".join(f"{'test ' + k:>10}" for k in KEYS) + f"{'valid R@50':>11}{'C':>5}{'wall s':>8}{'cpu s':>7}{'peak GiB':>9}"
+    metrics = {
+        n: storage.read_json(storage.join(teacher_dir(cfg.run, n), "metrics.json"))
+        for n in cfg.teachers.names
+    }
+    head = (
+        f"{'model':<9}"
+        + "".join(f"{'test ' + k:>10}" for k in KEYS)
+        + f"{'valid R@50':>11}{'C':>5}{'wall s':>8}{'cpu s':>7}{'peak GiB':>9}"
+    )
     lines = [head, "-" * len(head)]
     for n in cfg.teachers.names:
         m, r = metrics[n], report["teachers"][n]
-        lines.append(f"{n:<9}" + "".join(f"{r['test'][k]:>10.4f}" for k in KEYS)
-                     + f"{r['valid']['R@50']:>11.4f}{m['convergence_epoch']:>5}{m['wall_s']:>8.0f}{m.get('cpu_s', 0):>7.0f}"
-                     f"{m['peak_rss_gib']:>9.2f}")
+        lines.append(
+            f"{n:<9}"
+            + "".join(f"{r['test'][k]:>10.4f}" for k in KEYS)
+            + f"{r['valid']['R@50']:>11.4f}{m['convergence_epoch']:>5}{m['wall_s']:>8.0f}"
+            f"{m.get('cpu_s', 0):>7.0f}{m['peak_rss_gib']:>9.2f}"
+        )
     e = report["ensemble"]
-    lines.append(f"{'ensemble':<9}" + "".join(f"{e['test'][k]:>10.4f}" for k in KEYS) + f"{e['valid']['R@50']:>11.4f}")
+    lines.append(
+        f"{'ensemble':<9}" + "".join(f"{e['test'][k]:>10.4f}" for k in KEYS) + f"{e['valid']['R@50']:>11.4f}"
+    )
     print("\n".join(lines))
     best = max(cfg.teachers.names, key=lambda n: report["teachers"][n]["valid"]["R@50"])  # picked on valid
     best_test = max(report["teachers"][n]["test"]["R@50"] for n in cfg.teachers.names)
-    print(f"data: {data['n_users']} users, {data['n_items']} items, {data['n_train']} train pairs; "
-          f"teachers wall {teachers_s:.0f}s ({'trained ' + ','.join(summary['trained']) if summary['trained'] else 'all cached'}), "
-          f"ensemble {ensemble_s:.1f}s, driver peak {peak_rss_gib():.2f} GiB")
+    print(
+        f"data: {data['n_users']} users, {data['n_items']} items, {data['n_train']} train pairs; "
+        f"teachers wall {teachers_s:.0f}s "
+        f"({'trained ' + ','.join(summary['trained']) if summary['trained'] else 'all cached'}), "
+        f"ensemble {ensemble_s:.1f}s, driver peak {peak_rss_gib():.2f} GiB"
+    )
     out = {
-        "bench": "teachers", "dataset": "citeulike", "n_users": data["n_users"], "n_items": data["n_items"],
-        "teachers_wall_s": round(teachers_s, 1), "ingest_s": round(ingest_s, 1), "ensemble_s": round(ensemble_s, 1),
+        "bench": "teachers",
+        "dataset": "citeulike",
+        "n_users": data["n_users"],
+        "n_items": data["n_items"],
+        "teachers_wall_s": round(teachers_s, 1),
+        "ingest_s": round(ingest_s, 1),
+        "ensemble_s": round(ensemble_s, 1),
         "trained": summary["trained"],
-        "best_valid_teacher": best, "best_single_test_R@50": best_test,
+        "best_valid_teacher": best,
+        "best_single_test_R@50": best_test,
         "ensemble_test_R@50": e["test"]["R@50"],
-        "targets": {"best_single_test_R@50>=0.27": best_test >= 0.27, "ensemble_test_R@50>=0.30": e["test"]["R@50"] >= 0.30,
-                    "wall<=1500s": teachers_s <= 1500},
-        "teachers": {n: {"test": report["teachers"][n]["test"], "valid_R@50": report["teachers"][n]["valid"]["R@50"],
-                         "convergence_epoch": metrics[n]["convergence_epoch"], "epochs": metrics[n]["epochs"],
-                         "state_epochs": metrics[n]["state_epochs"], "wall_s": round(metrics[n]["wall_s"], 1),
-                         "cpu_s": round(metrics[n].get("cpu_s", 0.0), 1),
-                         "peak_rss_gib": round(metrics[n]["peak_rss_gib"], 3)} for n in cfg.teachers.names},
-        "ensemble": e, "driver_peak_rss_gib": round(peak_rss_gib(), 3), "config": args.config, "settings": list(args.overrides),
+        "targets": {
+            "best_single_test_R@50>=0.27": best_test >= 0.27,
+            "ensemble_test_R@50>=0.30": e["test"]["R@50"] >= 0.30,
+            "wall<=1500s": teachers_s <= 1500,
+        },
+        "teachers": {
+            n: {
+                "test": report["teachers"][n]["test"],
+                "valid_R@50": report["teachers"][n]["valid"]["R@50"],
+                "convergence_epoch": metrics[n]["convergence_epoch"],
+                "epochs": metrics[n]["epochs"],
+                "state_epochs": metrics[n]["state_epochs"],
+                "wall_s": round(metrics[n]["wall_s"], 1),
+                "cpu_s": round(metrics[n].get("cpu_s", 0.0), 1),
+                "peak_rss_gib": round(metrics[n]["peak_rss_gib"], 3),
+            }
+            for n in cfg.teachers.names
+        },
+        "ensemble": e,
+        "driver_peak_rss_gib": round(peak_rss_gib(), 3),
+        "config": args.config,
+        "settings": list(args.overrides),
     }
     log(STAGE, "done")
     print(json.dumps(out))

@@ -28,7 +28,9 @@ import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # a checkout without pip install
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -57,8 +59,11 @@ def scratch_run(src: str, dest: str) -> str:
 
 
 def build_rounds(run: str, cfg, emb_early: str, emb: str) -> list[dict]:
-    return [rounds.build_round0(run, cfg), rounds.dkc_round(run, cfg, 1, 10, emb_early),
-            rounds.dkc_round(run, cfg, 2, 20, emb)]
+    return [
+        rounds.build_round0(run, cfg),
+        rounds.dkc_round(run, cfg, 1, 10, emb_early),
+        rounds.dkc_round(run, cfg, 2, 20, emb),
+    ]
 
 
 def same_files(a: str, b: str) -> list[str]:
@@ -79,8 +84,11 @@ def same_table(a: pa.Table, b: pa.Table) -> bool:
             if not np.array_equal(x.offsets.to_numpy(), y.offsets.to_numpy()):
                 return False
             x, y = x.flatten(), y.flatten()
-        if not np.array_equal(x.to_numpy(zero_copy_only=False), y.to_numpy(zero_copy_only=False),
-                              equal_nan=pa.types.is_floating(x.type)):
+        if not np.array_equal(
+            x.to_numpy(zero_copy_only=False),
+            y.to_numpy(zero_copy_only=False),
+            equal_nan=pa.types.is_floating(x.type),
+        ):
             return False
     return True
 
@@ -94,7 +102,9 @@ def main() -> int:
     args = ap.parse_args()
     for part in ("data", "teachers"):
         if storage.read_manifest(os.path.join(args.run, part)) is None:
-            raise InputError(os.path.join(args.run, part), "not committed", "run the data and teachers stages first")
+            raise InputError(
+                os.path.join(args.run, part), "not committed", "run the data and teachers stages first"
+            )
     work = args.workdir or tempfile.mkdtemp(prefix="check-rounds-")
     if os.path.exists(work):
         shutil.rmtree(work)
@@ -106,8 +116,9 @@ def main() -> int:
         out = {}
         for path, min_users in (("inprocess", 10**15), ("raydata", 0)):
             run = scratch_run(args.run, os.path.join(work, path))
-            cfg = dataclasses.replace(base, run=run,
-                                      knowledge=dataclasses.replace(base.knowledge, distributed_min_users=min_users))
+            cfg = dataclasses.replace(
+                base, run=run, knowledge=dataclasses.replace(base.knowledge, distributed_min_users=min_users)
+            )
             out[path] = build_rounds(run, cfg, emb_early, args.embeddings)
             log(STAGE, f"{path}: rounds built ({[m['distributed'] for m in out[path]]} distributed)")
         a, b = out["inprocess"], out["raydata"]
@@ -116,21 +127,43 @@ def main() -> int:
             if not (ma["distributed"] is False and mb["distributed"] is True):
                 diffs.append(f"round {r}: the paths were not in-process vs Ray Data")
             diffs += [f"round {r}: {k} {ma[k]} != {mb[k]}" for k in DECISIONS if ma[k] != mb[k]]
-            diffs += same_files(rounds.round_dir(os.path.join(work, "inprocess"), r),
-                                rounds.round_dir(os.path.join(work, "raydata"), r))
-        diffs += same_files(rounds.pos_dir(os.path.join(work, "inprocess")), rounds.pos_dir(os.path.join(work, "raydata")))
+            diffs += same_files(
+                rounds.round_dir(os.path.join(work, "inprocess"), r),
+                rounds.round_dir(os.path.join(work, "raydata"), r),
+            )
+        diffs += same_files(
+            rounds.pos_dir(os.path.join(work, "inprocess")), rounds.pos_dir(os.path.join(work, "raydata"))
+        )
         names = a[0]["teachers"]
-        print(f"{'round':<7}{'epoch':>6}  " + "".join(f"{n:>7}" for n in names) + f"{'switch':>8}{'changed':>9}"
-              "  moved per teacher")
+        print(
+            f"{'round':<7}{'epoch':>6}  " + "".join(f"{n:>7}" for n in names) + f"{'switch':>8}{'changed':>9}"
+            "  moved per teacher"
+        )
         for ma in a:
-            print(f"{ma['round']:<7}{ma['epoch']:>6}  " + "".join(f"{ma['means'][n]:>7.3f}" for n in names)
-                  + f"{str(ma['switch']):>8}{ma['changed_users']:>9}  "
-                  + " ".join(f"{n}={ma['moved'].get(n, 0)}" for n in names))
-        print("in-process and Ray Data: " + ("identical decisions and shards" if not diffs else "; ".join(diffs)))
-        print(json.dumps({"check": "knowledge_rounds", "run": args.run, "n_users": a[0]["n_users"],
-                          "n_shards": a[0]["n_shards"], "match": not diffs, "differences": diffs,
-                          "rounds": [{k: ma[k] for k in ("round", "epoch", *DECISIONS)} for ma in a],
-                          "wall_s": {p: [round(m["wall_s"], 2) for m in out[p]] for p in out}}))
+            print(
+                f"{ma['round']:<7}{ma['epoch']:>6}  "
+                + "".join(f"{ma['means'][n]:>7.3f}" for n in names)
+                + f"{str(ma['switch']):>8}{ma['changed_users']:>9}  "
+                + " ".join(f"{n}={ma['moved'].get(n, 0)}" for n in names)
+            )
+        print(
+            "in-process and Ray Data: "
+            + ("identical decisions and shards" if not diffs else "; ".join(diffs))
+        )
+        print(
+            json.dumps(
+                {
+                    "check": "knowledge_rounds",
+                    "run": args.run,
+                    "n_users": a[0]["n_users"],
+                    "n_shards": a[0]["n_shards"],
+                    "match": not diffs,
+                    "differences": diffs,
+                    "rounds": [{k: ma[k] for k in ("round", "epoch", *DECISIONS)} for ma in a],
+                    "wall_s": {p: [round(m["wall_s"], 2) for m in out[p]] for p in out},
+                }
+            )
+        )
         return 0 if not diffs else 1
     finally:
         if not args.workdir:

@@ -14,15 +14,21 @@ skipped). Options and the exit status are shared by every job: see hetcomp_dist/
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # a checkout without pip install
 
 from hetcomp_dist.jobs_cli import run_job  # noqa: E402
 
 
 def add_arguments(p):
     p.add_argument("--embeddings", metavar="FILE.npz", help="default: RUN/student/<method>-<model>/emb.npz")
-    p.add_argument("--metric", choices=("ip", "l2"), default="ip",
-                   help="inner product (mf/dnn students) or L2 distance (ml/CML)")
+    p.add_argument(
+        "--metric",
+        choices=("ip", "l2"),
+        default="ip",
+        help="inner product (mf/dnn students) or L2 distance (ml/CML)",
+    )
     p.add_argument("--metrics-out", metavar="FILE.json", help="default: next to the embeddings")
 
 
@@ -37,12 +43,17 @@ def evaluate(cfg, args) -> str:
 
     if args.smoke:
         run_pipeline(cfg, ("data", "teachers", "knowledge", "student"))
-    path = args.embeddings or storage.join(student_dir(cfg.run, cfg.student.method, cfg.student.model), "emb.npz")
+    path = args.embeddings or storage.join(
+        student_dir(cfg.run, cfg.student.method, cfg.student.model), "emb.npz"
+    )
     emb = storage.read_npz(path)
     missing = {"user", "item"} - set(emb)
     if missing:
-        raise InputError(path, f"no array(s) {sorted(missing)} (has {sorted(emb)})",
-                         "save it with numpy.savez(f, user=U, item=V)")
+        raise InputError(
+            path,
+            f"no array(s) {sorted(missing)} (has {sorted(emb)})",
+            "save it with numpy.savez(f, user=U, item=V)",
+        )
     metrics = evaluate_embeddings(cfg.run, emb["user"], emb["item"], args.metric, cfg.eval, where=path)
     out = args.metrics_out or path.removesuffix(".npz") + ".metrics.json"
     storage.write_json_atomic(out, metrics)

@@ -1,7 +1,9 @@
 """Ingest interactions into RUN/data: validate, dense ids, the >= 5 filter, the per-user 60/20/20 split.
 
     python jobs/ingest.py [--config FILE] [--out RUN] [--smoke] [key=value ...]
-    ray job submit --working-dir . -- python jobs/ingest.py --config FILE --out s3://BUCKET/runs/NAME --input s3://BUCKET/users.dat --format citeulike
+    ray job submit --working-dir . -- \\
+        python jobs/ingest.py --config FILE --out s3://BUCKET/runs/NAME \\
+        --input s3://BUCKET/users.dat --format citeulike
 
 With format `synthetic` (the default, and --smoke) it generates the built-in synthetic dataset instead.
 A committed RUN/data with the same config is skipped.
@@ -12,7 +14,9 @@ Options and the exit status are shared by every job: see hetcomp_dist/jobs_cli.p
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # a checkout without pip install
 
 from hetcomp_dist.jobs_cli import run_stage_job  # noqa: E402
 

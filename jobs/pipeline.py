@@ -1,7 +1,8 @@
 """The whole pipeline: data -> teachers -> knowledge -> students -> report; prints where the report landed.
 
     python jobs/pipeline.py --smoke --out runs/smoke          # tiny synthetic data, local Ray
-    python jobs/pipeline.py [--config FILE] [--input PATH --format F] [--out RUN] [--stages a,b] [key=value ...]
+    python jobs/pipeline.py [--config FILE] [--input PATH --format F] [--out RUN] [--stages a,b]
+                            [key=value ...]
     ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
         python jobs/pipeline.py --config cluster/pipeline.yaml --out s3://BUCKET/runs/NAME \\
         --input s3://BUCKET/data/users.dat --format citeulike
@@ -14,7 +15,9 @@ hetcomp_dist/jobs_cli.py.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # a checkout without pip install
 
 from hetcomp_dist.jobs_cli import run_job  # noqa: E402
 

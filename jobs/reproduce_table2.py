@@ -17,7 +17,9 @@ Options and the exit status are shared by every job: see hetcomp_dist/jobs_cli.p
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # a checkout without pip install
 
 from hetcomp_dist.jobs_cli import run_job  # noqa: E402
 
@@ -25,13 +27,23 @@ from hetcomp_dist.jobs_cli import run_job  # noqa: E402
 def add_arguments(p) -> None:
     p.add_argument("--run", dest="out", metavar="RUN", help="the run (same as --out)")
     p.add_argument("--student", required=True, choices=("mf", "ml", "dnn"), help="the student of the table")
-    p.add_argument("--methods", default="wokd,rd,rrd,mtd,cldrd,dcd,hetcomp",
-                   help="comma-separated rows to train (default: all seven)")
-    p.add_argument("--cpus-per-method", type=float, default=1.0,
-                   help="CPUs reserved by each training task (its torch threads when training in-process)")
-    p.add_argument("--ddp", action="store_true",
-                   help="train each method as a DDP TorchTrainer with student.num_workers workers "
-                        "(default: each training in its own task process, no DDP)")
+    p.add_argument(
+        "--methods",
+        default="wokd,rd,rrd,mtd,cldrd,dcd,hetcomp",
+        help="comma-separated rows to train (default: all seven)",
+    )
+    p.add_argument(
+        "--cpus-per-method",
+        type=float,
+        default=1.0,
+        help="CPUs reserved by each training task (its torch threads when training in-process)",
+    )
+    p.add_argument(
+        "--ddp",
+        action="store_true",
+        help="train each method as a DDP TorchTrainer with student.num_workers workers "
+        "(default: each training in its own task process, no DDP)",
+    )
 
 
 def stage(cfg, args) -> str:
@@ -41,7 +53,9 @@ def stage(cfg, args) -> str:
     out = reproduce(cfg.run, cfg, args.student, methods, args.cpus_per_method, args.ddp)
     print(open_text(out["table"]), flush=True)
     if out["failed"]:  # the table holds what finished; a rerun skips it and retries the rest
-        raise RuntimeError("trainings failed: " + "; ".join(f"{m}: {w[:300]}" for m, w in out["failed"].items()))
+        raise RuntimeError(
+            "trainings failed: " + "; ".join(f"{m}: {w[:300]}" for m, w in out["failed"].items())
+        )
     return out["table"]
 
 

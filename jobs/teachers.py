@@ -12,7 +12,9 @@ Options and the exit status are shared by every job: see hetcomp_dist/jobs_cli.p
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout without pip install
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # a checkout without pip install
 
 from hetcomp_dist.jobs_cli import run_stage_job  # noqa: E402
 

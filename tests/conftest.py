@@ -22,10 +22,30 @@ def ray_session():
 
     if not ray.is_initialized():
         # CPUs are scheduling tokens: 4 lets 2 Train workers and Ray Data tasks coexist on 2 cores.
-        ray.init(num_cpus=4, object_store_memory=512 * 2**20, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        ray.init(
+            num_cpus=4,
+            object_store_memory=512 * 2**20,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     yield ray
     # left running for the rest of the session; pytest's exit shuts it down
+
+
+@pytest.fixture
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core box OpenMP spin-waits make 2 threads many times slower.
+
+    Not autouse: the torch-heavy test modules request it with
+    ``pytestmark = pytest.mark.usefixtures("_one_torch_thread")``.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ def ref_pl(scores, valid, tail_sum, weights=None):
         idx = [k for k in range(len(scores[b])) if valid[b][k]]
         total = 0.0
         for pos, k in enumerate(idx):
-            den = sum(math.exp(scores[b][l]) for l in idx[pos:]) + tail_sum[b]
+            den = sum(math.exp(scores[b][j]) for j in idx[pos:]) + tail_sum[b]
             w = 1.0 if weights is None else weights[b][k]
             total -= w * (scores[b][k] - math.log(den))
         out.append(total)
@@ -70,8 +70,12 @@ def test_pl_matches_loop(seed):
     weights = rng.uniform(0, 1, (B, Lk))
     tail_lse = torch.from_numpy(np.where(tail > 0, np.log(np.maximum(tail, 1e-300)), L.NEG))
     for w in (None, weights):
-        got = L.pl_loss(torch.from_numpy(scores), torch.from_numpy(valid), tail_lse,
-                        None if w is None else torch.from_numpy(w))
+        got = L.pl_loss(
+            torch.from_numpy(scores),
+            torch.from_numpy(valid),
+            tail_lse,
+            None if w is None else torch.from_numpy(w),
+        )
         np.testing.assert_allclose(got.numpy(), ref_pl(scores, valid, tail, w), rtol=1e-10, atol=1e-10)
 
 
@@ -98,7 +102,9 @@ def test_rrd_tail_is_unobserved_minus_top():
 # ------------------------------------------------------------------------------------ RD
 def test_rd_hand_worked():
     w = L.rd_static_weights(2, lam=1.0)
-    np.testing.assert_allclose(w.numpy(), [1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))], rtol=1e-6)
+    np.testing.assert_allclose(
+        w.numpy(), [1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))], rtol=1e-6
+    )
     # scores 0 and log 3: -log sigma(0) = log 2, -log sigma(log 3) = log(4/3)
     s = t([[0.0, LOG(3)]])
     valid = torch.ones(1, 2, dtype=torch.bool)
@@ -152,9 +158,11 @@ def test_lambda_mrr_hand_worked():
     y = t([[1.0, 0.5, 0.0]])
     valid = torch.ones(1, 3, dtype=torch.bool)
     assert L.list_ranks(s, valid).tolist() == [[2, 1, 3]]
-    want = (abs(1 / 2 - 1) * LOG(1 + math.e)            # pair (0, 1): s_0 - s_1 = -1
-            + abs(1 / 2 - 1 / 3) * LOG(1 + math.exp(-1))  # pair (0, 2): +1
-            + abs(1 - 1 / 3) * LOG(1 + math.exp(-2)))     # pair (1, 2): +2
+    want = (
+        abs(1 / 2 - 1) * LOG(1 + math.e)  # pair (0, 1): s_0 - s_1 = -1
+        + abs(1 / 2 - 1 / 3) * LOG(1 + math.exp(-1))  # pair (0, 2): +1
+        + abs(1 - 1 / 3) * LOG(1 + math.exp(-2))
+    )  # pair (1, 2): +2
     assert L.lambda_mrr_loss(s, y, valid).item() == pytest.approx(want)
 
 
@@ -170,8 +178,14 @@ def test_lambda_mrr_matches_loop(seed):
         idx = [i for i in range(n) if valid[b, i]]
         order = sorted(idx, key=lambda i: (-s[b, i], i))
         rank = {i: p + 1 for p, i in enumerate(order)}
-        want.append(sum(abs(1 / rank[i] - 1 / rank[j]) * math.log1p(math.exp(-(s[b, i] - s[b, j])))
-                        for i in idx for j in idx if y[b, i] > y[b, j]))
+        want.append(
+            sum(
+                abs(1 / rank[i] - 1 / rank[j]) * math.log1p(math.exp(-(s[b, i] - s[b, j])))
+                for i in idx
+                for j in idx
+                if y[b, i] > y[b, j]
+            )
+        )
     got = L.lambda_mrr_loss(torch.from_numpy(s), torch.from_numpy(y), torch.from_numpy(valid))
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10)
 
@@ -193,12 +207,16 @@ def test_unobserved_ranks_matches_loop(seed):
     logits = rng.normal(0, 1, (B, N))
     observed = rng.random((B, N)) < 0.2
     items = np.stack([rng.choice(N, Lk, replace=False) for _ in range(B)])
-    want = [[sum(1 for j in range(N) if not observed[b, j] and logits[b, j] > logits[b, i]) for i in items[b]]
-            for b in range(B)]
+    want = [
+        [sum(1 for j in range(N) if not observed[b, j] and logits[b, j] > logits[b, i]) for i in items[b]]
+        for b in range(B)
+    ]
     got = L.unobserved_ranks(torch.from_numpy(logits), torch.from_numpy(observed), torch.from_numpy(items))
     assert got.tolist() == want
     for cap in (1, 5, 12):  # partial selection: exact below the cap, the cap above it
-        got = L.unobserved_ranks(torch.from_numpy(logits), torch.from_numpy(observed), torch.from_numpy(items), cap)
+        got = L.unobserved_ranks(
+            torch.from_numpy(logits), torch.from_numpy(observed), torch.from_numpy(items), cap
+        )
         assert got.tolist() == [[min(r, cap) for r in row] for row in want]
 
 
@@ -248,7 +266,9 @@ def test_rest_logsumexp_is_each_lists_complement_in_the_union(m):
             mine = set(lists[b, x].tolist())
             terms = [float(scores[b, j]) for j, i in enumerate(union[b].tolist()) if i >= 0 and i not in mine]
             if terms:
-                assert float(got[b, x]) == pytest.approx(math.log(math.fsum(math.exp(s) for s in terms)), abs=1e-9)
+                assert float(got[b, x]) == pytest.approx(
+                    math.log(math.fsum(math.exp(s) for s in terms)), abs=1e-9
+                )
             else:
                 assert float(got[b, x]) <= L.NEG / 2
     g = scores.clone().requires_grad_(True)  # finite gradients, empty complements included

@@ -30,13 +30,22 @@ K = 30
 
 
 def tiny_config(run: str, **student) -> Config:
-    raw = {"run": run,
-           "data": {"shard_size": 64},
-           "teachers": {"names": list(TEACHERS), "topk": K},
-           "knowledge": {"topk": K, "d_k": 10},
-           "baselines": {"topk": K, "rd_warmup": 2, "rd_samples": 50, "rank_block": 37},
-           "student": {"batch_size": 256, "lambda_kd": 0.1, "num_workers": 0, "eval_every": 2, "patience": 2,
-                       "max_epochs": 4, **student}}
+    raw = {
+        "run": run,
+        "data": {"shard_size": 64},
+        "teachers": {"names": list(TEACHERS), "topk": K},
+        "knowledge": {"topk": K, "d_k": 10},
+        "baselines": {"topk": K, "rd_warmup": 2, "rd_samples": 50, "rank_block": 37},
+        "student": {
+            "batch_size": 256,
+            "lambda_kd": 0.1,
+            "num_workers": 0,
+            "eval_every": 2,
+            "patience": 2,
+            "max_epochs": 4,
+            **student,
+        },
+    }
     return from_dict(Config, raw)
 
 
@@ -53,8 +62,10 @@ def write_planted_teachers(run: str, names=TEACHERS, k: int = K, seed: int = 0, 
         top = np.argsort(-s, axis=1, kind="stable")[:, :k].astype(np.int32)
         tdir = storage.join(run, "teachers", name)
         for sh, lo, hi in storage.iter_shards("", m["n_users"], m["shard_size"]):
-            storage.write_table_atomic(storage.shard_path(storage.join(tdir, "state=4"), sh),
-                                       storage.user_table(lo, hi, items=storage.dense_to_list(top[lo:hi])))
+            storage.write_table_atomic(
+                storage.shard_path(storage.join(tdir, "state=4"), sh),
+                storage.user_table(lo, hi, items=storage.dense_to_list(top[lo:hi])),
+            )
         storage.write_manifest(tdir, {"config_hash": f"planted-{seed}", "teacher": name, "K": k})
 
 
@@ -70,8 +81,11 @@ def one_thread():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> str:
     run = str(tmp_path_factory.mktemp("baselines") / "run")
-    synthesize(run, SynthConfig(users=200, items=160, mean_interactions=12, topics=4, community_size=20),
-               DataConfig(shard_size=64))
+    synthesize(
+        run,
+        SynthConfig(users=200, items=160, mean_interactions=12, topics=4, community_size=20),
+        DataConfig(shard_size=64),
+    )
     write_planted_teachers(run)
     return run
 
@@ -242,8 +256,9 @@ def test_train_student_runs_each_baseline(run, ray_session, method):
 def test_lambda_grid_picks_the_best_on_validation_and_promotes_it(run, ray_session):
     from hetcomp_dist.student.trainer import train_student
 
-    cfg = tiny_config(run, method="rrd", lambda_kd=-1.0, lambda_grid=[0.001, 1.0], lr=0.02, batch_size=64,
-                      max_epochs=2)
+    cfg = tiny_config(
+        run, method="rrd", lambda_kd=-1.0, lambda_grid=[0.001, 1.0], lr=0.02, batch_size=64, max_epochs=2
+    )
     res = train_student(run, cfg)
     grid = res["lambda_grid"]
     assert set(grid) == {"0.001", "1"}
@@ -254,7 +269,8 @@ def test_lambda_grid_picks_the_best_on_validation_and_promotes_it(run, ray_sessi
     assert res["dir"] == parent
     for name in ("metrics.jsonl", "emb.npz", "model.json"):  # the chosen candidate's files, promoted
         assert storage.read_bytes(storage.join(parent, name)) == storage.read_bytes(
-            storage.join(parent, f"lambda={best}", name))
+            storage.join(parent, f"lambda={best}", name)
+        )
     for lam in grid:  # every candidate is a finished student folder of its own
         m = storage.read_manifest(storage.join(parent, f"lambda={lam}"))
         assert m["result"]["valid"]["R@50"] == grid[lam]
@@ -262,8 +278,11 @@ def test_lambda_grid_picks_the_best_on_validation_and_promotes_it(run, ray_sessi
 
 
 def _planted_run(path: str) -> str:
-    synthesize(path, SynthConfig(users=200, items=160, mean_interactions=12, topics=4, community_size=20),
-               DataConfig(shard_size=64))
+    synthesize(
+        path,
+        SynthConfig(users=200, items=160, mean_interactions=12, topics=4, community_size=20),
+        DataConfig(shard_size=64),
+    )
     write_planted_teachers(path)
     return path
 
@@ -286,8 +305,17 @@ def test_pruned_lambda_grid_trains_only_the_leader_on(tmp_path, ray_session):
 
     run = _planted_run(str(tmp_path / "run"))
     grid = [0.001, 0.1, 1.0]
-    cfg = tiny_config(run, method="rrd", lambda_kd=-1.0, lambda_grid=grid, lr=0.02, batch_size=64, max_epochs=6,
-                      patience=10, lambda_prune_epoch=2)
+    cfg = tiny_config(
+        run,
+        method="rrd",
+        lambda_kd=-1.0,
+        lambda_grid=grid,
+        lr=0.02,
+        batch_size=64,
+        max_epochs=6,
+        patience=10,
+        lambda_prune_epoch=2,
+    )
     res = train_student(run, cfg)
     parent = storage.join(run, "student", "rrd-mf")
     leader = _rung_leader(parent, grid, 2)
@@ -312,8 +340,8 @@ def test_pruned_lambda_grid_trains_only_the_leader_on(tmp_path, ray_session):
 
 
 def test_pruning_epoch_must_be_an_evaluation(tmp_path):
-    from hetcomp_dist.errors import InputError
     from hetcomp_dist.config import validate
+    from hetcomp_dist.errors import InputError
 
     for bad in (3, -2, 4):  # not a multiple of eval_every = 2; negative; not below max_epochs = 4
         with pytest.raises(InputError, match="lambda_prune_epoch"):
@@ -328,9 +356,13 @@ def test_promote_refuses_a_paused_leader_before_writing(tmp_path):
     run = str(tmp_path)
     cfg = tiny_config(run, method="rrd", lambda_kd=-1.0, lambda_grid=[0.01, 1.0])
     for lam in (0.01, 1.0):
-        storage.write_bytes_atomic(storage.join(select.grid_dir(run, "rrd", "mf", lam), "metrics.jsonl"), b"{}\n")
-    results = {0.01: {"valid": {"R@50": 0.2}, "epochs": 2, "paused": True},
-               1.0: {"valid": {"R@50": 0.1}, "epochs": 2, "paused": True}}
+        storage.write_bytes_atomic(
+            storage.join(select.grid_dir(run, "rrd", "mf", lam), "metrics.jsonl"), b"{}\n"
+        )
+    results = {
+        0.01: {"valid": {"R@50": 0.2}, "epochs": 2, "paused": True},
+        1.0: {"valid": {"R@50": 0.1}, "epochs": 2, "paused": True},
+    }
     assert select.survivor(results) == 0.01
     with pytest.raises(RuntimeError, match="paused at epoch 2"):
         select.promote(run, cfg, results, "h")
@@ -354,8 +386,16 @@ def test_reproduce_table2_prunes_the_grid_in_two_phases(tmp_path, ray_session):
 
     run = _planted_run(str(tmp_path / "run"))
     grid = [0.01, 1.0]
-    cfg = tiny_config(run, lambda_kd=-1.0, lambda_grid=grid, lr=0.02, batch_size=64, max_epochs=6, patience=10,
-                      lambda_prune_epoch=2)
+    cfg = tiny_config(
+        run,
+        lambda_kd=-1.0,
+        lambda_grid=grid,
+        lr=0.02,
+        batch_size=64,
+        max_epochs=6,
+        patience=10,
+        lambda_prune_epoch=2,
+    )
     out = reproduce(run, cfg, "mf", methods=("rd",), cpus=1.0)
     assert out["failed"] == {}
     rd = out["results"]["rd"]
@@ -375,8 +415,11 @@ def test_reproduce_table2_trains_every_row_and_writes_the_report(tmp_path, ray_s
     from hetcomp_dist.knowledge.synthetic import write_trajectories
 
     run = str(tmp_path / "run")
-    synthesize(run, SynthConfig(users=200, items=160, mean_interactions=12, topics=4, community_size=20),
-               DataConfig(shard_size=64))
+    synthesize(
+        run,
+        SynthConfig(users=200, items=160, mean_interactions=12, topics=4, community_size=20),
+        DataConfig(shard_size=64),
+    )
     cfg = tiny_config(run, lambda_kd=-1.0, lambda_grid=[0.01, 1.0], lr=0.01, batch_size=128)
     cfg = from_dict(Config, {**to_dict(cfg), "knowledge": {"topk": K, "d_k": 10, "period": 2}})
     write_trajectories(run, cfg, seed=0)
@@ -409,11 +452,18 @@ def test_table2_markdown_gaps_against_the_paper():
     from hetcomp_dist.report.paper import PAPER_CITEULIKE
 
     def row(method, student, scale):
-        vals = dict(zip(("R@10", "N@10", "R@50", "N@50"), (v * scale for v in PAPER_CITEULIKE[method][student])))
+        vals = dict(
+            zip(("R@10", "N@10", "R@50", "N@50"), (v * scale for v in PAPER_CITEULIKE[method][student]))
+        )
         return {"method": method, "student": student, "valid": vals, "test": vals}
 
-    results = [row("ensemble", "-", 0.9), row("wokd", "mf", 1.0), row("rrd", "mf", 1.2), row("dcd", "mf", 0.5),
-               {**row("hetcomp", "mf", 1.0), "best_epoch": 70}]
+    results = [
+        row("ensemble", "-", 0.9),
+        row("wokd", "mf", 1.0),
+        row("rrd", "mf", 1.2),
+        row("dcd", "mf", 0.5),
+        {**row("hetcomp", "mf", 1.0), "best_epoch": 70},
+    ]
     results[2].update(lambda_kd=0.1, lambda_grid={"0.01": 0.2, "0.1": 0.25}, lambda_pruned={"0.01": 20})
     results[3].update(lambda_kd=1.0, lambda_grid={"1": 0.125})
     text = render_table2(results, "mf", "citeulike", {"mtd": "boom"})
@@ -424,7 +474,9 @@ def test_table2_markdown_gaps_against_the_paper():
     assert "| -50.0% | -50.0% |" in lines["| DCD"]
     assert "| -10.0% | -10.0% |" in lines["| Ensemble (teachers)"]
     assert "Within ±25% of the paper on R@50 and N@50: RRD." in text
-    assert "**DCD is outside the ±25% band** (-50.0% R@50, -50.0% N@50; -40.0 points from the ensemble's" in text
+    assert (
+        "**DCD is outside the ±25% band** (-50.0% R@50, -50.0% N@50; -40.0 points from the ensemble's" in text
+    )
     assert "not explained by the teachers" in text
     # HetComp at the paper's values vs RRD at 1.2x (R@50 .2906 > .2814): RRD is the best and is not beaten
     assert "**HetComp vs the best baseline (RRD)**: R@10 +18.1%, N@10 +16.1%, R@50 -3.2%, N@50 +4.5%." in text

@@ -4,14 +4,13 @@ actors and Train workers."""
 
 from __future__ import annotations
 
-import copy
 import math
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
 import ray
+import tomllib
 import yaml
 
 from hetcomp_dist.config import Config, load_config
@@ -49,15 +48,21 @@ def _rayjob_runtime_env() -> dict:
 
 
 # ------------------------------------------------------------------------------- file headers
-@pytest.mark.parametrize("name", ["aws.yaml", "rayjob.yaml", "runtime_env.yaml", "pipeline.yaml",
-                                  "requirements.txt", "local.sh"])
+@pytest.mark.parametrize(
+    "name", ["aws.yaml", "rayjob.yaml", "runtime_env.yaml", "pipeline.yaml", "requirements.txt", "local.sh"]
+)
 def test_each_cluster_file_starts_with_the_command_that_uses_it(name):
     text = (CLUSTER / name).read_text().splitlines()
     first = text[1] if text[0].startswith("#!") else text[0]
     assert first.startswith("# ")
-    commands = ("ray up cluster/aws.yaml", "kubectl apply -f cluster/rayjob.yaml", "ray job submit",
-                "pip install -r cluster/requirements.txt", "python jobs/pipeline.py --config cluster/pipeline.yaml",
-                "bash cluster/local.sh")
+    commands = (
+        "ray up cluster/aws.yaml",
+        "kubectl apply -f cluster/rayjob.yaml",
+        "ray job submit",
+        "pip install -r cluster/requirements.txt",
+        "python jobs/pipeline.py --config cluster/pipeline.yaml",
+        "bash cluster/local.sh",
+    )
     assert any(c in first for c in commands), first
     if name not in ("requirements.txt", "local.sh"):
         assert f"cluster/{name}" in first
@@ -107,8 +112,9 @@ def test_launcher_installs_the_pinned_requirements():
     cfg = _launcher()
     (remote,) = [r for r, local in cfg["file_mounts"].items() if Path(REPO / local).resolve() == CLUSTER]
     assert any(f"pip install --no-cache-dir -r {remote}/requirements.txt" in c for c in cfg["setup_commands"])
-    images = [cfg["docker"]["image"]] + [t["docker"]["worker_image"] for t in cfg["available_node_types"].values()
-                                         if "docker" in t]
+    images = [cfg["docker"]["image"]] + [
+        t["docker"]["worker_image"] for t in cfg["available_node_types"].values() if "docker" in t
+    ]
     for image in images:
         assert image.startswith(f"rayproject/ray:{RAY_VERSION}-py311"), image
 
@@ -167,8 +173,11 @@ def _strict(schema):
     """additionalProperties: false on every object that lists properties (kubeconform's strict mode)."""
     if isinstance(schema, dict):
         out = {k: _strict(v) for k, v in schema.items()}
-        if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields") \
-                and "additionalProperties" not in out:
+        if (
+            "properties" in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+            and "additionalProperties" not in out
+        ):
             out["additionalProperties"] = False
         return out
     if isinstance(schema, list):
@@ -193,13 +202,20 @@ def rayjob_validator():
 def test_rayjob_validates_against_the_kuberay_crd(rayjob_validator):
     job = _yaml("rayjob.yaml")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in rayjob_validator.iter_errors(job)]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in rayjob_validator.iter_errors(job)
+    ]
     assert not errors, "\n".join(errors)
 
 
-@pytest.mark.parametrize("path, key", [(("spec",), "entryPoint"),
-                                       (("spec", "rayClusterSpec", "headGroupSpec"), "servicetype"),
-                                       (("spec", "rayClusterSpec", "workerGroupSpecs", 0), "maxReplica")])
+@pytest.mark.parametrize(
+    "path, key",
+    [
+        (("spec",), "entryPoint"),
+        (("spec", "rayClusterSpec", "headGroupSpec"), "servicetype"),
+        (("spec", "rayClusterSpec", "workerGroupSpecs", 0), "maxReplica"),
+    ],
+)
 def test_strict_crd_validation_rejects_misspelled_fields(rayjob_validator, path, key):
     job = _yaml("rayjob.yaml")
     node = job
@@ -245,8 +261,11 @@ def launcher_nodes() -> dict[str, tuple[dict[str, float], int]]:
     cfg = _launcher()
     head = cfg["available_node_types"][cfg["head_node_type"]]
     assert head["resources"] == {"CPU": 0}, "the head runs no tasks"
-    return {k: ({"CPU": v["resources"].get("CPU", 0), "GPU": v["resources"].get("GPU", 0)}, v["max_workers"])
-            for k, v in cfg["available_node_types"].items() if k != cfg["head_node_type"]}
+    return {
+        k: ({"CPU": v["resources"].get("CPU", 0), "GPU": v["resources"].get("GPU", 0)}, v["max_workers"])
+        for k, v in cfg["available_node_types"].items()
+        if k != cfg["head_node_type"]
+    }
 
 
 def kuberay_nodes() -> dict[str, tuple[dict[str, float], int]]:
@@ -269,8 +288,9 @@ def capacity(bundle: dict[str, float], nodes: dict[str, tuple[dict[str, float], 
     """How many copies of `bundle` the cluster holds at full scale (each copy on one node)."""
     total = 0
     for res, max_nodes in nodes.values():
-        per_node = min((math.floor(res.get(r, 0) / need + 1e-9) for r, need in bundle.items() if need > 0),
-                       default=0)
+        per_node = min(
+            (math.floor(res.get(r, 0) / need + 1e-9) for r, need in bundle.items() if need > 0), default=0
+        )
         total += per_node * max_nodes
     return total
 
@@ -288,11 +308,17 @@ def demands(cfg: Config) -> dict[str, tuple[dict[str, float], int]]:
     t, s = cfg.teachers, cfg.student
     return {
         "teacher actors": ({"CPU": t.num_cpus, "GPU": max(t.num_gpus, 0.0)}, len(t.names)),
-        "train workers": ({"CPU": s.cpus_per_worker, "GPU": 1.0 if s.use_gpu else 0.0}, max(s.num_workers, 1)),
+        "train workers": (
+            {"CPU": s.cpus_per_worker, "GPU": 1.0 if s.use_gpu else 0.0},
+            max(s.num_workers, 1),
+        ),
     }
 
 
-CONFIGS = {"defaults": lambda: Config(), "cluster/pipeline.yaml": lambda: load_config(str(CLUSTER / "pipeline.yaml"))}
+CONFIGS = {
+    "defaults": lambda: Config(),
+    "cluster/pipeline.yaml": lambda: load_config(str(CLUSTER / "pipeline.yaml")),
+}
 
 
 @pytest.mark.parametrize("cluster", ["launcher", "kuberay"])

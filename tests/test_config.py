@@ -10,8 +10,19 @@ from hetcomp_dist.errors import InputError
 
 def test_defaults_are_the_papers():
     c = Config()
-    assert (c.knowledge.topk, c.knowledge.temperature, c.knowledge.alpha, c.knowledge.decay, c.knowledge.period) == (100, 10.0, 1.05, 0.995, 10)
-    assert (c.student.dim, c.student.batch_size, c.student.lr, c.student.weight_decay) == (6, 1024, 1e-3, 1e-5)
+    assert (
+        c.knowledge.topk,
+        c.knowledge.temperature,
+        c.knowledge.alpha,
+        c.knowledge.decay,
+        c.knowledge.period,
+    ) == (100, 10.0, 1.05, 0.995, 10)
+    assert (c.student.dim, c.student.batch_size, c.student.lr, c.student.weight_decay) == (
+        6,
+        1024,
+        1e-3,
+        1e-5,
+    )
     assert (c.student.lo_scale, c.student.lf_scale, c.student.logit_clamp) == (0.01, 0.005, 40.0)
     assert c.teachers.names == ("mf", "ml", "dnn", "gnn", "ae", "iae") and c.teachers.dim == 64
 
@@ -21,21 +32,26 @@ def test_yaml_and_overrides(tmp_path):
     f.write_text("run: /tmp/x\nstudent:\n  model: ml\n  lr: 0.01\nteachers:\n  names: [mf, ae]\n")
     c = load_config(str(f), ["student.lr=0.5", "knowledge.weights=[1, 2]", "student.use_gpu=true"])
     assert c.run == "/tmp/x" and c.student.model == "ml" and c.student.lr == 0.5
-    assert c.teachers.names == ("mf", "ae") and c.knowledge.weights == (1.0, 2.0) and c.student.use_gpu is True
+    assert (
+        c.teachers.names == ("mf", "ae") and c.knowledge.weights == (1.0, 2.0) and c.student.use_gpu is True
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.student.lr = 1.0  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("override, field", [
-    ("student.modle=mf", "config.student.modle"),
-    ("student.dim=six", "config.student.dim"),
-    ("student.dim=6.5", "config.student.dim"),
-    ("student.model=gbdt", "config.student.model"),
-    ("teachers.names=[mf, xyz]", "config.teachers.names"),
-    ("knowledge.weights=[1, 2, 3]", "config.knowledge.weights"),
-    ("nosection.key=1", "config.nosection"),
-    ("student.use_gpu=1", "config.student.use_gpu"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("student.modle=mf", "config.student.modle"),
+        ("student.dim=six", "config.student.dim"),
+        ("student.dim=6.5", "config.student.dim"),
+        ("student.model=gbdt", "config.student.model"),
+        ("teachers.names=[mf, xyz]", "config.teachers.names"),
+        ("knowledge.weights=[1, 2, 3]", "config.knowledge.weights"),
+        ("nosection.key=1", "config.nosection"),
+        ("student.use_gpu=1", "config.student.use_gpu"),
+    ],
+)
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(InputError) as e:
         load_config(None, [override])
@@ -70,16 +86,34 @@ def test_method_lr_picks_the_methods_learning_rate_and_keeps_the_hash(tmp_path):
     base = load_config(None, [f"run={run}", "synth.users=60", "synth.items=40", "student.method=wokd"])
     synthesize(run, base.synth, base.data)
     h = student_hash(run, base)
-    assert student_hash(run, dataclasses.replace(base, student=dataclasses.replace(
-        base.student, method_lr=("hetcomp=0.01",)))) == h
-    assert student_hash(run, dataclasses.replace(base, student=dataclasses.replace(
-        base.student, lr=0.5, method_lr=("wokd=0.001",)))) == h
-    assert student_hash(run, dataclasses.replace(base, student=dataclasses.replace(
-        base.student, method_lr=("wokd=0.002",)))) != h
+    assert (
+        student_hash(
+            run,
+            dataclasses.replace(base, student=dataclasses.replace(base.student, method_lr=("hetcomp=0.01",))),
+        )
+        == h
+    )
+    assert (
+        student_hash(
+            run,
+            dataclasses.replace(
+                base, student=dataclasses.replace(base.student, lr=0.5, method_lr=("wokd=0.001",))
+            ),
+        )
+        == h
+    )
+    assert (
+        student_hash(
+            run,
+            dataclasses.replace(base, student=dataclasses.replace(base.student, method_lr=("wokd=0.002",))),
+        )
+        != h
+    )
 
 
 def test_ml_clip_in_the_hash_is_the_one_the_model_trains_with(tmp_path):
-    """HetComp's ML student trains unclipped whatever ml_max_norm says, so its hash ignores it; w/o KD's does not."""
+    """HetComp's ML student trains unclipped whatever ml_max_norm says, so its hash ignores it; w/o KD's
+    does not."""
     from hetcomp_dist.data.synth import synthesize
     from hetcomp_dist.student.trainer import student_hash
 
@@ -88,8 +122,12 @@ def test_ml_clip_in_the_hash_is_the_one_the_model_trains_with(tmp_path):
     synthesize(run, base.synth, base.data)
 
     def h(method, norm):
-        return student_hash(run, dataclasses.replace(base, student=dataclasses.replace(
-            base.student, method=method, ml_max_norm=norm)))
+        return student_hash(
+            run,
+            dataclasses.replace(
+                base, student=dataclasses.replace(base.student, method=method, ml_max_norm=norm)
+            ),
+        )
 
     assert h("hetcomp", 1.0) == h("hetcomp", 0.0) == h("hetcomp", 2.0)
     assert len({h("wokd", 1.0), h("wokd", 0.0), h("wokd", 2.0)}) == 3
@@ -104,11 +142,13 @@ def test_a_setting_added_later_enters_the_hash_only_where_it_is_used(tmp_path):
     base = load_config(None, [f"run={run}", "synth.users=60", "synth.items=40"])
     synthesize(run, base.synth, base.data)
     res = dataclasses.replace(base, student=dataclasses.replace(base.student, model="dnn", dnn_residual=True))
-    assert student_hash(run, res) != student_hash(run, dataclasses.replace(res, student=dataclasses.replace(
-        res.student, dnn_residual=False)))
+    assert student_hash(run, res) != student_hash(
+        run, dataclasses.replace(res, student=dataclasses.replace(res.student, dnn_residual=False))
+    )
     mf = dataclasses.replace(res, student=dataclasses.replace(res.student, model="mf"))  # not a DNN setting
-    assert student_hash(run, mf) == student_hash(run, dataclasses.replace(mf, student=dataclasses.replace(
-        mf.student, dnn_residual=False)))
+    assert student_hash(run, mf) == student_hash(
+        run, dataclasses.replace(mf, student=dataclasses.replace(mf.student, dnn_residual=False))
+    )
 
 
 def test_a_grid_candidate_hash_holds_its_lambda_not_the_grid(tmp_path):
@@ -122,15 +162,21 @@ def test_a_grid_candidate_hash_holds_its_lambda_not_the_grid(tmp_path):
     synthesize(run, base.synth, base.data)
 
     def cand(lam, grid):
-        return select.with_lambda(dataclasses.replace(base, student=dataclasses.replace(base.student, lambda_grid=grid)),
-                                  lam)
+        return select.with_lambda(
+            dataclasses.replace(base, student=dataclasses.replace(base.student, lambda_grid=grid)), lam
+        )
 
     h = student_hash(run, cand(0.1, (1e-3, 1e-2, 1e-1, 1.0)))
     assert student_hash(run, cand(0.1, (0.1,))) == h == student_hash(run, cand(0.1, (0.1, 10.0)))
     assert student_hash(run, cand(1.0, (0.1,))) != h
     pruned = cand(0.1, (0.1,))  # pruning says how long the search trains a candidate, not what it is
-    assert student_hash(run, dataclasses.replace(pruned, student=dataclasses.replace(pruned.student,
-                                                                                      lambda_prune_epoch=50))) == h
+    assert (
+        student_hash(
+            run,
+            dataclasses.replace(pruned, student=dataclasses.replace(pruned.student, lambda_prune_epoch=50)),
+        )
+        == h
+    )
     # the grid's own identity still follows its values (the choice among them reruns)
     g = dataclasses.replace(base, student=dataclasses.replace(base.student, lambda_kd=-1.0))
     narrowed = dataclasses.replace(g, student=dataclasses.replace(g.student, lambda_grid=(0.1, 1.0)))
@@ -151,9 +197,14 @@ def test_input_error_survives_pickling():
     """Ray pickles a task's exception to re-raise it in the driver: the message and fix must arrive."""
     import pickle
 
-    e = pickle.loads(pickle.dumps(InputError("RUN/knowledge/round=3", "not committed", "build the rounds in order")))
-    assert isinstance(e, InputError) and (e.where, e.problem, e.fix) == ("RUN/knowledge/round=3", "not committed",
-                                                                         "build the rounds in order")
+    e = pickle.loads(
+        pickle.dumps(InputError("RUN/knowledge/round=3", "not committed", "build the rounds in order"))
+    )
+    assert isinstance(e, InputError) and (e.where, e.problem, e.fix) == (
+        "RUN/knowledge/round=3",
+        "not committed",
+        "build the rounds in order",
+    )
     assert str(e) == "RUN/knowledge/round=3: not committed -- build the rounds in order"
 
 

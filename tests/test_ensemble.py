@@ -8,14 +8,13 @@ import math
 
 import pytest
 import yaml
+from test_teachers_run import brute_force_metrics, copy_run, read_lists, tiny_config, user_lists
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import KnowledgeConfig, to_dict
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.teachers.ensemble import ensemble_report
 from hetcomp_dist.teachers.runner import run_teacher
-
-from test_teachers_run import brute_force_metrics, copy_run, read_lists, tiny_config, user_lists
 
 NAMES = ("mf", "ml", "ae")
 
@@ -29,7 +28,9 @@ def run_cfg(tmp_path_factory, synth_run):
     return run, cfg
 
 
-def reference_ensemble(lists_per_teacher: list[list[list[int]]], temperature: float, weights=None) -> list[list[int]]:
+def reference_ensemble(
+    lists_per_teacher: list[list[list[int]]], temperature: float, weights=None
+) -> list[list[int]]:
     """Per user: E(i) = sum_x w_x exp(-rank_x(i) / T); items by E descending, ties by smaller id."""
     out = []
     M = len(lists_per_teacher)
@@ -52,14 +53,20 @@ def test_ensemble_matches_per_user_reference(run_cfg, weights):
     per_teacher = [read_lists(run, n, "state=4", data["n_users"], data["shard_size"]) for n in NAMES]
     g = reference_ensemble(per_teacher, cfg.knowledge.temperature, list(weights) or None)
     valid, test = user_lists(run, "valid"), user_lists(run, "test")
-    want_valid = brute_force_metrics([[i for i in row if i not in test[u]][:50] for u, row in enumerate(g)], valid)
-    want_test = brute_force_metrics([[i for i in row if i not in valid[u]][:50] for u, row in enumerate(g)], test)
+    want_valid = brute_force_metrics(
+        [[i for i in row if i not in test[u]][:50] for u, row in enumerate(g)], valid
+    )
+    want_test = brute_force_metrics(
+        [[i for i in row if i not in valid[u]][:50] for u, row in enumerate(g)], test
+    )
     for key in ("R@10", "N@10", "R@50", "N@50"):
         assert report["ensemble"]["valid"][key] == pytest.approx(want_valid[key], abs=1e-9)
         assert report["ensemble"]["test"][key] == pytest.approx(want_test[key], abs=1e-9)
     for n in NAMES:
         metrics = storage.read_json(storage.join(run, "teachers", n, "metrics.json"))
-        assert report["teachers"][n]["test"] == {k: metrics["states"][3]["test"][k] for k in ("R@10", "N@10", "R@50", "N@50")}
+        assert report["teachers"][n]["test"] == {
+            k: metrics["states"][3]["test"][k] for k in ("R@10", "N@10", "R@50", "N@50")
+        }
 
 
 def test_ensemble_cli_json(run_cfg, tmp_path, capsys):

@@ -13,15 +13,23 @@ from hetcomp_dist import cli, storage
 from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
 from hetcomp_dist.errors import InputError
-from hetcomp_dist.evaluation.evaluate import (evaluate_embeddings, evaluate_lists, evaluate_scorer, protocol_lists,
-                                              protocol_lists_blocked, protocol_lists_pruned, protocol_sets)
+from hetcomp_dist.evaluation.evaluate import (
+    evaluate_embeddings,
+    evaluate_lists,
+    evaluate_scorer,
+    protocol_lists,
+    protocol_lists_blocked,
+    protocol_lists_pruned,
+    protocol_sets,
+)
 from hetcomp_dist.evaluation.faiss_exact import BlockedFlatIndex
 from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex
 
 
 # ------------------------------------------------------------------------------ the reference
-def brute_force(run: str, user_emb: np.ndarray, item_emb: np.ndarray, metric: str, ks=(10, 50),
-                block: int = 512) -> dict:
+def brute_force(
+    run: str, user_emb: np.ndarray, item_emb: np.ndarray, metric: str, ks=(10, 50), block: int = 512
+) -> dict:
     """Full float64 score rows (blocks of users), exclusion by -inf, sort, then a plain per-user loop."""
     m = load_manifest(run)
     splits = {s: load_split(run, s, m) for s in ("train", "valid", "test")}
@@ -32,8 +40,8 @@ def brute_force(run: str, user_emb: np.ndarray, item_emb: np.ndarray, metric: st
         sums = {f"{w}@{k}": 0.0 for k in ks for w in ("R", "N")}
         n_eval = 0
         for b0 in range(0, m["n_users"], block):
-            U = user_emb[b0: b0 + block].astype(np.float64)
-            S = U @ V.T if metric == "ip" else -((U ** 2).sum(1)[:, None] - 2 * U @ V.T + (V ** 2).sum(1)[None])
+            U = user_emb[b0 : b0 + block].astype(np.float64)
+            S = U @ V.T if metric == "ip" else -((U**2).sum(1)[:, None] - 2 * U @ V.T + (V**2).sum(1)[None])
             for r in range(len(U)):
                 u = b0 + r
                 gt = set(splits[split].row(u).tolist())
@@ -59,14 +67,21 @@ def brute_force(run: str, user_emb: np.ndarray, item_emb: np.ndarray, metric: st
 def assert_close(got: dict, ref: dict, tol: float = 1e-6) -> None:
     for split in ref:
         for key in ref[split]:
-            assert abs(got[split][key] - ref[split][key]) <= tol, (split, key, got[split][key], ref[split][key])
+            assert abs(got[split][key] - ref[split][key]) <= tol, (
+                split,
+                key,
+                got[split][key],
+                ref[split][key],
+            )
 
 
 def random_emb(run: str, dim: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     m = load_manifest(run)
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(m["n_users"], dim)).astype(np.float32),
-            rng.normal(size=(m["n_items"], dim)).astype(np.float32))
+    return (
+        rng.normal(size=(m["n_users"], dim)).astype(np.float32),
+        rng.normal(size=(m["n_items"], dim)).astype(np.float32),
+    )
 
 
 # ---------------------------------------------------------------------------------------- tests
@@ -77,7 +92,9 @@ def test_protocol_lists_hand_example():
     got = protocol_lists(cand, one(4), one(2), one(3), 3, 6)
     assert got["valid"].tolist() == [[5, 2, 1]]  # excludes train and test
     assert got["test"].tolist() == [[5, 3, 1]]  # excludes train and valid
-    assert protocol_lists(cand, one(4), one(2), one(3), 5, 6, ("test",))["test"].tolist() == [[5, 3, 1, 0, PAD]]
+    assert protocol_lists(cand, one(4), one(2), one(3), 5, 6, ("test",))["test"].tolist() == [
+        [5, 3, 1, 0, PAD]
+    ]
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
@@ -105,7 +122,9 @@ def test_learned_signal_brute_force(synth_run):
 def test_scorer_path_equals_faiss_path(synth_run):
     U, V = random_emb(synth_run, seed=2)
     Ut, Vt = torch.from_numpy(U), torch.from_numpy(V)
-    by_scores = evaluate_scorer(synth_run, lambda users: Ut[torch.from_numpy(users)] @ Vt.T, EvalConfig(batch_size=64))
+    by_scores = evaluate_scorer(
+        synth_run, lambda users: Ut[torch.from_numpy(users)] @ Vt.T, EvalConfig(batch_size=64)
+    )
     assert_close(by_scores, evaluate_embeddings(synth_run, U, V, "ip"))
     assert_close(by_scores, brute_force(synth_run, U, V, "ip"))
 
@@ -113,7 +132,8 @@ def test_scorer_path_equals_faiss_path(synth_run):
 @pytest.mark.parametrize("index, seed", [("pruned", 7), ("blocked", 10)])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_exact_indexes_equal_brute_force(synth_run, metric, index, seed):
-    """EvalConfig.index = "pruned" / "blocked": random embeddings, and (ip) embeddings with signal (many hits)."""
+    """EvalConfig.index = "pruned" / "blocked": random embeddings, and (ip) embeddings with signal
+    (many hits)."""
     U, V = random_emb(synth_run, seed=seed)
     cfg = EvalConfig(index=index, batch_size=50)
     assert_close(evaluate_embeddings(synth_run, U, V, metric, cfg), brute_force(synth_run, U, V, metric))
@@ -132,22 +152,33 @@ def test_exact_indexes_equal_brute_force(synth_run, metric, index, seed):
 
 def tie_case(rng, B: int = 40, n_items: int = 60, d: int = 3):
     """Integer vectors (many exact ties) and disjoint train/valid/test per user, the first 3 users heavy."""
-    U, V = rng.integers(-2, 3, (B, d)).astype(np.float32), rng.integers(-2, 3, (n_items, d)).astype(np.float32)
+    U, V = (
+        rng.integers(-2, 3, (B, d)).astype(np.float32),
+        rng.integers(-2, 3, (n_items, d)).astype(np.float32),
+    )
     parts = {"train": [], "valid": [], "test": []}
     for b in range(B):
         chosen = rng.permutation(n_items)[: int(rng.integers(3, n_items - 2 if b < 3 else 30))]
         cut = np.sort(rng.choice(np.arange(1, len(chosen)), 2, replace=False))
         for name, items in zip(parts, np.split(chosen, cut)):
             parts[name].append(items)
-    csr = {name: CSR(np.concatenate([[0], np.cumsum([len(x) for x in rows])]).astype(np.int64),
-                     np.concatenate(rows).astype(np.int32)) for name, rows in parts.items()}
+    csr = {
+        name: CSR(
+            np.concatenate([[0], np.cumsum([len(x) for x in rows])]).astype(np.int64),
+            np.concatenate(rows).astype(np.int32),
+        )
+        for name, rows in parts.items()
+    }
     return U, V, parts, csr
 
 
 def assert_lists_equal_a_per_user_loop(got: dict, U, V, parts, metric: str, k: int) -> None:
     """Each protocol's lists equal a float64 brute-force argsort (stable: ties by smaller id) per user."""
-    S = U.astype(np.float64) @ V.T.astype(np.float64) if metric == "ip" else \
-        -((U[:, None].astype(np.float64) - V[None].astype(np.float64)) ** 2).sum(-1)
+    S = (
+        U.astype(np.float64) @ V.T.astype(np.float64)
+        if metric == "ip"
+        else -((U[:, None].astype(np.float64) - V[None].astype(np.float64)) ** 2).sum(-1)
+    )
     for split in got:
         other = "test" if split == "valid" else "valid"
         for b in range(len(U)):
@@ -163,8 +194,9 @@ def test_protocol_lists_pruned_equals_a_per_user_loop(metric):
     """Integer vectors (many exact ties: smaller id first), heavy users, k above what is left."""
     U, V, parts, csr = tie_case(np.random.default_rng(8))
     for k in (5, 50):
-        got = protocol_lists_pruned(PrunedIndex(V, metric, block=8, user_chunk=16), U, csr["train"], csr["valid"],
-                                    csr["test"], k)
+        got = protocol_lists_pruned(
+            PrunedIndex(V, metric, block=8, user_chunk=16), U, csr["train"], csr["valid"], csr["test"], k
+        )
         assert set(got) == {"valid", "test"}
         assert_lists_equal_a_per_user_loop(got, U, V, parts, metric, k)
 
@@ -183,12 +215,24 @@ def test_protocol_lists_blocked_equals_a_per_user_loop(metric):
 
 def test_protocol_sets_hand_example():
     # two users; train {1, 2} / {}, valid {3} / {0}, test {4} / {5, 6}
-    csr = lambda rows: CSR(np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64),  # noqa: E731
-                           np.array([i for r in rows for i in r], np.int32))
+    def csr(rows):
+        return CSR(
+            np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64),
+            np.array([i for r in rows for i in r], np.int32),
+        )
+
     train, valid, test = csr([[1, 2], []]), csr([[3], [0]]), csr([[4], [5, 6]])
     off, items, bits, masks = protocol_sets(train, valid, test)
     assert off.tolist() == [0, 4, 7]
-    assert list(zip(items.tolist(), bits.tolist())) == [(1, 1), (2, 1), (3, 2), (4, 4), (0, 2), (5, 4), (6, 4)]
+    assert list(zip(items.tolist(), bits.tolist())) == [
+        (1, 1),
+        (2, 1),
+        (3, 2),
+        (4, 4),
+        (0, 2),
+        (5, 4),
+        (6, 4),
+    ]
     assert masks.tolist() == [1 | 4, 1 | 2]  # valid drops train and test; test drops train and valid
     off, items, bits, masks = protocol_sets(train, valid, test, ("valid",))  # valid items are not needed
     assert off.tolist() == [0, 3, 5] and items.tolist() == [1, 2, 4, 5, 6] and masks.tolist() == [5]
@@ -197,10 +241,16 @@ def test_protocol_sets_hand_example():
 def test_pruned_distributed_equals_in_process(synth_run, ray_session):
     U, V = random_emb(synth_run, seed=9)
     cfg = EvalConfig(index="pruned")
-    assert_close(evaluate_embeddings(synth_run, U, V, "ip", cfg, distributed=True),
-                 evaluate_embeddings(synth_run, U, V, "ip", distributed=False), 1e-12)
-    assert_close(evaluate_embeddings(synth_run, U, V, "ip", EvalConfig(index="blocked"), distributed=True),
-                 evaluate_embeddings(synth_run, U, V, "ip", distributed=False), 1e-12)
+    assert_close(
+        evaluate_embeddings(synth_run, U, V, "ip", cfg, distributed=True),
+        evaluate_embeddings(synth_run, U, V, "ip", distributed=False),
+        1e-12,
+    )
+    assert_close(
+        evaluate_embeddings(synth_run, U, V, "ip", EvalConfig(index="blocked"), distributed=True),
+        evaluate_embeddings(synth_run, U, V, "ip", distributed=False),
+        1e-12,
+    )
 
 
 def test_user_ranges_merge_to_the_whole(synth_run):
@@ -237,8 +287,9 @@ def test_distributed_equals_in_process(synth_run, ray_session):
     remote = evaluate_embeddings(synth_run, U, V, "l2", distributed=True)
     assert_close(remote, local, 1e-12)
     Ut, Vt = torch.from_numpy(U), torch.from_numpy(V)
-    remote_scorer = evaluate_scorer(synth_run, lambda users: -torch.cdist(Ut[torch.from_numpy(users)], Vt) ** 2,
-                                    distributed=True)
+    remote_scorer = evaluate_scorer(
+        synth_run, lambda users: -(torch.cdist(Ut[torch.from_numpy(users)], Vt) ** 2), distributed=True
+    )
     assert_close(remote_scorer, local, 1e-5)  # cdist rounds differently from FAISS; same lists up to ties
 
 
@@ -258,7 +309,9 @@ def test_cli_json_and_errors(synth_run, tmp_path, capsys):
     U, V = random_emb(synth_run, seed=6)
     path = tmp_path / "emb.npz"
     np.savez(path, user=U, item=V)
-    assert cli.main(["evaluate", "--run", synth_run, "--embeddings", str(path), "--metric", "l2", "--json"]) == 0
+    assert (
+        cli.main(["evaluate", "--run", synth_run, "--embeddings", str(path), "--metric", "l2", "--json"]) == 0
+    )
     got = json.loads(capsys.readouterr().out)
     assert set(got) == {"valid", "test"} and set(got["test"]) == {"R@10", "N@10", "R@50", "N@50"}
     assert_close(got, brute_force(synth_run, U, V, "l2"))

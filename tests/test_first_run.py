@@ -42,7 +42,9 @@ def test_readme_first_command_with_a_relative_out(tmp_path):
 
 
 def test_smoke_job_with_a_relative_out(tmp_path):
-    res = _run([sys.executable, str(REPO / "jobs" / "pipeline.py"), "--smoke", "--out", "runs/x"], cwd=tmp_path)
+    res = _run(
+        [sys.executable, str(REPO / "jobs" / "pipeline.py"), "--smoke", "--out", "runs/x"], cwd=tmp_path
+    )
     assert res.returncode == 0
     assert (tmp_path / "runs" / "x" / "report" / "report.md").exists()
     assert res.stdout.rstrip().splitlines()[-1] == f"output: {tmp_path}/runs/x/report/report.json"

@@ -12,7 +12,6 @@ import pytest
 from hetcomp_dist import cli, storage
 from hetcomp_dist.config import DataConfig
 from hetcomp_dist.data import ingest as ingest_mod
-from hetcomp_dist.data import readers
 from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.data.ingest import ingest, load_maps
 from hetcomp_dist.errors import InputError
@@ -87,8 +86,12 @@ def test_parquet_equals_csv_and_row_order_does_not_matter(tmp_path):
     table = pa.table({"uid": [r[0] for r in ints[::-1]], "iid": [r[1] for r in ints[::-1]]})
     pq.write_table(table, tmp_path / "x.parquet")
     ingest(str(tmp_path / "a"), DataConfig(input=csv, format="csv", shard_size=8))
-    ingest(str(tmp_path / "b"), DataConfig(input=str(tmp_path / "x.parquet"), format="parquet", user_col="uid",
-                                           item_col="iid", shard_size=8))
+    ingest(
+        str(tmp_path / "b"),
+        DataConfig(
+            input=str(tmp_path / "x.parquet"), format="parquet", user_col="uid", item_col="iid", shard_size=8
+        ),
+    )
     check_run(str(tmp_path / "b"), reference([(u, i, 0) for u, i, _ in ints]))
     # zero-padded strings sort like the integers: same dense ids, so the same splits
     for split in ("train", "valid", "test"):
@@ -121,7 +124,12 @@ def test_citeulike_format_and_rerun_skip(tmp_path, capsys):
     path = tmp_path / "users.dat"
     path.write_text("\n".join(lines))  # no trailing newline, like the real file
     run = str(tmp_path / "run")
-    assert cli.main(["ingest", "--input", str(path), "--format", "citeulike", "--out", run, "--shard-size", "10"]) == 0
+    assert (
+        cli.main(
+            ["ingest", "--input", str(path), "--format", "citeulike", "--out", run, "--shard-size", "10"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     m = load_manifest(run)
     assert f"train {m['n_train']:,} / valid {m['n_valid']:,} / test {m['n_test']:,}" in out
@@ -129,7 +137,12 @@ def test_citeulike_format_and_rerun_skip(tmp_path, capsys):
     assert load_maps(run)[0].to_pylist() == sorted(ref)  # raw user id = 0-based line number
     manifest_path = os.path.join(run, "data", "_manifest.json")
     before = os.stat(manifest_path).st_mtime_ns
-    assert cli.main(["ingest", "--input", str(path), "--format", "citeulike", "--out", run, "--shard-size", "10"]) == 0
+    assert (
+        cli.main(
+            ["ingest", "--input", str(path), "--format", "citeulike", "--out", run, "--shard-size", "10"]
+        )
+        == 0
+    )
     assert os.stat(manifest_path).st_mtime_ns == before  # committed with the same config: skipped
 
 
@@ -155,7 +168,9 @@ def test_unreadable_or_wrong_format(tmp_path):
     csv = write_csv(tmp_path / "x.csv", interactions())
     bad(tmp_path, DataConfig(input=csv, format="parquet"), "not a readable Parquet")
     mixed = tmp_path / "mixed.csv"
-    mixed.write_text("user,item\n" + "\n".join(f"{u},{i}" for u in range(30) for i in range(6)) + "\nabc,1,2,3\n")
+    mixed.write_text(
+        "user,item\n" + "\n".join(f"{u},{i}" for u in range(30) for i in range(6)) + "\nabc,1,2,3\n"
+    )
     e = bad(tmp_path, DataConfig(input=str(mixed), format="csv"), "CSV")
     assert "mixed.csv" in e.where
 
@@ -167,8 +182,9 @@ def test_missing_column(tmp_path):
     bad(tmp_path, DataConfig(input=csv, format="csv", rating_col="stars"), "column 'stars'")
 
 
-@pytest.mark.parametrize("value,match", [(-3, "negative id -3"), (2.5, "not a non-negative integer"),
-                                         (None, "missing id")])
+@pytest.mark.parametrize(
+    "value,match", [(-3, "negative id -3"), (2.5, "not a non-negative integer"), (None, "missing id")]
+)
 def test_bad_integer_ids(tmp_path, value, match):
     users = [u for u in range(20) for _ in range(6)]
     items = list(range(len(users)))
@@ -191,7 +207,11 @@ def test_nan_and_fractional_ids_in_csv(tmp_path):
 def test_users_dat_count_mismatch_names_the_line(tmp_path):
     path = tmp_path / "users.dat"
     path.write_text("5 1 2 3 4 5\n6 1 2 3 4 5 6\n3 7 8\n5 1 2 3 4 5\n")
-    e = bad(tmp_path, DataConfig(input=str(path), format="citeulike"), "count field says 3 items but the line has 2")
+    e = bad(
+        tmp_path,
+        DataConfig(input=str(path), format="citeulike"),
+        "count field says 3 items but the line has 2",
+    )
     assert e.where.endswith("line 3")
     path.write_text("5 1 2 3 4 5\n5 1 2 x 4 5\n")
     assert bad(tmp_path, DataConfig(input=str(path), format="citeulike"), "'x'").where.endswith("line 2")
@@ -207,7 +227,11 @@ def test_empty_after_filtering(tmp_path):
     bad(tmp_path, DataConfig(input=str(path), format="citeulike"), "no user has >= 5")
     rows = interactions()
     csv = write_csv(tmp_path / "x.csv", rows)
-    e = bad(tmp_path, DataConfig(input=csv, format="csv", rating_col="rating", rating_threshold=99.0), "no interactions")
+    e = bad(
+        tmp_path,
+        DataConfig(input=csv, format="csv", rating_col="rating", rating_threshold=99.0),
+        "no interactions",
+    )
     assert "x.csv" in e.where
 
 
@@ -224,8 +248,20 @@ def test_failed_write_leaves_no_data(tmp_path, monkeypatch):
 
 
 def test_cli_reports_input_errors(tmp_path, capsys):
-    assert cli.main(["ingest", "--input", str(tmp_path / "none.dat"), "--format", "citeulike",
-                     "--out", str(tmp_path / "r")]) == 2
+    assert (
+        cli.main(
+            [
+                "ingest",
+                "--input",
+                str(tmp_path / "none.dat"),
+                "--format",
+                "citeulike",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "file not found" in capsys.readouterr().err
 
 

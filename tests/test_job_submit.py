@@ -21,8 +21,14 @@ SUBMIT_TIMEOUT_S = 480
 
 
 def _group_members(pgid: int) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if line.split()[0] == str(pgid) and not line.split()[1].startswith("Z")]
+    out = subprocess.run(
+        ["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        line
+        for line in out.splitlines()
+        if line.split()[0] == str(pgid) and not line.split()[1].startswith("Z")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +62,18 @@ def test_smoke_pipeline_job_succeeds_and_writes_the_report(cluster, tmp_path):
     assert status == "SUCCEEDED"
     assert res.returncode == 0, "ray job submit exits 0 only for a SUCCEEDED job"
     report_json = run / "report" / "report.json"
-    assert logs.rstrip().endswith(f"output: {report_json}"), "the job's last line says where the report landed"
+    assert logs.rstrip().endswith(f"output: {report_json}"), (
+        "the job's last line says where the report landed"
+    )
 
     report = json.loads(report_json.read_text())
     assert report["dataset"] == "synthetic"
     assert {"data", "teachers", "knowledge", "student"} <= set(report["stage_times"])  # every stage ran
     rows = {(r["method"], r["student"], r["split"]): r for r in report["rows"]}
-    expected = {(t, "-") for t in ("mf", "ml", "dnn", "gnn", "ae", "iae")} | {("ensemble", "-"), ("hetcomp", "mf")}
+    expected = {(t, "-") for t in ("mf", "ml", "dnn", "gnn", "ae", "iae")} | {
+        ("ensemble", "-"),
+        ("hetcomp", "mf"),
+    }
     assert {(m, s) for m, s, _ in rows} == expected
     assert {split for *_, split in rows} == {"valid", "test"}
     for key, r in rows.items():
@@ -75,7 +86,9 @@ def test_smoke_pipeline_job_succeeds_and_writes_the_report(cluster, tmp_path):
 
 def test_job_with_a_missing_input_fails_with_the_reason_in_its_logs(cluster, tmp_path):
     missing, run = tmp_path / "missing.csv", tmp_path / "bad-run"
-    res, status, logs = _submit(cluster, "--smoke", "--input", str(missing), "--format", "csv", "--out", str(run))
+    res, status, logs = _submit(
+        cluster, "--smoke", "--input", str(missing), "--format", "csv", "--out", str(run)
+    )
     assert status == "FAILED"
     assert res.returncode == 1, "ray job submit exits 1 for a FAILED job"
     last = logs.rstrip().splitlines()[-1]

@@ -17,7 +17,8 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.local_cluster import absolute_paths
 
 REPO = Path(__file__).resolve().parents[1]
-# every job file but the benchmarks (bench_*) and the checks of an existing run (check_*) is a stage entrypoint
+# every job file but the benchmarks (bench_*) and the checks of an existing run (check_*) is a stage
+# entrypoint
 JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if not p.stem.startswith(("bench_", "check_")))
 
 
@@ -32,7 +33,9 @@ def test_smoke_preset_then_overrides_then_out():
     assert (smoke.data.format, smoke.synth.users, smoke.pipeline.students) == ("synthetic", 160, ("mf",))
     assert _cfg("--smoke", "synth.users=200").synth.users == 200  # the user's override wins
     # --out is never parsed as YAML (a path is not a number or null); a local one is made absolute here
-    assert _cfg("--out", "123").run == os.path.abspath("123") and _cfg("--out", "null").run == os.path.abspath("null")
+    assert _cfg("--out", "123").run == os.path.abspath("123") and _cfg(
+        "--out", "null"
+    ).run == os.path.abspath("null")
     cfg = _cfg("--input", "s3://b/users.dat", "--format", "citeulike", "--out", "s3://b/run")
     assert (cfg.data.input, cfg.data.format, cfg.run) == ("s3://b/users.dat", "citeulike", "s3://b/run")
     with pytest.raises(InputError, match="student.nope"):
@@ -60,8 +63,10 @@ def no_ray(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("raised, status", [(None, 0), (InputError("x.csv", "file not found", "fix it"), 2),
-                                            (RuntimeError("boom"), 1)])
+@pytest.mark.parametrize(
+    "raised, status",
+    [(None, 0), (InputError("x.csv", "file not found", "fix it"), 2), (RuntimeError("boom"), 1)],
+)
 def test_run_job_exit_status_and_last_line(no_ray, capsys, raised, status):
     def stage(cfg, args):
         print("working")
@@ -76,7 +81,9 @@ def test_run_job_exit_status_and_last_line(no_ray, capsys, raised, status):
         assert out.splitlines()[-1] == "output: /tmp/r/report"
     else:
         last = err.splitlines()[-1]
-        assert last == ("error: x.csv: file not found -- fix it" if status == 2 else "error: RuntimeError: boom")
+        assert last == (
+            "error: x.csv: file not found -- fix it" if status == 2 else "error: RuntimeError: boom"
+        )
         assert ("Traceback" in err) == (status == 1)  # a bug gets its traceback; bad input only the reason
 
 
@@ -89,8 +96,14 @@ def test_bad_config_fails_before_ray_starts(no_ray, capsys):
 @pytest.mark.parametrize("job", JOBS)
 def test_job_files_run_from_any_directory_without_install(job, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    res = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), "--help"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "--smoke" in res.stdout and "--out RUN" in res.stdout
     assert f"jobs/{job}.py" in res.stdout, "the docstring shows how to run and submit it"
@@ -98,7 +111,25 @@ def test_job_files_run_from_any_directory_without_install(job, tmp_path):
 
 def test_local_recipe_makes_job_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = ["--smoke", "--out", "runs/x", "--input=data/i.csv", "--config", "s3://b/c.yaml", "--format", "csv",
-            "student.model=ml"]
-    assert absolute_paths(argv) == ["--smoke", "--out", str(tmp_path / "runs/x"), f"--input={tmp_path}/data/i.csv",
-                                    "--config", "s3://b/c.yaml", "--format", "csv", "student.model=ml"]
+    argv = [
+        "--smoke",
+        "--out",
+        "runs/x",
+        "--input=data/i.csv",
+        "--config",
+        "s3://b/c.yaml",
+        "--format",
+        "csv",
+        "student.model=ml",
+    ]
+    assert absolute_paths(argv) == [
+        "--smoke",
+        "--out",
+        str(tmp_path / "runs/x"),
+        f"--input={tmp_path}/data/i.csv",
+        "--config",
+        "s3://b/c.yaml",
+        "--format",
+        "csv",
+        "student.model=ml",
+    ]

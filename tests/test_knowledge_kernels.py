@@ -10,12 +10,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
+from test_knowledge_math import _states, make_batch, ref_D, ref_dkc, ref_g
 
 from hetcomp_dist.knowledge.discrepancy import discrepancies
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, dkc_step_targets, rebuild_targets
 from hetcomp_dist.knowledge.ensemble import DENSE_MAX_ITEMS, dense_size, ensemble_topk, ensemble_topk_csr
 from hetcomp_dist.knowledge.rounds import needed_states
-from test_knowledge_math import _states, make_batch, ref_D, ref_dkc, ref_g
 
 
 def _with_threads(n, fn):
@@ -37,11 +37,17 @@ def test_any_thread_count_gives_the_same_result():
 
     def run():
         vb, db, moved = dkc_step(lists, v, d, sigma, 30, False, p)
-        return (vb, db, moved, rebuild_targets(lists, vb, moved.any(1), np.full((B, K), -7, np.int32), K),
-                *dkc_step_targets(lists, v, d, sigma, 30, False, p, np.full((B, K), -7, np.int32)),
-                ensemble_topk(lists[:, :, 0], 15), discrepancies(sigma, lists[:, :, 1], 10, "paper"),
-                dkc_step_targets(lists, v, d, sigma, 30, False, p, np.full((B, K), -7, np.int32), n_items=70)[3],
-                ensemble_topk(lists[:, :, 0], 15, n_items=70))  # the dense tables (make_batch: ids < 70)
+        return (
+            vb,
+            db,
+            moved,
+            rebuild_targets(lists, vb, moved.any(1), np.full((B, K), -7, np.int32), K),
+            *dkc_step_targets(lists, v, d, sigma, 30, False, p, np.full((B, K), -7, np.int32)),
+            ensemble_topk(lists[:, :, 0], 15),
+            discrepancies(sigma, lists[:, :, 1], 10, "paper"),
+            dkc_step_targets(lists, v, d, sigma, 30, False, p, np.full((B, K), -7, np.int32), n_items=70)[3],
+            ensemble_topk(lists[:, :, 0], 15, n_items=70),
+        )  # the dense tables (make_batch: ids < 70)
 
     one = _with_threads(1, run)
     for n in (2, 3):
@@ -138,18 +144,23 @@ def test_dense_tables_reject_ids_outside_the_catalogue():
     a catalogue past DENSE_MAX_ITEMS hashes, with the same result."""
     rng = np.random.default_rng(11)
     B, M, S, K = 40, 3, 4, 12
-    lists = np.stack([np.stack([rng.permutation(200)[:K] for _ in range(M * S)]).reshape(M, S, K) for _ in range(B)])
+    lists = np.stack(
+        [np.stack([rng.permutation(200)[:K] for _ in range(M * S)]).reshape(M, S, K) for _ in range(B)]
+    )
     lists = lists.astype(np.int32)
     lists[17, 1, :, 0] = 250  # one user, one teacher, every state, at rank 0 (in every top-K)
     sigma = rng.permutation(200)[None, :10].repeat(B, 0).astype(np.int32)
     v, d = np.zeros((B, M), np.int64), np.full((B, M), 0.5)
     prev = np.full((B, K), -1, np.int32)
     p = DKCParams(d_k=10, alpha=0.0)  # everybody moves: every user's targets are built
-    calls = {"ensemble_topk": lambda n: ensemble_topk(lists[:, :, 0], K, n_items=n),
-             "ensemble_topk_csr": lambda n: ensemble_topk_csr(
-                 [(np.arange(B + 1) * K, lists[:, x, 0].ravel()) for x in range(M)], K, n_items=n),
-             "rebuild_targets": lambda n: rebuild_targets(lists, v + 1, np.ones(B, bool), prev, K, n_items=n),
-             "dkc_step_targets": lambda n: dkc_step_targets(lists, v, d, sigma, 30, False, p, prev, n_items=n)[3]}
+    calls = {
+        "ensemble_topk": lambda n: ensemble_topk(lists[:, :, 0], K, n_items=n),
+        "ensemble_topk_csr": lambda n: ensemble_topk_csr(
+            [(np.arange(B + 1) * K, lists[:, x, 0].ravel()) for x in range(M)], K, n_items=n
+        ),
+        "rebuild_targets": lambda n: rebuild_targets(lists, v + 1, np.ones(B, bool), prev, K, n_items=n),
+        "dkc_step_targets": lambda n: dkc_step_targets(lists, v, d, sigma, 30, False, p, prev, n_items=n)[3],
+    }
     for name, call in calls.items():
         with pytest.raises(ValueError, match="item id 250 is >= n_items = 200"):
             call(200)
@@ -167,7 +178,7 @@ def test_ensemble_csr_very_uneven_users():
     rng = np.random.default_rng(9)
     sizes = [0, 1, 2500, 3, 0, 60]
     csrs = []
-    for x in range(3):
+    for _x in range(3):
         vals, off = [], [0]
         for n in sizes:
             vals.append(rng.choice(10**6, size=n, replace=False).astype(np.int32))
@@ -175,7 +186,7 @@ def test_ensemble_csr_very_uneven_users():
         csrs.append((np.array(off), np.concatenate(vals)))
     got = ensemble_topk_csr(csrs, 40)
     for b in range(len(sizes)):
-        lists_b = [csrs[x][1][csrs[x][0][b]: csrs[x][0][b + 1]] for x in range(3)]
+        lists_b = [csrs[x][1][csrs[x][0][b] : csrs[x][0][b + 1]] for x in range(3)]
         np.testing.assert_array_equal(got[b], ref_g(lists_b, 40))
 
 
@@ -197,7 +208,13 @@ def test_needed_states_are_all_a_round_reads(first):
     outs = []
     for arr in (lists, masked):
         vb, db, moved = dkc_step(arr, v, d, sigma, 50, first, p)
-        outs.append((vb, db, rebuild_targets(arr, vb, moved.any(1), np.full((B, K), -7, np.int32), K),
-                     *dkc_step_targets(arr, v, d, sigma, 50, first, p, np.full((B, K), -7, np.int32))))
+        outs.append(
+            (
+                vb,
+                db,
+                rebuild_targets(arr, vb, moved.any(1), np.full((B, K), -7, np.int32), K),
+                *dkc_step_targets(arr, v, d, sigma, 50, first, p, np.full((B, K), -7, np.int32)),
+            )
+        )
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from hetcomp_dist.knowledge.discrepancy import discrepancies, discrepancy
-from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step, dkc_step_targets, rebuild_targets, switch_fired, threshold
+from hetcomp_dist.knowledge.dkc import (
+    DKCParams,
+    dkc_step,
+    dkc_step_targets,
+    rebuild_targets,
+    switch_fired,
+    threshold,
+)
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
 
 
@@ -89,9 +96,18 @@ def make_batch(seed, B=120, M=5, S=4, K=20, n_items=70, d_k=10):
     sigma = np.full((B, d_k), -1, dtype=np.int32)
     train, kinds = [], []
     for b in range(B):
-        kind = ["random", "few_unobserved", "mirror_ties", "disjoint_ties", "sigma_is_teacher", "short_sigma"][b % 6]
+        kind = [
+            "random",
+            "few_unobserved",
+            "mirror_ties",
+            "disjoint_ties",
+            "sigma_is_teacher",
+            "short_sigma",
+        ][b % 6]
         kinds.append(kind)
-        n_tr = rng.integers(n_items - K // 2, n_items - 3) if kind == "few_unobserved" else rng.integers(1, 12)
+        n_tr = (
+            rng.integers(n_items - K // 2, n_items - 3) if kind == "few_unobserved" else rng.integers(1, 12)
+        )
         tr = set(rng.choice(n_items, size=n_tr, replace=False).tolist())
         train.append(tr)
         cand = np.array(sorted(set(range(n_items)) - tr), dtype=np.int32)
@@ -104,10 +120,14 @@ def make_batch(seed, B=120, M=5, S=4, K=20, n_items=70, d_k=10):
                         lst = base[:0]
                 elif kind == "disjoint_ties":  # each teacher its own items: M-way ties at every rank
                     chunk = len(cand) // M
-                    lst = rng.permutation(cand)[x * chunk: (x + 1) * chunk][:K] if chunk else base[:0]
+                    lst = rng.permutation(cand)[x * chunk : (x + 1) * chunk][:K] if chunk else base[:0]
                     lst = lst[: rng.integers(0, len(lst) + 1)] if rng.random() < 0.3 else lst
                 else:
-                    lst = rng.permutation(cand)[: rng.integers(1, K + 1)] if rng.random() < 0.2 else rng.permutation(cand)[:K]
+                    lst = (
+                        rng.permutation(cand)[: rng.integers(1, K + 1)]
+                        if rng.random() < 0.2
+                        else rng.permutation(cand)[:K]
+                    )
                 lists[b, x, s, : len(lst)] = lst
         if kind == "sigma_is_teacher":  # d' = 0 for that teacher/state
             x, s = rng.integers(0, M), rng.integers(0, S)
@@ -137,7 +157,8 @@ def test_ensemble_matches_per_user_loop(seed, weighted, n_items):
 
 
 def test_ensemble_hand_worked_tie():
-    # teacher 0: [7, 3], teacher 1: [3, 7] -> 3 and 7 tie (1 + e^-0.1 each): smaller id first; 9 alone at rank 0
+    # teacher 0: [7, 3], teacher 1: [3, 7] -> 3 and 7 tie (1 + e^-0.1 each): smaller id first;
+    # 9 alone at rank 0
     lists = np.array([[[7, 3, -1], [3, 7, -1], [9, -1, -1]]], dtype=np.int32)
     np.testing.assert_array_equal(ensemble_topk(lists, 4), [[3, 7, 9, -1]])
     # temperature matters: 5 at ranks (2, 2) scores 2 e^{-2/T}, items at rank 0 once score 1 (1, 3, 9 tie),
@@ -175,7 +196,9 @@ def test_positive_set_matches_per_user_loop(seed, n_items):
         off = np.concatenate([[0], np.cumsum(lengths)])
         val = np.concatenate([obs[b][x] for b in range(B)]).astype(np.int32)
         csrs.append((off, val))
-    got = ensemble_topk_csr(csrs, pos_k, n_items=n_items)  # heavy users (300 items) size their own hash tables
+    got = ensemble_topk_csr(
+        csrs, pos_k, n_items=n_items
+    )  # heavy users (300 items) size their own hash tables
     want = np.array([ref_g([list(o) for o in obs[b]], pos_k) for b in range(B)])
     np.testing.assert_array_equal(got, want)
     assert (got[np.arange(B) % 8 == 1] >= 0).sum(1).max() == 1  # a 1-item user has a 1-item P+
@@ -195,11 +218,16 @@ def test_discrepancy_matches_per_user_loop(variant):
     # sigma copied from a full teacher state's top-d_k: exactly 0 for that state (a copied padded list
     # is not 0: padded positions are misses)
     b = np.nonzero(kinds == "sigma_is_teacher")[0]
-    hits = [(bb, x, s) for bb in b for x in range(M) for s in range(S)
-            if np.array_equal(lists[bb, x, s, :10], sigma[bb]) and sigma[bb].min() >= 0]
+    hits = [
+        (bb, x, s)
+        for bb in b
+        for x in range(M)
+        for s in range(S)
+        if np.array_equal(lists[bb, x, s, :10], sigma[bb]) and sigma[bb].min() >= 0
+    ]
     assert hits
     for bb, x, s in hits:
-        assert discrepancy(sigma[bb: bb + 1], lists[bb: bb + 1, x, s], 10, variant)[0] == 0.0
+        assert discrepancy(sigma[bb : bb + 1], lists[bb : bb + 1, x, s], 10, variant)[0] == 0.0
 
 
 def test_discrepancy_hand_worked():
@@ -216,8 +244,11 @@ def test_discrepancy_hand_worked():
     # several teachers at once, one student list per user
     sig = np.array([[4, 5], [7, -1]])
     pis = np.array([[[5, 6, 4], [4, 5, -1], [9, 8, 1]], [[7, 1, 2], [1, 7, 2], [-1, -1, -1]]])
-    np.testing.assert_allclose(discrepancies(sig, pis, 2), [[1 - w1 / (w0 + w1), 0.0, 1.0],
-                                                            [1 - w0 / (w0 + w1), 1 - w0 / (w0 + w1), 1.0]], atol=1e-12)
+    np.testing.assert_allclose(
+        discrepancies(sig, pis, 2),
+        [[1 - w1 / (w0 + w1), 0.0, 1.0], [1 - w0 / (w0 + w1), 1 - w0 / (w0 + w1), 1.0]],
+        atol=1e-12,
+    )
 
 
 # ------------------------------------------------------------------------------------------- DKC
@@ -259,8 +290,9 @@ def test_dkc_step_matches_per_user_loop(seed, rule, variant):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("rule,variant,weighted", [("code", "code", False), ("code", "paper", True),
-                                                   ("paper", "code", True)])
+@pytest.mark.parametrize(
+    "rule,variant,weighted", [("code", "code", False), ("code", "paper", True), ("paper", "code", True)]
+)
 @pytest.mark.parametrize("n_items", [None, 70])
 def test_dkc_step_targets_matches_per_user_loop(seed, rule, variant, weighted, n_items):
     """The fused step + targets: v and d of the per-user DKC loop, and for each user with a mover
@@ -278,13 +310,17 @@ def test_dkc_step_targets_matches_per_user_loop(seed, rule, variant, weighted, n
     rng = np.random.default_rng(seed + 1)
     for epoch, first in ((10, True), (20, False), (60, False), (400, False)):
         sig = sigma if epoch <= 20 else _shuffle_sigma(rng, sigma, lists)
-        v_new, d_new, moved, targets = dkc_step_targets(lists, v, d, sig, epoch, first, p, prev, 10.0, w, n_items)
+        v_new, d_new, moved, targets = dkc_step_targets(
+            lists, v, d, sig, epoch, first, p, prev, 10.0, w, n_items
+        )
         rv, rd = ref_dkc(lists, v, d, sig, epoch, first, p)
         np.testing.assert_array_equal(v_new, rv)
         np.testing.assert_allclose(d_new, rd, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(moved, v_new != v)
         for b in range(B):
-            want = ref_g([lists[b, x, v_new[b, x]] for x in range(M)], k, 10.0, w) if moved[b].any() else prev[b]
+            want = (
+                ref_g([lists[b, x, v_new[b, x]] for x in range(M)], k, 10.0, w) if moved[b].any() else prev[b]
+            )
             np.testing.assert_array_equal(targets[b], want)
         assert not first or not moved.any()
         v, d, prev = v_new, d_new, targets
@@ -311,7 +347,7 @@ def _shuffle_sigma(rng, sigma, lists):
 
 def test_dkc_zero_denominator_and_final():
     """d' = 0 -> rho = inf -> move; d = d' exactly -> rho = 1 -> stay (th > 1); v = 3 never moves."""
-    K, d_k = 4, 2
+    d_k = 2
     lists = np.array([[[[1, 2, 3, 4], [5, 6, 7, 8], [1, 5, 2, 6], [9, 8, 7, 6]]] * 3])  # (1, 3, 4, 4)
     lists = np.repeat(lists, 2, axis=0)  # B = 2
     sigma = np.array([[5, 6], [1, 2]])
@@ -335,7 +371,7 @@ def test_threshold_decay():
     p = DKCParams()
     assert threshold(10, p) == pytest.approx(1.05 * 0.995)
     assert threshold(19, p) == pytest.approx(1.05 * 0.995)
-    assert threshold(200, p) == pytest.approx(1.05 * 0.995 ** 20)
+    assert threshold(200, p) == pytest.approx(1.05 * 0.995**20)
     assert threshold(200, DKCParams(move_rule="paper")) == 1.05
 
 

@@ -15,6 +15,7 @@ import shutil
 import numpy as np
 import pyarrow as pa
 import pytest
+from test_knowledge_math import ref_dkc, ref_g
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, from_dict
@@ -25,16 +26,20 @@ from hetcomp_dist.knowledge import rounds
 from hetcomp_dist.knowledge.dkc import DKCParams
 from hetcomp_dist.knowledge.rounds import build_round0, dkc_round, load_targets
 from hetcomp_dist.knowledge.synthetic import perturb_embeddings, write_trajectories
-from test_knowledge_math import ref_dkc, ref_g
 
 N_USERS, N_ITEMS, SHARD = 230, 110, 64
 
 
 def _cfg(run: str, **knowledge) -> Config:
-    return from_dict(Config, {"run": run, "data": {"shard_size": SHARD},
-                              "synth": {"users": N_USERS, "items": N_ITEMS, "mean_interactions": 12,
-                                        "max_interactions": 40},
-                              "knowledge": {"distributed_min_users": 10**9, **knowledge}})
+    return from_dict(
+        Config,
+        {
+            "run": run,
+            "data": {"shard_size": SHARD},
+            "synth": {"users": N_USERS, "items": N_ITEMS, "mean_interactions": 12, "max_interactions": 40},
+            "knowledge": {"distributed_min_users": 10**9, **knowledge},
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +120,9 @@ def test_rounds_match_per_user_replay(base_run, tmp_path):
     cfg = _cfg(run)
     kc = cfg.knowledge
     lists, observed = _teacher_lists(run, cfg)
-    assert (lists[:, :, :, -1] == -1).any(), "the fixture should have users with fewer than K unobserved items"
+    assert (lists[:, :, :, -1] == -1).any(), (
+        "the fixture should have users with fewer than K unobserved items"
+    )
 
     m0 = build_round0(run, cfg)
     assert m0["round"] == 0 and m0["switch"] is False and set(m0["means"].values()) == {0.0}
@@ -166,7 +173,11 @@ def test_ray_data_round_equals_in_process(base_run, tmp_path, ray_session):
         manifests[run] = out
     assert [m["distributed"] for m in manifests[dist]] == [True] * 4
     for a, b in zip(manifests[local], manifests[dist]):
-        assert a["means"] == b["means"] and a["switch"] == b["switch"] and a["changed_users"] == b["changed_users"]
+        assert (
+            a["means"] == b["means"]
+            and a["switch"] == b["switch"]
+            and a["changed_users"] == b["changed_users"]
+        )
     for r in range(4):
         (va, da, Ta, Pa), (vb, db, Tb, Pb) = _round_files(local, r), _round_files(dist, r)
         np.testing.assert_array_equal(va, vb)
@@ -183,7 +194,10 @@ def test_idempotent_and_chained(base_run, tmp_path):
     shard = storage.shard_path(f"{run}/knowledge/round=2", 0)
     before = storage.read_bytes(shard)
     assert dkc_round(run, cfg, 2, 20, f"{run}/emb2.npz") == m2  # committed: returned as is
-    assert build_round0(run, cfg)["config_hash"] == storage.read_manifest(f"{run}/knowledge/round=0")["config_hash"]
+    assert (
+        build_round0(run, cfg)["config_hash"]
+        == storage.read_manifest(f"{run}/knowledge/round=0")["config_hash"]
+    )
     assert storage.read_bytes(shard) == before
     # another student's embeddings for round 2: recomputed (and round 3 of the old one is gone)
     dkc_round(run, cfg, 3, 30, f"{run}/emb3.npz")
@@ -225,8 +239,11 @@ def test_bad_inputs_fail_before_writing(base_run, tmp_path):
     with pytest.raises(InputError, match="not committed"):
         dkc_round(run, cfg, 1, 10, f"{run}/emb1.npz")  # no round 0 yet
     build_round0(run, cfg)
-    storage.write_npz_atomic(f"{run}/wrong.npz", user=np.zeros((N_USERS - 1, 6), np.float32),
-                             item=np.zeros((N_ITEMS, 6), np.float32))
+    storage.write_npz_atomic(
+        f"{run}/wrong.npz",
+        user=np.zeros((N_USERS - 1, 6), np.float32),
+        item=np.zeros((N_ITEMS, 6), np.float32),
+    )
     for emb, match in ((f"{run}/wrong.npz", "shape"), (f"{run}/missing.npz", "not found")):
         with pytest.raises(InputError, match=match):
             dkc_round(run, cfg, 1, 10, emb)
@@ -235,7 +252,9 @@ def test_bad_inputs_fail_before_writing(base_run, tmp_path):
         dkc_round(run, cfg, 0, 10, f"{run}/emb1.npz")
     with pytest.raises(InputError, match="metric"):
         dkc_round(run, cfg, 1, 10, f"{run}/emb1.npz", metric="cos")
-    other = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, topk=50))  # teacher hash differs
+    other = dataclasses.replace(
+        cfg, teachers=dataclasses.replace(cfg.teachers, topk=50)
+    )  # teacher hash differs
     with pytest.raises(InputError, match="teacher"):
         build_round0(run, other)
 
@@ -246,7 +265,9 @@ def _put_item(path: str, row: int, item: int) -> None:
     lists = t.column("items").to_pylist()
     lists[row] = [item] + lists[row][1:]
     col = t.schema.get_field_index("items")
-    storage.write_table_atomic(path, t.set_column(col, t.schema.field(col), pa.array(lists, t.schema.field(col).type)))
+    storage.write_table_atomic(
+        path, t.set_column(col, t.schema.field(col), pa.array(lists, t.schema.field(col).type))
+    )
 
 
 def test_item_ids_outside_the_catalogue_fail_naming_the_file(base_run, tmp_path):
@@ -275,7 +296,9 @@ def test_item_ids_outside_the_catalogue_fail_naming_the_file(base_run, tmp_path)
     nocache = dataclasses.replace(cfg, knowledge=dataclasses.replace(cfg.knowledge, cache_states=False))
     assert build_round0(run, nocache)["state_cache"] is False
     assert not storage.exists(f"{run}/knowledge/states")
-    with pytest.raises(InputError, match=f"(?s)gnn/state=2.*item id {N_ITEMS + 7}"):  # round 1 reads E2 (v = 0)
+    with pytest.raises(
+        InputError, match=f"(?s)gnn/state=2.*item id {N_ITEMS + 7}"
+    ):  # round 1 reads E2 (v = 0)
         dkc_round(run, nocache, 1, 10, f"{run}/emb1.npz")
     assert storage.read_manifest(f"{run}/knowledge/round=1") is None
     assert not storage.exists(storage.shard_path(f"{run}/knowledge/round=1", 2))
@@ -298,8 +321,9 @@ def test_state_copies_equal_the_teacher_files_and_are_checked(base_run, tmp_path
         for e in range(1, 5):
             for s in range(storage.n_shards(N_USERS, SHARD)):
                 lo, hi = storage.shard_range(s, SHARD, N_USERS)
-                got = shard_io.read_state_cache(shard_io.cache_path(cached, name, e, s), lo, hi,
-                                                np.empty((hi - lo, K), np.int32), N_ITEMS)
+                got = shard_io.read_state_cache(
+                    shard_io.cache_path(cached, name, e, s), lo, hi, np.empty((hi - lo, K), np.int32), N_ITEMS
+                )
                 np.testing.assert_array_equal(got, lists[lo:hi, x, e - 1])
     for r in (1, 2, 3):
         dkc_round(cached, cfg, r, 10 * r, f"{cached}/emb{r}.npz")
@@ -314,11 +338,19 @@ def test_state_copies_equal_the_teacher_files_and_are_checked(base_run, tmp_path
     bad = lists[lo:hi, 2, 2].copy()
     bad[4, 0] = N_ITEMS + 2
     good = storage.read_bytes(copy)
-    for broken, match in ((lambda: storage.write_bytes_atomic(copy, good[: len(good) // 2]), "not a readable Arrow IPC.*rebuild round 0"),
-                          (lambda: _put_copy(copy, lo, hi, bad), f"item id {N_ITEMS + 2}"),
-                          (lambda: shard_io.write_state_cache(copy, lo + 1, hi + 1, lists[lo:hi, 2, 2], N_ITEMS), "expected users"),
-                          (lambda: storage.write_bytes_atomic(copy, b""), "not a readable"),
-                          (lambda: os.remove(copy), "missing.*rebuild round 0")):
+    for broken, match in (
+        (
+            lambda: storage.write_bytes_atomic(copy, good[: len(good) // 2]),
+            "not a readable Arrow IPC.*rebuild round 0",
+        ),
+        (lambda: _put_copy(copy, lo, hi, bad), f"item id {N_ITEMS + 2}"),
+        (
+            lambda: shard_io.write_state_cache(copy, lo + 1, hi + 1, lists[lo:hi, 2, 2], N_ITEMS),
+            "expected users",
+        ),
+        (lambda: storage.write_bytes_atomic(copy, b""), "not a readable"),
+        (lambda: os.remove(copy), "missing.*rebuild round 0"),
+    ):
         broken()
         with pytest.raises(InputError, match=f"(?s)states/dnn/state=3/shard-00001.arrow.*{match}"):
             dkc_round(cached, cfg, 4, 160, f"{cached}/emb4.npz")  # v <= 2 here: E3 is read
@@ -329,9 +361,15 @@ def test_state_copies_equal_the_teacher_files_and_are_checked(base_run, tmp_path
 
 def _put_copy(path: str, lo: int, hi: int, lists: np.ndarray) -> None:
     """A state copy in the int32 layout holding `lists` as they are (write_state_cache refuses bad ids)."""
-    storage.write_ipc_atomic(path, pa.table({"user": pa.array(np.arange(lo, hi, dtype=np.int32)),
-                                             "items": pa.FixedSizeListArray.from_arrays(pa.array(lists.ravel()),
-                                                                                        lists.shape[1])}))
+    storage.write_ipc_atomic(
+        path,
+        pa.table(
+            {
+                "user": pa.array(np.arange(lo, hi, dtype=np.int32)),
+                "items": pa.FixedSizeListArray.from_arrays(pa.array(lists.ravel()), lists.shape[1]),
+            }
+        ),
+    )
 
 
 @pytest.mark.parametrize("n_items", [70, 70_000])  # item + 1 as uint16, and int32 past NARROW_MAX_ITEMS
@@ -348,7 +386,9 @@ def test_state_copy_round_trip(tmp_path, n_items):
     shard_io.write_state_cache(path, 100, 137, lists, n_items)
     typ = storage.read_ipc(path).schema.field("items").type
     assert typ.value_type == (pa.uint16() if n_items <= shard_io.NARROW_MAX_ITEMS else pa.int32())
-    np.testing.assert_array_equal(shard_io.read_state_cache(path, 100, 137, np.empty((37, 12), np.int32), n_items), lists)
+    np.testing.assert_array_equal(
+        shard_io.read_state_cache(path, 100, 137, np.empty((37, 12), np.int32), n_items), lists
+    )
     with pytest.raises(InputError, match="fixed_size_list"):
         shard_io.read_state_cache(path, 100, 137, np.empty((37, 11), np.int32), n_items)
     with pytest.raises(InputError, match=f"item id {n_items - 1} is outside"):
@@ -408,6 +448,8 @@ def test_students_keep_their_own_rounds(base_run, tmp_path):
             assert np.array_equal(got[0], want[0]) and got[2] == want[2]
             assert np.array_equal(got[1], want[1], equal_nan=True)
         targets, _ = rounds.load_targets(run, 3, 0, N_USERS, folders[s])
-        assert [list(t[t >= 0]) for t in targets] == [list(t) for t in _round_arrays(f"{folders[s]}/round=3")[2]]
+        assert [list(t[t >= 0]) for t in targets] == [
+            list(t) for t in _round_arrays(f"{folders[s]}/round=3")[2]
+        ]
     a3, b3 = _round_arrays(f"{folders['a']}/round=3"), _round_arrays(f"{folders['b']}/round=3")
     assert a3[2] != b3[2], "the two students should have built different targets"

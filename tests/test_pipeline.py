@@ -9,10 +9,18 @@ from hetcomp_dist.cli import main
 from hetcomp_dist.config import load_config
 from hetcomp_dist.pipeline import run_pipeline
 
-TINY = ["synth.users=300", "synth.items=200", "data.shard_size=128",
-        "teachers.max_epochs=10", "teachers.eval_every=5", "teachers.snapshot_every=5",
-        "student.max_epochs=20", "student.eval_every=5", "student.num_workers=0",
-        "pipeline.students=[mf]"]
+TINY = [
+    "synth.users=300",
+    "synth.items=200",
+    "data.shard_size=128",
+    "teachers.max_epochs=10",
+    "teachers.eval_every=5",
+    "teachers.snapshot_every=5",
+    "student.max_epochs=20",
+    "student.eval_every=5",
+    "student.num_workers=0",
+    "pipeline.students=[mf]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +62,10 @@ def test_rerun_skips_finished_stages_and_keeps_results(piped, capsys):
 
 
 def test_bad_cli_input_is_a_clear_error(tmp_path, capsys):
-    assert main(["run", "--out", str(tmp_path / "r"), "--input", str(tmp_path / "nope.csv"), "--format", "csv"]) == 2
+    assert (
+        main(["run", "--out", str(tmp_path / "r"), "--input", str(tmp_path / "nope.csv"), "--format", "csv"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "nope.csv" in err
     assert not (tmp_path / "r" / "data").exists()

@@ -26,8 +26,12 @@ def test_rows_and_markdown(run):
     report.add_result(run, "wokd", "mf", _metrics(0.05))
     report.add_result(run, "dcd", "mf", _metrics(0.08))
     report.add_result(run, "hetcomp", "mf", _metrics(0.125))
-    rdir = report.write_report(run, teachers=["mf", "vae"], stage_times={"data": 1.0, "student": 2.5},
-                               cost=[{"model": "student", "params": 100, "wall_s": 0.5, "users_per_s": 2000.0}])
+    rdir = report.write_report(
+        run,
+        teachers=["mf", "vae"],
+        stage_times={"data": 1.0, "student": 2.5},
+        cost=[{"model": "student", "params": 100, "wall_s": 0.5, "users_per_s": 2000.0}],
+    )
     data = json.loads(storage.read_bytes(storage.join(rdir, "report.json")))
     rows = {(r["method"], r["student"], r["split"]): r for r in data["rows"]}
     assert len(rows) == 12
@@ -51,8 +55,12 @@ def test_rerun_replaces_a_result(run):
 
 def test_curves_png(run):
     d = storage.join(run, "student", "hetcomp-mf")
-    lines = [{"epoch": e, "loss": 1.0, "valid": {"R@50": 0.1 + e / 100}, "means": {"mf": min(e / 10, 3)}}
-             for e in (10, 20, 30)]
-    storage.write_bytes_atomic(storage.join(d, "metrics.jsonl"), "\n".join(json.dumps(x) for x in lines).encode())
+    lines = [
+        {"epoch": e, "loss": 1.0, "valid": {"R@50": 0.1 + e / 100}, "means": {"mf": min(e / 10, 3)}}
+        for e in (10, 20, 30)
+    ]
+    storage.write_bytes_atomic(
+        storage.join(d, "metrics.jsonl"), "\n".join(json.dumps(x) for x in lines).encode()
+    )
     assert report.plot_curves(run, storage.join(run, "report", "curves.png"))
     assert storage.read_bytes(storage.join(run, "report", "curves.png"))[:8] == b"\x89PNG\r\n\x1a\n"

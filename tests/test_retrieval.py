@@ -11,8 +11,16 @@ import torch
 
 from hetcomp_dist.evaluation.faiss_exact import BLAS_THRESHOLD, BlockedFlatIndex, faiss_blas
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
-from hetcomp_dist.evaluation.retrieval import (PAD, PrunedIndex, build_index, excluded_mask, first_k_kept,
-                                               search_excluding, topk_from_scores, topk_scorer)
+from hetcomp_dist.evaluation.retrieval import (
+    PAD,
+    PrunedIndex,
+    build_index,
+    excluded_mask,
+    first_k_kept,
+    search_excluding,
+    topk_from_scores,
+    topk_scorer,
+)
 
 
 def random_case(seed: int, B: int = 60, n_items: int = 400, d: int = 6):
@@ -27,8 +35,11 @@ def random_case(seed: int, B: int = 60, n_items: int = 400, d: int = 6):
 
 
 def brute_topk(q, items, ex, k, metric):
-    s = q.astype(np.float64) @ items.T.astype(np.float64) if metric == "ip" else \
-        -((q[:, None, :].astype(np.float64) - items[None].astype(np.float64)) ** 2).sum(-1)
+    s = (
+        q.astype(np.float64) @ items.T.astype(np.float64)
+        if metric == "ip"
+        else -((q[:, None, :].astype(np.float64) - items[None].astype(np.float64)) ** 2).sum(-1)
+    )
     out = np.full((len(q), k), PAD, np.int32)
     for b in range(len(q)):
         row = s[b].copy()
@@ -55,7 +66,9 @@ def test_score_paths_equal_brute_force():
     ref = brute_topk(q, items, ex, 50, "ip")
     np.testing.assert_array_equal(topk_from_scores(scores, 50, off, val), ref)
     users = np.arange(len(q))
-    got = topk_scorer(lambda u: torch.from_numpy(q[u]) @ torch.from_numpy(items).T, users, 50, off, val, batch_size=7)
+    got = topk_scorer(
+        lambda u: torch.from_numpy(q[u]) @ torch.from_numpy(items).T, users, 50, off, val, batch_size=7
+    )
     np.testing.assert_array_equal(got, ref)
 
 
@@ -116,8 +129,9 @@ def test_recall_ndcg_equals_a_plain_loop():
             hits = [1.0 if i in g else 0.0 for i in topk[b, :k]]
             idcg = sum(1 / math.log2(t + 2) for t in range(min(len(g), k)))
             assert got[f"R@{k}"][b] == pytest.approx(sum(hits) / len(g), abs=1e-12)
-            assert got[f"N@{k}"][b] == pytest.approx(sum(h / math.log2(t + 2) for t, h in enumerate(hits)) / idcg,
-                                                     abs=1e-12)
+            assert got[f"N@{k}"][b] == pytest.approx(
+                sum(h / math.log2(t + 2) for t, h in enumerate(hits)) / idcg, abs=1e-12
+            )
 
 
 # ----------------------------------------------------------------------- PrunedIndex (exact, pruned)
@@ -141,8 +155,14 @@ def pruned_case(seed: int, integer: bool):
     else:
         items = (rng.normal(size=(n, d)) * rng.lognormal(0, 1, size=(n, 1))).astype(np.float32)
         q = rng.normal(size=(B, d)).astype(np.float32)
-    return (q, items, *exclusions(rng, B, n), int(rng.integers(1, 60)), int(rng.integers(4, 64)),
-            int(rng.integers(4, 32)))
+    return (
+        q,
+        items,
+        *exclusions(rng, B, n),
+        int(rng.integers(1, 60)),
+        int(rng.integers(4, 64)),
+        int(rng.integers(4, 32)),
+    )
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
@@ -174,22 +194,29 @@ def test_pruned_k_above_catalogue_and_empty_batches():
     assert index.search_excluding(q[:0], 5, np.zeros(1, np.int64), val[:0]).shape == (0, 5)
 
 
-@pytest.mark.parametrize("make", [lambda items, m: PrunedIndex(items, m, block=7, user_chunk=8),
-                                  lambda items, m: BlockedFlatIndex(items, m, first_block=8, block=7)],
-                         ids=["pruned", "blocked"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda items, m: PrunedIndex(items, m, block=7, user_chunk=8),
+        lambda items, m: BlockedFlatIndex(items, m, first_block=8, block=7),
+    ],
+    ids=["pruned", "blocked"],
+)
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_exact_indexes_near_ties_follow_float64(metric, make):
     """Items about one float32 ulp apart: float32 scores tie or misorder them; the lists still equal a
     float64 brute-force ranking (rescored, and boundary near-ties redone by a float64 scan)."""
     rng = np.random.default_rng(4)
     base = rng.normal(size=(40, 6))
-    items = np.concatenate([base * (1 + j * 2.0 ** -23) for j in range(4)]).astype(np.float32)
+    items = np.concatenate([base * (1 + j * 2.0**-23) for j in range(4)]).astype(np.float32)
     rng.shuffle(items)
     q = rng.normal(size=(30, 6)).astype(np.float32)
     ex, off, val = exclusions(rng, 30, len(items), big=0)
     index = make(items, metric)
     for k in (1, 3, 10, 37):
-        np.testing.assert_array_equal(index.search_excluding(q, k, off, val), brute_topk(q, items, ex, k, metric))
+        np.testing.assert_array_equal(
+            index.search_excluding(q, k, off, val), brute_topk(q, items, ex, k, metric)
+        )
 
 
 def test_pruned_faiss_style_search_and_pruning_happens():
@@ -243,7 +270,8 @@ def test_blocked_heavy_users_and_protocol_masks():
     codes = [rng.choice(np.array([1, 2, 4], np.uint8), size=s) for s in sizes]
     off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     got = BlockedFlatIndex(items, "ip", first_block=32, block=48).search_sets(
-        q, k, off, np.concatenate(per_row), np.concatenate(codes), [5, 3])
+        q, k, off, np.concatenate(per_row), np.concatenate(codes), [5, 3]
+    )
     for p, mask in enumerate((5, 3)):
         ex = [e[(c & mask) != 0] for e, c in zip(per_row, codes)]
         np.testing.assert_array_equal(got[p], brute_topk(q, items, ex, k, "ip"), err_msg=f"mask {mask}")

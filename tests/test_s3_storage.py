@@ -37,10 +37,15 @@ def s3():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_EC2_METADATA_DISABLED": "true",  # never wait for an instance identity
-                 "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
+    for k, v in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",  # never wait for an instance identity
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    }.items():
         mp.setenv(k, v)
     mp.delenv("AWS_PROFILE", raising=False)
     mp.delenv("AWS_SESSION_TOKEN", raising=False)
@@ -80,19 +85,32 @@ def test_shards_manifest_json_npz_round_trip(s3):
     for s, lo, hi in storage.iter_shards(folder, n_users, shard_size):
         offsets = np.cumsum([0] + [len(x) for x in lists[lo:hi]])
         values = np.concatenate(lists[lo:hi]) if hi > lo else np.zeros(0, np.int32)
-        storage.write_table_atomic(storage.shard_path(folder, s),
-                                   storage.user_table(lo, hi, items=storage.csr_to_list(offsets, values)))
+        storage.write_table_atomic(
+            storage.shard_path(folder, s),
+            storage.user_table(lo, hi, items=storage.csr_to_list(offsets, values)),
+        )
     manifest = {"n_users": n_users, "shard_size": shard_size, "config_hash": "abc123"}
     storage.write_manifest(storage.join(run, "data"), manifest)
     storage.write_json_atomic(storage.join(run, "report", "report.json"), {"ok": [1, 2]})
-    emb = {"user": rng.normal(size=(n_users, 6)).astype(np.float32), "item": rng.normal(size=(50, 6)).astype(np.float32)}
+    emb = {
+        "user": rng.normal(size=(n_users, 6)).astype(np.float32),
+        "item": rng.normal(size=(50, 6)).astype(np.float32),
+    }
     storage.write_npz_atomic(storage.join(run, "student", "emb.npz"), **emb)
 
     # what is on the server, seen by boto3: exactly the committed objects, no temporaries left
     prefix = "runs/roundtrip/"
-    assert keys(s3, prefix) == [prefix + k for k in (
-        "data/_manifest.json", "data/train/shard-00000.parquet", "data/train/shard-00001.parquet",
-        "data/train/shard-00002.parquet", "report/report.json", "student/emb.npz")]
+    assert keys(s3, prefix) == [
+        prefix + k
+        for k in (
+            "data/_manifest.json",
+            "data/train/shard-00000.parquet",
+            "data/train/shard-00001.parquet",
+            "data/train/shard-00002.parquet",
+            "report/report.json",
+            "student/emb.npz",
+        )
+    ]
     # shards: read back by pyarrow over boto3's bytes, per user, against the input lists
     got = []
     for s in range(3):
@@ -104,7 +122,7 @@ def test_shards_manifest_json_npz_round_trip(s3):
     # and through the storage layer
     assert storage.list_files(folder) == [storage.shard_path(folder, s) for s in range(3)]
     off, vals = storage.list_to_csr(storage.read_table(storage.shard_path(folder, 1)).column("items"))
-    assert [vals[off[i]:off[i + 1]].tolist() for i in range(4)] == [x.tolist() for x in lists[4:8]]
+    assert [vals[off[i] : off[i + 1]].tolist() for i in range(4)] == [x.tolist() for x in lists[4:8]]
     assert storage.stage_is_done(storage.join(run, "data"), "abc123")["n_users"] == n_users
     assert storage.stage_is_done(storage.join(run, "data"), "other") is None
     assert storage.read_json(storage.join(run, "report", "report.json")) == {"ok": [1, 2]}
@@ -134,7 +152,10 @@ def _interactions_csv(rng: np.random.Generator) -> bytes:
 def _read_run(run: str) -> dict:
     """Every table of RUN/data, as Python lists, keyed by relative path."""
     manifest = storage.read_manifest(storage.join(run, "data"))
-    return {rel: storage.read_table(storage.join(run, "data", rel)).to_pylist() for rel in sorted(manifest["files"])}
+    return {
+        rel: storage.read_table(storage.join(run, "data", rel)).to_pylist()
+        for rel in sorted(manifest["files"])
+    }
 
 
 def test_ingest_csv_from_s3_into_an_s3_run_equals_the_local_ingest(s3, tmp_path):
@@ -152,7 +173,9 @@ def test_ingest_csv_from_s3_into_an_s3_run_equals_the_local_ingest(s3, tmp_path)
     # the same data, whatever the storage: every shard, the id maps and the manifest's counts
     assert _read_run(remote_run) == _read_run(local_run)
     drop = {"source", "config_hash"}  # they name the input path
-    assert {k: v for k, v in m_remote.items() if k not in drop} == {k: v for k, v in m_local.items() if k not in drop}
+    assert {k: v for k, v in m_remote.items() if k not in drop} == {
+        k: v for k, v in m_local.items() if k not in drop
+    }
     # independent reference: users kept = users with >= 5 distinct items in the CSV
     lines = csv.decode().split("\n")[1:-1]
     per_user: dict[str, set] = {}
@@ -161,13 +184,19 @@ def test_ingest_csv_from_s3_into_an_s3_run_equals_the_local_ingest(s3, tmp_path)
         per_user.setdefault(u, set()).add(i)
     kept = sorted(u for u, items in per_user.items() if len(items) >= cfg.min_user_interactions)
     assert m_remote["n_users"] == len(kept)
-    users_map = storage.read_table(storage.join(remote_run, "data", "maps", "users.parquet")).column("raw").to_pylist()
+    users_map = (
+        storage.read_table(storage.join(remote_run, "data", "maps", "users.parquet"))
+        .column("raw")
+        .to_pylist()
+    )
     assert sorted(map(str, users_map)) == kept
     assert any(k.endswith("data/_manifest.json") for k in keys(s3, "runs/ingest/"))
 
     # a rerun finds the committed manifest on S3 and skips
     before = body(s3, "runs/ingest/data/_manifest.json")
-    assert ingest(remote_run, dataclasses.replace(cfg, input=f"s3://{BUCKET}/in/interactions.csv")) == m_remote
+    assert (
+        ingest(remote_run, dataclasses.replace(cfg, input=f"s3://{BUCKET}/in/interactions.csv")) == m_remote
+    )
     assert body(s3, "runs/ingest/data/_manifest.json") == before
 
 

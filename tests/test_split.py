@@ -23,7 +23,7 @@ def reference_split(user: int, items: list[int], seed: int) -> tuple[set, set, s
     keys = pair_keys(seed, np.full(len(items), user), np.array(items))
     shuffled = [it for _, it in sorted(zip(keys.tolist(), items))]
     n_t = int(np.floor(0.2 * len(items)))
-    return set(shuffled[n_t + n_t:]), set(shuffled[n_t: 2 * n_t]), set(shuffled[:n_t])
+    return set(shuffled[n_t + n_t :]), set(shuffled[n_t : 2 * n_t]), set(shuffled[:n_t])
 
 
 def test_proportions_and_partition():
@@ -93,10 +93,20 @@ def write_with(tmp, name, rows: CSR, n_items, shard_size, blocks) -> str:
     for a, b in blocks:
         w.add(rows.rows(a, b))
     counts = w.finish()
-    storage.write_manifest(storage.join(run, "data"),
-                           {"n_users": rows.n, "n_items": n_items, "shard_size": shard_size, "config_hash": "x",
-                            "n_train": counts.n_train, "n_valid": counts.n_valid, "n_test": counts.n_test,
-                            "n_eval_users": counts.n_eval_users, "n_interactions": counts.n_interactions})
+    storage.write_manifest(
+        storage.join(run, "data"),
+        {
+            "n_users": rows.n,
+            "n_items": n_items,
+            "shard_size": shard_size,
+            "config_hash": "x",
+            "n_train": counts.n_train,
+            "n_valid": counts.n_valid,
+            "n_test": counts.n_test,
+            "n_eval_users": counts.n_eval_users,
+            "n_interactions": counts.n_interactions,
+        },
+    )
     return run
 
 

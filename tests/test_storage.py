@@ -19,7 +19,7 @@ def test_csr_roundtrips_against_python_lists():
     lists = _lists(rng, 40)
     arr = pa.array(lists, type=pa.list_(pa.int32()))
     off, val = storage.list_to_csr(arr.slice(5, 30))  # sliced arrays keep their offsets
-    assert [list(val[off[i]:off[i + 1]]) for i in range(30)] == lists[5:35]
+    assert [list(val[off[i] : off[i + 1]]) for i in range(30)] == lists[5:35]
     assert storage.csr_to_list(off, val).to_pylist() == lists[5:35]
     dense = storage.csr_to_dense(off, val, width=3)
     for i, row in enumerate(lists[5:35]):
@@ -36,7 +36,7 @@ def test_csr_take_and_union():
     for i in range(10):
         assert list(u.row(100 + i)) == a[i] + b[i]
     t = ca.take(np.array([7, 2, 2]))
-    assert [list(t.items[t.offsets[i]:t.offsets[i + 1]]) for i in range(3)] == [a[7], a[2], a[2]]
+    assert [list(t.items[t.offsets[i] : t.offsets[i + 1]]) for i in range(3)] == [a[7], a[2], a[2]]
     assert list(ca.user_ids()) == [100 + i for i in range(10) for _ in a[i]]
 
 

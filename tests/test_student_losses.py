@@ -10,14 +10,8 @@ import torch
 
 from hetcomp_dist.student import losses as L
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core box OpenMP spin-waits make 2 threads many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one intra-op torch thread per test (the fixture is in conftest.py)
+pytestmark = pytest.mark.usefixtures("_one_torch_thread")
 
 
 # ------------------------------------------------------------------------------ plain references
@@ -29,7 +23,7 @@ def _ref_pl(s, order, tail_items):
     """PL(π; R) = -Σ_k [ŝ_{π_k} - log(Σ_{l>=k} e^{ŝ_{π_l}} + Σ_{j∈R} e^{ŝ_j})], one user, loops."""
     total = torch.zeros((), dtype=torch.float64)
     for k in range(len(order)):
-        denom = sum(torch.exp(s[order[l]]) for l in range(k, len(order)))
+        denom = sum(torch.exp(s[order[i]]) for i in range(k, len(order)))
         denom = denom + sum((torch.exp(s[j]) for j in tail_items), torch.zeros((), dtype=torch.float64))
         total = total - (s[order[k]] - torch.log(denom))
     return total
@@ -84,7 +78,7 @@ def random_problem(seed, B=5, N=60, d=3, K=20, P=4, scale=0.7):
         n_p = int(rng.integers(1, min(P, n_tr) + 1))
         pos[u, :n_p] = rng.permutation(items[:n_tr])[:n_p]
         n_t = K if u % 2 == 0 else int(rng.integers(1, K))  # some users have fewer than K targets
-        targets[u, :n_t] = items[n_tr: n_tr + n_t]
+        targets[u, :n_t] = items[n_tr : n_tr + n_t]
     rows = torch.tensor(np.concatenate([[u] * len(t) for u, t in enumerate(train)]), dtype=torch.int64)
     cols = torch.tensor(np.concatenate(train), dtype=torch.int64)
     return a, c, train, torch.tensor(pos), torch.tensor(targets), rows, cols
@@ -106,12 +100,16 @@ def test_pl_hand_worked():
     # PL([x, y]; R) with ŝ_x = 1, ŝ_y = 0, tail log-sum-exp log(2):
     # -(1 - log(e + 1 + 2)) - (0 - log(1 + 2)) = -1 + 1.7436684 + 1.0986123 = 1.8422807
     expect = 1.8422807
-    got = L.pl_loss(torch.tensor([[1.0, 0.0, 7.0]]), torch.tensor([[True, True, False]]),
-                    torch.tensor([math.log(2.0)]))
+    got = L.pl_loss(
+        torch.tensor([[1.0, 0.0, 7.0]]), torch.tensor([[True, True, False]]), torch.tensor([math.log(2.0)])
+    )
     assert float(got[0]) == pytest.approx(expect, abs=1e-6)
     # the pad (logit 7) must not change anything
-    assert float(L.pl_loss(torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool),
-                           torch.tensor([math.log(2.0)]))[0]) == pytest.approx(expect, abs=1e-6)
+    assert float(
+        L.pl_loss(
+            torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool), torch.tensor([math.log(2.0)])
+        )[0]
+    ) == pytest.approx(expect, abs=1e-6)
 
 
 def test_fine_loss_hand_worked():
@@ -198,8 +196,10 @@ def test_empty_tail_is_minus_inf_without_nan_gradients():
     t = L.tail_logsumexp(a, c, xr, xc)
     assert torch.isneginf(t[0]) and torch.isfinite(t[1])
     items = torch.tensor([[0, 1], [2, -1]])
-    loss = L.lo_loss(L.list_logits(a, c, items), items >= 0, t).sum() + L.pl_loss(
-        L.list_logits(a, c, items), items >= 0, t).sum()
+    loss = (
+        L.lo_loss(L.list_logits(a, c, items), items >= 0, t).sum()
+        + L.pl_loss(L.list_logits(a, c, items), items >= 0, t).sum()
+    )
     loss.backward()
     assert torch.isfinite(a.grad).all() and torch.isfinite(c.grad).all()
 

@@ -16,13 +16,8 @@ CFG = StudentConfig()
 NAMES = sorted(STUDENTS)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core box OpenMP spin-waits make 2 threads many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one intra-op torch thread per test (the fixture is in conftest.py)
+pytestmark = pytest.mark.usefixtures("_one_torch_thread")
 
 
 def _model(name, n_users=30, n_items=50, seed=0):
@@ -40,11 +35,17 @@ def _train_csr(n_users=30, n_items=50, seed=0):
 def test_scores_follow_the_definitions():
     users = torch.tensor([0, 3, 7])
     mf = _model("mf")
-    want = torch.stack([torch.stack([mf.user_emb.weight[u] @ mf.item_emb.weight[i] for i in range(50)]) for u in users])
+    want = torch.stack(
+        [torch.stack([mf.user_emb.weight[u] @ mf.item_emb.weight[i] for i in range(50)]) for u in users]
+    )
     torch.testing.assert_close(mf.scores(users), want)
     ml = _model("ml")
-    want = torch.stack([torch.stack([-((ml.user_emb.weight[u] - ml.item_emb.weight[i]) ** 2).sum() for i in range(50)])
-                        for u in users])
+    want = torch.stack(
+        [
+            torch.stack([-((ml.user_emb.weight[u] - ml.item_emb.weight[i]) ** 2).sum() for i in range(50)])
+            for u in users
+        ]
+    )
     torch.testing.assert_close(ml.scores(users), want, rtol=1e-5, atol=1e-5)
     dnn = _model("dnn")
     assert CFG.dnn_residual  # the default: each tower adds its input back
@@ -73,21 +74,27 @@ def test_embeddings_rank_like_scores_through_faiss(name):
     s = m.scores(torch.arange(25)).detach().numpy()
     want = np.argsort(-s, axis=1, kind="stable")[:, :10]
     # ties are measure-zero with random weights; compare the retrieved score values to be safe
-    np.testing.assert_allclose(np.take_along_axis(s, got, 1), np.take_along_axis(s, want, 1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.take_along_axis(s, got, 1), np.take_along_axis(s, want, 1), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_base_losses():
     users, pos, neg = torch.tensor([0, 1, 2]), torch.tensor([4, 5, 6]), torch.tensor([7, 8, 9])
     mf = _model("mf")
     p, qi, qj = mf.user_emb.weight[users], mf.item_emb.weight[pos], mf.item_emb.weight[neg]
-    torch.testing.assert_close(mf.base_loss(users, pos, neg), -F.logsigmoid((p * qi).sum(1) - (p * qj).sum(1)))
+    torch.testing.assert_close(
+        mf.base_loss(users, pos, neg), -F.logsigmoid((p * qi).sum(1) - (p * qj).sum(1))
+    )
     ml = _model("ml")
     p, qi, qj = ml.user_emb.weight[users], ml.item_emb.weight[pos], ml.item_emb.weight[neg]
     hinge = torch.relu(1.0 + ((p - qi) ** 2).sum(1) - ((p - qj) ** 2).sum(1))
     torch.testing.assert_close(ml.base_loss(users, pos, neg), hinge)
     dnn = _model("dnn")
     s = dnn.scores(users)
-    torch.testing.assert_close(dnn.base_loss(users, pos, neg), -F.logsigmoid(s[[0, 1, 2], pos] - s[[0, 1, 2], neg]))
+    torch.testing.assert_close(
+        dnn.base_loss(users, pos, neg), -F.logsigmoid(s[[0, 1, 2], pos] - s[[0, 1, 2], neg])
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -98,7 +105,7 @@ def test_contract_batches_and_base_training(name):
     opt = torch.optim.Adam(m.parameters(), lr=0.05)
     rng = np.random.default_rng(0)
     epoch_means = []
-    for epoch in range(40):
+    for _epoch in range(40):
         seen, total = 0, 0.0
         for batch in m.batches(train, rng, 64):
             for u, j in zip(batch["user"].tolist(), batch["neg"].tolist()):
@@ -126,7 +133,8 @@ def test_ml_rows_stay_in_the_ball():
 
 @pytest.mark.parametrize("method", ["hetcomp", "wokd", "rd", "rrd", "mtd", "cldrd", "dcd"])
 def test_ml_clip_goes_with_cmls_hinge(method):
-    """CML's unit-ball clip applies where the objective trains the hinge (w/o KD, baselines), not in HetComp."""
+    """CML's unit-ball clip applies where the objective trains the hinge (w/o KD, baselines), not in
+    HetComp."""
     from hetcomp_dist.config import Config
     from hetcomp_dist.student.objectives import OBJECTIVES, model_config
 
@@ -147,7 +155,8 @@ def test_ml_clip_goes_with_cmls_hinge(method):
 
 
 def test_residual_dnn_towers_start_from_mf():
-    """With the towers' last layers zeroed, a residual DNN scores like MF on its id tables; a plain one scores 0."""
+    """With the towers' last layers zeroed, a residual DNN scores like MF on its id tables; a plain one
+    scores 0."""
     import dataclasses
 
     for residual in (True, False):

@@ -23,13 +23,8 @@ from hetcomp_dist.student.trainer import train_student
 REPLAY = "hetcomp_dist.student.toyrun:replay_round"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core box OpenMP spin-waits make 2 threads many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one intra-op torch thread per test (the fixture is in conftest.py)
+pytestmark = pytest.mark.usefixtures("_one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +85,10 @@ def _train_losses(toy, model: str, kind: str, tail: str) -> list[float]:
     cfg = _cfg(f"student.model={model}", f"student.tail={tail}", "student.tail_samples=128")
     data = RankData.load(toy, 0, 1)
     torch.manual_seed(0)
-    task = TrainTask(build_student(model, data.n_users, data.n_items, cfg.student),
-                     build_objective("wokd" if kind == "wokd" else "hetcomp", cfg))
+    task = TrainTask(
+        build_student(model, data.n_users, data.n_items, cfg.student),
+        build_objective("wokd" if kind == "wokd" else "hetcomp", cfg),
+    )
     if kind != "wokd":
         targets, pos = knowledge_io.load_round(toy, 0, 0, data.n_users)
         task.objective.set_knowledge(0, {"switch": kind == "L_F", "means": {}}, targets, pos)
@@ -142,8 +139,15 @@ def test_local_mode_dkc_rounds_switch_and_rerun_skip(toy):
 
 
 def test_early_stopping_after_patience_evaluations(toy):
-    cfg = _cfg("student.method=wokd", "student.model=ml", "student.lr=0.0", "student.weight_decay=0.0",
-               "student.eval_every=1", "student.patience=2", "student.max_epochs=50")
+    cfg = _cfg(
+        "student.method=wokd",
+        "student.model=ml",
+        "student.lr=0.0",
+        "student.weight_decay=0.0",
+        "student.eval_every=1",
+        "student.patience=2",
+        "student.max_epochs=50",
+    )
     res = train_student(toy, cfg)
     # lr 0: the first evaluation is the best, then 2 without improvement -> stop at epoch 3
     assert res["epochs"] == 3 and res["best_epoch"] == 1
@@ -166,7 +170,9 @@ def test_local_mode_with_the_knowledge_stage(tmp_path):
     base = _real_run(run)
     cfg = _cfg(*base, "student.max_epochs=21", "student.patience=10")
     res = train_student(run, cfg)  # builds round 0 itself, then real DKC rounds at epochs 10 and 20
-    mine = knowledge_io.rounds_dir(os.path.join(run, "student", "hetcomp-mf"))  # rounds >= 1: the student's own
+    mine = knowledge_io.rounds_dir(
+        os.path.join(run, "student", "hetcomp-mf")
+    )  # rounds >= 1: the student's own
     for r, epoch in ((0, 0), (1, 10), (2, 20)):
         m = knowledge_io.round_manifest(run, r, mine)
         assert m["epoch"] == epoch and set(m["means"]) == set(cfg.teachers.names)
@@ -188,7 +194,9 @@ def test_ddp_two_workers_and_recovery_from_a_killed_worker(ray_session, tmp_path
     for name, fault in (("plain", None), ("killed", {"rank": 1, "epoch": 15})):
         run = str(tmp_path / name)
         base = _real_run(run)
-        cfg = load_config(None, [*base, "student.batch_size=256", "student.num_workers=2", "student.max_epochs=20"])
+        cfg = load_config(
+            None, [*base, "student.batch_size=256", "student.num_workers=2", "student.max_epochs=20"]
+        )
         if fault:
             fault["marker"] = str(tmp_path / "killed.marker")
         results[name] = train_student(run, cfg, fault=fault)

@@ -32,9 +32,12 @@ def test_deterministic_and_independent_of_shard_size(tmp_path):
         ta = storage.read_table(storage.join(str(tmp_path / "a"), p))
         assert ta.equals(storage.read_table(storage.join(str(tmp_path / "b"), p)))
     assert len(storage.list_files(str(tmp_path / "a" / "data" / "train"))) == 9
-    d = synthesize(str(tmp_path / "d"), SynthConfig(users=2500, items=400, seed=4), DataConfig(shard_size=300, seed=4))
+    d = synthesize(
+        str(tmp_path / "d"), SynthConfig(users=2500, items=400, seed=4), DataConfig(shard_size=300, seed=4)
+    )
     assert d["n_interactions"] != a["n_interactions"] or not np.array_equal(
-        splits(str(tmp_path / "d"))[0].items, splits(str(tmp_path / "a"))[0].items)
+        splits(str(tmp_path / "d"))[0].items, splits(str(tmp_path / "a"))[0].items
+    )
 
 
 def test_blocks_are_pure_functions_of_seed_and_block():
@@ -53,7 +56,7 @@ def test_lists_are_valid_and_power_law():
     n_u = rows.lengths()
     assert n_u.min() >= cfg.min_interactions and n_u.max() <= cfg.items // 4
     for r in range(0, rows.n, 97):  # distinct, sorted items per user
-        row = rows.items[rows.offsets[r]: rows.offsets[r + 1]]
+        row = rows.items[rows.offsets[r] : rows.offsets[r + 1]]
         assert np.all(np.diff(row) > 0) and row.min() >= 0 and row.max() < cfg.items
     assert abs(n_u.mean() - cfg.mean_interactions) < 0.2 * cfg.mean_interactions
     assert n_u.max() > 10 * np.median(n_u)  # heavy-tailed activity
@@ -98,8 +101,12 @@ def test_default_demo_data_is_learnable(tmp_path):
 
 def test_cli_and_bad_parameters(tmp_path, capsys):
     run = str(tmp_path / "r")
-    assert cli.main(["synth", "--users", "300", "--items", "120", "--seed", "5", "--out", run,
-                     "--shard-size", "100"]) == 0
+    assert (
+        cli.main(
+            ["synth", "--users", "300", "--items", "120", "--seed", "5", "--out", run, "--shard-size", "100"]
+        )
+        == 0
+    )
     m = load_manifest(run)
     assert m["seed"] == 5 and m["source"]["seed"] == 5 and m["n_users"] == 300
     assert "evaluated users" in capsys.readouterr().out

@@ -41,8 +41,9 @@ def tiny_train(seed: int = 0) -> CSR:
 
 
 def make(name: str, extra: dict, train: CSR, seed: int = 0):
-    cfg = dataclasses.replace(TeachersConfig(dim=16, ae_hidden=32, dnn_mlp_dim=8, ae_anneal_steps=50,
-                                             cml_negatives=3), **extra)
+    cfg = dataclasses.replace(
+        TeachersConfig(dim=16, ae_hidden=32, dnn_mlp_dim=8, ae_anneal_steps=50, cml_negatives=3), **extra
+    )
     torch.manual_seed(seed)
     return model_class(name, cfg)(N_USERS, N_ITEMS, cfg, train)
 
@@ -97,7 +98,9 @@ def test_scores_shape_and_embeddings(case):
     assert torch.isfinite(s).all()
     if emb is not None:  # the FAISS path must rank exactly like the scores (up to a per-user constant)
         u, i, metric = emb
-        ref = u[users.numpy()] @ i.T if metric == "ip" else -((u[users.numpy()][:, None] - i[None]) ** 2).sum(2)
+        ref = (
+            u[users.numpy()] @ i.T if metric == "ip" else -((u[users.numpy()][:, None] - i[None]) ** 2).sum(2)
+        )
         diff = s.numpy() - ref
         np.testing.assert_allclose(diff - diff[:, :1], 0, atol=1e-4)
 
@@ -139,7 +142,7 @@ def test_observed_order(case):
     with torch.no_grad():
         scores = model.eval().scores(torch.from_numpy(users), train).numpy()
     for r, u in enumerate(users):
-        row = ordered.items[ordered.offsets[r]: ordered.offsets[r + 1]]
+        row = ordered.items[ordered.offsets[r] : ordered.offsets[r + 1]]
         assert sorted(row.tolist()) == sorted(train.row(u).tolist())
         assert np.all(np.diff(scores[r, row]) <= 1e-4)
 

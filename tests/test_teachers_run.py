@@ -35,11 +35,27 @@ def copy_run(synth_run: str, dest) -> str:
 
 def tiny_config(run: str, names=("mf", "ml", "dnn", "gnn", "ae", "iae"), **teachers) -> Config:
     fast = TeacherTraining(lr=0.01)
-    t = TeachersConfig(names=tuple(names), dim=16, topk=K, max_epochs=12, eval_every=4, snapshot_every=2,
-                       patience=2, batch_size=256, ae_hidden=32, dnn_mlp_dim=8, ae_anneal_steps=20,
-                       num_cpus=0.25, progress_every_s=2.0,
-                       mf=fast, ml=fast, dnn=fast, gnn=fast, ae=TeacherTraining(lr=0.01, batch_size=64),
-                       iae=TeacherTraining(lr=0.01, batch_size=64))
+    t = TeachersConfig(
+        names=tuple(names),
+        dim=16,
+        topk=K,
+        max_epochs=12,
+        eval_every=4,
+        snapshot_every=2,
+        patience=2,
+        batch_size=256,
+        ae_hidden=32,
+        dnn_mlp_dim=8,
+        ae_anneal_steps=20,
+        num_cpus=0.25,
+        progress_every_s=2.0,
+        mf=fast,
+        ml=fast,
+        dnn=fast,
+        gnn=fast,
+        ae=TeacherTraining(lr=0.01, batch_size=64),
+        iae=TeacherTraining(lr=0.01, batch_size=64),
+    )
     t = dataclasses.replace(t, **teachers)
     return Config(run=run, teachers=t, eval=EvalConfig(batch_size=100))
 
@@ -76,7 +92,9 @@ def read_lists(run: str, name: str, folder: str, n_users: int, shard_size: int) 
     out = []
     for s, lo, hi in storage.iter_shards("", n_users, shard_size):
         t = storage.read_table(storage.shard_path(storage.join(teacher_dir(run, name), folder), s))
-        assert t.column("user").to_pylist() == list(range(lo, hi)), "shard rows must be exactly its user range"
+        assert t.column("user").to_pylist() == list(range(lo, hi)), (
+            "shard rows must be exactly its user range"
+        )
         out.extend(t.column("items").to_pylist())
     return out
 
@@ -248,8 +266,10 @@ def test_per_teacher_overrides_resolve_and_validate():
     from hetcomp_dist.config import load_config
     from hetcomp_dist.teachers.fit import resolve
 
-    cfg = load_config(None, ["teachers.lr=0.002", "teachers.gnn.lr=0.01", "teachers.gnn.l2=0.0001",
-                             "teachers.ae.eval_every=20"])
+    cfg = load_config(
+        None,
+        ["teachers.lr=0.002", "teachers.gnn.lr=0.01", "teachers.gnn.l2=0.0001", "teachers.ae.eval_every=20"],
+    )
     gnn, gnn_model_cfg = resolve(cfg.teachers, "gnn")
     mf, mf_model_cfg = resolve(cfg.teachers, "mf")
     assert (gnn.lr, gnn_model_cfg.l2) == (0.01, 0.0001)

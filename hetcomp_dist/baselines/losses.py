@@ -81,7 +81,9 @@ def union_patterns(lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dup[:, 1:] = srt[:, 1:] == srt[:, :-1]
     union = torch.where(dup | (srt < 0), torch.full_like(srt, PAD), srt)
     run = torch.cumsum(~dup, dim=1) - 1  # each position's run of equal ids (a run starts at its union entry)
-    owner = torch.div(idx, L, rounding_mode="floor")  # the list of each position; stable: a run is in list order
+    owner = torch.div(
+        idx, L, rounding_mode="floor"
+    )  # the list of each position; stable: a run is in list order
     again = torch.zeros_like(dup)
     again[:, 1:] = dup[:, 1:] & (owner[:, 1:] == owner[:, :-1])  # the same id twice in one list
     bit = torch.bitwise_left_shift(torch.ones_like(owner), owner).masked_fill(again, 0)
@@ -90,7 +92,8 @@ def union_patterns(lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rest_logsumexp(scores: torch.Tensor, patterns: torch.Tensor, m: int) -> torch.Tensor:
-    """(B, M): log Σ_{j: patterns[b, j] != 0, bit x unset} e^{scores[b, j]} -- each list's complement in the union.
+    """(B, M): log Σ_{j: patterns[b, j] != 0, bit x unset} e^{scores[b, j]} -- each list's complement
+    in the union.
 
     One exp per union entry: the entries are summed per pattern (B, 2^M), and list x's complement is
     the sum over the patterns without bit x -- positive terms only, no cancellation. The sums are
@@ -114,8 +117,9 @@ def rest_logsumexp(scores: torch.Tensor, patterns: torch.Tensor, m: int) -> torc
     return out.to(scores.dtype)
 
 
-def pl_loss(scores: torch.Tensor, valid: torch.Tensor, tail_lse: torch.Tensor,
-            weights: torch.Tensor | None = None) -> torch.Tensor:
+def pl_loss(
+    scores: torch.Tensor, valid: torch.Tensor, tail_lse: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Plackett–Luce loss of an ordered list above a tail set, optionally with per-term weights.
 
     loss_b = -sum_{k valid} w_k [ s_k - log( sum_{l>=k, valid} e^{s_l} + e^{tail_lse_b} ) ]
@@ -168,8 +172,9 @@ def rd_dynamic_weights(est_ranks: torch.Tensor, mu: float = 0.1) -> torch.Tensor
     return torch.tanh(torch.clamp(mu * (est_ranks - r), min=0.0))
 
 
-def rd_loss(scores: torch.Tensor, valid: torch.Tensor, static_w: torch.Tensor,
-            dynamic_w: torch.Tensor | None = None) -> torch.Tensor:
+def rd_loss(
+    scores: torch.Tensor, valid: torch.Tensor, static_w: torch.Tensor, dynamic_w: torch.Tensor | None = None
+) -> torch.Tensor:
     """RD: position-weighted pointwise loss on the teacher's top items, sum_r w_r · (-log σ(s_r)).
 
     The weights are w = static · dynamic over the valid positions, renormalised to sum 1 per user
@@ -192,8 +197,9 @@ def rd_loss(scores: torch.Tensor, valid: torch.Tensor, static_w: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------ MTD
-def mtd_loss(teacher_pl: torch.Tensor, user_emb: torch.Tensor, teacher_emb: torch.Tensor,
-             entropy_coef: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+def mtd_loss(
+    teacher_pl: torch.Tensor, user_emb: torch.Tensor, teacher_emb: torch.Tensor, entropy_coef: float = 0.01
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MTD: per-user teacher weights w_u = softmax_x(<sg(e_u), t_x>); sum_x w_ux PL_x - c · H(w_u).
 
     Args:
@@ -222,8 +228,9 @@ def cldrd_labels(groups: tuple[int, int, int]) -> torch.Tensor:
     """
     n1, n2, n3 = groups
     fine = 1.0 / torch.arange(1, n1 + 1, dtype=torch.float64)
-    return torch.cat([fine, torch.full((n2,), 1.0 / (n1 + 1), dtype=torch.float64),
-                      torch.zeros(n3, dtype=torch.float64)]).float()
+    return torch.cat(
+        [fine, torch.full((n2,), 1.0 / (n1 + 1), dtype=torch.float64), torch.zeros(n3, dtype=torch.float64)]
+    ).float()
 
 
 def list_ranks(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -258,8 +265,9 @@ def lambda_mrr_loss(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Ten
 
 
 # ------------------------------------------------------------------------------------ DCD
-def unobserved_ranks(logits: torch.Tensor, observed: torch.Tensor, items: torch.Tensor,
-                     cap: int | None = None) -> torch.Tensor:
+def unobserved_ranks(
+    logits: torch.Tensor, observed: torch.Tensor, items: torch.Tensor, cap: int | None = None
+) -> torch.Tensor:
     """0-based rank of each listed item among the user's unobserved items: |{j ∉ O_u: s_j > s_i}|.
 
     With `cap`, ranks come from the top-`cap` unobserved scores only (a partial selection, ~20x
@@ -285,7 +293,9 @@ def unobserved_ranks(logits: torch.Tensor, observed: torch.Tensor, items: torch.
     return torch.where(items >= 0, above, torch.full_like(above, -1))
 
 
-def dcd_loss(scores: torch.Tensor, valid: torch.Tensor, delta: torch.Tensor, eps: float = 10.0) -> torch.Tensor:
+def dcd_loss(
+    scores: torch.Tensor, valid: torch.Tensor, delta: torch.Tensor, eps: float = 10.0
+) -> torch.Tensor:
     """DCD: under-estimated teacher items (Δ > 0) above over-estimated ones (Δ < 0), weighted by tanh(|Δ|/ε).
 
     With w = tanh(|Δ|/ε), U = {k: Δ_k > 0} in teacher order and O = {k: Δ_k < 0}:

@@ -19,7 +19,6 @@ catalogue, once per epoch, block by block, to refresh the student's ranks of the
 from __future__ import annotations
 
 import abc
-
 import math
 from typing import Any
 
@@ -32,8 +31,8 @@ from hetcomp_dist.baselines import signal
 from hetcomp_dist.config import Config
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.student import losses as SL
-from hetcomp_dist.student.objectives import OBJECTIVES, Batch, Objective
 from hetcomp_dist.student.models import Student
+from hetcomp_dist.student.objectives import OBJECTIVES, Batch, Objective
 
 
 def _buffer(x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -54,9 +53,11 @@ class BaselineObjective(Objective):
         super().__init__(cfg)
         s, b = cfg.student, cfg.baselines
         if s.lambda_kd < 0:
-            raise InputError("student.lambda_kd", f"{s.lambda_kd} < 0 asks for the grid search, which "
-                             "runs one training per value", "train through `train_student` (it runs the grid) "
-                             "or set student.lambda_kd to one value")
+            raise InputError(
+                "student.lambda_kd",
+                f"{s.lambda_kd} < 0 asks for the grid search, which runs one training per value",
+                "train through `train_student` (it runs the grid) or set student.lambda_kd to one value",
+            )
         self.lambda_kd, self.clamp, self.topk = float(s.lambda_kd), s.logit_clamp, b.topk
         self.teachers = tuple(cfg.teachers.names)
         self.n_items, self.lo, self.epoch = 0, 0, 0
@@ -64,7 +65,8 @@ class BaselineObjective(Objective):
 
     # ---- the teacher signal of this rank's users
     def attach(self, run: str, data: Any) -> None:
-        """Loads the E4 lists of users [data.lo, data.hi) (called by the trainer once the task is on its device)."""
+        """Loads the E4 lists of users [data.lo, data.hi) (called by the trainer once the task is on its
+        device)."""
         signal.check_teachers(run, self.teachers)
         lists = signal.teacher_lists(run, self.teachers, data.lo, data.hi, self.topk)
         k = self.cfg.knowledge
@@ -72,8 +74,9 @@ class BaselineObjective(Objective):
         if self.per_teacher:
             self.targets = _buffer(lists, self.targets)
         else:
-            self.targets = _buffer(signal.ensemble_targets(lists, self.topk, k.temperature, k.weights or None),
-                                   self.targets)
+            self.targets = _buffer(
+                signal.ensemble_targets(lists, self.topk, k.temperature, k.weights or None), self.targets
+            )
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -83,8 +86,10 @@ class BaselineObjective(Objective):
         """The baselines' settings, the ensemble's and each teacher's export identity (retrained teachers
         invalidate a finished baseline)."""
         k = cfg.knowledge
-        exports = [(storage.read_manifest(storage.join(run, "teachers", n)) or {}).get("config_hash")
-                   for n in cfg.teachers.names]
+        exports = [
+            (storage.read_manifest(storage.join(run, "teachers", n)) or {}).get("config_hash")
+            for n in cfg.teachers.names
+        ]
         return [cls.name, cfg.baselines, list(cfg.teachers.names), k.temperature, list(k.weights), exports]
 
     # ---- the loss
@@ -104,8 +109,9 @@ class BaselineObjective(Objective):
         """(B,) log Σ_{j ∈ N_u minus lists} e^{ŝ_j}: exact over the catalogue, or sampled (student.tail)."""
         B, N = a.shape[0], c.shape[0]
         rows = torch.arange(B, device=a.device).repeat_interleave(lists.shape[1])
-        xr, xc = SL.exclusion(torch.cat([batch.train_rows, rows]), torch.cat([batch.train_items, lists.reshape(-1)]),
-                              B, N)
+        xr, xc = SL.exclusion(
+            torch.cat([batch.train_rows, rows]), torch.cat([batch.train_items, lists.reshape(-1)]), B, N
+        )
         s = self.cfg.student
         if s.tail == "sampled":
             return SL.sampled_tail_logsumexp(a, c, xr, xc, s.tail_samples, batch.generator, self.clamp)
@@ -152,8 +158,9 @@ class RDObjective(BaselineObjective):
         s = SL.list_logits(a, c, top, self.clamp)
         dyn = None
         if self.epoch > self.warmup:
-            ref = torch.randint(0, self.n_items, (len(top), self.samples), generator=batch.generator,
-                                device=top.device)
+            ref = torch.randint(
+                0, self.n_items, (len(top), self.samples), generator=batch.generator, device=top.device
+            )
             with torch.no_grad():
                 est = BL.estimate_ranks(s, SL.list_logits(a, c, ref, self.clamp), self.n_items)
             dyn = BL.rd_dynamic_weights(est, self.mu)
@@ -176,7 +183,9 @@ class MTDObjective(BaselineObjective):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         g = torch.Generator().manual_seed(cfg.student.seed)
-        self.teacher_emb = torch.nn.Parameter(0.1 * torch.randn(len(self.teachers), cfg.student.dim, generator=g))
+        self.teacher_emb = torch.nn.Parameter(
+            0.1 * torch.randn(len(self.teachers), cfg.student.dim, generator=g)
+        )
         self.entropy = cfg.baselines.mtd_entropy
         self._w_sum, self._w_n = None, 0
 
@@ -233,7 +242,8 @@ class CLDRDObjective(BaselineObjective):
         self.stage, self.best, self.bad = 0, -1.0, 0
 
     def after_evaluation(self, epoch: int, metrics: dict) -> None:
-        """Advances the curriculum on a validation plateau (identical on every rank: metrics are all-reduced)."""
+        """Advances the curriculum on a validation plateau (identical on every rank: metrics are
+        all-reduced)."""
         v = float(metrics["valid"]["R@50"])
         if v > self.best:
             self.best, self.bad = v, 0
@@ -262,7 +272,9 @@ class CLDRDObjective(BaselineObjective):
         N, dev = self.n_items, t.device
         draw = torch.randint(0, N, (B, 4 * n + 8), generator=batch.generator, device=dev)
         rows = torch.arange(B, device=dev).repeat_interleave(t.shape[1])
-        xr, xc = SL.exclusion(torch.cat([batch.train_rows, rows]), torch.cat([batch.train_items, t.reshape(-1)]), B, N)
+        xr, xc = SL.exclusion(
+            torch.cat([batch.train_rows, rows]), torch.cat([batch.train_items, t.reshape(-1)]), B, N
+        )
         key = torch.sort(xc * B + xr).values
         q = draw * B + torch.arange(B, device=dev)[:, None]
         pos = torch.searchsorted(key, q).clamp(max=max(len(key) - 1, 0))
@@ -323,7 +335,9 @@ class DCDObjective(BaselineObjective):
             observed = torch.zeros(r1 - r0, self.n_items, dtype=torch.bool, device=dev)
             rows = torch.from_numpy(np.repeat(np.arange(r1 - r0), sub.lengths())).to(dev)
             observed[rows, torch.from_numpy(sub.items.astype(np.int64)).to(dev)] = True
-            out[r0:r1] = BL.unobserved_ranks(logits, observed, self.targets[r0:r1].long(), self.rank_cap).to(torch.int32)
+            out[r0:r1] = BL.unobserved_ranks(logits, observed, self.targets[r0:r1].long(), self.rank_cap).to(
+                torch.int32
+            )
         self.ranks = out
         valid = self.targets >= 0
         gaps = out.long() - torch.arange(self.targets.shape[1], device=dev)[None, :]
@@ -349,6 +363,12 @@ class DCDObjective(BaselineObjective):
 
 
 BASELINE_OBJECTIVES: dict[str, type[Objective]] = {
-    "rd": RDObjective, "rrd": RRDObjective, "mtd": MTDObjective, "cldrd": CLDRDObjective, "dcd": DCDObjective,
+    "rd": RDObjective,
+    "rrd": RRDObjective,
+    "mtd": MTDObjective,
+    "cldrd": CLDRDObjective,
+    "dcd": DCDObjective,
 }
-OBJECTIVES.update(BASELINE_OBJECTIVES)  # the student stage's registry: train_student / distill pick them by name
+OBJECTIVES.update(
+    BASELINE_OBJECTIVES
+)  # the student stage's registry: train_student / distill pick them by name

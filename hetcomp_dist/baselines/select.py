@@ -17,7 +17,7 @@ at. A grid of four costs 4E + (the survivor's remaining epochs) instead of four 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config
@@ -63,24 +63,37 @@ def promote(run: str, cfg: Config, results: Mapping[float, Mapping], h: str) -> 
     s = cfg.student
     lam = choose(results)
     if results[lam].get("paused"):
-        raise RuntimeError(f"{s.method}-{s.model}: the best λ_KD {lam:g} paused at epoch {results[lam]['epochs']} "
-                           "and was not trained on (its result is not final)")
+        raise RuntimeError(
+            f"{s.method}-{s.model}: the best λ_KD {lam:g} paused at epoch {results[lam]['epochs']} "
+            "and was not trained on (its result is not final)"
+        )
     src, dst = grid_dir(run, s.method, s.model, lam), method_dir(run, s.method, s.model)
     for name in PROMOTED:
         path = storage.join(src, name)
         if storage.exists(path):
             storage.write_bytes_atomic(storage.join(dst, name), storage.read_bytes(path))
-    result = {**results[lam], "dir": dst, "lambda_kd": lam, "lambda_dir": src,
-              "lambda_grid": {f"{k:g}": float(results[k]["valid"]["R@50"]) for k in sorted(results)},
-              "wall_s": round(sum(float(r.get("wall_s", 0.0)) for r in results.values()), 2)}
+    result = {
+        **results[lam],
+        "dir": dst,
+        "lambda_kd": lam,
+        "lambda_dir": src,
+        "lambda_grid": {f"{k:g}": float(results[k]["valid"]["R@50"]) for k in sorted(results)},
+        "wall_s": round(sum(float(r.get("wall_s", 0.0)) for r in results.values()), 2),
+    }
     pruned = {f"{k:g}": int(results[k]["epochs"]) for k in sorted(results) if results[k].get("paused")}
     if pruned:
         result["lambda_pruned"] = pruned  # λ -> the epoch it stopped at
-    storage.write_manifest(dst, {"config_hash": h, "stage": STAGE, "method": s.method, "model": s.model,
-                                 "result": result})
-    log(STAGE, f"{s.method}-{s.model}: λ_KD = {lam:g} chosen on validation R@50 "
-               + ", ".join(f"{k}: {v:.4f}" + (f" (pruned at epoch {pruned[k]})" if k in pruned else "")
-                           for k, v in result["lambda_grid"].items()))
+    storage.write_manifest(
+        dst, {"config_hash": h, "stage": STAGE, "method": s.method, "model": s.model, "result": result}
+    )
+    log(
+        STAGE,
+        f"{s.method}-{s.model}: λ_KD = {lam:g} chosen on validation R@50 "
+        + ", ".join(
+            f"{k}: {v:.4f}" + (f" (pruned at epoch {pruned[k]})" if k in pruned else "")
+            for k, v in result["lambda_grid"].items()
+        ),
+    )
     return result
 
 
@@ -95,8 +108,9 @@ def merge_resumed(first: Mapping, final: Mapping) -> dict:
     return {**final, "wall_s": round(float(first.get("wall_s", 0.0)) + float(final.get("wall_s", 0.0)), 2)}
 
 
-def train_with_grid(run: str, cfg: Config, train_fn: Callable[..., dict],
-                    hash_fn: Callable[[str, Config], str]) -> dict:
+def train_with_grid(
+    run: str, cfg: Config, train_fn: Callable[..., dict], hash_fn: Callable[[str, Config], str]
+) -> dict:
     """Trains a baseline once per λ in ``student.lambda_grid`` (sequentially) and promotes the best.
 
     Args:
@@ -116,12 +130,19 @@ def train_with_grid(run: str, cfg: Config, train_fn: Callable[..., dict],
         return done["result"]
     results, stop = {}, s.lambda_prune_epoch
     for lam in s.lambda_grid:
-        log(STAGE, f"{s.method}-{s.model}: training with λ_KD = {lam:g}" + (f" to epoch {stop}" if stop else ""))
-        results[float(lam)] = train_fn(run, with_lambda(cfg, lam), out=grid_dir(run, s.method, s.model, lam),
-                                       stop_at=stop)
+        log(
+            STAGE,
+            f"{s.method}-{s.model}: training with λ_KD = {lam:g}" + (f" to epoch {stop}" if stop else ""),
+        )
+        results[float(lam)] = train_fn(
+            run, with_lambda(cfg, lam), out=grid_dir(run, s.method, s.model, lam), stop_at=stop
+        )
     best = survivor(results) if stop else None
     if best is not None:
-        log(STAGE, f"{s.method}-{s.model}: λ_KD = {best:g} leads at epoch {stop}; it trains on, the others stop")
+        log(
+            STAGE,
+            f"{s.method}-{s.model}: λ_KD = {best:g} leads at epoch {stop}; it trains on, the others stop",
+        )
         final = train_fn(run, with_lambda(cfg, best), out=grid_dir(run, s.method, s.model, best))
         results[best] = merge_resumed(results[best], final)
     return promote(run, cfg, results, h)

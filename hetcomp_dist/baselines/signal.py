@@ -30,17 +30,30 @@ def check_teachers(run: str, names: tuple[str, ...] | list[str], state: int = FI
     for name in names:
         first = storage.shard_path(state_dir(run, name, state), 0)
         if not storage.exists(first) or storage.read_manifest(storage.join(run, "teachers", name)) is None:
-            raise InputError(state_dir(run, name, state), f"teacher {name!r} has no finished E{state} export",
-                             "run `hetcomp-dist teachers --run RUN` first (the baselines reuse its trajectories)")
+            raise InputError(
+                state_dir(run, name, state),
+                f"teacher {name!r} has no finished E{state} export",
+                "run `hetcomp-dist teachers --run RUN` first (the baselines reuse its trajectories)",
+            )
         n = storage.n_shards(m["n_users"], m["shard_size"])
         last = storage.shard_path(state_dir(run, name, state), n - 1)
         if not storage.exists(last):
-            raise InputError(last, f"teacher {name!r}: E{state} export has fewer than {n} shards",
-                             "the teachers stage did not finish; rerun it")
+            raise InputError(
+                last,
+                f"teacher {name!r}: E{state} export has fewer than {n} shards",
+                "the teachers stage did not finish; rerun it",
+            )
 
 
-def teacher_lists(run: str, names: tuple[str, ...] | list[str], lo: int, hi: int, k: int,
-                  state: int = FINAL_STATE, manifest: dict | None = None) -> np.ndarray:
+def teacher_lists(
+    run: str,
+    names: tuple[str, ...] | list[str],
+    lo: int,
+    hi: int,
+    k: int,
+    state: int = FINAL_STATE,
+    manifest: dict | None = None,
+) -> np.ndarray:
     """Each teacher's top-k unobserved items at `state` for users [lo, hi), reading only the shards
     that overlap the range.
 
@@ -55,9 +68,14 @@ def teacher_lists(run: str, names: tuple[str, ...] | list[str], lo: int, hi: int
     return out
 
 
-def ensemble_targets(lists: np.ndarray, k: int, temperature: float = 10.0,
-                     weights: tuple[float, ...] | np.ndarray | None = None, block: int = 4096) -> np.ndarray:
+def ensemble_targets(
+    lists: np.ndarray,
+    k: int,
+    temperature: float = 10.0,
+    weights: tuple[float, ...] | np.ndarray | None = None,
+    block: int = 4096,
+) -> np.ndarray:
     """The E4 ensemble top-k (g) of per-teacher lists (B, M, L), computed in user blocks → (B, k) int32."""
     w = np.asarray(weights, dtype=np.float64) if weights is not None and len(weights) else None
-    parts = [ensemble_topk(lists[s: s + block], k, temperature, w) for s in range(0, len(lists), block)]
+    parts = [ensemble_topk(lists[s : s + block], k, temperature, w) for s in range(0, len(lists), block)]
     return np.concatenate(parts) if parts else np.full((0, k), -1, dtype=np.int32)

@@ -49,18 +49,29 @@ class Candidate:
         return self.method + ("" if self.lam is None else f" λ={self.lam:g}")
 
 
-def plan(run: str, cfg: Config, student: str, methods: tuple[str, ...], ddp: bool = False,
-         cpus: float = 1.0) -> list[Candidate]:
+def plan(
+    run: str, cfg: Config, student: str, methods: tuple[str, ...], ddp: bool = False, cpus: float = 1.0
+) -> list[Candidate]:
     """The trainings of the table, HetComp first (the longest), each baseline's λ grid expanded."""
     s = dataclasses.replace(cfg.student, model=student)
     if not ddp:  # one process per training; its threads are the task's CPUs
-        s = dataclasses.replace(s, num_workers=0, threads_per_worker=s.threads_per_worker or max(1, int(cpus)))
+        s = dataclasses.replace(
+            s, num_workers=0, threads_per_worker=s.threads_per_worker or max(1, int(cpus))
+        )
     out = []
     for m in sorted(methods, key=lambda m: m != "hetcomp"):
         mcfg = dataclasses.replace(cfg, run=run, student=dataclasses.replace(s, method=m))
         if select.needs_grid(mcfg):
-            out += [Candidate(m, float(lam), select.grid_dir(run, m, student, lam), select.with_lambda(mcfg, lam),
-                              s.lambda_prune_epoch) for lam in s.lambda_grid]
+            out += [
+                Candidate(
+                    m,
+                    float(lam),
+                    select.grid_dir(run, m, student, lam),
+                    select.with_lambda(mcfg, lam),
+                    s.lambda_prune_epoch,
+                )
+                for lam in s.lambda_grid
+            ]
         else:
             out.append(Candidate(m, None, None, mcfg))
     return out
@@ -79,8 +90,11 @@ def run_all(run: str, cands: list[Candidate], cpus: float, ddp: bool) -> dict[Ca
 
     task = ray.remote(num_cpus=0 if ddp else cpus)(_train)
     pending = {task.remote(run, to_dict(c.cfg), c.out, c.stop_at): c for c in cands}
-    log(STAGE, f"{len(pending)} trainings submitted ({cpus:g} CPU each; the cluster has "
-               f"{ray.cluster_resources().get('CPU', 0):g})")
+    log(
+        STAGE,
+        f"{len(pending)} trainings submitted ({cpus:g} CPU each; the cluster has "
+        f"{ray.cluster_resources().get('CPU', 0):g})",
+    )
     results: dict[Candidate, dict | Exception] = {}
     t0 = time.perf_counter()
     while pending:
@@ -89,18 +103,23 @@ def run_all(run: str, cands: list[Candidate], cpus: float, ddp: bool) -> dict[Ca
         try:
             r = ray.get(done[0])
             results[c] = r
-            log(STAGE, f"{c.label}: valid R@50 {r['valid']['R@50']:.4f}, test R@50 {r['test']['R@50']:.4f} "
-                       f"(best epoch {r.get('best_epoch')}, {r.get('wall_s', 0):.0f}s"
-                       + (f", paused at epoch {r['epochs']}" if r.get("paused") else "") + "); "
-                       f"{len(pending)} left, {time.perf_counter() - t0:.0f}s so far")
+            log(
+                STAGE,
+                f"{c.label}: valid R@50 {r['valid']['R@50']:.4f}, test R@50 {r['test']['R@50']:.4f} "
+                f"(best epoch {r.get('best_epoch')}, {r.get('wall_s', 0):.0f}s"
+                + (f", paused at epoch {r['epochs']}" if r.get("paused") else "")
+                + "); "
+                f"{len(pending)} left, {time.perf_counter() - t0:.0f}s so far",
+            )
         except Exception as e:  # keep the others going; reported at the end
             results[c] = e
             log(STAGE, f"{c.label}: FAILED ({type(e).__name__}: {str(e).splitlines()[0][:300]})")
     return results
 
 
-def train_survivors(run: str, cands: list[Candidate], results: dict[Candidate, dict | Exception], cpus: float,
-                    ddp: bool) -> dict[Candidate, dict | Exception]:
+def train_survivors(
+    run: str, cands: list[Candidate], results: dict[Candidate, dict | Exception], cpus: float, ddp: bool
+) -> dict[Candidate, dict | Exception]:
     """A pruned grid's second phase: per method, the paused candidate with the best validation R@50
     trains on to early stopping (in parallel across methods); the others keep their paused results."""
     go = []
@@ -115,20 +134,26 @@ def train_survivors(run: str, cands: list[Candidate], results: dict[Candidate, d
         return {}
     on = {c: dataclasses.replace(c, stop_at=0) for c in go}
     again = run_all(run, list(on.values()), cpus, ddp)
-    return {c: again[c2] if isinstance(again[c2], Exception) else select.merge_resumed(results[c], again[c2])
-            for c, c2 in on.items()}
+    return {
+        c: again[c2] if isinstance(again[c2], Exception) else select.merge_resumed(results[c], again[c2])
+        for c, c2 in on.items()
+    }
 
 
-def collect(run: str, cfg: Config, student: str, cands: list[Candidate],
-            results: dict[Candidate, dict | Exception]) -> tuple[dict[str, dict], dict[str, str]]:
+def collect(
+    run: str, cfg: Config, student: str, cands: list[Candidate], results: dict[Candidate, dict | Exception]
+) -> tuple[dict[str, dict], dict[str, str]]:
     """Per method: its result (a baseline's grid promoted to the best λ) or why it failed."""
     from hetcomp_dist.student.trainer import student_hash
 
     final, failed = {}, {}
     for m in dict.fromkeys(c.method for c in cands):
         mine = [c for c in cands if c.method == m]
-        errs = [f"{c.label}: {type(results[c]).__name__}: {results[c]}" for c in mine
-                if isinstance(results[c], Exception)]
+        errs = [
+            f"{c.label}: {type(results[c]).__name__}: {results[c]}"
+            for c in mine
+            if isinstance(results[c], Exception)
+        ]
         ok = {c.lam: results[c] for c in mine if not isinstance(results[c], Exception)}
         if errs:
             failed[m] = "; ".join(errs)
@@ -141,7 +166,9 @@ def collect(run: str, cfg: Config, student: str, cands: list[Candidate],
         elif (lead := select.survivor(ok)) is not None:  # a pruned grid whose leader could not train on
             failed[m] = "; ".join(errs + [f"λ={lead:g} leads the pruned grid but did not train on"])
         else:  # promote the best λ among the finished candidates (all of them, normally)
-            mcfg = dataclasses.replace(mine[0].cfg, student=dataclasses.replace(mine[0].cfg.student, lambda_kd=-1.0))
+            mcfg = dataclasses.replace(
+                mine[0].cfg, student=dataclasses.replace(mine[0].cfg.student, lambda_kd=-1.0)
+            )
             h = select.grid_hash(run, mcfg, student_hash) if not errs else "incomplete-grid"
             final[m] = select.promote(run, mcfg, ok, h)
     return final, failed
@@ -156,7 +183,10 @@ def ensure_teacher_rows(run: str, cfg: Config) -> None:
 
     try:
         ens = ensemble_report(run, cfg)
-    except (InputError, KeyError) as e:  # e.g. teachers exported without metrics: the table goes on without them
+    except (
+        InputError,
+        KeyError,
+    ) as e:  # e.g. teachers exported without metrics: the table goes on without them
         log(STAGE, f"no teacher/ensemble rows: {type(e).__name__}: {e}")
         return
     for name, metrics in ens["teachers"].items():
@@ -164,8 +194,14 @@ def ensure_teacher_rows(run: str, cfg: Config) -> None:
     report.add_result(run, "ensemble", "-", ens["ensemble"])
 
 
-def reproduce(run: str, cfg: Config, student: str, methods: tuple[str, ...] = METHODS, cpus: float = 1.0,
-              ddp: bool = False) -> dict:
+def reproduce(
+    run: str,
+    cfg: Config,
+    student: str,
+    methods: tuple[str, ...] = METHODS,
+    cpus: float = 1.0,
+    ddp: bool = False,
+) -> dict:
     """Trains every method of Table 2 for `student` on RUN and writes the report (see the module doc).
 
     Args:
@@ -182,8 +218,11 @@ def reproduce(run: str, cfg: Config, student: str, methods: tuple[str, ...] = ME
     """
     bad = [m for m in methods if m not in METHODS]
     if bad or student not in ("mf", "ml", "dnn"):
-        raise InputError("--methods/--student", f"unknown {bad or student!r}",
-                         f"methods: {', '.join(METHODS)}; students: mf, ml, dnn")
+        raise InputError(
+            "--methods/--student",
+            f"unknown {bad or student!r}",
+            f"methods: {', '.join(METHODS)}; students: mf, ml, dnn",
+        )
     load_manifest(run)
     if set(methods) - {"wokd"}:
         check_teachers(run, cfg.teachers.names)
@@ -193,8 +232,11 @@ def reproduce(run: str, cfg: Config, student: str, methods: tuple[str, ...] = ME
     results.update(train_survivors(run, cands, results, cpus, ddp))
     final, failed = collect(run, cfg, student, cands, results)
     for m, r in final.items():
-        extra = {k: r[k] for k in ("best_epoch", "wall_s", "lambda_kd", "lambda_grid", "lambda_pruned", "epochs")
-                 if k in r}
+        extra = {
+            k: r[k]
+            for k in ("best_epoch", "wall_s", "lambda_kd", "lambda_grid", "lambda_pruned", "epochs")
+            if k in r
+        }
         report.add_result(run, m, student, r, extra)
     rdir = report.write_report(run, cfg.teachers.names)
     # the best baseline among every row the report holds for this student (earlier calls' included):
@@ -210,12 +252,20 @@ def reproduce(run: str, cfg: Config, student: str, methods: tuple[str, ...] = ME
         report.plot_curves(run, path, names, title)
     table = storage.join(rdir, f"table2-{student}.md")
     source = load_manifest(run).get("source") or {}
-    dataset = (source.get("format") or source.get("kind", "unknown")) if isinstance(source, dict) else str(source)
+    dataset = (
+        (source.get("format") or source.get("kind", "unknown")) if isinstance(source, dict) else str(source)
+    )
     text = render_table2(report.load_results(run), student, dataset, failed)
     storage.write_bytes_atomic(table, text.encode())
     log(STAGE, f"wrote {table} and {curves}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-    return {"results": final, "failed": failed, "report": rdir, "table": table, "curves": curves,
-            "best_baseline": best}
+    return {
+        "results": final,
+        "failed": failed,
+        "report": rdir,
+        "table": table,
+        "curves": curves,
+        "best_baseline": best,
+    }
 
 
 def best_baseline(results: dict[str, dict]) -> str | None:
@@ -232,9 +282,13 @@ def render_table2(results: list[dict], student: str, dataset: str, failed: dict[
     """table2-<student>.md: ours vs the paper per row and metric, the gaps, λ_KD, and notes."""
     by = {(r["method"], r["student"]): r for r in results}
     paper = dataset == "citeulike"
-    out = [f"# Table 2 reproduction: {student.upper()} student (dimension 6), dataset {dataset}", "",
-           "Test split, full ranking with seen items excluded; every model selected on validation R@50."
-           + (" `paper` = the paper's CiteULike numbers; `gap` = ours / paper − 1." if paper else ""), ""]
+    out = [
+        f"# Table 2 reproduction: {student.upper()} student (dimension 6), dataset {dataset}",
+        "",
+        "Test split, full ranking with seen items excluded; every model selected on validation R@50."
+        + (" `paper` = the paper's CiteULike numbers; `gap` = ours / paper − 1." if paper else ""),
+        "",
+    ]
     cols = ["method", *METRICS]
     if paper:
         cols += [f"paper {k}" for k in METRICS] + ["gap R@50", "gap N@50"]
@@ -266,26 +320,38 @@ def render_table2(results: list[dict], student: str, dataset: str, failed: dict[
         h, b = ours["hetcomp"]["test"], ours[best]["test"]
         imp = ", ".join(f"{k} {_gap(h[k], b[k]):+.1f}%" for k in METRICS)
         beats = all(h[k] > ours[m]["test"][k] for m in BASELINES if m in ours for k in ("R@50", "N@50"))
-        out += [f"**HetComp vs the best baseline ({LABELS[best]})**: {imp}. HetComp "
-                + ("beats" if beats else "does NOT beat") + " every baseline on test R@50 and N@50.", ""]
+        out += [
+            f"**HetComp vs the best baseline ({LABELS[best]})**: {imp}. HetComp "
+            + ("beats" if beats else "does NOT beat")
+            + " every baseline on test R@50 and N@50.",
+            "",
+        ]
     grids = [(m, ours[m]) for m in BASELINES if m in ours and ours[m].get("lambda_grid")]
     if grids:
         out += ["λ_KD chosen on validation R@50 (valid R@50 of each candidate):", ""]
         for m, r in grids:
             if len(r["lambda_grid"]) == 1:  # a grid of one value: nothing was chosen, say so
                 (only,) = r["lambda_grid"].values()
-                out.append(f"- {LABELS[m]}: λ = {r['lambda_kd']:g} only — a single candidate, not a choice on "
-                           f"validation (valid R@50 {only:.4f})")
+                out.append(
+                    f"- {LABELS[m]}: λ = {r['lambda_kd']:g} only — a single candidate, not a choice on "
+                    f"validation (valid R@50 {only:.4f})"
+                )
             else:
                 pruned = r.get("lambda_pruned") or {}
-                out.append(f"- {LABELS[m]}: λ = {r['lambda_kd']:g} — "
-                           + ", ".join(f"{k}: {v:.4f}" + (f" (stopped at epoch {pruned[k]})" if k in pruned else "")
-                                       for k, v in r["lambda_grid"].items()))
+                out.append(
+                    f"- {LABELS[m]}: λ = {r['lambda_kd']:g} — "
+                    + ", ".join(
+                        f"{k}: {v:.4f}" + (f" (stopped at epoch {pruned[k]})" if k in pruned else "")
+                        for k, v in r["lambda_grid"].items()
+                    )
+                )
         out.append("")
     if paper and gaps:
         out += _notes(gaps)
     if failed:
-        out += ["## Failed trainings", ""] + [f"- {LABELS.get(m, m)}: {why}" for m, why in failed.items()] + [""]
+        out += (
+            ["## Failed trainings", ""] + [f"- {LABELS.get(m, m)}: {why}" for m, why in failed.items()] + [""]
+        )
     return "\n".join(out) + "\n"
 
 
@@ -294,19 +360,31 @@ def _notes(gaps: dict[str, tuple[float, float]]) -> list[str]:
     out = ["## Gaps to the paper", ""]
     ens = gaps.get("ensemble")
     if ens:
-        out.append(f"- Our teacher ensemble is at {ens[0]:+.1f}% (R@50) / {ens[1]:+.1f}% (N@50) of the paper's: "
-                   "every distilled student inherits that gap, so read the rows below against it.")
+        out.append(
+            f"- Our teacher ensemble is at {ens[0]:+.1f}% (R@50) / {ens[1]:+.1f}% (N@50) of the paper's: "
+            "every distilled student inherits that gap, so read the rows below against it."
+        )
     outside = [m for m in (*BASELINES,) if m in gaps and max(abs(gaps[m][0]), abs(gaps[m][1])) > 100 * BAND]
     inside = [m for m in BASELINES if m in gaps and m not in outside]
     if inside:
-        out.append(f"- Within ±{100 * BAND:.0f}% of the paper on R@50 and N@50: " + ", ".join(LABELS[m] for m in inside) + ".")
+        out.append(
+            f"- Within ±{100 * BAND:.0f}% of the paper on R@50 and N@50: "
+            + ", ".join(LABELS[m] for m in inside)
+            + "."
+        )
     for m in outside:
         g = gaps[m]
         why = ""
         if ens:
             d = g[0] - ens[0]
-            why = (f"; {d:+.1f} points from the ensemble's own gap on R@50, " +
-                   ("so mostly inherited from the teachers" if abs(d) <= 100 * BAND else "not explained by the teachers"))
-        out.append(f"- **{LABELS[m]} is outside the ±{100 * BAND:.0f}% band** ({g[0]:+.1f}% R@50, {g[1]:+.1f}% N@50{why}).")
+            why = f"; {d:+.1f} points from the ensemble's own gap on R@50, " + (
+                "so mostly inherited from the teachers"
+                if abs(d) <= 100 * BAND
+                else "not explained by the teachers"
+            )
+        out.append(
+            f"- **{LABELS[m]} is outside the ±{100 * BAND:.0f}% band** "
+            f"({g[0]:+.1f}% R@50, {g[1]:+.1f}% N@50{why})."
+        )
     out.append("")
     return out

@@ -13,9 +13,18 @@ from hetcomp_dist.config import Config, load_config
 HELP = "Ingest interactions (CiteULike users.dat, CSV, Parquet; local or URI) into RUN/data"
 
 # flag -> DataConfig field
-_FLAGS = {"input": "input", "format": "format", "user_col": "user_col", "item_col": "item_col",
-          "rating_col": "rating_col", "rating_threshold": "rating_threshold", "delimiter": "csv_delimiter",
-          "shard_size": "shard_size", "seed": "seed", "min_user_interactions": "min_user_interactions"}
+_FLAGS = {
+    "input": "input",
+    "format": "format",
+    "user_col": "user_col",
+    "item_col": "item_col",
+    "rating_col": "rating_col",
+    "rating_threshold": "rating_threshold",
+    "delimiter": "csv_delimiter",
+    "shard_size": "shard_size",
+    "seed": "seed",
+    "min_user_interactions": "min_user_interactions",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,9 +56,11 @@ def config_with_flags(args: argparse.Namespace, flags: dict[str, str], section: 
 
 
 def split_summary(m: dict) -> str:
-    return (f"{m['n_users']:,} users, {m['n_items']:,} items, {m['n_interactions']:,} interactions; split "
-            f"train {m['n_train']:,} / valid {m['n_valid']:,} / test {m['n_test']:,}; "
-            f"{m['n_eval_users']:,} evaluated users; shard_size {m['shard_size']:,}, seed {m['seed']}")
+    return (
+        f"{m['n_users']:,} users, {m['n_items']:,} items, {m['n_interactions']:,} interactions; split "
+        f"train {m['n_train']:,} / valid {m['n_valid']:,} / test {m['n_test']:,}; "
+        f"{m['n_eval_users']:,} evaluated users; shard_size {m['shard_size']:,}, seed {m['seed']}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_with_flags(args, _FLAGS)
     if cfg.data.format == "synthetic":
-        raise InputError("--format", "missing", "pass --format citeulike|csv|parquet (for synthetic data use `synth`)")
+        raise InputError(
+            "--format", "missing", "pass --format citeulike|csv|parquet (for synthetic data use `synth`)"
+        )
     m = ingest(cfg.run, cfg.data)
     print(json.dumps(m, indent=2) if args.json else f"{cfg.run}: {split_summary(m)}")
     return 0
-

@@ -31,17 +31,17 @@ class CSR:
     def row(self, u: int) -> np.ndarray:
         """Items of absolute user id u."""
         r = u - self.lo
-        return self.items[self.offsets[r]: self.offsets[r + 1]]
+        return self.items[self.offsets[r] : self.offsets[r + 1]]
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def rows(self, r0: int, r1: int) -> "CSR":
+    def rows(self, r0: int, r1: int) -> CSR:
         """Rows [r0, r1) (relative), re-based offsets."""
         o0, o1 = self.offsets[r0], self.offsets[r1]
-        return CSR(self.offsets[r0: r1 + 1] - o0, self.items[o0:o1], self.lo + r0)
+        return CSR(self.offsets[r0 : r1 + 1] - o0, self.items[o0:o1], self.lo + r0)
 
-    def take(self, rows: np.ndarray) -> "CSR":
+    def take(self, rows: np.ndarray) -> CSR:
         """Arbitrary rows (relative indices), in the given order; lo is meaningless afterwards."""
         lengths = self.lengths()[rows]
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -75,8 +75,11 @@ def load_manifest(run: str) -> dict:
     """The data manifest; a clear error when the run has no finished data stage."""
     m = storage.read_manifest(data_dir(run))
     if m is None:
-        raise InputError(storage.join(data_dir(run), storage.MANIFEST), "the run has no finished data stage",
-                         "run `hetcomp-dist ingest --out RUN ...` or `hetcomp-dist synth --out RUN ...` first")
+        raise InputError(
+            storage.join(data_dir(run), storage.MANIFEST),
+            "the run has no finished data stage",
+            "run `hetcomp-dist ingest --out RUN ...` or `hetcomp-dist synth --out RUN ...` first",
+        )
     return m
 
 
@@ -85,8 +88,11 @@ def load_shard(run: str, split: str, s: int, manifest: dict | None = None) -> CS
     lo, hi = storage.shard_range(s, m["shard_size"], m["n_users"])
     t = storage.read_table(storage.shard_path(storage.join(data_dir(run), split), s), ["user", "items"])
     if t.num_rows != hi - lo:
-        raise InputError(storage.shard_path(storage.join(data_dir(run), split), s),
-                         f"{t.num_rows} rows for users [{lo}, {hi})", "the run is corrupt; delete RUN/data and ingest again")
+        raise InputError(
+            storage.shard_path(storage.join(data_dir(run), split), s),
+            f"{t.num_rows} rows for users [{lo}, {hi})",
+            "the run is corrupt; delete RUN/data and ingest again",
+        )
     off, val = storage.list_to_csr(t.column("items"))
     return CSR(off, val, lo)
 

@@ -72,8 +72,11 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
     prog.close()
     n_users_raw, n_items_raw = users.finish(), items.finish()
     if n_rows == 0:
-        raise InputError(cfg.input, "no interactions (after the rating threshold)",
-                         "check the file, --rating-col and --rating-threshold")
+        raise InputError(
+            cfg.input,
+            "no interactions (after the rating threshold)",
+            "check the file, --rating-col and --rating-threshold",
+        )
 
     # -- pass 2: spill rank pairs into user-range buckets
     n_buckets = int(np.clip(-(-n_rows // _PAIRS_PER_BUCKET), 1, 256))
@@ -90,7 +93,7 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
             cuts = np.searchsorted(b[order], np.arange(n_buckets + 1))
             for k in range(n_buckets):
                 if cuts[k + 1] > cuts[k]:
-                    pairs[cuts[k]: cuts[k + 1]].tofile(files[k])
+                    pairs[cuts[k] : cuts[k + 1]].tofile(files[k])
             prog.update(len(u))
         prog.close()
     finally:
@@ -116,11 +119,17 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
         item_seen[ir[ok[ur - lo_raw]]] = True
         np.stack([ur, ir], 1).astype(dtype).tofile(os.path.join(spill, f"b{k}.bin"))
     n_users, n_items = int(keep_user.sum()), int(item_seen.sum())
-    log(STAGE, f"{n_rows:,} rows, {n_rows - n_distinct:,} duplicate pairs removed; {n_users_raw:,} users -> "
-               f"{n_users:,} with >= {cfg.min_user_interactions} items; {n_items:,} items occur")
+    log(
+        STAGE,
+        f"{n_rows:,} rows, {n_rows - n_distinct:,} duplicate pairs removed; {n_users_raw:,} users -> "
+        f"{n_users:,} with >= {cfg.min_user_interactions} items; {n_items:,} items occur",
+    )
     if n_users == 0:
-        raise InputError(cfg.input, f"no user has >= {cfg.min_user_interactions} distinct items after filtering",
-                         "check the id columns, --rating-threshold, or data.min_user_interactions")
+        raise InputError(
+            cfg.input,
+            f"no user has >= {cfg.min_user_interactions} distinct items after filtering",
+            "check the id columns, --rating-threshold, or data.min_user_interactions",
+        )
     user_dense = np.cumsum(keep_user) - 1
     item_dense = (np.cumsum(item_seen) - 1).astype(np.int32)
 
@@ -128,7 +137,9 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
     out = data_dir(run)
     storage.begin_stage(out)
     try:
-        writer = SplitWriter(out, n_users, n_items, cfg.shard_size, cfg.seed, cfg.test_frac, cfg.valid_frac, STAGE)
+        writer = SplitWriter(
+            out, n_users, n_items, cfg.shard_size, cfg.seed, cfg.test_frac, cfg.valid_frac, STAGE
+        )
         for k in range(n_buckets):
             pairs = np.fromfile(os.path.join(spill, f"b{k}.bin"), dtype=dtype).reshape(-1, 2)
             ur, ir = pairs[:, 0].astype(np.int64), pairs[:, 1]
@@ -140,13 +151,27 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
             writer.add(CSR(_offsets(np.bincount(du, minlength=n_here)), item_dense[ir[sel]], lo))
         counts = writer.finish()
         maps = storage.join(out, "maps")
-        storage.write_table_atomic(storage.join(maps, "users.parquet"), _map_table(users.values.filter(pa.array(keep_user))))
-        storage.write_table_atomic(storage.join(maps, "items.parquet"), _map_table(items.values.filter(pa.array(item_seen))))
+        storage.write_table_atomic(
+            storage.join(maps, "users.parquet"), _map_table(users.values.filter(pa.array(keep_user)))
+        )
+        storage.write_table_atomic(
+            storage.join(maps, "items.parquet"), _map_table(items.values.filter(pa.array(item_seen)))
+        )
         files = dict(writer.files, **{"maps/users.parquet": n_users, "maps/items.parquet": n_items})
-        source = {"kind": "file", "input": cfg.input, "format": cfg.format, "rows_read": n_rows,
-                  "duplicates_removed": n_rows - n_distinct, "users_raw": n_users_raw, "items_raw": n_items_raw,
-                  "min_user_interactions": cfg.min_user_interactions, "user_col": cfg.user_col,
-                  "item_col": cfg.item_col, "rating_col": cfg.rating_col, "rating_threshold": cfg.rating_threshold}
+        source = {
+            "kind": "file",
+            "input": cfg.input,
+            "format": cfg.format,
+            "rows_read": n_rows,
+            "duplicates_removed": n_rows - n_distinct,
+            "users_raw": n_users_raw,
+            "items_raw": n_items_raw,
+            "min_user_interactions": cfg.min_user_interactions,
+            "user_col": cfg.user_col,
+            "item_col": cfg.item_col,
+            "rating_col": cfg.rating_col,
+            "rating_threshold": cfg.rating_threshold,
+        }
         manifest = split_manifest(counts, n_items, cfg.shard_size, cfg.seed, h, files, source)
         storage.write_manifest(out, manifest)
     except BaseException:
@@ -169,5 +194,7 @@ def _map_table(raw: pa.Array) -> pa.Table:
 def load_maps(run: str) -> tuple[pa.Array, pa.Array]:
     """(users raw ids, items raw ids), indexed by dense id."""
     maps = storage.join(data_dir(run), "maps")
-    return (storage.read_table(storage.join(maps, "users.parquet")).column("raw").combine_chunks(),
-            storage.read_table(storage.join(maps, "items.parquet")).column("raw").combine_chunks())
+    return (
+        storage.read_table(storage.join(maps, "users.parquet")).column("raw").combine_chunks(),
+        storage.read_table(storage.join(maps, "items.parquet")).column("raw").combine_chunks(),
+    )

@@ -7,7 +7,7 @@ raises `InputError` naming the file, line/row or column, and what to do.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -30,11 +30,15 @@ def read_interactions(path: str, fmt: str, cfg: DataConfig) -> Iterator[Batch]:
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt}", "unknown input format", f"use one of {', '.join(FORMATS)}")
     if not path:
-        raise InputError("--input", "no input file given", "pass --input PATH (local path or s3:// / gs:// URI)")
+        raise InputError(
+            "--input", "no input file given", "pass --input PATH (local path or s3:// / gs:// URI)"
+        )
     try:
         found = storage.exists(path)
     except (OSError, pa.ArrowException) as e:
-        raise InputError(path, f"cannot access ({e})", "check the path/URI and the storage credentials") from e
+        raise InputError(
+            path, f"cannot access ({e})", "check the path/URI and the storage credentials"
+        ) from e
     if not found:
         raise InputError(path, "file not found", "pass --input with an existing file (local path or URI)")
     if fmt == "citeulike":
@@ -74,7 +78,9 @@ def _citeulike(path: str) -> Iterator[Batch]:
             try:
                 text = raw.decode("ascii").strip()
             except UnicodeDecodeError as e:
-                raise InputError(where, "not a text line (undecodable bytes) -- is this a CiteULike users.dat?", fix) from e
+                raise InputError(
+                    where, "not a text line (undecodable bytes) -- is this a CiteULike users.dat?", fix
+                ) from e
             if not text:
                 if line_no == 1:
                     raise InputError(where, "empty first line", fix)
@@ -112,11 +118,18 @@ def _columns(cfg: DataConfig) -> list[str]:
 
 
 def _check_columns(path: str, names: list[str], cfg: DataConfig) -> None:
-    for flag, col in (("--user-col", cfg.user_col), ("--item-col", cfg.item_col), ("--rating-col", cfg.rating_col)):
+    for flag, col in (
+        ("--user-col", cfg.user_col),
+        ("--item-col", cfg.item_col),
+        ("--rating-col", cfg.rating_col),
+    ):
         if col and col not in names:
             hint = "; if the file is not comma-separated, pass --delimiter" if len(names) == 1 else ""
-            raise InputError(f"{path}, column {col!r}", "column not found",
-                             f"the file has columns {names}; pass {flag} with one of them{hint}")
+            raise InputError(
+                f"{path}, column {col!r}",
+                "column not found",
+                f"the file has columns {names}; pass {flag} with one of them{hint}",
+            )
 
 
 def _csv(path: str, cfg: DataConfig) -> Iterator[Batch]:
@@ -126,22 +139,33 @@ def _csv(path: str, cfg: DataConfig) -> Iterator[Batch]:
         with fs.open_input_stream(p, compression="detect") as f:
             names = pacsv.open_csv(f, parse_options=parse).schema.names
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as e:
-        raise InputError(path, f"not a readable CSV file ({e})", "check --format and --delimiter; the first line must be a header") from e
+        raise InputError(
+            path,
+            f"not a readable CSV file ({e})",
+            "check --format and --delimiter; the first line must be a header",
+        ) from e
     _check_columns(path, names, cfg)
     cols = _columns(cfg)
     convert = pacsv.ConvertOptions(include_columns=cols, strings_can_be_null=True)
     row0 = 0
     with fs.open_input_stream(p, compression="detect") as f:
-        reader = pacsv.open_csv(f, parse_options=parse, convert_options=convert,
-                                read_options=pacsv.ReadOptions(block_size=32 * 2**20))
+        reader = pacsv.open_csv(
+            f,
+            parse_options=parse,
+            convert_options=convert,
+            read_options=pacsv.ReadOptions(block_size=32 * 2**20),
+        )
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
             except pa.ArrowInvalid as e:
-                raise InputError(path, f"unreadable CSV after data row {row0} ({e})",
-                                 "make every value of a column the same type (e.g. all ids integers, or quote them all)") from e
+                raise InputError(
+                    path,
+                    f"unreadable CSV after data row {row0} ({e})",
+                    "make every value of a column the same type (e.g. all ids integers, or quote them all)",
+                ) from e
             yield _validated(batch, path, cfg, row0, header_lines=1)
             row0 += batch.num_rows
 
@@ -152,7 +176,9 @@ def _parquet(path: str, cfg: DataConfig) -> Iterator[Batch]:
         dataset = pads.dataset(p, filesystem=fs, format="parquet")
         names = dataset.schema.names
     except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(path, f"not a readable Parquet file or folder ({e})", "check --format (csv|parquet|citeulike)") from e
+        raise InputError(
+            path, f"not a readable Parquet file or folder ({e})", "check --format (csv|parquet|citeulike)"
+        ) from e
     _check_columns(path, names, cfg)
     row0 = 0
     try:
@@ -160,7 +186,9 @@ def _parquet(path: str, cfg: DataConfig) -> Iterator[Batch]:
             yield _validated(batch, path, cfg, row0, header_lines=0)
             row0 += batch.num_rows
     except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(path, f"unreadable Parquet data after row {row0} ({e})", "rewrite the file with pyarrow/pandas") from e
+        raise InputError(
+            path, f"unreadable Parquet data after row {row0} ({e})", "rewrite the file with pyarrow/pandas"
+        ) from e
 
 
 def _row_where(path: str, col: str, row: int, header_lines: int) -> str:
@@ -176,13 +204,19 @@ def _validated(batch: pa.RecordBatch, path: str, cfg: DataConfig, row0: int, hea
     if cfg.rating_col:
         r = batch.column(cfg.rating_col)
         if not (pa.types.is_integer(r.type) or pa.types.is_floating(r.type)):
-            raise InputError(f"{path}, column {cfg.rating_col!r}", f"ratings must be numbers, got {r.type}",
-                             "pass a numeric --rating-col or none")
+            raise InputError(
+                f"{path}, column {cfg.rating_col!r}",
+                f"ratings must be numbers, got {r.type}",
+                "pass a numeric --rating-col or none",
+            )
         rv = r.to_numpy(zero_copy_only=False).astype(np.float64)
         bad = np.nonzero(np.isnan(rv))[0]
         if len(bad):
-            raise InputError(_row_where(path, cfg.rating_col, row0 + int(bad[0]), header_lines), "missing or NaN rating",
-                             "fill or remove the row")
+            raise InputError(
+                _row_where(path, cfg.rating_col, row0 + int(bad[0]), header_lines),
+                "missing or NaN rating",
+                "fill or remove the row",
+            )
         keep = pa.array(rv >= cfg.rating_threshold)
         users, items = users.filter(keep), items.filter(keep)
     return users, items
@@ -203,17 +237,24 @@ def _ids(col: pa.Array, path: str, name: str, row0: int, header_lines: int) -> p
         v = col.to_numpy()
         if pa.types.is_signed_integer(t) and len(v) and v.min() < 0:
             first = int(np.nonzero(v < 0)[0][0])
-            raise InputError(_row_where(path, name, row0 + first, header_lines), f"negative id {v[first]}", fix)
+            raise InputError(
+                _row_where(path, name, row0 + first, header_lines), f"negative id {v[first]}", fix
+            )
         return col.cast(pa.int64())
     if pa.types.is_floating(t):
         v = col.to_numpy(zero_copy_only=False).astype(np.float64)
         bad = ~np.isfinite(v) | (v != np.floor(v)) | (v < 0) | (v >= 2**63)
         if bad.any():
             first = int(np.nonzero(bad)[0][0])
-            raise InputError(_row_where(path, name, row0 + first, header_lines),
-                             f"id {v[first]!r} is not a non-negative integer", fix)
+            raise InputError(
+                _row_where(path, name, row0 + first, header_lines),
+                f"id {v[first]!r} is not a non-negative integer",
+                fix,
+            )
         return pa.array(v.astype(np.int64))
-    raise InputError(f"{path}, column {name!r}", f"unsupported id type {t}", "ids must be integers or strings")
+    raise InputError(
+        f"{path}, column {name!r}", f"unsupported id type {t}", "ids must be integers or strings"
+    )
 
 
 class RawIds:
@@ -228,8 +269,11 @@ class RawIds:
 
     def add(self, arr: pa.Array) -> None:
         if self.parts and self.parts[0].type != arr.type:
-            raise InputError(f"column {self.name!r}", f"mixes id types ({self.parts[0].type} and {arr.type})",
-                             "make every id of the column the same type")
+            raise InputError(
+                f"column {self.name!r}",
+                f"mixes id types ({self.parts[0].type} and {arr.type})",
+                "make every id of the column the same type",
+            )
         u = pc.unique(arr)
         self.parts.append(u)
         self.pending += len(u)

@@ -51,7 +51,9 @@ def _csr(offsets_from_counts: np.ndarray, values: np.ndarray, lo: int) -> CSR:
     return CSR(offsets, np.ascontiguousarray(values, dtype=np.int32), lo)
 
 
-def split_users(rows: CSR, seed: int, test_frac: float = 0.2, valid_frac: float = 0.2) -> tuple[CSR, CSR, CSR]:
+def split_users(
+    rows: CSR, seed: int, test_frac: float = 0.2, valid_frac: float = 0.2
+) -> tuple[CSR, CSR, CSR]:
     """Steps 2 of METHOD.md §1 for a block of users: seeded shuffle, then test / valid / train.
 
     Per user with n_u distinct items: n_t = floor(test_frac * n_u) and n_v = floor(valid_frac * n_u);
@@ -72,8 +74,9 @@ def split_users(rows: CSR, seed: int, test_frac: float = 0.2, valid_frac: float 
     pos = np.arange(len(order)) - np.repeat(rows.offsets[:-1], lengths)  # rank inside the user's shuffle
     n_test = np.floor(test_frac * lengths).astype(np.int64)
     n_valid = np.floor(valid_frac * lengths).astype(np.int64)
-    part = np.where(pos < np.repeat(n_test, lengths), 2,
-                    np.where(pos < np.repeat(n_test + n_valid, lengths), 1, 0))  # 0 train, 1 valid, 2 test
+    part = np.where(
+        pos < np.repeat(n_test, lengths), 2, np.where(pos < np.repeat(n_test + n_valid, lengths), 1, 0)
+    )  # 0 train, 1 valid, 2 test
     items_sh = rows.items[order]
     out = []
     for p in range(3):
@@ -143,8 +146,17 @@ class SplitWriter:
         seed, test_frac, valid_frac: split parameters.
     """
 
-    def __init__(self, data_dir: str, n_users: int, n_items: int, shard_size: int, seed: int,
-                 test_frac: float = 0.2, valid_frac: float = 0.2, stage: str = "split") -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        n_users: int,
+        n_items: int,
+        shard_size: int,
+        seed: int,
+        test_frac: float = 0.2,
+        valid_frac: float = 0.2,
+        stage: str = "split",
+    ) -> None:
         self.data_dir, self.n_users, self.n_items, self.S = data_dir, n_users, n_items, shard_size
         self.seed, self.test_frac, self.valid_frac, self.stage = seed, test_frac, valid_frac, stage
         self.in_train = np.zeros(n_items, dtype=bool)
@@ -202,14 +214,19 @@ class SplitWriter:
                 raise ValueError(f"got {self.next_user} of {self.n_users} users")
             self.progress.close()
             for s, lo, _hi in storage.iter_shards(self.data_dir, self.n_users, self.S):
-                valid, test = drop_unseen(self._load_spill("valid", s, lo), self._load_spill("test", s, lo), self.in_train)
+                valid, test = drop_unseen(
+                    self._load_spill("valid", s, lo), self._load_spill("test", s, lo), self.in_train
+                )
                 self._write("valid", s, valid)
                 self._write("test", s, test)
                 self.counts.n_valid += len(valid.items)
                 self.counts.n_test += len(test.items)
                 self.counts.n_eval_users += int((valid.lengths() > 0).sum())
-            log(self.stage, f"split: train {self.counts.n_train:,} / valid {self.counts.n_valid:,} / test "
-                            f"{self.counts.n_test:,} pairs, {self.counts.n_eval_users:,} evaluated users")
+            log(
+                self.stage,
+                f"split: train {self.counts.n_train:,} / valid {self.counts.n_valid:,} / test "
+                f"{self.counts.n_test:,} pairs, {self.counts.n_eval_users:,} evaluated users",
+            )
             return self.counts
         finally:
             self.close()
@@ -218,10 +235,28 @@ class SplitWriter:
         shutil.rmtree(self.spill, ignore_errors=True)
 
 
-def split_manifest(counts: SplitCounts, n_items: int, shard_size: int, seed: int, cfg_hash: str,
-                   files: dict[str, int], source: dict) -> dict:
+def split_manifest(
+    counts: SplitCounts,
+    n_items: int,
+    shard_size: int,
+    seed: int,
+    cfg_hash: str,
+    files: dict[str, int],
+    source: dict,
+) -> dict:
     """The data manifest (ARCHITECTURE.md layout)."""
-    return {"n_users": counts.n_users, "n_items": n_items, "n_interactions": counts.n_interactions,
-            "n_train": counts.n_train, "n_valid": counts.n_valid, "n_test": counts.n_test,
-            "n_eval_users": counts.n_eval_users, "shard_size": shard_size, "seed": seed,
-            "config_hash": cfg_hash, "files": files, "source": source, "splits": list(SPLITS)}
+    return {
+        "n_users": counts.n_users,
+        "n_items": n_items,
+        "n_interactions": counts.n_interactions,
+        "n_train": counts.n_train,
+        "n_valid": counts.n_valid,
+        "n_test": counts.n_test,
+        "n_eval_users": counts.n_eval_users,
+        "shard_size": shard_size,
+        "seed": seed,
+        "config_hash": cfg_hash,
+        "files": files,
+        "source": source,
+        "splits": list(SPLITS),
+    }

@@ -50,7 +50,7 @@ def _truncated_pareto_mean(a: float, xm: float, cap: float) -> float:
     """E[min(X, cap)] for X ~ Pareto(scale xm, shape a)."""
     if abs(a - 1.0) < 1e-9:
         return xm + xm * np.log(cap / xm)
-    return xm + xm ** a * (cap ** (1 - a) - xm ** (1 - a)) / (1 - a)
+    return xm + xm**a * (cap ** (1 - a) - xm ** (1 - a)) / (1 - a)
 
 
 def activity_shape(mean: float, xm: float, cap: float) -> float:
@@ -81,7 +81,7 @@ def item_model(cfg: SynthConfig) -> ItemModel:
     pop = np.empty(n)
     pop[rng.permutation(n)] = (np.arange(n) + 1.0) ** -cfg.pop_exponent  # Zipf over a random item order
     pop /= pop.sum()
-    base = pop ** cfg.structure_pop_bias  # topics and communities favour popular items, less steeply
+    base = pop**cfg.structure_pop_bias  # topics and communities favour popular items, less steeply
     member = rng.dirichlet(np.full(T, cfg.topic_concentration), size=n)  # (I, T), items in few topics
     zipf_t = (np.argsort(rng.random((n, T)), 0) + 1.0) ** -cfg.topic_exponent  # (I, T) a head per topic
     w = member * zipf_t * base[:, None]
@@ -94,10 +94,16 @@ def item_model(cfg: SynthConfig) -> ItemModel:
     tot = np.bincount(seg, weights=cw, minlength=C)
     within = np.cumsum(cw) - np.repeat(np.concatenate([[0.0], np.cumsum(tot)[:-1]]), np.diff(start))
     comm_cdf = within / tot[seg] + seg
-    mass = tot ** 2  # popular communities attract more users
-    return ItemModel(pop_cdf=np.cumsum(pop), topic_cdf=topic_cdf.ravel(), comm_perm=perm, comm_cdf=comm_cdf,
-                     comm_start=start, comm_pick_cdf=np.cumsum(mass / mass.sum()),
-                     activity_shape=activity_shape(cfg.mean_interactions, cfg.min_interactions, _cap(cfg)))
+    mass = tot**2  # popular communities attract more users
+    return ItemModel(
+        pop_cdf=np.cumsum(pop),
+        topic_cdf=topic_cdf.ravel(),
+        comm_perm=perm,
+        comm_cdf=comm_cdf,
+        comm_start=start,
+        comm_pick_cdf=np.cumsum(mass / mass.sum()),
+        activity_shape=activity_shape(cfg.mean_interactions, cfg.min_interactions, _cap(cfg)),
+    )
 
 
 def _pick(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -112,7 +118,9 @@ def generate_block(cfg: SynthConfig, items: ItemModel, block: int) -> CSR:
     n_items, T = cfg.items, cfg.topics
     cap = _cap(cfg)
     a = items.activity_shape
-    n_u = np.minimum(np.floor(cfg.min_interactions * (1.0 - rng.random(B)) ** (-1.0 / a)), cap).astype(np.int64)
+    n_u = np.minimum(np.floor(cfg.min_interactions * (1.0 - rng.random(B)) ** (-1.0 / a)), cap).astype(
+        np.int64
+    )
     theta_cdf = np.cumsum(rng.dirichlet(np.full(T, cfg.topic_concentration), size=B), 1)
     home = _pick(items.comm_pick_cdf, rng.random(B))
     mix = np.cumsum(rng.dirichlet(10.0 * np.asarray(cfg.mixture), size=B), 1)  # (B, 3): pop, topic, community
@@ -158,8 +166,9 @@ def generate_block(cfg: SynthConfig, items: ItemModel, block: int) -> CSR:
 
 
 def synth_hash(synth: SynthConfig, data: DataConfig) -> str:
-    return storage.config_hash("synth", dataclasses.asdict(synth), data.seed, data.shard_size, data.test_frac,
-                               data.valid_frac)
+    return storage.config_hash(
+        "synth", dataclasses.asdict(synth), data.seed, data.shard_size, data.test_frac, data.valid_frac
+    )
 
 
 def check(cfg: SynthConfig) -> None:
@@ -167,8 +176,11 @@ def check(cfg: SynthConfig) -> None:
         if getattr(cfg, name) <= 0:
             raise InputError(f"synth.{name}", f"must be > 0, got {getattr(cfg, name)}")
     if cfg.items < 4 * cfg.min_interactions:
-        raise InputError("synth.items", f"needs >= {4 * cfg.min_interactions} items for users of "
-                                        f"{cfg.min_interactions} interactions", "raise --items")
+        raise InputError(
+            "synth.items",
+            f"needs >= {4 * cfg.min_interactions} items for users of {cfg.min_interactions} interactions",
+            "raise --items",
+        )
     if len(cfg.mixture) != 3 or min(cfg.mixture) <= 0:
         raise InputError("synth.mixture", "needs 3 positive weights (popularity, topics, communities)")
     if cfg.users >= 2**31 or cfg.items >= 2**31:
@@ -190,16 +202,22 @@ def synthesize(run: str, synth: SynthConfig, data: DataConfig) -> dict:
     storage.begin_stage(out)
     try:
         items = item_model(synth)
-        writer = SplitWriter(out, synth.users, synth.items, data.shard_size, data.seed, data.test_frac,
-                             data.valid_frac, STAGE)
+        writer = SplitWriter(
+            out, synth.users, synth.items, data.shard_size, data.seed, data.test_frac, data.valid_frac, STAGE
+        )
         for b in range(-(-synth.users // GEN_BLOCK)):
             writer.add(generate_block(synth, items, b))
         counts = writer.finish()
         source = {"kind": "synthetic", **dataclasses.asdict(synth), "activity_shape": items.activity_shape}
-        storage.write_manifest(out, split_manifest(counts, synth.items, data.shard_size, data.seed, h,
-                                                   writer.files, source))
+        storage.write_manifest(
+            out, split_manifest(counts, synth.items, data.shard_size, data.seed, h, writer.files, source)
+        )
     except BaseException:
         storage.delete_dir(out)
         raise
-    log(STAGE, f"committed {out}: {synth.users:,} users x {synth.items:,} items, {counts.n_interactions:,} interactions")
+    log(
+        STAGE,
+        f"committed {out}: {synth.users:,} users x {synth.items:,} items, "
+        f"{counts.n_interactions:,} interactions",
+    )
     return storage.read_manifest(out)

@@ -25,9 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hetcomp_dist.data.synth import synthesize
 
-    flags = {"synth.users": args.users, "synth.items": args.items, "synth.seed": args.seed,
-             "synth.mean_interactions": args.mean_interactions, "data.seed": args.seed,  # one seed: data and split
-             "data.shard_size": args.shard_size, "run": args.out}
+    flags = {
+        "synth.users": args.users,
+        "synth.items": args.items,
+        "synth.seed": args.seed,
+        "synth.mean_interactions": args.mean_interactions,
+        "data.seed": args.seed,  # one seed: data and split
+        "data.shard_size": args.shard_size,
+        "run": args.out,
+    }
     cfg = load_config(args.config, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
     m = synthesize(cfg.run, cfg.synth, cfg.data)
     print(json.dumps(m, indent=2) if args.json else f"{cfg.run}: {split_summary(m)}")

@@ -10,13 +10,32 @@ HELP = "Evaluate user/item embeddings (.npz with arrays `user` and `item`) on a 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="RUN folder or URI (its data stage must be committed)")
-    p.add_argument("--embeddings", required=True, help=".npz with float arrays `user` (n_users, d) and `item` (n_items, d)")
-    p.add_argument("--metric", choices=("ip", "l2"), default="ip", help="score = dot product (ip) or -squared distance (l2)")
-    p.add_argument("--index", choices=("flat", "pruned", "ivf", "hnsw"),
-                   help="flat (default): exact FAISS; pruned: exact norm-pruned scan (faster for ip); ivf/hnsw: approximate")
-    p.add_argument("--save-topk", help="folder for per-protocol top-K shards (<folder>/<split>/shard-*.parquet)")
-    p.add_argument("--distributed", choices=("auto", "yes", "no"), default="auto",
-                   help="Ray Data map over shards (auto: from eval.distributed_min_users users)")
+    p.add_argument(
+        "--embeddings",
+        required=True,
+        help=".npz with float arrays `user` (n_users, d) and `item` (n_items, d)",
+    )
+    p.add_argument(
+        "--metric",
+        choices=("ip", "l2"),
+        default="ip",
+        help="score = dot product (ip) or -squared distance (l2)",
+    )
+    p.add_argument(
+        "--index",
+        choices=("flat", "pruned", "ivf", "hnsw"),
+        help="flat (default): exact FAISS; pruned: exact norm-pruned scan (faster for ip); "
+        "ivf/hnsw: approximate",
+    )
+    p.add_argument(
+        "--save-topk", help="folder for per-protocol top-K shards (<folder>/<split>/shard-*.parquet)"
+    )
+    p.add_argument(
+        "--distributed",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="Ray Data map over shards (auto: from eval.distributed_min_users users)",
+    )
     p.add_argument("--config", help="YAML config file (its eval section is used)")
     p.add_argument("--json", action="store_true", help="print only the metrics as one JSON object")
 
@@ -31,11 +50,22 @@ def run(args: argparse.Namespace) -> int:
     arrays = storage.read_npz(args.embeddings)
     for name in ("user", "item"):
         if name not in arrays:
-            raise InputError(args.embeddings, f"no array named {name!r} (has {sorted(arrays)})",
-                             "save with numpy.savez(path, user=U, item=I)")
+            raise InputError(
+                args.embeddings,
+                f"no array named {name!r} (has {sorted(arrays)})",
+                "save with numpy.savez(path, user=U, item=I)",
+            )
     dist = {"auto": None, "yes": True, "no": False}[args.distributed]
-    res = evaluate_embeddings(args.run, arrays["user"], arrays["item"], args.metric, cfg.eval,
-                              save_topk=args.save_topk, distributed=dist, where=args.embeddings)
+    res = evaluate_embeddings(
+        args.run,
+        arrays["user"],
+        arrays["item"],
+        args.metric,
+        cfg.eval,
+        save_topk=args.save_topk,
+        distributed=dist,
+        where=args.embeddings,
+    )
     if args.json:
         print(json.dumps(res))
     else:

@@ -24,7 +24,7 @@ least ``EvalConfig.distributed_min_users`` users as a Ray Data map over shard id
 from __future__ import annotations
 
 import json
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -44,11 +44,13 @@ SCORE_BLOCK = 1 << 25  # scorer path: at most this many (user, item) scores per 
 ScoreFn = Callable[[np.ndarray], torch.Tensor]
 BITS = {"train": 1, "valid": 2, "test": 4}  # bit codes of the exclusion sets
 DROPS = {"valid": ("train", "test"), "test": ("train", "valid")}  # what each protocol excludes
+_DEFAULT_EVAL = EvalConfig()  # the default `cfg` (frozen, so one shared instance is safe)
 
 
 # ------------------------------------------------------------------------------ pure per-batch math
-def protocol_sets(train: CSR, valid: CSR, test: CSR,
-                  splits: Iterable[str] = ("valid", "test")) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def protocol_sets(
+    train: CSR, valid: CSR, test: CSR, splits: Iterable[str] = ("valid", "test")
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The items the protocols of `splits` exclude, as one bit-coded CSR over the rows, and their masks.
 
     Args:
@@ -76,8 +78,15 @@ def protocol_sets(train: CSR, valid: CSR, test: CSR,
     return offsets, items, bits, masks
 
 
-def protocol_lists(cand: np.ndarray, train: CSR, valid: CSR, test: CSR, k: int, n_items: int,
-                   splits: Iterable[str] = ("valid", "test")) -> dict[str, np.ndarray]:
+def protocol_lists(
+    cand: np.ndarray,
+    train: CSR,
+    valid: CSR,
+    test: CSR,
+    k: int,
+    n_items: int,
+    splits: Iterable[str] = ("valid", "test"),
+) -> dict[str, np.ndarray]:
     """Per-protocol top-k lists from one unexcluded candidate ranking.
 
     Args:
@@ -92,20 +101,35 @@ def protocol_lists(cand: np.ndarray, train: CSR, valid: CSR, test: CSR, k: int, 
     splits = tuple(splits)
     offsets, items, bits, masks = protocol_sets(train, valid, test, splits)
     out = np.empty((len(splits), len(cand), k), np.int32)
-    kernels.first_k_kept_sets(np.ascontiguousarray(cand), offsets, items, bits, masks, k, out,
-                              np.zeros(n_items, np.uint8))
+    kernels.first_k_kept_sets(
+        np.ascontiguousarray(cand), offsets, items, bits, masks, k, out, np.zeros(n_items, np.uint8)
+    )
     return dict(zip(splits, out))
 
 
-def protocol_lists_blocked(index: BlockedFlatIndex, q: np.ndarray, train: CSR, valid: CSR, test: CSR, k: int,
-                           splits: Iterable[str] = ("valid", "test")) -> dict[str, np.ndarray]:
+def protocol_lists_blocked(
+    index: BlockedFlatIndex,
+    q: np.ndarray,
+    train: CSR,
+    valid: CSR,
+    test: CSR,
+    k: int,
+    splits: Iterable[str] = ("valid", "test"),
+) -> dict[str, np.ndarray]:
     """Per-protocol top-k lists from one exact search of a `BlockedFlatIndex` (see `protocol_lists`)."""
     splits = tuple(splits)
     return dict(zip(splits, index.search_sets(q, k, *protocol_sets(train, valid, test, splits))))
 
 
-def protocol_lists_pruned(index: PrunedIndex, q: np.ndarray, train: CSR, valid: CSR, test: CSR, k: int,
-                          splits: Iterable[str] = ("valid", "test")) -> dict[str, np.ndarray]:
+def protocol_lists_pruned(
+    index: PrunedIndex,
+    q: np.ndarray,
+    train: CSR,
+    valid: CSR,
+    test: CSR,
+    k: int,
+    splits: Iterable[str] = ("valid", "test"),
+) -> dict[str, np.ndarray]:
     """Per-protocol top-k lists from one exact search that excludes train ∪ valid ∪ test.
 
     The protocol "valid" (excludes train ∪ test) ranks the items of that search plus the user's valid
@@ -130,7 +154,9 @@ def protocol_lists_pruned(index: PrunedIndex, q: np.ndarray, train: CSR, valid: 
     for split in splits:
         back, other = (valid, test) if split == "valid" else (test, valid)
         keys = np.unique(_pairs(back, n))
-        keys = keys[~np.isin(keys, np.concatenate([_pairs(train, n), _pairs(other, n)]))]  # disjoint by construction
+        keys = keys[
+            ~np.isin(keys, np.concatenate([_pairs(train, n), _pairs(other, n)]))
+        ]  # disjoint by construction
         rows, items = keys // (n + 1), (keys % (n + 1) - 1).astype(np.int32)
         s = index.pair_scores(q, rows, items)
         enter = s >= kth[rows]  # the rest rank below the row's k-th item
@@ -180,8 +206,20 @@ def _shard_parts(run: str, m: dict, s: int, lo: int, hi: int) -> tuple[CSR, CSR,
     return parts[0], parts[1], parts[2]
 
 
-def _eval_range(run: str, m: dict, s: int, lo: int, hi: int, *, index=None, user_emb=None, score_fn=None,
-                cfg: EvalConfig, splits: tuple[str, ...], keep_lists: bool = False) -> tuple[dict, dict]:
+def _eval_range(
+    run: str,
+    m: dict,
+    s: int,
+    lo: int,
+    hi: int,
+    *,
+    index=None,
+    user_emb=None,
+    score_fn=None,
+    cfg: EvalConfig,
+    splits: tuple[str, ...],
+    keep_lists: bool = False,
+) -> tuple[dict, dict]:
     """Metric sums (and optionally the (hi-lo, K) lists, PAD for non-evaluated users) of users [lo, hi)."""
     train, valid, test = _shard_parts(run, m, s, lo, hi)
     k = max(cfg.ks)
@@ -195,7 +233,7 @@ def _eval_range(run: str, m: dict, s: int, lo: int, hi: int, *, index=None, user
     ev_rows = np.nonzero(evaluated)[0]
     batch = cfg.batch_size if score_fn is None else max(16, min(cfg.batch_size, SCORE_BLOCK // n_items))
     for b0 in range(0, len(ev_rows), batch):
-        rows = ev_rows[b0: b0 + batch]
+        rows = ev_rows[b0 : b0 + batch]
         tr, va, te = train.take(rows), valid.take(rows), test.take(rows)
         n_excl = tr.lengths() + va.lengths() + te.lengths()
         if score_fn is not None:
@@ -203,14 +241,27 @@ def _eval_range(run: str, m: dict, s: int, lo: int, hi: int, *, index=None, user
                 scores = score_fn(rows + lo)
             groups = [(np.arange(len(rows)), candidates_scores(scores, k, tr, n_excl))]
         elif isinstance(index, BlockedFlatIndex):
-            groups = [(np.arange(len(rows)), protocol_lists_blocked(index, user_emb[rows + lo], tr, va, te, k, splits))]
+            groups = [
+                (
+                    np.arange(len(rows)),
+                    protocol_lists_blocked(index, user_emb[rows + lo], tr, va, te, k, splits),
+                )
+            ]
         elif isinstance(index, PrunedIndex):  # exact per-protocol lists, no wide candidate search
-            groups = [(np.arange(len(rows)), protocol_lists_pruned(index, user_emb[rows + lo], tr, va, te, k, splits))]
+            groups = [
+                (
+                    np.arange(len(rows)),
+                    protocol_lists_pruned(index, user_emb[rows + lo], tr, va, te, k, splits),
+                )
+            ]
         else:
             groups = grouped_search(index, user_emb[rows + lo], k, n_excl)
         for g, cand in groups:
-            got = cand if isinstance(cand, dict) else protocol_lists(cand, tr.take(g), va.take(g), te.take(g), k,
-                                                                     n_items, splits)
+            got = (
+                cand
+                if isinstance(cand, dict)
+                else protocol_lists(cand, tr.take(g), va.take(g), te.take(g), k, n_items, splits)
+            )
             for split, top in got.items():
                 g_gt = gt[split].take(rows[g])
                 sums[split].add(recall_ndcg(top, g_gt.offsets, g_gt.items, cfg.ks, n_items))
@@ -232,11 +283,15 @@ def _ranges(m: dict, users: tuple[int, int] | None) -> list[tuple[int, int, int]
     return out
 
 
-def _check_emb(m: dict, user_emb: np.ndarray, item_emb: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_emb(
+    m: dict, user_emb: np.ndarray, item_emb: np.ndarray, where: str
+) -> tuple[np.ndarray, np.ndarray]:
     fix = "save arrays `user` (n_users, d) and `item` (n_items, d) indexed by the run's dense ids"
     for name, arr, n in (("user", user_emb, m["n_users"]), ("item", item_emb, m["n_items"])):
         if arr.ndim != 2 or arr.shape[0] != n:
-            raise InputError(f"{where}: array {name!r}", f"shape {arr.shape} does not match the run ({n} {name}s)", fix)
+            raise InputError(
+                f"{where}: array {name!r}", f"shape {arr.shape} does not match the run ({n} {name}s)", fix
+            )
         if not np.issubdtype(arr.dtype, np.number):
             raise InputError(f"{where}: array {name!r}", f"dtype {arr.dtype} is not numeric", fix)
     if user_emb.shape[1] != item_emb.shape[1]:
@@ -263,15 +318,25 @@ def _finish(states: list[dict], cfg: EvalConfig, splits: tuple[str, ...], with_s
 
 def _save_lists(folder: str, s: int, lo: int, lists: dict[str, np.ndarray]) -> None:
     for split, top in lists.items():
-        storage.write_table_atomic(storage.shard_path(storage.join(folder, split), s),
-                                   storage.user_table(lo, lo + len(top), items=storage.dense_to_list(top)))
+        storage.write_table_atomic(
+            storage.shard_path(storage.join(folder, split), s),
+            storage.user_table(lo, lo + len(top), items=storage.dense_to_list(top)),
+        )
 
 
 # ------------------------------------------------------------------------------------- public API
-def evaluate_embeddings(run: str, user_emb: np.ndarray, item_emb: np.ndarray, metric: str = "ip",
-                        cfg: EvalConfig = EvalConfig(), splits: tuple[str, ...] = ("valid", "test"),
-                        users: tuple[int, int] | None = None, save_topk: str | None = None,
-                        distributed: bool | None = None, where: str = "embeddings") -> dict:
+def evaluate_embeddings(
+    run: str,
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    metric: str = "ip",
+    cfg: EvalConfig = _DEFAULT_EVAL,
+    splits: tuple[str, ...] = ("valid", "test"),
+    users: tuple[int, int] | None = None,
+    save_topk: str | None = None,
+    distributed: bool | None = None,
+    where: str = "embeddings",
+) -> dict:
     """Recall/NDCG of a dot-product (``ip``) or distance (``l2``) model, by exact retrieval (FAISS flat;
     FAISS flat over norm-sorted blocks with ``cfg.index = "blocked"``; the norm-pruned torch scan with
     ``"pruned"``) or approximate (``ivf`` / ``hnsw``).
@@ -294,13 +359,20 @@ def evaluate_embeddings(run: str, user_emb: np.ndarray, item_emb: np.ndarray, me
     user_emb, item_emb = _check_emb(m, np.asarray(user_emb), np.asarray(item_emb), where)
     if metric not in ("ip", "l2"):
         raise InputError("--metric", f"{metric!r} is not ip or l2")
-    return _evaluate(run, m, cfg, tuple(splits), users, save_topk, distributed,
-                     emb=(user_emb, item_emb, metric))
+    return _evaluate(
+        run, m, cfg, tuple(splits), users, save_topk, distributed, emb=(user_emb, item_emb, metric)
+    )
 
 
-def evaluate_scorer(run: str, score_fn: ScoreFn, cfg: EvalConfig = EvalConfig(),
-                    splits: tuple[str, ...] = ("valid", "test"), users: tuple[int, int] | None = None,
-                    save_topk: str | None = None, distributed: bool | None = None) -> dict:
+def evaluate_scorer(
+    run: str,
+    score_fn: ScoreFn,
+    cfg: EvalConfig = _DEFAULT_EVAL,
+    splits: tuple[str, ...] = ("valid", "test"),
+    users: tuple[int, int] | None = None,
+    save_topk: str | None = None,
+    distributed: bool | None = None,
+) -> dict:
     """Same as `evaluate_embeddings` for any model: ``score_fn(user_ids (B,)) -> (B, n_items)`` torch
     scores (higher = better), reduced to top-K per batch (never more than (batch, n_items) at once).
     On the Ray path `score_fn` is pickled into the tasks."""
@@ -322,21 +394,47 @@ def _evaluate(run, m, cfg, splits, users, save_topk, distributed, emb=None, scor
     else:
         index = None
         if emb is not None:
-            index = build_index(emb[1], emb[2], cfg.index, ivf_nlist=cfg.ivf_nlist, ivf_nprobe=cfg.ivf_nprobe,
-                                hnsw_m=cfg.hnsw_m, hnsw_ef_search=cfg.hnsw_ef_search)
+            index = build_index(
+                emb[1],
+                emb[2],
+                cfg.index,
+                ivf_nlist=cfg.ivf_nlist,
+                ivf_nprobe=cfg.ivf_nprobe,
+                hnsw_m=cfg.hnsw_m,
+                hnsw_ef_search=cfg.hnsw_ef_search,
+            )
         prog = Progress(STAGE, sum(hi - lo for _, lo, hi in pieces))
         states = []
         for s, lo, hi in pieces:
-            st, lists = _eval_range(run, m, s, lo, hi, index=index, user_emb=None if emb is None else emb[0],
-                                    score_fn=score_fn, cfg=cfg, splits=splits, keep_lists=bool(save_topk))
+            st, lists = _eval_range(
+                run,
+                m,
+                s,
+                lo,
+                hi,
+                index=index,
+                user_emb=None if emb is None else emb[0],
+                score_fn=score_fn,
+                cfg=cfg,
+                splits=splits,
+                keep_lists=bool(save_topk),
+            )
             if save_topk:
                 _save_lists(save_topk, s, lo, lists)
             states.append(st)
             prog.update(hi - lo)
         prog.close()
     if save_topk:
-        storage.write_manifest(save_topk, {"k": max(cfg.ks), "splits": list(splits), "n_users": m["n_users"],
-                                           "shard_size": m["shard_size"], "config_hash": m["config_hash"]})
+        storage.write_manifest(
+            save_topk,
+            {
+                "k": max(cfg.ks),
+                "splits": list(splits),
+                "n_users": m["n_users"],
+                "shard_size": m["shard_size"],
+                "config_hash": m["config_hash"],
+            },
+        )
     return _finish(states, cfg, splits, with_sums=users is not None)
 
 
@@ -347,37 +445,76 @@ def _evaluate_ray(run, m, cfg, splits, pieces, save_topk, emb, score_fn) -> list
     if not ray.is_initialized():
         ray.init()
     emb_refs = None if emb is None else (ray.put(emb[0]), ray.put(emb[1]), emb[2])
-    ds = ray.data.from_items([{"shard": s, "lo": lo, "hi": hi} for s, lo, hi in pieces],
-                             override_num_blocks=len(pieces))
+    ds = ray.data.from_items(
+        [{"shard": s, "lo": lo, "hi": hi} for s, lo, hi in pieces], override_num_blocks=len(pieces)
+    )
     size = max(1, min(len(pieces), int(ray.cluster_resources().get("CPU", 1))))
-    out = ds.map_batches(_ray_eval_shards, batch_size=1, compute=ray.data.TaskPoolStrategy(size=size),
-                         fn_kwargs={"run": run, "m": m, "cfg": cfg, "splits": splits, "emb_refs": emb_refs,
-                                    "score_fn": score_fn, "save_topk": save_topk})
+    out = ds.map_batches(
+        _ray_eval_shards,
+        batch_size=1,
+        compute=ray.data.TaskPoolStrategy(size=size),
+        fn_kwargs={
+            "run": run,
+            "m": m,
+            "cfg": cfg,
+            "splits": splits,
+            "emb_refs": emb_refs,
+            "score_fn": score_fn,
+            "save_topk": save_topk,
+        },
+    )
     return [json.loads(r["state"]) for r in out.take_all()]
 
 
-def _ray_eval_shards(batch: dict, run: str, m: dict, cfg: EvalConfig, splits: tuple[str, ...], emb_refs,
-                     score_fn, save_topk: str | None) -> dict:
+def _ray_eval_shards(
+    batch: dict,
+    run: str,
+    m: dict,
+    cfg: EvalConfig,
+    splits: tuple[str, ...],
+    emb_refs,
+    score_fn,
+    save_topk: str | None,
+) -> dict:
     """Ray Data UDF: metric sums of the shard pieces in `batch` (one row each)."""
     import ray
 
     index = user_emb = None
     if emb_refs is not None:
         user_emb, item_emb, metric = (ray.get(r) if isinstance(r, ray.ObjectRef) else r for r in emb_refs)
-        index = build_index(item_emb, metric, cfg.index, ivf_nlist=cfg.ivf_nlist, ivf_nprobe=cfg.ivf_nprobe,
-                            hnsw_m=cfg.hnsw_m, hnsw_ef_search=cfg.hnsw_ef_search)
+        index = build_index(
+            item_emb,
+            metric,
+            cfg.index,
+            ivf_nlist=cfg.ivf_nlist,
+            ivf_nprobe=cfg.ivf_nprobe,
+            hnsw_m=cfg.hnsw_m,
+            hnsw_ef_search=cfg.hnsw_ef_search,
+        )
     states = []
     for s, lo, hi in zip(batch["shard"], batch["lo"], batch["hi"]):
-        st, lists = _eval_range(run, m, int(s), int(lo), int(hi), index=index, user_emb=user_emb,
-                                score_fn=score_fn, cfg=cfg, splits=splits, keep_lists=bool(save_topk))
+        st, lists = _eval_range(
+            run,
+            m,
+            int(s),
+            int(lo),
+            int(hi),
+            index=index,
+            user_emb=user_emb,
+            score_fn=score_fn,
+            cfg=cfg,
+            splits=splits,
+            keep_lists=bool(save_topk),
+        )
         if save_topk:
             _save_lists(save_topk, int(s), int(lo), lists)
         states.append(json.dumps(st))
     return {"state": np.array(states, dtype=object)}
 
 
-def evaluate_lists(run: str, lists_dir: str, ks: tuple[int, ...] = (10, 50),
-                   splits: tuple[str, ...] = ("valid", "test")) -> dict:
+def evaluate_lists(
+    run: str, lists_dir: str, ks: tuple[int, ...] = (10, 50), splits: tuple[str, ...] = ("valid", "test")
+) -> dict:
     """Metrics of precomputed per-protocol lists ``<lists_dir>/<split>/shard-*.parquet`` (user, items
     best first, already excluding the protocol's seen items -- e.g. written by ``save_topk``)."""
     m = load_manifest(run)

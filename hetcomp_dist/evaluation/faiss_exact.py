@@ -28,7 +28,7 @@ per-query SIMD path that faiss 1.15 picks below 128,000 queries per call (`BLAS_
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -44,14 +44,21 @@ BLAS_QUERY_BS, BLAS_DATABASE_BS = 1024, 1024  # sgemm tile (default 4096 x 1024)
 def faiss_blas() -> Iterator[None]:
     """FAISS's BLAS exhaustive search (`BLAS_THRESHOLD`, tile shape) inside the block, restored after."""
     cv = faiss.cvar
-    old = cv.distance_compute_blas_threshold, cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs
+    old = (
+        cv.distance_compute_blas_threshold,
+        cv.distance_compute_blas_query_bs,
+        cv.distance_compute_blas_database_bs,
+    )
     cv.distance_compute_blas_threshold = BLAS_THRESHOLD
     cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = BLAS_QUERY_BS, BLAS_DATABASE_BS
     try:
         yield
     finally:
-        (cv.distance_compute_blas_threshold, cv.distance_compute_blas_query_bs,
-         cv.distance_compute_blas_database_bs) = old
+        (
+            cv.distance_compute_blas_threshold,
+            cv.distance_compute_blas_query_bs,
+            cv.distance_compute_blas_database_bs,
+        ) = old
 
 
 def pow2_caps(counts: np.ndarray) -> np.ndarray:
@@ -71,14 +78,16 @@ class BlockedFlatIndex:
             ``first_block >= n_items`` gives one block: a plain exhaustive FAISS search.
     """
 
-    def __init__(self, item_emb: np.ndarray, metric: str = "ip", first_block: int = 4096, block: int = 4096) -> None:
+    def __init__(
+        self, item_emb: np.ndarray, metric: str = "ip", first_block: int = 4096, block: int = 4096
+    ) -> None:
         if metric not in ("ip", "l2"):
             raise ValueError(f"metric must be ip or l2, got {metric!r}")
         x = np.ascontiguousarray(item_emb, dtype=np.float32)
         n, d = x.shape
         self.metric, self.d, self.ntotal = metric, d, n
         self.v64 = x.astype(np.float64)  # (n, d) by item id: exact rescoring
-        norms = np.sqrt((self.v64 ** 2).sum(1))
+        norms = np.sqrt((self.v64**2).sum(1))
         order = np.argsort(-norms, kind="stable") if metric == "ip" else np.arange(n)
         self.ids = order.astype(np.int64)  # sorted position -> item id
         self.norms = norms[order]  # (n,) float64 by sorted position (descending for ip)
@@ -98,11 +107,12 @@ class BlockedFlatIndex:
         # |float32 score - exact score| <= gamma |u| |v| for a FAISS (d+1)-term dot product, with a factor
         # 2 of margin; l2: gamma (|u| + |v|)^2 (FAISS's |u|^2 + |v|^2 - 2 u.v). A range-searched score
         # u.v - r + r adds the rounding of r (<= |u| vmax): `search_sets` bounds errors by 3 gamma |u| vmax.
-        self.gamma = 2.0 * (d + 3) * 2.0 ** -24
+        self.gamma = 2.0 * (d + 3) * 2.0**-24
         self.scanned = 0  # (user, item) scores FAISS computed so far: a measure of the pruning
 
-    def search_excluding(self, user_vecs: np.ndarray, k: int, ex_offsets: np.ndarray,
-                         ex_values: np.ndarray) -> np.ndarray:
+    def search_excluding(
+        self, user_vecs: np.ndarray, k: int, ex_offsets: np.ndarray, ex_values: np.ndarray
+    ) -> np.ndarray:
         """Top-k per user, never an excluded item (the contract of `retrieval.search_excluding`).
 
         Returns:
@@ -111,8 +121,15 @@ class BlockedFlatIndex:
         bits = np.ones(len(ex_values), np.uint8)
         return self.search_sets(user_vecs, k, ex_offsets, ex_values, bits, [1])[0]
 
-    def search_sets(self, user_vecs: np.ndarray, k: int, ex_offsets: np.ndarray, ex_items: np.ndarray,
-                    ex_bits: np.ndarray, masks: Sequence[int]) -> np.ndarray:
+    def search_sets(
+        self,
+        user_vecs: np.ndarray,
+        k: int,
+        ex_offsets: np.ndarray,
+        ex_items: np.ndarray,
+        ex_bits: np.ndarray,
+        masks: Sequence[int],
+    ) -> np.ndarray:
         """Top-k per user and protocol from one search: protocol p drops items whose code & masks[p] != 0.
 
         Args:
@@ -134,7 +151,7 @@ class BlockedFlatIndex:
         if B == 0 or n == 0 or k <= 0:
             return out
         q64 = q32.astype(np.float64)
-        qn = np.sqrt((q64 ** 2).sum(1))
+        qn = np.sqrt((q64**2).sum(1))
         g = self.gamma * (3 * qn * self.vmax if self.metric == "ip" else (qn + self.vmax) ** 2)
         ex_offsets = np.asarray(ex_offsets, np.int64)
         ex_items = np.asarray(ex_items, np.int64)
@@ -151,19 +168,51 @@ class BlockedFlatIndex:
                 np.cumsum(lengths, out=off[1:])
                 idx = np.repeat(ex_offsets[rows] - off[:-1], lengths) + np.arange(off[-1])
                 sub = (off, ex_items[idx], ex_bits[idx])
-                run_s, run_i, ub = self._scan(q32[rows], qn[rows], g[rows], k, int(k + cap + 1), off, sub[1], mark)
+                run_s, run_i, ub = self._scan(
+                    q32[rows], qn[rows], g[rows], k, int(k + cap + 1), off, sub[1], mark
+                )
                 got = np.empty((len(masks), len(rows), k), np.int32)
-                redo = kernels.finish(q64[rows], self.v64, self.metric == "l2", run_s, run_i, g[rows], ub, *sub,
-                                      masks, k, got, mark)
+                redo = kernels.finish(
+                    q64[rows],
+                    self.v64,
+                    self.metric == "l2",
+                    run_s,
+                    run_i,
+                    g[rows],
+                    ub,
+                    *sub,
+                    masks,
+                    k,
+                    got,
+                    mark,
+                )
                 if redo.any():
                     self.scanned += int(redo.sum()) * n
-                    kernels.exact_rows(q64[rows], self.v64, self.metric == "l2", np.nonzero(redo)[0], *sub, masks,
-                                       k, got, mark)
+                    kernels.exact_rows(
+                        q64[rows],
+                        self.v64,
+                        self.metric == "l2",
+                        np.nonzero(redo)[0],
+                        *sub,
+                        masks,
+                        k,
+                        got,
+                        mark,
+                    )
                 out[:, rows] = got
         return out
 
-    def _scan(self, q32: np.ndarray, qn: np.ndarray, g: np.ndarray, k: int, M: int, ex_off: np.ndarray,
-              ex_item: np.ndarray, mark: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _scan(
+        self,
+        q32: np.ndarray,
+        qn: np.ndarray,
+        g: np.ndarray,
+        k: int,
+        M: int,
+        ex_off: np.ndarray,
+        ex_item: np.ndarray,
+        mark: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Float32 top-M lists of A users over the blocks, each user stopping as early as its bound allows.
 
         The first block is a FAISS k-NN search (top M). Before each later block a user's threshold t
@@ -209,5 +258,7 @@ class BlockedFlatIndex:
                 self.scanned += len(knn) * index.ntotal
                 valid = L >= 0
                 sc = np.where(valid, D if self.metric == "ip" else -D, -np.inf).astype(np.float32)
-                kernels.merge_into(run_s, run_i, knn, sc, np.where(valid, self.ids[np.maximum(L, 0) + s], PAD))
+                kernels.merge_into(
+                    run_s, run_i, knn, sc, np.where(valid, self.ids[np.maximum(L, 0) + s], PAD)
+                )
         return run_s, run_i, ub

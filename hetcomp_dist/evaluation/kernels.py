@@ -30,8 +30,9 @@ def _score(q: np.ndarray, v: np.ndarray, l2: bool) -> float:
 
 
 @nb.njit(cache=True, nogil=True)
-def merge_into(run_s: np.ndarray, run_i: np.ndarray, rows: np.ndarray, new_s: np.ndarray,
-               new_i: np.ndarray) -> None:
+def merge_into(
+    run_s: np.ndarray, run_i: np.ndarray, rows: np.ndarray, new_s: np.ndarray, new_i: np.ndarray
+) -> None:
     """In place: run[rows[j]] <- the best M of run[rows[j]] and new[j] (both best first, id -1 = none).
 
     Args:
@@ -61,8 +62,14 @@ def merge_into(run_s: np.ndarray, run_i: np.ndarray, rows: np.ndarray, new_s: np
 
 
 @nb.njit(cache=True, nogil=True)
-def insert_hits(run_s: np.ndarray, run_i: np.ndarray, rows: np.ndarray, lims: np.ndarray, hit_s: np.ndarray,
-                hit_i: np.ndarray) -> None:
+def insert_hits(
+    run_s: np.ndarray,
+    run_i: np.ndarray,
+    rows: np.ndarray,
+    lims: np.ndarray,
+    hit_s: np.ndarray,
+    hit_i: np.ndarray,
+) -> None:
     """In place: insert row j's hits ``hit_*[lims[j]:lims[j+1]]`` (any order; a FAISS range search's
     output) into the best-first list run[rows[j]], keeping its best M."""
     M = run_s.shape[1]
@@ -80,8 +87,15 @@ def insert_hits(run_s: np.ndarray, run_i: np.ndarray, rows: np.ndarray, lims: np
 
 
 @nb.njit(cache=True, nogil=True)
-def kth_kept(run_s: np.ndarray, run_i: np.ndarray, rows: np.ndarray, ex_off: np.ndarray, ex_item: np.ndarray,
-             k: int, mark: np.ndarray) -> np.ndarray:
+def kth_kept(
+    run_s: np.ndarray,
+    run_i: np.ndarray,
+    rows: np.ndarray,
+    ex_off: np.ndarray,
+    ex_item: np.ndarray,
+    k: int,
+    mark: np.ndarray,
+) -> np.ndarray:
     """(R,) float32 score of the k-th candidate of run[rows[j]] in none of the row's exclusion sets;
     -inf when fewer than k are."""
     out = np.full(rows.shape[0], -np.inf, np.float32)
@@ -105,8 +119,16 @@ def kth_kept(run_s: np.ndarray, run_i: np.ndarray, rows: np.ndarray, ex_off: np.
 
 
 @nb.njit(cache=True, nogil=True)
-def first_k_kept_sets(cand: np.ndarray, ex_off: np.ndarray, ex_item: np.ndarray, ex_bits: np.ndarray,
-                      masks: np.ndarray, k: int, out: np.ndarray, mark: np.ndarray) -> None:
+def first_k_kept_sets(
+    cand: np.ndarray,
+    ex_off: np.ndarray,
+    ex_item: np.ndarray,
+    ex_bits: np.ndarray,
+    masks: np.ndarray,
+    k: int,
+    out: np.ndarray,
+    mark: np.ndarray,
+) -> None:
     """out[p, r] = the first k candidates of row r whose code & masks[p] == 0, in order, -1-padded.
 
     Args:
@@ -151,9 +173,22 @@ def hit_matrix(topk: np.ndarray, gt_off: np.ndarray, gt_item: np.ndarray, mark: 
 
 
 @nb.njit(cache=True, nogil=True)
-def finish(q64: np.ndarray, v64: np.ndarray, l2: bool, run_s: np.ndarray, run_i: np.ndarray, g: np.ndarray,
-           ub: np.ndarray, ex_off: np.ndarray, ex_item: np.ndarray, ex_bits: np.ndarray, masks: np.ndarray,
-           k: int, out: np.ndarray, mark: np.ndarray) -> np.ndarray:
+def finish(
+    q64: np.ndarray,
+    v64: np.ndarray,
+    l2: bool,
+    run_s: np.ndarray,
+    run_i: np.ndarray,
+    g: np.ndarray,
+    ub: np.ndarray,
+    ex_off: np.ndarray,
+    ex_item: np.ndarray,
+    ex_bits: np.ndarray,
+    masks: np.ndarray,
+    k: int,
+    out: np.ndarray,
+    mark: np.ndarray,
+) -> np.ndarray:
     """Per-protocol top-k lists of candidate rows, ordered exactly; flags rows that need a full rescan.
 
     Candidates are rescored in float64 and ordered by (score desc, id asc) -- a stable argsort of
@@ -220,9 +255,19 @@ def finish(q64: np.ndarray, v64: np.ndarray, l2: bool, run_s: np.ndarray, run_i:
 
 
 @nb.njit(cache=True, nogil=True)
-def exact_rows(q64: np.ndarray, v64: np.ndarray, l2: bool, rows: np.ndarray, ex_off: np.ndarray,
-               ex_item: np.ndarray, ex_bits: np.ndarray, masks: np.ndarray, k: int, out: np.ndarray,
-               mark: np.ndarray) -> None:
+def exact_rows(
+    q64: np.ndarray,
+    v64: np.ndarray,
+    l2: bool,
+    rows: np.ndarray,
+    ex_off: np.ndarray,
+    ex_item: np.ndarray,
+    ex_bits: np.ndarray,
+    masks: np.ndarray,
+    k: int,
+    out: np.ndarray,
+    mark: np.ndarray,
+) -> None:
     """out[:, r] for r in rows by a float64 scan of every item: per protocol the top k kept items by
     (score desc, id asc). Arguments as in `finish`."""
     n = v64.shape[0]
@@ -247,6 +292,6 @@ def exact_rows(q64: np.ndarray, v64: np.ndarray, l2: bool, rows: np.ndarray, ex_
                 neg = neg[neg <= kth]
             top = kept[np.argsort(neg, kind="mergesort")[:k]]  # stable: equal scores by id, as kept is
             out[p, r, : top.shape[0]] = top
-            out[p, r, top.shape[0]:] = -1
+            out[p, r, top.shape[0] :] = -1
         for e in range(ex_off[r], ex_off[r + 1]):
             mark[ex_item[e]] = 0

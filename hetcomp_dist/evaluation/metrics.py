@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
 from hetcomp_dist.evaluation import kernels
 
 
-def recall_ndcg(topk: np.ndarray, gt_offsets: np.ndarray, gt_values: np.ndarray, ks: Iterable[int] = (10, 50),
-                n_items: int | None = None) -> dict[str, np.ndarray]:
+def recall_ndcg(
+    topk: np.ndarray,
+    gt_offsets: np.ndarray,
+    gt_values: np.ndarray,
+    ks: Iterable[int] = (10, 50),
+    n_items: int | None = None,
+) -> dict[str, np.ndarray]:
     """Per-user metrics of ranked lists against ground-truth sets.
 
     Recall@K = |topK ∩ GT| / |GT|; NDCG@K = DCG / IDCG with gain 1, discount 1/log2(t+2) at 0-based
@@ -29,8 +34,9 @@ def recall_ndcg(topk: np.ndarray, gt_offsets: np.ndarray, gt_values: np.ndarray,
     n_gt = np.diff(gt_offsets)
     if max(topk.max(initial=-1), gt_values.max(initial=-1)) >= n_items:  # the kernel indexes by item id
         raise ValueError(f"item ids must be < n_items={n_items}")
-    hit = kernels.hit_matrix(np.ascontiguousarray(topk), np.asarray(gt_offsets, np.int64), gt_values,
-                             np.zeros(n_items, np.uint8))
+    hit = kernels.hit_matrix(
+        np.ascontiguousarray(topk), np.asarray(gt_offsets, np.int64), gt_values, np.zeros(n_items, np.uint8)
+    )
     disc = 1.0 / np.log2(np.arange(kmax) + 2.0)
     ideal = np.concatenate([[0.0], np.cumsum(disc)])
     out = {}
@@ -58,7 +64,7 @@ class MetricSums:
         for key, v in per_user.items():
             self.sums[key] += float(v[valid].sum())
 
-    def merge(self, other: "MetricSums") -> None:
+    def merge(self, other: MetricSums) -> None:
         self.count += other.count
         for key, v in other.sums.items():
             self.sums[key] += v
@@ -67,7 +73,7 @@ class MetricSums:
         return {"count": self.count, **self.sums}
 
     @classmethod
-    def from_state(cls, state: dict, ks: Iterable[int] = (10, 50)) -> "MetricSums":
+    def from_state(cls, state: dict, ks: Iterable[int] = (10, 50)) -> MetricSums:
         m = cls(ks)
         m.count = int(state["count"])
         for key in m.sums:

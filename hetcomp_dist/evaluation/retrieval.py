@@ -7,7 +7,7 @@ with -1 when a user has fewer than ``k`` candidates. Nothing here allocates more
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import faiss
 import numpy as np
@@ -16,8 +16,16 @@ import torch
 from hetcomp_dist.evaluation.faiss_exact import PAD, BlockedFlatIndex, faiss_blas, pow2_caps
 
 
-def build_index(item_emb: np.ndarray, metric: str = "ip", kind: str = "flat", *, ivf_nlist: int = 1024,
-                ivf_nprobe: int = 32, hnsw_m: int = 32, hnsw_ef_search: int = 256) -> faiss.Index:
+def build_index(
+    item_emb: np.ndarray,
+    metric: str = "ip",
+    kind: str = "flat",
+    *,
+    ivf_nlist: int = 1024,
+    ivf_nprobe: int = 32,
+    hnsw_m: int = 32,
+    hnsw_ef_search: int = 256,
+) -> faiss.Index:
     """The one index factory: exact flat FAISS index by default, exact FAISS flat search over
     norm-sorted item blocks with norm-bound pruning (`faiss_exact.BlockedFlatIndex`), exact norm-pruned
     torch scan (`PrunedIndex`), FAISS IVF / HNSW (approximate) for large catalogues.
@@ -57,7 +65,9 @@ def _encode(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     return rows.astype(np.int64) * (n_items + 1) + (items.astype(np.int64) + 1)
 
 
-def excluded_mask(cand: np.ndarray, ex_offsets: np.ndarray, ex_values: np.ndarray, n_items: int) -> np.ndarray:
+def excluded_mask(
+    cand: np.ndarray, ex_offsets: np.ndarray, ex_values: np.ndarray, n_items: int
+) -> np.ndarray:
     """(B, C) bool: cand[b, c] is in row b's exclusion set (vectorised membership, no user loop)."""
     B, C = cand.shape
     ex_rows = np.repeat(np.arange(B), np.diff(ex_offsets))
@@ -77,20 +87,27 @@ def first_k_kept(cand: np.ndarray, drop: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def grouped_search(index: "faiss.Index", q: np.ndarray, k: int, n_excl: np.ndarray):
+def grouped_search(index: faiss.Index, q: np.ndarray, k: int, n_excl: np.ndarray):
     """(rows, (len(rows), C) int32 candidates) per group of rows with the same power-of-two cap of
     n_excl: C = k + cap, so one heavy user does not widen the FAISS search of the whole batch."""
     n_items = index.ntotal
     caps = pow2_caps(n_excl)
     for cap in np.unique(caps):
         rows = np.nonzero(caps == cap)[0]
-        with faiss_blas():  # FAISS's BLAS path: ~4x its per-query path at small d (faiss_exact.BLAS_THRESHOLD)
+        with (
+            faiss_blas()
+        ):  # FAISS's BLAS path: ~4x its per-query path at small d (faiss_exact.BLAS_THRESHOLD)
             _, cand = index.search(np.ascontiguousarray(q[rows]), int(min(k + cap, n_items)))
         yield rows, cand.astype(np.int32)
 
 
-def search_excluding(index: "faiss.Index | PrunedIndex", user_vecs: np.ndarray, k: int, ex_offsets: np.ndarray,
-                     ex_values: np.ndarray) -> np.ndarray:
+def search_excluding(
+    index: faiss.Index | PrunedIndex,
+    user_vecs: np.ndarray,
+    k: int,
+    ex_offsets: np.ndarray,
+    ex_values: np.ndarray,
+) -> np.ndarray:
     """Top-k items per user from a FAISS index, never returning an excluded item.
 
     Asks FAISS for k + |excluded| per row, grouping rows by exclusion size (powers of two) so one heavy
@@ -123,7 +140,9 @@ def search_excluding(index: "faiss.Index | PrunedIndex", user_vecs: np.ndarray, 
     return out
 
 
-def topk_from_scores(scores: torch.Tensor, k: int, ex_offsets: np.ndarray, ex_values: np.ndarray) -> np.ndarray:
+def topk_from_scores(
+    scores: torch.Tensor, k: int, ex_offsets: np.ndarray, ex_values: np.ndarray
+) -> np.ndarray:
     """Top-k of a (B, n_items) score block after masking excluded items (any model, any score).
 
     Returns:
@@ -142,8 +161,14 @@ def topk_from_scores(scores: torch.Tensor, k: int, ex_offsets: np.ndarray, ex_va
     return out
 
 
-def topk_scorer(score_fn: Callable[[np.ndarray], torch.Tensor], users: np.ndarray, k: int, ex_offsets: np.ndarray,
-                ex_values: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def topk_scorer(
+    score_fn: Callable[[np.ndarray], torch.Tensor],
+    users: np.ndarray,
+    k: int,
+    ex_offsets: np.ndarray,
+    ex_values: np.ndarray,
+    batch_size: int = 1024,
+) -> np.ndarray:
     """`topk_from_scores` over users in batches; score_fn maps (b,) user ids to (b, n_items) scores."""
     outs = []
     for s in range(0, len(users), batch_size):
@@ -151,9 +176,8 @@ def topk_scorer(score_fn: Callable[[np.ndarray], torch.Tensor], users: np.ndarra
         o0, o1 = ex_offsets[s], ex_offsets[e]
         with torch.no_grad():
             scores = score_fn(users[s:e])
-        outs.append(topk_from_scores(scores, k, ex_offsets[s:e + 1] - o0, ex_values[o0:o1]))
+        outs.append(topk_from_scores(scores, k, ex_offsets[s : e + 1] - o0, ex_values[o0:o1]))
     return np.concatenate(outs) if outs else np.zeros((0, k), np.int32)
-
 
 
 class PrunedIndex:
@@ -183,15 +207,21 @@ class PrunedIndex:
         user_chunk: users scanned together (keeps a (user_chunk, block) score tile in cache).
     """
 
-    def __init__(self, item_emb: np.ndarray, metric: str = "ip", block: int = 4096, user_chunk: int = 512,
-                 first_block: int = 1024) -> None:
+    def __init__(
+        self,
+        item_emb: np.ndarray,
+        metric: str = "ip",
+        block: int = 4096,
+        user_chunk: int = 512,
+        first_block: int = 1024,
+    ) -> None:
         if metric not in ("ip", "l2"):
             raise ValueError(f"metric must be ip or l2, got {metric!r}")
         x = np.ascontiguousarray(item_emb, dtype=np.float32)
         x64 = x.astype(np.float64)
         if metric == "l2":  # augmented (v, |v|^2); float64 keeps the exact |v|^2
-            x64 = np.concatenate([x64, (x64 ** 2).sum(1, keepdims=True)], 1)
-        norms = np.sqrt((x64 ** 2).sum(1))
+            x64 = np.concatenate([x64, (x64**2).sum(1, keepdims=True)], 1)
+        norms = np.sqrt((x64**2).sum(1))
         order = np.argsort(-norms, kind="stable")
         self.metric, self.d, self.ntotal = metric, x.shape[1], len(x)
         self.block, self.user_chunk = max(1, int(block)), max(1, int(user_chunk))
@@ -206,7 +236,7 @@ class PrunedIndex:
         self._v64_t = None  # torch view of v64 for exact rescans (torch's float64 mv beats numpy's here)
         # |float32 score - exact score| <= gamma |q| |v|: dot product rounding (d' terms) plus the
         # float32 rounding of the inputs (|v|^2 for l2), with a factor 2 of margin
-        self.gamma = 2.0 * (self.v64.shape[1] + 3) * 2.0 ** -24
+        self.gamma = 2.0 * (self.v64.shape[1] + 3) * 2.0**-24
 
     def queries64(self, user_vecs: np.ndarray) -> np.ndarray:
         """(B, d') float64 query vectors: u (ip) or (2u, -1) (l2)."""
@@ -222,7 +252,9 @@ class PrunedIndex:
         """(n,) float64 ranking score of (user_vecs[rows[j]], items[j]), on the scale of the scores
         `search_excluding` returns (ip: u.v; l2: 2u.v - |v|^2 = |u|^2 - |u - v|^2)."""
         q = self.queries64(user_vecs)
-        return np.einsum("nd,nd->n", q[np.asarray(rows, np.int64)], self.v64[self.pos[np.asarray(items, np.int64)]])
+        return np.einsum(
+            "nd,nd->n", q[np.asarray(rows, np.int64)], self.v64[self.pos[np.asarray(items, np.int64)]]
+        )
 
     def search(self, user_vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS-style, no exclusion: ((B, k) float32 scores (l2: squared distances), (B, k) int64 ids)."""
@@ -232,8 +264,14 @@ class PrunedIndex:
             s = (np.asarray(user_vecs, np.float64) ** 2).sum(1, keepdims=True) - s
         return s.astype(np.float32), ids.astype(np.int64)
 
-    def search_excluding(self, user_vecs: np.ndarray, k: int, ex_offsets: np.ndarray, ex_values: np.ndarray,
-                         return_scores: bool = False):
+    def search_excluding(
+        self,
+        user_vecs: np.ndarray,
+        k: int,
+        ex_offsets: np.ndarray,
+        ex_values: np.ndarray,
+        return_scores: bool = False,
+    ):
         """Top-k items per user, never an excluded one (the contract of module-level `search_excluding`).
 
         Args:
@@ -253,7 +291,7 @@ class PrunedIndex:
             return (out, np.full((B, k), -np.inf)) if return_scores else out
         m = min(k + 1, n)  # tracked per user: the (k+1)-th score is the stopping threshold
         q32 = torch.from_numpy(q64.astype(np.float32))
-        qn = np.sqrt((q64 ** 2).sum(1))
+        qn = np.sqrt((q64**2).sum(1))
         vals = np.full((B, m), -np.inf, np.float32)
         tpos = np.full((B, m), -1, np.int64)
         C = self.user_chunk
@@ -267,8 +305,9 @@ class PrunedIndex:
         def chunk(c0: int) -> int:
             c1 = min(c0 + C, B)
             a0, a1 = np.searchsorted(key, [(c0 // C) * n, (c0 // C + 1) * n])
-            vals[c0:c1], tpos[c0:c1], scanned = self._scan(q32[c0:c1], qn[c0:c1] * (1 + self.gamma), m, k,
-                                                           ex_rows[a0:a1] - c0, ex_pos[a0:a1])
+            vals[c0:c1], tpos[c0:c1], scanned = self._scan(
+                q32[c0:c1], qn[c0:c1] * (1 + self.gamma), m, k, ex_rows[a0:a1] - c0, ex_pos[a0:a1]
+            )
             return scanned
 
         # many small ops: intra-op threads (and Python threads over chunks, through the GIL) cost
@@ -282,8 +321,9 @@ class PrunedIndex:
             torch.set_num_threads(threads)
         return self._finish(q64, qn, vals, tpos, k, ex_offsets, ex_values, return_scores)
 
-    def _scan(self, q: torch.Tensor, bound: np.ndarray, m: int, k: int, ex_rows: np.ndarray,
-              ex_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    def _scan(
+        self, q: torch.Tensor, bound: np.ndarray, m: int, k: int, ex_rows: np.ndarray, ex_pos: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         """Running float32 top-m of one chunk of A users: ((A, m) scores, (A, m) sorted positions,
         number of scores computed). ex_rows / ex_pos: the chunk's excluded (row, sorted position)
         pairs, ordered by position."""
@@ -331,16 +371,30 @@ class PrunedIndex:
             s = e
         return vals, tpos, scanned
 
-    def _finish(self, q64: np.ndarray, qn: np.ndarray, vals: np.ndarray, tpos: np.ndarray, k: int,
-                ex_offsets: np.ndarray, ex_values: np.ndarray, return_scores: bool):
-        """Float32 running top-(k+1) -> (B, k) ids ordered by (float64 score desc, id); near-tie rows redone."""
+    def _finish(
+        self,
+        q64: np.ndarray,
+        qn: np.ndarray,
+        vals: np.ndarray,
+        tpos: np.ndarray,
+        k: int,
+        ex_offsets: np.ndarray,
+        ex_values: np.ndarray,
+        return_scores: bool,
+    ):
+        """Float32 running top-(k+1) -> (B, k) ids ordered by (float64 score desc, id); near-tie rows
+        redone."""
         B, m = vals.shape
         kk = min(k, m)
         fin = np.isfinite(vals[:, :kk])
         p = np.maximum(tpos[:, :kk], 0)
         s64 = np.where(fin, np.einsum("bd,bkd->bk", q64, self.v64[p]), -np.inf)
         ids = np.where(fin, self.ids[p], PAD)
-        ok = (s64[:, :-1] > s64[:, 1:]) | ((s64[:, :-1] == s64[:, 1:]) & (ids[:, :-1] < ids[:, 1:])) | ~fin[:, 1:]
+        ok = (
+            (s64[:, :-1] > s64[:, 1:])
+            | ((s64[:, :-1] == s64[:, 1:]) & (ids[:, :-1] < ids[:, 1:]))
+            | ~fin[:, 1:]
+        )
         for r in np.nonzero(~ok.all(1))[0]:  # float64 order or ties by id differ from the float32 order
             o = np.lexsort((ids[r], -s64[r]))
             ids[r], s64[r] = ids[r, o], s64[r, o]
@@ -350,7 +404,7 @@ class PrunedIndex:
             redo = np.nonzero(fin[:, kk - 1] & (gap <= 2 * self.gamma * qn * self.norms[0]))[0]
             for r in redo:
                 self.scanned += self.ntotal
-                ids[r], s64[r] = self._exact_row(q64[r], kk, ex_values[ex_offsets[r]: ex_offsets[r + 1]])
+                ids[r], s64[r] = self._exact_row(q64[r], kk, ex_values[ex_offsets[r] : ex_offsets[r + 1]])
         out = np.full((B, k), PAD, np.int32)
         out[:, :kk] = ids
         if not return_scores:

@@ -23,8 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round", type=int, default=0, help="0 = initial knowledge; r >= 1 = DKC round r")
     p.add_argument("--epoch", type=int, help="student epoch of the DKC round (sets the decayed threshold)")
     p.add_argument("--emb", help=".npz with float arrays `user` (n_users, d) and `item` (n_items, d)")
-    p.add_argument("--metric", default="ip", choices=("ip", "l2"), help="student score: dot product or -distance^2")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. knowledge.move_rule=paper")
+    p.add_argument(
+        "--metric", default="ip", choices=("ip", "l2"), help="student score: dot product or -distance^2"
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. knowledge.move_rule=paper"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         manifest = build_round0(cfg.run, cfg)
     else:
         if args.emb is None or args.epoch is None:
-            raise InputError("--round", "a DKC round needs --emb and --epoch", "pass the student's embeddings and epoch")
+            raise InputError(
+                "--round", "a DKC round needs --emb and --epoch", "pass the student's embeddings and epoch"
+            )
         manifest = dkc_round(cfg.run, cfg, args.round, args.epoch, args.emb, args.metric)
     keep = ("round", "epoch", "teachers", "means", "switch", "changed_users", "wall_s", "peak_rss_gib")
     print(json.dumps({k: manifest[k] for k in keep if k in manifest}))

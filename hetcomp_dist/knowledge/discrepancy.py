@@ -56,7 +56,13 @@ class Gains:
 
     def astuple(self) -> tuple:
         """(flat table, row stride, ideal, width, paper): the form the kernels take (`user_d`)."""
-        return np.ascontiguousarray(self.table).ravel(), np.uintp(self.table.shape[1]), self.ideal, self.width, self.paper
+        return (
+            np.ascontiguousarray(self.table).ravel(),
+            np.uintp(self.table.shape[1]),
+            self.ideal,
+            self.width,
+            self.paper,
+        )
 
 
 def gains(d_k: int, L: int, variant: str = "code", lam: float = 10.0) -> Gains:
@@ -65,7 +71,7 @@ def gains(d_k: int, L: int, variant: str = "code", lam: float = 10.0) -> Gains:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if not 0 < d_k < MAX_D_K:
         raise ValueError(f"d_k must be in 1..{MAX_D_K - 1}, got {d_k}")
-    scale = 2.0 ** FIXED_BITS
+    scale = 2.0**FIXED_BITS
     diag = np.round(position_weights(d_k, lam) * scale).astype(np.int64)
     ideal = int(diag.sum())
     if variant == "code":
@@ -103,7 +109,8 @@ def unload_sigma(pmap, sigma, b, d_k):
 
 @numba.njit(cache=True, inline="always")
 def user_d(pmap, lists, b, x, s, table, stride, ideal, width, paper):
-    """float64 D of user b's sigma (in `pmap`) against lists[b, x, s]; (table, stride, ...) as `Gains.astuple`.
+    """float64 D of user b's sigma (in `pmap`) against lists[b, x, s]; (table, stride, ...) as
+    `Gains.astuple`.
 
     Each teacher item reads its sigma position + 1 (0 when absent, PADs and items beyond the map
     included) and adds that row of the table, whose row 0 is 0: no branch on hit or miss. The indices
@@ -141,8 +148,9 @@ def _d_kernel(sigma, lists, d_k, g, n_map, out, threads):
 
 
 # ------------------------------------------------------------------------------------ the API
-def discrepancies(sigma: np.ndarray, pis: np.ndarray, d_k: int = 50, variant: str = "code",
-                  lam: float = 10.0) -> np.ndarray:
+def discrepancies(
+    sigma: np.ndarray, pis: np.ndarray, d_k: int = 50, variant: str = "code", lam: float = 10.0
+) -> np.ndarray:
     """D@K of each user's student list against each of its teacher lists.
 
     Args:
@@ -164,12 +172,20 @@ def discrepancies(sigma: np.ndarray, pis: np.ndarray, d_k: int = 50, variant: st
     if B == 0 or M == 0 or L == 0:
         return out
     sigma = np.asarray(sigma).astype(np.int32, copy=False)
-    _d_kernel(sigma, pis.astype(np.int32, copy=False)[:, :, None, :], d_k, g.astuple(), map_size(sigma), out,
-              numba.get_num_threads())
+    _d_kernel(
+        sigma,
+        pis.astype(np.int32, copy=False)[:, :, None, :],
+        d_k,
+        g.astuple(),
+        map_size(sigma),
+        out,
+        numba.get_num_threads(),
+    )
     return out
 
 
-def discrepancy(sigma: np.ndarray, pi: np.ndarray, d_k: int = 50, variant: str = "code",
-                lam: float = 10.0) -> np.ndarray:
+def discrepancy(
+    sigma: np.ndarray, pi: np.ndarray, d_k: int = 50, variant: str = "code", lam: float = 10.0
+) -> np.ndarray:
     """D@K of one student list against one teacher list per row: (B, >= d_k), (B, L) -> (B,) float64."""
     return discrepancies(sigma, np.asarray(pi)[:, None, :], d_k, variant, lam)[:, 0]

@@ -28,10 +28,17 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from hetcomp_dist.knowledge.discrepancy import gains, load_sigma, map_size, unload_sigma, user_d
 from hetcomp_dist.knowledge import hashtable as ht
-from hetcomp_dist.knowledge.ensemble import (as_weights, check_items, dense_size, g_states_kernel, score_table, select_top,
-                                              workspace)
+from hetcomp_dist.knowledge.discrepancy import gains, load_sigma, map_size, unload_sigma, user_d
+from hetcomp_dist.knowledge.ensemble import (
+    as_weights,
+    check_items,
+    dense_size,
+    g_states_kernel,
+    score_table,
+    select_top,
+    workspace,
+)
 from hetcomp_dist.knowledge.prefetch import prefetch_row
 
 MOVE_RULES = ("code", "paper")
@@ -50,8 +57,10 @@ class DKCParams:
     period: int = 10
 
     @classmethod
-    def from_config(cls, kcfg) -> "DKCParams":
-        return cls(kcfg.d_k, kcfg.d_variant, kcfg.d_lambda, kcfg.move_rule, kcfg.alpha, kcfg.decay, kcfg.period)
+    def from_config(cls, kcfg) -> DKCParams:
+        return cls(
+            kcfg.d_k, kcfg.d_variant, kcfg.d_lambda, kcfg.move_rule, kcfg.alpha, kcfg.decay, kcfg.period
+        )
 
 
 def threshold(epoch: int, params: DKCParams) -> float:
@@ -62,8 +71,9 @@ def threshold(epoch: int, params: DKCParams) -> float:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, score, out, n_dense,
-              lo, hi):
+def _dkc_rows(
+    lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, score, out, n_dense, lo, hi
+):
     """The rule of the module docstring for users lo..hi-1; v_out / d_out start as copies of v / d.
 
     With out of k > 0 columns (a copy of the previous targets), a user with a mover also gets
@@ -93,7 +103,9 @@ def _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_
         for x in range(M):
             vx = v[b, x]
             if first:
-                d_out[b, x] = np.float32(user_d(pmap, lists, b, x, min(vx + 1, last), table, stride, ideal, width, paper))
+                d_out[b, x] = np.float32(
+                    user_d(pmap, lists, b, x, min(vx + 1, last), table, stride, ideal, width, paper)
+                )
                 continue
             if vx >= last:
                 continue
@@ -104,7 +116,9 @@ def _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_
                 v_out[b, x] = vx + 1
                 moved[b, x] = True
                 any_moved = True
-                d_out[b, x] = np.float32(user_d(pmap, lists, b, x, min(vx + 2, last), table, stride, ideal, width, paper))
+                d_out[b, x] = np.float32(
+                    user_d(pmap, lists, b, x, min(vx + 2, last), table, stride, ideal, width, paper)
+                )
         unload_sigma(pmap, sigma, b, d_k)
         if targets and any_moved:
             n_used = 0
@@ -124,20 +138,46 @@ def _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def _dkc_kernel(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, score, out, n_dense,
-                threads):
+def _dkc_kernel(
+    lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, score, out, n_dense, threads
+):
     """`_dkc_rows` over all users, one contiguous chunk per thread; returns each chunk's `bad`."""
     B = lists.shape[0]
     n_chunks = max(1, min(threads, B))
     bad = np.full(n_chunks, -1, dtype=np.int64)
     for c in numba.prange(n_chunks):
-        bad[c] = _dkc_rows(lists, v, d, sigma, first, th, code_rule, d_k, g, n_map, v_out, d_out, moved, score, out,
-                           n_dense, c * B // n_chunks, (c + 1) * B // n_chunks)
+        bad[c] = _dkc_rows(
+            lists,
+            v,
+            d,
+            sigma,
+            first,
+            th,
+            code_rule,
+            d_k,
+            g,
+            n_map,
+            v_out,
+            d_out,
+            moved,
+            score,
+            out,
+            n_dense,
+            c * B // n_chunks,
+            (c + 1) * B // n_chunks,
+        )
     return bad
 
 
-def dkc_step(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.ndarray, epoch: int, first: bool,
-             params: DKCParams = DKCParams()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def dkc_step(
+    lists: np.ndarray,
+    v: np.ndarray,
+    d: np.ndarray,
+    sigma: np.ndarray,
+    epoch: int,
+    first: bool,
+    params: DKCParams = DKCParams(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One DKC call for a batch of users and all teachers.
 
     Args:
@@ -157,10 +197,19 @@ def dkc_step(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.ndarray,
     return _step(lists, v, d, sigma, epoch, first, params, None, None, None)[:3]
 
 
-def dkc_step_targets(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.ndarray, epoch: int, first: bool,
-                     params: DKCParams, prev: np.ndarray, temperature: float = 10.0,
-                     weights: np.ndarray | None = None, n_items: int | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def dkc_step_targets(
+    lists: np.ndarray,
+    v: np.ndarray,
+    d: np.ndarray,
+    sigma: np.ndarray,
+    epoch: int,
+    first: bool,
+    params: DKCParams,
+    prev: np.ndarray,
+    temperature: float = 10.0,
+    weights: np.ndarray | None = None,
+    n_items: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`dkc_step`, then `rebuild_targets` on its result, in one pass over the users.
 
     Each user's new targets are built right after its own step, while its lists are in cache;
@@ -170,9 +219,18 @@ def dkc_step_targets(lists: np.ndarray, v: np.ndarray, d: np.ndarray, sigma: np.
     Returns:
         (v_new, d_new, moved, targets (B, k) int32).
     """
-    return _step(lists, v, d, sigma, epoch, first, params, prev,
-                 score_table(np.asarray(lists).shape[3], as_weights(weights, np.asarray(lists).shape[1]), temperature),
-                 n_items)
+    return _step(
+        lists,
+        v,
+        d,
+        sigma,
+        epoch,
+        first,
+        params,
+        prev,
+        score_table(np.asarray(lists).shape[3], as_weights(weights, np.asarray(lists).shape[1]), temperature),
+        n_items,
+    )
 
 
 def _step(lists, v, d, sigma, epoch, first, params, prev, score, n_items):
@@ -198,17 +256,39 @@ def _step(lists, v, d, sigma, epoch, first, params, prev, score, n_items):
         return v_new, d_new, moved, out
     g = gains(params.d_k, L, params.d_variant, params.d_lambda)
     sigma = np.asarray(sigma).astype(np.int32, copy=False)
-    bad = _dkc_kernel(lists.astype(np.int32, copy=False), v_new.copy(), d_new.copy(), sigma, bool(first),
-                      threshold(epoch, params), params.move_rule == "code", params.d_k, g.astuple(), map_size(sigma),
-                      v_new, d_new, moved, score, out, dense_size(n_items),
-                      numba.get_num_threads())
+    bad = _dkc_kernel(
+        lists.astype(np.int32, copy=False),
+        v_new.copy(),
+        d_new.copy(),
+        sigma,
+        bool(first),
+        threshold(epoch, params),
+        params.move_rule == "code",
+        params.d_k,
+        g.astuple(),
+        map_size(sigma),
+        v_new,
+        d_new,
+        moved,
+        score,
+        out,
+        dense_size(n_items),
+        numba.get_num_threads(),
+    )
     check_items(bad, n_items)
     return v_new, d_new, moved, out
 
 
-def rebuild_targets(lists: np.ndarray, v: np.ndarray, changed: np.ndarray, prev: np.ndarray, k: int,
-                    temperature: float = 10.0, weights: np.ndarray | None = None,
-                    n_items: int | None = None) -> np.ndarray:
+def rebuild_targets(
+    lists: np.ndarray,
+    v: np.ndarray,
+    changed: np.ndarray,
+    prev: np.ndarray,
+    k: int,
+    temperature: float = 10.0,
+    weights: np.ndarray | None = None,
+    n_items: int | None = None,
+) -> np.ndarray:
     """T_u = g of the chosen states for users whose selection changed; the previous targets otherwise.
 
     Args:
@@ -222,9 +302,18 @@ def rebuild_targets(lists: np.ndarray, v: np.ndarray, changed: np.ndarray, prev:
     out = np.array(prev, dtype=np.int32, copy=True)
     if len(out) and k and np.any(changed):
         table = score_table(lists.shape[3], as_weights(weights, lists.shape[1]), temperature)
-        check_items(g_states_kernel(lists.astype(np.int32, copy=False), np.asarray(v).astype(np.int64),
-                                    np.asarray(changed, dtype=bool), table, out, dense_size(n_items),
-                                    numba.get_num_threads()), n_items)
+        check_items(
+            g_states_kernel(
+                lists.astype(np.int32, copy=False),
+                np.asarray(v).astype(np.int64),
+                np.asarray(changed, dtype=bool),
+                table,
+                out,
+                dense_size(n_items),
+                numba.get_num_threads(),
+            ),
+            n_items,
+        )
     return out
 
 

@@ -6,10 +6,10 @@ the smaller item id. Only the union of the lists is touched, never a dense (user
 
 Compiled per-user kernels (numba): each user's entries are summed per item -- in an array indexed
 by item id when the caller gives the catalogue size n_items (<= DENSE_MAX_ITEMS), else in a small
-hash table (`hashtable` has both) -- then `select_top` orders the best k (score, item) pairs by a bucket sort on the
-score's magnitude and an insertion sort within buckets. Scores are fixed-point integers,
-round(w_x exp(-r/T) 2^60 / sum(w)): an item's sum is exact and independent of the order of its
-terms, so equal rank sets give identical scores and the tie rule is exact (a float sum would
+hash table (`hashtable` has both) -- then `select_top` orders the best k (score, item) pairs by a
+bucket sort on the score's magnitude and an insertion sort within buckets. Scores are fixed-point
+integers, round(w_x exp(-r/T) 2^60 / sum(w)): an item's sum is exact and independent of the order
+of its terms, so equal rank sets give identical scores and the tie rule is exact (a float sum would
 depend on the order). The resolution, sum(w) 2^-60, is finer than a float64 sum near 1.
 Measured on a CiteULike-size round (6 x 100 entries, ~130 distinct items per user, one thread):
 ~1.2 us per user to sum, ~0.8 us to select, against ~9 us for the heap this replaced.
@@ -47,8 +47,10 @@ def check_items(bad: np.ndarray, n_items: int | None) -> None:
     """Raises for an item id >= n_items met by a dense kernel (bad: each chunk's largest such id, or -1)."""
     worst = int(np.max(bad, initial=-1))
     if worst >= 0:
-        raise ValueError(f"item id {worst} is >= n_items = {n_items}: the lists hold ids outside the catalogue "
-                         f"(pass the catalogue's n_items, or None for no bound)")
+        raise ValueError(
+            f"item id {worst} is >= n_items = {n_items}: the lists hold ids outside the catalogue "
+            f"(pass the catalogue's n_items, or None for no bound)"
+        )
 
 
 def as_weights(weights: np.ndarray | None, m: int) -> np.ndarray:
@@ -68,7 +70,7 @@ def score_table(L: int, w: np.ndarray, temperature: float) -> np.ndarray:
     Ranks past T ln(2^61 w_x / sum(w)) (~410 for T = 10, 6 equal weights) round to 0: items seen only
     that deep tie, by id -- only long lists (observed items of heavy users) reach them, and P+ keeps 10.
     """
-    scale = 2.0 ** SCORE_BITS / float(w.sum())
+    scale = 2.0**SCORE_BITS / float(w.sum())
     A = np.exp(-np.arange(L, dtype=np.float64) / temperature)
     return np.ascontiguousarray(np.round(w[:, None] * A[None, :] * scale).astype(np.int64))
 
@@ -97,9 +99,19 @@ def workspace(entries, n_dense):
         bits = ht.table_bits(n, 2)
         keys, vals = np.full(1 << bits, ht.EMPTY, dtype=np.int32), np.zeros(1 << bits, dtype=np.int64)
     fbuf = np.empty(n, dtype=np.float64)
-    return (keys, vals, np.empty(n, dtype=np.int64), fbuf, fbuf.view(np.int64), np.empty(n, dtype=np.int32),
-            np.zeros(N_BUCKETS, dtype=np.int32), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32),
-            np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32))
+    return (
+        keys,
+        vals,
+        np.empty(n, dtype=np.int64),
+        fbuf,
+        fbuf.view(np.int64),
+        np.empty(n, dtype=np.int32),
+        np.zeros(N_BUCKETS, dtype=np.int32),
+        np.empty(n, dtype=np.int64),
+        np.empty(n, dtype=np.int32),
+        np.empty(n, dtype=np.int64),
+        np.empty(n, dtype=np.int32),
+    )
 
 
 @numba.njit(cache=True)
@@ -153,7 +165,7 @@ def select_top(ws, n_used, out_row, dense):
         p = np.uintp(counts[c])
         counts[c] = p + 1
         ss[p], si[p] = cs[j], ci[j]
-    counts[lo: hi + 1] = 0
+    counts[lo : hi + 1] = 0
     for a in range(1, total):  # total: the entries of the buckets that hold the best k
         s, it = ss[a], si[a]
         q = a - 1
@@ -212,7 +224,9 @@ def g_states_kernel(lists, state, rows, table, out, n_dense, threads):
     n_chunks = max(1, min(threads, B))
     bad = np.full(n_chunks, -1, dtype=np.int64)
     for c in numba.prange(n_chunks):  # the chunk loop lives in a plain njit function (faster code)
-        bad[c] = _g_states_rows(lists, state, rows, table, out, n_dense, c * B // n_chunks, (c + 1) * B // n_chunks)
+        bad[c] = _g_states_rows(
+            lists, state, rows, table, out, n_dense, c * B // n_chunks, (c + 1) * B // n_chunks
+        )
     return bad
 
 
@@ -231,7 +245,7 @@ def _g_csr_rows(offsets, values, table, max_entries, out, n_dense, lo, hi):
         bits = ht.table_bits(entries, 2)  # small users stay in cache beside a heavy one's table
         n_used = 0
         for x in range(M):
-            row, trow = values[offsets[x, b]: offsets[x, b + 1]], table[x]
+            row, trow = values[offsets[x, b] : offsets[x, b + 1]], table[x]
             for r in range(len(row)):
                 item = row[r]
                 if np.uint32(item) < nd:  # as in `_g_states_rows`
@@ -253,14 +267,20 @@ def _g_csr_kernel(offsets, values, table, max_entries, out, n_dense, threads):
     n_chunks = max(1, min(threads, B))
     bad = np.full(n_chunks, -1, dtype=np.int64)
     for c in numba.prange(n_chunks):
-        bad[c] = _g_csr_rows(offsets, values, table, max_entries, out, n_dense, c * B // n_chunks,
-                             (c + 1) * B // n_chunks)
+        bad[c] = _g_csr_rows(
+            offsets, values, table, max_entries, out, n_dense, c * B // n_chunks, (c + 1) * B // n_chunks
+        )
     return bad
 
 
 # ------------------------------------------------------------------------------------ the API
-def ensemble_topk(lists: np.ndarray, k: int, temperature: float = 10.0,
-                  weights: np.ndarray | None = None, n_items: int | None = None) -> np.ndarray:
+def ensemble_topk(
+    lists: np.ndarray,
+    k: int,
+    temperature: float = 10.0,
+    weights: np.ndarray | None = None,
+    n_items: int | None = None,
+) -> np.ndarray:
     """Rank-importance ensemble g.
 
     Args:
@@ -285,14 +305,28 @@ def ensemble_topk(lists: np.ndarray, k: int, temperature: float = 10.0,
     out = np.full((B, k), PAD, dtype=np.int32)
     if B == 0 or M * L == 0 or k == 0:
         return out
-    check_items(g_states_kernel(lists.astype(np.int32, copy=False)[:, :, None, :], np.zeros((B, M), dtype=np.int64),
-                                np.ones(B, dtype=bool), score_table(L, w, temperature), out, dense_size(n_items),
-                                numba.get_num_threads()), n_items)
+    check_items(
+        g_states_kernel(
+            lists.astype(np.int32, copy=False)[:, :, None, :],
+            np.zeros((B, M), dtype=np.int64),
+            np.ones(B, dtype=bool),
+            score_table(L, w, temperature),
+            out,
+            dense_size(n_items),
+            numba.get_num_threads(),
+        ),
+        n_items,
+    )
     return out
 
 
-def ensemble_topk_csr(csrs: list[tuple[np.ndarray, np.ndarray]], k: int, temperature: float = 10.0,
-                      weights: np.ndarray | None = None, n_items: int | None = None) -> np.ndarray:
+def ensemble_topk_csr(
+    csrs: list[tuple[np.ndarray, np.ndarray]],
+    k: int,
+    temperature: float = 10.0,
+    weights: np.ndarray | None = None,
+    n_items: int | None = None,
+) -> np.ndarray:
     """`ensemble_topk` over variable-length lists given as one CSR per teacher (e.g. observed items).
 
     Memory is the CSR itself plus one score table per thread: a hash table sized by the heaviest
@@ -317,6 +351,16 @@ def ensemble_topk_csr(csrs: list[tuple[np.ndarray, np.ndarray]], k: int, tempera
     offsets = np.stack([np.asarray(off, dtype=np.int64) + b for (off, _), b in zip(csrs, base)])
     values = np.concatenate([np.asarray(val, dtype=np.int32) for _, val in csrs])
     longest = int(lengths.max(initial=0))
-    check_items(_g_csr_kernel(offsets, values, score_table(max(longest, 1), w, temperature),
-                              int(lengths.sum(axis=0).max()), out, dense_size(n_items), numba.get_num_threads()), n_items)
+    check_items(
+        _g_csr_kernel(
+            offsets,
+            values,
+            score_table(max(longest, 1), w, temperature),
+            int(lengths.sum(axis=0).max()),
+            out,
+            dense_size(n_items),
+            numba.get_num_threads(),
+        ),
+        n_items,
+    )
     return out

@@ -44,9 +44,22 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step_targets, state_means, switch_fired
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
-from hetcomp_dist.knowledge.shard_io import (block, cache_path, check_ids, knowledge_dir, pos_dir, read_dense, read_lists,
-                                             read_round, read_state_cache, round_dir, state_path, teacher_dir,
-                                             write_round_shard, write_state_cache)
+from hetcomp_dist.knowledge.shard_io import (
+    block,
+    cache_path,
+    check_ids,
+    knowledge_dir,
+    pos_dir,
+    read_dense,
+    read_lists,
+    read_round,
+    read_state_cache,
+    round_dir,
+    state_path,
+    teacher_dir,
+    write_round_shard,
+    write_state_cache,
+)
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
 
 N_STATES = 4  # E1..E4; state index v in 0..3
@@ -81,7 +94,9 @@ class RoundTask:
     emb_path: str = ""
     metric: str = "ip"
     rounds: str | None = None  # where rounds >= 1 live (`shard_io.round_dir`)
-    state_cache: bool = False  # read the teachers' states from round 0's copies (`shard_io.write_state_cache`)
+    state_cache: bool = (
+        False  # read the teachers' states from round 0's copies (`shard_io.write_state_cache`)
+    )
 
     @property
     def kc(self):
@@ -107,14 +122,21 @@ def round0_shard(task: RoundTask, s: int) -> dict:
         if task.state_cache:  # every later round reads the states from these copies
             write_state_cache(cache_path(run, name, 1, s), lo, hi, e1[x], n_items)
             for e in range(2, N_STATES + 1):
-                write_state_cache(cache_path(run, name, e, s), lo, hi,
-                                  read_dense(state_path(run, name, e, s), lo, hi, kc.topk, out=other, n_items=n_items),
-                                  n_items)
+                write_state_cache(
+                    cache_path(run, name, e, s),
+                    lo,
+                    hi,
+                    read_dense(state_path(run, name, e, s), lo, hi, kc.topk, out=other, n_items=n_items),
+                    n_items,
+                )
         opath = storage.shard_path(storage.join(teacher_dir(run, name), "observed"), s)
         off, val = read_lists(opath, lo, hi)
         if not np.array_equal(np.diff(off), train.lengths()):
-            raise InputError(opath, "the observed lists do not have the users' train lengths",
-                             "the teacher's observed export must hold exactly each user's train items")
+            raise InputError(
+                opath,
+                "the observed lists do not have the users' train lengths",
+                "the teacher's observed export must hold exactly each user's train items",
+            )
         check_ids(int(val.max(initial=-1)), n_items, opath)
         observed.append((off, val))
     lists = e1.transpose(1, 0, 2)  # (n, M, K) view
@@ -123,20 +145,41 @@ def round0_shard(task: RoundTask, s: int) -> dict:
         b1 = min(b0 + kc.batch_users, n)
         targets[b0:b1] = ensemble_topk(lists[b0:b1], kc.topk, kc.temperature, task.weights(), n_items)
     pos = ensemble_topk_csr(observed, kc.pos_k, kc.temperature, task.weights(), n_items)
-    write_round_shard(run, 0, s, lo, hi, np.zeros((n, M), np.int8), np.full((n, M), np.nan, np.float32), targets)
-    storage.write_table_atomic(storage.shard_path(pos_dir(run), s), storage.user_table(lo, hi, items=storage.dense_to_list(pos)))
+    write_round_shard(
+        run, 0, s, lo, hi, np.zeros((n, M), np.int8), np.full((n, M), np.nan, np.float32), targets
+    )
+    storage.write_table_atomic(
+        storage.shard_path(pos_dir(run), s), storage.user_table(lo, hi, items=storage.dense_to_list(pos))
+    )
     wall = time.perf_counter() - t0
     log(STAGE, f"round 0 shard {s}: users [{lo}, {hi}) in {wall:.2f}s")
-    return {"shard": s, "n": n, "v_sum": [0] * M, "moved": [0] * M, "changed": 0, "retrieval_s": 0.0,
-            "wall_s": wall, "retrieval_cpu_s": 0.0, "cpu_s": time.process_time() - c0, "peak_rss_gib": peak_rss_gib()}
+    return {
+        "shard": s,
+        "n": n,
+        "v_sum": [0] * M,
+        "moved": [0] * M,
+        "changed": 0,
+        "retrieval_s": 0.0,
+        "wall_s": wall,
+        "retrieval_cpu_s": 0.0,
+        "cpu_s": time.process_time() - c0,
+        "peak_rss_gib": peak_rss_gib(),
+    }
 
 
 def student_topk(task: RoundTask, lo: int, hi: int, train) -> np.ndarray:
     """(hi-lo, d_k) the student's top unobserved items (train excluded) through the FAISS factory."""
     emb = storage.read_npz(task.emb_path)
     ev = task.cfg.eval
-    index = build_index(emb["item"], task.metric, ev.index, ivf_nlist=ev.ivf_nlist, ivf_nprobe=ev.ivf_nprobe,
-                        hnsw_m=ev.hnsw_m, hnsw_ef_search=ev.hnsw_ef_search)
+    index = build_index(
+        emb["item"],
+        task.metric,
+        ev.index,
+        ivf_nlist=ev.ivf_nlist,
+        ivf_nprobe=ev.ivf_nprobe,
+        hnsw_m=ev.hnsw_m,
+        hnsw_ef_search=ev.hnsw_ef_search,
+    )
     users = emb["user"][lo:hi]
     out = np.full((hi - lo, task.kc.d_k), -1, dtype=np.int32)
     for b0 in range(0, hi - lo, ev.batch_size):
@@ -203,9 +246,19 @@ def dkc_shard(task: RoundTask, s: int) -> dict:
     changed = 0
     for b0 in range(0, n, kc.batch_users):
         b1 = min(b0 + kc.batch_users, n)
-        vb, db, moved, targets[b0:b1] = dkc_step_targets(lists[b0:b1], v[b0:b1], d[b0:b1], sigma[b0:b1], task.epoch,
-                                                          first, params, prev_targets[b0:b1], kc.temperature,
-                                                          task.weights(), task.data["n_items"])
+        vb, db, moved, targets[b0:b1] = dkc_step_targets(
+            lists[b0:b1],
+            v[b0:b1],
+            d[b0:b1],
+            sigma[b0:b1],
+            task.epoch,
+            first,
+            params,
+            prev_targets[b0:b1],
+            kc.temperature,
+            task.weights(),
+            task.data["n_items"],
+        )
         ch = moved.any(axis=1)
         v_new[b0:b1], d_new[b0:b1] = vb, db
         moved_total += moved.sum(axis=0)
@@ -213,11 +266,23 @@ def dkc_shard(task: RoundTask, s: int) -> dict:
     del lists
     write_round_shard(run, r, s, lo, hi, v_new, d_new, targets, task.rounds)
     wall = time.perf_counter() - t0
-    log(STAGE, f"round {r} shard {s}: users [{lo}, {hi}), {changed} changed, retrieval {t_retrieval:.2f}s, "
-               f"rest {wall - t_retrieval:.2f}s ({n / max(wall - t_retrieval, 1e-9):,.0f} users/s)")
-    return {"shard": s, "n": n, "v_sum": v_new.astype(np.int64).sum(axis=0).tolist(), "moved": moved_total.tolist(),
-            "changed": changed, "retrieval_s": t_retrieval, "wall_s": wall, "retrieval_cpu_s": c_retrieval,
-            "cpu_s": time.process_time() - c0, "peak_rss_gib": peak_rss_gib()}
+    log(
+        STAGE,
+        f"round {r} shard {s}: users [{lo}, {hi}), {changed} changed, retrieval {t_retrieval:.2f}s, "
+        f"rest {wall - t_retrieval:.2f}s ({n / max(wall - t_retrieval, 1e-9):,.0f} users/s)",
+    )
+    return {
+        "shard": s,
+        "n": n,
+        "v_sum": v_new.astype(np.int64).sum(axis=0).tolist(),
+        "moved": moved_total.tolist(),
+        "changed": changed,
+        "retrieval_s": t_retrieval,
+        "wall_s": wall,
+        "retrieval_cpu_s": c_retrieval,
+        "cpu_s": time.process_time() - c0,
+        "peak_rss_gib": peak_rss_gib(),
+    }
 
 
 SHARD_FUNCTIONS = {"round0": round0_shard, "dkc": dkc_shard}
@@ -249,8 +314,12 @@ def map_shards(kind: str, task: RoundTask, distributed: bool) -> list[dict]:
 
     size = max(1, min(n, task.kc.max_tasks)) if task.kc.max_tasks > 0 else None
     ds = ray.data.range(n, override_num_blocks=n).map_batches(
-        partial(_ray_entry, kind, task), batch_size=1, batch_format="numpy", num_cpus=task.kc.task_cpus,
-        compute=ray.data.TaskPoolStrategy(size=size))
+        partial(_ray_entry, kind, task),
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=task.kc.task_cpus,
+        compute=ray.data.TaskPoolStrategy(size=size),
+    )
     out = [json.loads(row["stats"]) for row in ds.take_all()]
     return sorted(out, key=lambda x: x["shard"])
 
@@ -258,9 +327,21 @@ def map_shards(kind: str, task: RoundTask, distributed: bool) -> list[dict]:
 # ---------------------------------------------------------------------------------------- driver
 def _dkc_fields(cfg: Config) -> dict:
     kc = cfg.knowledge
-    ev = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k not in ("batch_size", "distributed_min_users")}
-    return {"d_k": kc.d_k, "d_variant": kc.d_variant, "d_lambda": kc.d_lambda, "move_rule": kc.move_rule,
-            "alpha": kc.alpha, "decay": kc.decay, "period": kc.period, "index": ev}
+    ev = {
+        k: v
+        for k, v in dataclasses.asdict(cfg.eval).items()
+        if k not in ("batch_size", "distributed_min_users")
+    }
+    return {
+        "d_k": kc.d_k,
+        "d_variant": kc.d_variant,
+        "d_lambda": kc.d_lambda,
+        "move_rule": kc.move_rule,
+        "alpha": kc.alpha,
+        "decay": kc.decay,
+        "period": kc.period,
+        "index": ev,
+    }
 
 
 def _base(run: str, cfg: Config) -> tuple[dict, tuple[str, ...], str]:
@@ -273,19 +354,32 @@ def _base(run: str, cfg: Config) -> tuple[dict, tuple[str, ...], str]:
     for name, m in teachers.items():
         for key in ("n_users", "shard_size"):
             if key in m and m[key] != data[key]:
-                raise InputError(teacher_dir(run, name), f"{key} {m[key]} differs from the data's {data[key]}",
-                                 "retrain the teachers on this run's data")
+                raise InputError(
+                    teacher_dir(run, name),
+                    f"{key} {m[key]} differs from the data's {data[key]}",
+                    "retrain the teachers on this run's data",
+                )
         if m.get("K", cfg.knowledge.topk) < cfg.knowledge.topk:
-            raise InputError(teacher_dir(run, name), f"exported K = {m['K']} < knowledge.topk = {cfg.knowledge.topk}",
-                             "set knowledge.topk <= teachers.topk")
+            raise InputError(
+                teacher_dir(run, name),
+                f"exported K = {m['K']} < knowledge.topk = {cfg.knowledge.topk}",
+                "set knowledge.topk <= teachers.topk",
+            )
     kc = cfg.knowledge
     for name in ("batch_users", "task_cpus", "topk", "pos_k", "d_k"):
         if getattr(kc, name) <= 0:
             raise InputError(f"knowledge.{name}", f"must be > 0, got {getattr(kc, name)}")
     if kc.weights and (min(kc.weights) < 0 or sum(kc.weights) <= 0):
         raise InputError("knowledge.weights", f"{list(kc.weights)}: weights must be >= 0 and not all 0")
-    base = storage.config_hash("knowledge", data["config_hash"], [teachers[n]["config_hash"] for n in names],
-                               names, kc.topk, kc.temperature, list(kc.weights))
+    base = storage.config_hash(
+        "knowledge",
+        data["config_hash"],
+        [teachers[n]["config_hash"] for n in names],
+        names,
+        kc.topk,
+        kc.temperature,
+        list(kc.weights),
+    )
     return data, names, base
 
 
@@ -299,13 +393,19 @@ def _chain(run: str, cfg: Config, base: str, upto: int, rounds: str | None = Non
     for j in range(upto + 1):
         m = storage.read_manifest(round_dir(run, j, rounds))
         if m is None:
-            raise InputError(round_dir(run, j, rounds), "knowledge round not committed",
-                             "build the rounds in order: build_round0, then dkc_round(1), dkc_round(2), ...")
+            raise InputError(
+                round_dir(run, j, rounds),
+                "knowledge round not committed",
+                "build the rounds in order: build_round0, then dkc_round(1), dkc_round(2), ...",
+            )
         if j > 0:
             h = _round_hash(cfg, j, h, m["epoch"], m["emb_path"], m["metric"])
         if m.get("config_hash") != h:
-            raise InputError(round_dir(run, j, rounds), "built from other inputs (data, teachers, config or earlier rounds)",
-                             "rebuild the knowledge from round 0 (delete RUN/knowledge)")
+            raise InputError(
+                round_dir(run, j, rounds),
+                "built from other inputs (data, teachers, config or earlier rounds)",
+                "rebuild the knowledge from round 0 (delete RUN/knowledge)",
+            )
     return h
 
 
@@ -313,33 +413,56 @@ def _distributed(cfg: Config, n_users: int) -> bool:
     return n_users >= cfg.knowledge.distributed_min_users
 
 
-def _commit(run: str, cfg: Config, task: RoundTask, stats: list[dict], h: str, t0: float, distributed: bool,
-            extra: dict) -> dict:
+def _commit(
+    run: str,
+    cfg: Config,
+    task: RoundTask,
+    stats: list[dict],
+    h: str,
+    t0: float,
+    distributed: bool,
+    extra: dict,
+) -> dict:
     names, n = task.names, task.data["n_users"]
     v_sum = np.sum([x["v_sum"] for x in stats], axis=0)
     means = state_means(v_sum, n)
     wall = time.perf_counter() - t0
     retrieval = float(sum(x["retrieval_s"] for x in stats))
     manifest = {
-        "round": task.round_idx, "epoch": task.epoch, "teachers": list(names),
+        "round": task.round_idx,
+        "epoch": task.epoch,
+        "teachers": list(names),
         "means": {name: float(mu) for name, mu in zip(names, means)},
-        "switch": switch_fired(means, N_STATES - 1), "config_hash": h, "n_users": n,
-        "shard_size": task.data["shard_size"], "n_shards": len(stats), "K": cfg.knowledge.topk,
-        "pos_k": cfg.knowledge.pos_k, "n_states": N_STATES, "emb_path": task.emb_path, "metric": task.metric,
+        "switch": switch_fired(means, N_STATES - 1),
+        "config_hash": h,
+        "n_users": n,
+        "shard_size": task.data["shard_size"],
+        "n_shards": len(stats),
+        "K": cfg.knowledge.topk,
+        "pos_k": cfg.knowledge.pos_k,
+        "n_states": N_STATES,
+        "emb_path": task.emb_path,
+        "metric": task.metric,
         "changed_users": int(sum(x["changed"] for x in stats)),
         "moved": {name: int(c) for name, c in zip(names, np.sum([x["moved"] for x in stats], axis=0))},
-        "distributed": distributed, "wall_s": wall, "task_retrieval_s": retrieval,
+        "distributed": distributed,
+        "wall_s": wall,
+        "task_retrieval_s": retrieval,
         "task_rest_s": float(sum(x["wall_s"] for x in stats)) - retrieval,
         # CPU seconds of the tasks (robust to a shared machine): the rest of the round vs the retrieval
         "task_retrieval_cpu_s": float(sum(x.get("retrieval_cpu_s", 0.0) for x in stats)),
         "task_rest_cpu_s": float(sum(x.get("cpu_s", 0.0) - x.get("retrieval_cpu_s", 0.0) for x in stats)),
         "peak_rss_gib": max([peak_rss_gib()] + [x["peak_rss_gib"] for x in stats]),
-        "task_peak_rss_gib": max(x["peak_rss_gib"] for x in stats), **extra,
+        "task_peak_rss_gib": max(x["peak_rss_gib"] for x in stats),
+        **extra,
     }
     storage.write_manifest(round_dir(run, task.round_idx, task.rounds), manifest)
-    log(STAGE, f"committed round {task.round_idx} (epoch {task.epoch}): means "
-               + ", ".join(f"{k} {v:.3f}" for k, v in manifest["means"].items())
-               + f", switch {manifest['switch']}, {manifest['changed_users']:,} users changed, {wall:.1f}s")
+    log(
+        STAGE,
+        f"committed round {task.round_idx} (epoch {task.epoch}): means "
+        + ", ".join(f"{k} {v:.3f}" for k, v in manifest["means"].items())
+        + f", switch {manifest['switch']}, {manifest['changed_users']:,} users changed, {wall:.1f}s",
+    )
     return storage.read_manifest(round_dir(run, task.round_idx, task.rounds))
 
 
@@ -364,8 +487,16 @@ def build_round0(run: str, cfg: Config) -> dict:
     task = RoundTask(run, cfg, names, data, 0, state_cache=cfg.knowledge.cache_states)
     distributed = _distributed(cfg, data["n_users"])
     stats = map_shards("round0", task, distributed)
-    storage.write_manifest(pos_dir(run), {"config_hash": h_pos, "pos_k": cfg.knowledge.pos_k, "teachers": list(names),
-                                          "n_users": data["n_users"], "shard_size": data["shard_size"]})
+    storage.write_manifest(
+        pos_dir(run),
+        {
+            "config_hash": h_pos,
+            "pos_k": cfg.knowledge.pos_k,
+            "teachers": list(names),
+            "n_users": data["n_users"],
+            "shard_size": data["shard_size"],
+        },
+    )
     return _commit(run, cfg, task, stats, h, t0, distributed, {"state_cache": task.state_cache})
 
 
@@ -376,17 +507,27 @@ def _check_embeddings(emb_path: str, data: dict, metric: str) -> None:
     for key, n in (("user", data["n_users"]), ("item", data["n_items"])):
         a = emb.get(key)
         if a is None or a.ndim != 2 or a.shape[0] != n or not np.issubdtype(a.dtype, np.floating):
-            raise InputError(emb_path, f"needs a float array `{key}` of shape ({n}, d), got "
-                                       f"{None if a is None else (a.shape, str(a.dtype))}",
-                             "save numpy.savez(path, user=U, item=I) with the student's embeddings")
+            raise InputError(
+                emb_path,
+                f"needs a float array `{key}` of shape ({n}, d), got "
+                f"{None if a is None else (a.shape, str(a.dtype))}",
+                "save numpy.savez(path, user=U, item=I) with the student's embeddings",
+            )
         if not np.all(np.isfinite(a)):
             raise InputError(emb_path, f"`{key}` has NaN or infinite values", "check the student's training")
     if emb["user"].shape[1] != emb["item"].shape[1]:
         raise InputError(emb_path, "user and item embeddings differ in dimension")
 
 
-def dkc_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, metric: str = "ip",
-              rounds: str | None = None) -> dict:
+def dkc_round(
+    run: str,
+    cfg: Config,
+    round_idx: int,
+    epoch: int,
+    emb_path: str,
+    metric: str = "ip",
+    rounds: str | None = None,
+) -> dict:
     """DKC round `round_idx` >= 1 at student epoch `epoch`; round 1 is the first call (nobody moves).
 
     Args:
@@ -418,22 +559,31 @@ def dkc_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, 
         return done
     prev = storage.read_manifest(round_dir(run, round_idx - 1, rounds))
     if prev["switch"]:
-        raise InputError(round_dir(run, round_idx - 1, rounds), "the switch fired at this round: DKC has stopped for good",
-                         "train on the last round's targets (L_F) instead of calling dkc_round")
+        raise InputError(
+            round_dir(run, round_idx - 1, rounds),
+            "the switch fired at this round: DKC has stopped for good",
+            "train on the last round's targets (L_F) instead of calling dkc_round",
+        )
     _check_embeddings(emb_path, data, metric)
     j = round_idx + 1
-    while storage.exists(round_dir(run, j, rounds)):  # later rounds were built on an older version of this one
+    while storage.exists(
+        round_dir(run, j, rounds)
+    ):  # later rounds were built on an older version of this one
         storage.delete_dir(round_dir(run, j, rounds))
         j += 1
     storage.begin_stage(round_dir(run, round_idx, rounds))
-    state_cache = bool(storage.read_manifest(round_dir(run, 0)).get("state_cache", False))  # checked by _chain
+    state_cache = bool(
+        storage.read_manifest(round_dir(run, 0)).get("state_cache", False)
+    )  # checked by _chain
     task = RoundTask(run, cfg, names, data, int(round_idx), int(epoch), emb_path, metric, rounds, state_cache)
     distributed = _distributed(cfg, data["n_users"])
     stats = map_shards("dkc", task, distributed)
     return _commit(run, cfg, task, stats, h, t0, distributed, {"first_call": round_idx == 1})
 
 
-def load_targets(run: str, round_idx: int, lo: int, hi: int, rounds: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_targets(
+    run: str, round_idx: int, lo: int, hi: int, rounds: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Targets and P+ of users [lo, hi) of a committed round (`rounds`: see `shard_io.round_dir`).
 
     Returns:
@@ -441,8 +591,11 @@ def load_targets(run: str, round_idx: int, lo: int, hi: int, rounds: str | None 
     """
     m = storage.read_manifest(round_dir(run, round_idx, rounds))
     if m is None:
-        raise InputError(round_dir(run, round_idx, rounds), "knowledge round not committed",
-                         "run build_round0 / dkc_round first")
+        raise InputError(
+            round_dir(run, round_idx, rounds),
+            "knowledge round not committed",
+            "run build_round0 / dkc_round first",
+        )
     n, S, K, pos_k = m["n_users"], m["shard_size"], m["K"], m["pos_k"]
     if not 0 <= lo <= hi <= n:
         raise InputError(f"users [{lo}, {hi})", f"outside [0, {n})")
@@ -450,7 +603,11 @@ def load_targets(run: str, round_idx: int, lo: int, hi: int, rounds: str | None 
     for s in range(lo // S, (hi - 1) // S + 1) if hi > lo else ():
         s_lo, s_hi = storage.shard_range(s, S, n)
         a, b = max(lo, s_lo) - s_lo, min(hi, s_hi) - s_lo
-        targets.append(read_dense(storage.shard_path(round_dir(run, round_idx, rounds), s), s_lo, s_hi, K, "targets")[a:b])
+        targets.append(
+            read_dense(storage.shard_path(round_dir(run, round_idx, rounds), s), s_lo, s_hi, K, "targets")[
+                a:b
+            ]
+        )
         pos.append(read_dense(storage.shard_path(pos_dir(run), s), s_lo, s_hi, pos_k)[a:b])
     if not targets:
         return np.zeros((0, K), np.int32), np.zeros((0, pos_k), np.int32)

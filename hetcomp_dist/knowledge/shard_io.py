@@ -66,14 +66,20 @@ def write_state_cache(path: str, lo: int, hi: int, lists: np.ndarray, n_items: i
     """
     n, K = lists.shape
     if lists.size and (lists.min() < PAD or lists.max() >= n_items):
-        raise ValueError(f"{path}: the lists must hold ids in [0, {n_items}) or {PAD}, got "
-                         f"[{int(lists.min())}, {int(lists.max())}]")
+        raise ValueError(
+            f"{path}: the lists must hold ids in [0, {n_items}) or {PAD}, got "
+            f"[{int(lists.min())}, {int(lists.max())}]"
+        )
     if n_items <= NARROW_MAX_ITEMS:
         values = pa.array((lists.ravel() + 1).astype(np.uint16))
     else:
         values = pa.array(np.ascontiguousarray(lists, dtype=np.int32).ravel())
-    table = pa.table({"user": pa.array(np.arange(lo, hi, dtype=np.int32)),
-                      "items": pa.FixedSizeListArray.from_arrays(values, K)})
+    table = pa.table(
+        {
+            "user": pa.array(np.arange(lo, hi, dtype=np.int32)),
+            "items": pa.FixedSizeListArray.from_arrays(values, K),
+        }
+    )
     storage.write_ipc_atomic(path, table)
 
 
@@ -84,13 +90,24 @@ def read_state_cache(path: str, lo: int, hi: int, out: np.ndarray, n_items: int)
     t = storage.read_ipc(path, fix)
     n, K = out.shape
     typ = t.schema.field("items").type if "items" in t.column_names else None
-    if (typ is None or "user" not in t.column_names or not pa.types.is_fixed_size_list(typ)
-            or typ.list_size != K or typ.value_type not in (pa.uint16(), pa.int32())):
-        raise InputError(path, f"expected columns user, items: fixed_size_list<uint16 or int32, {K}>, got {t.schema}", fix)
+    if (
+        typ is None
+        or "user" not in t.column_names
+        or not pa.types.is_fixed_size_list(typ)
+        or typ.list_size != K
+        or typ.value_type not in (pa.uint16(), pa.int32())
+    ):
+        raise InputError(
+            path, f"expected columns user, items: fixed_size_list<uint16 or int32, {K}>, got {t.schema}", fix
+        )
     check_users(t, lo, hi, path, fix)
     if n == 0:
         return out
-    col = t.column("items").combine_chunks() if t.column("items").num_chunks != 1 else t.column("items").chunk(0)
+    col = (
+        t.column("items").combine_chunks()
+        if t.column("items").num_chunks != 1
+        else t.column("items").chunk(0)
+    )
     flat = col.flatten()
     if col.null_count or flat.null_count:
         raise InputError(path, "null lists or items", fix)
@@ -115,8 +132,13 @@ def read(path: str, columns: list[str]) -> pa.Table:
         return pq.ParquetFile(f).read(columns=columns, use_threads=False)
 
 
-def check_users(t: pa.Table, lo: int, hi: int, path: str,
-                fix: str = "the folder is corrupt; delete it and rerun the stage that writes it") -> None:
+def check_users(
+    t: pa.Table,
+    lo: int,
+    hi: int,
+    path: str,
+    fix: str = "the folder is corrupt; delete it and rerun the stage that writes it",
+) -> None:
     """InputError unless table t (of file `path`) holds users [lo, hi), one row each, in order of its ends."""
     user = t.column("user")
     if t.num_rows != hi - lo or (t.num_rows and (user[0].as_py() != lo or user[-1].as_py() != hi - 1)):
@@ -146,13 +168,18 @@ def _fill(offsets, values, out):
     return top
 
 
-def fill_dense(off: np.ndarray, val: np.ndarray, out: np.ndarray, where: str, n_items: int | None = None) -> np.ndarray:
+def fill_dense(
+    off: np.ndarray, val: np.ndarray, out: np.ndarray, where: str, n_items: int | None = None
+) -> np.ndarray:
     """Writes CSR lists into `out` (n, width) int32, -1 padded; a list longer than width, or (with
     n_items) an item id >= n_items, is an InputError."""
     lengths = np.diff(off)
     if len(lengths) and lengths.max() > out.shape[1]:
-        raise InputError(where, f"a list has {int(lengths.max())} items, more than K = {out.shape[1]}",
-                         "export the teachers with the same K as knowledge.topk")
+        raise InputError(
+            where,
+            f"a list has {int(lengths.max())} items, more than K = {out.shape[1]}",
+            "export the teachers with the same K as knowledge.topk",
+        )
     top = _fill(np.asarray(off, dtype=np.int64), np.asarray(val, dtype=np.int32), out)
     check_ids(top, n_items, where)
     return out
@@ -161,8 +188,11 @@ def fill_dense(off: np.ndarray, val: np.ndarray, out: np.ndarray, where: str, n_
 def check_ids(top: int, n_items: int | None, where: str) -> None:
     """InputError when the largest item id `top` of the lists read from `where` is outside n_items."""
     if n_items is not None and top >= n_items:
-        raise InputError(where, f"item id {int(top)} is outside this run's catalogue of {n_items} items",
-                         "the lists must hold this run's dense item ids: re-export them from this run's data")
+        raise InputError(
+            where,
+            f"item id {int(top)} is outside this run's catalogue of {n_items} items",
+            "the lists must hold this run's dense item ids: re-export them from this run's data",
+        )
 
 
 def block(shape: tuple[int, ...]) -> np.ndarray:
@@ -177,8 +207,15 @@ def block(shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.int32).reshape(shape)  # the array keeps the buffer alive
 
 
-def read_dense(path: str, lo: int, hi: int, width: int, column: str = "items",
-               out: np.ndarray | None = None, n_items: int | None = None) -> np.ndarray:
+def read_dense(
+    path: str,
+    lo: int,
+    hi: int,
+    width: int,
+    column: str = "items",
+    out: np.ndarray | None = None,
+    n_items: int | None = None,
+) -> np.ndarray:
     """(hi-lo, width) int32 -1 padded lists of one shard's list column, into `out` when given; with
     n_items, an item id >= n_items is an InputError naming the file."""
     out = np.empty((hi - lo, width), dtype=np.int32) if out is None else out
@@ -200,14 +237,37 @@ def read_round(run: str, round_idx: int, s: int, lo: int, hi: int, M: int, K: in
     if t.num_rows != hi - lo:
         raise InputError(path, f"{t.num_rows} rows for users [{lo}, {hi})", "delete the round and rebuild it")
     v = t.column("v").combine_chunks().flatten().to_numpy().astype(np.int64).reshape(-1, M)
-    d = t.column("d").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, M)
+    d = (
+        t.column("d")
+        .combine_chunks()
+        .flatten()
+        .to_numpy(zero_copy_only=False)
+        .astype(np.float32)
+        .reshape(-1, M)
+    )
     targets = fill_dense(*storage.list_to_csr(t.column("targets")), np.empty((hi - lo, K), np.int32), path)
     return v, d, targets
 
 
-def write_round_shard(run: str, round_idx: int, s: int, lo: int, hi: int, v: np.ndarray, d: np.ndarray,
-                      targets: np.ndarray, rounds: str | None = None) -> None:
+def write_round_shard(
+    run: str,
+    round_idx: int,
+    s: int,
+    lo: int,
+    hi: int,
+    v: np.ndarray,
+    d: np.ndarray,
+    targets: np.ndarray,
+    rounds: str | None = None,
+) -> None:
     """Shard s of a round: v (n, M) int8, d (n, M) float32, targets (n, K) -1 padded, written atomically."""
-    storage.write_table_atomic(storage.shard_path(round_dir(run, round_idx, rounds), s), storage.user_table(
-        lo, hi, v=fixed_list(v.astype(np.int8), pa.int8()), d=fixed_list(d.astype(np.float32), pa.float32()),
-        targets=storage.dense_to_list(targets)))
+    storage.write_table_atomic(
+        storage.shard_path(round_dir(run, round_idx, rounds), s),
+        storage.user_table(
+            lo,
+            hi,
+            v=fixed_list(v.astype(np.int8), pa.int8()),
+            d=fixed_list(d.astype(np.float32), pa.float32()),
+            targets=storage.dense_to_list(targets),
+        ),
+    )

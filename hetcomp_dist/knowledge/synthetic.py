@@ -62,8 +62,16 @@ def _item_emb(seed: int, n_items: int, dim: int) -> np.ndarray:
     return np.random.default_rng([seed, 1 << 30]).standard_normal((n_items, dim)).astype(np.float32)
 
 
-def write_trajectory_shard(run: str, cfg: Config, data: dict, s: int, seed: int = 0, pool: int | None = None,
-                           emb_dim: int = 6, block: int = 1024) -> np.ndarray:
+def write_trajectory_shard(
+    run: str,
+    cfg: Config,
+    data: dict,
+    s: int,
+    seed: int = 0,
+    pool: int | None = None,
+    emb_dim: int = 6,
+    block: int = 1024,
+) -> np.ndarray:
     """Shard s of every teacher's state and observed folders (RNG (seed, s): any order, any process).
 
     Returns:
@@ -93,15 +101,26 @@ def write_trajectory_shard(run: str, cfg: Config, data: dict, s: int, seed: int 
     for x, name in enumerate(names):
         tdir = teacher_dir(run, name)
         for e in range(N_STATES):
-            storage.write_table_atomic(storage.shard_path(storage.join(tdir, f"state={e + 1}"), s),
-                                       storage.user_table(lo, hi, items=storage.dense_to_list(lists[:, x, e])))
+            storage.write_table_atomic(
+                storage.shard_path(storage.join(tdir, f"state={e + 1}"), s),
+                storage.user_table(lo, hi, items=storage.dense_to_list(lists[:, x, e])),
+            )
         obs = storage.csr_to_list(train.offsets, np.concatenate(obs_parts[x]))
-        storage.write_table_atomic(storage.shard_path(storage.join(tdir, "observed"), s), storage.user_table(lo, hi, items=obs))
+        storage.write_table_atomic(
+            storage.shard_path(storage.join(tdir, "observed"), s), storage.user_table(lo, hi, items=obs)
+        )
     return user_emb
 
 
-def write_trajectories(run: str, cfg: Config, seed: int = 0, pool: int | None = None,
-                       emb_path: str | None = None, emb_dim: int = 6, distributed: bool = False) -> dict:
+def write_trajectories(
+    run: str,
+    cfg: Config,
+    seed: int = 0,
+    pool: int | None = None,
+    emb_path: str | None = None,
+    emb_dim: int = 6,
+    distributed: bool = False,
+) -> dict:
     """Writes synthetic trajectories for cfg.teachers.names (K = cfg.teachers.topk) into RUN/teachers.
 
     Args:
@@ -139,14 +158,25 @@ def write_trajectories(run: str, cfg: Config, seed: int = 0, pool: int | None = 
     prog.close()
     out = {}
     for name in names:
-        manifest = {"config_hash": teacher_hash(cfg, name, data["config_hash"]), "teacher": name,
-                    "model": "synthetic", "K": cfg.teachers.topk, "state_epochs": [10, 20, 30, 40],
-                    "convergence_epoch": 40, "n_users": n_users, "n_items": data["n_items"], "shard_size": S,
-                    "n_shards": n_shards, "seed": seed}
+        manifest = {
+            "config_hash": teacher_hash(cfg, name, data["config_hash"]),
+            "teacher": name,
+            "model": "synthetic",
+            "K": cfg.teachers.topk,
+            "state_epochs": [10, 20, 30, 40],
+            "convergence_epoch": 40,
+            "n_users": n_users,
+            "n_items": data["n_items"],
+            "shard_size": S,
+            "n_shards": n_shards,
+            "seed": seed,
+        }
         storage.write_manifest(teacher_dir(run, name), manifest)
         out[name] = storage.read_manifest(teacher_dir(run, name))
     if emb_path:
-        storage.write_npz_atomic(emb_path, user=np.concatenate(parts), item=_item_emb(seed, data["n_items"], emb_dim))
+        storage.write_npz_atomic(
+            emb_path, user=np.concatenate(parts), item=_item_emb(seed, data["n_items"], emb_dim)
+        )
     return out
 
 

@@ -8,7 +8,8 @@ ranks with ``scores`` (any model) or ``embeddings`` (dot-product / distance mode
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,9 @@ class Recommender(torch.nn.Module, abc.ABC):
     n_items: int
 
     @abc.abstractmethod
-    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self, train: CSR, rng: np.random.Generator, batch_size: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of training batches for the model's own base loss (BPR triples, user rows, ...)."""
 
     @abc.abstractmethod

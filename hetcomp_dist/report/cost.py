@@ -58,11 +58,17 @@ def _ensemble_cost(run: str, cfg: Config, m: dict, users: np.ndarray, train: CSR
     t0 = time.perf_counter()
     for s in range(0, len(users), bs):
         blk = ex.rows(s, min(s + bs, len(users)))
-        lists = np.stack([r.topk(users[s:s + bs], cfg.knowledge.topk, blk.offsets, blk.items) for r in rankers], axis=1)
+        lists = np.stack(
+            [r.topk(users[s : s + bs], cfg.knowledge.topk, blk.offsets, blk.items) for r in rankers], axis=1
+        )
         ensemble_topk(lists, K, cfg.knowledge.temperature, weights)
     wall = time.perf_counter() - t0
-    return {"model": f"ensemble ({len(models)} teachers, d={cfg.teachers.dim})", "params": sum(map(_params, models)),
-            "wall_s": wall, "users_per_s": len(users) / max(wall, 1e-9)}
+    return {
+        "model": f"ensemble ({len(models)} teachers, d={cfg.teachers.dim})",
+        "params": sum(map(_params, models)),
+        "wall_s": wall,
+        "users_per_s": len(users) / max(wall, 1e-9),
+    }
 
 
 def _student_cost(path: str, label: str, users: np.ndarray, ex: CSR, cfg: Config) -> dict:
@@ -71,14 +77,20 @@ def _student_cost(path: str, label: str, users: np.ndarray, ex: CSR, cfg: Config
     meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
     metric = meta.get("metric", "ip")
     n_params = int(meta.get("n_params", emb["user"].size + emb["item"].size))
-    index = retrieval.build_index(emb["item"], metric, cfg.eval.index, ivf_nlist=cfg.eval.ivf_nlist,
-                                  ivf_nprobe=cfg.eval.ivf_nprobe, hnsw_m=cfg.eval.hnsw_m,
-                                  hnsw_ef_search=cfg.eval.hnsw_ef_search)
+    index = retrieval.build_index(
+        emb["item"],
+        metric,
+        cfg.eval.index,
+        ivf_nlist=cfg.eval.ivf_nlist,
+        ivf_nprobe=cfg.eval.ivf_nprobe,
+        hnsw_m=cfg.eval.hnsw_m,
+        hnsw_ef_search=cfg.eval.hnsw_ef_search,
+    )
     bs = cfg.eval.batch_size
     t0 = time.perf_counter()
     for s in range(0, len(users), bs):
         blk = ex.rows(s, min(s + bs, len(users)))
-        retrieval.search_excluding(index, emb["user"][users[s:s + bs]], K, blk.offsets, blk.items)
+        retrieval.search_excluding(index, emb["user"][users[s : s + bs]], K, blk.offsets, blk.items)
     wall = time.perf_counter() - t0
     return {"model": label, "params": n_params, "wall_s": wall, "users_per_s": len(users) / max(wall, 1e-9)}
 
@@ -94,7 +106,13 @@ def inference_cost(run: str, cfg: Config) -> list[dict]:
     for model in cfg.pipeline.students:
         path = storage.join(run, "student", f"hetcomp-{model}", "emb.npz")
         if storage.exists(path):
-            rows.append(_student_cost(path, f"HetComp student {model.upper()} (d={cfg.student.dim})", users, ex, cfg))
+            rows.append(
+                _student_cost(path, f"HetComp student {model.upper()} (d={cfg.student.dim})", users, ex, cfg)
+            )
     for r in rows:
-        log("cost", f"{r['model']}: {r['params']:,} params, top-50 of {len(users):,} test users in {r['wall_s']:.2f}s")
+        log(
+            "cost",
+            f"{r['model']}: {r['params']:,} params, top-50 of {len(users):,} test users "
+            f"in {r['wall_s']:.2f}s",
+        )
     return rows

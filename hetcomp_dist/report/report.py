@@ -7,7 +7,8 @@ and later ``distill`` runs add rows independently and the report is regenerated 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from hetcomp_dist import storage
 from hetcomp_dist.progress import log
@@ -20,8 +21,13 @@ def report_dir(run: str) -> str:
     return storage.join(run, "report")
 
 
-def add_result(run: str, method: str, student: str, metrics: Mapping[str, Mapping[str, float]],
-               extra: Mapping[str, Any] | None = None) -> None:
+def add_result(
+    run: str,
+    method: str,
+    student: str,
+    metrics: Mapping[str, Mapping[str, float]],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """Stores one result: ``metrics = {"valid": {"R@10", ...}, "test": {...}}``; student "-" for teachers."""
     row = {"method": method, "student": student, **{s: dict(metrics[s]) for s in SPLITS}, **(extra or {})}
     storage.write_json_atomic(storage.join(report_dir(run), "rows", f"{method}-{student}.json"), row)
@@ -36,8 +42,14 @@ def flat_rows(results: list[dict]) -> list[dict]:
     rows = []
     for r in results:
         for split in SPLITS:
-            rows.append({"method": r["method"], "student": r["student"], "split": split,
-                         **{m: float(r[split][m]) for m in METRICS}})
+            rows.append(
+                {
+                    "method": r["method"],
+                    "student": r["student"],
+                    "split": split,
+                    **{m: float(r[split][m]) for m in METRICS},
+                }
+            )
     return rows
 
 
@@ -71,23 +83,39 @@ def _table(results: list[dict], student: str, paper: bool, teachers: list[str]) 
     return lines
 
 
-def render_markdown(results: list[dict], dataset: str, teachers: list[str], stage_times: Mapping[str, float] | None,
-                    cost: list[dict] | None) -> str:
+def render_markdown(
+    results: list[dict],
+    dataset: str,
+    teachers: list[str],
+    stage_times: Mapping[str, float] | None,
+    cost: list[dict] | None,
+) -> str:
     paper = dataset == "citeulike"
     students = sorted({r["student"] for r in results if r["student"] != "-"})
-    out = ["# hetcomp_dist report", "",
-           f"Dataset: **{dataset}**. Test split, Recall/NDCG@10/50 (full ranking, seen items excluded); "
-           "every model selected on validation R@50." + (" The paper's CiteULike numbers (METHOD.md §5) beside ours." if paper else ""),
-           ""]
+    out = [
+        "# hetcomp_dist report",
+        "",
+        f"Dataset: **{dataset}**. Test split, Recall/NDCG@10/50 (full ranking, seen items excluded); "
+        "every model selected on validation R@50."
+        + (" The paper's CiteULike numbers (METHOD.md §5) beside ours." if paper else ""),
+        "",
+    ]
     for s in students:
         out += [f"## Student: {s.upper()} (dimension 6)", ""] + _table(results, s, paper, teachers) + [""]
         by = {r["method"]: r for r in results if r["student"] == s}
         base = [by[b] for b in BASELINES if b in by]
         if "hetcomp" in by and base:
             best = max(base, key=lambda r: r["test"]["R@50"])
-            gains = {m: (by["hetcomp"]["test"][m] / best["test"][m] - 1) * 100 for m in METRICS if best["test"][m] > 0}
-            out += [f"HetComp vs the best baseline ({LABELS[best['method']]}): "
-                    + ", ".join(f"{m} {g:+.1f}%" for m, g in gains.items()), ""]
+            gains = {
+                m: (by["hetcomp"]["test"][m] / best["test"][m] - 1) * 100
+                for m in METRICS
+                if best["test"][m] > 0
+            }
+            out += [
+                f"HetComp vs the best baseline ({LABELS[best['method']]}): "
+                + ", ".join(f"{m} {g:+.1f}%" for m, g in gains.items()),
+                "",
+            ]
     if teachers:
         out += ["## Teachers (test)", "", "| teacher | " + " | ".join(METRICS) + " |", "|" + " --- |" * 5]
         by = {r["method"]: r for r in results if r["student"] == "-"}
@@ -96,18 +124,34 @@ def render_markdown(results: list[dict], dataset: str, teachers: list[str], stag
                 out.append(f"| {t} | " + " | ".join(_fmt(by[t]["test"][m]) for m in METRICS) + " |")
         out.append("")
     if cost:
-        out += ["## Inference cost (every test user's top-50, same machine)", "",
-                "| model | parameters | wall time (s) | users/s |", "| --- | --- | --- | --- |"]
-        out += [f"| {c['model']} | {c['params']:,} | {c['wall_s']:.2f} | {c['users_per_s']:,.0f} |" for c in cost]
+        out += [
+            "## Inference cost (every test user's top-50, same machine)",
+            "",
+            "| model | parameters | wall time (s) | users/s |",
+            "| --- | --- | --- | --- |",
+        ]
+        out += [
+            f"| {c['model']} | {c['params']:,} | {c['wall_s']:.2f} | {c['users_per_s']:,.0f} |" for c in cost
+        ]
         out.append("")
     if stage_times:
-        out += ["## Wall time per stage (summed over pipeline invocations)", "", "| stage | seconds |", "| --- | --- |"]
-        out += [f"| {k} | {v:.1f} |" for k, v in stage_times.items()] + [f"| total | {sum(stage_times.values()):.1f} |", ""]
+        out += [
+            "## Wall time per stage (summed over pipeline invocations)",
+            "",
+            "| stage | seconds |",
+            "| --- | --- |",
+        ]
+        out += [f"| {k} | {v:.1f} |" for k, v in stage_times.items()] + [
+            f"| total | {sum(stage_times.values()):.1f} |",
+            "",
+        ]
     out += ["Curves: `curves.png` (valid R@50 against epoch; HetComp's DKC state means on the right axis)."]
     return "\n".join(out) + "\n"
 
 
-def plot_curves(run: str, path: str, names: Mapping[str, str] | None = None, title: str | None = None) -> bool:
+def plot_curves(
+    run: str, path: str, names: Mapping[str, str] | None = None, title: str | None = None
+) -> bool:
     """valid R@50 vs epoch per student run, with HetComp's mean DKC state. False when nothing to plot.
 
     `names` ({student folder name: legend label}, in plotting order) keeps only those runs.
@@ -126,7 +170,11 @@ def plot_curves(run: str, path: str, names: Mapping[str, str] | None = None, tit
         dirs = [by[n] for n in names if n in by]
     for d in dirs:
         recs = _read_jsonl(storage.join(d, "metrics.jsonl"))
-        pts = [(r["epoch"], r["valid"]["R@50"]) for r in recs if isinstance(r.get("valid"), dict) and "R@50" in r["valid"]]
+        pts = [
+            (r["epoch"], r["valid"]["R@50"])
+            for r in recs
+            if isinstance(r.get("valid"), dict) and "R@50" in r["valid"]
+        ]
         means = [(r["epoch"], sum(r["means"].values()) / len(r["means"])) for r in recs if r.get("means")]
         if pts:
             base = d.rstrip("/").rpartition("/")[2]
@@ -164,7 +212,9 @@ def _student_dirs(run: str) -> list[str]:
 
     fs, p = storage.resolve(storage.join(run, "student"))
     infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
-    return sorted(storage.join(run, "student", i.base_name) for i in infos if i.type == pafs.FileType.Directory)
+    return sorted(
+        storage.join(run, "student", i.base_name) for i in infos if i.type == pafs.FileType.Directory
+    )
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -183,13 +233,19 @@ def record_stage_times(run: str, stage_times: Mapping[str, float]) -> None:
     storage.write_json_atomic(meta_path, meta)
 
 
-def write_report(run: str, teachers: list[str] | tuple[str, ...] = (), stage_times: Mapping[str, float] | None = None,
-                 cost: list[dict] | None = None) -> str:
+def write_report(
+    run: str,
+    teachers: list[str] | tuple[str, ...] = (),
+    stage_times: Mapping[str, float] | None = None,
+    cost: list[dict] | None = None,
+) -> str:
     """Regenerates RUN/report from every stored result; returns the report folder."""
     from hetcomp_dist.data.dataset import load_manifest
 
     source = load_manifest(run).get("source", {})
-    dataset = (source.get("format") or source.get("kind", "unknown")) if isinstance(source, dict) else str(source)
+    dataset = (
+        (source.get("format") or source.get("kind", "unknown")) if isinstance(source, dict) else str(source)
+    )
     results = load_results(run)
     rdir = report_dir(run)
     if stage_times:
@@ -201,10 +257,18 @@ def write_report(run: str, teachers: list[str] | tuple[str, ...] = (), stage_tim
     if teachers:
         meta["teachers"] = list(teachers)
     storage.write_json_atomic(meta_path, meta)
-    storage.write_json_atomic(storage.join(rdir, "report.json"),
-                              {"dataset": dataset, "rows": flat_rows(results), "cost": meta.get("cost", []),
-                               "stage_times": meta.get("stage_times", {})})
-    md = render_markdown(results, dataset, meta.get("teachers", []), meta.get("stage_times"), meta.get("cost"))
+    storage.write_json_atomic(
+        storage.join(rdir, "report.json"),
+        {
+            "dataset": dataset,
+            "rows": flat_rows(results),
+            "cost": meta.get("cost", []),
+            "stage_times": meta.get("stage_times", {}),
+        },
+    )
+    md = render_markdown(
+        results, dataset, meta.get("teachers", []), meta.get("stage_times"), meta.get("cost")
+    )
     storage.write_bytes_atomic(storage.join(rdir, "report.md"), md.encode())
     plot_curves(run, storage.join(rdir, "curves.png"))
     log("report", f"wrote {storage.join(rdir, 'report.md')}")

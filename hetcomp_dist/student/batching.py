@@ -12,8 +12,8 @@ same batches.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -67,12 +67,15 @@ def read_lists(folder: str, column: str, lo: int, hi: int, manifest: dict) -> CS
             raise InputError(path, "shard file missing", "rerun the stage that writes this folder")
         t = storage.read_table(path, ["user", column])
         if t.num_rows != s_hi - s_lo:
-            raise InputError(path, f"{t.num_rows} rows for users [{s_lo}, {s_hi})",
-                             "the folder is corrupt; delete it and rerun the stage that writes it")
+            raise InputError(
+                path,
+                f"{t.num_rows} rows for users [{s_lo}, {s_hi})",
+                "the folder is corrupt; delete it and rerun the stage that writes it",
+            )
         off, val = storage.list_to_csr(t.column(column))
         a, b = max(lo, s_lo) - s_lo, min(hi, s_hi) - s_lo
         lengths.append(np.diff(off)[a:b])
-        items.append(val[off[a]: off[b]])
+        items.append(val[off[a] : off[b]])
     lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     offsets = np.zeros(len(lens) + 1, dtype=np.int64)
     np.cumsum(lens, out=offsets[1:])
@@ -98,12 +101,14 @@ class RankData:
     test: CSR
 
     @classmethod
-    def load(cls, run: str, rank: int, world: int) -> "RankData":
+    def load(cls, run: str, rank: int, world: int) -> RankData:
         m = load_manifest(run)
         if m["n_users"] < world:
-            raise InputError(storage.join(data_dir(run), storage.MANIFEST),
-                             f"{m['n_users']} users for {world} training workers",
-                             "use fewer workers (student.num_workers)")
+            raise InputError(
+                storage.join(data_dir(run), storage.MANIFEST),
+                f"{m['n_users']} users for {world} training workers",
+                "use fewer workers (student.num_workers)",
+            )
         lo, hi = user_range(rank, world, m["n_users"])
         parts = {s: load_range(run, s, lo, hi, m) for s in ("train", "valid", "test")}
         return cls(lo, hi, m["n_users"], m["n_items"], int(m["n_train"]), **parts)
@@ -121,16 +126,27 @@ class BatchSampler:
         device: where the batch tensors go.
     """
 
-    def __init__(self, data: RankData, global_batch: int, rank: int, world: int, seed: int,
-                 negatives: bool = False, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        data: RankData,
+        global_batch: int,
+        rank: int,
+        world: int,
+        seed: int,
+        negatives: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.data, self.global_batch, self.rank, self.seed = data, global_batch, rank, seed
         self.local_batch = global_batch // world + (rank < global_batch % world)
         self.steps = max(1, math.ceil(data.n_train / global_batch))
         self.users = data.train.user_ids()
         self.items = data.train.items.astype(np.int64)
         if len(self.items) == 0:
-            raise InputError(f"users [{data.lo}, {data.hi})", "this worker's users have no train interactions",
-                             "use fewer workers")
+            raise InputError(
+                f"users [{data.lo}, {data.hi})",
+                "this worker's users have no train interactions",
+                "use fewer workers",
+            )
         self.keys = interaction_keys(data.train, data.n_items) if negatives else None
         self.device = torch.device(device)
 
@@ -141,17 +157,28 @@ class BatchSampler:
         need, nnz = self.steps * self.local_batch, len(self.items)
         order = np.concatenate([rng.permutation(nnz) for _ in range(-(-need // nnz))])[:need]
         for k in range(self.steps):
-            yield self.make_batch(order[k * self.local_batch: (k + 1) * self.local_batch], rng, gen)
+            yield self.make_batch(order[k * self.local_batch : (k + 1) * self.local_batch], rng, gen)
 
-    def make_batch(self, idx: np.ndarray, rng: np.random.Generator, gen: torch.Generator | None = None) -> Batch:
+    def make_batch(
+        self, idx: np.ndarray, rng: np.random.Generator, gen: torch.Generator | None = None
+    ) -> Batch:
         """The `Batch` of interactions `idx` (positions in this rank's train interactions)."""
         u, i = self.users[idx], self.items[idx]
         users = np.unique(u)
         rows = users - self.data.lo
         sub = self.data.train.take(rows)
         t = lambda x: torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(self.device)  # noqa: E731
-        neg = sample_negatives(self.keys, u, self.data.n_items, rng, 1)[:, 0] if self.keys is not None else None
-        return Batch(users=t(users), rows=t(rows), inter_users=t(u), inter_items=t(i),
-                     neg_items=t(neg) if neg is not None else None,
-                     train_rows=t(np.repeat(np.arange(len(users)), sub.lengths())), train_items=t(sub.items),
-                     global_batch=self.global_batch, generator=gen)
+        neg = (
+            sample_negatives(self.keys, u, self.data.n_items, rng, 1)[:, 0] if self.keys is not None else None
+        )
+        return Batch(
+            users=t(users),
+            rows=t(rows),
+            inter_users=t(u),
+            inter_items=t(i),
+            neg_items=t(neg) if neg is not None else None,
+            train_rows=t(np.repeat(np.arange(len(users)), sub.lengths())),
+            train_items=t(sub.items),
+            global_batch=self.global_batch,
+            generator=gen,
+        )

@@ -31,8 +31,14 @@ def capture(task: TrainTask, opt: torch.optim.Optimizer, lo: int, hi: int) -> di
     state = {}
     for idx, st in opt_sd["state"].items():
         gathered = names[idx] in users
-        state[idx] = {k: (distributed.gather_rows(v, lo, hi) if gathered and torch.is_tensor(v) and v.dim() > 0
-                          else (v.detach().clone() if torch.is_tensor(v) else v)) for k, v in st.items()}
+        state[idx] = {
+            k: (
+                distributed.gather_rows(v, lo, hi)
+                if gathered and torch.is_tensor(v) and v.dim() > 0
+                else (v.detach().clone() if torch.is_tensor(v) else v)
+            )
+            for k, v in st.items()
+        }
     return {"model": model, "optim": {"state": state, "param_groups": opt_sd["param_groups"]}}
 
 

@@ -23,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="hetcomp", help="hetcomp | wokd | rd | rrd | mtd | cldrd | dcd")
     p.add_argument("--student", default="mf", help="mf | ml | dnn")
     p.add_argument("--config", help="YAML config (default: the paper's values)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. student.num_workers=4")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. student.num_workers=4"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     extra = {k: result[k] for k in ("best_epoch", "wall_s", "lambda_kd", "lambda_grid") if k in result}
     if args.method not in ("hetcomp", "wokd"):
         extra.setdefault("lambda_kd", cfg.student.lambda_kd)  # a baseline trained with one given λ_KD
-    report.add_result(cfg.run, args.method, args.student, result, extra)  # a row of RUN/report, report.md redone
+    report.add_result(
+        cfg.run, args.method, args.student, result, extra
+    )  # a row of RUN/report, report.md redone
     report.write_report(cfg.run, cfg.teachers.names)
     print(json.dumps(result, sort_keys=True))
     return 0

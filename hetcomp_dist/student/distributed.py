@@ -43,7 +43,9 @@ def _sum_hook(state, bucket):  # (CommStats, dist.GradBucket) -> Future; DDP rej
     return fut.then(lambda f: f.value()[0])
 
 
-def wrap(module: torch.nn.Module, ignore: list[str], device: torch.device) -> tuple[torch.nn.Module, CommStats]:
+def wrap(
+    module: torch.nn.Module, ignore: list[str], device: torch.device
+) -> tuple[torch.nn.Module, CommStats]:
     """DDP around `module` with the named parameters and buffers excluded from synchronisation
     (neither broadcast at construction nor all-reduced).
 

@@ -11,7 +11,7 @@ student; a student's DKC rounds r >= 1 follow its own rankings and live in its f
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,14 +34,19 @@ def round_manifest(run: str, round_idx: int, rounds: str | None = None) -> dict 
     return storage.read_manifest(round_dir(run, round_idx, rounds))
 
 
-def load_round(run: str, round_idx: int, lo: int, hi: int, rounds: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_round(
+    run: str, round_idx: int, lo: int, hi: int, rounds: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Targets (hi-lo, K) and P+ (hi-lo, pos_k) int32, -1 padded, of users [lo, hi) for a committed round
     (the knowledge stage's `load_targets`, with the student's error message when it is missing)."""
     from hetcomp_dist.knowledge.rounds import load_targets
 
     if round_manifest(run, round_idx, rounds) is None:
-        raise InputError(round_dir(run, round_idx, rounds), "knowledge round not committed (no _manifest.json)",
-                         "run the knowledge stage (`hetcomp-dist knowledge --run RUN`) first")
+        raise InputError(
+            round_dir(run, round_idx, rounds),
+            "knowledge round not committed (no _manifest.json)",
+            "run the knowledge stage (`hetcomp-dist knowledge --run RUN`) first",
+        )
     return load_targets(run, round_idx, lo, hi, rounds)
 
 
@@ -51,4 +56,6 @@ def resolve(spec: str) -> Callable:
     try:
         return getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
-        raise InputError(spec, f"cannot load the function ({e})", "check the knowledge stage is installed") from e
+        raise InputError(
+            spec, f"cannot load the function ({e})", "check the knowledge stage is installed"
+        ) from e

@@ -30,7 +30,9 @@ PAD_LOGIT = -1.0e4  # stands for "no item" inside log-sum-exps; far below any cl
 
 
 # ------------------------------------------------------------------------------ exclusion sets
-def exclusion(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+def exclusion(
+    rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Deduplicated exclusion pairs, sorted by item then row.
 
     Args:
@@ -61,7 +63,9 @@ class _TailLSE(torch.autograd.Function):
         # |s| <= ||a|| ||c||: when that bound is inside the clamp, clamping is a no-op (skip the pass).
         need_clamp = bool(a.norm(dim=1).max() * c.norm(dim=1).max() > clamp) if B and N else False
         at = (a * LOG2E).T.contiguous()  # exp(s) = 2^(s log2 e); exp2 is ~3x faster than exp here
-        bounds = torch.searchsorted(ex_cols, torch.arange(0, N + chunk, chunk, device=a.device).clamp(max=N)).tolist()
+        bounds = torch.searchsorted(
+            ex_cols, torch.arange(0, N + chunk, chunk, device=a.device).clamp(max=N)
+        ).tolist()
         z = torch.zeros(1, B, dtype=a.dtype, device=a.device)
         for k, s in enumerate(range(0, N, chunk)):
             e = min(s + chunk, N)
@@ -98,15 +102,22 @@ class _TailLSE(torch.autograd.Function):
         grad_at = torch.zeros(a.shape[1], a.shape[0], dtype=a.dtype, device=a.device)
         for k, s in enumerate(range(0, N, chunk)):
             e = min(s + chunk, N)
-            blk = _TailLSE._block(c, at, ex_rows, ex_cols, bounds[k], bounds[k + 1], s, e, clamp, need_clamp,
-                                  for_grad=True)
+            blk = _TailLSE._block(
+                c, at, ex_rows, ex_cols, bounds[k], bounds[k + 1], s, e, clamp, need_clamp, for_grad=True
+            )
             torch.mm(blk, aw, out=grad_c[s:e])
             grad_at.addmm_(c[s:e].T, blk)
         return grad_at.T * coef[:, None], grad_c, None, None, None, None
 
 
-def tail_logsumexp(a: torch.Tensor, c: torch.Tensor, ex_rows: torch.Tensor, ex_cols: torch.Tensor,
-                   clamp: float = 40.0, chunk: int = 0) -> torch.Tensor:
+def tail_logsumexp(
+    a: torch.Tensor,
+    c: torch.Tensor,
+    ex_rows: torch.Tensor,
+    ex_cols: torch.Tensor,
+    clamp: float = 40.0,
+    chunk: int = 0,
+) -> torch.Tensor:
     """Exact log Σ_{j ∉ X_b} exp(ŝ_bj) over the full catalogue, ŝ = clamp(a_b . c_j, ±clamp).
 
     Args:
@@ -124,9 +135,15 @@ def tail_logsumexp(a: torch.Tensor, c: torch.Tensor, ex_rows: torch.Tensor, ex_c
     return _TailLSE.apply(a, c, ex_rows, ex_cols, float(clamp), int(chunk))
 
 
-def sampled_tail_logsumexp(a: torch.Tensor, c: torch.Tensor, ex_rows: torch.Tensor, ex_cols: torch.Tensor,
-                           n_samples: int, generator: torch.Generator | None = None,
-                           clamp: float = 40.0) -> torch.Tensor:
+def sampled_tail_logsumexp(
+    a: torch.Tensor,
+    c: torch.Tensor,
+    ex_rows: torch.Tensor,
+    ex_cols: torch.Tensor,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+    clamp: float = 40.0,
+) -> torch.Tensor:
     """Sampled estimate of `tail_logsumexp` for catalogues too large to score per batch.
 
     One uniform sample S of `n_samples` distinct items is drawn per batch and shared by its users
@@ -212,8 +229,16 @@ def masked_logsumexp(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- HetComp's losses
-def overall_loss(a: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, targets: torch.Tensor, ex_rows: torch.Tensor,
-                 ex_cols: torch.Tensor, clamp: float = 40.0, tail_fn=None) -> torch.Tensor:
+def overall_loss(
+    a: torch.Tensor,
+    c: torch.Tensor,
+    pos: torch.Tensor,
+    targets: torch.Tensor,
+    ex_rows: torch.Tensor,
+    ex_cols: torch.Tensor,
+    clamp: float = 40.0,
+    tail_fn=None,
+) -> torch.Tensor:
     """Per-user L_O (B,) for P+ `pos` (B, P) and targets T `targets` (B, K), both -1 padded.
 
     Args:
@@ -230,8 +255,16 @@ def overall_loss(a: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, targets: t
     return lo_loss(list_logits(a, c, items, clamp), items >= 0, tail)
 
 
-def fine_loss(a: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, targets: torch.Tensor, ex_rows: torch.Tensor,
-              ex_cols: torch.Tensor, clamp: float = 40.0, tail_fn=None) -> torch.Tensor:
+def fine_loss(
+    a: torch.Tensor,
+    c: torch.Tensor,
+    pos: torch.Tensor,
+    targets: torch.Tensor,
+    ex_rows: torch.Tensor,
+    ex_cols: torch.Tensor,
+    clamp: float = 40.0,
+    tail_fn=None,
+) -> torch.Tensor:
     """Per-user L_F (B,): PL(P+; N_u\\T^a) + ½[PL(T^a; N_u\\T^a) + PL(T^b; N_u\\T^b)].
 
     T^a = T[:K//2], T^b = T[:K//10] for targets of width K (50 and 10 at K = 100). The second tail
@@ -248,5 +281,6 @@ def fine_loss(a: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, targets: torc
     s_ta, v_ta = list_logits(a, c, ta, clamp), ta >= 0
     tail_b = torch.logaddexp(tail_a, masked_logsumexp(s_ta[:, kb:], v_ta[:, kb:]))
     s_pos = list_logits(a, c, pos, clamp)
-    return (pl_loss(s_pos, pos >= 0, tail_a)
-            + 0.5 * (pl_loss(s_ta, v_ta, tail_a) + pl_loss(s_ta[:, :kb], v_ta[:, :kb], tail_b)))
+    return pl_loss(s_pos, pos >= 0, tail_a) + 0.5 * (
+        pl_loss(s_ta, v_ta, tail_a) + pl_loss(s_ta[:, :kb], v_ta[:, :kb], tail_b)
+    )

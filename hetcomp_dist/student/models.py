@@ -18,8 +18,7 @@ them out of the gradient all-reduce.
 from __future__ import annotations
 
 import abc
-
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -65,14 +64,19 @@ class Student(Recommender):
         return self.user_side(users) @ self.item_side().T
 
     # ---- the Recommender contract
-    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self, train: CSR, rng: np.random.Generator, batch_size: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of BPR/hinge triples over every train interaction (one sampled negative each)."""
         if self._keys is None or len(self._keys) != len(train.items):
             self._keys = interaction_keys(train, self.n_items)
         for u, i in pair_batches(train, rng, batch_size):
             j = sample_negatives(self._keys, u, self.n_items, rng, 1)[:, 0]
-            yield {"user": torch.from_numpy(u.astype(np.int64)), "pos": torch.from_numpy(i.astype(np.int64)),
-                   "neg": torch.from_numpy(j.astype(np.int64))}
+            yield {
+                "user": torch.from_numpy(u.astype(np.int64)),
+                "pos": torch.from_numpy(i.astype(np.int64)),
+                "neg": torch.from_numpy(j.astype(np.int64)),
+            }
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean base loss of a batch of triples from `batches`."""
@@ -81,10 +85,18 @@ class Student(Recommender):
     @torch.no_grad()
     def embeddings(self, batch_size: int = 65536) -> tuple[np.ndarray, np.ndarray, str]:
         """(user (n_users, d), item (n_items, d), metric) for FAISS; computed in user batches."""
-        users = np.concatenate([self.user_vectors(torch.arange(s, min(s + batch_size, self.n_users),
-                                                               device=self._device()))
-                                for s in range(0, self.n_users, batch_size)]) if self.n_users else \
-            np.zeros((0, self.dim), np.float32)
+        users = (
+            np.concatenate(
+                [
+                    self.user_vectors(
+                        torch.arange(s, min(s + batch_size, self.n_users), device=self._device())
+                    )
+                    for s in range(0, self.n_users, batch_size)
+                ]
+            )
+            if self.n_users
+            else np.zeros((0, self.dim), np.float32)
+        )
         return users, self.item_vectors(), self.metric
 
     @torch.no_grad()
@@ -141,7 +153,7 @@ class MLStudent(Student):
 
     def __init__(self, n_users: int, n_items: int, cfg: StudentConfig) -> None:
         super().__init__(n_users, n_items, cfg)
-        std = 1.0 / cfg.dim ** 0.5
+        std = 1.0 / cfg.dim**0.5
         self.user_emb = _normal_embedding(n_users, cfg.dim, std)
         self.item_emb = _normal_embedding(n_items, cfg.dim, std)
         self.margin, self.max_norm = cfg.ml_margin, cfg.ml_max_norm
@@ -218,7 +230,10 @@ class DNNStudent(Student):
 
     def base_loss(self, users, pos, neg):
         a = self.user_side(users)
-        ci, cj = self._through(self.item_tower, self.item_emb(pos)), self._through(self.item_tower, self.item_emb(neg))
+        ci, cj = (
+            self._through(self.item_tower, self.item_emb(pos)),
+            self._through(self.item_tower, self.item_emb(neg)),
+        )
         return -F.logsigmoid((a * (ci - cj)).sum(1))
 
 

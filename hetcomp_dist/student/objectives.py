@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-
 from typing import Any
 
 import numpy as np
@@ -80,7 +79,7 @@ class Objective(torch.nn.Module, abc.ABC):
 
 
 class WoKDObjective(Objective):
-    """"w/o KD": the student's own base loss (BPR for MF/DNN, CML hinge for ML), *summed* over the
+    """ "w/o KD": the student's own base loss (BPR for MF/DNN, CML hinge for ML), *summed* over the
     batch's triples as in the paper's public code. With Adam the scale only matters against weight
     decay: a sum makes the 1e-5 decay ~1000x weaker than a mean would. On CiteULike (MF) the sum
     gave valid R@50 ~0.13 (the paper's w/o KD: 0.137 test), the mean ~0.17."""
@@ -121,8 +120,9 @@ class HetCompObjective(Objective):
 
     def _tail_fn(self, generator: torch.Generator | None):
         if self.tail == "sampled":
-            return lambda a, c, r, k: losses.sampled_tail_logsumexp(a, c, r, k, self.tail_samples, generator,
-                                                                    self.clamp)
+            return lambda a, c, r, k: losses.sampled_tail_logsumexp(
+                a, c, r, k, self.tail_samples, generator, self.clamp
+            )
         return lambda a, c, r, k: losses.tail_logsumexp(a, c, r, k, self.clamp, self.chunk)
 
     def loss(self, model: Student, batch: Batch) -> torch.Tensor:
@@ -132,8 +132,16 @@ class HetCompObjective(Objective):
         pos = self.pos[batch.rows].long()
         targets = self.targets[batch.rows].long()
         fn = losses.fine_loss if self.switched else losses.overall_loss
-        per_user = fn(a, c, pos, targets, batch.train_rows, batch.train_items, self.clamp,
-                      self._tail_fn(batch.generator))
+        per_user = fn(
+            a,
+            c,
+            pos,
+            targets,
+            batch.train_rows,
+            batch.train_items,
+            self.clamp,
+            self._tail_fn(batch.generator),
+        )
         return (self.lf_scale if self.switched else self.lo_scale) * per_user.sum()
 
     def dkc_due(self, epoch: int) -> bool:
@@ -144,8 +152,11 @@ class HetCompObjective(Objective):
         if self._expect_hash is not None and h != self._expect_hash:
             # the round in this student's folder was rebuilt after this checkpoint was taken (e.g. by hand),
             # so its targets are not the ones this student trained on
-            raise InputError(f"knowledge round={round_idx}", "rebuilt since this student's checkpoint",
-                             "delete this student's folder to restart it")
+            raise InputError(
+                f"knowledge round={round_idx}",
+                "rebuilt since this student's checkpoint",
+                "delete this student's folder to restart it",
+            )
         self._expect_hash, self.round_hash = None, h
         dev = self.targets.device
         self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int32)).to(dev)
@@ -162,8 +173,12 @@ class HetCompObjective(Objective):
         self._expect_hash = state.get("round_hash")  # checked when the round's targets are loaded again
 
     def log_fields(self) -> dict[str, Any]:
-        return {"round": self.round, "switch": self.switched, "loss_kind": "L_F" if self.switched else "L_O",
-                "means": dict(self.means)}
+        return {
+            "round": self.round,
+            "switch": self.switched,
+            "loss_kind": "L_F" if self.switched else "L_O",
+            "means": dict(self.means),
+        }
 
 
 OBJECTIVES: dict[str, type[Objective]] = {"hetcomp": HetCompObjective, "wokd": WoKDObjective}

@@ -20,8 +20,9 @@ from hetcomp_dist.student import distributed
 SPLITS = ("valid", "test")
 
 
-def range_sums(run: str, own: np.ndarray, lo: int, n_users: int, items: np.ndarray, metric: str,
-               cfg: EvalConfig) -> dict[str, dict]:
+def range_sums(
+    run: str, own: np.ndarray, lo: int, n_users: int, items: np.ndarray, metric: str, cfg: EvalConfig
+) -> dict[str, dict]:
     """MetricSums states {"valid": ..., "test": ...} of users [lo, lo + len(own)).
 
     Args:
@@ -30,17 +31,29 @@ def range_sums(run: str, own: np.ndarray, lo: int, n_users: int, items: np.ndarr
         metric: "ip" or "l2".
     """
     user = np.zeros((n_users, own.shape[1]), dtype=np.float32)
-    user[lo: lo + len(own)] = own
-    out = evaluate_embeddings(run, user, items, metric, cfg, SPLITS, users=(lo, lo + len(own)), distributed=False,
-                              where="student embeddings")
+    user[lo : lo + len(own)] = own
+    out = evaluate_embeddings(
+        run,
+        user,
+        items,
+        metric,
+        cfg,
+        SPLITS,
+        users=(lo, lo + len(own)),
+        distributed=False,
+        where="student embeddings",
+    )
     return out["sums"]
 
 
-def reduce_means(sums: dict[str, dict], ks: tuple[int, ...], device: torch.device) -> dict[str, dict[str, float]]:
+def reduce_means(
+    sums: dict[str, dict], ks: tuple[int, ...], device: torch.device
+) -> dict[str, dict[str, float]]:
     """All-reduce per-rank metric sums; every rank gets the same means {"valid": {...}, "test": {...}}."""
     keys = [f"{m}@{k}" for k in ks for m in ("R", "N")]
-    vec = torch.tensor([[sums[s]["count"]] + [sums[s][k] for k in keys] for s in SPLITS], dtype=torch.float64,
-                       device=device)
+    vec = torch.tensor(
+        [[sums[s]["count"]] + [sums[s][k] for k in keys] for s in SPLITS], dtype=torch.float64, device=device
+    )
     distributed.all_reduce_(vec)
     vec = vec.cpu().numpy()
     out = {}

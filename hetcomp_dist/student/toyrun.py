@@ -4,9 +4,9 @@
 model, and ``RUN/knowledge`` (P+ and rounds 0..R) whose targets are the planted model's top-K
 unobserved items, noisier in early rounds -- the shape of real knowledge, without the teachers.
 `write_random_knowledge` writes round 0 of any run quickly (random unobserved targets, shard by
-shard) for benchmarks where only shapes matter. `replay_round` stands in for the knowledge stage's `dkc_round` when a test pre-writes the rounds:
-like `dkc_round` on a committed round, it returns the committed manifest (and checks the
-embeddings file the trainer handed over).
+shard) for benchmarks where only shapes matter. `replay_round` stands in for the knowledge stage's
+`dkc_round` when a test pre-writes the rounds: like `dkc_round` on a committed round, it returns
+the committed manifest (and checks the embeddings file the trainer handed over).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import Config
 from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard
 from hetcomp_dist.errors import InputError
-from hetcomp_dist.student import knowledge_io
 from hetcomp_dist.evaluation.retrieval import excluded_mask, first_k_kept
+from hetcomp_dist.student import knowledge_io
 
 
 def _csr(lists: list[np.ndarray]) -> CSR:
@@ -33,13 +33,25 @@ def _csr(lists: list[np.ndarray]) -> CSR:
 def _write_folder(folder: str, column: str, lists: CSR, n_users: int, shard_size: int) -> None:
     for s, lo, hi in storage.iter_shards(folder, n_users, shard_size):
         part = lists.rows(lo, hi)
-        storage.write_table_atomic(storage.shard_path(folder, s),
-                                   storage.user_table(lo, hi, **{column: storage.csr_to_list(part.offsets, part.items)}))
+        storage.write_table_atomic(
+            storage.shard_path(folder, s),
+            storage.user_table(lo, hi, **{column: storage.csr_to_list(part.offsets, part.items)}),
+        )
 
 
-def write_toy_run(run: str, n_users: int = 300, n_items: int = 400, seed: int = 0, shard_size: int = 128,
-                  mean_items: int = 15, rank: int = 4, rounds: int = 3, topk: int = 100, pos_k: int = 10,
-                  teachers: tuple[str, ...] = ("mf", "ml")) -> dict:
+def write_toy_run(
+    run: str,
+    n_users: int = 300,
+    n_items: int = 400,
+    seed: int = 0,
+    shard_size: int = 128,
+    mean_items: int = 15,
+    rank: int = 4,
+    rounds: int = 3,
+    topk: int = 100,
+    pos_k: int = 10,
+    teachers: tuple[str, ...] = ("mf", "ml"),
+) -> dict:
     """Writes a planted run (data + knowledge rounds 0..rounds-1, the last one with the switch on).
 
     Users draw ~`mean_items` items from softmax(3 · u·v) of rank-`rank` factors; the split is
@@ -59,22 +71,39 @@ def write_toy_run(run: str, n_users: int = 300, n_items: int = 400, seed: int = 
         items = rng.choice(n_items, size=min(n, n_items), replace=False, p=p / p.sum())
         n_t = len(items) // 5
         test.append(np.sort(items[:n_t]))
-        valid.append(np.sort(items[n_t: 2 * n_t]))
-        train.append(np.sort(items[2 * n_t:]))
+        valid.append(np.sort(items[n_t : 2 * n_t]))
+        train.append(np.sort(items[2 * n_t :]))
     tr, va, te = _csr(train), _csr(valid), _csr(test)
     ddir = data_dir(run)
     for name, lists in (("train", tr), ("valid", va), ("test", te)):
         _write_folder(storage.join(ddir, name), "items", lists, n_users, shard_size)
-    manifest = {"n_users": n_users, "n_items": n_items, "n_interactions": int(len(tr.items) + len(va.items) + len(te.items)),
-                "n_train": int(len(tr.items)), "n_valid": int(len(va.items)), "n_test": int(len(te.items)),
-                "n_eval_users": int((va.lengths() > 0).sum()), "shard_size": shard_size, "seed": seed,
-                "config_hash": f"toy-{n_users}-{n_items}-{seed}", "source": "toyrun"}
+    manifest = {
+        "n_users": n_users,
+        "n_items": n_items,
+        "n_interactions": int(len(tr.items) + len(va.items) + len(te.items)),
+        "n_train": int(len(tr.items)),
+        "n_valid": int(len(va.items)),
+        "n_test": int(len(te.items)),
+        "n_eval_users": int((va.lengths() > 0).sum()),
+        "shard_size": shard_size,
+        "seed": seed,
+        "config_hash": f"toy-{n_users}-{n_items}-{seed}",
+        "source": "toyrun",
+    }
     storage.write_manifest(ddir, manifest)
     kdir = storage.join(run, "knowledge")
     pos = [t[np.argsort(-logits[u, t], kind="stable")][:pos_k] for u, t in enumerate(train)]
     _write_folder(storage.join(kdir, "pos"), "items", _csr(pos), n_users, shard_size)
-    storage.write_manifest(storage.join(kdir, "pos"), {"pos_k": pos_k, "teachers": list(teachers), "config_hash": "toy",
-                                                       "n_users": n_users, "shard_size": shard_size})
+    storage.write_manifest(
+        storage.join(kdir, "pos"),
+        {
+            "pos_k": pos_k,
+            "teachers": list(teachers),
+            "config_hash": "toy",
+            "n_users": n_users,
+            "shard_size": shard_size,
+        },
+    )
     for r in range(rounds):
         noisy = logits + rng.normal(scale=2.0 / (r + 1), size=logits.shape)
         targets = []
@@ -84,15 +113,27 @@ def write_toy_run(run: str, n_users: int = 300, n_items: int = 400, seed: int = 
             targets.append(np.argsort(-s, kind="stable")[: min(topk, n_items - len(train[u]))])
         _write_folder(storage.join(kdir, f"round={r}"), "targets", _csr(targets), n_users, shard_size)
         final = r == rounds - 1
-        storage.write_manifest(storage.join(kdir, f"round={r}"), {
-            "round": r, "epoch": 10 * r, "teachers": list(teachers), "switch": final,
-            "means": {t: (3.0 if final else min(3.0, float(r))) for t in teachers}, "config_hash": "toy",
-            "n_users": n_users, "shard_size": shard_size, "K": topk, "pos_k": pos_k})
+        storage.write_manifest(
+            storage.join(kdir, f"round={r}"),
+            {
+                "round": r,
+                "epoch": 10 * r,
+                "teachers": list(teachers),
+                "switch": final,
+                "means": {t: (3.0 if final else min(3.0, float(r))) for t in teachers},
+                "config_hash": "toy",
+                "n_users": n_users,
+                "shard_size": shard_size,
+                "K": topk,
+                "pos_k": pos_k,
+            },
+        )
     return manifest
 
 
-def write_random_knowledge(run: str, topk: int = 100, pos_k: int = 10, seed: int = 0,
-                           teachers: tuple[str, ...] = ("mf", "ml")) -> None:
+def write_random_knowledge(
+    run: str, topk: int = 100, pos_k: int = 10, seed: int = 0, teachers: tuple[str, ...] = ("mf", "ml")
+) -> None:
     """Round 0 + P+ for an existing data stage: per user `topk` distinct random unobserved items
     (an arithmetic progression a + j·c mod n_items with c coprime to n_items, train items dropped)
     and the first `pos_k` train items. Vectorised per shard; for timing benchmarks only."""
@@ -113,19 +154,37 @@ def write_random_knowledge(run: str, topk: int = 100, pos_k: int = 10, seed: int
         cand = ((start[:, None] + np.arange(width)[None, :] * steps[:, None]) % n_items).astype(np.int32)
         targets = first_k_kept(cand, excluded_mask(cand, train.offsets, train.items, n_items), topk)
         pos = storage.csr_to_dense(train.offsets, train.items, pos_k)
-        storage.write_table_atomic(storage.shard_path(storage.join(kdir, "round=0"), s),
-                                   storage.user_table(lo, hi, targets=storage.dense_to_list(targets)))
-        storage.write_table_atomic(storage.shard_path(storage.join(kdir, "pos"), s),
-                                   storage.user_table(lo, hi, items=storage.dense_to_list(pos)))
-    common = {"config_hash": f"random-{seed}", "n_users": m["n_users"], "shard_size": S, "pos_k": pos_k,
-              "teachers": list(teachers)}
+        storage.write_table_atomic(
+            storage.shard_path(storage.join(kdir, "round=0"), s),
+            storage.user_table(lo, hi, targets=storage.dense_to_list(targets)),
+        )
+        storage.write_table_atomic(
+            storage.shard_path(storage.join(kdir, "pos"), s),
+            storage.user_table(lo, hi, items=storage.dense_to_list(pos)),
+        )
+    common = {
+        "config_hash": f"random-{seed}",
+        "n_users": m["n_users"],
+        "shard_size": S,
+        "pos_k": pos_k,
+        "teachers": list(teachers),
+    }
     storage.write_manifest(storage.join(kdir, "pos"), common)
-    storage.write_manifest(storage.join(kdir, "round=0"), {**common, "round": 0, "epoch": 0, "switch": False,
-                                                           "means": {t: 0.0 for t in teachers}, "K": topk})
+    storage.write_manifest(
+        storage.join(kdir, "round=0"),
+        {**common, "round": 0, "epoch": 0, "switch": False, "means": {t: 0.0 for t in teachers}, "K": topk},
+    )
 
 
-def replay_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: str, metric: str = "ip",
-                 rounds: str | None = None) -> dict:
+def replay_round(
+    run: str,
+    cfg: Config,
+    round_idx: int,
+    epoch: int,
+    emb_path: str,
+    metric: str = "ip",
+    rounds: str | None = None,
+) -> dict:
     """`dkc_round`'s signature over pre-written rounds: checks the embeddings, commits the pre-written
     round ``RUN/knowledge/round=<r>`` into the student's `rounds` folder (as `dkc_round` would write
     it there), returns its manifest, and appends the call to ``RUN/knowledge/replay_calls.jsonl``
@@ -143,10 +202,21 @@ def replay_round(run: str, cfg: Config, round_idx: int, epoch: int, emb_path: st
         if storage.read_manifest(dst) != manifest:
             storage.begin_stage(dst)
             for path in storage.list_files(src, ".parquet"):
-                storage.write_bytes_atomic(storage.join(dst, path.rsplit("/", 1)[-1]), storage.read_bytes(path))
+                storage.write_bytes_atomic(
+                    storage.join(dst, path.rsplit("/", 1)[-1]), storage.read_bytes(path)
+                )
             storage.write_manifest(dst, manifest)
     if not storage.is_uri(run):
         with open(os.path.join(storage.resolve(run)[1], "knowledge", "replay_calls.jsonl"), "a") as f:
-            f.write(json.dumps({"round": round_idx, "epoch": epoch, "metric": metric,
-                                "finite": bool(np.isfinite(emb["user"]).all())}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "round": round_idx,
+                        "epoch": epoch,
+                        "metric": metric,
+                        "finite": bool(np.isfinite(emb["user"]).all()),
+                    }
+                )
+                + "\n"
+            )
     return manifest

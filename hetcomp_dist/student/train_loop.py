@@ -20,10 +20,14 @@ def train_loop_per_worker(config: dict) -> dict:
     data, task, sampler, opt = W.build(job, w)
     net, comm = distributed.wrap(task, task.rank_local_names(), w.device)  # user rows stay local
     loop, best_emb = W.resume(job, task, opt, data)
-    r0.log(f"{s.method}-{s.model}: {w.world} worker(s), {sampler.steps} steps/epoch, "
-           f"from epoch {loop.epoch + 1}, {task.objective.log_fields()}")
+    r0.log(
+        f"{s.method}-{s.model}: {w.world} worker(s), {sampler.steps} steps/epoch, "
+        f"from epoch {loop.epoch + 1}, {task.objective.log_fields()}"
+    )
     t_start = time.perf_counter()
-    last = min(s.max_epochs, job.stop_at) if job.stop_at > 0 else s.max_epochs  # stop_at: a multiple of eval_every
+    last = (
+        min(s.max_epochs, job.stop_at) if job.stop_at > 0 else s.max_epochs
+    )  # stop_at: a multiple of eval_every
     while not loop.stopped and loop.epoch < last:
         epoch = loop.epoch + 1
         t0 = time.perf_counter()
@@ -42,13 +46,21 @@ def train_loop_per_worker(config: dict) -> dict:
                 loop.switch_epoch = loop.switch_epoch or (epoch if task.objective.state()["switched"] else 0)
             line.update(metrics, improved=improved)
             loop.history.append(line)
-            W.report(task, opt, loop, data, best_emb, metrics, w.rank, job.local_ckpt)  # a barrier on all ranks
+            W.report(
+                task, opt, loop, data, best_emb, metrics, w.rank, job.local_ckpt
+            )  # a barrier on all ranks
             r0.metrics(loop.history)
         else:
             loop.history.append(line)
-        r0.log(f"epoch {epoch} loss {loss:.4f} ({line['epoch_s']:.2f}s)"
-               + (f" valid R@50 {line['valid']['R@50']:.4f} best {loop.best_valid:.4f}@{loop.best_epoch}"
-                  f" {task.objective.log_fields()}" if "valid" in line else ""))
+        r0.log(
+            f"epoch {epoch} loss {loss:.4f} ({line['epoch_s']:.2f}s)"
+            + (
+                f" valid R@50 {line['valid']['R@50']:.4f} best {loop.best_valid:.4f}@{loop.best_epoch}"
+                f" {task.objective.log_fields()}"
+                if "valid" in line
+                else ""
+            )
+        )
     paused = not loop.stopped and loop.epoch < s.max_epochs  # at stop_at: the checkpoint resumes it
     result = W.summary(loop, task, comm, sampler, time.perf_counter() - t_start, w, paused)
     if best_emb is not None and not paused:

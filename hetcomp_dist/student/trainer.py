@@ -31,8 +31,8 @@ def student_dir(run: str, method: str, model: str) -> str:
     return storage.join(run, "student", f"{method}-{model}")
 
 
-# settings added after results existed: (the behaviour before them, the student they apply to); hashed only for
-# that student and when set off the old behaviour, so finished trainings keep their hash
+# settings added after results existed: (the behaviour before them, the student they apply to); hashed
+# only for that student and when set off the old behaviour, so finished trainings keep their hash
 _ADDED_LATER = {"dnn_residual": (False, "dnn")}
 _GRID_DEFAULT = StudentConfig().lambda_grid
 
@@ -63,8 +63,15 @@ def _ray_storage(out: str) -> str:
     return path if storage.is_uri(path) else storage.resolve(path)[1]
 
 
-def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, fault: dict | None = None,
-                  out: str | None = None, stop_at: int = 0) -> dict:
+def train_student(
+    run: str,
+    cfg: Config,
+    *,
+    dkc_fn: str = knowledge_io.DKC_FN,
+    fault: dict | None = None,
+    out: str | None = None,
+    stop_at: int = 0,
+) -> dict:
     """Trains `cfg.student.model` with `cfg.student.method` on RUN (TorchTrainer, DDP when num_workers > 1).
 
     Args:
@@ -86,7 +93,9 @@ def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, f
 
     s = cfg.student
     if s.method not in OBJECTIVES:
-        raise InputError("student.method", f"{s.method!r} has no objective here", f"choose {', '.join(OBJECTIVES)}")
+        raise InputError(
+            "student.method", f"{s.method!r} has no objective here", f"choose {', '.join(OBJECTIVES)}"
+        )
     load_manifest(run)  # a clear error before anything is written when there is no data stage
     if OBJECTIVES[s.method].needs_knowledge and knowledge_io.round_manifest(run, 0) is None:
         log(STAGE, "knowledge round 0 missing: building it")
@@ -102,27 +111,54 @@ def train_student(run: str, cfg: Config, *, dkc_fn: str = knowledge_io.DKC_FN, f
         log(STAGE, f"{s.method}-{s.model}: finished earlier with this config, skipped")
         return done["result"]
     t0 = time.perf_counter()
-    job = {"run": run, "cfg": to_dict(cfg), "out": out, "dkc_fn": dkc_fn, "fault": fault or {}, "stop_at": stop_at,
-           # local mode keeps no Train checkpoints: the loop keeps its own, per config, for a rerun
-           "local_ckpt": "" if s.num_workers else storage.join(out, "_local", f"{s.method}-{s.model}-{h}.pt")}
+    job = {
+        "run": run,
+        "cfg": to_dict(cfg),
+        "out": out,
+        "dkc_fn": dkc_fn,
+        "fault": fault or {},
+        "stop_at": stop_at,
+        # local mode keeps no Train checkpoints: the loop keeps its own, per config, for a rerun
+        "local_ckpt": "" if s.num_workers else storage.join(out, "_local", f"{s.method}-{s.model}-{h}.pt"),
+    }
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=job,
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                     resources_per_worker=resources if s.num_workers else None),
+        train_loop_per_worker,
+        train_loop_config=job,
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker=resources if s.num_workers else None,
+        ),
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
-        run_config=RunConfig(name=f"{s.method}-{s.model}-{h}", storage_path=_ray_storage(out),
-                             failure_config=FailureConfig(max_failures=s.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    log(STAGE, f"{s.method}-{s.model}: TorchTrainer with {s.num_workers} worker(s) ({'nccl' if s.use_gpu else 'gloo'})")
+        run_config=RunConfig(
+            name=f"{s.method}-{s.model}-{h}",
+            storage_path=_ray_storage(out),
+            failure_config=FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    log(
+        STAGE,
+        f"{s.method}-{s.model}: TorchTrainer with {s.num_workers} worker(s) "
+        f"({'nccl' if s.use_gpu else 'gloo'})",
+    )
     summary = trainer.fit().return_value
     result = {**summary, "wall_s": round(time.perf_counter() - t0, 2), "dir": out}
     if result.get("paused"):
-        log(STAGE, f"{s.method}-{s.model}: paused after epoch {result['epochs']} (best valid R@50 "
-                   f"{result['valid'].get('R@50', float('nan')):.4f} at epoch {result['best_epoch']}); a rerun resumes")
+        log(
+            STAGE,
+            f"{s.method}-{s.model}: paused after epoch {result['epochs']} (best valid R@50 "
+            f"{result['valid'].get('R@50', float('nan')):.4f} at epoch {result['best_epoch']}); "
+            "a rerun resumes",
+        )
         return result
-    storage.write_manifest(out, {"config_hash": h, "stage": STAGE, "method": s.method, "model": s.model,
-                                 "result": result})
-    log(STAGE, f"{s.method}-{s.model}: best epoch {result['best_epoch']}, test {result['test']} "
-               f"in {result['wall_s']:.1f}s")
+    storage.write_manifest(
+        out, {"config_hash": h, "stage": STAGE, "method": s.method, "model": s.model, "result": result}
+    )
+    log(
+        STAGE,
+        f"{s.method}-{s.model}: best epoch {result['best_epoch']}, test {result['test']} "
+        f"in {result['wall_s']:.1f}s",
+    )
     return result

@@ -42,9 +42,16 @@ class Job:
     stop_at: int = 0  # > 0: pause after this epoch's evaluation (a λ grid's pruning rung); a rerun resumes
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Job":
-        return cls(d["run"], from_dict(Config, d["cfg"]), d["out"], d.get("dkc_fn", knowledge_io.DKC_FN),
-                   dict(d.get("fault") or {}), d.get("local_ckpt", ""), int(d.get("stop_at", 0)))
+    def from_dict(cls, d: dict) -> Job:
+        return cls(
+            d["run"],
+            from_dict(Config, d["cfg"]),
+            d["out"],
+            d.get("dkc_fn", knowledge_io.DKC_FN),
+            dict(d.get("fault") or {}),
+            d.get("local_ckpt", ""),
+            int(d.get("stop_at", 0)),
+        )
 
     def maybe_die(self, epoch: int, rank: int) -> None:
         """Fault injection for the recovery test: SIGKILL this worker once at (rank, epoch).
@@ -61,7 +68,9 @@ class Job:
                 open(f["marker"], "w").close()
                 raise RuntimeError(f"injected failure at epoch {epoch}")
 
-            ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=120)
+            ray.train.get_all_reported_checkpoints(
+                ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=120
+            )
             open(f["marker"], "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -73,7 +82,7 @@ class Worker:
     device: torch.device
 
     @classmethod
-    def setup(cls, cfg: Config) -> "Worker":
+    def setup(cls, cfg: Config) -> Worker:
         import faiss
         import numba
         import ray.train
@@ -91,6 +100,7 @@ class Worker:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         if s.use_gpu:
             from ray.train.torch import get_device
+
             device = get_device()
         else:
             device = torch.device("cpu")
@@ -146,12 +156,16 @@ def build(job: Job, w: Worker):
     model = build_student(s.model, data.n_users, data.n_items, model_config(cfg))
     task = TrainTask(model, build_objective(s.method, cfg)).to(w.device)
     task.objective.attach(job.run, data)
-    sampler = BatchSampler(data, s.batch_size, w.rank, w.world, s.seed, task.objective.needs_negatives, w.device)
+    sampler = BatchSampler(
+        data, s.batch_size, w.rank, w.world, s.seed, task.objective.needs_negatives, w.device
+    )
     opt = torch.optim.Adam(task.parameters(), lr=student_lr(s), weight_decay=s.weight_decay)
     return data, task, sampler, opt
 
 
-def resume(job: Job, task: TrainTask, opt: torch.optim.Optimizer, data: RankData) -> tuple[LoopState, dict | None]:
+def resume(
+    job: Job, task: TrainTask, opt: torch.optim.Optimizer, data: RankData
+) -> tuple[LoopState, dict | None]:
     """Restores the last committed checkpoint (if any) and loads the objective's knowledge round.
 
     Returns:
@@ -182,12 +196,20 @@ def resume(job: Job, task: TrainTask, opt: torch.optim.Optimizer, data: RankData
 def load_knowledge(job: Job, task: TrainTask, data: RankData, round_idx: int) -> None:
     rounds = knowledge_io.rounds_dir(job.out)
     targets, pos = knowledge_io.load_round(job.run, round_idx, data.lo, data.hi, rounds)
-    task.objective.set_knowledge(round_idx, knowledge_io.round_manifest(job.run, round_idx, rounds), targets, pos)
+    task.objective.set_knowledge(
+        round_idx, knowledge_io.round_manifest(job.run, round_idx, rounds), targets, pos
+    )
 
 
 # --------------------------------------------------------------------------------- training
-def train_epoch(net: torch.nn.Module, task: TrainTask, opt: torch.optim.Optimizer, sampler: BatchSampler,
-                epoch: int, comm: distributed.CommStats) -> float:
+def train_epoch(
+    net: torch.nn.Module,
+    task: TrainTask,
+    opt: torch.optim.Optimizer,
+    sampler: BatchSampler,
+    epoch: int,
+    comm: distributed.CommStats,
+) -> float:
     """One epoch; returns the mean per-step loss summed over ranks (one all-reduce per epoch)."""
     task.train()
     task.objective.start_epoch(epoch)
@@ -204,7 +226,9 @@ def train_epoch(net: torch.nn.Module, task: TrainTask, opt: torch.optim.Optimize
 
 
 @torch.no_grad()
-def retrieval_vectors(task: TrainTask, data: RankData, full: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def retrieval_vectors(
+    task: TrainTask, data: RankData, full: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(this rank's user vectors (hi-lo, d), item vectors, all users' vectors or None).
 
     `full` gathers every rank's rows (a collective; needed for DKC and the best-model snapshot).
@@ -216,13 +240,14 @@ def retrieval_vectors(task: TrainTask, data: RankData, full: bool) -> tuple[np.n
     everyone = None
     if full:
         t = torch.zeros(data.n_users, own.shape[1], dtype=torch.float32, device=dev)
-        t[data.lo:data.hi] = torch.from_numpy(own).to(dev)
+        t[data.lo : data.hi] = torch.from_numpy(own).to(dev)
         everyone = distributed.gather_rows(t, data.lo, data.hi).cpu().numpy()
     return own, items, everyone
 
 
-def evaluate(task: TrainTask, data: RankData, loop: LoopState, epoch: int, job: Job,
-             device: torch.device) -> tuple[dict, bool, np.ndarray | None, np.ndarray]:
+def evaluate(
+    task: TrainTask, data: RankData, loop: LoopState, epoch: int, job: Job, device: torch.device
+) -> tuple[dict, bool, np.ndarray | None, np.ndarray]:
     """Validation + test metrics (identical on all ranks) and the early-stopping bookkeeping.
 
     Returns:
@@ -235,7 +260,12 @@ def evaluate(task: TrainTask, data: RankData, loop: LoopState, epoch: int, job: 
     metrics = reduce_means(sums, job.cfg.eval.ks, device)
     improved = metrics["valid"]["R@50"] > loop.best_valid
     if improved:
-        loop.best_valid, loop.best_epoch, loop.best, loop.bad_evals = metrics["valid"]["R@50"], epoch, metrics, 0
+        loop.best_valid, loop.best_epoch, loop.best, loop.bad_evals = (
+            metrics["valid"]["R@50"],
+            epoch,
+            metrics,
+            0,
+        )
     else:
         loop.bad_evals += 1
     loop.stopped = loop.bad_evals >= s.patience or epoch >= s.max_epochs
@@ -243,16 +273,18 @@ def evaluate(task: TrainTask, data: RankData, loop: LoopState, epoch: int, job: 
     return metrics, improved, everyone, items
 
 
-def dkc(job: Job, task: TrainTask, data: RankData, epoch: int, users: np.ndarray, items: np.ndarray,
-        r0: RankZero) -> float:
+def dkc(
+    job: Job, task: TrainTask, data: RankData, epoch: int, users: np.ndarray, items: np.ndarray, r0: RankZero
+) -> float:
     """One DKC round: rank 0 writes the embeddings and calls the knowledge stage; all load targets."""
     t0 = time.perf_counter()
     r = task.objective.state()["round"] + 1
     if r0.on:
         path = storage.join(job.out, "dkc", f"round-{r}.npz")
         storage.write_npz_atomic(path, user=users, item=items)
-        knowledge_io.resolve(job.dkc_fn)(job.run, job.cfg, r, epoch, path, task.model.metric,
-                                         rounds=knowledge_io.rounds_dir(job.out))
+        knowledge_io.resolve(job.dkc_fn)(
+            job.run, job.cfg, r, epoch, path, task.model.metric, rounds=knowledge_io.rounds_dir(job.out)
+        )
         fs, inner = storage.resolve(path)
         fs.delete_file(inner)  # consumed: the committed round is what later epochs (and resumes) read
     distributed.barrier()  # the round is committed before anyone reads it
@@ -260,8 +292,16 @@ def dkc(job: Job, task: TrainTask, data: RankData, epoch: int, users: np.ndarray
     return time.perf_counter() - t0
 
 
-def report(task: TrainTask, opt: torch.optim.Optimizer, loop: LoopState, data: RankData, best_emb: dict | None,
-           metrics: dict, rank: int, local_ckpt: str = "") -> None:
+def report(
+    task: TrainTask,
+    opt: torch.optim.Optimizer,
+    loop: LoopState,
+    data: RankData,
+    best_emb: dict | None,
+    metrics: dict,
+    rank: int,
+    local_ckpt: str = "",
+) -> None:
     """Checkpoint through Ray Train: every rank gathers and reports (a barrier); rank 0 writes (and,
     in local mode, also keeps the checkpoint at `local_ckpt`)."""
     import ray.train
@@ -281,17 +321,38 @@ def report(task: TrainTask, opt: torch.optim.Optimizer, loop: LoopState, data: R
 
 
 def epoch_line(epoch: int, loss: float, seconds: float, task: TrainTask) -> dict:
-    return {"epoch": epoch, "loss": loss, "epoch_s": round(seconds, 4), **task.objective.log_fields(),
-            "peak_rss_gib": round(peak_rss_gib(), 3)}
+    return {
+        "epoch": epoch,
+        "loss": loss,
+        "epoch_s": round(seconds, 4),
+        **task.objective.log_fields(),
+        "peak_rss_gib": round(peak_rss_gib(), 3),
+    }
 
 
-def summary(loop: LoopState, task: TrainTask, comm: distributed.CommStats, sampler: BatchSampler, wall_s: float,
-            w: Worker, paused: bool = False) -> dict:
-    return {"best_epoch": loop.best_epoch, "valid": loop.best.get("valid", {}), "test": loop.best.get("test", {}),
-            "epochs": loop.epoch, "paused": paused, "switch_epoch": loop.switch_epoch,
-            "resumed_from": list(loop.resumed_from),
-            "train_wall_s": round(wall_s, 2),
-            "steps_per_epoch": sampler.steps, "world_size": w.world,
-            "allreduce_bytes_per_step": comm.per_step(), "allreduce_buckets": comm.buckets,
-            "n_params": count_parameters(task.model), "metric": task.model.metric,
-            "model": task.model.__class__.__name__}
+def summary(
+    loop: LoopState,
+    task: TrainTask,
+    comm: distributed.CommStats,
+    sampler: BatchSampler,
+    wall_s: float,
+    w: Worker,
+    paused: bool = False,
+) -> dict:
+    return {
+        "best_epoch": loop.best_epoch,
+        "valid": loop.best.get("valid", {}),
+        "test": loop.best.get("test", {}),
+        "epochs": loop.epoch,
+        "paused": paused,
+        "switch_epoch": loop.switch_epoch,
+        "resumed_from": list(loop.resumed_from),
+        "train_wall_s": round(wall_s, 2),
+        "steps_per_epoch": sampler.steps,
+        "world_size": w.world,
+        "allreduce_bytes_per_step": comm.per_step(),
+        "allreduce_buckets": comm.buckets,
+        "n_params": count_parameters(task.model),
+        "metric": task.model.metric,
+        "model": task.model.__class__.__name__,
+    }

@@ -90,8 +90,11 @@ class TeacherGroup:
             last = f"{s['valid_R@50']:.4f}" if "valid_R@50" in s else "-"
             best = f"{s['best_valid_R@50']:.4f}@{s['best_epoch']}" if s.get("best_epoch") else "-"
             loss = f"{s['loss']:.4f}" if "loss" in s else "-"
-            lines.append(f"  {name:<4} {s.get('phase', 'queued'):<9} epoch {s.get('epoch', 0):>4}  loss {loss:>9}  "
-                         f"valid R@50 {last:>6} best {best:>11}  {rate:>5} epochs/s  rss {s.get('peak_rss_gib', 0):.2f}G")
+            lines.append(
+                f"  {name:<4} {s.get('phase', 'queued'):<9} epoch {s.get('epoch', 0):>4}  loss {loss:>9}  "
+                f"valid R@50 {last:>6} best {best:>11}  {rate:>5} epochs/s  "
+                f"rss {s.get('peak_rss_gib', 0):.2f}G"
+            )
         log("teachers", "\n".join(lines))
 
     def wait(self) -> dict[str, dict]:
@@ -113,8 +116,9 @@ class TeacherGroup:
         self.print_status()
         ray.kill(self.board)
         if errors:
-            raise RuntimeError(f"teachers failed: {', '.join(f'{n} ({type(e).__name__})' for n, e in errors.items())}") \
-                from next(iter(errors.values()))
+            raise RuntimeError(
+                f"teachers failed: {', '.join(f'{n} ({type(e).__name__})' for n, e in errors.items())}"
+            ) from next(iter(errors.values()))
         return results
 
 
@@ -127,12 +131,17 @@ def start_teachers(run: str, cfg: Config, names: list[str]) -> TeacherGroup:
     actors, refs = {}, {}
     for name in names:
         actor = TeacherActor.options(
-            num_cpus=cfg.teachers.num_cpus, num_gpus=gpus, max_restarts=cfg.teachers.max_restarts,
+            num_cpus=cfg.teachers.num_cpus,
+            num_gpus=gpus,
+            max_restarts=cfg.teachers.max_restarts,
             max_task_retries=cfg.teachers.max_restarts,
         ).remote(run, cfg, name, board, threads, device)
         actors[name] = actor
         refs[name] = actor.train.remote()
-    log("teachers", f"started {len(names)} actors ({cfg.teachers.num_cpus} CPU, {gpus} GPU each): {', '.join(names)}")
+    log(
+        "teachers",
+        f"started {len(names)} actors ({cfg.teachers.num_cpus} CPU, {gpus} GPU each): {', '.join(names)}",
+    )
     return TeacherGroup(actors, refs, board, cfg.teachers.progress_every_s)
 
 
@@ -179,6 +188,8 @@ def train_teachers(run: str, cfg: Config) -> dict:
             raise RuntimeError(f"teacher {n} finished without committing {teacher_dir(run, n)}")
         out[n] = {k: m[k] for k in ("valid", "test", "state_epochs", "convergence_epoch", "wall_s")}
     summary = {"teachers": out, "trained": todo, "wall_s": time.perf_counter() - t0}
-    storage.write_manifest(stage_dir(run), {"config_hash": storage.config_hash(hashes), "names": names,
-                                            "K": cfg.teachers.topk, **summary})
+    storage.write_manifest(
+        stage_dir(run),
+        {"config_hash": storage.config_hash(hashes), "names": names, "K": cfg.teachers.topk, **summary},
+    )
     return summary

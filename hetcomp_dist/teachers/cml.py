@@ -7,7 +7,7 @@ optimiser step.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -31,19 +31,24 @@ class CML(Recommender):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
         self.margin, self.n_neg = cfg.cml_margin, cfg.cml_negatives
-        std = 1.0 / cfg.dim ** 0.5
+        std = 1.0 / cfg.dim**0.5
         self.user = torch.nn.Parameter(torch.randn(n_users, cfg.dim) * std)
         self.item = torch.nn.Parameter(torch.randn(n_items, cfg.dim) * std)
         self._keys: np.ndarray | None = None
         self.after_step()
 
-    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self, train: CSR, rng: np.random.Generator, batch_size: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         if self._keys is None or len(self._keys) != len(train.items):
             self._keys = interaction_keys(train, self.n_items)
         for u, i in pair_batches(train, rng, batch_size):
             j = sample_negatives(self._keys, u, self.n_items, rng, self.n_neg)
-            yield {"user": torch.from_numpy(u), "pos": torch.from_numpy(i.astype(np.int64)),
-                   "neg": torch.from_numpy(j)}
+            yield {
+                "user": torch.from_numpy(u),
+                "pos": torch.from_numpy(i.astype(np.int64)),
+                "neg": torch.from_numpy(j),
+            }
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean hinge [m + d(u,i)^2 - min_j d(u,j)^2]_+ over the batch; neg is (B, U)."""

@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="RUN folder or URI (its data stage must be committed)")
     p.add_argument("--config", help="YAML config file (every field optional; defaults are the paper's)")
     p.add_argument("--teachers", help="comma-separated subset, e.g. mf,ml (default: all six)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. teachers.mf.lr=0.005")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. teachers.mf.lr=0.005"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,6 +27,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # bad config / unknown teacher: InputError before anything starts
     load_manifest(cfg.run)  # a run without data: InputError before Ray starts
     summary = train_teachers(cfg.run, cfg)
-    print(json.dumps({"teachers": {n: {"valid": m["valid"], "test": m["test"]} for n, m in summary["teachers"].items()},
-                      "trained": summary["trained"], "wall_s": round(summary["wall_s"], 1)}))
+    print(
+        json.dumps(
+            {
+                "teachers": {
+                    n: {"valid": m["valid"], "test": m["test"]} for n, m in summary["teachers"].items()
+                },
+                "trained": summary["trained"],
+                "wall_s": round(summary["wall_s"], 1),
+            }
+        )
+    )
     return 0

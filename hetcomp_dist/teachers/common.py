@@ -5,7 +5,7 @@ Pure numpy/torch; nothing here knows about Ray, storage or the training loop.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -26,8 +26,9 @@ def contains(keys: np.ndarray, users: np.ndarray, items: np.ndarray, n_items: in
     return (keys[pos] == q) if len(keys) else np.zeros(len(q), bool)
 
 
-def sample_negatives(keys: np.ndarray, users: np.ndarray, n_items: int, rng: np.random.Generator,
-                     n: int = 1, rounds: int = 10) -> np.ndarray:
+def sample_negatives(
+    keys: np.ndarray, users: np.ndarray, n_items: int, rng: np.random.Generator, n: int = 1, rounds: int = 10
+) -> np.ndarray:
     """(len(users), n) uniform items outside each user's train list (rejection sampling).
 
     After `rounds` redraws a remaining collision is kept: only users who saw almost the whole
@@ -43,13 +44,15 @@ def sample_negatives(keys: np.ndarray, users: np.ndarray, n_items: int, rng: np.
     return neg.reshape(len(users), n)
 
 
-def pair_batches(train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def pair_batches(
+    train: CSR, rng: np.random.Generator, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One epoch of (users (B,), positives (B,)) over every train interaction, shuffled."""
     users = train.user_ids()
     items = train.items
     order = rng.permutation(len(items))
     for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
+        idx = order[s : s + batch_size]
         yield users[idx], items[idx]
 
 
@@ -63,8 +66,14 @@ def transpose(train: CSR, n_items: int) -> CSR:
     return CSR(offsets, users[order].astype(np.int32), 0)
 
 
-def sparse_rows(csr: CSR, rows: np.ndarray, n_cols: int, normalise: bool = True,
-                drop: float = 0.0, rng: np.random.Generator | None = None) -> torch.Tensor:
+def sparse_rows(
+    csr: CSR,
+    rows: np.ndarray,
+    n_cols: int,
+    normalise: bool = True,
+    drop: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor:
     """(len(rows), n_cols) sparse COO float tensor of binary CSR rows (relative row indices).
 
     Args:
@@ -87,7 +96,9 @@ def sparse_rows(csr: CSR, rows: np.ndarray, n_cols: int, normalise: bool = True,
         keep = rng.random(len(v)) >= drop
         r, c, v = r[keep], c[keep], v[keep] / (1.0 - drop)
     idx = torch.from_numpy(np.stack([r.astype(np.int64), c]))
-    return torch.sparse_coo_tensor(idx, torch.from_numpy(v), (len(rows), n_cols), check_invariants=False).coalesce()
+    return torch.sparse_coo_tensor(
+        idx, torch.from_numpy(v), (len(rows), n_cols), check_invariants=False
+    ).coalesce()
 
 
 def dense_rows(csr: CSR, rows: np.ndarray, n_cols: int) -> torch.Tensor:

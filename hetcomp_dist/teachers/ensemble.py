@@ -36,8 +36,11 @@ def committed_teachers(run: str, cfg: Config, data: dict) -> dict[str, dict]:
     for name in cfg.teachers.names:
         m = storage.stage_is_done(teacher_dir(run, name), teacher_hash(cfg, name, data["config_hash"]))
         if m is None:
-            raise InputError(teacher_dir(run, name), "no committed teacher trajectory for this config",
-                             f"run `hetcomp-dist teachers --run {run}` with the same config first")
+            raise InputError(
+                teacher_dir(run, name),
+                "no committed teacher trajectory for this config",
+                f"run `hetcomp-dist teachers --run {run}` with the same config first",
+            )
         out[name] = m
     return out
 
@@ -53,8 +56,13 @@ def ensemble_report(run: str, cfg: Config) -> dict:
     sums = {split: MetricSums(cfg.eval.ks) for split in ("valid", "test")}
     prog = Progress("ensemble", data["n_users"])
     for s, lo, hi in storage.iter_shards("", data["n_users"], data["shard_size"]):
-        lists = np.stack([storage.csr_to_dense(*_csr(load_teacher_lists(run, n, f"state={N_STATES}", s)), width=k)
-                          for n in names], axis=1)  # (B, M, K)
+        lists = np.stack(
+            [
+                storage.csr_to_dense(*_csr(load_teacher_lists(run, n, f"state={N_STATES}", s)), width=k)
+                for n in names
+            ],
+            axis=1,
+        )  # (B, M, K)
         split_csr = {sp: load_shard(run, sp, s, data) for sp in ("valid", "test")}
         for b0 in range(0, hi - lo, cfg.eval.batch_size):
             b1 = min(b0 + cfg.eval.batch_size, hi - lo)
@@ -66,8 +74,11 @@ def ensemble_report(run: str, cfg: Config) -> dict:
                 if len(rows) == 0:
                     continue
                 sub_ex, sub_gt = ex.take(rows), gt.take(rows)
-                top = first_k_kept(g[rows], excluded_mask(g[rows], sub_ex.offsets, sub_ex.items, data["n_items"]),
-                                   max(cfg.eval.ks))
+                top = first_k_kept(
+                    g[rows],
+                    excluded_mask(g[rows], sub_ex.offsets, sub_ex.items, data["n_items"]),
+                    max(cfg.eval.ks),
+                )
                 sums[split].add(recall_ndcg(top, sub_gt.offsets, sub_gt.items, cfg.eval.ks, data["n_items"]))
         prog.update(hi - lo)
     prog.close()
@@ -89,11 +100,18 @@ def _pick(metrics: dict) -> dict:
 
 def format_table(report: dict) -> str:
     """The report as a fixed-width table: one row per teacher and the ensemble, test then valid."""
-    head = f"{'model':<10}" + "".join(f"{'test ' + k:>11}" for k in KEYS) + "".join(f"{'valid ' + k:>12}" for k in KEYS)
+    head = (
+        f"{'model':<10}"
+        + "".join(f"{'test ' + k:>11}" for k in KEYS)
+        + "".join(f"{'valid ' + k:>12}" for k in KEYS)
+    )
     rows = [head]
     for name, m in list(report["teachers"].items()) + [("ensemble", report["ensemble"])]:
-        rows.append(f"{name:<10}" + "".join(f"{m['test'][k]:>11.4f}" for k in KEYS)
-                    + "".join(f"{m['valid'][k]:>12.4f}" for k in KEYS))
+        rows.append(
+            f"{name:<10}"
+            + "".join(f"{m['test'][k]:>11.4f}" for k in KEYS)
+            + "".join(f"{m['valid'][k]:>12.4f}" for k in KEYS)
+        )
     return "\n".join(rows)
 
 
@@ -101,9 +119,13 @@ def format_table(report: dict) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="RUN folder or URI with committed teachers")
     p.add_argument("--config", help="YAML config the teachers were trained with (default: the paper's)")
-    p.add_argument("--teachers", help="comma-separated subset of teachers to ensemble (default: all of the config)")
+    p.add_argument(
+        "--teachers", help="comma-separated subset of teachers to ensemble (default: all of the config)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. knowledge.temperature=5")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. knowledge.temperature=5"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

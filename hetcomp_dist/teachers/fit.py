@@ -15,8 +15,9 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,9 +46,15 @@ class FitParams:
 def resolve(cfg: TeachersConfig, name: str) -> tuple[FitParams, TeachersConfig]:
     """(FitParams, the model's TeachersConfig with its l2 override applied) for teacher `name`."""
     o = getattr(cfg, name)
-    params = FitParams(lr=o.lr or cfg.lr, batch_size=o.batch_size or cfg.batch_size,
-                       max_epochs=o.max_epochs or cfg.max_epochs, eval_every=o.eval_every or cfg.eval_every,
-                       snapshot_every=o.snapshot_every or cfg.snapshot_every, patience=cfg.patience, seed=cfg.seed)
+    params = FitParams(
+        lr=o.lr or cfg.lr,
+        batch_size=o.batch_size or cfg.batch_size,
+        max_epochs=o.max_epochs or cfg.max_epochs,
+        eval_every=o.eval_every or cfg.eval_every,
+        snapshot_every=o.snapshot_every or cfg.snapshot_every,
+        patience=cfg.patience,
+        seed=cfg.seed,
+    )
     model_cfg = dataclasses.replace(cfg, l2=o.l2) if o.l2 >= 0 else cfg
     return params, model_cfg
 
@@ -71,8 +78,20 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 def _fresh_state(cfg_hash: str) -> dict:
-    return {"config_hash": cfg_hash, "epoch": 0, "best": -1.0, "best_epoch": 0, "bad": 0, "history": [],
-            "snapshots": [], "train_s": 0.0, "eval_s": 0.0, "resumed_from": [], "done": False, "stop": ""}
+    return {
+        "config_hash": cfg_hash,
+        "epoch": 0,
+        "best": -1.0,
+        "best_epoch": 0,
+        "bad": 0,
+        "history": [],
+        "snapshots": [],
+        "train_s": 0.0,
+        "eval_s": 0.0,
+        "resumed_from": [],
+        "done": False,
+        "stop": "",
+    }
 
 
 def load_checkpoint(work: str, cfg_hash: str) -> dict | None:
@@ -85,8 +104,16 @@ def load_checkpoint(work: str, cfg_hash: str) -> dict | None:
     return ck if state.get("config_hash") == cfg_hash else None
 
 
-def fit(model: Recommender, train: CSR, work: str, params: FitParams, evaluate: Callable[[Recommender], dict],
-        cfg_hash: str, name: str = "teacher", on_progress: Callable[[dict], None] | None = None) -> dict:
+def fit(
+    model: Recommender,
+    train: CSR,
+    work: str,
+    params: FitParams,
+    evaluate: Callable[[Recommender], dict],
+    cfg_hash: str,
+    name: str = "teacher",
+    on_progress: Callable[[dict], None] | None = None,
+) -> dict:
     """Trains `model` with early stopping on valid R@50, resuming from `work`'s checkpoint.
 
     Args:
@@ -158,8 +185,11 @@ def fit(model: Recommender, train: CSR, work: str, params: FitParams, evaluate: 
             state["snapshots"] = [e for e in state["snapshots"] if e not in prune]
             rate = params.eval_every / max(time.perf_counter() - t_epoch, 1e-9)
             t_epoch = time.perf_counter()
-            log(f"teacher {name}", f"epoch {epoch} loss {status['loss']:.4f} valid R@50 {r50:.4f} "
-                                   f"(best {state['best']:.4f} @ {state['best_epoch']}) {rate:.2f} epochs/s")
+            log(
+                f"teacher {name}",
+                f"epoch {epoch} loss {status['loss']:.4f} valid R@50 {r50:.4f} "
+                f"(best {state['best']:.4f} @ {state['best_epoch']}) {rate:.2f} epochs/s",
+            )
             if state["bad"] >= params.patience:
                 state.update(done=True, stop="early")
         if epoch >= params.max_epochs and not state["done"]:
@@ -167,18 +197,37 @@ def fit(model: Recommender, train: CSR, work: str, params: FitParams, evaluate: 
         if state["done"] and state["best_epoch"] == 0:
             raise RuntimeError(f"teacher {name}: no evaluation in {epoch} epochs (max_epochs < eval_every?)")
         if snap or state["done"]:
-            _save_torch(storage.join(work, "ckpt.pt"),
-                        {"model": model.state_dict(), "optim": opt.state_dict(), "state": json.dumps(state)})
+            _save_torch(
+                storage.join(work, "ckpt.pt"),
+                {"model": model.state_dict(), "optim": opt.state_dict(), "state": json.dumps(state)},
+            )
             for e in prune:
                 remove_file(snapshot_path(work, e))
             prune = []
         if on_progress is not None:
-            on_progress({**status, "best_valid_R@50": state["best"], "best_epoch": state["best_epoch"],
-                         "train_s": state["train_s"], "eval_s": state["eval_s"], "pid": os.getpid(),
-                         "peak_rss_gib": peak_rss_gib(), "done": state["done"]})
-    return {"best_epoch": state["best_epoch"], "best_valid": state["best"], "history": state["history"],
-            "snapshots": state["snapshots"], "epochs": state["epoch"], "train_s": state["train_s"],
-            "eval_s": state["eval_s"], "resumed_from": state["resumed_from"], "stop": state["stop"]}
+            on_progress(
+                {
+                    **status,
+                    "best_valid_R@50": state["best"],
+                    "best_epoch": state["best_epoch"],
+                    "train_s": state["train_s"],
+                    "eval_s": state["eval_s"],
+                    "pid": os.getpid(),
+                    "peak_rss_gib": peak_rss_gib(),
+                    "done": state["done"],
+                }
+            )
+    return {
+        "best_epoch": state["best_epoch"],
+        "best_valid": state["best"],
+        "history": state["history"],
+        "snapshots": state["snapshots"],
+        "epochs": state["epoch"],
+        "train_s": state["train_s"],
+        "eval_s": state["eval_s"],
+        "resumed_from": state["resumed_from"],
+        "stop": state["stop"],
+    }
 
 
 def remove_file(path: str) -> None:

@@ -10,7 +10,7 @@ per parameter state (in eval mode) from the item columns, in blocks.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -42,7 +42,9 @@ class ItemAE(_AnnealedBeta):
         self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)
         self._cache: torch.Tensor | None = None
 
-    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self, train: CSR, rng: np.random.Generator, batch_size: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of `batch_size` items (their train columns); `train` must be the constructor's."""
         if len(train.items) != len(self.columns.items):
             self.columns = transpose(train, self.n_items)
@@ -70,7 +72,7 @@ class ItemAE(_AnnealedBeta):
             self._cache = feats
         return self._cache
 
-    def train(self, mode: bool = True) -> "ItemAE":
+    def train(self, mode: bool = True) -> ItemAE:
         self._cache = None
         return super().train(mode)
 

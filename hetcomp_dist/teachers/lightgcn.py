@@ -7,7 +7,7 @@ Propagation is E^{k+1} = A_hat E^k over the user-item bipartite graph, A_hat = D
 from __future__ import annotations
 
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -86,7 +86,7 @@ class LightGCN(Recommender):
                 self._cache = self.propagate()
         return self._cache
 
-    def train(self, mode: bool = True) -> "LightGCN":
+    def train(self, mode: bool = True) -> LightGCN:
         self._cache = None
         return super().train(mode)
 
@@ -94,11 +94,16 @@ class LightGCN(Recommender):
         self._cache = None
         return super().load_state_dict(*args, **kwargs)
 
-    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self, train: CSR, rng: np.random.Generator, batch_size: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         for u, i in pair_batches(train, rng, batch_size):
             j = sample_negatives(self._keys, u, self.n_items, rng, 1)[:, 0]
-            yield {"user": torch.from_numpy(u), "pos": torch.from_numpy(i.astype(np.int64)),
-                   "neg": torch.from_numpy(j)}
+            yield {
+                "user": torch.from_numpy(u),
+                "pos": torch.from_numpy(i.astype(np.int64)),
+                "neg": torch.from_numpy(j),
+            }
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """BPR on the propagated embeddings plus L2 on the layer-0 rows of the batch."""
@@ -110,8 +115,8 @@ class LightGCN(Recommender):
 
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
         e = self._final()
-        return e[users] @ e[self.n_users:].T
+        return e[users] @ e[self.n_users :].T
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray, str]:
         e = self._final().detach().cpu().numpy()
-        return e[: self.n_users], e[self.n_users:], "ip"
+        return e[: self.n_users], e[self.n_users :], "ip"

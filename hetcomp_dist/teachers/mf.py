@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -30,13 +30,18 @@ class MF(Recommender):
         self.item = torch.nn.Parameter(torch.randn(n_items, cfg.dim) * 0.01)
         self._keys: np.ndarray | None = None
 
-    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self, train: CSR, rng: np.random.Generator, batch_size: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         if self._keys is None or len(self._keys) != len(train.items):
             self._keys = interaction_keys(train, self.n_items)
         for u, i in pair_batches(train, rng, batch_size):
             j = sample_negatives(self._keys, u, self.n_items, rng, 1)[:, 0]
-            yield {"user": torch.from_numpy(u), "pos": torch.from_numpy(i.astype(np.int64)),
-                   "neg": torch.from_numpy(j)}
+            yield {
+                "user": torch.from_numpy(u),
+                "pos": torch.from_numpy(i.astype(np.int64)),
+                "neg": torch.from_numpy(j),
+            }
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """BPR: -log sigma(s(u,i) - s(u,j)), mean over the batch, plus L2 on the touched rows."""

@@ -7,7 +7,7 @@ of B users costs B x n_items x (the narrow layers) and never more than a bounded
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -43,7 +43,9 @@ class NeuMF(Recommender):
         self.head = torch.nn.Linear(d + widths[-1], 1)
         self._keys: np.ndarray | None = None
 
-    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self, train: CSR, rng: np.random.Generator, batch_size: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """Each batch: positives (B,) plus dnn_negatives sampled negatives per positive."""
         if self._keys is None or len(self._keys) != len(train.items):
             self._keys = interaction_keys(train, self.n_items)
@@ -52,7 +54,11 @@ class NeuMF(Recommender):
             users = np.concatenate([u, np.repeat(u, self.n_neg)])
             items = np.concatenate([i.astype(np.int64), j.ravel()])
             label = np.concatenate([np.ones(len(u), np.float32), np.zeros(j.size, np.float32)])
-            yield {"user": torch.from_numpy(users), "item": torch.from_numpy(items), "label": torch.from_numpy(label)}
+            yield {
+                "user": torch.from_numpy(users),
+                "item": torch.from_numpy(items),
+                "label": torch.from_numpy(label),
+            }
 
     def _pair_logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         h = torch.cat([self.mlp_user[users], self.mlp_item[items]], 1)
@@ -65,7 +71,9 @@ class NeuMF(Recommender):
         """Binary cross-entropy on (user, item, label) pairs plus L2 on the touched embedding rows."""
         u, i = batch["user"], batch["item"]
         logit = self._pair_logits(u, i)
-        reg = sum(t.pow(2).sum() for t in (self.gmf_user[u], self.gmf_item[i], self.mlp_user[u], self.mlp_item[i]))
+        reg = sum(
+            t.pow(2).sum() for t in (self.gmf_user[u], self.gmf_item[i], self.mlp_user[u], self.mlp_item[i])
+        )
         return F.binary_cross_entropy_with_logits(logit, batch["label"]) + self.l2 * reg / len(u)
 
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
@@ -74,12 +82,17 @@ class NeuMF(Recommender):
         m = self.mlp_user.shape[1]
         a = self.mlp_user[users] @ first.weight[:, :m].T + first.bias  # (B, h1)
         c = self.mlp_item @ first.weight[:, m:].T  # (n_items, h1)
-        w_gmf, w_mlp = self.head.weight[0, : self.gmf_user.shape[1]], self.head.weight[0, self.gmf_user.shape[1]:]
-        out = (self.gmf_user[users] * w_gmf) @ self.gmf_item.T + self.head.bias  # (B, n_items), filled in place
+        w_gmf, w_mlp = (
+            self.head.weight[0, : self.gmf_user.shape[1]],
+            self.head.weight[0, self.gmf_user.shape[1] :],
+        )
+        out = (
+            self.gmf_user[users] * w_gmf
+        ) @ self.gmf_item.T + self.head.bias  # (B, n_items), filled in place
         chunk = max(1, _CHUNK_ELEMS // max(1, len(users) * a.shape[1]))
         for s in range(0, self.n_items, chunk):
-            h = torch.relu(a[:, None, :] + c[None, s: s + chunk, :])
+            h = torch.relu(a[:, None, :] + c[None, s : s + chunk, :])
             for layer in self.layers[1:]:
                 h = torch.relu(layer(h))
-            out[:, s: s + chunk] += h @ w_mlp
+            out[:, s : s + chunk] += h @ w_mlp
         return out

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import resource
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 
@@ -25,8 +25,21 @@ from hetcomp_dist.teachers.registry import model_class
 from hetcomp_dist.teachers.trajectory import N_STATES, Ranker, choose_states, export_trajectory
 
 # fields that change nothing a teacher computes (resources, logging, housekeeping)
-_NEUTRAL = ("names", "num_cpus", "num_gpus", "max_restarts", "progress_every_s", "keep_snapshots",
-            "export_batch_size", "mf", "ml", "dnn", "gnn", "ae", "iae")
+_NEUTRAL = (
+    "names",
+    "num_cpus",
+    "num_gpus",
+    "max_restarts",
+    "progress_every_s",
+    "keep_snapshots",
+    "export_batch_size",
+    "mf",
+    "ml",
+    "dnn",
+    "gnn",
+    "ae",
+    "iae",
+)
 
 
 def teachers_dir(run: str) -> str:
@@ -42,7 +55,11 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
     retrieval settings (an approximate index changes the exported lists)."""
     shared = {k: v for k, v in dataclasses.asdict(cfg.teachers).items() if k not in _NEUTRAL}
     own = dataclasses.asdict(getattr(cfg.teachers, name))
-    ev = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k not in ("batch_size", "distributed_min_users")}
+    ev = {
+        k: v
+        for k, v in dataclasses.asdict(cfg.eval).items()
+        if k not in ("batch_size", "distributed_min_users")
+    }
     return storage.config_hash("teacher", name, data_hash, shared, own, ev)
 
 
@@ -51,15 +68,17 @@ def evaluate_ranker(run: str, ranker: Ranker, eval_cfg: EvalConfig, splits=("val
     (FAISS for embedding models, score blocks otherwise), in this process: the teacher's actor is
     already the unit of parallelism."""
     if ranker.index is not None:
-        return evaluate_embeddings(run, ranker.user_emb, ranker.item_emb, ranker.metric, eval_cfg, tuple(splits),
-                                   distributed=False)
+        return evaluate_embeddings(
+            run, ranker.user_emb, ranker.item_emb, ranker.metric, eval_cfg, tuple(splits), distributed=False
+        )
     # score blocks are (batch, n_items): keep them as small as the export's
     small = dataclasses.replace(eval_cfg, batch_size=min(eval_cfg.batch_size, ranker.score_batch))
     return evaluate_scorer(run, ranker.score_fn, small, tuple(splits), distributed=False)
 
 
-def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
-                on_progress: Callable[[dict], None] | None = None) -> dict:
+def run_teacher(
+    run: str, cfg: Config, name: str, device: str = "cpu", on_progress: Callable[[dict], None] | None = None
+) -> dict:
     """Trains and exports teacher `name` of `run`; returns its committed manifest.
 
     Args:
@@ -95,21 +114,49 @@ def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
     for d in [f"state={i}" for i in range(1, N_STATES + 1)] + ["observed"]:
         storage.delete_dir(storage.join(tdir, d))  # leftovers of an interrupted export
     t_export = time.perf_counter()
-    traj = export_trajectory(model, train, tdir, partial(snapshot_path, work), states, m["n_users"], m["shard_size"],
-                             cfg.teachers.topk, cfg.eval,
-                             lambda ranker: evaluate_ranker(run, ranker, cfg.eval, ("valid", "test")),
-                             cfg.teachers.export_batch_size, name)
+    traj = export_trajectory(
+        model,
+        train,
+        tdir,
+        partial(snapshot_path, work),
+        states,
+        m["n_users"],
+        m["shard_size"],
+        cfg.teachers.topk,
+        cfg.eval,
+        lambda ranker: evaluate_ranker(run, ranker, cfg.eval, ("valid", "test")),
+        cfg.teachers.export_batch_size,
+        name,
+    )
     export_s = time.perf_counter() - t_export
     if on_progress is not None:
-        on_progress({"epoch": result["epochs"], "best_valid_R@50": result["best_valid"], "best_epoch": result["best_epoch"],
-                     "phase": "exported", "done": True, "peak_rss_gib": peak_rss_gib()})
+        on_progress(
+            {
+                "epoch": result["epochs"],
+                "best_valid_R@50": result["best_valid"],
+                "best_epoch": result["best_epoch"],
+                "phase": "exported",
+                "done": True,
+                "peak_rss_gib": peak_rss_gib(),
+            }
+        )
     metrics = {
-        "teacher": name, "model": cls.__name__, "convergence_epoch": result["best_epoch"],
-        "best_valid_R@50": result["best_valid"], "epochs": result["epochs"], "stop": result["stop"],
-        "state_epochs": states, "states": traj["states"], "history": result["history"],
-        "resumed_from": result["resumed_from"], "train_s": result["train_s"], "eval_s": result["eval_s"],
-        "export_s": export_s, "wall_s": result["train_s"] + result["eval_s"] + export_s,
-        "attempt_wall_s": time.perf_counter() - t_start, "peak_rss_gib": peak_rss_gib(),
+        "teacher": name,
+        "model": cls.__name__,
+        "convergence_epoch": result["best_epoch"],
+        "best_valid_R@50": result["best_valid"],
+        "epochs": result["epochs"],
+        "stop": result["stop"],
+        "state_epochs": states,
+        "states": traj["states"],
+        "history": result["history"],
+        "resumed_from": result["resumed_from"],
+        "train_s": result["train_s"],
+        "eval_s": result["eval_s"],
+        "export_s": export_s,
+        "wall_s": result["train_s"] + result["eval_s"] + export_s,
+        "attempt_wall_s": time.perf_counter() - t_start,
+        "peak_rss_gib": peak_rss_gib(),
         "model_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30,
         # CPU seconds of this process (not of crashed attempts): a figure that contention does not inflate
         "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
@@ -121,12 +168,19 @@ def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
             if e not in states:
                 remove_file(snapshot_path(work, e))
     manifest = {
-        "config_hash": h, "teacher": name, "model": cls.__name__, "K": cfg.teachers.topk,
-        "state_epochs": states, "convergence_epoch": result["best_epoch"], "n_users": m["n_users"],
-        "n_items": m["n_items"], "shard_size": m["shard_size"],
+        "config_hash": h,
+        "teacher": name,
+        "model": cls.__name__,
+        "K": cfg.teachers.topk,
+        "state_epochs": states,
+        "convergence_epoch": result["best_epoch"],
+        "n_users": m["n_users"],
+        "n_items": m["n_items"],
+        "shard_size": m["shard_size"],
         "n_shards": storage.n_shards(m["n_users"], m["shard_size"]),
         "snapshots": {f"state={i + 1}": f"work/snap-{e:05d}.pt" for i, e in enumerate(states)},
-        "test": traj["states"][-1]["test"], "valid": traj["states"][-1]["valid"],
+        "test": traj["states"][-1]["test"],
+        "valid": traj["states"][-1]["valid"],
         "wall_s": metrics["wall_s"],
     }
     storage.write_manifest(tdir, manifest)
@@ -136,6 +190,8 @@ def run_teacher(run: str, cfg: Config, name: str, device: str = "cpu",
 
 def load_teacher_lists(run: str, name: str, folder: str, s: int) -> CSR:
     """Shard `s` of a teacher's `state=<e>` or `observed` lists as CSR."""
-    t = storage.read_table(storage.shard_path(storage.join(teacher_dir(run, name), folder), s), ["user", "items"])
+    t = storage.read_table(
+        storage.shard_path(storage.join(teacher_dir(run, name), folder), s), ["user", "items"]
+    )
     off, val = storage.list_to_csr(t.column("items"))
     return CSR(off, val, int(t.column("user")[0].as_py()) if t.num_rows else 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
 
 N_STATES = 4
+_DEFAULT_EVAL = EvalConfig()  # the default `eval_cfg` (frozen, so one shared instance is safe)
 
 
 # ------------------------------------------------------------------------------------------ states
@@ -84,7 +85,9 @@ class Ranker:
         score_batch: users per (B, n_items) score block on the scorer path.
     """
 
-    def __init__(self, model: Recommender, train: CSR, eval_cfg: EvalConfig = EvalConfig(), score_batch: int = 1024) -> None:
+    def __init__(
+        self, model: Recommender, train: CSR, eval_cfg: EvalConfig = _DEFAULT_EVAL, score_batch: int = 1024
+    ) -> None:
         self.model, self.train, self.cfg, self.score_batch = model.eval(), train, eval_cfg, score_batch
         with torch.no_grad():
             emb = model.embeddings()
@@ -92,9 +95,15 @@ class Ranker:
         if emb is not None:
             self.user_emb, item_emb, self.metric = emb
             self.item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
-            self.index = retrieval.build_index(self.item_emb, self.metric, eval_cfg.index, ivf_nlist=eval_cfg.ivf_nlist,
-                                               ivf_nprobe=eval_cfg.ivf_nprobe, hnsw_m=eval_cfg.hnsw_m,
-                                               hnsw_ef_search=eval_cfg.hnsw_ef_search)
+            self.index = retrieval.build_index(
+                self.item_emb,
+                self.metric,
+                eval_cfg.index,
+                ivf_nlist=eval_cfg.ivf_nlist,
+                ivf_nprobe=eval_cfg.ivf_nprobe,
+                hnsw_m=eval_cfg.hnsw_m,
+                hnsw_ef_search=eval_cfg.hnsw_ef_search,
+            )
 
     def score_fn(self, users: np.ndarray) -> torch.Tensor:
         """(B, n_items) scores of a block of users (the scorer path)."""
@@ -142,8 +151,17 @@ def _blocks(lo: int, hi: int, size: int):
         yield s, min(s + size, hi)
 
 
-def export_state(ranker: Ranker, train: CSR, out_dirs: list[str], n_users: int, shard_size: int, k: int,
-                 batch_size: int, observed_dir: str | None = None, label: str = "export") -> dict:
+def export_state(
+    ranker: Ranker,
+    train: CSR,
+    out_dirs: list[str],
+    n_users: int,
+    shard_size: int,
+    k: int,
+    batch_size: int,
+    observed_dir: str | None = None,
+    label: str = "export",
+) -> dict:
     """Writes each user's top-k unobserved items (and optionally the observed order) per shard.
 
     Every shard is scored block by block (`batch_size` users), written atomically to each folder of
@@ -175,8 +193,10 @@ def export_state(ranker: Ranker, train: CSR, out_dirs: list[str], n_users: int, 
         if observed_dir is not None:
             off = np.concatenate(obs_off)
             val = np.concatenate(obs_val) if obs_val else np.zeros(0, np.int32)
-            storage.write_table_atomic(storage.shard_path(observed_dir, s),
-                                       storage.user_table(lo, hi, items=storage.csr_to_list(off, val)))
+            storage.write_table_atomic(
+                storage.shard_path(observed_dir, s),
+                storage.user_table(lo, hi, items=storage.csr_to_list(off, val)),
+            )
         rss_max = max(rss_max, current_rss_gib())
     return {"users_per_s": prog.close(), "rss_start_gib": rss_start, "rss_max_gib": rss_max}
 
@@ -186,9 +206,20 @@ def load_weights(path: str) -> dict[str, torch.Tensor]:
     return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
 
 
-def export_trajectory(model: Recommender, train: CSR, tdir: str, snapshot_path: Callable[[int], str],
-                      states: list[int], n_users: int, shard_size: int, k: int, eval_cfg: EvalConfig,
-                      evaluate: Callable[[Ranker], dict], batch_size: int, name: str = "teacher") -> dict:
+def export_trajectory(
+    model: Recommender,
+    train: CSR,
+    tdir: str,
+    snapshot_path: Callable[[int], str],
+    states: list[int],
+    n_users: int,
+    shard_size: int,
+    k: int,
+    eval_cfg: EvalConfig,
+    evaluate: Callable[[Ranker], dict],
+    batch_size: int,
+    name: str = "teacher",
+) -> dict:
     """Exports E1..E4 and the E4 observed order; returns metrics.json's per-state part.
 
     Args:
@@ -207,11 +238,23 @@ def export_trajectory(model: Recommender, train: CSR, tdir: str, snapshot_path: 
         t0 = time.perf_counter()
         ranker = Ranker(model, train, eval_cfg, batch_size)
         observed = storage.join(tdir, "observed") if N_STATES in idx else None
-        stats = export_state(ranker, train, [storage.join(tdir, f"state={i}") for i in idx], n_users, shard_size,
-                            k, batch_size, observed, label=f"{name} export E{idx} (epoch {epoch})")
+        stats = export_state(
+            ranker,
+            train,
+            [storage.join(tdir, f"state={i}") for i in idx],
+            n_users,
+            shard_size,
+            k,
+            batch_size,
+            observed,
+            label=f"{name} export E{idx} (epoch {epoch})",
+        )
         metrics = evaluate(ranker)
-        log(f"{name}", f"state E{idx} epoch {epoch}: valid R@50={metrics['valid']['R@50']:.4f} "
-                       f"test R@50={metrics['test']['R@50']:.4f} ({time.perf_counter() - t0:.1f}s)")
+        log(
+            f"{name}",
+            f"state E{idx} epoch {epoch}: valid R@50={metrics['valid']['R@50']:.4f} "
+            f"test R@50={metrics['test']['R@50']:.4f} ({time.perf_counter() - t0:.1f}s)",
+        )
         for i in idx:
             out["states"].append({"state": i, "epoch": epoch, "export": stats, **metrics})
     out["states"].sort(key=lambda r: r["state"])

@@ -13,7 +13,7 @@ CDAE (Wu et al., 2016): corrupted row -> tanh(W x + V_u + b) -> sigmoid over ite
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -84,13 +84,14 @@ def multinomial_vae_loss(core: VAECore, batch: dict[str, torch.Tensor], beta: fl
     return nll + beta * kl
 
 
-def vae_batches(lists: CSR, n_cols: int, dim: int, rng: np.random.Generator, batch_size: int,
-                drop: float) -> Iterator[dict[str, torch.Tensor]]:
+def vae_batches(
+    lists: CSR, n_cols: int, dim: int, rng: np.random.Generator, batch_size: int, drop: float
+) -> Iterator[dict[str, torch.Tensor]]:
     """One epoch over the non-empty rows of `lists` (shuffled), as `multinomial_vae_loss` batches."""
     rows = np.nonzero(lists.lengths() > 0)[0]
     rows = rows[rng.permutation(len(rows))]
     for s in range(0, len(rows), batch_size):
-        r = rows[s: s + batch_size]
+        r = rows[s : s + batch_size]
         target = lists.take(r)
         yield {
             "x": sparse_rows(lists, r, n_cols, normalise=True, drop=drop, rng=rng),
@@ -130,7 +131,9 @@ class MultVAE(_AnnealedBeta):
         self.core = VAECore(n_items, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden)
         self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)
 
-    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self, train: CSR, rng: np.random.Generator, batch_size: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of `batch_size` users (their train rows)."""
         return vae_batches(train, self.n_items, self.dim, rng, batch_size, self.drop)
 
@@ -141,7 +144,9 @@ class MultVAE(_AnnealedBeta):
         """(B, n_items) decoder logits at z = mu of each user's train row (train must hold the users)."""
         if train is None:
             raise ValueError("MultVAE scores users from their train rows: pass train")
-        x = sparse_rows(train, rows_of(train, users.cpu().numpy()), self.n_items).to(self.core.dec.weight.device)
+        x = sparse_rows(train, rows_of(train, users.cpu().numpy()), self.n_items).to(
+            self.core.dec.weight.device
+        )
         mu, _ = self.core.encode(x)
         return self.core.decode(mu)
 
@@ -168,17 +173,21 @@ class CDAE(Recommender):
         h = torch.tanh(torch.sparse.mm(x, self.enc.weight.T) + self.enc.bias + self.user[users])
         return self.dec(h)
 
-    def batches(self, train: CSR, rng: np.random.Generator, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self, train: CSR, rng: np.random.Generator, batch_size: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of `batch_size` users: corrupted binary rows (unnormalised) and their targets."""
         rows = np.nonzero(train.lengths() > 0)[0]
         rows = rows[rng.permutation(len(rows))]
         for s in range(0, len(rows), batch_size):
-            r = rows[s: s + batch_size]
+            r = rows[s : s + batch_size]
             target = train.take(r)
-            yield {"x": sparse_rows(train, r, self.n_items, normalise=False, drop=self.drop, rng=rng),
-                   "user": torch.from_numpy(r.astype(np.int64) + train.lo),
-                   "rows": torch.from_numpy(np.repeat(np.arange(len(r)), target.lengths())),
-                   "cols": torch.from_numpy(target.items.astype(np.int64))}
+            yield {
+                "x": sparse_rows(train, r, self.n_items, normalise=False, drop=self.drop, rng=rng),
+                "user": torch.from_numpy(r.astype(np.int64) + train.lo),
+                "rows": torch.from_numpy(np.repeat(np.arange(len(r)), target.lengths())),
+                "cols": torch.from_numpy(target.items.astype(np.int64)),
+            }
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """BCE of the reconstruction against the full binary rows, summed over items, mean over users."""
