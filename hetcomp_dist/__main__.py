@@ -1,3 +1,3 @@
-from hetcomp_dist.cli import main
+from hetcomp_dist.cli.main import main
 
 raise SystemExit(main())

@@ -18,7 +18,8 @@ import yaml
 from hetcomp_dist.errors import InputError
 
 TEACHER_NAMES = ("mf", "ml", "dnn", "gnn", "ae", "iae")
-STUDENT_METHODS = ("hetcomp", "wokd", "rd", "rrd", "mtd", "cldrd", "dcd")
+BASELINES = ("rd", "rrd", "mtd", "cldrd", "dcd")  # the paper's comparison methods (METHOD.md §4)
+STUDENT_METHODS = ("hetcomp", "wokd", *BASELINES)
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,17 @@
 """The whole pipeline: data -> teachers -> knowledge -> students -> report.
 
 Every stage skips itself when its manifest matches the config, so a rerun after a crash resumes
-where it stopped. Also the ``hetcomp-dist run`` command.
+where it stopped.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hetcomp_dist.config import Config, load_config, validate
+from hetcomp_dist.config import Config
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.progress import log
 
@@ -61,7 +60,8 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
         with _timed("data", cfg.run):
             ensure_data(cfg)
     if "teachers" in stages:
-        from hetcomp_dist.teachers import ensemble_report, train_teachers
+        from hetcomp_dist.knowledge.teacher_ensemble import ensemble_report
+        from hetcomp_dist.teachers.actors import train_teachers
 
         with _timed("teachers", cfg.run):
             train_teachers(cfg.run, cfg)
@@ -103,42 +103,3 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
             out = report.write_report(cfg.run, cfg.teachers.names, None, cost)  # stage times: _timed
     log("pipeline", f"done in {time.perf_counter() - t_all:.1f}s; report: {out}/report.md")
     return out
-
-
-# ------------------------------------------------------------------------------------------ CLI
-HELP = (
-    "run the whole pipeline (ingest -> teachers -> knowledge -> students -> report); "
-    "finished stages are skipped"
-)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (every field optional; defaults are the paper's)")
-    p.add_argument(
-        "--input", help="interactions: local path or s3:// / gs:// URI (default: built-in synthetic data)"
-    )
-    p.add_argument("--format", choices=("citeulike", "csv", "parquet", "synthetic"), help="input format")
-    p.add_argument("--out", help="RUN folder or URI (default: config 'run')")
-    p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
-    p.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. student.model=ml"
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Config file + key=value overrides, then --input/--format/--out (taken verbatim, never YAML-parsed)."""
-    if args.input and not args.format:
-        raise InputError("--format", "an --input needs its --format", "add --format citeulike|csv|parquet")
-    cfg = load_config(args.config, list(args.overrides), run=args.out or None)
-    data = dataclasses.replace(
-        cfg.data, input=args.input or cfg.data.input, format=args.format or cfg.data.format
-    )
-    return validate(dataclasses.replace(cfg, data=data))
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
-    out = run_pipeline(cfg, stages)
-    print(f"report: {out}/report.md")
-    return 0

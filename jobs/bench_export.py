@@ -57,7 +57,7 @@ def settings(run: str, users: int) -> list[str]:
 
 def one_size(workdir: str, users: int, items: int) -> dict:
     from hetcomp_dist.data.synth import synthesize
-    from hetcomp_dist.teachers import train_teachers
+    from hetcomp_dist.teachers.actors import train_teachers
     from hetcomp_dist.teachers.runner import teacher_dir
 
     run = os.path.join(workdir, f"export-{users}")

@@ -4,7 +4,8 @@
                                    [--keep] [--reuse]
 
 Synthetic inputs in the exact on-storage layout (6 teachers x 4 states x K = 100; `synthesize` for the
-data, `knowledge.synthetic` for the trajectories and a student whose embeddings drift between rounds).
+data, `hetcomp_dist.testing.trajectories` for the trajectories and a student whose embeddings drift
+between rounds).
 Setup (data, trajectories, round 0 with its copies of the teachers' states, round 1 = the first DKC
 call) is untimed; the timed rounds read the states from those copies, as every DKC round does.
 
@@ -50,8 +51,8 @@ from hetcomp_dist.data.dataset import load_manifest, load_shard  # noqa: E402
 from hetcomp_dist.data.synth import synthesize  # noqa: E402
 from hetcomp_dist.knowledge import rounds, shard_io  # noqa: E402
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step_targets  # noqa: E402
-from hetcomp_dist.knowledge.synthetic import perturb_embeddings, write_trajectories  # noqa: E402
 from hetcomp_dist.progress import log, peak_rss_gib  # noqa: E402
+from hetcomp_dist.testing.trajectories import perturb_embeddings, write_trajectories  # noqa: E402
 
 STAGE = "bench_knowledge"
 

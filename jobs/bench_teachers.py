@@ -66,7 +66,8 @@ def main() -> int:
 
     from hetcomp_dist.config import DataConfig
     from hetcomp_dist.data.ingest import ingest
-    from hetcomp_dist.teachers import ensemble_report, train_teachers
+    from hetcomp_dist.knowledge.teacher_ensemble import ensemble_report
+    from hetcomp_dist.teachers.actors import train_teachers
     from hetcomp_dist.teachers.runner import teacher_dir
 
     cfg = load_config(args.config, [f"run={args.run}", *args.overrides])

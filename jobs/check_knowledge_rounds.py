@@ -9,7 +9,7 @@ Data map over the user shards (`knowledge.distributed_min_users` = 0):
 
 - round 0: P+ and the E1 targets;
 - round 1 at epoch 10: the first DKC call, from the student's embeddings perturbed as one period
-  earlier (`knowledge.synthetic.perturb_embeddings`);
+  earlier (`hetcomp_dist.testing.trajectories.perturb_embeddings`);
 - round 2 at epoch 20: a DKC call with moves, from the student's embeddings.
 
 Prints, per round, each teacher's state mean, the switch decision, moved users per teacher and users
@@ -43,8 +43,8 @@ from hetcomp_dist import storage  # noqa: E402
 from hetcomp_dist.config import load_config  # noqa: E402
 from hetcomp_dist.errors import InputError  # noqa: E402
 from hetcomp_dist.knowledge import rounds  # noqa: E402
-from hetcomp_dist.knowledge.synthetic import perturb_embeddings  # noqa: E402
 from hetcomp_dist.progress import log  # noqa: E402
+from hetcomp_dist.testing.trajectories import perturb_embeddings  # noqa: E402
 
 STAGE = "check_knowledge_rounds"
 DECISIONS = ("means", "switch", "moved", "changed_users")

@@ -8,7 +8,7 @@ Recall/NDCG@{10,50}; writes the metrics as JSON and prints where.
 FILE.npz holds float32 arrays `user` (n_users, d) and `item` (n_items, d) (read without unpickling).
 Default: the embeddings of the configured student (student.method, student.model); the metrics go next
 to them (`<FILE>.metrics.json`). With --smoke the stages up to the student run first (finished ones are
-skipped). Options and the exit status are shared by every job: see hetcomp_dist/jobs_cli.py.
+skipped). Options and the exit status are shared by every job: see hetcomp_dist/cli/jobs.py.
 """
 
 import os
@@ -18,7 +18,7 @@ sys.path.insert(
     0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )  # a checkout without pip install
 
-from hetcomp_dist.jobs_cli import run_job  # noqa: E402
+from hetcomp_dist.cli.jobs import run_job  # noqa: E402
 
 
 def add_arguments(p):

@@ -8,7 +8,7 @@
 With format `synthetic` (the default, and --smoke) it generates the built-in synthetic dataset instead.
 A committed RUN/data with the same config is skipped.
 
-Options and the exit status are shared by every job: see hetcomp_dist/jobs_cli.py.
+Options and the exit status are shared by every job: see hetcomp_dist/cli/jobs.py.
 """
 
 import os
@@ -18,7 +18,7 @@ sys.path.insert(
     0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )  # a checkout without pip install
 
-from hetcomp_dist.jobs_cli import run_stage_job  # noqa: E402
+from hetcomp_dist.cli.jobs import run_stage_job  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_stage_job("data", __doc__))

@@ -5,7 +5,7 @@
 
 Needs RUN/teachers (--smoke makes the earlier stages first). A committed round is skipped.
 
-Options and the exit status are shared by every job: see hetcomp_dist/jobs_cli.py.
+Options and the exit status are shared by every job: see hetcomp_dist/cli/jobs.py.
 """
 
 import os
@@ -15,7 +15,7 @@ sys.path.insert(
     0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )  # a checkout without pip install
 
-from hetcomp_dist.jobs_cli import run_stage_job  # noqa: E402
+from hetcomp_dist.cli.jobs import run_stage_job  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_stage_job("knowledge", __doc__))

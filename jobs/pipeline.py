@@ -9,7 +9,7 @@
 
 Finished stages (committed manifests matching the config) are skipped, so resubmitting the same
 command after a failure resumes. Options and the exit status are shared by every job: see
-hetcomp_dist/jobs_cli.py.
+hetcomp_dist/cli/jobs.py.
 """
 
 import os
@@ -19,7 +19,7 @@ sys.path.insert(
     0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )  # a checkout without pip install
 
-from hetcomp_dist.jobs_cli import run_job  # noqa: E402
+from hetcomp_dist.cli.jobs import run_job  # noqa: E402
 
 
 def add_arguments(p):

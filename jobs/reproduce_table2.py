@@ -11,7 +11,7 @@ paper's numbers and HetComp's improvement over the best baseline, curves.png wit
 epoch for w/o KD, the best baseline and HetComp, and table2-<student>.md with each row's gap to the
 paper and the chosen λ_KD).
 
-Options and the exit status are shared by every job: see hetcomp_dist/jobs_cli.py.
+Options and the exit status are shared by every job: see hetcomp_dist/cli/jobs.py.
 """
 
 import os
@@ -21,7 +21,7 @@ sys.path.insert(
     0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )  # a checkout without pip install
 
-from hetcomp_dist.jobs_cli import run_job  # noqa: E402
+from hetcomp_dist.cli.jobs import run_job  # noqa: E402
 
 
 def add_arguments(p) -> None:
@@ -47,7 +47,7 @@ def add_arguments(p) -> None:
 
 
 def stage(cfg, args) -> str:
-    from hetcomp_dist.baselines.table2 import reproduce
+    from hetcomp_dist.report.table2 import reproduce
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     out = reproduce(cfg.run, cfg, args.student, methods, args.cpus_per_method, args.ddp)

@@ -6,7 +6,7 @@
 Needs RUN/knowledge (--smoke makes the earlier stages first); DKC rounds run every knowledge.period
 epochs. Resumes from the last committed checkpoint.
 
-Options and the exit status are shared by every job: see hetcomp_dist/jobs_cli.py.
+Options and the exit status are shared by every job: see hetcomp_dist/cli/jobs.py.
 """
 
 import os
@@ -16,7 +16,7 @@ sys.path.insert(
     0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )  # a checkout without pip install
 
-from hetcomp_dist.jobs_cli import run_stage_job  # noqa: E402
+from hetcomp_dist.cli.jobs import run_stage_job  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_stage_job("student", __doc__))

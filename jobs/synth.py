@@ -4,7 +4,7 @@
     ray job submit --working-dir . -- python jobs/synth.py --out s3://BUCKET/runs/NAME synth.users=1000000
 
 Deterministic for a given config; a committed RUN/data with the same config is skipped. Options and
-the exit status are shared by every job: see hetcomp_dist/jobs_cli.py.
+the exit status are shared by every job: see hetcomp_dist/cli/jobs.py.
 """
 
 import os
@@ -14,7 +14,7 @@ sys.path.insert(
     0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )  # a checkout without pip install
 
-from hetcomp_dist.jobs_cli import run_job  # noqa: E402
+from hetcomp_dist.cli.jobs import run_job  # noqa: E402
 
 
 def synth(cfg, args) -> str:

@@ -6,7 +6,7 @@
 Needs RUN/data (--smoke makes it first). Finished teachers are skipped; a killed actor resumes from
 its checkpoint.
 
-Options and the exit status are shared by every job: see hetcomp_dist/jobs_cli.py.
+Options and the exit status are shared by every job: see hetcomp_dist/cli/jobs.py.
 """
 
 import os
@@ -16,7 +16,7 @@ sys.path.insert(
     0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )  # a checkout without pip install
 
-from hetcomp_dist.jobs_cli import run_stage_job  # noqa: E402
+from hetcomp_dist.cli.jobs import run_stage_job  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_stage_job("teachers", __doc__))

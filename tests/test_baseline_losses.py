@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hetcomp_dist.baselines import losses as L
+from hetcomp_dist.objectives import baseline_losses as L
 
 LOG = math.log
 

@@ -14,17 +14,18 @@ import pytest
 import torch
 
 from hetcomp_dist import storage
-from hetcomp_dist.baselines import losses as BL
-from hetcomp_dist.baselines import signal
-from hetcomp_dist.baselines.objectives import BASELINE_OBJECTIVES, CLDRDObjective
-from hetcomp_dist.config import Config, DataConfig, SynthConfig, from_dict, to_dict
+from hetcomp_dist.config import BASELINES, Config, DataConfig, SynthConfig, from_dict, to_dict
 from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.data.synth import synthesize
+from hetcomp_dist.knowledge import signal
 from hetcomp_dist.knowledge.ensemble import ensemble_topk
+from hetcomp_dist.models.registry import build_student
+from hetcomp_dist.objectives import baseline_losses as BL
+from hetcomp_dist.objectives.baselines import CLDRDObjective
+from hetcomp_dist.objectives.registry import METHODS as ALL_METHODS
 from hetcomp_dist.student.batching import BatchSampler, RankData
-from hetcomp_dist.student.models import build_student
 
-METHODS = sorted(BASELINE_OBJECTIVES)
+METHODS = sorted(BASELINES)
 TEACHERS = ("mf", "ml", "gnn")
 K = 30
 
@@ -122,7 +123,7 @@ def _setup(run: str, method: str, student: str = "mf", **over):
     data = RankData.load(run, 0, 1)
     torch.manual_seed(0)
     model = build_student(student, data.n_users, data.n_items, cfg.student)
-    obj = BASELINE_OBJECTIVES[method](cfg)
+    obj = ALL_METHODS[method](cfg)
     obj.attach(run, data)
     sampler = BatchSampler(data, cfg.student.batch_size, 0, 1, 0, obj.needs_negatives)
     params = list(model.parameters()) + list(obj.parameters())
@@ -226,7 +227,7 @@ def test_baseline_needs_a_lambda(run):
     from hetcomp_dist.errors import InputError
 
     with pytest.raises(InputError, match="lambda_kd"):
-        BASELINE_OBJECTIVES["rrd"](tiny_config(run, lambda_kd=-1.0))
+        ALL_METHODS["rrd"](tiny_config(run, lambda_kd=-1.0))
 
 
 # ------------------------------------------------------------------------------------ through the trainer
@@ -351,30 +352,30 @@ def test_pruning_epoch_must_be_an_evaluation(tmp_path):
 
 def test_promote_refuses_a_paused_leader_before_writing(tmp_path):
     """A grid whose best candidate is still paused has no final result: nothing is copied or committed."""
-    from hetcomp_dist.baselines import select
+    from hetcomp_dist.student import lambda_grid
 
     run = str(tmp_path)
     cfg = tiny_config(run, method="rrd", lambda_kd=-1.0, lambda_grid=[0.01, 1.0])
     for lam in (0.01, 1.0):
         storage.write_bytes_atomic(
-            storage.join(select.grid_dir(run, "rrd", "mf", lam), "metrics.jsonl"), b"{}\n"
+            storage.join(lambda_grid.grid_dir(run, "rrd", "mf", lam), "metrics.jsonl"), b"{}\n"
         )
     results = {
         0.01: {"valid": {"R@50": 0.2}, "epochs": 2, "paused": True},
         1.0: {"valid": {"R@50": 0.1}, "epochs": 2, "paused": True},
     }
-    assert select.survivor(results) == 0.01
+    assert lambda_grid.survivor(results) == 0.01
     with pytest.raises(RuntimeError, match="paused at epoch 2"):
-        select.promote(run, cfg, results, "h")
-    parent = select.method_dir(run, "rrd", "mf")
+        lambda_grid.promote(run, cfg, results, "h")
+    parent = lambda_grid.method_dir(run, "rrd", "mf")
     assert not storage.exists(storage.join(parent, "metrics.jsonl")) and storage.read_manifest(parent) is None
     results[0.01] = {"valid": {"R@50": 0.3}, "epochs": 9, "paused": False}  # the leader trained on
-    assert select.survivor(results) is None
-    assert select.promote(run, cfg, results, "h")["lambda_pruned"] == {"1": 2}
+    assert lambda_grid.survivor(results) is None
+    assert lambda_grid.promote(run, cfg, results, "h")["lambda_pruned"] == {"1": 2}
 
 
 def select_lambda(cfg: Config, lam: float) -> Config:
-    from hetcomp_dist.baselines.select import with_lambda
+    from hetcomp_dist.student.lambda_grid import with_lambda
 
     return with_lambda(cfg, lam)
 
@@ -382,7 +383,7 @@ def select_lambda(cfg: Config, lam: float) -> Config:
 # ------------------------------------------------------------------------------------ Table 2
 def test_reproduce_table2_prunes_the_grid_in_two_phases(tmp_path, ray_session):
     """The parallel path: every candidate as a task to the rung, then the leader as a second task."""
-    from hetcomp_dist.baselines.table2 import reproduce
+    from hetcomp_dist.report.table2 import reproduce
 
     run = _planted_run(str(tmp_path / "run"))
     grid = [0.01, 1.0]
@@ -410,9 +411,9 @@ def test_reproduce_table2_prunes_the_grid_in_two_phases(tmp_path, ray_session):
 def test_reproduce_table2_trains_every_row_and_writes_the_report(tmp_path, ray_session):
     import json
 
-    from hetcomp_dist.baselines.table2 import reproduce
     from hetcomp_dist.knowledge.rounds import build_round0
-    from hetcomp_dist.knowledge.synthetic import write_trajectories
+    from hetcomp_dist.report.table2 import reproduce
+    from hetcomp_dist.testing.trajectories import write_trajectories
 
     run = str(tmp_path / "run")
     synthesize(
@@ -448,8 +449,8 @@ def test_reproduce_table2_trains_every_row_and_writes_the_report(tmp_path, ray_s
 
 
 def test_table2_markdown_gaps_against_the_paper():
-    from hetcomp_dist.baselines.table2 import render_table2
     from hetcomp_dist.report.paper import PAPER_CITEULIKE
+    from hetcomp_dist.report.table2 import render_table2
 
     def row(method, student, scale):
         vals = dict(

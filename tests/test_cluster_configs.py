@@ -13,8 +13,8 @@ import ray
 import tomllib
 import yaml
 
+from hetcomp_dist.cli.jobs import config_from_args, parser
 from hetcomp_dist.config import Config, load_config
-from hetcomp_dist.jobs_cli import config_from_args, parser
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

@@ -153,8 +153,8 @@ def test_a_setting_added_later_enters_the_hash_only_where_it_is_used(tmp_path):
 
 def test_a_grid_candidate_hash_holds_its_lambda_not_the_grid(tmp_path):
     """Narrowing or extending student.lambda_grid must not rerun a finished candidate; its λ_KD must."""
-    from hetcomp_dist.baselines import select
     from hetcomp_dist.data.synth import synthesize
+    from hetcomp_dist.student import lambda_grid
     from hetcomp_dist.student.trainer import student_hash
 
     run = str(tmp_path / "run")
@@ -162,7 +162,7 @@ def test_a_grid_candidate_hash_holds_its_lambda_not_the_grid(tmp_path):
     synthesize(run, base.synth, base.data)
 
     def cand(lam, grid):
-        return select.with_lambda(
+        return lambda_grid.with_lambda(
             dataclasses.replace(base, student=dataclasses.replace(base.student, lambda_grid=grid)), lam
         )
 
@@ -180,9 +180,9 @@ def test_a_grid_candidate_hash_holds_its_lambda_not_the_grid(tmp_path):
     # the grid's own identity still follows its values (the choice among them reruns)
     g = dataclasses.replace(base, student=dataclasses.replace(base.student, lambda_kd=-1.0))
     narrowed = dataclasses.replace(g, student=dataclasses.replace(g.student, lambda_grid=(0.1, 1.0)))
-    assert select.grid_hash(run, g, student_hash) != select.grid_hash(run, narrowed, student_hash)
+    assert lambda_grid.grid_hash(run, g, student_hash) != lambda_grid.grid_hash(run, narrowed, student_hash)
     prune = dataclasses.replace(g, student=dataclasses.replace(g.student, lambda_prune_epoch=50))
-    assert select.grid_hash(run, g, student_hash) != select.grid_hash(run, prune, student_hash)
+    assert lambda_grid.grid_hash(run, g, student_hash) != lambda_grid.grid_hash(run, prune, student_hash)
 
 
 @pytest.mark.parametrize("entry", ["wokd", "teacher=0.001", "wokd=0", "wokd=-1", "wokd=abc"])

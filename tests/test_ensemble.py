@@ -13,7 +13,7 @@ from test_teachers_run import brute_force_metrics, copy_run, read_lists, tiny_co
 from hetcomp_dist import storage
 from hetcomp_dist.config import KnowledgeConfig, to_dict
 from hetcomp_dist.errors import InputError
-from hetcomp_dist.teachers.ensemble import ensemble_report
+from hetcomp_dist.knowledge.teacher_ensemble import ensemble_report
 from hetcomp_dist.teachers.runner import run_teacher
 
 NAMES = ("mf", "ml", "ae")
@@ -70,7 +70,7 @@ def test_ensemble_matches_per_user_reference(run_cfg, weights):
 
 
 def test_ensemble_cli_json(run_cfg, tmp_path, capsys):
-    from hetcomp_dist.cli import main
+    from hetcomp_dist.cli.main import main
 
     run, cfg = run_cfg
     path = tmp_path / "cfg.yaml"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hetcomp_dist.jobs_cli import SMOKE
+from hetcomp_dist.cli.jobs import SMOKE
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The shared job command line (hetcomp_dist/jobs_cli.py), the job files' bootstrap, and the local
+"""The shared job command line (hetcomp_dist/cli/jobs.py), the job files' bootstrap, and the local
 recipe's path handling -- without starting Ray."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hetcomp_dist import jobs_cli
+from hetcomp_dist.cli import jobs
 from hetcomp_dist.config import Config
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.local_cluster import absolute_paths
@@ -23,7 +23,7 @@ JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if not p.stem.startsw
 
 
 def _cfg(*argv: str) -> Config:
-    return jobs_cli.config_from_args(jobs_cli.parser("test").parse_args(list(argv)))
+    return jobs.config_from_args(jobs.parser("test").parse_args(list(argv)))
 
 
 def test_smoke_preset_then_overrides_then_out():
@@ -58,8 +58,8 @@ def test_a_relative_run_is_refused_inside_a_submitted_job(monkeypatch, tmp_path)
 @pytest.fixture
 def no_ray(monkeypatch):
     calls = []
-    monkeypatch.setattr(jobs_cli, "init_ray", lambda: calls.append("init"))
-    monkeypatch.setattr(jobs_cli, "shutdown_ray", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(jobs, "init_ray", lambda: calls.append("init"))
+    monkeypatch.setattr(jobs, "shutdown_ray", lambda: calls.append("shutdown"))
     return calls
 
 
@@ -74,7 +74,7 @@ def test_run_job_exit_status_and_last_line(no_ray, capsys, raised, status):
             raise raised
         return cfg.run + "/report"
 
-    assert jobs_cli.run_job(stage, "test", ["--out", "/tmp/r"]) == status
+    assert jobs.run_job(stage, "test", ["--out", "/tmp/r"]) == status
     out, err = capsys.readouterr()
     assert no_ray == ["init", "shutdown"], "joins Ray, and disconnects before the last line"
     if status == 0:
@@ -88,7 +88,7 @@ def test_run_job_exit_status_and_last_line(no_ray, capsys, raised, status):
 
 
 def test_bad_config_fails_before_ray_starts(no_ray, capsys):
-    assert jobs_cli.run_job(lambda cfg, args: "never", "test", ["teachers.num_cpus=abc"]) == 2
+    assert jobs.run_job(lambda cfg, args: "never", "test", ["teachers.num_cpus=abc"]) == 2
     assert no_ray == ["shutdown"]
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: config.teachers.num_cpus")
 

@@ -2,8 +2,8 @@
 as a Ray Data map, plus idempotence, the switch and bad inputs.
 
 The run is tiny (a few shards of 64 users): `synthesize` writes the data stage and
-`knowledge.synthetic.write_trajectories` the teachers' trajectories in the exact teacher layout, with
-few enough items that many users have fewer than K unobserved items (-1 padded lists).
+`hetcomp_dist.testing.trajectories.write_trajectories` the teachers' trajectories in the exact teacher
+layout, with few enough items that many users have fewer than K unobserved items (-1 padded lists).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge import rounds
 from hetcomp_dist.knowledge.dkc import DKCParams
 from hetcomp_dist.knowledge.rounds import build_round0, dkc_round, load_targets
-from hetcomp_dist.knowledge.synthetic import perturb_embeddings, write_trajectories
+from hetcomp_dist.testing.trajectories import perturb_embeddings, write_trajectories
 
 N_USERS, N_ITEMS, SHARD = 230, 110, 64
 
@@ -404,7 +404,7 @@ def test_state_copy_round_trip(tmp_path, n_items):
 def test_cli(base_run, tmp_path, capsys):
     import json
 
-    from hetcomp_dist.cli import main
+    from hetcomp_dist.cli.main import main
 
     run = _fresh(base_run, tmp_path, "cli")
     assert main(["knowledge", "--run", run]) == 0

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hetcomp_dist import storage
-from hetcomp_dist.cli import main
+from hetcomp_dist.cli.main import main
 from hetcomp_dist.config import load_config
 from hetcomp_dist.pipeline import run_pipeline
 

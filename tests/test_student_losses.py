@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hetcomp_dist.student import losses as L
+from hetcomp_dist.objectives import losses as L
 
 # one intra-op torch thread per test (the fixture is in conftest.py)
 pytestmark = pytest.mark.usefixtures("_one_torch_thread")

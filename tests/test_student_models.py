@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from hetcomp_dist.config import StudentConfig
 from hetcomp_dist.data.dataset import CSR
-from hetcomp_dist.student.models import STUDENTS, build_student, count_parameters
+from hetcomp_dist.models.registry import STUDENTS, build_student
+from hetcomp_dist.models.students import count_parameters
 
 CFG = StudentConfig()
 NAMES = sorted(STUDENTS)
@@ -136,7 +137,7 @@ def test_ml_clip_goes_with_cmls_hinge(method):
     """CML's unit-ball clip applies where the objective trains the hinge (w/o KD, baselines), not in
     HetComp."""
     from hetcomp_dist.config import Config
-    from hetcomp_dist.student.objectives import OBJECTIVES, model_config
+    from hetcomp_dist.objectives.registry import METHODS, model_config
 
     cfg = Config(student=StudentConfig(model="ml", method=method))
     torch.manual_seed(0)
@@ -147,7 +148,7 @@ def test_ml_clip_goes_with_cmls_hinge(method):
     ml.after_step()
     longest = max(float(w.detach().norm(dim=1).max()) for w in (ml.user_emb.weight, ml.item_emb.weight))
     trains_hinge = method != "hetcomp"
-    assert OBJECTIVES[method].needs_negatives == trains_hinge
+    assert METHODS[method].needs_negatives == trains_hinge
     assert (longest <= CFG.ml_max_norm + 1e-5) == trains_hinge, longest
     # the other students' settings are untouched
     mf = Config(student=StudentConfig(model="mf", method=method))

@@ -13,14 +13,15 @@ import torch
 from hetcomp_dist import storage
 from hetcomp_dist.config import load_config
 from hetcomp_dist.data.dataset import load_split
+from hetcomp_dist.models.registry import build_student
+from hetcomp_dist.objectives.base import TrainTask
+from hetcomp_dist.objectives.registry import build_objective
 from hetcomp_dist.student import knowledge_io
 from hetcomp_dist.student.batching import BatchSampler, RankData, user_range
-from hetcomp_dist.student.models import build_student
-from hetcomp_dist.student.objectives import TrainTask, build_objective
-from hetcomp_dist.student.toyrun import write_toy_run
 from hetcomp_dist.student.trainer import train_student
+from hetcomp_dist.testing.toyrun import write_toy_run
 
-REPLAY = "hetcomp_dist.student.toyrun:replay_round"
+REPLAY = "hetcomp_dist.testing.toyrun:replay_round"
 
 
 # one intra-op torch thread per test (the fixture is in conftest.py)
@@ -157,7 +158,7 @@ def test_early_stopping_after_patience_evaluations(toy):
 def _real_run(path):
     """Synthetic data + synthetic teacher trajectories: the knowledge stage runs for real."""
     from hetcomp_dist.data.synth import synthesize
-    from hetcomp_dist.knowledge.synthetic import write_trajectories
+    from hetcomp_dist.testing.trajectories import write_trajectories
 
     cfg = load_config(None, ["synth.users=400", "synth.items=300", "data.shard_size=128"])
     synthesize(path, cfg.synth, cfg.data)

@@ -17,12 +17,12 @@ import torch
 
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
-from hetcomp_dist.teachers.registry import REGISTRY, model_class
+from hetcomp_dist.models.registry import TEACHERS, model_class
 from hetcomp_dist.teachers.trajectory import Ranker
 
 N_USERS, N_ITEMS = 60, 45
 
-CASES = [(name, {}) for name in REGISTRY] + [("ae", {"ae_variant": "cdae"})]
+CASES = [(name, {}) for name in TEACHERS] + [("ae", {"ae_variant": "cdae"})]
 IDS = [name if not extra else f"{name}-{extra['ae_variant']}" for name, extra in CASES]
 
 
@@ -63,7 +63,7 @@ def _mean_loss(model, batches) -> float:
 def test_registry_names_match_config():
     from hetcomp_dist.config import TEACHER_NAMES
 
-    assert tuple(REGISTRY) == TEACHER_NAMES
+    assert tuple(TEACHERS) == TEACHER_NAMES
 
 
 def test_loss_falls(case):

@@ -17,7 +17,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import Config, EvalConfig, TeachersConfig, TeacherTraining
 from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.errors import InputError
-from hetcomp_dist.teachers.registry import model_class
+from hetcomp_dist.models.registry import model_class
 from hetcomp_dist.teachers.runner import run_teacher, teacher_dir
 from hetcomp_dist.teachers.trajectory import choose_states, load_weights
 
@@ -127,7 +127,7 @@ def check_trajectory(run: str, name: str) -> dict:
 # -------------------------------------------------------------------------------------------- tests
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, ray_session, synth_run):
-    from hetcomp_dist.teachers import train_teachers
+    from hetcomp_dist.teachers.actors import train_teachers
 
     run = copy_run(synth_run, tmp_path_factory.mktemp("teachers") / "run")
     cfg = tiny_config(run)
@@ -177,7 +177,8 @@ def test_export_and_metrics_equal_brute_force(trained_run, name):
 
 
 def test_rerun_skips_committed(trained_run, monkeypatch):
-    from hetcomp_dist.teachers import actors, train_teachers
+    from hetcomp_dist.teachers import actors
+    from hetcomp_dist.teachers.actors import train_teachers
 
     run, cfg, first = trained_run
     started = []
@@ -225,7 +226,7 @@ def test_killed_actor_resumes_from_snapshot(tmp_path, ray_session, synth_run):
 
 
 def test_bad_input_fails_before_anything_starts(tmp_path, capsys, synth_run):
-    from hetcomp_dist.cli import main
+    from hetcomp_dist.cli.main import main
 
     empty = str(tmp_path / "empty")
     assert main(["teachers", "--run", empty]) == 2

@@ -107,3 +107,35 @@ def load_split(run: str, split: str, manifest: dict | None = None) -> CSR:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return CSR(offsets, np.concatenate([p.items for p in parts]), 0)
+
+
+def read_lists(folder: str, column: str, lo: int, hi: int, manifest: dict) -> CSR:
+    """A list column of users [lo, hi) from a folder of user-range shards, reading only the shards
+    that overlap the range (any per-user dataset of the run: data splits, knowledge rounds)."""
+    S, n = manifest["shard_size"], manifest["n_users"]
+    lengths, items = [], []
+    for s in range(lo // S, (hi - 1) // S + 1) if hi > lo else ():
+        s_lo, s_hi = storage.shard_range(s, S, n)
+        path = storage.shard_path(folder, s)
+        if not storage.exists(path):
+            raise InputError(path, "shard file missing", "rerun the stage that writes this folder")
+        t = storage.read_table(path, ["user", column])
+        if t.num_rows != s_hi - s_lo:
+            raise InputError(
+                path,
+                f"{t.num_rows} rows for users [{s_lo}, {s_hi})",
+                "the folder is corrupt; delete it and rerun the stage that writes it",
+            )
+        off, val = storage.list_to_csr(t.column(column))
+        a, b = max(lo, s_lo) - s_lo, min(hi, s_hi) - s_lo
+        lengths.append(np.diff(off)[a:b])
+        items.append(val[off[a] : off[b]])
+    lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    return CSR(offsets, np.concatenate(items).astype(np.int32) if items else np.zeros(0, np.int32), lo)
+
+
+def load_range(run: str, split: str, lo: int, hi: int, manifest: dict | None = None) -> CSR:
+    """Lists of users [lo, hi) of a data split (train / valid / test)."""
+    return read_lists(storage.join(data_dir(run), split), "items", lo, hi, manifest or load_manifest(run))

@@ -346,7 +346,7 @@ def _dkc_fields(cfg: Config) -> dict:
 
 def _base(run: str, cfg: Config) -> tuple[dict, tuple[str, ...], str]:
     """(data manifest, teacher names, base hash) after checking the inputs are committed and agree."""
-    from hetcomp_dist.teachers.ensemble import committed_teachers
+    from hetcomp_dist.knowledge.teacher_ensemble import committed_teachers
 
     data = load_manifest(run)
     teachers = committed_teachers(run, cfg, data)

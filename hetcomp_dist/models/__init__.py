@@ -1,1 +1,1 @@
-"""The one model contract shared by teachers and students."""
+"""Every model: the six teachers, the three students, the contract they share and their sampling."""

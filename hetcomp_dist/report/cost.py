@@ -35,8 +35,8 @@ def _params(model: torch.nn.Module) -> int:
 
 def _ensemble_cost(run: str, cfg: Config, m: dict, users: np.ndarray, train: CSR, ex: CSR) -> dict | None:
     from hetcomp_dist.knowledge.ensemble import ensemble_topk
+    from hetcomp_dist.models.registry import model_class
     from hetcomp_dist.teachers.fit import resolve
-    from hetcomp_dist.teachers.registry import model_class
     from hetcomp_dist.teachers.runner import teacher_dir
     from hetcomp_dist.teachers.trajectory import Ranker, load_weights
 

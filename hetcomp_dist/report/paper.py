@@ -34,4 +34,3 @@ LABELS = {
     "dcd": "DCD",
     "hetcomp": "HetComp",
 }
-BASELINES = ("rd", "rrd", "mtd", "cldrd", "dcd")

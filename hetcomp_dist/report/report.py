@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from hetcomp_dist import storage
+from hetcomp_dist.config import BASELINES
 from hetcomp_dist.progress import log
-from hetcomp_dist.report.paper import BASELINES, LABELS, METRICS, PAPER_CITEULIKE
+from hetcomp_dist.report.paper import LABELS, METRICS, PAPER_CITEULIKE
 
 SPLITS = ("valid", "test")
 

@@ -1,1 +1,2 @@
-"""The dimension-6 student: models, HetComp losses and objectives, and the Ray Train DDP trainer."""
+"""The student stage: one Ray Train TorchTrainer (DDP) per (method, student), with DKC rounds between
+epochs and the λ_KD grid of the baselines."""

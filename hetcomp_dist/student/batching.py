@@ -19,72 +19,15 @@ import numpy as np
 import torch
 
 from hetcomp_dist import storage
-from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest
+from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_range
 from hetcomp_dist.errors import InputError
-from hetcomp_dist.teachers.common import interaction_keys, sample_negatives
-
-
-@dataclass
-class Batch:
-    """One step's data on one rank (tensors on the training device).
-
-    Attributes:
-        users: (B,) int64 unique absolute user ids of the sampled interactions, sorted.
-        rows: (B,) int64 the same users as rows of the rank's local arrays (user - lo).
-        inter_users, inter_items: (n,) int64 the sampled train interactions.
-        neg_items: (n,) int64 one sampled unobserved item per interaction, or None.
-        train_rows, train_items: (nnz,) int64 every train pair of the batch users, as
-            (row in 0..B-1, item).
-        global_batch: interactions per step summed over ranks (the loss normaliser).
-        generator: RNG on the training device for sampled terms.
-    """
-
-    users: torch.Tensor
-    rows: torch.Tensor
-    inter_users: torch.Tensor
-    inter_items: torch.Tensor
-    neg_items: torch.Tensor | None
-    train_rows: torch.Tensor
-    train_items: torch.Tensor
-    global_batch: int
-    generator: torch.Generator | None = None
+from hetcomp_dist.models.sampling import interaction_keys, sample_negatives
+from hetcomp_dist.objectives.base import Batch
 
 
 def user_range(rank: int, world: int, n_users: int) -> tuple[int, int]:
     """Users [lo, hi) of rank `rank` among `world` ranks (contiguous, sizes differ by at most one)."""
     return n_users * rank // world, n_users * (rank + 1) // world
-
-
-def read_lists(folder: str, column: str, lo: int, hi: int, manifest: dict) -> CSR:
-    """A list column of users [lo, hi) from a folder of user-range shards, reading only the shards
-    that overlap the range (any per-user dataset of the run: data splits, knowledge rounds)."""
-    S, n = manifest["shard_size"], manifest["n_users"]
-    lengths, items = [], []
-    for s in range(lo // S, (hi - 1) // S + 1) if hi > lo else ():
-        s_lo, s_hi = storage.shard_range(s, S, n)
-        path = storage.shard_path(folder, s)
-        if not storage.exists(path):
-            raise InputError(path, "shard file missing", "rerun the stage that writes this folder")
-        t = storage.read_table(path, ["user", column])
-        if t.num_rows != s_hi - s_lo:
-            raise InputError(
-                path,
-                f"{t.num_rows} rows for users [{s_lo}, {s_hi})",
-                "the folder is corrupt; delete it and rerun the stage that writes it",
-            )
-        off, val = storage.list_to_csr(t.column(column))
-        a, b = max(lo, s_lo) - s_lo, min(hi, s_hi) - s_lo
-        lengths.append(np.diff(off)[a:b])
-        items.append(val[off[a] : off[b]])
-    lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    return CSR(offsets, np.concatenate(items).astype(np.int32) if items else np.zeros(0, np.int32), lo)
-
-
-def load_range(run: str, split: str, lo: int, hi: int, manifest: dict | None = None) -> CSR:
-    """Lists of users [lo, hi) of a data split (train / valid / test)."""
-    return read_lists(storage.join(data_dir(run), split), "items", lo, hi, manifest or load_manifest(run))
 
 
 @dataclass

@@ -14,8 +14,8 @@ import os
 import torch
 
 from hetcomp_dist import storage
+from hetcomp_dist.objectives.base import TrainTask
 from hetcomp_dist.student import distributed
-from hetcomp_dist.student.objectives import TrainTask
 
 FILE = "state.pt"
 

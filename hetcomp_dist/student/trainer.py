@@ -13,13 +13,13 @@ import dataclasses
 import time
 
 from hetcomp_dist import storage
-from hetcomp_dist.baselines import select as lambda_grid
 from hetcomp_dist.config import Config, StudentConfig, student_lr, to_dict
 from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.objectives.registry import METHODS, model_config
 from hetcomp_dist.progress import log
 from hetcomp_dist.student import knowledge_io
-from hetcomp_dist.student.objectives import OBJECTIVES, model_config
+from hetcomp_dist.student import lambda_grid as lambda_grid
 from hetcomp_dist.student.train_loop import train_loop_per_worker
 from hetcomp_dist.student.worker import STAGE
 
@@ -51,10 +51,10 @@ def student_hash(run: str, cfg: Config) -> str:
         if s[k] == before or cfg.student.model != model:
             del s[k]
     parts = [s, cfg.eval, load_manifest(run).get("config_hash")]
-    if OBJECTIVES[cfg.student.method].needs_knowledge:
+    if METHODS[cfg.student.method].needs_knowledge:
         r0 = knowledge_io.round_manifest(run, 0) or {}
         parts += [cfg.knowledge, cfg.teachers.names, r0.get("config_hash")]
-    parts += OBJECTIVES[cfg.student.method].hash_parts(run, cfg)
+    parts += METHODS[cfg.student.method].hash_parts(run, cfg)
     return storage.config_hash(*parts)
 
 
@@ -92,12 +92,12 @@ def train_student(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     s = cfg.student
-    if s.method not in OBJECTIVES:
+    if s.method not in METHODS:
         raise InputError(
-            "student.method", f"{s.method!r} has no objective here", f"choose {', '.join(OBJECTIVES)}"
+            "student.method", f"{s.method!r} has no objective here", f"choose {', '.join(METHODS)}"
         )
     load_manifest(run)  # a clear error before anything is written when there is no data stage
-    if OBJECTIVES[s.method].needs_knowledge and knowledge_io.round_manifest(run, 0) is None:
+    if METHODS[s.method].needs_knowledge and knowledge_io.round_manifest(run, 0) is None:
         log(STAGE, "knowledge round 0 missing: building it")
         knowledge_io.resolve(knowledge_io.ROUND0_FN)(run, cfg)
     if out is None and lambda_grid.needs_grid(cfg):  # a baseline without λ_KD: one training per grid value

@@ -18,12 +18,14 @@ import torch
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, from_dict, student_lr
+from hetcomp_dist.models.registry import build_student
+from hetcomp_dist.models.students import count_parameters
+from hetcomp_dist.objectives.base import TrainTask
+from hetcomp_dist.objectives.registry import build_objective, model_config
 from hetcomp_dist.progress import log, peak_rss_gib
 from hetcomp_dist.student import checkpoint, distributed, knowledge_io
 from hetcomp_dist.student.batching import BatchSampler, RankData
-from hetcomp_dist.student.models import build_student, count_parameters
-from hetcomp_dist.student.objectives import TrainTask, build_objective, model_config
-from hetcomp_dist.student.ranking import range_sums, reduce_means
+from hetcomp_dist.student.rank_eval import range_sums, reduce_means
 
 STAGE = "student"
 

@@ -166,7 +166,7 @@ def train_teachers(run: str, cfg: Config) -> dict:
         ``RUN/teachers/_manifest.json``.
     """
     from hetcomp_dist.data.dataset import load_manifest
-    from hetcomp_dist.teachers.registry import model_class
+    from hetcomp_dist.models.registry import model_class
     from hetcomp_dist.teachers.runner import teacher_dir, teacher_hash
 
     t0 = time.perf_counter()

@@ -19,9 +19,9 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import Config, EvalConfig
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
 from hetcomp_dist.evaluation.evaluate import evaluate_embeddings, evaluate_scorer
+from hetcomp_dist.models.registry import model_class
 from hetcomp_dist.progress import log, peak_rss_gib
 from hetcomp_dist.teachers.fit import fit, load_checkpoint, remove_file, resolve, snapshot_path
-from hetcomp_dist.teachers.registry import model_class
 from hetcomp_dist.teachers.trajectory import N_STATES, Ranker, choose_states, export_trajectory
 
 # fields that change nothing a teacher computes (resources, logging, housekeeping)
@@ -84,7 +84,7 @@ def run_teacher(
     Args:
         run: the run folder (its data stage must be committed).
         cfg: the whole config (teachers and eval sections are used).
-        name: a key of REGISTRY.
+        name: a key of TEACHERS.
         device: torch device for training and scoring.
         on_progress: receives the training loop's status dicts.
     """

@@ -8,7 +8,7 @@ Every student scores with one bilinear form, ``s(u, i) = a_u . c_i``, over a use
 - DNN: a_u = f(e_u), c_i = g(e'_i) with MLP towers f, g over id embeddings (d' = d). We make the
   paper's DNN student a two-tower model, so its retrieval is FAISS-compatible like the others.
 
-The distillation losses only need this factorised form (`hetcomp_dist.student.losses` never builds
+The distillation losses only need this factorised form (`hetcomp_dist.objectives.losses` never builds
 more than a (users-in-batch x item-chunk) block). Each student also has its own base loss for
 "w/o KD": BPR for MF and DNN, the CML hinge for ML. Models know nothing of Ray or DDP;
 ``user_tables`` names the per-user parameter tables (one row per user) so the trainer can keep
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from hetcomp_dist.config import StudentConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
-from hetcomp_dist.teachers.common import interaction_keys, pair_batches, sample_negatives
+from hetcomp_dist.models.sampling import interaction_keys, pair_batches, sample_negatives
 
 
 class Student(Recommender):
@@ -235,16 +235,6 @@ class DNNStudent(Student):
             self._through(self.item_tower, self.item_emb(neg)),
         )
         return -F.logsigmoid((a * (ci - cj)).sum(1))
-
-
-STUDENTS: dict[str, type[Student]] = {"mf": MFStudent, "ml": MLStudent, "dnn": DNNStudent}
-
-
-def build_student(name: str, n_users: int, n_items: int, cfg: StudentConfig) -> Student:
-    """The student `name` (mf | ml | dnn), initialised from torch's current RNG state."""
-    if name not in STUDENTS:
-        raise ValueError(f"unknown student {name!r}; choose one of {', '.join(STUDENTS)}")
-    return STUDENTS[name](n_users, n_items, cfg)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -20,10 +20,9 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import Config
+from hetcomp_dist.config import BASELINES, Config
 from hetcomp_dist.progress import log
 
-BASELINES = ("rd", "rrd", "mtd", "cldrd", "dcd")
 PROMOTED = ("metrics.jsonl", "emb.npz", "model.json")
 STAGE = "baselines"
 

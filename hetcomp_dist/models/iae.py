@@ -17,8 +17,8 @@ import torch
 
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
-from hetcomp_dist.teachers.common import sparse_rows, transpose
-from hetcomp_dist.teachers.vae import VAECore, _AnnealedBeta, multinomial_vae_loss, vae_batches
+from hetcomp_dist.models.sampling import sparse_rows, transpose
+from hetcomp_dist.models.vae import VAECore, _AnnealedBeta, multinomial_vae_loss, vae_batches
 
 _ENCODE_BLOCK = 4096  # items per encoding block
 

@@ -14,14 +14,14 @@ from hetcomp_dist.errors import InputError
 
 # command name -> module (explicit registry; add a line when a stage lands)
 COMMANDS: dict[str, str] = {
-    "ingest": "hetcomp_dist.data.commands",
-    "synth": "hetcomp_dist.data.synth_command",
-    "evaluate": "hetcomp_dist.evaluation.commands",
-    "teachers": "hetcomp_dist.teachers.commands",
-    "ensemble": "hetcomp_dist.teachers.ensemble",
-    "knowledge": "hetcomp_dist.knowledge.commands",
-    "distill": "hetcomp_dist.student.commands",
-    "run": "hetcomp_dist.pipeline",
+    "ingest": "hetcomp_dist.cli.ingest",
+    "synth": "hetcomp_dist.cli.synth",
+    "evaluate": "hetcomp_dist.cli.evaluate",
+    "teachers": "hetcomp_dist.cli.teachers",
+    "ensemble": "hetcomp_dist.cli.ensemble",
+    "knowledge": "hetcomp_dist.cli.knowledge",
+    "distill": "hetcomp_dist.cli.distill",
+    "run": "hetcomp_dist.cli.run",
 }
 
 

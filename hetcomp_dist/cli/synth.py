@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from hetcomp_dist.cli.ingest import split_summary
 from hetcomp_dist.config import load_config
-from hetcomp_dist.data.commands import split_summary
 
 HELP = "Generate a synthetic dataset (power-law, low-rank + neighbourhood + popularity) into RUN/data"
 

@@ -1,13 +1,13 @@
 """``hetcomp-dist teachers``: train the teachers of a run concurrently (one Ray actor each) and
-export their trajectories. (``hetcomp-dist ensemble`` lives in ``teachers/ensemble.py``.)"""
+export their trajectories. (``hetcomp-dist ensemble``: ``cli/ensemble.py``.)"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from hetcomp_dist.cli.ensemble import config_from_args
 from hetcomp_dist.data.dataset import load_manifest
-from hetcomp_dist.teachers.ensemble import config_from_args
 
 HELP = "Train the six teachers in parallel (Ray actors) and export their trajectories"
 

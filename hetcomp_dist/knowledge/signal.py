@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from hetcomp_dist import storage
-from hetcomp_dist.data.dataset import load_manifest
+from hetcomp_dist.data.dataset import load_manifest, read_lists
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge.ensemble import ensemble_topk
-from hetcomp_dist.student.batching import read_lists
 
 FINAL_STATE = 4
 

@@ -1,7 +1,7 @@
 """The baselines' distillation losses (METHOD.md §4) as pure, vectorised torch functions.
 
 Every function works on one batch of B users and returns the per-user loss ``(B,)``; the objectives
-(``baselines/objectives.py``) sum them, scale by λ_KD and add the student's base loss. Inputs are the
+(``objectives/baselines.py``) sum them, scale by λ_KD and add the student's base loss. Inputs are the
 student's logits (already clamped to ±40) gathered at item ids, with boolean masks for padding, so a
 (B, n_items) block is the largest tensor ever needed.
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
-from hetcomp_dist.teachers.common import rows_of, sparse_rows
+from hetcomp_dist.models.sampling import rows_of, sparse_rows
 
 
 class VAECore(torch.nn.Module):

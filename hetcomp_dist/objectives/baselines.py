@@ -7,7 +7,7 @@ Each one is the student's own base loss plus λ_KD times a distillation loss ove
 
 Both terms are normalised by the step's global number of interactions, so W ranks of one global
 batch train exactly like one process (the trainer sums gradients over ranks). λ_KD is
-`student.lambda_kd`; the grid search over `student.lambda_grid` lives in `baselines.select`.
+`student.lambda_kd`; the grid search over `student.lambda_grid` lives in `hetcomp_dist.student.lambda_grid`.
 
 The teacher signal is read once per rank for its own users (`attach`): the E4 ensemble top-K
 (RD, RRD, CL-DRD, DCD) or each teacher's E4 top-K (MTD). Tails over N_u minus a list use the
@@ -26,13 +26,12 @@ import numpy as np
 import torch
 
 from hetcomp_dist import storage
-from hetcomp_dist.baselines import losses as BL
-from hetcomp_dist.baselines import signal
 from hetcomp_dist.config import Config
 from hetcomp_dist.errors import InputError
-from hetcomp_dist.student import losses as SL
-from hetcomp_dist.student.models import Student
-from hetcomp_dist.student.objectives import OBJECTIVES, Batch, Objective
+from hetcomp_dist.knowledge import signal
+from hetcomp_dist.models.students import Student
+from hetcomp_dist.objectives import baseline_losses, losses
+from hetcomp_dist.objectives.base import Batch, Objective
 
 
 def _buffer(x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -109,18 +108,18 @@ class BaselineObjective(Objective):
         """(B,) log Σ_{j ∈ N_u minus lists} e^{ŝ_j}: exact over the catalogue, or sampled (student.tail)."""
         B, N = a.shape[0], c.shape[0]
         rows = torch.arange(B, device=a.device).repeat_interleave(lists.shape[1])
-        xr, xc = SL.exclusion(
+        xr, xc = losses.exclusion(
             torch.cat([batch.train_rows, rows]), torch.cat([batch.train_items, lists.reshape(-1)]), B, N
         )
         s = self.cfg.student
         if s.tail == "sampled":
-            return SL.sampled_tail_logsumexp(a, c, xr, xc, s.tail_samples, batch.generator, self.clamp)
-        return SL.tail_logsumexp(a, c, xr, xc, self.clamp, s.tail_chunk)
+            return losses.sampled_tail_logsumexp(a, c, xr, xc, s.tail_samples, batch.generator, self.clamp)
+        return losses.tail_logsumexp(a, c, xr, xc, self.clamp, s.tail_chunk)
 
     def rrd(self, a: torch.Tensor, c: torch.Tensor, batch: Batch, top: torch.Tensor) -> torch.Tensor:
         """(B,) PL(top; N_u minus top) for lists `top` (B, L), -1 padded."""
-        s = SL.list_logits(a, c, top, self.clamp)
-        return BL.pl_loss(s, top >= 0, self.tail(a, c, batch, top))
+        s = losses.list_logits(a, c, top, self.clamp)
+        return baseline_losses.pl_loss(s, top >= 0, self.tail(a, c, batch, top))
 
     def log_fields(self) -> dict[str, Any]:
         return {"lambda_kd": self.lambda_kd}
@@ -150,21 +149,25 @@ class RDObjective(BaselineObjective):
         super().__init__(cfg)
         b = cfg.baselines
         self.top_r, self.mu, self.warmup, self.samples = b.rd_top, b.rd_mu, b.rd_warmup, b.rd_samples
-        self.register_buffer("static_w", BL.rd_static_weights(b.rd_top, b.rd_lambda), persistent=False)
+        self.register_buffer(
+            "static_w", baseline_losses.rd_static_weights(b.rd_top, b.rd_lambda), persistent=False
+        )
 
     def kd_loss(self, model, batch):
         a, c = model.user_side(batch.users), model.item_side()
         top = self.targets[batch.rows, : self.top_r].long()
-        s = SL.list_logits(a, c, top, self.clamp)
+        s = losses.list_logits(a, c, top, self.clamp)
         dyn = None
         if self.epoch > self.warmup:
             ref = torch.randint(
                 0, self.n_items, (len(top), self.samples), generator=batch.generator, device=top.device
             )
             with torch.no_grad():
-                est = BL.estimate_ranks(s, SL.list_logits(a, c, ref, self.clamp), self.n_items)
-            dyn = BL.rd_dynamic_weights(est, self.mu)
-        return BL.rd_loss(s, top >= 0, self.static_w[: top.shape[1]], dyn)
+                est = baseline_losses.estimate_ranks(
+                    s, losses.list_logits(a, c, ref, self.clamp), self.n_items
+                )
+            dyn = baseline_losses.rd_dynamic_weights(est, self.mu)
+        return baseline_losses.rd_loss(s, top >= 0, self.static_w[: top.shape[1]], dyn)
 
     def log_fields(self):
         return {**super().log_fields(), "rd_dynamic": self.epoch > self.warmup}
@@ -197,13 +200,15 @@ class MTDObjective(BaselineObjective):
         # cancellation), so M teachers cost one tail instead of M. U minus π^x comes for all teachers
         # at once from sums per teacher set (one exp per union item), and one PL runs over (B*M, K).
         B, M, K = lists.shape
-        union, patterns = BL.union_patterns(lists)
+        union, patterns = baseline_losses.union_patterns(lists)
         tail_u = self.tail(a, c, batch, union)
-        s_u = SL.list_logits(a, c, union, self.clamp)
-        tail_x = torch.logaddexp(tail_u[:, None], BL.rest_logsumexp(s_u, patterns, M)).reshape(B * M)
-        s_x = SL.list_logits(a, c, lists.reshape(B, M * K), self.clamp).reshape(B * M, K)
-        pl = BL.pl_loss(s_x, lists.reshape(B * M, K) >= 0, tail_x).reshape(B, M)
-        loss, w = BL.mtd_loss(pl, model.user_emb(batch.users), self.teacher_emb, self.entropy)
+        s_u = losses.list_logits(a, c, union, self.clamp)
+        tail_x = torch.logaddexp(tail_u[:, None], baseline_losses.rest_logsumexp(s_u, patterns, M)).reshape(
+            B * M
+        )
+        s_x = losses.list_logits(a, c, lists.reshape(B, M * K), self.clamp).reshape(B * M, K)
+        pl = baseline_losses.pl_loss(s_x, lists.reshape(B * M, K) >= 0, tail_x).reshape(B, M)
+        loss, w = baseline_losses.mtd_loss(pl, model.user_emb(batch.users), self.teacher_emb, self.entropy)
         ws = w.detach().sum(0)
         self._w_sum = ws if self._w_sum is None else self._w_sum + ws
         self._w_n += len(w)
@@ -263,16 +268,16 @@ class CLDRDObjective(BaselineObjective):
         coarse = torch.gather(t[:, n1:], 1, keys.argsort(1)[:, :n2])
         neg = self._negatives(batch, t, n3, B)
         lst = torch.cat([t[:, :n1], coarse, neg], 1)
-        s = SL.list_logits(a, c, lst, self.clamp)
-        labels = BL.cldrd_labels((n1, coarse.shape[1], n3)).to(s.dtype).to(dev)
-        return BL.lambda_mrr_loss(s, labels, lst >= 0)
+        s = losses.list_logits(a, c, lst, self.clamp)
+        labels = baseline_losses.cldrd_labels((n1, coarse.shape[1], n3)).to(s.dtype).to(dev)
+        return baseline_losses.lambda_mrr_loss(s, labels, lst >= 0)
 
     def _negatives(self, batch: Batch, t: torch.Tensor, n: int, B: int) -> torch.Tensor:
         """(B, n) items drawn uniformly from N_u minus T_u (rejection; -1 where too few were found)."""
         N, dev = self.n_items, t.device
         draw = torch.randint(0, N, (B, 4 * n + 8), generator=batch.generator, device=dev)
         rows = torch.arange(B, device=dev).repeat_interleave(t.shape[1])
-        xr, xc = SL.exclusion(
+        xr, xc = losses.exclusion(
             torch.cat([batch.train_rows, rows]), torch.cat([batch.train_items, t.reshape(-1)]), B, N
         )
         key = torch.sort(xc * B + xr).values
@@ -335,9 +340,9 @@ class DCDObjective(BaselineObjective):
             observed = torch.zeros(r1 - r0, self.n_items, dtype=torch.bool, device=dev)
             rows = torch.from_numpy(np.repeat(np.arange(r1 - r0), sub.lengths())).to(dev)
             observed[rows, torch.from_numpy(sub.items.astype(np.int64)).to(dev)] = True
-            out[r0:r1] = BL.unobserved_ranks(logits, observed, self.targets[r0:r1].long(), self.rank_cap).to(
-                torch.int32
-            )
+            out[r0:r1] = baseline_losses.unobserved_ranks(
+                logits, observed, self.targets[r0:r1].long(), self.rank_cap
+            ).to(torch.int32)
         self.ranks = out
         valid = self.targets >= 0
         gaps = out.long() - torch.arange(self.targets.shape[1], device=dev)[None, :]
@@ -352,23 +357,11 @@ class DCDObjective(BaselineObjective):
             model.train(was)
         a, c = model.user_side(batch.users), model.item_side()
         t = self.targets[batch.rows].long()
-        s = SL.list_logits(a, c, t, self.clamp)
+        s = losses.list_logits(a, c, t, self.clamp)
         valid = t >= 0
-        rrd = BL.pl_loss(s, valid, self.tail(a, c, batch, t))
+        rrd = baseline_losses.pl_loss(s, valid, self.tail(a, c, batch, t))
         delta = self.ranks[batch.rows].long() - torch.arange(t.shape[1], device=t.device)[None, :]
-        return rrd + BL.dcd_loss(s, valid, delta, self.eps)
+        return rrd + baseline_losses.dcd_loss(s, valid, delta, self.eps)
 
     def log_fields(self):
         return {**super().log_fields(), "dcd_under_frac": round(self._frac_under, 4)}
-
-
-BASELINE_OBJECTIVES: dict[str, type[Objective]] = {
-    "rd": RDObjective,
-    "rrd": RRDObjective,
-    "mtd": MTDObjective,
-    "cldrd": CLDRDObjective,
-    "dcd": DCDObjective,
-}
-OBJECTIVES.update(
-    BASELINE_OBJECTIVES
-)  # the student stage's registry: train_student / distill pick them by name

@@ -3,20 +3,15 @@
 Per user: g = rank-importance ensemble of the M exported top-K lists (train already excluded), over
 their whole union. The valid protocol then drops the user's test items, the test protocol drops the
 valid items, and the list is cut to the largest cut-off -- the same exclusions the single-teacher
-metrics use. Also the
-`hetcomp-dist ensemble` command.
+metrics use.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-
 import numpy as np
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import Config, load_config, validate
+from hetcomp_dist.config import Config
 from hetcomp_dist.data.dataset import load_manifest, load_shard
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
@@ -26,7 +21,6 @@ from hetcomp_dist.progress import Progress
 from hetcomp_dist.teachers.runner import load_teacher_lists, teacher_dir, teacher_hash, teachers_dir
 from hetcomp_dist.teachers.trajectory import N_STATES
 
-HELP = "Metrics of each teacher (E4) and of their ensemble g, on valid and test"
 KEYS = ("R@10", "N@10", "R@50", "N@50")
 
 
@@ -113,33 +107,3 @@ def format_table(report: dict) -> str:
             + "".join(f"{m['valid'][k]:>12.4f}" for k in KEYS)
         )
     return "\n".join(rows)
-
-
-# ------------------------------------------------------------------------------------------ command
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="RUN folder or URI with committed teachers")
-    p.add_argument("--config", help="YAML config the teachers were trained with (default: the paper's)")
-    p.add_argument(
-        "--teachers", help="comma-separated subset of teachers to ensemble (default: all of the config)"
-    )
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. knowledge.temperature=5"
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Config file + overrides, then --run and --teachers; every field checked."""
-    cfg = load_config(args.config, list(args.overrides), run=args.run)
-    teachers = cfg.teachers
-    if getattr(args, "teachers", None):
-        names = tuple(n.strip() for n in args.teachers.split(",") if n.strip())
-        teachers = dataclasses.replace(teachers, names=names)
-    return validate(dataclasses.replace(cfg, teachers=teachers))
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    report = ensemble_report(cfg.run, cfg)
-    print(json.dumps(report) if args.json else format_table(report))
-    return 0

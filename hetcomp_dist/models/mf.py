@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
-from hetcomp_dist.teachers.common import interaction_keys, pair_batches, sample_negatives
+from hetcomp_dist.models.sampling import interaction_keys, pair_batches, sample_negatives
 
 
 class MF(Recommender):

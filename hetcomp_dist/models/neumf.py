@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
-from hetcomp_dist.teachers.common import interaction_keys, pair_batches, sample_negatives
+from hetcomp_dist.models.sampling import interaction_keys, pair_batches, sample_negatives
 
 _CHUNK_ELEMS = 1 << 19  # floats per (users x items x width) block while scoring (2 MiB: stays in cache)
 

@@ -81,11 +81,12 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The typed config: file, the smoke preset, the overrides, then --input/--format/--out verbatim."""
-    from hetcomp_dist import pipeline, storage
+    from hetcomp_dist import storage
+    from hetcomp_dist.cli import run as run_command
 
     smoke = list(SMOKE) if args.smoke else []
     storage.absolute_args(args)  # in the driver: Ray workers have working directories of their own
-    return pipeline.config_from_args(
+    return run_command.config_from_args(
         argparse.Namespace(**{**vars(args), "overrides": smoke + list(args.overrides)})
     )
 
