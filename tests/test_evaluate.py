@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from hetcomp_dist import cli, storage
+from hetcomp_dist import storage
+from hetcomp_dist.cli import main as cli
 from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
 from hetcomp_dist.errors import InputError

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hetcomp_dist import cli, storage
+from hetcomp_dist import storage
+from hetcomp_dist.cli import main as cli
 from hetcomp_dist.config import DataConfig
 from hetcomp_dist.data import ingest as ingest_mod
 from hetcomp_dist.data.dataset import load_manifest, load_split
