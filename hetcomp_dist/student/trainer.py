@@ -13,7 +13,7 @@ import dataclasses
 import time
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import Config, StudentConfig, student_lr, to_dict
+from hetcomp_dist.config import Config, student_lr, to_dict
 from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.objectives.registry import METHODS, model_config
@@ -31,25 +31,14 @@ def student_dir(run: str, method: str, model: str) -> str:
     return storage.join(run, "student", f"{method}-{model}")
 
 
-# settings added after results existed: (the behaviour before them, the student they apply to); hashed
-# only for that student and when set off the old behaviour, so finished trainings keep their hash
-_ADDED_LATER = {"dnn_residual": (False, "dnn")}
-_GRID_DEFAULT = StudentConfig().lambda_grid
-
-
 def student_hash(run: str, cfg: Config) -> str:
     # the settings the model is built with (model_config: e.g. the ML clip HetComp does not train with)
     s = {k: v for k, v in dataclasses.asdict(model_config(cfg)).items() if k not in _MECHANICS}
     del s["method_lr"]  # the training's identity is the learning rate it uses, not the whole table
     s["lr"] = student_lr(cfg.student)
-    # One training has one λ_KD: the grid only says which trainings the search runs (its own identity is
-    # select.grid_hash, over its candidates' hashes), so extending or narrowing it reruns nothing. It is
-    # hashed at its default, which every training before this rule was hashed with, so they keep theirs.
-    s["lambda_grid"] = _GRID_DEFAULT
+    # one training has one λ_KD: the grid says which trainings a search runs (lambda_grid.grid_hash)
+    del s["lambda_grid"]
     del s["lambda_prune_epoch"]  # how the search spends its epochs, not what one training computes
-    for k, (before, model) in _ADDED_LATER.items():
-        if s[k] == before or cfg.student.model != model:
-            del s[k]
     parts = [s, cfg.eval, load_manifest(run).get("config_hash")]
     if METHODS[cfg.student.method].needs_knowledge:
         r0 = knowledge_io.round_manifest(run, 0) or {}
