@@ -19,10 +19,7 @@ from hetcomp_dist.objectives.registry import build_objective
 from hetcomp_dist.student import knowledge_io
 from hetcomp_dist.student.batching import BatchSampler, RankData, user_range
 from hetcomp_dist.student.trainer import train_student
-from hetcomp_dist.testing.toyrun import write_toy_run
-
-REPLAY = "hetcomp_dist.testing.toyrun:replay_round"
-
+from hetcomp_dist.testing.toyrun import replay_round, write_toy_run
 
 # one intra-op torch thread per test (the fixture is in conftest.py)
 pytestmark = pytest.mark.usefixtures("_one_torch_thread")
@@ -116,7 +113,7 @@ def test_sampled_tail_trains_too(toy):
 # ------------------------------------------------------------------------- the loop, local mode
 def test_local_mode_dkc_rounds_switch_and_rerun_skip(toy):
     cfg = _cfg("student.max_epochs=30", "student.patience=10")
-    res = train_student(toy, cfg, dkc_fn=REPLAY)
+    res = train_student(toy, cfg, dkc_fn=replay_round)
     lines = _lines(toy, "hetcomp-mf")
     assert [x["epoch"] for x in lines] == list(range(1, 31))
     evals = [x for x in lines if "valid" in x]
@@ -135,7 +132,7 @@ def test_local_mode_dkc_rounds_switch_and_rerun_skip(toy):
     emb = storage.read_npz(os.path.join(toy, "student", "hetcomp-mf", "emb.npz"))
     assert emb["user"].shape == (300, 6) and emb["item"].shape == (400, 6)
     assert storage.read_manifest(os.path.join(toy, "student", "hetcomp-mf"))["result"]["test"] == res["test"]
-    assert train_student(toy, cfg, dkc_fn=REPLAY) == res  # finished: skipped
+    assert train_student(toy, cfg, dkc_fn=replay_round) == res  # finished: skipped
     assert len(_lines(toy, "hetcomp-mf")) == 30
 
 

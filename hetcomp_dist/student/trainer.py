@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, student_lr, to_dict
 from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.knowledge.rounds import build_round0, dkc_round
 from hetcomp_dist.objectives.registry import METHODS, model_config
 from hetcomp_dist.progress import log
 from hetcomp_dist.student import knowledge_io
@@ -56,7 +58,7 @@ def train_student(
     run: str,
     cfg: Config,
     *,
-    dkc_fn: str = knowledge_io.DKC_FN,
+    dkc_fn: Callable[..., dict] = dkc_round,
     fault: dict | None = None,
     out: str | None = None,
     stop_at: int = 0,
@@ -66,7 +68,8 @@ def train_student(
     Args:
         run: the run root (local path or URI).
         cfg: the config; `student.num_workers = 0` trains in this process (Ray Train local mode).
-        dkc_fn: "module:function" called for each DKC round (default: the knowledge stage's).
+        dkc_fn: builds each DKC round, with `knowledge.rounds.dkc_round`'s signature (the default);
+            it travels to the Train workers cloudpickled (a module-level function by reference).
         fault: tests only -- {"rank", "epoch", "marker"}: SIGKILL that worker once at that epoch
             (with "raise": True, raise instead: local mode runs the loop in this process).
         out: the folder to train into (default RUN/student/<method>-<model>; the λ_KD grid's candidates).
@@ -88,7 +91,7 @@ def train_student(
     load_manifest(run)  # a clear error before anything is written when there is no data stage
     if METHODS[s.method].needs_knowledge and knowledge_io.round_manifest(run, 0) is None:
         log(STAGE, "knowledge round 0 missing: building it")
-        knowledge_io.resolve(knowledge_io.ROUND0_FN)(run, cfg)
+        build_round0(run, cfg)
     if out is None and lambda_grid.needs_grid(cfg):  # a baseline without λ_KD: one training per grid value
         return lambda_grid.train_with_grid(run, cfg, train_student, student_hash)
     if stop_at < 0 or stop_at % s.eval_every:

@@ -10,6 +10,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, from_dict, student_lr
+from hetcomp_dist.knowledge.rounds import dkc_round
 from hetcomp_dist.models.registry import build_student
 from hetcomp_dist.models.students import count_parameters
 from hetcomp_dist.objectives.base import TrainTask
@@ -33,12 +35,13 @@ STAGE = "student"
 # ------------------------------------------------------------------------------------ the job
 @dataclass
 class Job:
-    """What the driver hands every worker (plain values: it crosses the TorchTrainer boundary)."""
+    """What the driver hands every worker (it crosses the TorchTrainer boundary, cloudpickled: the
+    functions travel by reference, so they must be importable on the workers)."""
 
     run: str
     cfg: Config
     out: str  # RUN/student/<method>-<model>
-    dkc_fn: str = knowledge_io.DKC_FN
+    dkc_fn: Callable[..., dict] = dkc_round  # builds DKC round r from the student's embeddings
     fault: dict = field(default_factory=dict)  # tests only: {"rank", "epoch", "marker"} -> SIGKILL once
     local_ckpt: str = ""  # local mode (no Train checkpoints): the checkpoint file kept by the trainer
     stop_at: int = 0  # > 0: pause after this epoch's evaluation (a λ grid's pruning rung); a rerun resumes
@@ -49,7 +52,7 @@ class Job:
             d["run"],
             from_dict(Config, d["cfg"]),
             d["out"],
-            d.get("dkc_fn", knowledge_io.DKC_FN),
+            d.get("dkc_fn") or dkc_round,
             dict(d.get("fault") or {}),
             d.get("local_ckpt", ""),
             int(d.get("stop_at", 0)),
@@ -284,7 +287,7 @@ def dkc(
     if r0.on:
         path = storage.join(job.out, "dkc", f"round-{r}.npz")
         storage.write_npz_atomic(path, user=users, item=items)
-        knowledge_io.resolve(job.dkc_fn)(
+        job.dkc_fn(
             job.run, job.cfg, r, epoch, path, task.model.metric, rounds=knowledge_io.rounds_dir(job.out)
         )
         fs, inner = storage.resolve(path)
