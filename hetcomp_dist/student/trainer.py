@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from functools import partial
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, student_lr, to_dict
@@ -22,6 +23,7 @@ from hetcomp_dist.objectives.registry import METHODS, model_config
 from hetcomp_dist.progress import log
 from hetcomp_dist.student import knowledge_io
 from hetcomp_dist.student import lambda_grid as lambda_grid
+from hetcomp_dist.student.hooks import TrainHooks
 from hetcomp_dist.student.train_loop import train_loop_per_worker
 from hetcomp_dist.student.worker import STAGE
 
@@ -59,7 +61,7 @@ def train_student(
     cfg: Config,
     *,
     dkc_fn: Callable[..., dict] = dkc_round,
-    fault: dict | None = None,
+    hooks: TrainHooks | None = None,
     out: str | None = None,
     stop_at: int = 0,
 ) -> dict:
@@ -70,8 +72,8 @@ def train_student(
         cfg: the config; `student.num_workers = 0` trains in this process (Ray Train local mode).
         dkc_fn: builds each DKC round, with `knowledge.rounds.dkc_round`'s signature (the default);
             it travels to the Train workers cloudpickled (a module-level function by reference).
-        fault: tests only -- {"rank", "epoch", "marker"}: SIGKILL that worker once at that epoch
-            (with "raise": True, raise instead: local mode runs the loop in this process).
+        hooks: callables run on every rank at fixed points of the loop (`student.hooks`); a λ grid
+            runs them in each of its trainings.
         out: the folder to train into (default RUN/student/<method>-<model>; the λ_KD grid's candidates).
         stop_at: > 0 (a multiple of ``student.eval_every``): pause after that epoch's evaluation and
             checkpoint, without committing the stage; a later call resumes there (the λ grid's pruning).
@@ -93,7 +95,8 @@ def train_student(
         log(STAGE, "knowledge round 0 missing: building it")
         build_round0(run, cfg)
     if out is None and lambda_grid.needs_grid(cfg):  # a baseline without λ_KD: one training per grid value
-        return lambda_grid.train_with_grid(run, cfg, train_student, student_hash)
+        train_fn = partial(train_student, dkc_fn=dkc_fn, hooks=hooks)
+        return lambda_grid.train_with_grid(run, cfg, train_fn, student_hash)
     if stop_at < 0 or stop_at % s.eval_every:
         raise ValueError(f"stop_at={stop_at} must be 0 or a multiple of student.eval_every={s.eval_every}")
     out = out or student_dir(run, s.method, s.model)
@@ -108,7 +111,7 @@ def train_student(
         "cfg": to_dict(cfg),
         "out": out,
         "dkc_fn": dkc_fn,
-        "fault": fault or {},
+        "hooks": hooks or TrainHooks(),
         "stop_at": stop_at,
         # local mode keeps no Train checkpoints: the loop keeps its own, per config, for a rerun
         "local_ckpt": "" if s.num_workers else storage.join(out, "_local", f"{s.method}-{s.model}-{h}.pt"),
