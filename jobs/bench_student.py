@@ -49,12 +49,13 @@ import torch.nn.functional as F  # noqa: E402
 from hetcomp_dist import storage  # noqa: E402
 from hetcomp_dist.config import DataConfig, load_config  # noqa: E402
 from hetcomp_dist.models.registry import build_student  # noqa: E402
+from hetcomp_dist.objectives import losses  # noqa: E402
 from hetcomp_dist.objectives.base import TrainTask
 from hetcomp_dist.objectives.registry import build_objective  # noqa: E402
 from hetcomp_dist.progress import log, peak_rss_gib  # noqa: E402
-from hetcomp_dist.student import knowledge_io, losses  # noqa: E402
+from hetcomp_dist.student import knowledge_io  # noqa: E402
 from hetcomp_dist.student.batching import BatchSampler, RankData  # noqa: E402
-from hetcomp_dist.testing.toyrun import write_random_knowledge  # noqa: E402
+from hetcomp_dist.testing.toyrun import replay_round, write_random_knowledge  # noqa: E402
 
 STAGE = "bench_student"
 CITEULIKE = os.path.join(
@@ -258,7 +259,7 @@ def bench_ddp(workdir: str, users: list[int], items: int) -> dict:
         cfg = load_config(None, over)
         synthesize(run, cfg.synth, cfg.data)
         write_random_knowledge(run)
-        res = train_student(run, cfg, dkc_fn="hetcomp_dist.testing.toyrun:replay_round")
+        res = train_student(run, cfg, dkc_fn=replay_round)
         m = storage.read_json(os.path.join(run, "data", "_manifest.json"))
         out[f"allreduce_bytes_per_step_{n}"] = res["allreduce_bytes_per_step"]
         out[f"user_table_bytes_{n}"] = m["n_users"] * cfg.student.dim * 4

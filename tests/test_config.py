@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from hetcomp_dist.config import Config, load_config
+from hetcomp_dist.config import Config, StudentConfig, load_config
 from hetcomp_dist.errors import InputError
 
 
@@ -133,22 +133,44 @@ def test_ml_clip_in_the_hash_is_the_one_the_model_trains_with(tmp_path):
     assert len({h("wokd", 1.0), h("wokd", 0.0), h("wokd", 2.0)}) == 3
 
 
-def test_a_setting_added_later_enters_the_hash_only_where_it_is_used(tmp_path):
-    """dnn_residual changes a DNN student's hash when on, and never an MF student's."""
+# student fields outside a training's hash: how fast it runs, and which trainings a λ_KD search runs
+_NOT_HASHED = (
+    "cpus_per_worker",
+    "threads_per_worker",
+    "max_failures",
+    "tail_chunk",
+    "lambda_grid",
+    "lambda_prune_epoch",
+)
+# valid changed values where "different" is not enough (a base of w/o KD, MF, exact tail)
+_CHANGED = {"model": "dnn", "method": "hetcomp", "tail": "sampled", "method_lr": ("wokd=0.5",)}
+
+
+def _changed(name, value):
+    if name in _CHANGED:
+        return _CHANGED[name]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, tuple):
+        return value + value[:1]
+    raise AssertionError(f"no changed value for student.{name} = {value!r}")
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(StudentConfig)])
+def test_every_student_setting_enters_the_hash_as_it_is(tmp_path, name):
+    """A changed student setting changes the training's hash (a new field included), except the
+    mechanics and the λ_KD search's own settings."""
     from hetcomp_dist.data.synth import synthesize
     from hetcomp_dist.student.trainer import student_hash
 
     run = str(tmp_path / "run")
-    base = load_config(None, [f"run={run}", "synth.users=60", "synth.items=40"])
+    base = load_config(None, [f"run={run}", "synth.users=60", "synth.items=40", "student.method=wokd"])
     synthesize(run, base.synth, base.data)
-    res = dataclasses.replace(base, student=dataclasses.replace(base.student, model="dnn", dnn_residual=True))
-    assert student_hash(run, res) != student_hash(
-        run, dataclasses.replace(res, student=dataclasses.replace(res.student, dnn_residual=False))
-    )
-    mf = dataclasses.replace(res, student=dataclasses.replace(res.student, model="mf"))  # not a DNN setting
-    assert student_hash(run, mf) == student_hash(
-        run, dataclasses.replace(mf, student=dataclasses.replace(mf.student, dnn_residual=False))
-    )
+    value = _changed(name, getattr(base.student, name))
+    other = dataclasses.replace(base, student=dataclasses.replace(base.student, **{name: value}))
+    assert (student_hash(run, other) == student_hash(run, base)) == (name in _NOT_HASHED)
 
 
 def test_a_grid_candidate_hash_holds_its_lambda_not_the_grid(tmp_path):

@@ -19,10 +19,8 @@ from hetcomp_dist.objectives.registry import build_objective
 from hetcomp_dist.student import knowledge_io
 from hetcomp_dist.student.batching import BatchSampler, RankData, user_range
 from hetcomp_dist.student.trainer import train_student
-from hetcomp_dist.testing.toyrun import write_toy_run
-
-REPLAY = "hetcomp_dist.testing.toyrun:replay_round"
-
+from hetcomp_dist.testing.faults import KillOnce
+from hetcomp_dist.testing.toyrun import replay_round, write_toy_run
 
 # one intra-op torch thread per test (the fixture is in conftest.py)
 pytestmark = pytest.mark.usefixtures("_one_torch_thread")
@@ -116,7 +114,7 @@ def test_sampled_tail_trains_too(toy):
 # ------------------------------------------------------------------------- the loop, local mode
 def test_local_mode_dkc_rounds_switch_and_rerun_skip(toy):
     cfg = _cfg("student.max_epochs=30", "student.patience=10")
-    res = train_student(toy, cfg, dkc_fn=REPLAY)
+    res = train_student(toy, cfg, dkc_fn=replay_round)
     lines = _lines(toy, "hetcomp-mf")
     assert [x["epoch"] for x in lines] == list(range(1, 31))
     evals = [x for x in lines if "valid" in x]
@@ -135,7 +133,7 @@ def test_local_mode_dkc_rounds_switch_and_rerun_skip(toy):
     emb = storage.read_npz(os.path.join(toy, "student", "hetcomp-mf", "emb.npz"))
     assert emb["user"].shape == (300, 6) and emb["item"].shape == (400, 6)
     assert storage.read_manifest(os.path.join(toy, "student", "hetcomp-mf"))["result"]["test"] == res["test"]
-    assert train_student(toy, cfg, dkc_fn=REPLAY) == res  # finished: skipped
+    assert train_student(toy, cfg, dkc_fn=replay_round) == res  # finished: skipped
     assert len(_lines(toy, "hetcomp-mf")) == 30
 
 
@@ -192,15 +190,14 @@ def test_ddp_two_workers_and_recovery_from_a_killed_worker(ray_session, tmp_path
     worker mid-run (after the epoch-10 checkpoint) restarts the group from that checkpoint and ends
     with the metrics of an uninterrupted run with the same seed."""
     results = {}
-    for name, fault in (("plain", None), ("killed", {"rank": 1, "epoch": 15})):
+    kill = KillOnce(rank=1, epoch=15, marker=str(tmp_path / "killed.marker"))
+    for name, hooks in (("plain", None), ("killed", kill.hooks())):
         run = str(tmp_path / name)
         base = _real_run(run)
         cfg = load_config(
             None, [*base, "student.batch_size=256", "student.num_workers=2", "student.max_epochs=20"]
         )
-        if fault:
-            fault["marker"] = str(tmp_path / "killed.marker")
-        results[name] = train_student(run, cfg, fault=fault)
+        results[name] = train_student(run, cfg, hooks=hooks)
         lines = _lines(run, "hetcomp-mf")
         assert [x["epoch"] for x in lines] == list(range(1, 21))
     plain, killed = results["plain"], results["killed"]
@@ -238,19 +235,34 @@ def test_local_mode_rerun_resumes_from_its_checkpoint(tmp_path):
     its epoch-10 checkpoint resumes there on rerun -- DKC round included -- and ends with the metrics
     of an uninterrupted run with the same seed."""
     results = {}
-    for name, fault in (("plain", None), ("failed", {"rank": 0, "epoch": 15, "raise": True})):
+    fail = KillOnce(rank=0, epoch=15, marker=str(tmp_path / "failed.marker"), mode="raise")
+    for name, hooks in (("plain", None), ("failed", fail.hooks())):
         run = str(tmp_path / name)
         base = _real_run(run)
         cfg = _cfg(*base, "student.max_epochs=20")
-        if fault:
-            fault["marker"] = str(tmp_path / "failed.marker")
+        if hooks:
             with pytest.raises(Exception, match="injected failure at epoch 15"):
-                train_student(run, cfg, fault=fault)
+                train_student(run, cfg, hooks=hooks)
             assert not os.path.exists(os.path.join(run, "student", "hetcomp-mf", "_manifest.json"))
-        results[name] = train_student(run, cfg, fault=fault)
+        results[name] = train_student(run, cfg, hooks=hooks)
         assert [x["epoch"] for x in _lines(run, "hetcomp-mf")] == list(range(1, 21))
     plain, failed = results["plain"], results["failed"]
     assert plain["resumed_from"] == [] and failed["resumed_from"] == [10]
     for split in ("valid", "test"):
         for key, v in plain[split].items():
             assert failed[split][key] == pytest.approx(v, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("where", "epoch", "match"),
+    [("step", 3, "epoch 3, step 2"), ("dkc_start", 10, "epoch 10, dkc_start")],
+)
+def test_hooks_reach_mid_epoch_and_a_dkc_round(toy, tmp_path, where, epoch, match):
+    """The two points of the fault drills: a step inside an epoch, and a DKC round before rank 0
+    builds it (so the round is not built)."""
+    out = str(tmp_path / "student")
+    fail = KillOnce(rank=0, epoch=epoch, marker=str(tmp_path / "marker"), where=where, mode="raise", step=2)
+    with pytest.raises(Exception, match=f"injected failure at {match}"):
+        train_student(toy, _cfg("student.max_epochs=20"), dkc_fn=replay_round, hooks=fail.hooks(), out=out)
+    assert os.path.exists(tmp_path / "marker")
+    assert knowledge_io.round_manifest(toy, 1, knowledge_io.rounds_dir(out)) is None

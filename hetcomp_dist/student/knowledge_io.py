@@ -1,26 +1,21 @@
-"""The student's side of the knowledge stage: reading rounds and running DKC from the trainer.
+"""The student's side of the knowledge stage: where its rounds live, and reading them.
 
 Layout (BRIEF.md): ``RUN/knowledge/pos/shard-*.parquet`` (`items` = P+) and
 ``RUN/knowledge/round=0/shard-*.parquet`` (`targets` = T_u from the E1 states), shared by every
 student; a student's DKC rounds r >= 1 follow its own rankings and live in its folder,
 ``RUN/student/<method>-<model>/knowledge/round=<r>/``; each round's ``_manifest.json`` holds
 ``means`` and ``switch``. Building rounds (round 0, DKC) is the knowledge stage's job
-(`hetcomp_dist.knowledge.rounds`); the trainer only calls it through `dkc_function`.
+(`hetcomp_dist.knowledge.rounds`); the trainer calls its `build_round0` and, through the callable it
+is given (``dkc_fn``, `dkc_round` by default), its DKC rounds.
 """
 
 from __future__ import annotations
-
-import importlib
-from collections.abc import Callable
 
 import numpy as np
 
 from hetcomp_dist import storage
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge.shard_io import round_dir  # the layout of rounds, kept in one place
-
-DKC_FN = "hetcomp_dist.knowledge.rounds:dkc_round"
-ROUND0_FN = "hetcomp_dist.knowledge.rounds:build_round0"
 
 
 def rounds_dir(out: str) -> str:
@@ -48,14 +43,3 @@ def load_round(
             "run the knowledge stage (`hetcomp-dist knowledge --run RUN`) first",
         )
     return load_targets(run, round_idx, lo, hi, rounds)
-
-
-def resolve(spec: str) -> Callable:
-    """A function from ``"package.module:function"`` (how the trainer is told which DKC to run)."""
-    mod, _, fn = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise InputError(
-            spec, f"cannot load the function ({e})", "check the knowledge stage is installed"
-        ) from e

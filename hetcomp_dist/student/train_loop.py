@@ -2,7 +2,8 @@
 
 Each rank trains its own users' rows and shares only item-side gradients; every `eval_every`
 epochs all ranks evaluate their users, agree on early stopping, run a DKC round (HetComp, until
-the switch) and checkpoint. A restarted worker group resumes from the last checkpoint.
+the switch) and checkpoint. A restarted worker group resumes from the last checkpoint. The caller's
+`hooks.TrainHooks` run at the start of each epoch, before each step and before each DKC round.
 """
 
 from __future__ import annotations
@@ -30,17 +31,20 @@ def train_loop_per_worker(config: dict) -> dict:
     )  # stop_at: a multiple of eval_every
     while not loop.stopped and loop.epoch < last:
         epoch = loop.epoch + 1
+        if job.hooks.epoch_start is not None:
+            job.hooks.epoch_start(w.rank, epoch)
         t0 = time.perf_counter()
-        loss = W.train_epoch(net, task, opt, sampler, epoch, comm)
+        loss = W.train_epoch(net, task, opt, sampler, epoch, comm, job.hooks)
         line = W.epoch_line(epoch, loss, time.perf_counter() - t0, task)
         loop.epoch = epoch
-        job.maybe_die(epoch, w.rank)
         if epoch % s.eval_every == 0 or epoch == s.max_epochs:
             metrics, improved, users, items = W.evaluate(task, data, loop, epoch, job, w.device)
             task.objective.after_evaluation(epoch, metrics)
             if improved:  # keep the best model's embeddings (rank 0 writes them at the end)
                 best_emb = {"user": users, "item": items} if w.rank == 0 else None
             if task.objective.dkc_due(epoch) and not loop.stopped:
+                if job.hooks.dkc_start is not None:
+                    job.hooks.dkc_start(w.rank, epoch)
                 seconds = W.dkc(job, task, data, epoch, users, items, r0)
                 line["dkc"] = {"s": round(seconds, 3), **task.objective.log_fields()}  # the new round's state
                 loop.switch_epoch = loop.switch_epoch or (epoch if task.objective.state()["switched"] else 0)

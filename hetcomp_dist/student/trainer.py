@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
+from functools import partial
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import Config, StudentConfig, student_lr, to_dict
+from hetcomp_dist.config import Config, student_lr, to_dict
 from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.knowledge.rounds import build_round0, dkc_round
 from hetcomp_dist.objectives.registry import METHODS, model_config
 from hetcomp_dist.progress import log
 from hetcomp_dist.student import knowledge_io
 from hetcomp_dist.student import lambda_grid as lambda_grid
+from hetcomp_dist.student.hooks import TrainHooks
 from hetcomp_dist.student.train_loop import train_loop_per_worker
 from hetcomp_dist.student.worker import STAGE
 
@@ -31,25 +35,14 @@ def student_dir(run: str, method: str, model: str) -> str:
     return storage.join(run, "student", f"{method}-{model}")
 
 
-# settings added after results existed: (the behaviour before them, the student they apply to); hashed
-# only for that student and when set off the old behaviour, so finished trainings keep their hash
-_ADDED_LATER = {"dnn_residual": (False, "dnn")}
-_GRID_DEFAULT = StudentConfig().lambda_grid
-
-
 def student_hash(run: str, cfg: Config) -> str:
     # the settings the model is built with (model_config: e.g. the ML clip HetComp does not train with)
     s = {k: v for k, v in dataclasses.asdict(model_config(cfg)).items() if k not in _MECHANICS}
     del s["method_lr"]  # the training's identity is the learning rate it uses, not the whole table
     s["lr"] = student_lr(cfg.student)
-    # One training has one λ_KD: the grid only says which trainings the search runs (its own identity is
-    # select.grid_hash, over its candidates' hashes), so extending or narrowing it reruns nothing. It is
-    # hashed at its default, which every training before this rule was hashed with, so they keep theirs.
-    s["lambda_grid"] = _GRID_DEFAULT
+    # one training has one λ_KD: the grid says which trainings a search runs (lambda_grid.grid_hash)
+    del s["lambda_grid"]
     del s["lambda_prune_epoch"]  # how the search spends its epochs, not what one training computes
-    for k, (before, model) in _ADDED_LATER.items():
-        if s[k] == before or cfg.student.model != model:
-            del s[k]
     parts = [s, cfg.eval, load_manifest(run).get("config_hash")]
     if METHODS[cfg.student.method].needs_knowledge:
         r0 = knowledge_io.round_manifest(run, 0) or {}
@@ -67,8 +60,8 @@ def train_student(
     run: str,
     cfg: Config,
     *,
-    dkc_fn: str = knowledge_io.DKC_FN,
-    fault: dict | None = None,
+    dkc_fn: Callable[..., dict] = dkc_round,
+    hooks: TrainHooks | None = None,
     out: str | None = None,
     stop_at: int = 0,
 ) -> dict:
@@ -77,9 +70,10 @@ def train_student(
     Args:
         run: the run root (local path or URI).
         cfg: the config; `student.num_workers = 0` trains in this process (Ray Train local mode).
-        dkc_fn: "module:function" called for each DKC round (default: the knowledge stage's).
-        fault: tests only -- {"rank", "epoch", "marker"}: SIGKILL that worker once at that epoch
-            (with "raise": True, raise instead: local mode runs the loop in this process).
+        dkc_fn: builds each DKC round, with `knowledge.rounds.dkc_round`'s signature (the default);
+            it travels to the Train workers cloudpickled (a module-level function by reference).
+        hooks: callables run on every rank at fixed points of the loop (`student.hooks`); a λ grid
+            runs them in each of its trainings.
         out: the folder to train into (default RUN/student/<method>-<model>; the λ_KD grid's candidates).
         stop_at: > 0 (a multiple of ``student.eval_every``): pause after that epoch's evaluation and
             checkpoint, without committing the stage; a later call resumes there (the λ grid's pruning).
@@ -99,9 +93,10 @@ def train_student(
     load_manifest(run)  # a clear error before anything is written when there is no data stage
     if METHODS[s.method].needs_knowledge and knowledge_io.round_manifest(run, 0) is None:
         log(STAGE, "knowledge round 0 missing: building it")
-        knowledge_io.resolve(knowledge_io.ROUND0_FN)(run, cfg)
+        build_round0(run, cfg)
     if out is None and lambda_grid.needs_grid(cfg):  # a baseline without λ_KD: one training per grid value
-        return lambda_grid.train_with_grid(run, cfg, train_student, student_hash)
+        train_fn = partial(train_student, dkc_fn=dkc_fn, hooks=hooks)
+        return lambda_grid.train_with_grid(run, cfg, train_fn, student_hash)
     if stop_at < 0 or stop_at % s.eval_every:
         raise ValueError(f"stop_at={stop_at} must be 0 or a multiple of student.eval_every={s.eval_every}")
     out = out or student_dir(run, s.method, s.model)
@@ -116,7 +111,7 @@ def train_student(
         "cfg": to_dict(cfg),
         "out": out,
         "dkc_fn": dkc_fn,
-        "fault": fault or {},
+        "hooks": hooks or TrainHooks(),
         "stop_at": stop_at,
         # local mode keeps no Train checkpoints: the loop keeps its own, per config, for a rerun
         "local_ckpt": "" if s.num_workers else storage.join(out, "_local", f"{s.method}-{s.model}-{h}.pt"),

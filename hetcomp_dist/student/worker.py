@@ -6,10 +6,9 @@ driver in local mode); collectives are called by every rank in the same order.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, from_dict, student_lr
+from hetcomp_dist.knowledge.rounds import dkc_round
 from hetcomp_dist.models.registry import build_student
 from hetcomp_dist.models.students import count_parameters
 from hetcomp_dist.objectives.base import TrainTask
@@ -25,6 +25,7 @@ from hetcomp_dist.objectives.registry import build_objective, model_config
 from hetcomp_dist.progress import log, peak_rss_gib
 from hetcomp_dist.student import checkpoint, distributed, knowledge_io
 from hetcomp_dist.student.batching import BatchSampler, RankData
+from hetcomp_dist.student.hooks import TrainHooks
 from hetcomp_dist.student.rank_eval import range_sums, reduce_means
 
 STAGE = "student"
@@ -33,48 +34,28 @@ STAGE = "student"
 # ------------------------------------------------------------------------------------ the job
 @dataclass
 class Job:
-    """What the driver hands every worker (plain values: it crosses the TorchTrainer boundary)."""
+    """What the driver hands every worker (it crosses the TorchTrainer boundary, cloudpickled: the
+    functions travel by reference, so they must be importable on the workers)."""
 
     run: str
     cfg: Config
     out: str  # RUN/student/<method>-<model>
-    dkc_fn: str = knowledge_io.DKC_FN
-    fault: dict = field(default_factory=dict)  # tests only: {"rank", "epoch", "marker"} -> SIGKILL once
+    dkc_fn: Callable[..., dict] = dkc_round  # builds DKC round r from the student's embeddings
+    hooks: TrainHooks = TrainHooks()  # the caller's callables at fixed points of the loop
     local_ckpt: str = ""  # local mode (no Train checkpoints): the checkpoint file kept by the trainer
     stop_at: int = 0  # > 0: pause after this epoch's evaluation (a λ grid's pruning rung); a rerun resumes
 
     @classmethod
     def from_dict(cls, d: dict) -> Job:
         return cls(
-            d["run"],
-            from_dict(Config, d["cfg"]),
-            d["out"],
-            d.get("dkc_fn", knowledge_io.DKC_FN),
-            dict(d.get("fault") or {}),
-            d.get("local_ckpt", ""),
-            int(d.get("stop_at", 0)),
+            run=d["run"],
+            cfg=from_dict(Config, d["cfg"]),
+            out=d["out"],
+            dkc_fn=d.get("dkc_fn") or dkc_round,
+            hooks=d.get("hooks") or TrainHooks(),
+            local_ckpt=d.get("local_ckpt", ""),
+            stop_at=int(d.get("stop_at", 0)),
         )
-
-    def maybe_die(self, epoch: int, rank: int) -> None:
-        """Fault injection for the recovery test: SIGKILL this worker once at (rank, epoch).
-
-        It first waits until the last reported checkpoint is committed by the Train controller
-        (a report still queued when a worker dies is lost, and the group would then restart from
-        the one before -- correct, but not the path the test means to exercise).
-        """
-        f = self.fault
-        if f and rank == f["rank"] and epoch == f["epoch"] and not os.path.exists(f["marker"]):
-            import ray.train
-
-            if f.get("raise"):  # local mode: the loop runs in the caller's process, so fail it instead
-                open(f["marker"], "w").close()
-                raise RuntimeError(f"injected failure at epoch {epoch}")
-
-            ray.train.get_all_reported_checkpoints(
-                ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=120
-            )
-            open(f["marker"], "w").close()
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -211,12 +192,15 @@ def train_epoch(
     sampler: BatchSampler,
     epoch: int,
     comm: distributed.CommStats,
+    hooks: TrainHooks,
 ) -> float:
     """One epoch; returns the mean per-step loss summed over ranks (one all-reduce per epoch)."""
     task.train()
     task.objective.start_epoch(epoch)
     total = torch.zeros((), dtype=torch.float64, device=sampler.device)
-    for batch in sampler.epoch(epoch):
+    for step, batch in enumerate(sampler.epoch(epoch), 1):
+        if hooks.step is not None:
+            hooks.step(sampler.rank, epoch, step)
         loss = net(batch)
         opt.zero_grad(set_to_none=False)
         loss.backward()  # DDP all-reduces (sums) item-side gradients here; user rows stay local
@@ -284,7 +268,7 @@ def dkc(
     if r0.on:
         path = storage.join(job.out, "dkc", f"round-{r}.npz")
         storage.write_npz_atomic(path, user=users, item=items)
-        knowledge_io.resolve(job.dkc_fn)(
+        job.dkc_fn(
             job.run, job.cfg, r, epoch, path, task.model.metric, rounds=knowledge_io.rounds_dir(job.out)
         )
         fs, inner = storage.resolve(path)
