@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from hetcomp_dist.config import Config
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
 
 STAGES = ("data", "teachers", "knowledge", "student", "report")
@@ -92,7 +93,7 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
                         {"best_epoch": res.get("best_epoch"), "wall_s": res.get("wall_s")},
                     )
                     log("pipeline", f"student {method}-{model}: test {res['test']}")
-    out = report.report_dir(cfg.run)
+    out = RunLayout(cfg.run).report
     if "report" in stages:
         with _timed("report", None):
             cost = None
@@ -101,5 +102,5 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
 
                 cost = inference_cost(cfg.run, cfg)
             out = report.write_report(cfg.run, cfg.teachers.names, None, cost)  # stage times: _timed
-    log("pipeline", f"done in {time.perf_counter() - t_all:.1f}s; report: {out}/report.md")
+    log("pipeline", f"done in {time.perf_counter() - t_all:.1f}s; report: {RunLayout(cfg.run).report_md}")
     return out

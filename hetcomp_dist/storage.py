@@ -1,4 +1,6 @@
-"""The on-storage layout shared by every stage (see ARCHITECTURE.md).
+"""Storage mechanics shared by every stage: paths, atomic files, manifests, user-range shards.
+
+Which folder holds what is `hetcomp_dist.layout`'s (RunLayout); this module never names a stage.
 
 Every per-user dataset is a folder of user-range shards: shard ``s`` is the file
 ``<folder>/shard-<s:05d>.parquet`` and holds exactly the users ``[s*S, min((s+1)*S, n_users))``,
@@ -110,6 +112,14 @@ def join(base: str, *parts: str) -> str:
     for p in parts:
         out += "/" + str(p).strip("/")
     return out
+
+
+def relative(path: str, folder: str) -> str:
+    """`path` as a name inside `folder` (how a manifest lists its folder's files)."""
+    prefix = folder.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        raise ValueError(f"{path} is not inside {folder}")
+    return path[len(prefix) :]
 
 
 def shard_name(s: int, suffix: str = ".parquet") -> str:
@@ -269,14 +279,19 @@ def config_hash(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def manifest_path(stage_dir: str) -> str:
+    """The manifest file of a folder (it commits the folder)."""
+    return join(stage_dir, MANIFEST)
+
+
 def read_manifest(stage_dir: str) -> dict | None:
-    path = join(stage_dir, MANIFEST)
+    path = manifest_path(stage_dir)
     return read_json(path) if exists(path) else None
 
 
 def write_manifest(stage_dir: str, manifest: Mapping[str, Any]) -> None:
     """Commits a stage: written last, atomically."""
-    write_json_atomic(join(stage_dir, MANIFEST), {"schema_version": SCHEMA_VERSION, **manifest})
+    write_json_atomic(manifest_path(stage_dir), {"schema_version": SCHEMA_VERSION, **manifest})
 
 
 def stage_is_done(stage_dir: str, cfg_hash: str) -> dict | None:
@@ -355,6 +370,14 @@ def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
         for i in infos
         if i.base_name.endswith(suffix) and not i.base_name.startswith(".")
     )
+
+
+def list_dirs(folder: str) -> list[str]:
+    """The sub-folders of `folder`, sorted (none when it does not exist)."""
+    fs, p = resolve(folder)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    base = folder.rstrip("/")
+    return sorted(join(base, i.base_name) for i in infos if i.type == pafs.FileType.Directory)
 
 
 def iter_shards(folder: str, n_users: int, shard_size: int) -> Iterable[tuple[int, int, int]]:

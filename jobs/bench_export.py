@@ -57,10 +57,11 @@ def settings(run: str, users: int) -> list[str]:
 
 def one_size(workdir: str, users: int, items: int) -> dict:
     from hetcomp_dist.data.synth import synthesize
+    from hetcomp_dist.layout import RunLayout
     from hetcomp_dist.teachers.actors import train_teachers
-    from hetcomp_dist.teachers.runner import teacher_dir
 
     run = os.path.join(workdir, f"export-{users}")
+    layout = RunLayout(run)
     cfg = load_config(
         None,
         settings(run, users) + [f"synth.users={users}", f"synth.items={items}", "synth.mean_interactions=10"],
@@ -68,7 +69,7 @@ def one_size(workdir: str, users: int, items: int) -> dict:
     t0 = time.perf_counter()
     data = synthesize(run, cfg.synth, cfg.data)
     synth_s = time.perf_counter() - t0
-    storage.delete_dir(storage.join(run, "teachers"))
+    storage.delete_dir(layout.teachers)
     t1 = time.perf_counter()
     train_teachers(run, cfg)
     wall = time.perf_counter() - t1
@@ -81,7 +82,7 @@ def one_size(workdir: str, users: int, items: int) -> dict:
         "teachers": {},
     }
     for n in NAMES:
-        m = storage.read_json(storage.join(teacher_dir(run, n), "metrics.json"))
+        m = storage.read_json(layout.teacher_metrics(n))
         exports = {}
         for st in m["states"]:  # states sharing an epoch share one export
             exports[st["epoch"]] = st["export"]

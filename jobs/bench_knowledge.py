@@ -51,6 +51,7 @@ from hetcomp_dist.data.dataset import load_manifest, load_shard  # noqa: E402
 from hetcomp_dist.data.synth import synthesize  # noqa: E402
 from hetcomp_dist.knowledge import rounds, shard_io  # noqa: E402
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step_targets  # noqa: E402
+from hetcomp_dist.layout import RunLayout  # noqa: E402
 from hetcomp_dist.progress import log, peak_rss_gib  # noqa: E402
 from hetcomp_dist.testing.trajectories import perturb_embeddings, write_trajectories  # noqa: E402
 
@@ -143,7 +144,7 @@ def make_run(path: str, users: int, items: int, shard_size: int, mean: float, **
     )
     t0 = time.perf_counter()
     synthesize(path, cfg.synth, cfg.data)  # skipped when committed (--reuse)
-    if storage.read_manifest(f"{path}/teachers/{cfg.teachers.names[-1]}") is None or not storage.exists(
+    if storage.read_manifest(RunLayout(path).teacher(cfg.teachers.names[-1])) is None or not storage.exists(
         f"{path}/emb2.npz"
     ):
         write_trajectories(path, cfg, seed=1, emb_path=f"{path}/emb0.npz", distributed=users >= 200_000)
@@ -151,7 +152,7 @@ def make_run(path: str, users: int, items: int, shard_size: int, mean: float, **
             perturb_embeddings(f"{path}/emb0.npz", f"{path}/emb{r}.npz", scale=0.5, seed=r)
     rounds.build_round0(path, cfg)  # both skipped when committed
     rounds.dkc_round(path, cfg, 1, 10, f"{path}/emb1.npz")
-    storage.delete_dir(rounds.round_dir(path, 2))  # the round to time
+    storage.delete_dir(RunLayout(path).round(2))  # the round to time
     log(STAGE, f"setup of {users:,} users done in {time.perf_counter() - t0:.0f}s (untimed)")
     return cfg
 
@@ -166,7 +167,8 @@ def shard_inputs(cfg: Config, s: int):
     lists = np.full((hi - lo, len(names), rounds.N_STATES, K), -1, dtype=np.int32)
     for x, name in enumerate(names):
         for e in range(rounds.N_STATES):
-            lists[:, x, e] = shard_io.read_dense(shard_io.state_path(cfg.run, name, e + 1, s), lo, hi, K)
+            state = storage.shard_path(RunLayout(cfg.run).teacher_state(name, e + 1), s)
+            lists[:, x, e] = shard_io.read_dense(state, lo, hi, K)
     task = rounds.RoundTask(cfg.run, cfg, names, data, 2, 20, f"{cfg.run}/emb2.npz")
     sigma = rounds.student_topk(task, lo, hi, load_shard(cfg.run, "train", s, data))
     return lists, v, d, sigma, prev
@@ -255,7 +257,7 @@ def bench_citeulike(workdir: str, repeats: int) -> dict:
         f"({wall['loop'] / wall['vec_1_thread']:.0f}x on 1 thread); {changed} of {n} users changed",
     )
     rounds.dkc_round(path, cfg, 2, 20, f"{path}/emb2.npz")  # warm-up of the shard path's kernels (untimed)
-    storage.delete_dir(rounds.round_dir(path, 2))
+    storage.delete_dir(RunLayout(path).round(2))
     t0 = time.perf_counter()
     m = rounds.dkc_round(path, cfg, 2, 20, f"{path}/emb2.npz")  # the whole in-process round, from storage
     round_wall = time.perf_counter() - t0

@@ -48,6 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from hetcomp_dist import storage  # noqa: E402
 from hetcomp_dist.config import DataConfig, load_config  # noqa: E402
+from hetcomp_dist.layout import RunLayout  # noqa: E402
 from hetcomp_dist.models.registry import build_student  # noqa: E402
 from hetcomp_dist.objectives import losses  # noqa: E402
 from hetcomp_dist.objectives.base import TrainTask
@@ -260,7 +261,7 @@ def bench_ddp(workdir: str, users: list[int], items: int) -> dict:
         synthesize(run, cfg.synth, cfg.data)
         write_random_knowledge(run)
         res = train_student(run, cfg, dkc_fn=replay_round)
-        m = storage.read_json(os.path.join(run, "data", "_manifest.json"))
+        m = storage.read_json(storage.manifest_path(RunLayout(run).data))
         out[f"allreduce_bytes_per_step_{n}"] = res["allreduce_bytes_per_step"]
         out[f"user_table_bytes_{n}"] = m["n_users"] * cfg.student.dim * 4
         out[f"steps_per_epoch_{n}"] = res["steps_per_epoch"]
@@ -300,7 +301,7 @@ def main() -> int:
     }
     if not args.skip_epochs:
         run = citeulike_run(args.workdir, args.citeulike)
-        m = storage.read_json(os.path.join(run, "data", "_manifest.json"))
+        m = storage.read_json(storage.manifest_path(RunLayout(run).data))
         src = m.get("source")
         res.update(
             dataset=src.get("format", "?") if isinstance(src, dict) else str(src),

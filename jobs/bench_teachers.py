@@ -67,15 +67,16 @@ def main() -> int:
     from hetcomp_dist.config import DataConfig
     from hetcomp_dist.data.ingest import ingest
     from hetcomp_dist.knowledge.teacher_ensemble import ensemble_report
+    from hetcomp_dist.layout import RunLayout
     from hetcomp_dist.teachers.actors import train_teachers
-    from hetcomp_dist.teachers.runner import teacher_dir
 
     cfg = load_config(args.config, [f"run={args.run}", *args.overrides])
+    layout = RunLayout(cfg.run)
     t0 = time.perf_counter()
     data = ingest(cfg.run, DataConfig(**{**cfg.data.__dict__, "input": args.input, "format": "citeulike"}))
     ingest_s = time.perf_counter() - t0
     if args.fresh:
-        storage.delete_dir(storage.join(cfg.run, "teachers"))
+        storage.delete_dir(layout.teachers)
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     t1 = time.perf_counter()
     summary = train_teachers(cfg.run, cfg)
@@ -85,10 +86,7 @@ def main() -> int:
     ensemble_s = time.perf_counter() - t2
     ray.shutdown()
 
-    metrics = {
-        n: storage.read_json(storage.join(teacher_dir(cfg.run, n), "metrics.json"))
-        for n in cfg.teachers.names
-    }
+    metrics = {n: storage.read_json(layout.teacher_metrics(n)) for n in cfg.teachers.names}
     head = (
         f"{'model':<9}"
         + "".join(f"{'test ' + k:>10}" for k in KEYS)

@@ -43,6 +43,7 @@ from hetcomp_dist import storage  # noqa: E402
 from hetcomp_dist.config import load_config  # noqa: E402
 from hetcomp_dist.errors import InputError  # noqa: E402
 from hetcomp_dist.knowledge import rounds  # noqa: E402
+from hetcomp_dist.layout import RunLayout  # noqa: E402
 from hetcomp_dist.progress import log  # noqa: E402
 from hetcomp_dist.testing.trajectories import perturb_embeddings  # noqa: E402
 
@@ -54,7 +55,7 @@ def scratch_run(src: str, dest: str) -> str:
     """A run folder whose data and teachers are links to `src`'s (rounds are written only under dest)."""
     os.makedirs(dest)
     for part in ("data", "teachers"):
-        os.symlink(os.path.abspath(os.path.join(src, part)), os.path.join(dest, part))
+        os.symlink(os.path.abspath(RunLayout(src).stage(part)), RunLayout(dest).stage(part))
     return dest
 
 
@@ -101,10 +102,9 @@ def main() -> int:
     ap.add_argument("--workdir", help="scratch folder (default: a temporary one, deleted afterwards)")
     args = ap.parse_args()
     for part in ("data", "teachers"):
-        if storage.read_manifest(os.path.join(args.run, part)) is None:
-            raise InputError(
-                os.path.join(args.run, part), "not committed", "run the data and teachers stages first"
-            )
+        folder = RunLayout(args.run).stage(part)
+        if storage.read_manifest(folder) is None:
+            raise InputError(folder, "not committed", "run the data and teachers stages first")
     work = args.workdir or tempfile.mkdtemp(prefix="check-rounds-")
     if os.path.exists(work):
         shutil.rmtree(work)
@@ -123,17 +123,16 @@ def main() -> int:
             log(STAGE, f"{path}: rounds built ({[m['distributed'] for m in out[path]]} distributed)")
         a, b = out["inprocess"], out["raydata"]
         diffs = []
+        inprocess, raydata = (
+            RunLayout(os.path.join(work, "inprocess")),
+            RunLayout(os.path.join(work, "raydata")),
+        )
         for r, (ma, mb) in enumerate(zip(a, b)):
             if not (ma["distributed"] is False and mb["distributed"] is True):
                 diffs.append(f"round {r}: the paths were not in-process vs Ray Data")
             diffs += [f"round {r}: {k} {ma[k]} != {mb[k]}" for k in DECISIONS if ma[k] != mb[k]]
-            diffs += same_files(
-                rounds.round_dir(os.path.join(work, "inprocess"), r),
-                rounds.round_dir(os.path.join(work, "raydata"), r),
-            )
-        diffs += same_files(
-            rounds.pos_dir(os.path.join(work, "inprocess")), rounds.pos_dir(os.path.join(work, "raydata"))
-        )
+            diffs += same_files(inprocess.round(r), raydata.round(r))
+        diffs += same_files(inprocess.pos, raydata.pos)
         names = a[0]["teachers"]
         print(
             f"{'round':<7}{'epoch':>6}  " + "".join(f"{n:>7}" for n in names) + f"{'switch':>8}{'changed':>9}"

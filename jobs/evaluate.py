@@ -38,14 +38,13 @@ def evaluate(cfg, args) -> str:
     from hetcomp_dist import storage
     from hetcomp_dist.errors import InputError
     from hetcomp_dist.evaluation.evaluate import evaluate_embeddings
+    from hetcomp_dist.layout import RunLayout
     from hetcomp_dist.pipeline import run_pipeline
-    from hetcomp_dist.student.trainer import student_dir
 
     if args.smoke:
         run_pipeline(cfg, ("data", "teachers", "knowledge", "student"))
-    path = args.embeddings or storage.join(
-        student_dir(cfg.run, cfg.student.method, cfg.student.model), "emb.npz"
-    )
+    layout = RunLayout(cfg.run)
+    path = args.embeddings or layout.student_embeddings(layout.student(cfg.student.method, cfg.student.model))
     emb = storage.read_npz(path)
     missing = {"user", "item"} - set(emb)
     if missing:

@@ -29,11 +29,12 @@ def add_arguments(p):
 
 
 def pipeline(cfg, args) -> str:
-    from hetcomp_dist import storage
+    from hetcomp_dist.layout import RunLayout
     from hetcomp_dist.pipeline import run_pipeline
 
     stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
-    return storage.join(run_pipeline(cfg, stages), "report.json")
+    run_pipeline(cfg, stages)
+    return RunLayout(cfg.run).report_json
 
 
 if __name__ == "__main__":

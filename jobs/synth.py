@@ -18,11 +18,11 @@ from hetcomp_dist.cli.jobs import run_job  # noqa: E402
 
 
 def synth(cfg, args) -> str:
-    from hetcomp_dist import storage
     from hetcomp_dist.data.synth import synthesize
+    from hetcomp_dist.layout import RunLayout
 
     synthesize(cfg.run, cfg.synth, cfg.data)
-    return storage.join(cfg.run, "data")
+    return RunLayout(cfg.run).data
 
 
 if __name__ == "__main__":

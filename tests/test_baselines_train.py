@@ -19,6 +19,7 @@ from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.data.synth import synthesize
 from hetcomp_dist.knowledge import signal
 from hetcomp_dist.knowledge.ensemble import ensemble_topk
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import build_student
 from hetcomp_dist.objectives import baseline_losses as BL
 from hetcomp_dist.objectives.baselines import CLDRDObjective
@@ -56,18 +57,20 @@ def write_planted_teachers(run: str, names=TEACHERS, k: int = K, seed: int = 0, 
     rng = np.random.default_rng(seed)
     base = rng.normal(size=(m["n_users"], rank)) @ rng.normal(size=(m["n_items"], rank)).T
     train = load_split(run, "train")
+    layout = RunLayout(run)
     for x, name in enumerate(names):
         s = base + 0.5 * (1 + x) * rng.normal(size=base.shape)
         for u in range(m["n_users"]):
             s[u, train.row(u)] = -np.inf
         top = np.argsort(-s, axis=1, kind="stable")[:, :k].astype(np.int32)
-        tdir = storage.join(run, "teachers", name)
         for sh, lo, hi in storage.iter_shards("", m["n_users"], m["shard_size"]):
             storage.write_table_atomic(
-                storage.shard_path(storage.join(tdir, "state=4"), sh),
+                storage.shard_path(layout.teacher_state(name, 4), sh),
                 storage.user_table(lo, hi, items=storage.dense_to_list(top[lo:hi])),
             )
-        storage.write_manifest(tdir, {"config_hash": f"planted-{seed}", "teacher": name, "K": k})
+        storage.write_manifest(
+            layout.teacher(name), {"config_hash": f"planted-{seed}", "teacher": name, "K": k}
+        )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,7 +101,7 @@ def test_teacher_lists_across_shards_and_ensemble(run):
     assert lists.shape == (100, len(TEACHERS), K)
     for x, name in enumerate(TEACHERS):
         for s in range(3):
-            t = storage.read_table(storage.shard_path(signal.state_dir(run, name), s)).to_pylist()
+            t = storage.read_table(storage.shard_path(RunLayout(run).teacher_state(name, 4), s)).to_pylist()
             for row in t:
                 if 50 <= row["user"] < 150:
                     want = row["items"][:K] + [-1] * (K - len(row["items"]))
@@ -245,7 +248,7 @@ def test_train_student_runs_each_baseline(run, ray_session, method):
     res = train_student(run, cfg)
     assert res["dir"].endswith(f"student/{method}-mf")
     assert set(res["valid"]) >= {"R@10", "N@10", "R@50", "N@50"} and set(res["test"]) == set(res["valid"])
-    hist = _jsonl(storage.join(res["dir"], "metrics.jsonl"))
+    hist = _jsonl(RunLayout(run).student_metrics(res["dir"]))
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
     assert hist[-1]["loss"] < hist[0]["loss"], [h["loss"] for h in hist]
     assert all(h["lambda_kd"] == 1.0 for h in hist)
@@ -266,14 +269,15 @@ def test_lambda_grid_picks_the_best_on_validation_and_promotes_it(run, ray_sessi
     best = max(grid, key=lambda k: (grid[k], -float(k)))
     assert res["lambda_kd"] == float(best)
     assert res["valid"]["R@50"] == grid[best]
-    parent = storage.join(run, "student", "rrd-mf")
+    layout = RunLayout(run)
+    parent = layout.student("rrd", "mf")
     assert res["dir"] == parent
-    for name in ("metrics.jsonl", "emb.npz", "model.json"):  # the chosen candidate's files, promoted
-        assert storage.read_bytes(storage.join(parent, name)) == storage.read_bytes(
-            storage.join(parent, f"lambda={best}", name)
-        )
+    chosen = layout.lambda_candidate("rrd", "mf", float(best))
+    # the chosen candidate's files, promoted
+    for file in (layout.student_metrics, layout.student_embeddings, layout.student_summary):
+        assert storage.read_bytes(file(parent)) == storage.read_bytes(file(chosen))
     for lam in grid:  # every candidate is a finished student folder of its own
-        m = storage.read_manifest(storage.join(parent, f"lambda={lam}"))
+        m = storage.read_manifest(layout.lambda_candidate("rrd", "mf", float(lam)))
         assert m["result"]["valid"]["R@50"] == grid[lam]
     assert train_student(run, cfg) == res  # the grid is skipped as a whole on rerun
 
@@ -288,12 +292,14 @@ def _planted_run(path: str) -> str:
     return path
 
 
-def _rung_leader(parent: str, grid, rung: int) -> float:
+def _rung_leader(run: str, method: str, grid, rung: int) -> float:
     """The pruning rule, read back from the candidates' own metrics: the best valid R@50 up to the
     rung (ties: the smaller λ)."""
+    layout = RunLayout(run)
     best = {}
     for lam in grid:
-        lines = [x for x in _jsonl(storage.join(parent, f"lambda={lam:g}", "metrics.jsonl")) if "valid" in x]
+        candidate = layout.lambda_candidate(method, "mf", lam)
+        lines = [x for x in _jsonl(layout.student_metrics(candidate)) if "valid" in x]
         best[lam] = max(x["valid"]["R@50"] for x in lines if x["epoch"] <= rung)
     return max(grid, key=lambda lam: (best[lam], -lam))
 
@@ -318,13 +324,13 @@ def test_pruned_lambda_grid_trains_only_the_leader_on(tmp_path, ray_session):
         lambda_prune_epoch=2,
     )
     res = train_student(run, cfg)
-    parent = storage.join(run, "student", "rrd-mf")
-    leader = _rung_leader(parent, grid, 2)
+    leader = _rung_leader(run, "rrd", grid, 2)
+    layout = RunLayout(run)
     assert res["lambda_kd"] == leader
     assert res["lambda_pruned"] == {f"{lam:g}": 2 for lam in grid if lam != leader}
     for lam in grid:
-        cdir = storage.join(parent, f"lambda={lam:g}")
-        epochs = [x["epoch"] for x in _jsonl(storage.join(cdir, "metrics.jsonl"))]
+        cdir = layout.lambda_candidate("rrd", "mf", lam)
+        epochs = [x["epoch"] for x in _jsonl(layout.student_metrics(cdir))]
         if lam == leader:
             assert epochs == [1, 2, 3, 4, 5, 6] and res["resumed_from"] == [2]
             assert storage.read_manifest(cdir)["result"]["valid"] == res["valid"]
@@ -355,11 +361,10 @@ def test_promote_refuses_a_paused_leader_before_writing(tmp_path):
     from hetcomp_dist.student import lambda_grid
 
     run = str(tmp_path)
+    layout = RunLayout(run)
     cfg = tiny_config(run, method="rrd", lambda_kd=-1.0, lambda_grid=[0.01, 1.0])
     for lam in (0.01, 1.0):
-        storage.write_bytes_atomic(
-            storage.join(lambda_grid.grid_dir(run, "rrd", "mf", lam), "metrics.jsonl"), b"{}\n"
-        )
+        storage.write_bytes_atomic(layout.student_metrics(layout.lambda_candidate("rrd", "mf", lam)), b"{}\n")
     results = {
         0.01: {"valid": {"R@50": 0.2}, "epochs": 2, "paused": True},
         1.0: {"valid": {"R@50": 0.1}, "epochs": 2, "paused": True},
@@ -367,8 +372,8 @@ def test_promote_refuses_a_paused_leader_before_writing(tmp_path):
     assert lambda_grid.survivor(results) == 0.01
     with pytest.raises(RuntimeError, match="paused at epoch 2"):
         lambda_grid.promote(run, cfg, results, "h")
-    parent = lambda_grid.method_dir(run, "rrd", "mf")
-    assert not storage.exists(storage.join(parent, "metrics.jsonl")) and storage.read_manifest(parent) is None
+    parent = layout.student("rrd", "mf")
+    assert not storage.exists(layout.student_metrics(parent)) and storage.read_manifest(parent) is None
     results[0.01] = {"valid": {"R@50": 0.3}, "epochs": 9, "paused": False}  # the leader trained on
     assert lambda_grid.survivor(results) is None
     assert lambda_grid.promote(run, cfg, results, "h")["lambda_pruned"] == {"1": 2}
@@ -400,7 +405,7 @@ def test_reproduce_table2_prunes_the_grid_in_two_phases(tmp_path, ray_session):
     out = reproduce(run, cfg, "mf", methods=("rd",), cpus=1.0)
     assert out["failed"] == {}
     rd = out["results"]["rd"]
-    leader = _rung_leader(storage.join(run, "student", "rd-mf"), grid, 2)
+    leader = _rung_leader(run, "rd", grid, 2)
     other = [lam for lam in grid if lam != leader][0]
     assert rd["lambda_kd"] == leader and rd["epochs"] == 6 and rd["lambda_pruned"] == {f"{other:g}": 2}
     table = storage.read_bytes(out["table"]).decode()
@@ -430,7 +435,9 @@ def test_reproduce_table2_trains_every_row_and_writes_the_report(tmp_path, ray_s
     assert set(out["results"]) == {"wokd", "rrd", "hetcomp"} and out["best_baseline"] == "rrd"
     rrd = out["results"]["rrd"]
     assert rrd["lambda_kd"] in (0.01, 1.0) and set(rrd["lambda_grid"]) == {"0.01", "1"}
-    rows = json.loads(storage.read_bytes(storage.join(out["report"], "report.json")))["rows"]
+    layout = RunLayout(run)
+    assert out["report"] == layout.report
+    rows = json.loads(storage.read_bytes(layout.report_json))["rows"]
     got = {(r["method"], r["split"]) for r in rows if r["student"] == "mf"}
     assert got == {(m, s) for m in ("wokd", "rrd", "hetcomp") for s in ("valid", "test")}
     for r in rows:  # the rows are the trainings' own best-validation metrics
@@ -439,10 +446,10 @@ def test_reproduce_table2_trains_every_row_and_writes_the_report(tmp_path, ray_s
     table = storage.read_bytes(out["table"]).decode()
     for label in ("Student w/o KD", "RRD", "HetComp", "HetComp vs the best baseline (RRD)", "λ = "):
         assert label in table
-    md = storage.read_bytes(storage.join(out["report"], "report.md")).decode()
+    md = storage.read_bytes(layout.report_md).decode()
     assert "HetComp vs the best baseline" in md
-    for name in ("curves.png", "curves-mf.png"):
-        assert storage.read_bytes(storage.join(out["report"], name))[:8] == b"\x89PNG\r\n\x1a\n"
+    for path in (layout.curves, layout.student_curves("mf")):
+        assert storage.read_bytes(path)[:8] == b"\x89PNG\r\n\x1a\n"
     again = reproduce(run, cfg, "mf", methods=("wokd",), cpus=1.0)  # one row again: finished, skipped
     assert set(again["results"]) == {"wokd"} and again["best_baseline"] == "rrd"  # still the report's best
     assert "HetComp vs the best baseline (RRD)" in storage.read_bytes(again["table"]).decode()

@@ -14,6 +14,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import KnowledgeConfig, to_dict
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge.teacher_ensemble import ensemble_report
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.teachers.runner import run_teacher
 
 NAMES = ("mf", "ml", "ae")
@@ -49,8 +50,9 @@ def test_ensemble_matches_per_user_reference(run_cfg, weights):
     run, cfg = run_cfg
     cfg = dataclasses.replace(cfg, knowledge=KnowledgeConfig(weights=weights))
     report = ensemble_report(run, cfg)
-    data = storage.read_manifest(storage.join(run, "data"))
-    per_teacher = [read_lists(run, n, "state=4", data["n_users"], data["shard_size"]) for n in NAMES]
+    layout = RunLayout(run)
+    data = storage.read_manifest(layout.data)
+    per_teacher = [read_lists(layout.teacher_state(n, 4), data["n_users"], data["shard_size"]) for n in NAMES]
     g = reference_ensemble(per_teacher, cfg.knowledge.temperature, list(weights) or None)
     valid, test = user_lists(run, "valid"), user_lists(run, "test")
     want_valid = brute_force_metrics(
@@ -63,7 +65,7 @@ def test_ensemble_matches_per_user_reference(run_cfg, weights):
         assert report["ensemble"]["valid"][key] == pytest.approx(want_valid[key], abs=1e-9)
         assert report["ensemble"]["test"][key] == pytest.approx(want_test[key], abs=1e-9)
     for n in NAMES:
-        metrics = storage.read_json(storage.join(run, "teachers", n, "metrics.json"))
+        metrics = storage.read_json(layout.teacher_metrics(n))
         assert report["teachers"][n]["test"] == {
             k: metrics["states"][3]["test"][k] for k in ("R@10", "N@10", "R@50", "N@50")
         }

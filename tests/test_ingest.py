@@ -16,6 +16,7 @@ from hetcomp_dist.data import ingest as ingest_mod
 from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.data.ingest import ingest, load_maps
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 
 
 def interactions(seed: int = 0) -> list[tuple[str, str, float]]:
@@ -77,7 +78,7 @@ def test_csv_round_trip_string_ids_rating_threshold(tmp_path):
     check_run(str(tmp_path / "run"), reference(rows, threshold=2.0))
     assert m["source"]["rows_read"] == sum(r >= 2.0 for *_x, r in rows)
     assert m["source"]["duplicates_removed"] > 0
-    assert len(storage.list_files(str(tmp_path / "run" / "data" / "train"))) == -(-m["n_users"] // 16)
+    assert len(storage.list_files(RunLayout(str(tmp_path / "run")).split("train"))) == -(-m["n_users"] // 16)
 
 
 def test_parquet_equals_csv_and_row_order_does_not_matter(tmp_path):
@@ -136,7 +137,7 @@ def test_citeulike_format_and_rerun_skip(tmp_path, capsys):
     assert f"train {m['n_train']:,} / valid {m['n_valid']:,} / test {m['n_test']:,}" in out
     check_run(run, {k: set(v) for k, v in ref.items()})
     assert load_maps(run)[0].to_pylist() == sorted(ref)  # raw user id = 0-based line number
-    manifest_path = os.path.join(run, "data", "_manifest.json")
+    manifest_path = storage.manifest_path(RunLayout(run).data)
     before = os.stat(manifest_path).st_mtime_ns
     assert (
         cli.main(
@@ -152,7 +153,7 @@ def bad(tmp_path, cfg: DataConfig, match: str) -> InputError:
     run = tmp_path / "run"
     with pytest.raises(InputError, match=match) as e:
         ingest(str(run), cfg)
-    assert not (run / "data").exists()  # nothing written
+    assert not storage.exists(RunLayout(str(run)).data)  # nothing written
     assert e.value.fix  # says what to do
     return e.value
 
@@ -245,7 +246,7 @@ def test_failed_write_leaves_no_data(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest_mod, "_map_table", boom)  # fails after the shards were written
     with pytest.raises(RuntimeError):
         ingest(str(tmp_path / "run"), DataConfig(input=csv, format="csv"))
-    assert not (tmp_path / "run" / "data").exists()
+    assert not storage.exists(RunLayout(str(tmp_path / "run")).data)
 
 
 def test_cli_reports_input_errors(tmp_path, capsys):

@@ -14,6 +14,7 @@ import pytest
 from hetcomp_dist.cli import jobs
 from hetcomp_dist.config import Config
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.local_cluster import absolute_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def test_run_job_exit_status_and_last_line(no_ray, capsys, raised, status):
         print("working")
         if raised is not None:
             raise raised
-        return cfg.run + "/report"
+        return RunLayout(cfg.run).report
 
     assert jobs.run_job(stage, "test", ["--out", "/tmp/r"]) == status
     out, err = capsys.readouterr()

@@ -25,6 +25,7 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge import rounds
 from hetcomp_dist.knowledge.dkc import DKCParams
 from hetcomp_dist.knowledge.rounds import build_round0, dkc_round, load_targets
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.testing.trajectories import perturb_embeddings, write_trajectories
 
 N_USERS, N_ITEMS, SHARD = 230, 110, 64
@@ -67,11 +68,11 @@ def _teacher_lists(run: str, cfg: Config) -> tuple[np.ndarray, list[list[np.ndar
     observed = [[None] * len(cfg.teachers.names) for _ in range(n)]
     for x, name in enumerate(cfg.teachers.names):
         for e in range(4):
-            for path in storage.list_files(f"{run}/teachers/{name}/state={e + 1}"):
+            for path in storage.list_files(RunLayout(run).teacher_state(name, e + 1)):
                 t = storage.read_table(path).to_pydict()
                 for u, items in zip(t["user"], t["items"]):
                     lists[u, x, e, : len(items)] = items
-        for path in storage.list_files(f"{run}/teachers/{name}/observed"):
+        for path in storage.list_files(RunLayout(run).teacher_observed(name)):
             t = storage.read_table(path).to_pydict()
             for u, items in zip(t["user"], t["items"]):
                 observed[u][x] = np.array(items)
@@ -81,12 +82,12 @@ def _teacher_lists(run: str, cfg: Config) -> tuple[np.ndarray, list[list[np.ndar
 def _round_files(run: str, r: int):
     """(v, d, targets, pos) of every user, read plainly from the round's shards."""
     v, d, T, P = [], [], [], []
-    for path in storage.list_files(f"{run}/knowledge/round={r}"):
+    for path in storage.list_files(RunLayout(run).round(r)):
         t = storage.read_table(path).to_pydict()
         v += t["v"]
         d += t["d"]
         T += t["targets"]
-    for path in storage.list_files(f"{run}/knowledge/pos"):
+    for path in storage.list_files(RunLayout(run).pos):
         P += storage.read_table(path).to_pydict()["items"]
     return np.array(v), np.array(d, dtype=np.float32), T, P
 
@@ -191,18 +192,17 @@ def test_idempotent_and_chained(base_run, tmp_path):
     build_round0(run, cfg)
     m1 = dkc_round(run, cfg, 1, 10, f"{run}/emb1.npz")
     m2 = dkc_round(run, cfg, 2, 20, f"{run}/emb2.npz")
-    shard = storage.shard_path(f"{run}/knowledge/round=2", 0)
+    shard = storage.shard_path(RunLayout(run).round(2), 0)
     before = storage.read_bytes(shard)
     assert dkc_round(run, cfg, 2, 20, f"{run}/emb2.npz") == m2  # committed: returned as is
     assert (
-        build_round0(run, cfg)["config_hash"]
-        == storage.read_manifest(f"{run}/knowledge/round=0")["config_hash"]
+        build_round0(run, cfg)["config_hash"] == storage.read_manifest(RunLayout(run).round(0))["config_hash"]
     )
     assert storage.read_bytes(shard) == before
     # another student's embeddings for round 2: recomputed (and round 3 of the old one is gone)
     dkc_round(run, cfg, 3, 30, f"{run}/emb3.npz")
     m2b = dkc_round(run, cfg, 2, 20, f"{run}/emb5.npz")
-    assert m2b["config_hash"] != m2["config_hash"] and not storage.exists(f"{run}/knowledge/round=3")
+    assert m2b["config_hash"] != m2["config_hash"] and not storage.exists(RunLayout(run).round(3))
     assert dkc_round(run, cfg, 1, 10, f"{run}/emb1.npz") == m1
     # a changed knowledge config invalidates the chain: round 0 rebuilt, later rounds must be redone
     cfg_t = dataclasses.replace(cfg, knowledge=dataclasses.replace(cfg.knowledge, alpha=1.2))
@@ -247,7 +247,7 @@ def test_bad_inputs_fail_before_writing(base_run, tmp_path):
     for emb, match in ((f"{run}/wrong.npz", "shape"), (f"{run}/missing.npz", "not found")):
         with pytest.raises(InputError, match=match):
             dkc_round(run, cfg, 1, 10, emb)
-        assert not storage.exists(f"{run}/knowledge/round=1")
+        assert not storage.exists(RunLayout(run).round(1))
     with pytest.raises(InputError, match="round"):
         dkc_round(run, cfg, 0, 10, f"{run}/emb1.npz")
     with pytest.raises(InputError, match="metric"):
@@ -277,31 +277,31 @@ def test_item_ids_outside_the_catalogue_fail_naming_the_file(base_run, tmp_path)
     without the copies, the DKC round that reads the state fails instead."""
     run = _fresh(base_run, tmp_path, "ids")
     cfg = _cfg(run)
-    observed = storage.shard_path(f"{run}/teachers/ae/observed", 1)
+    observed = storage.shard_path(RunLayout(run).teacher_observed("ae"), 1)
     shutil.copy(observed, f"{tmp_path}/observed.parquet")
     _put_item(observed, 3, N_ITEMS)
     with pytest.raises(InputError, match=f"(?s)observed.*item id {N_ITEMS} is outside this run's catalogue"):
         build_round0(run, cfg)
-    assert storage.read_manifest(f"{run}/knowledge/round=0") is None
-    assert not storage.exists(storage.shard_path(f"{run}/knowledge/round=0", 1))
+    assert storage.read_manifest(RunLayout(run).round(0)) is None
+    assert not storage.exists(storage.shard_path(RunLayout(run).round(0), 1))
     shutil.copy(f"{tmp_path}/observed.parquet", observed)
-    state2 = storage.shard_path(f"{run}/teachers/gnn/state=2", 2)
+    state2 = storage.shard_path(RunLayout(run).teacher_state("gnn", 2), 2)
     shutil.copy(state2, f"{tmp_path}/state2.parquet")
     _put_item(state2, 5, N_ITEMS + 7)
     with pytest.raises(InputError, match=f"(?s)gnn/state=2.*item id {N_ITEMS + 7}"):
         build_round0(run, cfg)
-    assert storage.read_manifest(f"{run}/knowledge/round=0") is None
-    assert not storage.exists(storage.shard_path(f"{run}/knowledge/round=0", 2))
+    assert storage.read_manifest(RunLayout(run).round(0)) is None
+    assert not storage.exists(storage.shard_path(RunLayout(run).round(0), 2))
 
     nocache = dataclasses.replace(cfg, knowledge=dataclasses.replace(cfg.knowledge, cache_states=False))
     assert build_round0(run, nocache)["state_cache"] is False
-    assert not storage.exists(f"{run}/knowledge/states")
+    assert not storage.exists(RunLayout(run).state_caches)
     with pytest.raises(
         InputError, match=f"(?s)gnn/state=2.*item id {N_ITEMS + 7}"
     ):  # round 1 reads E2 (v = 0)
         dkc_round(run, nocache, 1, 10, f"{run}/emb1.npz")
-    assert storage.read_manifest(f"{run}/knowledge/round=1") is None
-    assert not storage.exists(storage.shard_path(f"{run}/knowledge/round=1", 2))
+    assert storage.read_manifest(RunLayout(run).round(1)) is None
+    assert not storage.exists(storage.shard_path(RunLayout(run).round(1), 2))
     shutil.copy(f"{tmp_path}/state2.parquet", state2)
     dkc_round(run, nocache, 1, 10, f"{run}/emb1.npz")
 
@@ -322,7 +322,11 @@ def test_state_copies_equal_the_teacher_files_and_are_checked(base_run, tmp_path
             for s in range(storage.n_shards(N_USERS, SHARD)):
                 lo, hi = storage.shard_range(s, SHARD, N_USERS)
                 got = shard_io.read_state_cache(
-                    shard_io.cache_path(cached, name, e, s), lo, hi, np.empty((hi - lo, K), np.int32), N_ITEMS
+                    storage.shard_path(RunLayout(cached).state_cache(name, e), s, ".arrow"),
+                    lo,
+                    hi,
+                    np.empty((hi - lo, K), np.int32),
+                    N_ITEMS,
                 )
                 np.testing.assert_array_equal(got, lists[lo:hi, x, e - 1])
     for r in (1, 2, 3):
@@ -333,7 +337,7 @@ def test_state_copies_equal_the_teacher_files_and_are_checked(base_run, tmp_path
         np.testing.assert_array_equal(da, db)
         assert Ta == Tb
 
-    copy = shard_io.cache_path(cached, "dnn", 3, 1)
+    copy = storage.shard_path(RunLayout(cached).state_cache("dnn", 3), 1, ".arrow")
     lo, hi = storage.shard_range(1, SHARD, N_USERS)
     bad = lists[lo:hi, 2, 2].copy()
     bad[4, 0] = N_ITEMS + 2
@@ -354,7 +358,7 @@ def test_state_copies_equal_the_teacher_files_and_are_checked(base_run, tmp_path
         broken()
         with pytest.raises(InputError, match=f"(?s)states/dnn/state=3/shard-00001.arrow.*{match}"):
             dkc_round(cached, cfg, 4, 160, f"{cached}/emb4.npz")  # v <= 2 here: E3 is read
-        assert storage.read_manifest(f"{cached}/knowledge/round=4") is None
+        assert storage.read_manifest(RunLayout(cached).round(4)) is None
         storage.write_bytes_atomic(copy, good)
     dkc_round(cached, cfg, 4, 160, f"{cached}/emb4.npz")
 
@@ -430,26 +434,27 @@ def test_students_keep_their_own_rounds(base_run, tmp_path):
     run = _fresh(base_run, tmp_path, "two")
     cfg = _cfg(run)
     build_round0(run, cfg)
-    r0 = storage.read_bytes(storage.shard_path(f"{run}/knowledge/round=0", 0))
+    layout = RunLayout(run)
+    r0 = storage.read_bytes(storage.shard_path(layout.round(0), 0))
     embs = {"a": (1, 2, 3), "b": (4, 5, 6)}
-    folders = {s: f"{run}/student/{s}/knowledge" for s in embs}
+    folders = {s: layout.student_rounds(layout.student(s, "mf")) for s in embs}
     for r in (1, 2, 3):
         for s, e in embs.items():
             m = dkc_round(run, cfg, r, 10 * r, f"{run}/emb{e[r - 1]}.npz", rounds=folders[s])
-            assert storage.read_manifest(f"{folders[s]}/round={r}") == m
-    assert storage.read_bytes(storage.shard_path(f"{run}/knowledge/round=0", 0)) == r0
-    assert not storage.exists(f"{run}/knowledge/round=1")
+            assert storage.read_manifest(layout.round(r, folders[s])) == m
+    assert storage.read_bytes(storage.shard_path(layout.round(0), 0)) == r0
+    assert not storage.exists(layout.round(1))
     for s, e in embs.items():
         solo = _fresh(base_run, tmp_path, f"solo-{s}")
         build_round0(solo, _cfg(solo))
         for r in (1, 2, 3):
             dkc_round(solo, _cfg(solo), r, 10 * r, f"{solo}/emb{e[r - 1]}.npz")
-            got, want = _round_arrays(f"{folders[s]}/round={r}"), _round_arrays(f"{solo}/knowledge/round={r}")
+            got, want = _round_arrays(layout.round(r, folders[s])), _round_arrays(RunLayout(solo).round(r))
             assert np.array_equal(got[0], want[0]) and got[2] == want[2]
             assert np.array_equal(got[1], want[1], equal_nan=True)
         targets, _ = rounds.load_targets(run, 3, 0, N_USERS, folders[s])
         assert [list(t[t >= 0]) for t in targets] == [
-            list(t) for t in _round_arrays(f"{folders[s]}/round=3")[2]
+            list(t) for t in _round_arrays(layout.round(3, folders[s]))[2]
         ]
-    a3, b3 = _round_arrays(f"{folders['a']}/round=3"), _round_arrays(f"{folders['b']}/round=3")
+    a3, b3 = _round_arrays(layout.round(3, folders["a"])), _round_arrays(layout.round(3, folders["b"]))
     assert a3[2] != b3[2], "the two students should have built different targets"

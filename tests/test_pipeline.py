@@ -7,6 +7,7 @@ import pytest
 from hetcomp_dist import storage
 from hetcomp_dist.cli.main import main
 from hetcomp_dist.config import load_config
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.pipeline import run_pipeline
 
 TINY = [
@@ -27,13 +28,14 @@ TINY = [
 def piped(tmp_path_factory, ray_session):
     run = str(tmp_path_factory.mktemp("pipe") / "run")
     cfg = load_config(None, TINY + [f"run={run}"])
-    out = run_pipeline(cfg)
-    return cfg, out
+    layout = RunLayout(run)
+    assert run_pipeline(cfg) == layout.report
+    return cfg, layout
 
 
 def test_report_has_every_row(piped):
-    cfg, out = piped
-    rep = json.loads(storage.read_bytes(storage.join(out, "report.json")))
+    cfg, layout = piped
+    rep = json.loads(storage.read_bytes(layout.report_json))
     got = {(r["method"], r["student"], r["split"]) for r in rep["rows"]}
     want = {(m, "-", s) for m in (*cfg.teachers.names, "ensemble") for s in ("valid", "test")}
     want |= {(m, "mf", s) for m in ("hetcomp", "wokd") for s in ("valid", "test")}
@@ -44,21 +46,21 @@ def test_report_has_every_row(piped):
     assert [c["model"].split()[0] for c in rep["cost"]] == ["ensemble", "HetComp"]
     assert rep["cost"][0]["params"] > 10 * rep["cost"][1]["params"]
     assert set(rep["stage_times"]) == {"data", "teachers", "knowledge", "student"}
-    md = storage.read_bytes(storage.join(out, "report.md")).decode()
+    md = storage.read_bytes(layout.report_md).decode()
     assert "| HetComp |" in md and "| Student w/o KD |" in md and "Inference cost" in md
-    assert storage.read_bytes(storage.join(out, "curves.png"))[:4] == b"\x89PNG"
+    assert storage.read_bytes(layout.curves)[:4] == b"\x89PNG"
 
 
 def test_rerun_skips_finished_stages_and_keeps_results(piped, capsys):
-    cfg, out = piped
-    before = storage.read_json(storage.join(out, "rows", "hetcomp-mf.json"))
-    teacher_manifest = storage.read_manifest(storage.join(cfg.run, "teachers", "mf"))
+    cfg, layout = piped
+    before = storage.read_json(layout.report_row("hetcomp", "mf"))
+    teacher_manifest = storage.read_manifest(layout.teacher("mf"))
     rc = main(["run", "--out", cfg.run, *TINY])
     assert rc == 0
     err = capsys.readouterr().err
     assert "up to date" in err or "skipping" in err
-    assert storage.read_json(storage.join(out, "rows", "hetcomp-mf.json")) == before
-    assert storage.read_manifest(storage.join(cfg.run, "teachers", "mf")) == teacher_manifest
+    assert storage.read_json(layout.report_row("hetcomp", "mf")) == before
+    assert storage.read_manifest(layout.teacher("mf")) == teacher_manifest
 
 
 def test_bad_cli_input_is_a_clear_error(tmp_path, capsys):
@@ -68,7 +70,7 @@ def test_bad_cli_input_is_a_clear_error(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "nope.csv" in err
-    assert not (tmp_path / "r" / "data").exists()
+    assert not storage.exists(RunLayout(str(tmp_path / "r")).data)
     assert main(["run", "--out", str(tmp_path / "r"), "student.modl=mf"]) == 2
     assert "config.student.modl: unknown key" in capsys.readouterr().err
 
@@ -77,9 +79,9 @@ def test_saved_student_embeddings_reproduce_its_report_row(piped):
     """emb.npz is the selected (best-validation) student: evaluating it gives the reported metrics."""
     from hetcomp_dist.evaluation.evaluate import evaluate_embeddings
 
-    cfg, out = piped
-    row = storage.read_json(storage.join(out, "rows", "hetcomp-mf.json"))
-    emb = storage.read_npz(storage.join(cfg.run, "student", "hetcomp-mf", "emb.npz"))
+    cfg, layout = piped
+    row = storage.read_json(layout.report_row("hetcomp", "mf"))
+    emb = storage.read_npz(layout.student_embeddings(layout.student("hetcomp", "mf")))
     got = evaluate_embeddings(cfg.run, emb["user"], emb["item"], "ip", cfg.eval)
     for split in ("valid", "test"):
         for k in ("R@10", "N@10", "R@50", "N@50"):
@@ -88,14 +90,14 @@ def test_saved_student_embeddings_reproduce_its_report_row(piped):
 
 def test_stage_times_of_an_invocation_without_the_report_stage_are_kept(piped):
     """`--stages data,teachers` writes no report; its wall times must still reach the next report."""
-    cfg, out = piped
-    meta = storage.join(out, "meta.json")
+    cfg, layout = piped
+    meta = layout.report_meta
     before = storage.read_json(meta)["stage_times"]
     run_pipeline(cfg, ("data", "teachers"))  # both up to date: quick, but timed
     after = storage.read_json(meta)["stage_times"]
     assert after["data"] > before["data"] and after["teachers"] > before["teachers"]
     assert after["knowledge"] == before["knowledge"] and after["student"] == before["student"]
     run_pipeline(cfg, ("report",))
-    rep = json.loads(storage.read_bytes(storage.join(out, "report.json")))
+    rep = json.loads(storage.read_bytes(layout.report_json))
     assert rep["stage_times"] == pytest.approx(after)
     assert set(rep["stage_times"]) == {"data", "teachers", "knowledge", "student"}

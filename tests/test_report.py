@@ -5,6 +5,7 @@ import json
 import pytest
 
 from hetcomp_dist import storage
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.report import report
 
 
@@ -15,7 +16,7 @@ def _metrics(base: float) -> dict:
 @pytest.fixture
 def run(tmp_path):
     run = str(tmp_path / "run")
-    storage.write_manifest(storage.join(run, "data"), {"n_users": 3, "source": {"format": "citeulike"}})
+    storage.write_manifest(RunLayout(run).data, {"n_users": 3, "source": {"format": "citeulike"}})
     return run
 
 
@@ -32,12 +33,14 @@ def test_rows_and_markdown(run):
         stage_times={"data": 1.0, "student": 2.5},
         cost=[{"model": "student", "params": 100, "wall_s": 0.5, "users_per_s": 2000.0}],
     )
-    data = json.loads(storage.read_bytes(storage.join(rdir, "report.json")))
+    layout = RunLayout(run)
+    assert rdir == layout.report
+    data = json.loads(storage.read_bytes(layout.report_json))
     rows = {(r["method"], r["student"], r["split"]): r for r in data["rows"]}
     assert len(rows) == 12
     assert rows[("hetcomp", "mf", "test")]["R@50"] == pytest.approx(0.25)
     assert set(rows[("mf", "-", "valid")]) == {"method", "student", "split", "R@10", "N@10", "R@50", "N@50"}
-    md = storage.read_bytes(storage.join(rdir, "report.md")).decode()
+    md = storage.read_bytes(layout.report_md).decode()
     # our HetComp row with the paper's value beside it
     het = next(line for line in md.splitlines() if line.startswith("| HetComp |"))
     assert "0.1250" in het and "0.2500" in het and "0.2814" in het
@@ -54,13 +57,12 @@ def test_rerun_replaces_a_result(run):
 
 
 def test_curves_png(run):
-    d = storage.join(run, "student", "hetcomp-mf")
+    layout = RunLayout(run)
+    d = layout.student("hetcomp", "mf")
     lines = [
         {"epoch": e, "loss": 1.0, "valid": {"R@50": 0.1 + e / 100}, "means": {"mf": min(e / 10, 3)}}
         for e in (10, 20, 30)
     ]
-    storage.write_bytes_atomic(
-        storage.join(d, "metrics.jsonl"), "\n".join(json.dumps(x) for x in lines).encode()
-    )
-    assert report.plot_curves(run, storage.join(run, "report", "curves.png"))
-    assert storage.read_bytes(storage.join(run, "report", "curves.png"))[:8] == b"\x89PNG\r\n\x1a\n"
+    storage.write_bytes_atomic(layout.student_metrics(d), "\n".join(json.dumps(x) for x in lines).encode())
+    assert report.plot_curves(run, layout.curves)
+    assert storage.read_bytes(layout.curves)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,6 +19,7 @@ import pytest
 from hetcomp_dist import storage
 from hetcomp_dist.config import DataConfig
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 
 pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -77,8 +78,9 @@ def test_resolve_gives_s3_for_s3_uris(s3):
 
 
 def test_shards_manifest_json_npz_round_trip(s3):
-    run = f"s3://{BUCKET}/runs/roundtrip"
-    folder = storage.join(run, "data", "train")
+    layout = RunLayout(f"s3://{BUCKET}/runs/roundtrip")
+    folder = layout.split("train")
+    student = layout.student("hetcomp", "mf")
     rng = np.random.default_rng(0)
     n_users, shard_size = 10, 4
     lists = [rng.choice(50, size=rng.integers(0, 6), replace=False).astype(np.int32) for _ in range(n_users)]
@@ -90,13 +92,13 @@ def test_shards_manifest_json_npz_round_trip(s3):
             storage.user_table(lo, hi, items=storage.csr_to_list(offsets, values)),
         )
     manifest = {"n_users": n_users, "shard_size": shard_size, "config_hash": "abc123"}
-    storage.write_manifest(storage.join(run, "data"), manifest)
-    storage.write_json_atomic(storage.join(run, "report", "report.json"), {"ok": [1, 2]})
+    storage.write_manifest(layout.data, manifest)
+    storage.write_json_atomic(layout.report_json, {"ok": [1, 2]})
     emb = {
         "user": rng.normal(size=(n_users, 6)).astype(np.float32),
         "item": rng.normal(size=(50, 6)).astype(np.float32),
     }
-    storage.write_npz_atomic(storage.join(run, "student", "emb.npz"), **emb)
+    storage.write_npz_atomic(layout.student_embeddings(student), **emb)
 
     # what is on the server, seen by boto3: exactly the committed objects, no temporaries left
     prefix = "runs/roundtrip/"
@@ -108,7 +110,7 @@ def test_shards_manifest_json_npz_round_trip(s3):
             "data/train/shard-00001.parquet",
             "data/train/shard-00002.parquet",
             "report/report.json",
-            "student/emb.npz",
+            "student/hetcomp-mf/emb.npz",
         )
     ]
     # shards: read back by pyarrow over boto3's bytes, per user, against the input lists
@@ -123,17 +125,17 @@ def test_shards_manifest_json_npz_round_trip(s3):
     assert storage.list_files(folder) == [storage.shard_path(folder, s) for s in range(3)]
     off, vals = storage.list_to_csr(storage.read_table(storage.shard_path(folder, 1)).column("items"))
     assert [vals[off[i] : off[i + 1]].tolist() for i in range(4)] == [x.tolist() for x in lists[4:8]]
-    assert storage.stage_is_done(storage.join(run, "data"), "abc123")["n_users"] == n_users
-    assert storage.stage_is_done(storage.join(run, "data"), "other") is None
-    assert storage.read_json(storage.join(run, "report", "report.json")) == {"ok": [1, 2]}
-    back = storage.read_npz(storage.join(run, "student", "emb.npz"))
+    assert storage.stage_is_done(layout.data, "abc123")["n_users"] == n_users
+    assert storage.stage_is_done(layout.data, "other") is None
+    assert storage.read_json(layout.report_json) == {"ok": [1, 2]}
+    back = storage.read_npz(layout.student_embeddings(student))
     for k in emb:
         np.testing.assert_array_equal(back[k], emb[k])
-    with np.load(io.BytesIO(body(s3, f"{prefix}student/emb.npz")), allow_pickle=False) as z:
+    with np.load(io.BytesIO(body(s3, f"{prefix}student/hetcomp-mf/emb.npz")), allow_pickle=False) as z:
         np.testing.assert_array_equal(z["item"], emb["item"])
 
-    storage.delete_dir(storage.join(run, "data"))
-    assert not storage.exists(storage.join(run, "data", "_manifest.json"))
+    storage.delete_dir(layout.data)
+    assert not storage.exists(storage.manifest_path(layout.data))
     assert keys(s3, prefix + "data/") == []
 
 
@@ -151,11 +153,9 @@ def _interactions_csv(rng: np.random.Generator) -> bytes:
 
 def _read_run(run: str) -> dict:
     """Every table of RUN/data, as Python lists, keyed by relative path."""
-    manifest = storage.read_manifest(storage.join(run, "data"))
-    return {
-        rel: storage.read_table(storage.join(run, "data", rel)).to_pylist()
-        for rel in sorted(manifest["files"])
-    }
+    data = RunLayout(run).data
+    manifest = storage.read_manifest(data)
+    return {rel: storage.read_table(storage.join(data, rel)).to_pylist() for rel in sorted(manifest["files"])}
 
 
 def test_ingest_csv_from_s3_into_an_s3_run_equals_the_local_ingest(s3, tmp_path):
@@ -184,11 +184,7 @@ def test_ingest_csv_from_s3_into_an_s3_run_equals_the_local_ingest(s3, tmp_path)
         per_user.setdefault(u, set()).add(i)
     kept = sorted(u for u, items in per_user.items() if len(items) >= cfg.min_user_interactions)
     assert m_remote["n_users"] == len(kept)
-    users_map = (
-        storage.read_table(storage.join(remote_run, "data", "maps", "users.parquet"))
-        .column("raw")
-        .to_pylist()
-    )
+    users_map = storage.read_table(RunLayout(remote_run).users_map).column("raw").to_pylist()
     assert sorted(map(str, users_map)) == kept
     assert any(k.endswith("data/_manifest.json") for k in keys(s3, "runs/ingest/"))
 

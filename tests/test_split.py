@@ -8,6 +8,7 @@ import pytest
 from hetcomp_dist import storage
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
 from hetcomp_dist.data.split import SplitWriter, concat_rows, drop_unseen, pair_keys, split_users
+from hetcomp_dist.layout import RunLayout
 
 
 def random_lists(n_users: int, n_items: int, seed: int, lo: int = 0) -> CSR:
@@ -89,12 +90,12 @@ def test_drop_unseen_hand_example():
 
 def write_with(tmp, name, rows: CSR, n_items, shard_size, blocks) -> str:
     run = str(tmp / name)
-    w = SplitWriter(storage.join(run, "data"), rows.n, n_items, shard_size, seed=9)
+    w = SplitWriter(RunLayout(run), rows.n, n_items, shard_size, seed=9)
     for a, b in blocks:
         w.add(rows.rows(a, b))
     counts = w.finish()
     storage.write_manifest(
-        storage.join(run, "data"),
+        RunLayout(run).data,
         {
             "n_users": rows.n,
             "n_items": n_items,
@@ -122,7 +123,7 @@ def test_writer_shards_and_global_drop_rule(tmp_path):
     run_a = write_with(tmp_path, "a", rows, n_items, 64, [(0, 230)])
     run_b = write_with(tmp_path, "b", rows, n_items, 64, [(0, 1), (1, 100), (100, 101), (101, 230)])
     for split in ("train", "valid", "test"):
-        files = storage.list_files(storage.join(run_a, "data", split))
+        files = storage.list_files(RunLayout(run_a).split(split))
         assert [f.rsplit("/", 1)[1] for f in files] == [storage.shard_name(s) for s in range(4)]
         a, b = load_split(run_a, split), load_split(run_b, split)
         np.testing.assert_array_equal(a.offsets, b.offsets)
@@ -149,7 +150,7 @@ def test_writer_shards_and_global_drop_rule(tmp_path):
 
 def test_writer_rejects_out_of_order_blocks(tmp_path):
     rows = random_lists(10, 50, seed=0)
-    w = SplitWriter(str(tmp_path / "d"), 10, 50, 4, seed=0)
+    w = SplitWriter(RunLayout(str(tmp_path / "d")), 10, 50, 4, seed=0)
     w.add(rows.rows(0, 3))
     with pytest.raises(ValueError, match="in order"):
         w.add(rows.rows(4, 10))

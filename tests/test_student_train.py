@@ -13,6 +13,7 @@ import torch
 from hetcomp_dist import storage
 from hetcomp_dist.config import load_config
 from hetcomp_dist.data.dataset import load_split
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import build_student
 from hetcomp_dist.objectives.base import TrainTask
 from hetcomp_dist.objectives.registry import build_objective
@@ -20,7 +21,7 @@ from hetcomp_dist.student import knowledge_io
 from hetcomp_dist.student.batching import BatchSampler, RankData, user_range
 from hetcomp_dist.student.trainer import train_student
 from hetcomp_dist.testing.faults import KillOnce
-from hetcomp_dist.testing.toyrun import replay_round, write_toy_run
+from hetcomp_dist.testing.toyrun import replay_log, replay_round, write_toy_run
 
 # one intra-op torch thread per test (the fixture is in conftest.py)
 pytestmark = pytest.mark.usefixtures("_one_torch_thread")
@@ -37,9 +38,9 @@ def _cfg(*overrides):
     return load_config(None, ["student.batch_size=256", "student.num_workers=0", *overrides])
 
 
-def _lines(run, name):
-    path = os.path.join(run, "student", name, "metrics.jsonl")
-    return [json.loads(x) for x in open(path)]
+def _lines(run, method, model):
+    layout = RunLayout(run)
+    return [json.loads(x) for x in open(layout.student_metrics(layout.student(method, model)))]
 
 
 # ----------------------------------------------------------------------------------- batching
@@ -115,12 +116,12 @@ def test_sampled_tail_trains_too(toy):
 def test_local_mode_dkc_rounds_switch_and_rerun_skip(toy):
     cfg = _cfg("student.max_epochs=30", "student.patience=10")
     res = train_student(toy, cfg, dkc_fn=replay_round)
-    lines = _lines(toy, "hetcomp-mf")
+    lines = _lines(toy, "hetcomp", "mf")
     assert [x["epoch"] for x in lines] == list(range(1, 31))
     evals = [x for x in lines if "valid" in x]
     assert [x["epoch"] for x in evals] == [10, 20, 30]
     # DKC after the evaluations of epochs 10 and 20; round 2 carries the switch: L_F from epoch 21 on
-    calls = [json.loads(x) for x in open(os.path.join(toy, "knowledge", "replay_calls.jsonl"))]
+    calls = [json.loads(x) for x in open(replay_log(toy))]
     assert [(c["round"], c["epoch"]) for c in calls] == [(1, 10), (2, 20)] and all(c["finite"] for c in calls)
     assert {x["loss_kind"] for x in lines if x["epoch"] <= 20} == {"L_O"}
     assert {x["loss_kind"] for x in lines if x["epoch"] > 20} == {"L_F"}
@@ -130,11 +131,12 @@ def test_local_mode_dkc_rounds_switch_and_rerun_skip(toy):
     best = max(evals, key=lambda x: x["valid"]["R@50"])
     assert res["best_epoch"] == best["epoch"] and res["test"] == best["test"]
     assert res["test"]["R@50"] > 0.4
-    emb = storage.read_npz(os.path.join(toy, "student", "hetcomp-mf", "emb.npz"))
+    layout = RunLayout(toy)
+    emb = storage.read_npz(layout.student_embeddings(layout.student("hetcomp", "mf")))
     assert emb["user"].shape == (300, 6) and emb["item"].shape == (400, 6)
-    assert storage.read_manifest(os.path.join(toy, "student", "hetcomp-mf"))["result"]["test"] == res["test"]
+    assert storage.read_manifest(layout.student("hetcomp", "mf"))["result"]["test"] == res["test"]
     assert train_student(toy, cfg, dkc_fn=replay_round) == res  # finished: skipped
-    assert len(_lines(toy, "hetcomp-mf")) == 30
+    assert len(_lines(toy, "hetcomp", "mf")) == 30
 
 
 def test_early_stopping_after_patience_evaluations(toy):
@@ -150,7 +152,7 @@ def test_early_stopping_after_patience_evaluations(toy):
     res = train_student(toy, cfg)
     # lr 0: the first evaluation is the best, then 2 without improvement -> stop at epoch 3
     assert res["epochs"] == 3 and res["best_epoch"] == 1
-    assert [x["improved"] for x in _lines(toy, "wokd-ml")] == [True, False, False]
+    assert [x["improved"] for x in _lines(toy, "wokd", "ml")] == [True, False, False]
 
 
 def _real_run(path):
@@ -169,15 +171,14 @@ def test_local_mode_with_the_knowledge_stage(tmp_path):
     base = _real_run(run)
     cfg = _cfg(*base, "student.max_epochs=21", "student.patience=10")
     res = train_student(run, cfg)  # builds round 0 itself, then real DKC rounds at epochs 10 and 20
-    mine = knowledge_io.rounds_dir(
-        os.path.join(run, "student", "hetcomp-mf")
-    )  # rounds >= 1: the student's own
+    layout = RunLayout(run)
+    mine = layout.student_rounds(layout.student("hetcomp", "mf"))  # rounds >= 1: the student's own
     for r, epoch in ((0, 0), (1, 10), (2, 20)):
         m = knowledge_io.round_manifest(run, r, mine)
         assert m["epoch"] == epoch and set(m["means"]) == set(cfg.teachers.names)
     assert knowledge_io.round_manifest(run, 3, mine) is None
     assert knowledge_io.round_manifest(run, 1) is None  # nothing of this student's in the shared folder
-    lines = _lines(run, "hetcomp-mf")
+    lines = _lines(run, "hetcomp", "mf")
     assert [x["round"] for x in lines if "valid" in x] == [0, 1, 2]  # the round each epoch trained on
     assert [x["dkc"]["round"] for x in lines if "dkc" in x] == [1, 2]
     assert res["epochs"] == 21 and np.isfinite(res["test"]["R@50"])
@@ -198,7 +199,7 @@ def test_ddp_two_workers_and_recovery_from_a_killed_worker(ray_session, tmp_path
             None, [*base, "student.batch_size=256", "student.num_workers=2", "student.max_epochs=20"]
         )
         results[name] = train_student(run, cfg, hooks=hooks)
-        lines = _lines(run, "hetcomp-mf")
+        lines = _lines(run, "hetcomp", "mf")
         assert [x["epoch"] for x in lines] == list(range(1, 21))
     plain, killed = results["plain"], results["killed"]
     assert os.path.exists(tmp_path / "killed.marker")  # the worker really was killed
@@ -208,7 +209,7 @@ def test_ddp_two_workers_and_recovery_from_a_killed_worker(ray_session, tmp_path
         for key, v in plain[split].items():
             assert killed[split][key] == pytest.approx(v, abs=1e-6)
     # per-step traffic = the item table's gradient (MF: n_items x dim float32), whatever n_users is
-    n_items = storage.read_json(os.path.join(str(tmp_path / "plain"), "data", "_manifest.json"))["n_items"]
+    n_items = storage.read_manifest(RunLayout(str(tmp_path / "plain")).data)["n_items"]
     assert plain["allreduce_bytes_per_step"] == n_items * 6 * 4
 
 
@@ -243,9 +244,9 @@ def test_local_mode_rerun_resumes_from_its_checkpoint(tmp_path):
         if hooks:
             with pytest.raises(Exception, match="injected failure at epoch 15"):
                 train_student(run, cfg, hooks=hooks)
-            assert not os.path.exists(os.path.join(run, "student", "hetcomp-mf", "_manifest.json"))
+            assert storage.read_manifest(RunLayout(run).student("hetcomp", "mf")) is None
         results[name] = train_student(run, cfg, hooks=hooks)
-        assert [x["epoch"] for x in _lines(run, "hetcomp-mf")] == list(range(1, 21))
+        assert [x["epoch"] for x in _lines(run, "hetcomp", "mf")] == list(range(1, 21))
     plain, failed = results["plain"], results["failed"]
     assert plain["resumed_from"] == [] and failed["resumed_from"] == [10]
     for split in ("valid", "test"):
@@ -265,4 +266,4 @@ def test_hooks_reach_mid_epoch_and_a_dkc_round(toy, tmp_path, where, epoch, matc
     with pytest.raises(Exception, match=f"injected failure at {match}"):
         train_student(toy, _cfg("student.max_epochs=20"), dkc_fn=replay_round, hooks=fail.hooks(), out=out)
     assert os.path.exists(tmp_path / "marker")
-    assert knowledge_io.round_manifest(toy, 1, knowledge_io.rounds_dir(out)) is None
+    assert knowledge_io.round_manifest(toy, 1, RunLayout(toy).student_rounds(out)) is None

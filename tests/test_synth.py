@@ -13,6 +13,7 @@ from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.data.split import concat_rows
 from hetcomp_dist.data.synth import GEN_BLOCK, generate_block, item_model, synthesize
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 
 
 def splits(run: str):
@@ -28,11 +29,11 @@ def test_deterministic_and_independent_of_shard_size(tmp_path):
     for x, y in zip(splits(str(tmp_path / "a")), splits(str(tmp_path / "c"))):
         np.testing.assert_array_equal(x.offsets, y.offsets)
         np.testing.assert_array_equal(x.items, y.items)
-    for s in range(len(storage.list_files(str(tmp_path / "a" / "data" / "train")))):
-        p = storage.join("data", "train", storage.shard_name(s))
-        ta = storage.read_table(storage.join(str(tmp_path / "a"), p))
-        assert ta.equals(storage.read_table(storage.join(str(tmp_path / "b"), p)))
-    assert len(storage.list_files(str(tmp_path / "a" / "data" / "train"))) == 9
+    train_a, train_b = (RunLayout(str(tmp_path / x)).split("train") for x in "ab")
+    for s in range(len(storage.list_files(train_a))):
+        ta = storage.read_table(storage.shard_path(train_a, s))
+        assert ta.equals(storage.read_table(storage.shard_path(train_b, s)))
+    assert len(storage.list_files(train_a)) == 9
     d = synthesize(
         str(tmp_path / "d"), SynthConfig(users=2500, items=400, seed=4), DataConfig(shard_size=300, seed=4)
     )

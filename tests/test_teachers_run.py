@@ -17,8 +17,9 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import Config, EvalConfig, TeachersConfig, TeacherTraining
 from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import model_class
-from hetcomp_dist.teachers.runner import run_teacher, teacher_dir
+from hetcomp_dist.teachers.runner import run_teacher
 from hetcomp_dist.teachers.trajectory import choose_states, load_weights
 
 K = 20
@@ -29,7 +30,7 @@ def copy_run(synth_run: str, dest) -> str:
     """A private RUN with the session's synthetic data (teachers are written next to it, not into
     the shared fixture)."""
     run = str(dest)
-    shutil.copytree(storage.join(synth_run, "data"), storage.join(run, "data"))
+    shutil.copytree(RunLayout(synth_run).data, RunLayout(run).data)
     return run
 
 
@@ -88,10 +89,11 @@ def user_lists(run: str, split: str) -> list[set]:
     return [set(c.row(u).tolist()) for u in range(c.n)]
 
 
-def read_lists(run: str, name: str, folder: str, n_users: int, shard_size: int) -> list[list[int]]:
+def read_lists(folder: str, n_users: int, shard_size: int) -> list[list[int]]:
+    """Every user's list of a teacher's folder (a `RunLayout.teacher_state` or `teacher_observed`)."""
     out = []
     for s, lo, hi in storage.iter_shards("", n_users, shard_size):
-        t = storage.read_table(storage.shard_path(storage.join(teacher_dir(run, name), folder), s))
+        t = storage.read_table(storage.shard_path(folder, s))
         assert t.column("user").to_pylist() == list(range(lo, hi)), (
             "shard rows must be exactly its user range"
         )
@@ -104,22 +106,23 @@ def check_trajectory(run: str, name: str) -> dict:
     lists = the train lists reordered, metrics for every state."""
     data = load_manifest(run)
     n, S = data["n_users"], data["shard_size"]
-    man = storage.read_manifest(teacher_dir(run, name))
-    metrics = storage.read_json(storage.join(teacher_dir(run, name), "metrics.json"))
+    layout = RunLayout(run)
+    man = storage.read_manifest(layout.teacher(name))
+    metrics = storage.read_json(layout.teacher_metrics(name))
     train = user_lists(run, "train")
     epochs = man["state_epochs"]
     assert len(epochs) == 4 and epochs == sorted(epochs) and epochs[-1] == man["convergence_epoch"]
     assert epochs == choose_states(metrics["state_epochs"], man["convergence_epoch"])
     assert [s["state"] for s in metrics["states"]] == [1, 2, 3, 4]
     for i in range(1, 5):
-        lists = read_lists(run, name, f"state={i}", n, S)
+        lists = read_lists(layout.teacher_state(name, i), n, S)
         for u, row in enumerate(lists):
             assert len(row) == min(K, data["n_items"] - len(train[u])), (name, i, u)
             assert len(set(row)) == len(row)
             assert not set(row) & train[u], f"{name} state {i}: train item in user {u}'s list"
         assert set(metrics["states"][i - 1]) >= {"valid", "test", "epoch"}
         assert set(metrics["states"][i - 1]["test"]) >= {"R@10", "N@10", "R@50", "N@50"}
-    observed = read_lists(run, name, "observed", n, S)
+    observed = read_lists(layout.teacher_observed(name), n, S)
     assert [sorted(o) for o in observed] == [sorted(t) for t in train]
     return man
 
@@ -141,7 +144,7 @@ def test_all_six_trajectories_valid(trained_run):
     assert sorted(summary["trained"]) == sorted(cfg.teachers.names)
     for name in cfg.teachers.names:
         check_trajectory(run, name)
-    stage = storage.read_manifest(storage.join(run, "teachers"))
+    stage = storage.read_manifest(RunLayout(run).teachers)
     assert stage["names"] == list(cfg.teachers.names)
 
 
@@ -149,15 +152,18 @@ def test_all_six_trajectories_valid(trained_run):
 def test_export_and_metrics_equal_brute_force(trained_run, name):
     run, cfg, _ = trained_run
     data = load_manifest(run)
-    man = storage.read_manifest(teacher_dir(run, name))
-    metrics = storage.read_json(storage.join(teacher_dir(run, name), "metrics.json"))
+    layout = RunLayout(run)
+    man = storage.read_manifest(layout.teacher(name))
+    metrics = storage.read_json(layout.teacher_metrics(name))
     train, valid, test = (user_lists(run, s) for s in ("train", "valid", "test"))
     train_csr = load_split(run, "train")
     model = model_class(name, cfg.teachers)(data["n_users"], data["n_items"], cfg.teachers, train_csr)
-    model.load_state_dict(load_weights(storage.join(teacher_dir(run, name), man["snapshots"]["state=4"])))
+    e4 = storage.join(layout.teacher(name), man["snapshots"]["state=4"])  # as the manifest records it
+    assert e4 == layout.teacher_snapshot(name, man["state_epochs"][-1])
+    model.load_state_dict(load_weights(e4))
     with torch.no_grad():
         scores = model.eval().scores(torch.arange(data["n_users"]), train_csr).numpy()
-    exported = read_lists(run, name, "state=4", data["n_users"], data["shard_size"])
+    exported = read_lists(layout.teacher_state(name, 4), data["n_users"], data["shard_size"])
     ref = brute_force_topk(scores, train, K)
     for u in range(data["n_users"]):  # equal up to float near-ties
         got = scores[u, exported[u]]
@@ -170,7 +176,7 @@ def test_export_and_metrics_equal_brute_force(trained_run, name):
         got = metrics["states"][3][split]
         for key in want:
             assert got[key] == pytest.approx(want[key], abs=1e-6), (name, split, key)
-    observed = read_lists(run, name, "observed", data["n_users"], data["shard_size"])
+    observed = read_lists(layout.teacher_observed(name), data["n_users"], data["shard_size"])
     for u in range(data["n_users"]):
         s = scores[u, observed[u]]
         assert np.all(np.diff(s) <= 1e-6)
@@ -204,14 +210,14 @@ def test_killed_actor_resumes_from_snapshot(tmp_path, ray_session, synth_run):
     assert 4 <= status.get("epoch", 0) < 20, f"could not catch the actor mid-training: {status}"
     os.kill(status["pid"], signal.SIGKILL)
     group.wait()
-    metrics = storage.read_json(storage.join(teacher_dir(run, "mf"), "metrics.json"))
+    metrics = storage.read_json(RunLayout(run).teacher_metrics("mf"))
     assert len(metrics["resumed_from"]) == 1 and metrics["resumed_from"][0] >= 2
     assert metrics["resumed_from"][0] % cfg.teachers.snapshot_every == 0
     assert metrics["epochs"] == 20
     check_trajectory(run, "mf")
     # resuming is exact: an uninterrupted in-process run of the same config exports the same lists
     ref_run = str(tmp_path / "ref")
-    shutil.copytree(storage.join(run, "data"), storage.join(ref_run, "data"))
+    shutil.copytree(RunLayout(run).data, RunLayout(ref_run).data)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -220,8 +226,8 @@ def test_killed_actor_resumes_from_snapshot(tmp_path, ray_session, synth_run):
         torch.set_num_threads(threads)
     data = load_manifest(run)
     for i in range(1, 5):
-        a = read_lists(run, "mf", f"state={i}", data["n_users"], data["shard_size"])
-        b = read_lists(ref_run, "mf", f"state={i}", data["n_users"], data["shard_size"])
+        a = read_lists(RunLayout(run).teacher_state("mf", i), data["n_users"], data["shard_size"])
+        b = read_lists(RunLayout(ref_run).teacher_state("mf", i), data["n_users"], data["shard_size"])
         assert a == b, f"state {i} differs after resume"
 
 
@@ -231,7 +237,7 @@ def test_bad_input_fails_before_anything_starts(tmp_path, capsys, synth_run):
     empty = str(tmp_path / "empty")
     assert main(["teachers", "--run", empty]) == 2
     assert "no finished data stage" in capsys.readouterr().err
-    assert not os.path.exists(storage.join(empty, "teachers"))
+    assert not os.path.exists(RunLayout(empty).teachers)
     run = copy_run(synth_run, tmp_path / "run")
     assert main(["teachers", "--run", run, "--teachers", "mf,bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
@@ -242,7 +248,7 @@ def test_bad_input_fails_before_anything_starts(tmp_path, capsys, synth_run):
     bad.write_text("teachers:\n  learning_rate: 0.1\n")
     assert main(["teachers", "--run", run, "--config", str(bad)]) == 2
     assert "unknown key" in capsys.readouterr().err
-    assert not os.path.exists(storage.join(run, "teachers"))
+    assert not os.path.exists(RunLayout(run).teachers)
 
 
 def test_choose_states_and_pruning():

@@ -148,11 +148,11 @@ def run_job(
 def run_stage_job(stage: str, description: str, argv: list[str] | None = None) -> int:
     """A job that runs one pipeline stage (with ``--smoke``: the stages before it too; finished
     stages are skipped either way) and reports the stage's folder under RUN."""
-    from hetcomp_dist import storage
+    from hetcomp_dist.layout import RunLayout
     from hetcomp_dist.pipeline import STAGES, run_pipeline
 
     def go(cfg: Config, args: argparse.Namespace) -> str:
         run_pipeline(cfg, STAGES[: STAGES.index(stage) + 1] if args.smoke else (stage,))
-        return storage.join(cfg.run, stage)  # every stage writes RUN/<stage>/
+        return RunLayout(cfg.run).stage(stage)
 
     return run_job(go, description, argv)

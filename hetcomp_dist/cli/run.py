@@ -7,6 +7,7 @@ import dataclasses
 
 from hetcomp_dist.config import Config, load_config, validate
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.pipeline import STAGES, run_pipeline
 
 HELP = (
@@ -42,6 +43,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
-    out = run_pipeline(cfg, stages)
-    print(f"report: {out}/report.md")
+    run_pipeline(cfg, stages)
+    print(f"report: {RunLayout(cfg.run).report_md}")
     return 0

@@ -12,6 +12,7 @@ import numpy as np
 
 from hetcomp_dist import storage
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 
 SPLITS = ("train", "valid", "test")
 
@@ -67,16 +68,13 @@ def union(*parts: CSR) -> CSR:
     return CSR(offsets, vals[order].astype(np.int32), parts[0].lo)
 
 
-def data_dir(run: str) -> str:
-    return storage.join(run, "data")
-
-
 def load_manifest(run: str) -> dict:
     """The data manifest; a clear error when the run has no finished data stage."""
-    m = storage.read_manifest(data_dir(run))
+    data = RunLayout(run).data
+    m = storage.read_manifest(data)
     if m is None:
         raise InputError(
-            storage.join(data_dir(run), storage.MANIFEST),
+            storage.manifest_path(data),
             "the run has no finished data stage",
             "run `hetcomp-dist ingest --out RUN ...` or `hetcomp-dist synth --out RUN ...` first",
         )
@@ -86,10 +84,11 @@ def load_manifest(run: str) -> dict:
 def load_shard(run: str, split: str, s: int, manifest: dict | None = None) -> CSR:
     m = manifest or load_manifest(run)
     lo, hi = storage.shard_range(s, m["shard_size"], m["n_users"])
-    t = storage.read_table(storage.shard_path(storage.join(data_dir(run), split), s), ["user", "items"])
+    path = storage.shard_path(RunLayout(run).split(split), s)
+    t = storage.read_table(path, ["user", "items"])
     if t.num_rows != hi - lo:
         raise InputError(
-            storage.shard_path(storage.join(data_dir(run), split), s),
+            path,
             f"{t.num_rows} rows for users [{lo}, {hi})",
             "the run is corrupt; delete RUN/data and ingest again",
         )
@@ -138,4 +137,4 @@ def read_lists(folder: str, column: str, lo: int, hi: int, manifest: dict) -> CS
 
 def load_range(run: str, split: str, lo: int, hi: int, manifest: dict | None = None) -> CSR:
     """Lists of users [lo, hi) of a data split (train / valid / test)."""
-    return read_lists(storage.join(data_dir(run), split), "items", lo, hi, manifest or load_manifest(run))
+    return read_lists(RunLayout(run).split(split), "items", lo, hi, manifest or load_manifest(run))

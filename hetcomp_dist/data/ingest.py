@@ -26,10 +26,11 @@ import pyarrow as pa
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import DataConfig
-from hetcomp_dist.data.dataset import CSR, data_dir
+from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.data.readers import RawIds, read_interactions
 from hetcomp_dist.data.split import SplitWriter, split_manifest
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import Progress, log
 
 STAGE = "ingest"
@@ -46,7 +47,7 @@ def ingest(run: str, cfg: DataConfig) -> dict:
 
     Skips the work when ``RUN/data`` is already committed with the same config hash.
     """
-    out = data_dir(run)
+    out = RunLayout(run).data
     h = data_hash(cfg)
     done = storage.stage_is_done(out, h)
     if done is not None:
@@ -134,11 +135,12 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
     item_dense = (np.cumsum(item_seen) - 1).astype(np.int32)
 
     # -- pass 4: write (everything above validated the input; from here on, clean up on failure)
-    out = data_dir(run)
+    layout = RunLayout(run)
+    out = layout.data
     storage.begin_stage(out)
     try:
         writer = SplitWriter(
-            out, n_users, n_items, cfg.shard_size, cfg.seed, cfg.test_frac, cfg.valid_frac, STAGE
+            layout, n_users, n_items, cfg.shard_size, cfg.seed, cfg.test_frac, cfg.valid_frac, STAGE
         )
         for k in range(n_buckets):
             pairs = np.fromfile(os.path.join(spill, f"b{k}.bin"), dtype=dtype).reshape(-1, 2)
@@ -150,14 +152,13 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
             du = user_dense[ur[sel]] - lo
             writer.add(CSR(_offsets(np.bincount(du, minlength=n_here)), item_dense[ir[sel]], lo))
         counts = writer.finish()
-        maps = storage.join(out, "maps")
-        storage.write_table_atomic(
-            storage.join(maps, "users.parquet"), _map_table(users.values.filter(pa.array(keep_user)))
-        )
-        storage.write_table_atomic(
-            storage.join(maps, "items.parquet"), _map_table(items.values.filter(pa.array(item_seen)))
-        )
-        files = dict(writer.files, **{"maps/users.parquet": n_users, "maps/items.parquet": n_items})
+        storage.write_table_atomic(layout.users_map, _map_table(users.values.filter(pa.array(keep_user))))
+        storage.write_table_atomic(layout.items_map, _map_table(items.values.filter(pa.array(item_seen))))
+        files = {
+            **writer.files,
+            storage.relative(layout.users_map, out): n_users,
+            storage.relative(layout.items_map, out): n_items,
+        }
         source = {
             "kind": "file",
             "input": cfg.input,
@@ -193,8 +194,8 @@ def _map_table(raw: pa.Array) -> pa.Table:
 
 def load_maps(run: str) -> tuple[pa.Array, pa.Array]:
     """(users raw ids, items raw ids), indexed by dense id."""
-    maps = storage.join(data_dir(run), "maps")
+    layout = RunLayout(run)
     return (
-        storage.read_table(storage.join(maps, "users.parquet")).column("raw").combine_chunks(),
-        storage.read_table(storage.join(maps, "items.parquet")).column("raw").combine_chunks(),
+        storage.read_table(layout.users_map).column("raw").combine_chunks(),
+        storage.read_table(layout.items_map).column("raw").combine_chunks(),
     )

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from hetcomp_dist import storage
 from hetcomp_dist.data.dataset import CSR, SPLITS
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import Progress, log
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -134,13 +135,13 @@ class SplitCounts:
 
 class SplitWriter:
     """Receives consecutive blocks of users (dense ids from 0, in order), splits them and writes
-    ``<data_dir>/{train,valid,test}/shard-*.parquet``.
+    ``RUN/data/{train,valid,test}/shard-*.parquet``.
 
     Memory: one shard of lists plus the pending block; raw valid/test shards wait in a local spill
     folder until `finish` applies the global step-3 rule.
 
     Args:
-        data_dir: RUN/data (local path or URI).
+        layout: the run's layout (RUN a local path or URI).
         n_users, n_items: sizes of the dense id spaces.
         shard_size: users per shard.
         seed, test_frac, valid_frac: split parameters.
@@ -148,7 +149,7 @@ class SplitWriter:
 
     def __init__(
         self,
-        data_dir: str,
+        layout: RunLayout,
         n_users: int,
         n_items: int,
         shard_size: int,
@@ -157,7 +158,7 @@ class SplitWriter:
         valid_frac: float = 0.2,
         stage: str = "split",
     ) -> None:
-        self.data_dir, self.n_users, self.n_items, self.S = data_dir, n_users, n_items, shard_size
+        self.layout, self.n_users, self.n_items, self.S = layout, n_users, n_items, shard_size
         self.seed, self.test_frac, self.valid_frac, self.stage = seed, test_frac, valid_frac, stage
         self.in_train = np.zeros(n_items, dtype=bool)
         self.pending: list[CSR] = []
@@ -198,9 +199,9 @@ class SplitWriter:
         self.progress.update(shard.n)
 
     def _write(self, split: str, s: int, rows: CSR) -> None:
-        path = storage.shard_path(storage.join(self.data_dir, split), s)
+        path = storage.shard_path(self.layout.split(split), s)
         storage.write_table_atomic(path, shard_table(rows))
-        self.files[f"{split}/{storage.shard_name(s)}"] = rows.n
+        self.files[storage.relative(path, self.layout.data)] = rows.n
 
     def _load_spill(self, name: str, s: int, lo: int) -> CSR:
         off = np.load(os.path.join(self.spill, f"{name}-{s}-off.npy"), allow_pickle=False)
@@ -213,7 +214,7 @@ class SplitWriter:
             if self.next_user != self.n_users:
                 raise ValueError(f"got {self.next_user} of {self.n_users} users")
             self.progress.close()
-            for s, lo, _hi in storage.iter_shards(self.data_dir, self.n_users, self.S):
+            for s, lo, _hi in storage.iter_shards(self.layout.data, self.n_users, self.S):
                 valid, test = drop_unseen(
                     self._load_spill("valid", s, lo), self._load_spill("test", s, lo), self.in_train
                 )

@@ -24,9 +24,10 @@ import numpy as np
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import DataConfig, SynthConfig
-from hetcomp_dist.data.dataset import CSR, data_dir
+from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.data.split import SplitWriter, split_manifest
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
 
 STAGE = "synth"
@@ -193,7 +194,8 @@ def synthesize(run: str, synth: SynthConfig, data: DataConfig) -> dict:
     Skips the work when ``RUN/data`` is already committed with the same config hash.
     """
     check(synth)
-    out = data_dir(run)
+    layout = RunLayout(run)
+    out = layout.data
     h = synth_hash(synth, data)
     done = storage.stage_is_done(out, h)
     if done is not None:
@@ -203,7 +205,14 @@ def synthesize(run: str, synth: SynthConfig, data: DataConfig) -> dict:
     try:
         items = item_model(synth)
         writer = SplitWriter(
-            out, synth.users, synth.items, data.shard_size, data.seed, data.test_frac, data.valid_frac, STAGE
+            layout,
+            synth.users,
+            synth.items,
+            data.shard_size,
+            data.seed,
+            data.test_frac,
+            data.valid_frac,
+            STAGE,
         )
         for b in range(-(-synth.users // GEN_BLOCK)):
             writer.add(generate_block(synth, items, b))

@@ -31,12 +31,13 @@ import torch
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import EvalConfig
-from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard, union
+from hetcomp_dist.data.dataset import CSR, load_manifest, load_shard, union
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation import kernels
 from hetcomp_dist.evaluation.faiss_exact import BlockedFlatIndex
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
 from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex, _encode, build_index, grouped_search
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import Progress
 
 STAGE = "evaluate"
@@ -520,7 +521,7 @@ def evaluate_lists(
     m = load_manifest(run)
     sums = {split: MetricSums(ks) for split in splits}
     for split in splits:
-        for s, lo, hi in storage.iter_shards(data_dir(run), m["n_users"], m["shard_size"]):
+        for s, lo, hi in storage.iter_shards(RunLayout(run).data, m["n_users"], m["shard_size"]):
             path = storage.shard_path(storage.join(lists_dir, split), s)
             if not storage.exists(path):
                 raise InputError(path, "missing list shard", "write every shard of the run's user ranges")

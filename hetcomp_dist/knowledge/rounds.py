@@ -46,20 +46,15 @@ from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step_targets, state_means,
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
 from hetcomp_dist.knowledge.shard_io import (
     block,
-    cache_path,
     check_ids,
-    knowledge_dir,
-    pos_dir,
     read_dense,
     read_lists,
     read_round,
     read_state_cache,
-    round_dir,
-    state_path,
-    teacher_dir,
     write_round_shard,
     write_state_cache,
 )
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
 
 N_STATES = 4  # E1..E4; state index v in 0..3
@@ -93,7 +88,7 @@ class RoundTask:
     epoch: int = 0
     emb_path: str = ""
     metric: str = "ip"
-    rounds: str | None = None  # where rounds >= 1 live (`shard_io.round_dir`)
+    rounds: str | None = None  # where rounds >= 1 live (`RunLayout.round`)
     state_cache: bool = (
         False  # read the teachers' states from round 0's copies (`shard_io.write_state_cache`)
     )
@@ -101,6 +96,18 @@ class RoundTask:
     @property
     def kc(self):
         return self.cfg.knowledge
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run)
+
+    def state_shard(self, name: str, e: int, s: int) -> str:
+        """Shard s of teacher `name`'s state E_e (e = 1..4)."""
+        return storage.shard_path(self.layout.teacher_state(name, e), s)
+
+    def cache_shard(self, name: str, e: int, s: int) -> str:
+        """Shard s of round 0's copy of teacher `name`'s state E_e (`shard_io.write_state_cache`)."""
+        return storage.shard_path(self.layout.state_cache(name, e), s, ".arrow")
 
     def weights(self) -> np.ndarray | None:
         return np.asarray(self.kc.weights, dtype=np.float64) if self.kc.weights else None
@@ -118,18 +125,18 @@ def round0_shard(task: RoundTask, s: int) -> dict:
     other = block((n, kc.topk)) if task.state_cache else None  # E2..E4, one at a time, for their copies
     observed = []
     for x, name in enumerate(names):
-        read_dense(state_path(run, name, 1, s), lo, hi, kc.topk, out=e1[x], n_items=n_items)
+        read_dense(task.state_shard(name, 1, s), lo, hi, kc.topk, out=e1[x], n_items=n_items)
         if task.state_cache:  # every later round reads the states from these copies
-            write_state_cache(cache_path(run, name, 1, s), lo, hi, e1[x], n_items)
+            write_state_cache(task.cache_shard(name, 1, s), lo, hi, e1[x], n_items)
             for e in range(2, N_STATES + 1):
                 write_state_cache(
-                    cache_path(run, name, e, s),
+                    task.cache_shard(name, e, s),
                     lo,
                     hi,
-                    read_dense(state_path(run, name, e, s), lo, hi, kc.topk, out=other, n_items=n_items),
+                    read_dense(task.state_shard(name, e, s), lo, hi, kc.topk, out=other, n_items=n_items),
                     n_items,
                 )
-        opath = storage.shard_path(storage.join(teacher_dir(run, name), "observed"), s)
+        opath = storage.shard_path(task.layout.teacher_observed(name), s)
         off, val = read_lists(opath, lo, hi)
         if not np.array_equal(np.diff(off), train.lengths()):
             raise InputError(
@@ -149,7 +156,7 @@ def round0_shard(task: RoundTask, s: int) -> dict:
         run, 0, s, lo, hi, np.zeros((n, M), np.int8), np.full((n, M), np.nan, np.float32), targets
     )
     storage.write_table_atomic(
-        storage.shard_path(pos_dir(run), s), storage.user_table(lo, hi, items=storage.dense_to_list(pos))
+        storage.shard_path(task.layout.pos, s), storage.user_table(lo, hi, items=storage.dense_to_list(pos))
     )
     wall = time.perf_counter() - t0
     log(STAGE, f"round 0 shard {s}: users [{lo}, {hi}) in {wall:.2f}s")
@@ -218,9 +225,9 @@ def read_states(task: RoundTask, s: int, lo: int, hi: int, states: list[range]) 
     for x, name in enumerate(task.names):
         for e in states[x]:
             if task.state_cache:
-                read_state_cache(cache_path(task.run, name, e + 1, s), lo, hi, buf[x, e], n_items)
+                read_state_cache(task.cache_shard(name, e + 1, s), lo, hi, buf[x, e], n_items)
             else:
-                read_dense(state_path(task.run, name, e + 1, s), lo, hi, K, out=buf[x, e], n_items=n_items)
+                read_dense(task.state_shard(name, e + 1, s), lo, hi, K, out=buf[x, e], n_items=n_items)
     return buf.transpose(2, 0, 1, 3)
 
 
@@ -351,17 +358,18 @@ def _base(run: str, cfg: Config) -> tuple[dict, tuple[str, ...], str]:
     data = load_manifest(run)
     teachers = committed_teachers(run, cfg, data)
     names = tuple(cfg.teachers.names)
+    layout = RunLayout(run)
     for name, m in teachers.items():
         for key in ("n_users", "shard_size"):
             if key in m and m[key] != data[key]:
                 raise InputError(
-                    teacher_dir(run, name),
+                    layout.teacher(name),
                     f"{key} {m[key]} differs from the data's {data[key]}",
                     "retrain the teachers on this run's data",
                 )
         if m.get("K", cfg.knowledge.topk) < cfg.knowledge.topk:
             raise InputError(
-                teacher_dir(run, name),
+                layout.teacher(name),
                 f"exported K = {m['K']} < knowledge.topk = {cfg.knowledge.topk}",
                 "set knowledge.topk <= teachers.topk",
             )
@@ -390,11 +398,12 @@ def _round_hash(cfg: Config, r: int, prev_hash: str, epoch: int, emb_path: str, 
 def _chain(run: str, cfg: Config, base: str, upto: int, rounds: str | None = None) -> str:
     """The config hash round `upto` must carry, checking every round before it is committed and current."""
     h = storage.config_hash("round", 0, base)
+    layout = RunLayout(run)
     for j in range(upto + 1):
-        m = storage.read_manifest(round_dir(run, j, rounds))
+        m = storage.read_manifest(layout.round(j, rounds))
         if m is None:
             raise InputError(
-                round_dir(run, j, rounds),
+                layout.round(j, rounds),
                 "knowledge round not committed",
                 "build the rounds in order: build_round0, then dkc_round(1), dkc_round(2), ...",
             )
@@ -402,7 +411,7 @@ def _chain(run: str, cfg: Config, base: str, upto: int, rounds: str | None = Non
             h = _round_hash(cfg, j, h, m["epoch"], m["emb_path"], m["metric"])
         if m.get("config_hash") != h:
             raise InputError(
-                round_dir(run, j, rounds),
+                layout.round(j, rounds),
                 "built from other inputs (data, teachers, config or earlier rounds)",
                 "rebuild the knowledge from round 0 (delete RUN/knowledge)",
             )
@@ -456,14 +465,14 @@ def _commit(
         "task_peak_rss_gib": max(x["peak_rss_gib"] for x in stats),
         **extra,
     }
-    storage.write_manifest(round_dir(run, task.round_idx, task.rounds), manifest)
+    storage.write_manifest(task.layout.round(task.round_idx, task.rounds), manifest)
     log(
         STAGE,
         f"committed round {task.round_idx} (epoch {task.epoch}): means "
         + ", ".join(f"{k} {v:.3f}" for k, v in manifest["means"].items())
         + f", switch {manifest['switch']}, {manifest['changed_users']:,} users changed, {wall:.1f}s",
     )
-    return storage.read_manifest(round_dir(run, task.round_idx, task.rounds))
+    return storage.read_manifest(task.layout.round(task.round_idx, task.rounds))
 
 
 def build_round0(run: str, cfg: Config) -> dict:
@@ -477,18 +486,19 @@ def build_round0(run: str, cfg: Config) -> dict:
     data, names, base = _base(run, cfg)
     h = storage.config_hash("round", 0, base)
     h_pos = storage.config_hash("pos", base, cfg.knowledge.pos_k)
-    done = storage.stage_is_done(round_dir(run, 0), h)
-    if done is not None and storage.stage_is_done(pos_dir(run), h_pos) is not None:
+    layout = RunLayout(run)
+    done = storage.stage_is_done(layout.round(0), h)
+    if done is not None and storage.stage_is_done(layout.pos, h_pos) is not None:
         log(STAGE, f"round 0 is up to date (config {h}); skipping")
         return done
-    storage.delete_dir(knowledge_dir(run))  # every later round depends on round 0
-    storage.begin_stage(pos_dir(run))
-    storage.begin_stage(round_dir(run, 0))
+    storage.delete_dir(layout.knowledge)  # every later round depends on round 0
+    storage.begin_stage(layout.pos)
+    storage.begin_stage(layout.round(0))
     task = RoundTask(run, cfg, names, data, 0, state_cache=cfg.knowledge.cache_states)
     distributed = _distributed(cfg, data["n_users"])
     stats = map_shards("round0", task, distributed)
     storage.write_manifest(
-        pos_dir(run),
+        layout.pos,
         {
             "config_hash": h_pos,
             "pos_k": cfg.knowledge.pos_k,
@@ -553,28 +563,25 @@ def dkc_round(
     data, names, base = _base(run, cfg)
     prev_hash = _chain(run, cfg, base, round_idx - 1, rounds)
     h = _round_hash(cfg, round_idx, prev_hash, epoch, emb_path, metric)
-    done = storage.stage_is_done(round_dir(run, round_idx, rounds), h)
+    layout = RunLayout(run)
+    done = storage.stage_is_done(layout.round(round_idx, rounds), h)
     if done is not None:
         log(STAGE, f"round {round_idx} is up to date (config {h}); skipping")
         return done
-    prev = storage.read_manifest(round_dir(run, round_idx - 1, rounds))
+    prev = storage.read_manifest(layout.round(round_idx - 1, rounds))
     if prev["switch"]:
         raise InputError(
-            round_dir(run, round_idx - 1, rounds),
+            layout.round(round_idx - 1, rounds),
             "the switch fired at this round: DKC has stopped for good",
             "train on the last round's targets (L_F) instead of calling dkc_round",
         )
     _check_embeddings(emb_path, data, metric)
     j = round_idx + 1
-    while storage.exists(
-        round_dir(run, j, rounds)
-    ):  # later rounds were built on an older version of this one
-        storage.delete_dir(round_dir(run, j, rounds))
+    while storage.exists(layout.round(j, rounds)):  # later rounds were built on an older version of this one
+        storage.delete_dir(layout.round(j, rounds))
         j += 1
-    storage.begin_stage(round_dir(run, round_idx, rounds))
-    state_cache = bool(
-        storage.read_manifest(round_dir(run, 0)).get("state_cache", False)
-    )  # checked by _chain
+    storage.begin_stage(layout.round(round_idx, rounds))
+    state_cache = bool(storage.read_manifest(layout.round(0)).get("state_cache", False))  # checked by _chain
     task = RoundTask(run, cfg, names, data, int(round_idx), int(epoch), emb_path, metric, rounds, state_cache)
     distributed = _distributed(cfg, data["n_users"])
     stats = map_shards("dkc", task, distributed)
@@ -584,15 +591,16 @@ def dkc_round(
 def load_targets(
     run: str, round_idx: int, lo: int, hi: int, rounds: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and P+ of users [lo, hi) of a committed round (`rounds`: see `shard_io.round_dir`).
+    """Targets and P+ of users [lo, hi) of a committed round (`rounds`: see `RunLayout.round`).
 
     Returns:
         (targets (hi-lo, K) int32, pos (hi-lo, pos_k) int32), -1 padded.
     """
-    m = storage.read_manifest(round_dir(run, round_idx, rounds))
+    layout = RunLayout(run)
+    m = storage.read_manifest(layout.round(round_idx, rounds))
     if m is None:
         raise InputError(
-            round_dir(run, round_idx, rounds),
+            layout.round(round_idx, rounds),
             "knowledge round not committed",
             "run build_round0 / dkc_round first",
         )
@@ -604,11 +612,9 @@ def load_targets(
         s_lo, s_hi = storage.shard_range(s, S, n)
         a, b = max(lo, s_lo) - s_lo, min(hi, s_hi) - s_lo
         targets.append(
-            read_dense(storage.shard_path(round_dir(run, round_idx, rounds), s), s_lo, s_hi, K, "targets")[
-                a:b
-            ]
+            read_dense(storage.shard_path(layout.round(round_idx, rounds), s), s_lo, s_hi, K, "targets")[a:b]
         )
-        pos.append(read_dense(storage.shard_path(pos_dir(run), s), s_lo, s_hi, pos_k)[a:b])
+        pos.append(read_dense(storage.shard_path(layout.pos, s), s_lo, s_hi, pos_k)[a:b])
     if not targets:
         return np.zeros((0, K), np.int32), np.zeros((0, pos_k), np.int32)
     return np.concatenate(targets), np.concatenate(pos)

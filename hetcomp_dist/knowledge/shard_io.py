@@ -16,39 +16,9 @@ import pyarrow.parquet as pq
 
 from hetcomp_dist import storage
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 
 PAD = -1
-
-
-def knowledge_dir(run: str) -> str:
-    return storage.join(run, "knowledge")
-
-
-def round_dir(run: str, round_idx: int, rounds: str | None = None) -> str:
-    """Round r's folder. Round 0 (from the E1 states) is shared by every student: RUN/knowledge/round=0.
-    Rounds r >= 1 follow one student's rankings, so each student keeps its own under `rounds` (its
-    folder's ``knowledge``: students training side by side on one run never share them); None =
-    RUN/knowledge (the standalone knowledge stage)."""
-    base = knowledge_dir(run) if round_idx == 0 or rounds is None else rounds
-    return storage.join(base, f"round={round_idx}")
-
-
-def pos_dir(run: str) -> str:
-    return storage.join(knowledge_dir(run), "pos")
-
-
-def teacher_dir(run: str, name: str) -> str:
-    return storage.join(run, "teachers", name)
-
-
-def state_path(run: str, name: str, e: int, s: int) -> str:
-    """Shard s of teacher `name`'s trajectory state E_e (e = 1..4)."""
-    return storage.shard_path(storage.join(teacher_dir(run, name), f"state={e}"), s)
-
-
-def cache_path(run: str, name: str, e: int, s: int) -> str:
-    """Shard s of the knowledge stage's copy of teacher `name`'s state E_e (`write_state_cache`)."""
-    return storage.shard_path(storage.join(knowledge_dir(run), "states", name, f"state={e}"), s, ".arrow")
 
 
 # items + 1 as uint16 (0 = PAD) when every id fits: half the bytes, and lz4 decompresses it ~5x faster
@@ -231,8 +201,8 @@ def fixed_list(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
 
 def read_round(run: str, round_idx: int, s: int, lo: int, hi: int, M: int, K: int, rounds: str | None = None):
     """(v (n, M) int64, d (n, M) float32, targets (n, K) int32) of shard s of a committed round
-    (`rounds`: see `round_dir`)."""
-    path = storage.shard_path(round_dir(run, round_idx, rounds), s)
+    (`rounds`: see `RunLayout.round`)."""
+    path = storage.shard_path(RunLayout(run).round(round_idx, rounds), s)
     t = read(path, ["user", "v", "d", "targets"])
     if t.num_rows != hi - lo:
         raise InputError(path, f"{t.num_rows} rows for users [{lo}, {hi})", "delete the round and rebuild it")
@@ -262,7 +232,7 @@ def write_round_shard(
 ) -> None:
     """Shard s of a round: v (n, M) int8, d (n, M) float32, targets (n, K) -1 padded, written atomically."""
     storage.write_table_atomic(
-        storage.shard_path(round_dir(run, round_idx, rounds), s),
+        storage.shard_path(RunLayout(run).round(round_idx, rounds), s),
         storage.user_table(
             lo,
             hi,

@@ -15,27 +15,28 @@ from hetcomp_dist import storage
 from hetcomp_dist.data.dataset import load_manifest, read_lists
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge.ensemble import ensemble_topk
+from hetcomp_dist.layout import RunLayout
 
 FINAL_STATE = 4
-
-
-def state_dir(run: str, teacher: str, state: int = FINAL_STATE) -> str:
-    return storage.join(run, "teachers", teacher, f"state={state}")
 
 
 def check_teachers(run: str, names: tuple[str, ...] | list[str], state: int = FINAL_STATE) -> None:
     """A clear error, before any training, when a teacher's exported state is missing."""
     m = load_manifest(run)
+    layout = RunLayout(run)
     for name in names:
-        first = storage.shard_path(state_dir(run, name, state), 0)
-        if not storage.exists(first) or storage.read_manifest(storage.join(run, "teachers", name)) is None:
+        folder = layout.teacher_state(name, state)
+        if (
+            not storage.exists(storage.shard_path(folder, 0))
+            or storage.read_manifest(layout.teacher(name)) is None
+        ):
             raise InputError(
-                state_dir(run, name, state),
+                folder,
                 f"teacher {name!r} has no finished E{state} export",
                 "run `hetcomp-dist teachers --run RUN` first (the baselines reuse its trajectories)",
             )
         n = storage.n_shards(m["n_users"], m["shard_size"])
-        last = storage.shard_path(state_dir(run, name, state), n - 1)
+        last = storage.shard_path(folder, n - 1)
         if not storage.exists(last):
             raise InputError(
                 last,
@@ -61,8 +62,9 @@ def teacher_lists(
     """
     m = manifest or load_manifest(run)
     out = np.full((hi - lo, len(names), k), -1, dtype=np.int32)
+    layout = RunLayout(run)
     for x, name in enumerate(names):
-        lists = read_lists(state_dir(run, name, state), "items", lo, hi, m)
+        lists = read_lists(layout.teacher_state(name, state), "items", lo, hi, m)
         out[:, x] = storage.csr_to_dense(lists.offsets, lists.items, k)
     return out
 

@@ -17,8 +17,9 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
 from hetcomp_dist.evaluation.retrieval import excluded_mask, first_k_kept
 from hetcomp_dist.knowledge.ensemble import ensemble_topk
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import Progress
-from hetcomp_dist.teachers.runner import load_teacher_lists, teacher_dir, teacher_hash, teachers_dir
+from hetcomp_dist.teachers.runner import load_teacher_lists, teacher_hash
 from hetcomp_dist.teachers.trajectory import N_STATES
 
 KEYS = ("R@10", "N@10", "R@50", "N@50")
@@ -27,11 +28,12 @@ KEYS = ("R@10", "N@10", "R@50", "N@50")
 def committed_teachers(run: str, cfg: Config, data: dict) -> dict[str, dict]:
     """Manifests of cfg.teachers.names, each committed under the current config (else InputError)."""
     out = {}
+    layout = RunLayout(run)
     for name in cfg.teachers.names:
-        m = storage.stage_is_done(teacher_dir(run, name), teacher_hash(cfg, name, data["config_hash"]))
+        m = storage.stage_is_done(layout.teacher(name), teacher_hash(cfg, name, data["config_hash"]))
         if m is None:
             raise InputError(
-                teacher_dir(run, name),
+                layout.teacher(name),
                 "no committed teacher trajectory for this config",
                 f"run `hetcomp-dist teachers --run {run}` with the same config first",
             )
@@ -43,6 +45,7 @@ def ensemble_report(run: str, cfg: Config) -> dict:
     """{"teachers": {name: {"valid": {...}, "test": {...}}}, "ensemble": {"valid": {...}, "test": {...}}}
     with keys R@10, N@10, R@50, N@50; also written to ``RUN/teachers/ensemble.json``."""
     data = load_manifest(run)
+    layout = RunLayout(run)
     teachers = committed_teachers(run, cfg, data)
     names = list(teachers)
     k = min(m["K"] for m in teachers.values())
@@ -52,7 +55,7 @@ def ensemble_report(run: str, cfg: Config) -> dict:
     for s, lo, hi in storage.iter_shards("", data["n_users"], data["shard_size"]):
         lists = np.stack(
             [
-                storage.csr_to_dense(*_csr(load_teacher_lists(run, n, f"state={N_STATES}", s)), width=k)
+                storage.csr_to_dense(*_csr(load_teacher_lists(layout.teacher_state(n, N_STATES), s)), width=k)
                 for n in names
             ],
             axis=1,
@@ -80,7 +83,7 @@ def ensemble_report(run: str, cfg: Config) -> dict:
         "teachers": {n: {"valid": _pick(m["valid"]), "test": _pick(m["test"])} for n, m in teachers.items()},
         "ensemble": {split: _pick(sums[split].means()) for split in ("valid", "test")},
     }
-    storage.write_json_atomic(storage.join(teachers_dir(run), "ensemble.json"), report)
+    storage.write_json_atomic(layout.teachers_ensemble, report)
     return report
 
 

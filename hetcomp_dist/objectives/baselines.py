@@ -29,6 +29,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import Config
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge import signal
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.students import Student
 from hetcomp_dist.objectives import baseline_losses, losses
 from hetcomp_dist.objectives.base import Batch, Objective
@@ -86,7 +87,7 @@ class BaselineObjective(Objective):
         invalidate a finished baseline)."""
         k = cfg.knowledge
         exports = [
-            (storage.read_manifest(storage.join(run, "teachers", n)) or {}).get("config_hash")
+            (storage.read_manifest(RunLayout(run).teacher(n)) or {}).get("config_hash")
             for n in cfg.teachers.names
         ]
         return [cls.name, cfg.baselines, list(cfg.teachers.names), k.temperature, list(k.weights), exports]

@@ -16,6 +16,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import Config
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_split, union
 from hetcomp_dist.evaluation import retrieval
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
 
 K = 50
@@ -37,17 +38,17 @@ def _ensemble_cost(run: str, cfg: Config, m: dict, users: np.ndarray, train: CSR
     from hetcomp_dist.knowledge.ensemble import ensemble_topk
     from hetcomp_dist.models.registry import model_class
     from hetcomp_dist.teachers.fit import resolve
-    from hetcomp_dist.teachers.runner import teacher_dir
     from hetcomp_dist.teachers.trajectory import Ranker, load_weights
 
     models = []
+    layout = RunLayout(run)
     for name in cfg.teachers.names:
-        man = storage.read_manifest(teacher_dir(run, name))
+        man = storage.read_manifest(layout.teacher(name))
         if man is None:
             return None
         _, model_cfg = resolve(cfg.teachers, name)
         model = model_class(name, model_cfg)(m["n_users"], m["n_items"], model_cfg, train)
-        model.load_state_dict(load_weights(storage.join(teacher_dir(run, name), man["snapshots"]["state=4"])))
+        model.load_state_dict(load_weights(layout.teacher_snapshot(name, man["state_epochs"][-1])))  # E4
         models.append(model)
     # building the rankers (embeddings, FAISS indexes) is part of serving set-up, not of the timed work
     rankers = [Ranker(model, train, cfg.eval) for model in models]
@@ -71,9 +72,11 @@ def _ensemble_cost(run: str, cfg: Config, m: dict, users: np.ndarray, train: CSR
     }
 
 
-def _student_cost(path: str, label: str, users: np.ndarray, ex: CSR, cfg: Config) -> dict:
-    emb = storage.read_npz(path)
-    meta_path = path.rpartition("/")[0] + "/model.json"
+def _student_cost(
+    layout: RunLayout, folder: str, label: str, users: np.ndarray, ex: CSR, cfg: Config
+) -> dict:
+    emb = storage.read_npz(layout.student_embeddings(folder))
+    meta_path = layout.student_summary(folder)
     meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
     metric = meta.get("metric", "ip")
     n_params = int(meta.get("n_params", emb["user"].size + emb["item"].size))
@@ -103,12 +106,12 @@ def inference_cost(run: str, cfg: Config) -> list[dict]:
     ens = _ensemble_cost(run, cfg, m, users, train, ex)
     if ens is not None:
         rows.append(ens)
+    layout = RunLayout(run)
     for model in cfg.pipeline.students:
-        path = storage.join(run, "student", f"hetcomp-{model}", "emb.npz")
-        if storage.exists(path):
-            rows.append(
-                _student_cost(path, f"HetComp student {model.upper()} (d={cfg.student.dim})", users, ex, cfg)
-            )
+        folder = layout.student("hetcomp", model)
+        if storage.exists(layout.student_embeddings(folder)):
+            label = f"HetComp student {model.upper()} (d={cfg.student.dim})"
+            rows.append(_student_cost(layout, folder, label, users, ex, cfg))
     for r in rows:
         log(
             "cost",

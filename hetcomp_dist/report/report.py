@@ -12,14 +12,11 @@ from typing import Any
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import BASELINES
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
 from hetcomp_dist.report.paper import LABELS, METRICS, PAPER_CITEULIKE
 
 SPLITS = ("valid", "test")
-
-
-def report_dir(run: str) -> str:
-    return storage.join(run, "report")
 
 
 def add_result(
@@ -31,11 +28,11 @@ def add_result(
 ) -> None:
     """Stores one result: ``metrics = {"valid": {"R@10", ...}, "test": {...}}``; student "-" for teachers."""
     row = {"method": method, "student": student, **{s: dict(metrics[s]) for s in SPLITS}, **(extra or {})}
-    storage.write_json_atomic(storage.join(report_dir(run), "rows", f"{method}-{student}.json"), row)
+    storage.write_json_atomic(RunLayout(run).report_row(method, student), row)
 
 
 def load_results(run: str) -> list[dict]:
-    return [storage.read_json(p) for p in storage.list_files(storage.join(report_dir(run), "rows"), ".json")]
+    return [storage.read_json(p) for p in storage.list_files(RunLayout(run).report_rows, ".json")]
 
 
 def flat_rows(results: list[dict]) -> list[dict]:
@@ -155,7 +152,8 @@ def plot_curves(
 ) -> bool:
     """valid R@50 vs epoch per student run, with HetComp's mean DKC state. False when nothing to plot.
 
-    `names` ({student folder name: legend label}, in plotting order) keeps only those runs.
+    `names` ({student folder (`RunLayout.student`): legend label}, in plotting order) keeps only those
+    runs; without it every folder under RUN/student is plotted under its own name.
     """
     import io
 
@@ -165,12 +163,12 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     runs = []
-    dirs = _student_dirs(run)
+    layout = RunLayout(run)
+    dirs = storage.list_dirs(layout.students)
     if names is not None:
-        by = {d.rstrip("/").rpartition("/")[2]: d for d in dirs}
-        dirs = [by[n] for n in names if n in by]
+        dirs = [d for d in names if d in dirs]
     for d in dirs:
-        recs = _read_jsonl(storage.join(d, "metrics.jsonl"))
+        recs = _read_jsonl(layout.student_metrics(d))
         pts = [
             (r["epoch"], r["valid"]["R@50"])
             for r in recs
@@ -178,8 +176,7 @@ def plot_curves(
         ]
         means = [(r["epoch"], sum(r["means"].values()) / len(r["means"])) for r in recs if r.get("means")]
         if pts:
-            base = d.rstrip("/").rpartition("/")[2]
-            runs.append(((names or {}).get(base, base), pts, means))
+            runs.append(((names or {}).get(d) or d.rstrip("/").rpartition("/")[2], pts, means))
     if not runs:
         return False
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -208,16 +205,6 @@ def plot_curves(
     return True
 
 
-def _student_dirs(run: str) -> list[str]:
-    import pyarrow.fs as pafs
-
-    fs, p = storage.resolve(storage.join(run, "student"))
-    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
-    return sorted(
-        storage.join(run, "student", i.base_name) for i in infos if i.type == pafs.FileType.Directory
-    )
-
-
 def _read_jsonl(path: str) -> list[dict]:
     if not storage.exists(path):
         return []
@@ -227,7 +214,7 @@ def _read_jsonl(path: str) -> list[dict]:
 def record_stage_times(run: str, stage_times: Mapping[str, float]) -> None:
     """Adds these stage wall times to RUN/report/meta.json (summed over invocations: a resumed run adds
     the work it redid), so an invocation without the report stage still counts in the next report."""
-    meta_path = storage.join(report_dir(run), "meta.json")
+    meta_path = RunLayout(run).report_meta
     meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
     old = meta.get("stage_times", {})
     meta["stage_times"] = {**old, **{k: old.get(k, 0.0) + v for k, v in stage_times.items()}}
@@ -248,10 +235,10 @@ def write_report(
         (source.get("format") or source.get("kind", "unknown")) if isinstance(source, dict) else str(source)
     )
     results = load_results(run)
-    rdir = report_dir(run)
+    layout = RunLayout(run)
     if stage_times:
         record_stage_times(run, stage_times)
-    meta_path = storage.join(rdir, "meta.json")
+    meta_path = layout.report_meta
     meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
     if cost:
         meta["cost"] = cost
@@ -259,7 +246,7 @@ def write_report(
         meta["teachers"] = list(teachers)
     storage.write_json_atomic(meta_path, meta)
     storage.write_json_atomic(
-        storage.join(rdir, "report.json"),
+        layout.report_json,
         {
             "dataset": dataset,
             "rows": flat_rows(results),
@@ -270,7 +257,7 @@ def write_report(
     md = render_markdown(
         results, dataset, meta.get("teachers", []), meta.get("stage_times"), meta.get("cost")
     )
-    storage.write_bytes_atomic(storage.join(rdir, "report.md"), md.encode())
-    plot_curves(run, storage.join(rdir, "curves.png"))
-    log("report", f"wrote {storage.join(rdir, 'report.md')}")
-    return rdir
+    storage.write_bytes_atomic(layout.report_md, md.encode())
+    plot_curves(run, layout.curves)
+    log("report", f"wrote {layout.report_md}")
+    return layout.report

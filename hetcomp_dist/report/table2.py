@@ -17,6 +17,7 @@ from hetcomp_dist.config import BASELINES, Config
 from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge.signal import check_teachers
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
 from hetcomp_dist.report import report
 from hetcomp_dist.report.paper import LABELS, METRICS, PAPER_CITEULIKE
@@ -92,18 +93,19 @@ def reproduce(
         }
         report.add_result(run, m, student, r, extra)
     rdir = report.write_report(run, cfg.teachers.names)
+    layout = RunLayout(run)
     # the best baseline among every row the report holds for this student (earlier calls' included):
     # a rerun for one method must not relabel the curves
     best = best_baseline({r["method"]: r for r in report.load_results(run) if r["student"] == student})
-    names = {f"wokd-{student}": LABELS["wokd"]}
+    names = {layout.student("wokd", student): LABELS["wokd"]}
     if best:
-        names[f"{best}-{student}"] = f"{LABELS[best]} (best baseline)"
-    names[f"hetcomp-{student}"] = LABELS["hetcomp"]
+        names[layout.student(best, student)] = f"{LABELS[best]} (best baseline)"
+    names[layout.student("hetcomp", student)] = LABELS["hetcomp"]
     title = f"Validation R@50 during training, {student.upper()} student"
-    curves = storage.join(rdir, "curves.png")
-    for path in (curves, storage.join(rdir, f"curves-{student}.png")):
+    curves = layout.curves
+    for path in (curves, layout.student_curves(student)):
         report.plot_curves(run, path, names, title)
-    table = storage.join(rdir, f"table2-{student}.md")
+    table = layout.table2(student)
     source = load_manifest(run).get("source") or {}
     dataset = (
         (source.get("format") or source.get("kind", "unknown")) if isinstance(source, dict) else str(source)

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from hetcomp_dist import storage
-from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_range
+from hetcomp_dist.data.dataset import CSR, load_manifest, load_range
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.sampling import interaction_keys, sample_negatives
 from hetcomp_dist.objectives.base import Batch
 
@@ -48,7 +49,7 @@ class RankData:
         m = load_manifest(run)
         if m["n_users"] < world:
             raise InputError(
-                storage.join(data_dir(run), storage.MANIFEST),
+                storage.manifest_path(RunLayout(run).data),
                 f"{m['n_users']} users for {world} training workers",
                 "use fewer workers (student.num_workers)",
             )

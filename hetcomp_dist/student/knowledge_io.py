@@ -1,6 +1,6 @@
 """The student's side of the knowledge stage: where its rounds live, and reading them.
 
-Layout (BRIEF.md): ``RUN/knowledge/pos/shard-*.parquet`` (`items` = P+) and
+Layout (`RunLayout`): ``RUN/knowledge/pos/shard-*.parquet`` (`items` = P+) and
 ``RUN/knowledge/round=0/shard-*.parquet`` (`targets` = T_u from the E1 states), shared by every
 student; a student's DKC rounds r >= 1 follow its own rankings and live in its folder,
 ``RUN/student/<method>-<model>/knowledge/round=<r>/``; each round's ``_manifest.json`` holds
@@ -15,18 +15,12 @@ import numpy as np
 
 from hetcomp_dist import storage
 from hetcomp_dist.errors import InputError
-from hetcomp_dist.knowledge.shard_io import round_dir  # the layout of rounds, kept in one place
-
-
-def rounds_dir(out: str) -> str:
-    """Where the student trained in folder `out` keeps its DKC rounds r >= 1: they follow its own
-    rankings, so two students on one run (side by side or one after the other) never share them."""
-    return storage.join(out, "knowledge")
+from hetcomp_dist.layout import RunLayout
 
 
 def round_manifest(run: str, round_idx: int, rounds: str | None = None) -> dict | None:
     """The committed manifest of a round, or None."""
-    return storage.read_manifest(round_dir(run, round_idx, rounds))
+    return storage.read_manifest(RunLayout(run).round(round_idx, rounds))
 
 
 def load_round(
@@ -38,7 +32,7 @@ def load_round(
 
     if round_manifest(run, round_idx, rounds) is None:
         raise InputError(
-            round_dir(run, round_idx, rounds),
+            RunLayout(run).round(round_idx, rounds),
             "knowledge round not committed (no _manifest.json)",
             "run the knowledge stage (`hetcomp-dist knowledge --run RUN`) first",
         )

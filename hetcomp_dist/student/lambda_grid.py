@@ -21,22 +21,14 @@ from collections.abc import Callable, Mapping
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import BASELINES, Config
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
 
-PROMOTED = ("metrics.jsonl", "emb.npz", "model.json")
 STAGE = "baselines"
 
 
 def needs_grid(cfg: Config) -> bool:
     return cfg.student.method in BASELINES and cfg.student.lambda_kd < 0
-
-
-def method_dir(run: str, method: str, model: str) -> str:
-    return storage.join(run, "student", f"{method}-{model}")
-
-
-def grid_dir(run: str, method: str, model: str, lam: float) -> str:
-    return storage.join(method_dir(run, method, model), f"lambda={lam:g}")
 
 
 def with_lambda(cfg: Config, lam: float) -> Config:
@@ -66,11 +58,12 @@ def promote(run: str, cfg: Config, results: Mapping[float, Mapping], h: str) -> 
             f"{s.method}-{s.model}: the best λ_KD {lam:g} paused at epoch {results[lam]['epochs']} "
             "and was not trained on (its result is not final)"
         )
-    src, dst = grid_dir(run, s.method, s.model, lam), method_dir(run, s.method, s.model)
-    for name in PROMOTED:
-        path = storage.join(src, name)
-        if storage.exists(path):
-            storage.write_bytes_atomic(storage.join(dst, name), storage.read_bytes(path))
+    layout = RunLayout(run)
+    src, dst = layout.lambda_candidate(s.method, s.model, lam), layout.student(s.method, s.model)
+    # the files of a student folder that the report, the cost table and evaluation read
+    for file in (layout.student_metrics, layout.student_embeddings, layout.student_summary):
+        if storage.exists(file(src)):
+            storage.write_bytes_atomic(file(dst), storage.read_bytes(file(src)))
     result = {
         **results[lam],
         "dir": dst,
@@ -123,7 +116,8 @@ def train_with_grid(
     """
     s = cfg.student
     h = grid_hash(run, cfg, hash_fn)
-    done = storage.stage_is_done(method_dir(run, s.method, s.model), h)
+    layout = RunLayout(run)
+    done = storage.stage_is_done(layout.student(s.method, s.model), h)
     if done is not None:
         log(STAGE, f"{s.method}-{s.model}: λ_KD grid finished earlier with this config, skipped")
         return done["result"]
@@ -134,7 +128,7 @@ def train_with_grid(
             f"{s.method}-{s.model}: training with λ_KD = {lam:g}" + (f" to epoch {stop}" if stop else ""),
         )
         results[float(lam)] = train_fn(
-            run, with_lambda(cfg, lam), out=grid_dir(run, s.method, s.model, lam), stop_at=stop
+            run, with_lambda(cfg, lam), out=layout.lambda_candidate(s.method, s.model, lam), stop_at=stop
         )
     best = survivor(results) if stop else None
     if best is not None:
@@ -142,6 +136,6 @@ def train_with_grid(
             STAGE,
             f"{s.method}-{s.model}: λ_KD = {best:g} leads at epoch {stop}; it trains on, the others stop",
         )
-        final = train_fn(run, with_lambda(cfg, best), out=grid_dir(run, s.method, s.model, best))
+        final = train_fn(run, with_lambda(cfg, best), out=layout.lambda_candidate(s.method, s.model, best))
         results[best] = merge_resumed(results[best], final)
     return promote(run, cfg, results, h)

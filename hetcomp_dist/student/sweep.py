@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from hetcomp_dist.config import BASELINES, Config, from_dict, to_dict
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
 from hetcomp_dist.student import lambda_grid
 
@@ -51,7 +52,7 @@ def plan(
                 Candidate(
                     m,
                     float(lam),
-                    lambda_grid.grid_dir(run, m, student, lam),
+                    RunLayout(run).lambda_candidate(m, student, lam),
                     lambda_grid.with_lambda(mcfg, lam),
                     s.lambda_prune_epoch,
                 )

@@ -17,7 +17,7 @@ from hetcomp_dist.student import worker as W
 def train_loop_per_worker(config: dict) -> dict:
     job = W.Job.from_dict(config)
     s, w = job.cfg.student, W.Worker.setup(job.cfg)
-    r0 = W.RankZero(w.rank, job.out)
+    r0 = W.RankZero(w.rank, job)
     data, task, sampler, opt = W.build(job, w)
     net, comm = distributed.wrap(task, task.rank_local_names(), w.device)  # user rows stay local
     loop, best_emb = W.resume(job, task, opt, data)

@@ -19,6 +19,7 @@ from hetcomp_dist.config import Config, student_lr, to_dict
 from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge.rounds import build_round0, dkc_round
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.objectives.registry import METHODS, model_config
 from hetcomp_dist.progress import log
 from hetcomp_dist.student import knowledge_io
@@ -29,10 +30,6 @@ from hetcomp_dist.student.worker import STAGE
 
 # fields that change how fast a run goes, not what it computes
 _MECHANICS = ("cpus_per_worker", "threads_per_worker", "max_failures", "tail_chunk")
-
-
-def student_dir(run: str, method: str, model: str) -> str:
-    return storage.join(run, "student", f"{method}-{model}")
 
 
 def student_hash(run: str, cfg: Config) -> str:
@@ -51,8 +48,8 @@ def student_hash(run: str, cfg: Config) -> str:
     return storage.config_hash(*parts)
 
 
-def _ray_storage(out: str) -> str:
-    path = storage.join(out, "_ray")
+def _ray_storage(layout: RunLayout, out: str) -> str:
+    path = layout.student_ray(out)
     return path if storage.is_uri(path) else storage.resolve(path)[1]
 
 
@@ -99,8 +96,10 @@ def train_student(
         return lambda_grid.train_with_grid(run, cfg, train_fn, student_hash)
     if stop_at < 0 or stop_at % s.eval_every:
         raise ValueError(f"stop_at={stop_at} must be 0 or a multiple of student.eval_every={s.eval_every}")
-    out = out or student_dir(run, s.method, s.model)
+    layout = RunLayout(run)
+    out = out or layout.student(s.method, s.model)
     h = student_hash(run, cfg)
+    training = f"{s.method}-{s.model}-{h}"  # Ray Train's run name, and local mode's checkpoint file
     done = storage.stage_is_done(out, h)
     if done is not None:
         log(STAGE, f"{s.method}-{s.model}: finished earlier with this config, skipped")
@@ -114,7 +113,7 @@ def train_student(
         "hooks": hooks or TrainHooks(),
         "stop_at": stop_at,
         # local mode keeps no Train checkpoints: the loop keeps its own, per config, for a rerun
-        "local_ckpt": "" if s.num_workers else storage.join(out, "_local", f"{s.method}-{s.model}-{h}.pt"),
+        "local_ckpt": "" if s.num_workers else layout.student_local_checkpoint(out, training),
     }
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
     trainer = TorchTrainer(
@@ -127,8 +126,8 @@ def train_student(
         ),
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=f"{s.method}-{s.model}-{h}",
-            storage_path=_ray_storage(out),
+            name=training,
+            storage_path=_ray_storage(layout, out),
             failure_config=FailureConfig(max_failures=s.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),

@@ -18,6 +18,7 @@ import torch
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, from_dict, student_lr
 from hetcomp_dist.knowledge.rounds import dkc_round
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import build_student
 from hetcomp_dist.models.students import count_parameters
 from hetcomp_dist.objectives.base import TrainTask
@@ -39,7 +40,7 @@ class Job:
 
     run: str
     cfg: Config
-    out: str  # RUN/student/<method>-<model>
+    out: str  # the student folder: RUN/student/<method>-<model> or a λ grid's candidate
     dkc_fn: Callable[..., dict] = dkc_round  # builds DKC round r from the student's embeddings
     hooks: TrainHooks = TrainHooks()  # the caller's callables at fixed points of the loop
     local_ckpt: str = ""  # local mode (no Train checkpoints): the checkpoint file kept by the trainer
@@ -56,6 +57,16 @@ class Job:
             local_ckpt=d.get("local_ckpt", ""),
             stop_at=int(d.get("stop_at", 0)),
         )
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run)
+
+    @property
+    def rounds(self) -> str:
+        """Where this student keeps its DKC rounds r >= 1: they follow its own rankings, so two students
+        on one run (side by side or one after the other) never share them."""
+        return self.layout.student_rounds(self.out)
 
 
 @dataclass
@@ -93,8 +104,8 @@ class Worker:
 class RankZero:
     """The one place for rank-0 side effects: progress lines and files under the student dir."""
 
-    def __init__(self, rank: int, out: str) -> None:
-        self.on, self.out = rank == 0, out
+    def __init__(self, rank: int, job: Job) -> None:
+        self.on, self.layout, self.out = rank == 0, job.layout, job.out
 
     def log(self, msg: str) -> None:
         if self.on:
@@ -104,12 +115,12 @@ class RankZero:
         """metrics.jsonl, rewritten whole (atomic; object stores cannot append)."""
         if self.on:
             text = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history)
-            storage.write_bytes_atomic(storage.join(self.out, "metrics.jsonl"), text.encode())
+            storage.write_bytes_atomic(self.layout.student_metrics(self.out), text.encode())
 
     def embeddings(self, user: np.ndarray, item: np.ndarray, meta: dict) -> None:
         if self.on:
-            storage.write_npz_atomic(storage.join(self.out, "emb.npz"), user=user, item=item)
-            storage.write_json_atomic(storage.join(self.out, "model.json"), meta)
+            storage.write_npz_atomic(self.layout.student_embeddings(self.out), user=user, item=item)
+            storage.write_json_atomic(self.layout.student_summary(self.out), meta)
 
 
 # ------------------------------------------------------------------------------- loop state
@@ -177,10 +188,9 @@ def resume(
 
 
 def load_knowledge(job: Job, task: TrainTask, data: RankData, round_idx: int) -> None:
-    rounds = knowledge_io.rounds_dir(job.out)
-    targets, pos = knowledge_io.load_round(job.run, round_idx, data.lo, data.hi, rounds)
+    targets, pos = knowledge_io.load_round(job.run, round_idx, data.lo, data.hi, job.rounds)
     task.objective.set_knowledge(
-        round_idx, knowledge_io.round_manifest(job.run, round_idx, rounds), targets, pos
+        round_idx, knowledge_io.round_manifest(job.run, round_idx, job.rounds), targets, pos
     )
 
 
@@ -266,11 +276,9 @@ def dkc(
     t0 = time.perf_counter()
     r = task.objective.state()["round"] + 1
     if r0.on:
-        path = storage.join(job.out, "dkc", f"round-{r}.npz")
+        path = job.layout.student_dkc_embeddings(job.out, r)
         storage.write_npz_atomic(path, user=users, item=items)
-        job.dkc_fn(
-            job.run, job.cfg, r, epoch, path, task.model.metric, rounds=knowledge_io.rounds_dir(job.out)
-        )
+        job.dkc_fn(job.run, job.cfg, r, epoch, path, task.model.metric, rounds=job.rounds)
         fs, inner = storage.resolve(path)
         fs.delete_file(inner)  # consumed: the committed round is what later epochs (and resumes) read
     distributed.barrier()  # the round is committed before anyone reads it

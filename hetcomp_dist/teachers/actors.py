@@ -16,6 +16,7 @@ import ray
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
 
 
@@ -151,10 +152,6 @@ def ensure_ray() -> None:
         ray.init(configure_logging=False)
 
 
-def stage_dir(run: str) -> str:
-    return storage.join(run, "teachers")
-
-
 def train_teachers(run: str, cfg: Config) -> dict:
     """Trains every teacher of `cfg.teachers.names` on `run` concurrently; skips committed ones.
 
@@ -167,15 +164,16 @@ def train_teachers(run: str, cfg: Config) -> dict:
     """
     from hetcomp_dist.data.dataset import load_manifest
     from hetcomp_dist.models.registry import model_class
-    from hetcomp_dist.teachers.runner import teacher_dir, teacher_hash
+    from hetcomp_dist.teachers.runner import teacher_hash
 
     t0 = time.perf_counter()
     data = load_manifest(run)
+    layout = RunLayout(run)
     names = list(cfg.teachers.names)
     for name in names:
         model_class(name, cfg.teachers)
     hashes = {n: teacher_hash(cfg, n, data["config_hash"]) for n in names}
-    todo = [n for n in names if storage.stage_is_done(teacher_dir(run, n), hashes[n]) is None]
+    todo = [n for n in names if storage.stage_is_done(layout.teacher(n), hashes[n]) is None]
     if todo:
         ensure_ray()
         start_teachers(run, cfg, todo).wait()
@@ -183,13 +181,13 @@ def train_teachers(run: str, cfg: Config) -> dict:
         log("teachers", f"all {len(names)} teachers are up to date; skipping")
     out = {}
     for n in names:
-        m = storage.stage_is_done(teacher_dir(run, n), hashes[n])
+        m = storage.stage_is_done(layout.teacher(n), hashes[n])
         if m is None:
-            raise RuntimeError(f"teacher {n} finished without committing {teacher_dir(run, n)}")
+            raise RuntimeError(f"teacher {n} finished without committing {layout.teacher(n)}")
         out[n] = {k: m[k] for k in ("valid", "test", "state_epochs", "convergence_epoch", "wall_s")}
     summary = {"teachers": out, "trained": todo, "wall_s": time.perf_counter() - t0}
     storage.write_manifest(
-        stage_dir(run),
+        layout.teachers,
         {"config_hash": storage.config_hash(hashes), "names": names, "K": cfg.teachers.topk, **summary},
     )
     return summary

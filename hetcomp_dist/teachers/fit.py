@@ -25,6 +25,7 @@ import torch
 from hetcomp_dist import storage
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.progress import log, peak_rss_gib
 from hetcomp_dist.teachers.trajectory import prunable_snapshots
@@ -59,10 +60,6 @@ def resolve(cfg: TeachersConfig, name: str) -> tuple[FitParams, TeachersConfig]:
     return params, model_cfg
 
 
-def snapshot_path(work: str, epoch: int) -> str:
-    return storage.join(work, f"snap-{epoch:05d}.pt")
-
-
 def _save_torch(path: str, obj: Any) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -94,9 +91,8 @@ def _fresh_state(cfg_hash: str) -> dict:
     }
 
 
-def load_checkpoint(work: str, cfg_hash: str) -> dict | None:
-    """The checkpoint of `work` when it was written under `cfg_hash` (else None)."""
-    path = storage.join(work, "ckpt.pt")
+def load_checkpoint(path: str, cfg_hash: str) -> dict | None:
+    """The checkpoint file `path` when it was written under `cfg_hash` (else None)."""
     if not storage.exists(path):
         return None
     ck = _load_torch(path)
@@ -107,23 +103,23 @@ def load_checkpoint(work: str, cfg_hash: str) -> dict | None:
 def fit(
     model: Recommender,
     train: CSR,
-    work: str,
+    layout: RunLayout,
+    name: str,
     params: FitParams,
     evaluate: Callable[[Recommender], dict],
     cfg_hash: str,
-    name: str = "teacher",
     on_progress: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Trains `model` with early stopping on valid R@50, resuming from `work`'s checkpoint.
+    """Trains `model` with early stopping on valid R@50, resuming from teacher `name`'s checkpoint.
 
     Args:
         model: a fresh Recommender (its weights are replaced by the checkpoint's when resuming).
         train: the full train lists.
-        work: folder for ckpt.pt and snap-<epoch>.pt (local or URI).
+        layout: the run's layout (its checkpoint and snapshots go to the teacher's work folder).
+        name: the teacher (its folder; the label of the progress lines).
         params: resolved settings.
         evaluate: model -> valid metrics {"R@50", ...} (valid only: the test split is never seen here).
         cfg_hash: written into the checkpoint; a checkpoint of another config is ignored.
-        name: label of the progress lines.
         on_progress: called with a small status dict after every epoch.
 
     Returns:
@@ -133,7 +129,7 @@ def fit(
     device = next(model.parameters()).device
     # fused Adam: one kernel per parameter, ~4x faster than the default on CPU for big item tables
     opt = torch.optim.Adam(model.parameters(), lr=params.lr, fused=True)
-    ck = load_checkpoint(work, cfg_hash)
+    ck = load_checkpoint(layout.teacher_checkpoint(name), cfg_hash)
     if ck is not None:
         state = json.loads(ck["state"])
         model.load_state_dict(ck["model"])
@@ -166,7 +162,7 @@ def fit(
         status = {"epoch": epoch, "loss": total / max(steps, 1)}
         snap = epoch % params.snapshot_every == 0
         if snap:
-            _save_torch(snapshot_path(work, epoch), model.state_dict())
+            _save_torch(layout.teacher_snapshot(name, epoch), model.state_dict())
             state["snapshots"].append(epoch)
         if epoch % params.eval_every == 0:
             t1 = time.perf_counter()
@@ -198,11 +194,11 @@ def fit(
             raise RuntimeError(f"teacher {name}: no evaluation in {epoch} epochs (max_epochs < eval_every?)")
         if snap or state["done"]:
             _save_torch(
-                storage.join(work, "ckpt.pt"),
+                layout.teacher_checkpoint(name),
                 {"model": model.state_dict(), "optim": opt.state_dict(), "state": json.dumps(state)},
             )
             for e in prune:
-                remove_file(snapshot_path(work, e))
+                remove_file(layout.teacher_snapshot(name, e))
             prune = []
         if on_progress is not None:
             on_progress(

@@ -11,7 +11,6 @@ import dataclasses
 import resource
 import time
 from collections.abc import Callable
-from functools import partial
 
 import torch
 
@@ -19,9 +18,10 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import Config, EvalConfig
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
 from hetcomp_dist.evaluation.evaluate import evaluate_embeddings, evaluate_scorer
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import model_class
 from hetcomp_dist.progress import log, peak_rss_gib
-from hetcomp_dist.teachers.fit import fit, load_checkpoint, remove_file, resolve, snapshot_path
+from hetcomp_dist.teachers.fit import fit, load_checkpoint, remove_file, resolve
 from hetcomp_dist.teachers.trajectory import N_STATES, Ranker, choose_states, export_trajectory
 
 # fields that change nothing a teacher computes (resources, logging, housekeeping)
@@ -40,14 +40,6 @@ _NEUTRAL = (
     "ae",
     "iae",
 )
-
-
-def teachers_dir(run: str) -> str:
-    return storage.join(run, "teachers")
-
-
-def teacher_dir(run: str, name: str) -> str:
-    return storage.join(teachers_dir(run), name)
 
 
 def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
@@ -90,14 +82,14 @@ def run_teacher(
     """
     t_start = time.perf_counter()
     m = load_manifest(run)
-    tdir = teacher_dir(run, name)
+    layout = RunLayout(run)
+    tdir = layout.teacher(name)
     h = teacher_hash(cfg, name, m["config_hash"])
     done = storage.stage_is_done(tdir, h)
     if done is not None:
         log(f"teacher {name}", f"{tdir} is up to date (config {h}); skipping")
         return done
-    work = storage.join(tdir, "work")
-    if load_checkpoint(work, h) is None:
+    if load_checkpoint(layout.teacher_checkpoint(name), h) is None:
         storage.begin_stage(tdir)  # nothing of this config to resume: start clean
     train = load_split(run, "train", m)
     params, model_cfg = resolve(cfg.teachers, name)
@@ -109,16 +101,17 @@ def run_teacher(
         ranker = Ranker(model_, train, cfg.eval, cfg.teachers.export_batch_size)
         return evaluate_ranker(run, ranker, cfg.eval, ("valid",))["valid"]
 
-    result = fit(model, train, work, params, valid, h, name, on_progress)
+    result = fit(model, train, layout, name, params, valid, h, on_progress)
     states = choose_states(result["snapshots"], result["best_epoch"])
-    for d in [f"state={i}" for i in range(1, N_STATES + 1)] + ["observed"]:
-        storage.delete_dir(storage.join(tdir, d))  # leftovers of an interrupted export
+    states_dirs = [layout.teacher_state(name, i) for i in range(1, N_STATES + 1)]
+    for folder in [*states_dirs, layout.teacher_observed(name)]:
+        storage.delete_dir(folder)  # leftovers of an interrupted export
     t_export = time.perf_counter()
     traj = export_trajectory(
         model,
         train,
-        tdir,
-        partial(snapshot_path, work),
+        layout,
+        name,
         states,
         m["n_users"],
         m["shard_size"],
@@ -126,7 +119,6 @@ def run_teacher(
         cfg.eval,
         lambda ranker: evaluate_ranker(run, ranker, cfg.eval, ("valid", "test")),
         cfg.teachers.export_batch_size,
-        name,
     )
     export_s = time.perf_counter() - t_export
     if on_progress is not None:
@@ -162,11 +154,11 @@ def run_teacher(
         "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
         "params": dataclasses.asdict(params),
     }
-    storage.write_json_atomic(storage.join(tdir, "metrics.json"), metrics)
+    storage.write_json_atomic(layout.teacher_metrics(name), metrics)
     if not cfg.teachers.keep_snapshots:
         for e in result["snapshots"]:
             if e not in states:
-                remove_file(snapshot_path(work, e))
+                remove_file(layout.teacher_snapshot(name, e))
     manifest = {
         "config_hash": h,
         "teacher": name,
@@ -178,7 +170,10 @@ def run_teacher(
         "n_items": m["n_items"],
         "shard_size": m["shard_size"],
         "n_shards": storage.n_shards(m["n_users"], m["shard_size"]),
-        "snapshots": {f"state={i + 1}": f"work/snap-{e:05d}.pt" for i, e in enumerate(states)},
+        "snapshots": {
+            f"state={i + 1}": storage.relative(layout.teacher_snapshot(name, e), tdir)
+            for i, e in enumerate(states)
+        },
         "test": traj["states"][-1]["test"],
         "valid": traj["states"][-1]["valid"],
         "wall_s": metrics["wall_s"],
@@ -188,10 +183,8 @@ def run_teacher(
     return storage.read_manifest(tdir)
 
 
-def load_teacher_lists(run: str, name: str, folder: str, s: int) -> CSR:
-    """Shard `s` of a teacher's `state=<e>` or `observed` lists as CSR."""
-    t = storage.read_table(
-        storage.shard_path(storage.join(teacher_dir(run, name), folder), s), ["user", "items"]
-    )
+def load_teacher_lists(folder: str, s: int) -> CSR:
+    """Shard `s` of a teacher's lists as CSR (`folder`: a `RunLayout.teacher_state` or `teacher_observed`)."""
+    t = storage.read_table(storage.shard_path(folder, s), ["user", "items"])
     off, val = storage.list_to_csr(t.column("items"))
     return CSR(off, val, int(t.column("user")[0].as_py()) if t.num_rows else 0)

@@ -1,8 +1,8 @@
 """A teacher's trajectory: pick states E1..E4 from its snapshots and export its rankings per shard.
 
-Layout (ARCHITECTURE.md): ``<tdir>/state=<e>/shard-*.parquet`` (``user``, ``items``: the top-K items
-not in the user's train list, best first), ``<tdir>/observed/shard-*.parquet`` (the user's train
-items in the E4 model's order), ``<tdir>/metrics.json``; the caller writes ``_manifest.json`` last.
+Layout (`RunLayout`): ``RUN/teachers/<name>/state=<e>/shard-*.parquet`` (``user``, ``items``: the top-K
+items not in the user's train list, best first), ``.../observed/shard-*.parquet`` (the user's train
+items in the E4 model's order); the caller writes ``metrics.json`` and ``_manifest.json`` last.
 
 Ranking never holds a users x items matrix: a `Ranker` answers per block of users, through FAISS
 for models with embeddings and through a (B, n_items) score block reduced at once otherwise.
@@ -22,6 +22,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.evaluation import retrieval
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
 
@@ -209,8 +210,8 @@ def load_weights(path: str) -> dict[str, torch.Tensor]:
 def export_trajectory(
     model: Recommender,
     train: CSR,
-    tdir: str,
-    snapshot_path: Callable[[int], str],
+    layout: RunLayout,
+    name: str,
     states: list[int],
     n_users: int,
     shard_size: int,
@@ -218,15 +219,14 @@ def export_trajectory(
     eval_cfg: EvalConfig,
     evaluate: Callable[[Ranker], dict],
     batch_size: int,
-    name: str = "teacher",
 ) -> dict:
     """Exports E1..E4 and the E4 observed order; returns metrics.json's per-state part.
 
     Args:
         model: an instance of the teacher (its weights are replaced by each snapshot in turn).
         train: full train lists.
-        tdir: the teacher's folder.
-        snapshot_path: epoch -> snapshot file.
+        layout: the run's layout (the snapshots are read from, the states written to, teacher `name`'s).
+        name: the teacher.
         states: [e1..e4] from `choose_states`.
         evaluate: Ranker -> {"valid": {...}, "test": {...}} of that state.
     """
@@ -234,14 +234,16 @@ def export_trajectory(
     dev = next(model.parameters()).device
     for epoch in sorted(set(states)):
         idx = [i + 1 for i, e in enumerate(states) if e == epoch]
-        model.load_state_dict({k_: v.to(dev) for k_, v in load_weights(snapshot_path(epoch)).items()})
+        model.load_state_dict(
+            {k_: v.to(dev) for k_, v in load_weights(layout.teacher_snapshot(name, epoch)).items()}
+        )
         t0 = time.perf_counter()
         ranker = Ranker(model, train, eval_cfg, batch_size)
-        observed = storage.join(tdir, "observed") if N_STATES in idx else None
+        observed = layout.teacher_observed(name) if N_STATES in idx else None
         stats = export_state(
             ranker,
             train,
-            [storage.join(tdir, f"state={i}") for i in idx],
+            [layout.teacher_state(name, i) for i in idx],
             n_users,
             shard_size,
             k,

@@ -12,16 +12,15 @@ the committed manifest (and checks the embeddings file the trainer handed over).
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config
-from hetcomp_dist.data.dataset import CSR, data_dir, load_manifest, load_shard
+from hetcomp_dist.data.dataset import CSR, load_manifest, load_shard
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.retrieval import excluded_mask, first_k_kept
-from hetcomp_dist.student import knowledge_io
+from hetcomp_dist.layout import RunLayout
 
 
 def _csr(lists: list[np.ndarray]) -> CSR:
@@ -74,9 +73,9 @@ def write_toy_run(
         valid.append(np.sort(items[n_t : 2 * n_t]))
         train.append(np.sort(items[2 * n_t :]))
     tr, va, te = _csr(train), _csr(valid), _csr(test)
-    ddir = data_dir(run)
+    layout = RunLayout(run)
     for name, lists in (("train", tr), ("valid", va), ("test", te)):
-        _write_folder(storage.join(ddir, name), "items", lists, n_users, shard_size)
+        _write_folder(layout.split(name), "items", lists, n_users, shard_size)
     manifest = {
         "n_users": n_users,
         "n_items": n_items,
@@ -90,12 +89,11 @@ def write_toy_run(
         "config_hash": f"toy-{n_users}-{n_items}-{seed}",
         "source": "toyrun",
     }
-    storage.write_manifest(ddir, manifest)
-    kdir = storage.join(run, "knowledge")
+    storage.write_manifest(layout.data, manifest)
     pos = [t[np.argsort(-logits[u, t], kind="stable")][:pos_k] for u, t in enumerate(train)]
-    _write_folder(storage.join(kdir, "pos"), "items", _csr(pos), n_users, shard_size)
+    _write_folder(layout.pos, "items", _csr(pos), n_users, shard_size)
     storage.write_manifest(
-        storage.join(kdir, "pos"),
+        layout.pos,
         {
             "pos_k": pos_k,
             "teachers": list(teachers),
@@ -111,10 +109,10 @@ def write_toy_run(
             s = noisy[u].copy()
             s[train[u]] = -np.inf
             targets.append(np.argsort(-s, kind="stable")[: min(topk, n_items - len(train[u]))])
-        _write_folder(storage.join(kdir, f"round={r}"), "targets", _csr(targets), n_users, shard_size)
+        _write_folder(layout.round(r), "targets", _csr(targets), n_users, shard_size)
         final = r == rounds - 1
         storage.write_manifest(
-            storage.join(kdir, f"round={r}"),
+            layout.round(r),
             {
                 "round": r,
                 "epoch": 10 * r,
@@ -139,9 +137,9 @@ def write_random_knowledge(
     and the first `pos_k` train items. Vectorised per shard; for timing benchmarks only."""
     m = load_manifest(run)
     n_items, S = m["n_items"], m["shard_size"]
-    kdir = storage.join(run, "knowledge")
+    layout = RunLayout(run)
     width = min(n_items, 2 * topk + 64)
-    for s, lo, hi in storage.iter_shards(kdir, m["n_users"], S):
+    for s, lo, hi in storage.iter_shards(layout.knowledge, m["n_users"], S):
         rng = np.random.default_rng([seed, s])
         train = load_shard(run, "train", s, m)
         steps = rng.integers(1, n_items, size=hi - lo)
@@ -155,11 +153,11 @@ def write_random_knowledge(
         targets = first_k_kept(cand, excluded_mask(cand, train.offsets, train.items, n_items), topk)
         pos = storage.csr_to_dense(train.offsets, train.items, pos_k)
         storage.write_table_atomic(
-            storage.shard_path(storage.join(kdir, "round=0"), s),
+            storage.shard_path(layout.round(0), s),
             storage.user_table(lo, hi, targets=storage.dense_to_list(targets)),
         )
         storage.write_table_atomic(
-            storage.shard_path(storage.join(kdir, "pos"), s),
+            storage.shard_path(layout.pos, s),
             storage.user_table(lo, hi, items=storage.dense_to_list(pos)),
         )
     common = {
@@ -169,9 +167,9 @@ def write_random_knowledge(
         "pos_k": pos_k,
         "teachers": list(teachers),
     }
-    storage.write_manifest(storage.join(kdir, "pos"), common)
+    storage.write_manifest(layout.pos, common)
     storage.write_manifest(
-        storage.join(kdir, "round=0"),
+        layout.round(0),
         {**common, "round": 0, "epoch": 0, "switch": False, "means": {t: 0.0 for t in teachers}, "K": topk},
     )
 
@@ -187,27 +185,27 @@ def replay_round(
 ) -> dict:
     """`dkc_round`'s signature over pre-written rounds: checks the embeddings, commits the pre-written
     round ``RUN/knowledge/round=<r>`` into the student's `rounds` folder (as `dkc_round` would write
-    it there), returns its manifest, and appends the call to ``RUN/knowledge/replay_calls.jsonl``
-    (local runs) for tests."""
+    it there), returns its manifest, and appends the call to `replay_log` (local runs) for tests."""
+    layout = RunLayout(run)
     emb = storage.read_npz(emb_path)
-    m = storage.read_json(storage.join(data_dir(run), storage.MANIFEST))
+    m = storage.read_json(storage.manifest_path(layout.data))
     if emb["user"].shape[0] != m["n_users"] or emb["item"].shape[0] != m["n_items"]:
         raise InputError(emb_path, f"shapes {emb['user'].shape} / {emb['item'].shape} do not match the run")
-    src = knowledge_io.round_dir(run, round_idx)
+    src = layout.round(round_idx)
     manifest = storage.read_manifest(src)
     if manifest is None:
         raise InputError(f"round={round_idx}", "not pre-written for the replay")
     if rounds is not None:
-        dst = knowledge_io.round_dir(run, round_idx, rounds)
+        dst = layout.round(round_idx, rounds)
         if storage.read_manifest(dst) != manifest:
             storage.begin_stage(dst)
             for path in storage.list_files(src, ".parquet"):
                 storage.write_bytes_atomic(
-                    storage.join(dst, path.rsplit("/", 1)[-1]), storage.read_bytes(path)
+                    storage.join(dst, storage.relative(path, src)), storage.read_bytes(path)
                 )
             storage.write_manifest(dst, manifest)
     if not storage.is_uri(run):
-        with open(os.path.join(storage.resolve(run)[1], "knowledge", "replay_calls.jsonl"), "a") as f:
+        with open(storage.resolve(replay_log(run))[1], "a") as f:
             f.write(
                 json.dumps(
                     {
@@ -220,3 +218,9 @@ def replay_round(
                 + "\n"
             )
     return manifest
+
+
+def replay_log(run: str) -> str:
+    """RUN/knowledge/replay_calls.jsonl: one line per `replay_round` call (a test's record, which real
+    runs never write, so it is not a `RunLayout` path)."""
+    return storage.join(RunLayout(run).knowledge, "replay_calls.jsonl")

@@ -22,6 +22,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import Config
 from hetcomp_dist.data.dataset import load_manifest, load_shard
 from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
+from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import Progress
 
 N_STATES = 4
@@ -77,8 +78,6 @@ def write_trajectory_shard(
     Returns:
         (n_shard_users, emb_dim) float32 student user vectors of the shard.
     """
-    from hetcomp_dist.teachers.runner import teacher_dir
-
     n_users, n_items, S = data["n_users"], data["n_items"], data["shard_size"]
     names, K = list(cfg.teachers.names), cfg.teachers.topk
     M, pool = len(names), pool or 2 * K
@@ -98,16 +97,16 @@ def write_trajectory_shard(
         lists[b0:b1], observed = _block(rng, part, pool_items, M, K)
         for x in range(M):
             obs_parts[x].append(observed[x])
+    layout = RunLayout(run)
     for x, name in enumerate(names):
-        tdir = teacher_dir(run, name)
         for e in range(N_STATES):
             storage.write_table_atomic(
-                storage.shard_path(storage.join(tdir, f"state={e + 1}"), s),
+                storage.shard_path(layout.teacher_state(name, e + 1), s),
                 storage.user_table(lo, hi, items=storage.dense_to_list(lists[:, x, e])),
             )
         obs = storage.csr_to_list(train.offsets, np.concatenate(obs_parts[x]))
         storage.write_table_atomic(
-            storage.shard_path(storage.join(tdir, "observed"), s), storage.user_table(lo, hi, items=obs)
+            storage.shard_path(layout.teacher_observed(name), s), storage.user_table(lo, hi, items=obs)
         )
     return user_emb
 
@@ -135,13 +134,14 @@ def write_trajectories(
     Returns:
         {name: teacher manifest}.
     """
-    from hetcomp_dist.teachers.runner import teacher_dir, teacher_hash
+    from hetcomp_dist.teachers.runner import teacher_hash
 
     data = load_manifest(run)
+    layout = RunLayout(run)
     n_users, S = data["n_users"], data["shard_size"]
     names = list(cfg.teachers.names)
     for name in names:
-        storage.begin_stage(teacher_dir(run, name))
+        storage.begin_stage(layout.teacher(name))
     n_shards = storage.n_shards(n_users, S)
     prog = Progress("synthetic trajectories", n_users)
     if distributed:
@@ -171,8 +171,8 @@ def write_trajectories(
             "n_shards": n_shards,
             "seed": seed,
         }
-        storage.write_manifest(teacher_dir(run, name), manifest)
-        out[name] = storage.read_manifest(teacher_dir(run, name))
+        storage.write_manifest(layout.teacher(name), manifest)
+        out[name] = storage.read_manifest(layout.teacher(name))
     if emb_path:
         storage.write_npz_atomic(
             emb_path, user=np.concatenate(parts), item=_item_emb(seed, data["n_items"], emb_dim)
