@@ -225,10 +225,9 @@ class RunLayout:
         return storage.join(self.report, f"table2-{student}.md")
 
     # ------------------------------------------------------------------------ what users take away
-    @property
-    def recommend(self) -> str:
-        """RUN/recommend (every user's top-K in raw ids)"""
-        return self._path("recommend")
+    def recommend(self, student: str) -> str:
+        """RUN/recommend/<student> (every user's top-K in raw ids, from one student)"""
+        return self._path("recommend", student)
 
     def export(self, student: str) -> str:
         """RUN/export/<student> (a serving bundle: FAISS index and id maps)"""

@@ -157,6 +157,13 @@ def delete_dir(path: str) -> None:
         fs.delete_dir(p)
 
 
+def delete_file(path: str) -> None:
+    """Removes one file when it exists."""
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.File:
+        fs.delete_file(p)
+
+
 def _tmp_name(p: str) -> str:
     head, _, tail = p.rpartition("/")
     return f"{head}/.{tail}.tmp-{uuid.uuid4().hex[:8]}"

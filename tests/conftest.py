@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,40 @@ def synth_run(tmp_path_factory) -> str:
     run = str(tmp_path_factory.mktemp("synth_run"))
     synthesize(run, SynthConfig(users=400, items=300, seed=7), DataConfig(shard_size=128, seed=7))
     return run
+
+
+BUCKET = "hetcomp-test"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 and an environment that points at it; yields a boto3 client."""
+    pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    mp = pytest.MonkeyPatch()
+    for k, v in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",  # never wait for an instance identity
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    }.items():
+        mp.setenv(k, v)
+    mp.delenv("AWS_PROFILE", raising=False)
+    mp.delenv("AWS_SESSION_TOKEN", raising=False)
+    client = boto3.client("s3")  # endpoint and credentials from the environment, like pyarrow's
+    client.create_bucket(Bucket=BUCKET)
+    try:
+        yield client
+    finally:
+        mp.undo()
+        server.stop()

@@ -74,7 +74,7 @@ CASES = [
     ("curves", lambda lay, S: lay.curves, "report/curves.png"),
     ("student_curves", lambda lay, S: lay.student_curves("mf"), "report/curves-mf.png"),
     ("table2", lambda lay, S: lay.table2("dnn"), "report/table2-dnn.md"),
-    ("recommend", lambda lay, S: lay.recommend, "recommend"),
+    ("recommend", lambda lay, S: lay.recommend("hetcomp-mf"), "recommend/hetcomp-mf"),
     ("export", lambda lay, S: lay.export("hetcomp-mf"), "export/hetcomp-mf"),
     ("stage", lambda lay, S: lay.stage("data"), "data"),
     ("stage", lambda lay, S: lay.stage("teachers"), "teachers"),

@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "knowledge": "hetcomp_dist.cli.knowledge",
     "distill": "hetcomp_dist.cli.distill",
     "run": "hetcomp_dist.cli.run",
+    "recommend": "hetcomp_dist.cli.recommend",
+    "export": "hetcomp_dist.cli.export",
 }
 
 

@@ -1,0 +1,2 @@
+"""What users take away from a trained student: every user's top-K in raw ids (`recommend`) and a
+serving bundle with a small query API (`bundle`)."""
