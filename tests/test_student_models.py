@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from hetcomp_dist.config import StudentConfig
 from hetcomp_dist.data.dataset import CSR
@@ -85,7 +85,7 @@ def test_base_losses():
     mf = _model("mf")
     p, qi, qj = mf.user_emb.weight[users], mf.item_emb.weight[pos], mf.item_emb.weight[neg]
     torch.testing.assert_close(
-        mf.base_loss(users, pos, neg), -F.logsigmoid((p * qi).sum(1) - (p * qj).sum(1))
+        mf.base_loss(users, pos, neg), -functional.logsigmoid((p * qi).sum(1) - (p * qj).sum(1))
     )
     ml = _model("ml")
     p, qi, qj = ml.user_emb.weight[users], ml.item_emb.weight[pos], ml.item_emb.weight[neg]
@@ -94,7 +94,7 @@ def test_base_losses():
     dnn = _model("dnn")
     s = dnn.scores(users)
     torch.testing.assert_close(
-        dnn.base_loss(users, pos, neg), -F.logsigmoid(s[[0, 1, 2], pos] - s[[0, 1, 2], neg])
+        dnn.base_loss(users, pos, neg), -functional.logsigmoid(s[[0, 1, 2], pos] - s[[0, 1, 2], neg])
     )
 
 
