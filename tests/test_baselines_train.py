@@ -17,7 +17,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import BASELINES, Config, DataConfig, SynthConfig, from_dict, to_dict
 from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.data.synth import synthesize
-from hetcomp_dist.knowledge import signal
+from hetcomp_dist.knowledge import shard_io, signal
 from hetcomp_dist.knowledge.ensemble import ensemble_topk
 from hetcomp_dist.models.registry import build_student
 from hetcomp_dist.objectives import baseline_losses as BL
@@ -98,7 +98,8 @@ def test_teacher_lists_across_shards_and_ensemble(run):
     assert lists.shape == (100, len(TEACHERS), K)
     for x, name in enumerate(TEACHERS):
         for s in range(3):
-            t = storage.read_table(storage.shard_path(signal.state_dir(run, name), s)).to_pylist()
+            path = storage.shard_path(shard_io.state_dir(run, name, signal.FINAL_STATE), s)
+            t = storage.read_table(path).to_pylist()
             for row in t:
                 if 50 <= row["user"] < 150:
                     want = row["items"][:K] + [-1] * (K - len(row["items"]))

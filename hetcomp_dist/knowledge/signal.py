@@ -15,12 +15,9 @@ from hetcomp_dist import storage
 from hetcomp_dist.data.dataset import load_manifest, read_lists
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge.ensemble import ensemble_topk
+from hetcomp_dist.knowledge.shard_io import state_dir
 
 FINAL_STATE = 4
-
-
-def state_dir(run: str, teacher: str, state: int = FINAL_STATE) -> str:
-    return storage.join(run, "teachers", teacher, f"state={state}")
 
 
 def check_teachers(run: str, names: tuple[str, ...] | list[str], state: int = FINAL_STATE) -> None:
