@@ -163,12 +163,13 @@ def shard_inputs(cfg: Config, s: int):
     names = tuple(cfg.teachers.names)
     lo, hi = storage.shard_range(s, data["shard_size"], data["n_users"])
     K = cfg.knowledge.topk
-    v, d, prev = shard_io.read_round(cfg.run, 1, s, lo, hi, len(names), K)
+    v, d, prev = shard_io.read_round(cfg.run, 1, lo, hi, len(names), K, data)
     lists = np.full((hi - lo, len(names), rounds.N_STATES, K), -1, dtype=np.int32)
     for x, name in enumerate(names):
         for e in range(rounds.N_STATES):
-            state = storage.shard_path(RunLayout(cfg.run).teacher_state(name, e + 1), s)
-            lists[:, x, e] = shard_io.read_dense(state, lo, hi, K)
+            lists[:, x, e] = shard_io.read_dense(
+                RunLayout(cfg.run).teacher_state(name, e + 1), lo, hi, K, data
+            )
     task = rounds.RoundTask(cfg.run, cfg, names, data, 2, 20, f"{cfg.run}/emb2.npz")
     sigma = rounds.student_topk(task, lo, hi, load_shard(cfg.run, "train", s, data))
     return lists, v, d, sigma, prev

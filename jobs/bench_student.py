@@ -44,7 +44,7 @@ sys.path.insert(
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from torch.nn import functional  # noqa: E402
 
 from hetcomp_dist import storage  # noqa: E402
 from hetcomp_dist.config import DataConfig, load_config  # noqa: E402
@@ -156,7 +156,7 @@ def loop_lo(task: TrainTask, batch) -> torch.Tensor:
         keep[tg] = False
         tail = torch.logsumexp(s[keep], 0)
         for i in pos + tg:
-            total = total + F.softplus(tail - s[i])
+            total = total + functional.softplus(tail - s[i])
     return 0.01 * total
 
 
@@ -210,13 +210,7 @@ def sampled_bias(task: TrainTask, batch, draws: int = 10) -> dict:
     m, o = task.model, task.objective
     a0, c = m.user_side(batch.users), m.item_side()
     tg = o.targets[batch.rows].long()
-    rows = torch.arange(len(batch.users)).repeat_interleave(tg.shape[1])
-    xr, xc = losses.exclusion(
-        torch.cat([batch.train_rows, rows]),
-        torch.cat([batch.train_items, tg.reshape(-1)]),
-        len(batch.users),
-        c.shape[0],
-    )
+    xr, xc = losses.exclude_lists(batch.train_rows, batch.train_items, tg, c.shape[0])
     g = torch.Generator().manual_seed(0)
     out = {}
     for scale in (1, 4, 16):

@@ -101,7 +101,8 @@ def test_teacher_lists_across_shards_and_ensemble(run):
     assert lists.shape == (100, len(TEACHERS), K)
     for x, name in enumerate(TEACHERS):
         for s in range(3):
-            t = storage.read_table(storage.shard_path(RunLayout(run).teacher_state(name, 4), s)).to_pylist()
+            path = storage.shard_path(RunLayout(run).teacher_state(name, signal.FINAL_STATE), s)
+            t = storage.read_table(path).to_pylist()
             for row in t:
                 if 50 <= row["user"] < 150:
                     want = row["items"][:K] + [-1] * (K - len(row["items"]))

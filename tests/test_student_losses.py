@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hetcomp_dist.objectives import losses as L
+from hetcomp_dist.objectives import losses
 
 # one intra-op torch thread per test (the fixture is in conftest.py)
 pytestmark = pytest.mark.usefixtures("_one_torch_thread")
@@ -36,7 +36,7 @@ def _ref_user_lists(train, pos, targets, u):
     return observed, p, t
 
 
-def ref_overall(a, c, train, pos, targets, clamp=40.0):
+def ref_l_o(a, c, train, pos, targets, clamp=40.0):
     out = []
     for u in range(a.shape[0]):
         s = _ref_scores(a, c, u, clamp)
@@ -50,7 +50,7 @@ def ref_overall(a, c, train, pos, targets, clamp=40.0):
     return torch.stack(out)
 
 
-def ref_fine(a, c, train, pos, targets, clamp=40.0):
+def ref_l_f(a, c, train, pos, targets, clamp=40.0):
     K = targets.shape[1]
     out = []
     for u in range(a.shape[0]):
@@ -85,13 +85,13 @@ def random_problem(seed, B=5, N=60, d=3, K=20, P=4, scale=0.7):
 
 
 # ------------------------------------------------------------------------------- hand-worked
-def test_overall_loss_hand_worked():
+def test_l_o_hand_worked():
     # one user, d = 1, a = 1, c = [2, 1, 0, -1] -> logits [2, 1, 0, -1]; train {0}, P+ = [0], T = [1].
     # Tail N_u \ T = {2, 3}: Z = e^0 + e^-1 = 1.3678794.
     # L_O = log(1 + Z/e^2) + log(1 + Z/e^1) = log(1.1851224) + log(1.5032147) = 0.1698460 + 0.4076060
     a = torch.tensor([[1.0]], dtype=torch.float64)
     c = torch.tensor([[2.0], [1.0], [0.0], [-1.0]], dtype=torch.float64)
-    got = L.overall_loss(a, c, torch.tensor([[0]]), torch.tensor([[1]]), torch.tensor([0]), torch.tensor([0]))
+    got = losses.l_o(a, c, torch.tensor([[0]]), torch.tensor([[1]]), torch.tensor([0]), torch.tensor([0]))
     assert got.shape == (1,)
     assert float(got[0]) == pytest.approx(0.1698460 + 0.4076060, abs=1e-6)
 
@@ -100,19 +100,19 @@ def test_pl_hand_worked():
     # PL([x, y]; R) with ŝ_x = 1, ŝ_y = 0, tail log-sum-exp log(2):
     # -(1 - log(e + 1 + 2)) - (0 - log(1 + 2)) = -1 + 1.7436684 + 1.0986123 = 1.8422807
     expect = 1.8422807
-    got = L.pl_loss(
+    got = losses.pl_loss(
         torch.tensor([[1.0, 0.0, 7.0]]), torch.tensor([[True, True, False]]), torch.tensor([math.log(2.0)])
     )
     assert float(got[0]) == pytest.approx(expect, abs=1e-6)
     # the pad (logit 7) must not change anything
     assert float(
-        L.pl_loss(
+        losses.pl_loss(
             torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool), torch.tensor([math.log(2.0)])
         )[0]
     ) == pytest.approx(expect, abs=1e-6)
 
 
-def test_fine_loss_hand_worked():
+def test_l_f_hand_worked():
     # K = 2 targets -> T^a = T[:1], T^b = T[:1]. logits [2, 1, 0, -1], train {0}, P+ [0], T = [1, 2].
     # N_u \ T^a = {2, 3}: tail = log(e^0 + e^-1).
     # L_F = PL([0]; {2,3}) + 0.5 (PL([1]; {2,3}) + PL([1]; {2,3}))
@@ -121,17 +121,17 @@ def test_fine_loss_hand_worked():
     pl1 = -(1 - math.log(math.exp(1) + z))
     a = torch.tensor([[1.0]], dtype=torch.float64)
     c = torch.tensor([[2.0], [1.0], [0.0], [-1.0]], dtype=torch.float64)
-    got = L.fine_loss(a, c, torch.tensor([[0]]), torch.tensor([[1, 2]]), torch.tensor([0]), torch.tensor([0]))
+    got = losses.l_f(a, c, torch.tensor([[0]]), torch.tensor([[1, 2]]), torch.tensor([0]), torch.tensor([0]))
     assert float(got[0]) == pytest.approx(pl0 + pl1, rel=1e-9)
 
 
 # ---------------------------------------------------------------------------- per-user loops
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("kind", ["overall", "fine"])
+@pytest.mark.parametrize("kind", ["l_o", "l_f"])
 def test_losses_match_per_user_loop(seed, kind):
     a, c, train, pos, targets, rows, cols = random_problem(seed)
-    fn, ref = (L.overall_loss, ref_overall) if kind == "overall" else (L.fine_loss, ref_fine)
-    got = fn(a, c, pos, targets, rows, cols, 40.0, lambda *x: L.tail_logsumexp(*x, clamp=40.0, chunk=7))
+    fn, ref = (losses.l_o, ref_l_o) if kind == "l_o" else (losses.l_f, ref_l_f)
+    got = fn(a, c, pos, targets, rows, cols, 40.0, lambda *x: losses.tail_logsumexp(*x, clamp=40.0, chunk=7))
     want = ref(a, c, train, pos, targets)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     w = torch.linspace(0.5, 1.5, len(got), dtype=torch.float64)
@@ -146,7 +146,7 @@ def test_clamp_applies_to_tail_and_lists():
     a, c, train, pos, targets, rows, cols = random_problem(3, d=4, scale=6.0)
     s = (a @ c.T).detach()
     assert (s.abs() > 40).float().mean() > 0.05
-    for fn, ref in ((L.overall_loss, ref_overall), (L.fine_loss, ref_fine)):
+    for fn, ref in ((losses.l_o, ref_l_o), (losses.l_f, ref_l_f)):
         got = fn(a, c, pos, targets, rows, cols, 40.0)
         want = ref(a, c, train, pos, targets)
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-8)
@@ -164,8 +164,8 @@ def test_tail_logsumexp_equals_masked_dense_float32(chunk):
     a = (torch.randn(B, d, generator=g) * 0.8).requires_grad_()
     c = (torch.randn(N, d, generator=g) * 0.8).requires_grad_()
     rows, cols = torch.randint(0, B, (3_000,), generator=g), torch.randint(0, N, (3_000,), generator=g)
-    xr, xc = L.exclusion(rows, cols, B, N)
-    got = L.tail_logsumexp(a, c, xr, xc, chunk=chunk)
+    xr, xc = losses.exclusion(rows, cols, B, N)
+    got = losses.tail_logsumexp(a, c, xr, xc, chunk=chunk)
     dense = (a @ c.T).clamp(-40, 40)
     excluded = torch.zeros(B, N, dtype=torch.bool)
     excluded[rows, cols] = True
@@ -182,8 +182,8 @@ def test_tail_stays_exact_when_excluded_items_hold_the_mass():
     # the targets dominate (logit 40 vs ~0): a subtract-from-total tail would lose everything
     a = torch.tensor([[1.0, 0.0]])
     c = torch.cat([torch.tensor([[40.0, 0.0]] * 5), torch.zeros(995, 2)], 0)
-    xr, xc = L.exclusion(torch.zeros(5, dtype=torch.int64), torch.arange(5), 1, 1000)
-    got = L.tail_logsumexp(a, c, xr, xc)
+    xr, xc = losses.exclusion(torch.zeros(5, dtype=torch.int64), torch.arange(5), 1, 1000)
+    got = losses.tail_logsumexp(a, c, xr, xc)
     assert float(got[0]) == pytest.approx(math.log(995.0), rel=1e-6)
 
 
@@ -192,13 +192,13 @@ def test_empty_tail_is_minus_inf_without_nan_gradients():
     c = torch.randn(4, 3, requires_grad=True)
     rows = torch.tensor([0, 0, 0, 0, 1])
     cols = torch.tensor([0, 1, 2, 3, 2])
-    xr, xc = L.exclusion(rows, cols, 2, 4)
-    t = L.tail_logsumexp(a, c, xr, xc)
+    xr, xc = losses.exclusion(rows, cols, 2, 4)
+    t = losses.tail_logsumexp(a, c, xr, xc)
     assert torch.isneginf(t[0]) and torch.isfinite(t[1])
     items = torch.tensor([[0, 1], [2, -1]])
     loss = (
-        L.lo_loss(L.list_logits(a, c, items), items >= 0, t).sum()
-        + L.pl_loss(L.list_logits(a, c, items), items >= 0, t).sum()
+        losses.per_item_tail_nll(losses.list_logits(a, c, items), items >= 0, t).sum()
+        + losses.pl_loss(losses.list_logits(a, c, items), items >= 0, t).sum()
     )
     loss.backward()
     assert torch.isfinite(a.grad).all() and torch.isfinite(c.grad).all()
@@ -209,13 +209,13 @@ def test_sampled_tail_converges_to_exact():
     B, N, d = 20, 2_000, 6
     a, c = torch.randn(B, d, generator=g), torch.randn(N, d, generator=g) * 0.7
     rows, cols = torch.randint(0, B, (600,), generator=g), torch.randint(0, N, (600,), generator=g)
-    xr, xc = L.exclusion(rows, cols, B, N)
-    exact = L.tail_logsumexp(a, c, xr, xc)
-    full = L.sampled_tail_logsumexp(a, c, xr, xc, N, g)  # the sample covers N_u: exact
+    xr, xc = losses.exclusion(rows, cols, B, N)
+    exact = losses.tail_logsumexp(a, c, xr, xc)
+    full = losses.sampled_tail_logsumexp(a, c, xr, xc, N, g)  # the sample covers N_u: exact
     torch.testing.assert_close(full, exact, rtol=1e-5, atol=1e-5)
     errors = []
     for n in (50, 200, 1_000):
-        draws = torch.stack([L.sampled_tail_logsumexp(a, c, xr, xc, n, g) for _ in range(30)])
+        draws = torch.stack([losses.sampled_tail_logsumexp(a, c, xr, xc, n, g) for _ in range(30)])
         errors.append(float((draws - exact).abs().mean()))
         bias = float((draws - exact).mean())
         assert bias < 0.02  # Jensen: the log of an unbiased sum estimate is biased low, never high
@@ -227,7 +227,7 @@ def test_sampled_tail_gradient_flows():
     g = torch.Generator().manual_seed(2)
     a = torch.randn(4, 6, requires_grad=True)
     c = torch.randn(300, 6, requires_grad=True)
-    xr, xc = L.exclusion(torch.tensor([0, 1]), torch.tensor([3, 4]), 4, 300)
-    L.sampled_tail_logsumexp(a, c, xr, xc, 64, g).sum().backward()
+    xr, xc = losses.exclusion(torch.tensor([0, 1]), torch.tensor([3, 4]), 4, 300)
+    losses.sampled_tail_logsumexp(a, c, xr, xc, 64, g).sum().backward()
     assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
     assert (c.grad.abs().sum(1) > 0).sum() <= 64  # only sampled items receive a gradient

@@ -31,7 +31,7 @@ import torch
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import EvalConfig
-from hetcomp_dist.data.dataset import CSR, load_manifest, load_shard, union
+from hetcomp_dist.data.dataset import CSR, load_manifest, load_shard, read_lists, union
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation import kernels
 from hetcomp_dist.evaluation.faiss_exact import BlockedFlatIndex
@@ -522,14 +522,9 @@ def evaluate_lists(
     sums = {split: MetricSums(ks) for split in splits}
     for split in splits:
         for s, lo, hi in storage.iter_shards(RunLayout(run).data, m["n_users"], m["shard_size"]):
-            path = storage.shard_path(storage.join(lists_dir, split), s)
-            if not storage.exists(path):
-                raise InputError(path, "missing list shard", "write every shard of the run's user ranges")
-            off, val = storage.list_to_csr(storage.read_table(path, ["items"]).column("items"))
-            if len(off) - 1 != hi - lo:
-                raise InputError(path, f"{len(off) - 1} rows for users [{lo}, {hi})")
+            lists = read_lists(storage.join(lists_dir, split), "items", lo, hi, m)
             gt = load_shard(run, split, s, m)
-            top = storage.csr_to_dense(off, val, max(ks))
+            top = storage.csr_to_dense(lists.offsets, lists.items, max(ks))
             ev = gt.lengths() > 0
             g = gt.take(np.nonzero(ev)[0])
             sums[split].add(recall_ndcg(top[ev], g.offsets, g.items, ks, m["n_items"]))

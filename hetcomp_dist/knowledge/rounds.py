@@ -39,7 +39,7 @@ import numpy as np
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config
-from hetcomp_dist.data.dataset import load_manifest, load_shard
+from hetcomp_dist.data.dataset import load_manifest, load_shard, read_lists
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step_targets, state_means, switch_fired
@@ -48,7 +48,6 @@ from hetcomp_dist.knowledge.shard_io import (
     block,
     check_ids,
     read_dense,
-    read_lists,
     read_round,
     read_state_cache,
     write_round_shard,
@@ -101,10 +100,6 @@ class RoundTask:
     def layout(self) -> RunLayout:
         return RunLayout(self.run)
 
-    def state_shard(self, name: str, e: int, s: int) -> str:
-        """Shard s of teacher `name`'s state E_e (e = 1..4)."""
-        return storage.shard_path(self.layout.teacher_state(name, e), s)
-
     def cache_shard(self, name: str, e: int, s: int) -> str:
         """Shard s of round 0's copy of teacher `name`'s state E_e (`shard_io.write_state_cache`)."""
         return storage.shard_path(self.layout.state_cache(name, e), s, ".arrow")
@@ -125,7 +120,7 @@ def round0_shard(task: RoundTask, s: int) -> dict:
     other = block((n, kc.topk)) if task.state_cache else None  # E2..E4, one at a time, for their copies
     observed = []
     for x, name in enumerate(names):
-        read_dense(task.state_shard(name, 1, s), lo, hi, kc.topk, out=e1[x], n_items=n_items)
+        read_dense(task.layout.teacher_state(name, 1), lo, hi, kc.topk, task.data, out=e1[x], n_items=n_items)
         if task.state_cache:  # every later round reads the states from these copies
             write_state_cache(task.cache_shard(name, 1, s), lo, hi, e1[x], n_items)
             for e in range(2, N_STATES + 1):
@@ -133,11 +128,21 @@ def round0_shard(task: RoundTask, s: int) -> dict:
                     task.cache_shard(name, e, s),
                     lo,
                     hi,
-                    read_dense(task.state_shard(name, e, s), lo, hi, kc.topk, out=other, n_items=n_items),
+                    read_dense(
+                        task.layout.teacher_state(name, e),
+                        lo,
+                        hi,
+                        kc.topk,
+                        task.data,
+                        out=other,
+                        n_items=n_items,
+                    ),
                     n_items,
                 )
-        opath = storage.shard_path(task.layout.teacher_observed(name), s)
-        off, val = read_lists(opath, lo, hi)
+        odir = task.layout.teacher_observed(name)
+        opath = storage.shard_path(odir, s)
+        obs = read_lists(odir, "items", lo, hi, task.data)
+        off, val = obs.offsets, obs.items
         if not np.array_equal(np.diff(off), train.lengths()):
             raise InputError(
                 opath,
@@ -227,7 +232,15 @@ def read_states(task: RoundTask, s: int, lo: int, hi: int, states: list[range]) 
             if task.state_cache:
                 read_state_cache(task.cache_shard(name, e + 1, s), lo, hi, buf[x, e], n_items)
             else:
-                read_dense(task.state_shard(name, e + 1, s), lo, hi, K, out=buf[x, e], n_items=n_items)
+                read_dense(
+                    task.layout.teacher_state(name, e + 1),
+                    lo,
+                    hi,
+                    K,
+                    task.data,
+                    out=buf[x, e],
+                    n_items=n_items,
+                )
     return buf.transpose(2, 0, 1, 3)
 
 
@@ -239,7 +252,7 @@ def dkc_shard(task: RoundTask, s: int) -> dict:
     M, K = len(names), kc.topk
     lo, hi = storage.shard_range(s, task.data["shard_size"], task.data["n_users"])
     n, first = hi - lo, r == 1
-    v, d, prev_targets = read_round(run, r - 1, s, lo, hi, M, K, task.rounds)
+    v, d, prev_targets = read_round(run, r - 1, lo, hi, M, K, task.data, task.rounds)
     train = load_shard(run, "train", s, task.data)
     t_r, c_r = time.perf_counter(), time.process_time()
     sigma = student_topk(task, lo, hi, train)
@@ -604,17 +617,5 @@ def load_targets(
             "knowledge round not committed",
             "run build_round0 / dkc_round first",
         )
-    n, S, K, pos_k = m["n_users"], m["shard_size"], m["K"], m["pos_k"]
-    if not 0 <= lo <= hi <= n:
-        raise InputError(f"users [{lo}, {hi})", f"outside [0, {n})")
-    targets, pos = [], []
-    for s in range(lo // S, (hi - 1) // S + 1) if hi > lo else ():
-        s_lo, s_hi = storage.shard_range(s, S, n)
-        a, b = max(lo, s_lo) - s_lo, min(hi, s_hi) - s_lo
-        targets.append(
-            read_dense(storage.shard_path(layout.round(round_idx, rounds), s), s_lo, s_hi, K, "targets")[a:b]
-        )
-        pos.append(read_dense(storage.shard_path(layout.pos, s), s_lo, s_hi, pos_k)[a:b])
-    if not targets:
-        return np.zeros((0, K), np.int32), np.zeros((0, pos_k), np.int32)
-    return np.concatenate(targets), np.concatenate(pos)
+    targets = read_dense(layout.round(round_idx, rounds), lo, hi, m["K"], m, "targets")
+    return targets, read_dense(layout.pos, lo, hi, m["pos_k"], m)

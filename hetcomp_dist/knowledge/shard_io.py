@@ -12,9 +12,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from hetcomp_dist import storage
+from hetcomp_dist.data.dataset import check_users, read_lists, read_range
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
 
@@ -92,36 +92,6 @@ def read_state_cache(path: str, lo: int, hi: int, out: np.ndarray, n_items: int)
     return out
 
 
-def read(path: str, columns: list[str]) -> pa.Table:
-    """One Parquet file, single-threaded (the dataset reader's thread pool costs more than it saves
-    on one-column shards, and a shard task owns one CPU)."""
-    if not storage.exists(path):
-        raise InputError(path, "shard file missing", "rerun the stage that writes this folder")
-    fs, p = storage.resolve(path)
-    with fs.open_input_file(p) as f:
-        return pq.ParquetFile(f).read(columns=columns, use_threads=False)
-
-
-def check_users(
-    t: pa.Table,
-    lo: int,
-    hi: int,
-    path: str,
-    fix: str = "the folder is corrupt; delete it and rerun the stage that writes it",
-) -> None:
-    """InputError unless table t (of file `path`) holds users [lo, hi), one row each, in order of its ends."""
-    user = t.column("user")
-    if t.num_rows != hi - lo or (t.num_rows and (user[0].as_py() != lo or user[-1].as_py() != hi - 1)):
-        raise InputError(path, f"expected users [{lo}, {hi}) one row each, got {t.num_rows} rows", fix)
-
-
-def read_lists(path: str, lo: int, hi: int, column: str = "items") -> tuple[np.ndarray, np.ndarray]:
-    """CSR (offsets (n+1,) int64, values int32) of one shard's list column, checked against users [lo, hi)."""
-    t = read(path, ["user", column])
-    check_users(t, lo, hi, path)
-    return storage.list_to_csr(t.column(column))
-
-
 @numba.njit(cache=True)
 def _fill(offsets, values, out):
     """out[i] = values[offsets[i]:offsets[i+1]] then PADs (each row fits: checked by the caller);
@@ -177,19 +147,28 @@ def block(shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.int32).reshape(shape)  # the array keeps the buffer alive
 
 
+def range_name(folder: str, lo: int, hi: int, manifest: dict) -> str:
+    """What an error about users [lo, hi) of a folder names: their shard file, or the folder when they
+    span several."""
+    S = manifest["shard_size"]
+    return storage.shard_path(folder, lo // S) if hi > lo and lo // S == (hi - 1) // S else folder
+
+
 def read_dense(
-    path: str,
+    folder: str,
     lo: int,
     hi: int,
     width: int,
+    manifest: dict,
     column: str = "items",
     out: np.ndarray | None = None,
     n_items: int | None = None,
 ) -> np.ndarray:
-    """(hi-lo, width) int32 -1 padded lists of one shard's list column, into `out` when given; with
-    n_items, an item id >= n_items is an InputError naming the file."""
+    """(hi-lo, width) int32 -1 padded lists of users [lo, hi) of a folder's list column (`read_range`),
+    into `out` when given; with n_items, an item id >= n_items is an InputError naming the file."""
     out = np.empty((hi - lo, width), dtype=np.int32) if out is None else out
-    return fill_dense(*read_lists(path, lo, hi, column), out, path, n_items)
+    lists = read_lists(folder, column, lo, hi, manifest)
+    return fill_dense(lists.offsets, lists.items, out, range_name(folder, lo, hi, manifest), n_items)
 
 
 def fixed_list(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
@@ -199,13 +178,13 @@ def fixed_list(mat: np.ndarray, typ: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(mat).ravel(), type=typ))
 
 
-def read_round(run: str, round_idx: int, s: int, lo: int, hi: int, M: int, K: int, rounds: str | None = None):
-    """(v (n, M) int64, d (n, M) float32, targets (n, K) int32) of shard s of a committed round
-    (`rounds`: see `RunLayout.round`)."""
-    path = storage.shard_path(RunLayout(run).round(round_idx, rounds), s)
-    t = read(path, ["user", "v", "d", "targets"])
-    if t.num_rows != hi - lo:
-        raise InputError(path, f"{t.num_rows} rows for users [{lo}, {hi})", "delete the round and rebuild it")
+def read_round(
+    run: str, round_idx: int, lo: int, hi: int, M: int, K: int, manifest: dict, rounds: str | None = None
+):
+    """(v (n, M) int64, d (n, M) float32, targets (n, K) int32) of users [lo, hi) of a committed round
+    (`manifest`: the run's shard size and user count; `rounds`: see `round_dir`)."""
+    folder = RunLayout(run).round(round_idx, rounds)
+    t = read_range(folder, ["v", "d", "targets"], lo, hi, manifest, "delete the round and rebuild it")
     v = t.column("v").combine_chunks().flatten().to_numpy().astype(np.int64).reshape(-1, M)
     d = (
         t.column("d")
@@ -215,7 +194,11 @@ def read_round(run: str, round_idx: int, s: int, lo: int, hi: int, M: int, K: in
         .astype(np.float32)
         .reshape(-1, M)
     )
-    targets = fill_dense(*storage.list_to_csr(t.column("targets")), np.empty((hi - lo, K), np.int32), path)
+    targets = fill_dense(
+        *storage.list_to_csr(t.column("targets")),
+        np.empty((hi - lo, K), np.int32),
+        range_name(folder, lo, hi, manifest),
+    )
     return v, d, targets
 
 

@@ -17,9 +17,10 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
 from hetcomp_dist.evaluation.retrieval import excluded_mask, first_k_kept
 from hetcomp_dist.knowledge.ensemble import ensemble_topk
+from hetcomp_dist.knowledge.signal import teacher_lists
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import Progress
-from hetcomp_dist.teachers.runner import load_teacher_lists, teacher_hash
+from hetcomp_dist.teachers.runner import teacher_hash
 from hetcomp_dist.teachers.trajectory import N_STATES
 
 KEYS = ("R@10", "N@10", "R@50", "N@50")
@@ -53,13 +54,7 @@ def ensemble_report(run: str, cfg: Config) -> dict:
     sums = {split: MetricSums(cfg.eval.ks) for split in ("valid", "test")}
     prog = Progress("ensemble", data["n_users"])
     for s, lo, hi in storage.iter_shards("", data["n_users"], data["shard_size"]):
-        lists = np.stack(
-            [
-                storage.csr_to_dense(*_csr(load_teacher_lists(layout.teacher_state(n, N_STATES), s)), width=k)
-                for n in names
-            ],
-            axis=1,
-        )  # (B, M, K)
+        lists = teacher_lists(run, names, lo, hi, k, N_STATES, data)  # (B, M, K)
         split_csr = {sp: load_shard(run, sp, s, data) for sp in ("valid", "test")}
         for b0 in range(0, hi - lo, cfg.eval.batch_size):
             b1 = min(b0 + cfg.eval.batch_size, hi - lo)
@@ -85,10 +80,6 @@ def ensemble_report(run: str, cfg: Config) -> dict:
     }
     storage.write_json_atomic(layout.teachers_ensemble, report)
     return report
-
-
-def _csr(c) -> tuple[np.ndarray, np.ndarray]:
-    return c.offsets, c.items
 
 
 def _pick(metrics: dict) -> dict:

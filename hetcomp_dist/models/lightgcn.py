@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
@@ -111,7 +111,7 @@ class LightGCN(Recommender):
         u, i, j = batch["user"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
         diff = (e[u] * e[i]).sum(1) - (e[u] * e[j]).sum(1)
         reg = (self.emb[u].pow(2).sum() + self.emb[i].pow(2).sum() + self.emb[j].pow(2).sum()) / len(u)
-        return -F.logsigmoid(diff).mean() + self.l2 * reg
+        return -functional.logsigmoid(diff).mean() + self.l2 * reg
 
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
         e = self._final()

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
@@ -49,7 +49,7 @@ class MF(Recommender):
         qi, qj = self.item[batch["pos"]], self.item[batch["neg"]]
         diff = (p * qi).sum(1) - (p * qj).sum(1)
         reg = (p.pow(2).sum() + qi.pow(2).sum() + qj.pow(2).sum()) / len(p)
-        return -F.logsigmoid(diff).mean() + self.l2 * reg
+        return -functional.logsigmoid(diff).mean() + self.l2 * reg
 
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
         """(B, n_items) dot products."""

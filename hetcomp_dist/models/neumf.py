@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
@@ -74,7 +74,7 @@ class NeuMF(Recommender):
         reg = sum(
             t.pow(2).sum() for t in (self.gmf_user[u], self.gmf_item[i], self.mlp_user[u], self.mlp_item[i])
         )
-        return F.binary_cross_entropy_with_logits(logit, batch["label"]) + self.l2 * reg / len(u)
+        return functional.binary_cross_entropy_with_logits(logit, batch["label"]) + self.l2 * reg / len(u)
 
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
         """(B, n_items) logits, computed in item chunks that bound the (B, chunk, width) block."""

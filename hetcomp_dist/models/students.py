@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from hetcomp_dist.config import StudentConfig
 from hetcomp_dist.data.dataset import CSR
@@ -139,7 +139,7 @@ class MFStudent(Student):
 
     def base_loss(self, users, pos, neg):
         p = self.user_emb(users)
-        return -F.logsigmoid((p * (self.item_emb(pos) - self.item_emb(neg))).sum(1))
+        return -functional.logsigmoid((p * (self.item_emb(pos) - self.item_emb(neg))).sum(1))
 
 
 class MLStudent(Student):
@@ -234,7 +234,7 @@ class DNNStudent(Student):
             self._through(self.item_tower, self.item_emb(pos)),
             self._through(self.item_tower, self.item_emb(neg)),
         )
-        return -F.logsigmoid((a * (ci - cj)).sum(1))
+        return -functional.logsigmoid((a * (ci - cj)).sum(1))
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
@@ -194,7 +194,7 @@ class CDAE(Recommender):
         logits = self._logits(batch["x"], batch["user"])
         target = torch.zeros_like(logits)
         target[batch["rows"], batch["cols"]] = 1.0
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(logits)
+        bce = functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(logits)
         return bce + self.l2 * self.user[batch["user"]].pow(2).sum() / len(logits)
 
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:

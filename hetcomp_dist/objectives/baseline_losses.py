@@ -8,7 +8,8 @@ student's logits (already clamped to ±40) gathered at item ids, with boolean ma
 Notation: a list ``pi`` is (B, L) item ids, best first, -1 padded; ``valid`` marks its real entries.
 A tail set R enters a Plackett–Luce term only through its log-sum-exp ``tail_lse`` (B,), computed
 exactly over the full catalogue (the student stage's item-blocked ``tail_logsumexp``; ``items_mask`` +
-``masked_logsumexp`` are its dense form, the tests' reference) or by a sampled estimator (the student's).
+``losses.masked_logsumexp`` are its dense form, the tests' reference) or by a sampled estimator (the
+student's). The PL term itself is HetComp's ``losses.pl_loss`` (with optional per-term weights):
 
     PL(pi; R) = -sum_k [ s_{pi_k} - log( sum_{l>=k} e^{s_{pi_l}} + sum_{j in R} e^{s_j} ) ]
 """
@@ -18,28 +19,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
+
+from hetcomp_dist.objectives.losses import PAD_LOGIT, masked_logsumexp, pl_loss
 
 PAD = -1
-# A finite stand-in for -inf: exp(NEG) == 0 in float32 and float64, and gradients stay finite (a
-# logsumexp over an all -inf row is -inf with NaN gradients). Logits are clamped to ±40.
-NEG = -1.0e4
 
 
 # ------------------------------------------------------------------------------------ building blocks
-def masked_logsumexp(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log sum_{j: mask[b, j]} e^{logits[b, j]} per row; ≈ NEG (e^{...} = 0) for an empty mask.
-
-    Args:
-        logits: (B, N) scores.
-        mask: (B, N) bool, True for the items of the set.
-
-    Returns:
-        (B,) log-sum-exp over the masked entries.
-    """
-    return torch.logsumexp(logits.masked_fill(~mask, NEG), dim=1)
-
-
 def items_mask(n_items: int, *lists: torch.Tensor) -> torch.Tensor:
     """(B, N) bool: True where the item occurs in any of the -1 padded (B, L_i) id lists."""
     B = lists[0].shape[0]
@@ -58,11 +45,11 @@ def gather_list(logits: torch.Tensor, lists: torch.Tensor) -> tuple[torch.Tensor
         lists: (B, L) item ids, -1 padded.
 
     Returns:
-        ((B, L) scores, NEG at pads; (B, L) bool valid).
+        ((B, L) scores, PAD_LOGIT at pads; (B, L) bool valid).
     """
     valid = lists >= 0
     s = torch.gather(logits, 1, lists.clamp(min=0).long())
-    return s.masked_fill(~valid, NEG), valid
+    return s.masked_fill(~valid, PAD_LOGIT), valid
 
 
 def union_patterns(lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +84,7 @@ def rest_logsumexp(scores: torch.Tensor, patterns: torch.Tensor, m: int) -> torc
 
     One exp per union entry: the entries are summed per pattern (B, 2^M), and list x's complement is
     the sum over the patterns without bit x -- positive terms only, no cancellation. The sums are
-    float64 (exact for score spreads up to ~700 within a row); NEG where a complement is empty.
+    float64 (exact for score spreads up to ~700 within a row); PAD_LOGIT where a complement is empty.
 
     Args:
         scores: (B, U) scores of the union entries (any value at pads).
@@ -106,42 +93,15 @@ def rest_logsumexp(scores: torch.Tensor, patterns: torch.Tensor, m: int) -> torc
     """
     valid = patterns != 0
     s = scores.double()
-    top = s.detach().masked_fill(~valid, NEG).amax(1, keepdim=True)
-    e = torch.exp((s - top).masked_fill(~valid, NEG))  # pads: exp(NEG) == 0 in float64 too
+    top = s.detach().masked_fill(~valid, PAD_LOGIT).amax(1, keepdim=True)
+    e = torch.exp((s - top).masked_fill(~valid, PAD_LOGIT))  # pads: exp(PAD_LOGIT) == 0 in float64 too
     sums = torch.zeros(len(e), 1 << m, dtype=e.dtype, device=e.device).scatter_add(1, patterns, e)
     codes = torch.arange(1 << m, device=e.device)[:, None]
     lacks = ((codes >> torch.arange(m, device=e.device)[None, :]) & 1 == 0).to(e.dtype)  # (2^M, M)
     rest = sums @ lacks
     tiny = torch.finfo(rest.dtype).tiny  # only exact zeros (empty complements) are clamped
-    out = torch.where(rest > 0, torch.log(rest.clamp(min=tiny)) + top, torch.full_like(rest, NEG))
+    out = torch.where(rest > 0, torch.log(rest.clamp(min=tiny)) + top, torch.full_like(rest, PAD_LOGIT))
     return out.to(scores.dtype)
-
-
-def pl_loss(
-    scores: torch.Tensor, valid: torch.Tensor, tail_lse: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Plackett–Luce loss of an ordered list above a tail set, optionally with per-term weights.
-
-    loss_b = -sum_{k valid} w_k [ s_k - log( sum_{l>=k, valid} e^{s_l} + e^{tail_lse_b} ) ]
-
-    Invalid entries may sit anywhere in the row (they are skipped, not just trailing pads).
-
-    Args:
-        scores: (B, L) scores in list order.
-        valid: (B, L) bool.
-        tail_lse: (B,) log-sum-exp of the tail set R (NEG or less for an empty tail).
-        weights: optional (B, L) weight of each term (default 1).
-
-    Returns:
-        (B,) per-user loss.
-    """
-    s = scores.masked_fill(~valid, NEG)
-    suffix = torch.logcumsumexp(s.flip(1), dim=1).flip(1)  # log sum_{l>=k} e^{s_l}
-    denom = torch.logaddexp(suffix, tail_lse[:, None])
-    terms = (s - denom) * valid
-    if weights is not None:
-        terms = terms * weights
-    return -terms.sum(1)
 
 
 # ------------------------------------------------------------------------------------ RD
@@ -193,7 +153,7 @@ def rd_loss(
     if dynamic_w is not None:
         w = w * dynamic_w.detach()
     w = w / w.sum(1, keepdim=True).clamp(min=1e-12)
-    return (w * F.softplus(-scores) * valid).sum(1)
+    return (w * functional.softplus(-scores) * valid).sum(1)
 
 
 # ------------------------------------------------------------------------------------ MTD
@@ -261,7 +221,7 @@ def lambda_mrr_loss(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Ten
     pair = (labels[:, :, None] > labels[:, None, :]) & valid[:, :, None] & valid[:, None, :]
     weight = (inv[:, :, None] - inv[:, None, :]).abs()
     diff = scores[:, :, None] - scores[:, None, :]
-    return (F.softplus(-diff) * weight * pair).sum((1, 2))
+    return (functional.softplus(-diff) * weight * pair).sum((1, 2))
 
 
 # ------------------------------------------------------------------------------------ DCD
@@ -316,5 +276,5 @@ def dcd_loss(
     w = torch.tanh(delta.abs() / eps)
     under = valid & (delta > 0)
     over = valid & (delta < 0)
-    tail = torch.logsumexp((scores + torch.log(w.clamp(min=1e-30))).masked_fill(~over, NEG), dim=1)
+    tail = masked_logsumexp(scores + torch.log(w.clamp(min=1e-30)), over)
     return pl_loss(scores, under, tail, weights=w)

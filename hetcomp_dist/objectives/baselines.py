@@ -107,20 +107,14 @@ class BaselineObjective(Objective):
     # ---- helpers shared by the list losses
     def tail(self, a: torch.Tensor, c: torch.Tensor, batch: Batch, lists: torch.Tensor) -> torch.Tensor:
         """(B,) log Σ_{j ∈ N_u minus lists} e^{ŝ_j}: exact over the catalogue, or sampled (student.tail)."""
-        B, N = a.shape[0], c.shape[0]
-        rows = torch.arange(B, device=a.device).repeat_interleave(lists.shape[1])
-        xr, xc = losses.exclusion(
-            torch.cat([batch.train_rows, rows]), torch.cat([batch.train_items, lists.reshape(-1)]), B, N
-        )
         s = self.cfg.student
-        if s.tail == "sampled":
-            return losses.sampled_tail_logsumexp(a, c, xr, xc, s.tail_samples, batch.generator, self.clamp)
-        return losses.tail_logsumexp(a, c, xr, xc, self.clamp, s.tail_chunk)
+        tail_fn = losses.tail_estimator(s.tail, self.clamp, s.tail_chunk, s.tail_samples, batch.generator)
+        return tail_fn(a, c, *losses.exclude_lists(batch.train_rows, batch.train_items, lists, c.shape[0]))
 
     def rrd(self, a: torch.Tensor, c: torch.Tensor, batch: Batch, top: torch.Tensor) -> torch.Tensor:
         """(B,) PL(top; N_u minus top) for lists `top` (B, L), -1 padded."""
         s = losses.list_logits(a, c, top, self.clamp)
-        return baseline_losses.pl_loss(s, top >= 0, self.tail(a, c, batch, top))
+        return losses.pl_loss(s, top >= 0, self.tail(a, c, batch, top))
 
     def log_fields(self) -> dict[str, Any]:
         return {"lambda_kd": self.lambda_kd}
@@ -208,7 +202,7 @@ class MTDObjective(BaselineObjective):
             B * M
         )
         s_x = losses.list_logits(a, c, lists.reshape(B, M * K), self.clamp).reshape(B * M, K)
-        pl = baseline_losses.pl_loss(s_x, lists.reshape(B * M, K) >= 0, tail_x).reshape(B, M)
+        pl = losses.pl_loss(s_x, lists.reshape(B * M, K) >= 0, tail_x).reshape(B, M)
         loss, w = baseline_losses.mtd_loss(pl, model.user_emb(batch.users), self.teacher_emb, self.entropy)
         ws = w.detach().sum(0)
         self._w_sum = ws if self._w_sum is None else self._w_sum + ws
@@ -234,7 +228,7 @@ class CLDRDObjective(BaselineObjective):
     of n2 items drawn uniformly each step from T_u[n1:] (one label, below the fine group), and n3
     negatives drawn uniformly from N_u minus T_u (label 0) -- the pair structure of CL-DRD's labels
     (1/r, then -0.25, then -0.5; only their order matters to the loss). Each step a user's list is
-    fine + coarse + negatives, scored by `losses.lambda_mrr_loss`. The stages (5,12,13) → (10,10,10)
+    fine + coarse + negatives, scored by `baseline_losses.lambda_mrr_loss`. The stages (5,12,13) → (10,10,10)
     → (20,5,5) advance when `cldrd_patience` evaluations in a row bring no new best validation R@50.
     """
 
@@ -277,10 +271,7 @@ class CLDRDObjective(BaselineObjective):
         """(B, n) items drawn uniformly from N_u minus T_u (rejection; -1 where too few were found)."""
         N, dev = self.n_items, t.device
         draw = torch.randint(0, N, (B, 4 * n + 8), generator=batch.generator, device=dev)
-        rows = torch.arange(B, device=dev).repeat_interleave(t.shape[1])
-        xr, xc = losses.exclusion(
-            torch.cat([batch.train_rows, rows]), torch.cat([batch.train_items, t.reshape(-1)]), B, N
-        )
+        xr, xc = losses.exclude_lists(batch.train_rows, batch.train_items, t, N)
         key = torch.sort(xc * B + xr).values
         q = draw * B + torch.arange(B, device=dev)[:, None]
         pos = torch.searchsorted(key, q).clamp(max=max(len(key) - 1, 0))
@@ -311,7 +302,7 @@ class DCDObjective(BaselineObjective):
     Rank gaps Δ = r_student - r_teacher of the teacher's items, with the student's ranks among the
     unobserved items refreshed once per epoch (before its first step, from the scores of the whole
     catalogue in user blocks, exact up to rank K + 10ε where the weight saturates);
-    `losses.dcd_loss` puts the under-estimated items (Δ > 0) above the over-estimated ones (Δ < 0),
+    `baseline_losses.dcd_loss` puts the under-estimated items (Δ > 0) above the over-estimated ones (Δ < 0),
     weighted by tanh(|Δ|/ε).
     """
 
@@ -360,7 +351,7 @@ class DCDObjective(BaselineObjective):
         t = self.targets[batch.rows].long()
         s = losses.list_logits(a, c, t, self.clamp)
         valid = t >= 0
-        rrd = baseline_losses.pl_loss(s, valid, self.tail(a, c, batch, t))
+        rrd = losses.pl_loss(s, valid, self.tail(a, c, batch, t))
         delta = self.ranks[batch.rows].long() - torch.arange(t.shape[1], device=t.device)[None, :]
         return rrd + baseline_losses.dcd_loss(s, valid, delta, self.eps)
 

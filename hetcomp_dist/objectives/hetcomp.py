@@ -54,30 +54,15 @@ class HetCompObjective(Objective):
         self.register_buffer("targets", torch.zeros(0, 0, dtype=torch.int32), persistent=False)
         self.register_buffer("pos", torch.zeros(0, 0, dtype=torch.int32), persistent=False)
 
-    def _tail_fn(self, generator: torch.Generator | None):
-        if self.tail == "sampled":
-            return lambda a, c, r, k: losses.sampled_tail_logsumexp(
-                a, c, r, k, self.tail_samples, generator, self.clamp
-            )
-        return lambda a, c, r, k: losses.tail_logsumexp(a, c, r, k, self.clamp, self.chunk)
-
     def loss(self, model: Student, batch: Batch) -> torch.Tensor:
         if self.round < 0:
             raise RuntimeError("HetCompObjective.loss before set_knowledge (no targets loaded)")
         a, c = model.user_side(batch.users), model.item_side()
         pos = self.pos[batch.rows].long()
         targets = self.targets[batch.rows].long()
-        fn = losses.fine_loss if self.switched else losses.overall_loss
-        per_user = fn(
-            a,
-            c,
-            pos,
-            targets,
-            batch.train_rows,
-            batch.train_items,
-            self.clamp,
-            self._tail_fn(batch.generator),
-        )
+        fn = losses.l_f if self.switched else losses.l_o
+        tail_fn = losses.tail_estimator(self.tail, self.clamp, self.chunk, self.tail_samples, batch.generator)
+        per_user = fn(a, c, pos, targets, batch.train_rows, batch.train_items, self.clamp, tail_fn)
         return (self.lf_scale if self.switched else self.lo_scale) * per_user.sum()
 
     def dkc_due(self, epoch: int) -> bool:

@@ -20,13 +20,16 @@ Lists are (B, L) int64 item ids, -1 padded at the end; per-user losses come back
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 LOG2E = 1.0 / math.log(2.0)
-PAD_LOGIT = -1.0e4  # stands for "no item" inside log-sum-exps; far below any clamped logit
+# "No item" inside log-sum-exps: exp() of it is 0 in float32 and float64, yet (unlike -inf) a row of
+# nothing but pads keeps finite gradients; far below any clamped logit.
+PAD_LOGIT = -1.0e4
 
 
 # ------------------------------------------------------------------------------ exclusion sets
@@ -46,6 +49,19 @@ def exclusion(
     keep = cols >= 0
     key = torch.unique(cols[keep] * n_rows + rows[keep])  # sorted
     return key % n_rows, key // n_rows
+
+
+def exclude_lists(
+    rows: torch.Tensor, cols: torch.Tensor, lists: torch.Tensor, n_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`exclusion` of the (nnz,) pairs (rows, cols) plus every entry of the (B, L) -1 padded lists.
+
+    Returns:
+        (rows, cols), each (nnz',) int64, deduplicated and sorted by item then row.
+    """
+    B = lists.shape[0]
+    list_rows = torch.arange(B, device=lists.device).repeat_interleave(lists.shape[1])
+    return exclusion(torch.cat([rows, list_rows]), torch.cat([cols, lists.reshape(-1)]), B, n_items)
 
 
 def _auto_chunk(n_rows: int, n_items: int, device: torch.device) -> int:
@@ -186,50 +202,92 @@ def sampled_tail_logsumexp(
     return torch.where(m > 0, lse + scale, torch.full_like(lse, float("-inf")))
 
 
+def tail_estimator(kind: str, clamp: float, chunk: int, n_samples: int, generator: torch.Generator | None):
+    """The tail log-sum-exp a run asks for (``student.tail``), as a function (a, c, rows, cols) -> (B,).
+
+    Args:
+        kind: "sampled" for `sampled_tail_logsumexp`, anything else for the exact `tail_logsumexp`.
+        clamp, chunk: as in `tail_logsumexp`.
+        n_samples, generator: as in `sampled_tail_logsumexp`.
+    """
+    if kind == "sampled":
+        return lambda a, c, rows, cols: sampled_tail_logsumexp(a, c, rows, cols, n_samples, generator, clamp)
+    return lambda a, c, rows, cols: tail_logsumexp(a, c, rows, cols, clamp, chunk)
+
+
 # ---------------------------------------------------------------------------------- list terms
 def list_logits(a: torch.Tensor, c: torch.Tensor, items: torch.Tensor, clamp: float = 40.0) -> torch.Tensor:
     """(B, L) clamped logits ŝ of per-user item lists (B, L) (pads give a finite dummy value)."""
     return torch.einsum("bd,bld->bl", a, c[items.clamp(min=0)]).clamp(-clamp, clamp)
 
 
-def lo_loss(logits: torch.Tensor, valid: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
-    """Per-user L_O terms Σ_i -log(e^{ŝ_i} / (e^{ŝ_i} + e^{tail})) = Σ_i softplus(tail - ŝ_i).
+def per_item_tail_nll(logits: torch.Tensor, valid: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    """Per-user Σ_i -log(e^{ŝ_i} / (e^{ŝ_i} + e^{tail})) = Σ_i softplus(tail - ŝ_i): each item's own
+    softmax against the tail (L_O's terms).
 
     Args:
-        logits: (B, L) ŝ of P+ ∪ T (any order).
+        logits: (B, L) ŝ of the items (any order).
         valid: (B, L) bool, False at pads.
-        tail: (B,) log Σ_{j ∈ N_u \\ T} e^{ŝ_j}.
+        tail: (B,) log-sum-exp of the tail set.
 
     Returns:
         (B,) per-user sums.
     """
-    return (F.softplus(tail[:, None] - logits) * valid).sum(1)
+    return (functional.softplus(tail[:, None] - logits) * valid).sum(1)
 
 
-def pl_loss(logits: torch.Tensor, valid: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
-    """Per-user Plackett-Luce -Σ_k [ŝ_k - log(Σ_{l>=k} e^{ŝ_l} + e^{tail})] over valid positions.
+def pl_loss(
+    logits: torch.Tensor,
+    valid: torch.Tensor,
+    tail: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    subtract_raw: bool = False,
+) -> torch.Tensor:
+    """Per-user Plackett-Luce loss of an ordered list above a tail set, optionally with per-term weights:
+
+        loss_b = Σ_{k valid} w_k [log(Σ_{l>=k, valid} e^{ŝ_l} + e^{tail_b}) - ŝ_k]
+
+    Invalid entries may sit anywhere in the row: they are skipped, and never join a suffix sum.
 
     Args:
         logits: (B, L) ŝ of the ordered list, best first.
-        valid: (B, L) bool, False at pads (pads at the end; a pad never joins a suffix sum).
-        tail: (B,) log-sum-exp of the tail set (-inf for an empty tail).
+        valid: (B, L) bool.
+        tail: (B,) log-sum-exp of the tail set (-inf, or PAD_LOGIT or less, for an empty tail).
+        weights: optional (B, L) weight of each term (default 1).
+        subtract_raw: each term subtracts the unmasked logit, so the pads must be finite (clamped list
+            logits are). Same values; but the logits then take two gradient edges instead of one, which
+            changes the order autograd sums a caller's gradients in (the last bit): L_F keeps the order
+            it was trained with, the baselines theirs.
 
     Returns:
         (B,) per-user losses.
     """
     x = logits.masked_fill(~valid, PAD_LOGIT)
     suffix = torch.logcumsumexp(x.flip(1), 1).flip(1)
-    denom = torch.logaddexp(suffix, tail[:, None].expand_as(suffix))
-    return ((denom - logits) * valid).sum(1)
+    denom = torch.logaddexp(suffix, tail[:, None])
+    # each form as its callers always computed it, down to the sign of an empty row's zero
+    terms = (denom - logits) * valid if subtract_raw else (x - denom) * valid
+    if weights is not None:
+        terms = terms * weights
+    return terms.sum(1) if subtract_raw else -terms.sum(1)
 
 
 def masked_logsumexp(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B,) log Σ over valid entries (PAD_LOGIT for a row with none: adds nothing to a logaddexp)."""
+    """log Σ_{j: valid[b, j]} e^{logits[b, j]} per row.
+
+    Args:
+        logits: (B, N) scores.
+        valid: (B, N) bool, True for the entries of the set.
+
+    Returns:
+        (B,) log-sum-exp over the valid entries; about PAD_LOGIT for a row with none (its e^{...} is 0, so
+        it adds nothing to a logaddexp).
+    """
     return torch.logsumexp(logits.masked_fill(~valid, PAD_LOGIT), 1)
 
 
 # ---------------------------------------------------------------------------- HetComp's losses
-def overall_loss(
+def l_o(
     a: torch.Tensor,
     c: torch.Tensor,
     pos: torch.Tensor,
@@ -247,15 +305,12 @@ def overall_loss(
         tail_fn: (a, c, rows, cols) -> (B,) tail log-sum-exp; default the exact `tail_logsumexp`.
     """
     tail_fn = tail_fn or (lambda *x: tail_logsumexp(*x, clamp=clamp))
-    B, N = a.shape[0], c.shape[0]
-    rows = torch.arange(B, device=a.device).repeat_interleave(targets.shape[1])
-    xr, xc = exclusion(torch.cat([ex_rows, rows]), torch.cat([ex_cols, targets.reshape(-1)]), B, N)
-    tail = tail_fn(a, c, xr, xc)
+    tail = tail_fn(a, c, *exclude_lists(ex_rows, ex_cols, targets, c.shape[0]))
     items = torch.cat([pos, targets], 1)
-    return lo_loss(list_logits(a, c, items, clamp), items >= 0, tail)
+    return per_item_tail_nll(list_logits(a, c, items, clamp), items >= 0, tail)
 
 
-def fine_loss(
+def l_f(
     a: torch.Tensor,
     c: torch.Tensor,
     pos: torch.Tensor,
@@ -269,18 +324,16 @@ def fine_loss(
 
     T^a = T[:K//2], T^b = T[:K//10] for targets of width K (50 and 10 at K = 100). The second tail
     is derived exactly from the first: N_u\\T^b = (N_u\\T^a) ∪ (T^a\\T^b), a sum of positives.
-    Arguments as in `overall_loss`.
+    Arguments as in `l_o`.
     """
     tail_fn = tail_fn or (lambda *x: tail_logsumexp(*x, clamp=clamp))
-    B, N = a.shape[0], c.shape[0]
     ka, kb = max(1, targets.shape[1] // 2), max(1, targets.shape[1] // 10)
     ta = targets[:, :ka]
-    rows = torch.arange(B, device=a.device).repeat_interleave(ka)
-    xr, xc = exclusion(torch.cat([ex_rows, rows]), torch.cat([ex_cols, ta.reshape(-1)]), B, N)
-    tail_a = tail_fn(a, c, xr, xc)
+    tail_a = tail_fn(a, c, *exclude_lists(ex_rows, ex_cols, ta, c.shape[0]))
     s_ta, v_ta = list_logits(a, c, ta, clamp), ta >= 0
     tail_b = torch.logaddexp(tail_a, masked_logsumexp(s_ta[:, kb:], v_ta[:, kb:]))
     s_pos = list_logits(a, c, pos, clamp)
-    return pl_loss(s_pos, pos >= 0, tail_a) + 0.5 * (
-        pl_loss(s_ta, v_ta, tail_a) + pl_loss(s_ta[:, :kb], v_ta[:, :kb], tail_b)
+    pl = functools.partial(pl_loss, subtract_raw=True)
+    return pl(s_pos, pos >= 0, tail_a) + 0.5 * (
+        pl(s_ta, v_ta, tail_a) + pl(s_ta[:, :kb], v_ta[:, :kb], tail_b)
     )

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import time
 
-from hetcomp_dist.student import distributed
-from hetcomp_dist.student import worker as W
+from hetcomp_dist.student import distributed, worker
 
 
 def train_loop_per_worker(config: dict) -> dict:
-    job = W.Job.from_dict(config)
-    s, w = job.cfg.student, W.Worker.setup(job.cfg)
-    r0 = W.RankZero(w.rank, job)
-    data, task, sampler, opt = W.build(job, w)
+    job = worker.Job.from_dict(config)
+    s, w = job.cfg.student, worker.Worker.setup(job.cfg)
+    r0 = worker.RankZero(w.rank, job)
+    data, task, sampler, opt = worker.build(job, w)
     net, comm = distributed.wrap(task, task.rank_local_names(), w.device)  # user rows stay local
-    loop, best_emb = W.resume(job, task, opt, data)
+    loop, best_emb = worker.resume(job, task, opt, data)
     r0.log(
         f"{s.method}-{s.model}: {w.world} worker(s), {sampler.steps} steps/epoch, "
         f"from epoch {loop.epoch + 1}, {task.objective.log_fields()}"
@@ -34,23 +33,23 @@ def train_loop_per_worker(config: dict) -> dict:
         if job.hooks.epoch_start is not None:
             job.hooks.epoch_start(w.rank, epoch)
         t0 = time.perf_counter()
-        loss = W.train_epoch(net, task, opt, sampler, epoch, comm, job.hooks)
-        line = W.epoch_line(epoch, loss, time.perf_counter() - t0, task)
+        loss = worker.train_epoch(net, task, opt, sampler, epoch, comm, job.hooks)
+        line = worker.epoch_line(epoch, loss, time.perf_counter() - t0, task)
         loop.epoch = epoch
         if epoch % s.eval_every == 0 or epoch == s.max_epochs:
-            metrics, improved, users, items = W.evaluate(task, data, loop, epoch, job, w.device)
+            metrics, improved, users, items = worker.evaluate(task, data, loop, epoch, job, w.device)
             task.objective.after_evaluation(epoch, metrics)
             if improved:  # keep the best model's embeddings (rank 0 writes them at the end)
                 best_emb = {"user": users, "item": items} if w.rank == 0 else None
             if task.objective.dkc_due(epoch) and not loop.stopped:
                 if job.hooks.dkc_start is not None:
                     job.hooks.dkc_start(w.rank, epoch)
-                seconds = W.dkc(job, task, data, epoch, users, items, r0)
+                seconds = worker.dkc(job, task, data, epoch, users, items, r0)
                 line["dkc"] = {"s": round(seconds, 3), **task.objective.log_fields()}  # the new round's state
                 loop.switch_epoch = loop.switch_epoch or (epoch if task.objective.state()["switched"] else 0)
             line.update(metrics, improved=improved)
             loop.history.append(line)
-            W.report(
+            worker.report(
                 task, opt, loop, data, best_emb, metrics, w.rank, job.local_ckpt
             )  # a barrier on all ranks
             r0.metrics(loop.history)
@@ -66,7 +65,7 @@ def train_loop_per_worker(config: dict) -> dict:
             )
         )
     paused = not loop.stopped and loop.epoch < s.max_epochs  # at stop_at: the checkpoint resumes it
-    result = W.summary(loop, task, comm, sampler, time.perf_counter() - t_start, w, paused)
+    result = worker.summary(loop, task, comm, sampler, time.perf_counter() - t_start, w, paused)
     if best_emb is not None and not paused:
         r0.embeddings(best_emb["user"], best_emb["item"], result)
     return result

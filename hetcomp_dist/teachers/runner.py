@@ -16,7 +16,7 @@ import torch
 
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, EvalConfig
-from hetcomp_dist.data.dataset import CSR, load_manifest, load_split
+from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.evaluation.evaluate import evaluate_embeddings, evaluate_scorer
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import model_class
@@ -181,10 +181,3 @@ def run_teacher(
     storage.write_manifest(tdir, manifest)
     log(f"teacher {name}", f"committed {tdir}: states {states}, test R@50 {manifest['test']['R@50']:.4f}")
     return storage.read_manifest(tdir)
-
-
-def load_teacher_lists(folder: str, s: int) -> CSR:
-    """Shard `s` of a teacher's lists as CSR (`folder`: a `RunLayout.teacher_state` or `teacher_observed`)."""
-    t = storage.read_table(storage.shard_path(folder, s), ["user", "items"])
-    off, val = storage.list_to_csr(t.column("items"))
-    return CSR(off, val, int(t.column("user")[0].as_py()) if t.num_rows else 0)
