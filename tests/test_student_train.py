@@ -184,6 +184,33 @@ def test_local_mode_with_the_knowledge_stage(tmp_path):
     assert res["epochs"] == 21 and np.isfinite(res["test"]["R@50"])
 
 
+def _round_tables(run: str) -> dict:
+    layout = RunLayout(run)
+    mine = layout.student_rounds(layout.student("hetcomp", "mf"))
+    out = {}
+    for r in (1, 2):
+        folder = layout.round(r, mine)
+        out[r] = [storage.read_table(f).to_pylist() for f in storage.list_files(folder)]
+    return out
+
+
+def test_a_retraining_in_the_same_run_rebuilds_its_rounds(tmp_path):
+    """Retraining hetcomp-mf with another seed in the same RUN must build its DKC rounds from its own
+    embeddings, not reuse the previous training's rounds found at the same paths: its rounds equal
+    those of the same seed-1 training in a fresh RUN."""
+    same, fresh = str(tmp_path / "same"), str(tmp_path / "fresh")
+    base = _real_run(same)
+    _real_run(fresh)
+    short = [*base, "student.max_epochs=21", "student.patience=10"]
+    train_student(same, _cfg(*short))  # seed 0 first: leaves its rounds 1, 2 behind
+    seed0 = _round_tables(same)
+    train_student(same, _cfg(*short, "student.seed=1"))
+    train_student(fresh, _cfg(*short, "student.seed=1"))
+    retrained, reference = _round_tables(same), _round_tables(fresh)
+    assert retrained == reference
+    assert retrained != seed0  # the seeds' rounds differ, so the check above can tell them apart
+
+
 # ------------------------------------------------------------------------- 2-worker DDP on Ray
 @pytest.mark.slow
 def test_ddp_two_workers_and_recovery_from_a_killed_worker(ray_session, tmp_path):

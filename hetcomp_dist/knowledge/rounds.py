@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -404,8 +405,20 @@ def _base(run: str, cfg: Config) -> tuple[dict, tuple[str, ...], str]:
     return data, names, base
 
 
-def _round_hash(cfg: Config, r: int, prev_hash: str, epoch: int, emb_path: str, metric: str) -> str:
-    return storage.config_hash("round", r, prev_hash, epoch, emb_path, metric, _dkc_fields(cfg))
+def _round_hash(cfg: Config, r: int, prev_hash: str, epoch: int, emb_digest: str, metric: str) -> str:
+    """A DKC round's identity: the round before it, the student's embeddings by content (not by path:
+    a retrained student writes new embeddings to the same file), the epoch and the DKC settings."""
+    return storage.config_hash("round", r, prev_hash, epoch, emb_digest, metric, _dkc_fields(cfg))
+
+
+def embeddings_digest(emb: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the `user` and `item` arrays (dtype, shape and bytes): what a round was built from."""
+    h = hashlib.sha256()
+    for key in ("user", "item"):
+        a = np.ascontiguousarray(emb[key])
+        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _chain(run: str, cfg: Config, base: str, upto: int, rounds: str | None = None) -> str:
@@ -421,7 +434,7 @@ def _chain(run: str, cfg: Config, base: str, upto: int, rounds: str | None = Non
                 "build the rounds in order: build_round0, then dkc_round(1), dkc_round(2), ...",
             )
         if j > 0:
-            h = _round_hash(cfg, j, h, m["epoch"], m["emb_path"], m["metric"])
+            h = _round_hash(cfg, j, h, m["epoch"], m.get("emb_digest", ""), m["metric"])
         if m.get("config_hash") != h:
             raise InputError(
                 layout.round(j, rounds),
@@ -523,7 +536,8 @@ def build_round0(run: str, cfg: Config) -> dict:
     return _commit(run, cfg, task, stats, h, t0, distributed, {"state_cache": task.state_cache})
 
 
-def _check_embeddings(emb_path: str, data: dict, metric: str) -> None:
+def _check_embeddings(emb_path: str, data: dict, metric: str) -> str:
+    """Checks a student's embeddings file for this run; returns their `embeddings_digest`."""
     if metric not in ("ip", "l2"):
         raise InputError(f"metric={metric!r}", "must be ip or l2")
     emb = storage.read_npz(emb_path)
@@ -540,6 +554,7 @@ def _check_embeddings(emb_path: str, data: dict, metric: str) -> None:
             raise InputError(emb_path, f"`{key}` has NaN or infinite values", "check the student's training")
     if emb["user"].shape[1] != emb["item"].shape[1]:
         raise InputError(emb_path, "user and item embeddings differ in dimension")
+    return embeddings_digest(emb)
 
 
 def dkc_round(
@@ -575,7 +590,8 @@ def dkc_round(
     t0 = time.perf_counter()
     data, names, base = _base(run, cfg)
     prev_hash = _chain(run, cfg, base, round_idx - 1, rounds)
-    h = _round_hash(cfg, round_idx, prev_hash, epoch, emb_path, metric)
+    digest = _check_embeddings(emb_path, data, metric)
+    h = _round_hash(cfg, round_idx, prev_hash, epoch, digest, metric)
     layout = RunLayout(run)
     done = storage.stage_is_done(layout.round(round_idx, rounds), h)
     if done is not None:
@@ -588,7 +604,6 @@ def dkc_round(
             "the switch fired at this round: DKC has stopped for good",
             "train on the last round's targets (L_F) instead of calling dkc_round",
         )
-    _check_embeddings(emb_path, data, metric)
     j = round_idx + 1
     while storage.exists(layout.round(j, rounds)):  # later rounds were built on an older version of this one
         storage.delete_dir(layout.round(j, rounds))
@@ -598,7 +613,9 @@ def dkc_round(
     task = RoundTask(run, cfg, names, data, int(round_idx), int(epoch), emb_path, metric, rounds, state_cache)
     distributed = _distributed(cfg, data["n_users"])
     stats = map_shards("dkc", task, distributed)
-    return _commit(run, cfg, task, stats, h, t0, distributed, {"first_call": round_idx == 1})
+    return _commit(
+        run, cfg, task, stats, h, t0, distributed, {"first_call": round_idx == 1, "emb_digest": digest}
+    )
 
 
 def load_targets(
