@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hetcomp_dist.config import Config
+from hetcomp_dist.config import Config, to_dict
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
@@ -40,12 +40,12 @@ def ensure_data(cfg: Config) -> dict:
     if cfg.data.format == "synthetic":
         from hetcomp_dist.data.synth import synthesize
 
-        return synthesize(cfg.run, cfg.synth, cfg.data)
+        return synthesize(cfg.run, cfg.synth, cfg.data, to_dict(cfg))
     if not cfg.data.input:
         raise InputError("data.input", f"format {cfg.data.format!r} needs an input path", "pass --input PATH")
     from hetcomp_dist.data.ingest import ingest
 
-    return ingest(cfg.run, cfg.data)
+    return ingest(cfg.run, cfg.data, to_dict(cfg))
 
 
 def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:

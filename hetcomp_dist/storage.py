@@ -31,6 +31,7 @@ from hetcomp_dist.errors import InputError
 
 SCHEMA_VERSION = 1
 MANIFEST = "_manifest.json"
+CONFIG = "config.yaml"  # the resolved config of the invocation that committed a stage
 
 
 # ----------------------------------------------------------------------------------------- paths
@@ -296,9 +297,20 @@ def read_manifest(stage_dir: str) -> dict | None:
     return read_json(path) if exists(path) else None
 
 
-def write_manifest(stage_dir: str, manifest: Mapping[str, Any]) -> None:
-    """Commits a stage: written last, atomically."""
-    write_json_atomic(manifest_path(stage_dir), {"schema_version": SCHEMA_VERSION, **manifest})
+def write_manifest(
+    stage_dir: str, manifest: Mapping[str, Any], config: Mapping[str, Any] | None = None
+) -> None:
+    """Commits a stage: written last, atomically, with the environment that produced it
+    (`provenance.environment`); `config` (the resolved config as a dict) goes to ``config.yaml`` beside it."""
+    from hetcomp_dist.provenance import environment
+
+    if config is not None:
+        import yaml
+
+        write_bytes_atomic(join(stage_dir, CONFIG), yaml.safe_dump(dict(config), sort_keys=False).encode())
+    body = {"schema_version": SCHEMA_VERSION, **manifest}
+    body.setdefault("environment", environment())
+    write_json_atomic(manifest_path(stage_dir), body)
 
 
 def stage_is_done(stage_dir: str, cfg_hash: str) -> dict | None:

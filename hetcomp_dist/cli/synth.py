@@ -6,7 +6,7 @@ import argparse
 import json
 
 from hetcomp_dist.cli.ingest import split_summary
-from hetcomp_dist.config import load_config
+from hetcomp_dist.config import load_config, to_dict
 
 HELP = "Generate a synthetic dataset (power-law, low-rank + neighbourhood + popularity) into RUN/data"
 
@@ -35,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
         "run": args.out,
     }
     cfg = load_config(args.config, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
-    m = synthesize(cfg.run, cfg.synth, cfg.data)
+    m = synthesize(cfg.run, cfg.synth, cfg.data, to_dict(cfg))
     print(json.dumps(m, indent=2) if args.json else f"{cfg.run}: {split_summary(m)}")
     return 0

@@ -20,6 +20,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -42,10 +43,11 @@ def data_hash(cfg: DataConfig) -> str:
     return storage.config_hash("ingest", dataclasses.asdict(cfg))
 
 
-def ingest(run: str, cfg: DataConfig) -> dict:
+def ingest(run: str, cfg: DataConfig, config: Mapping | None = None) -> dict:
     """Ingests ``cfg.input`` (format ``cfg.format``) into ``RUN/data``; returns the manifest.
 
-    Skips the work when ``RUN/data`` is already committed with the same config hash.
+    Skips the work when ``RUN/data`` is already committed with the same config hash. `config` (the
+    whole resolved config as a dict) is written as ``config.yaml`` beside the manifest.
     """
     out = RunLayout(run).data
     h = data_hash(cfg)
@@ -55,12 +57,12 @@ def ingest(run: str, cfg: DataConfig) -> dict:
         return done
     spill = tempfile.mkdtemp(prefix="hetcomp-ingest-")
     try:
-        return _ingest(run, cfg, h, spill)
+        return _ingest(run, cfg, h, spill, config)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
+def _ingest(run: str, cfg: DataConfig, h: str, spill: str, config: Mapping | None) -> dict:
     # -- pass 1: validate everything, distinct raw ids
     users, items = RawIds(cfg.user_col), RawIds(cfg.item_col)
     n_rows = 0
@@ -174,7 +176,7 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
             "rating_threshold": cfg.rating_threshold,
         }
         manifest = split_manifest(counts, n_items, cfg.shard_size, cfg.seed, h, files, source)
-        storage.write_manifest(out, manifest)
+        storage.write_manifest(out, manifest, config)
     except BaseException:
         storage.delete_dir(out)
         raise

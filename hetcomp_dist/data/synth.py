@@ -19,6 +19,7 @@ depend on the shard size and never needs all users in memory; item-side paramete
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -188,7 +189,7 @@ def check(cfg: SynthConfig) -> None:
         raise InputError("synth.users", "ids must fit in int32")
 
 
-def synthesize(run: str, synth: SynthConfig, data: DataConfig) -> dict:
+def synthesize(run: str, synth: SynthConfig, data: DataConfig, config: Mapping | None = None) -> dict:
     """Generates the synthetic dataset into ``RUN/data`` (split with data.seed); returns the manifest.
 
     Skips the work when ``RUN/data`` is already committed with the same config hash.
@@ -219,7 +220,9 @@ def synthesize(run: str, synth: SynthConfig, data: DataConfig) -> dict:
         counts = writer.finish()
         source = {"kind": "synthetic", **dataclasses.asdict(synth), "activity_shape": items.activity_shape}
         storage.write_manifest(
-            out, split_manifest(counts, synth.items, data.shard_size, data.seed, h, writer.files, source)
+            out,
+            split_manifest(counts, synth.items, data.shard_size, data.seed, h, writer.files, source),
+            config,
         )
     except BaseException:
         storage.delete_dir(out)

@@ -39,7 +39,7 @@ from functools import partial
 import numpy as np
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import Config
+from hetcomp_dist.config import Config, to_dict
 from hetcomp_dist.data.dataset import load_manifest, load_shard, read_lists
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
@@ -491,7 +491,7 @@ def _commit(
         "task_peak_rss_gib": max(x["peak_rss_gib"] for x in stats),
         **extra,
     }
-    storage.write_manifest(task.layout.round(task.round_idx, task.rounds), manifest)
+    storage.write_manifest(task.layout.round(task.round_idx, task.rounds), manifest, to_dict(cfg))
     log(
         STAGE,
         f"committed round {task.round_idx} (epoch {task.epoch}): means "

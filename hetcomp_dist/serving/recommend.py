@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import STUDENT_METHODS, Config, EvalConfig
+from hetcomp_dist.config import STUDENT_METHODS, Config, EvalConfig, to_dict
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_range, union
 from hetcomp_dist.data.idmap import IdMap, load_idmap, read_raw_ids
 from hetcomp_dist.errors import InputError
@@ -352,7 +352,7 @@ def recommend(run: str, cfg: Config, req: Request) -> dict:
         "users_per_s": round(n_users / max(wall, 1e-9), 1),
         "peak_rss_gib": round(peak_rss_gib(), 3),
     }
-    storage.write_manifest(plan.out, manifest)
+    storage.write_manifest(plan.out, manifest, to_dict(cfg))
     log(STAGE, f"committed {plan.out}: {manifest['n_users']:,} users in {wall:.1f}s")
     return storage.read_manifest(plan.out)
 

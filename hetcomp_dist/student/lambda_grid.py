@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import BASELINES, Config
+from hetcomp_dist.config import BASELINES, Config, to_dict
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
 
@@ -76,7 +76,9 @@ def promote(run: str, cfg: Config, results: Mapping[float, Mapping], h: str) -> 
     if pruned:
         result["lambda_pruned"] = pruned  # λ -> the epoch it stopped at
     storage.write_manifest(
-        dst, {"config_hash": h, "stage": STAGE, "method": s.method, "model": s.model, "result": result}
+        dst,
+        {"config_hash": h, "stage": STAGE, "method": s.method, "model": s.model, "result": result},
+        to_dict(cfg),
     )
     log(
         STAGE,

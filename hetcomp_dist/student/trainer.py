@@ -148,7 +148,9 @@ def train_student(
         )
         return result
     storage.write_manifest(
-        out, {"config_hash": h, "stage": STAGE, "method": s.method, "model": s.model, "result": result}
+        out,
+        {"config_hash": h, "stage": STAGE, "method": s.method, "model": s.model, "result": result},
+        to_dict(cfg),
     )
     log(
         STAGE,

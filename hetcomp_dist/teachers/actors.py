@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import ray
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import Config
+from hetcomp_dist.config import Config, to_dict
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
 
@@ -189,5 +189,6 @@ def train_teachers(run: str, cfg: Config) -> dict:
     storage.write_manifest(
         layout.teachers,
         {"config_hash": storage.config_hash(hashes), "names": names, "K": cfg.teachers.topk, **summary},
+        to_dict(cfg),
     )
     return summary

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import Config, EvalConfig
+from hetcomp_dist.config import Config, EvalConfig, to_dict
 from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.evaluation.evaluate import evaluate_embeddings, evaluate_scorer
 from hetcomp_dist.layout import RunLayout
@@ -178,6 +178,6 @@ def run_teacher(
         "valid": traj["states"][-1]["valid"],
         "wall_s": metrics["wall_s"],
     }
-    storage.write_manifest(tdir, manifest)
+    storage.write_manifest(tdir, manifest, to_dict(cfg))
     log(f"teacher {name}", f"committed {tdir}: states {states}, test R@50 {manifest['test']['R@50']:.4f}")
     return storage.read_manifest(tdir)
