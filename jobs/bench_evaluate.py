@@ -78,23 +78,9 @@ def embeddings(args, m: dict) -> tuple[np.ndarray, np.ndarray]:
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as z:
             return z["user"], z["item"]
-    from hetcomp_dist.data.dataset import load_shard
+    from hetcomp_dist.testing.embeddings import popularity_embeddings
 
-    direction = rng.standard_normal((n_items, dim))
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    count = np.zeros(n_items)
-    shards = list(storage.iter_shards("", n_users, m["shard_size"]))
-    for s, _, _ in shards:
-        count += np.bincount(load_shard(args.run, "train", s, m).items, minlength=n_items)
-    V = direction * (0.1 + np.log1p(count))[:, None]
-    U = np.empty((n_users, dim))
-    for s, lo, hi in shards:
-        tr = load_shard(args.run, "train", s, m)
-        rows = np.repeat(np.arange(hi - lo), tr.lengths())
-        for j in range(dim):
-            U[lo:hi, j] = np.bincount(rows, weights=V[tr.items, j], minlength=hi - lo)
-    U += 0.1 * rng.standard_normal(U.shape)
-    U, V = U.astype(np.float32), V.astype(np.float32)
+    U, V = popularity_embeddings(args.run, m, dim, seed=0)
     tmp = path + ".tmp.npz"
     np.savez(tmp, user=U, item=V)
     os.replace(tmp, path)
