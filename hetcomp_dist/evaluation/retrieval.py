@@ -96,7 +96,7 @@ def grouped_search(index: faiss.Index, q: np.ndarray, k: int, n_excl: np.ndarray
         rows = np.nonzero(caps == cap)[0]
         with (
             faiss_blas()
-        ):  # FAISS's BLAS path: ~4x its per-query path at small d (faiss_exact.BLAS_THRESHOLD)
+        ):  # FAISS's BLAS path: faster than its per-query path at small d (faiss_exact.BLAS_THRESHOLD)
             _, cand = index.search(np.ascontiguousarray(q[rows]), int(min(k + cap, n_items)))
         yield rows, cand.astype(np.int32)
 
