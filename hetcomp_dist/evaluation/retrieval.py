@@ -310,9 +310,8 @@ class PrunedIndex:
             )
             return scanned
 
-        # many small ops: intra-op threads (and Python threads over chunks, through the GIL) cost
-        # more than they give -- several times the single-core time on a busy machine. So the scan
-        # runs on one core; parallelism is over processes (the Ray path: one task per CPU).
+        # many small ops, where threads (intra-op, or Python's over chunks through the GIL) cost more
+        # than they give: the scan runs on one core; parallelism is over processes (the Ray path's tasks)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:

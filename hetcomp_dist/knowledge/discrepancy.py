@@ -15,9 +15,9 @@ user with fewer than K unobserved items) counts as a miss -- as in the code, whi
 Compiled per-user kernels (numba): a user's sigma goes into a position map over item ids (uint16,
 one per thread, max item + 3 entries: 50 KB for 25k items, 2 MB for a million), and each teacher
 item reads its DCG term through it without a branch -- one direct load per item, cheaper than a
-hash table lookup and its probing. DCG terms are fixed-point integers (2^-40
-resolution), so a DCG is an exact, order-free sum: two lists with the same hits get bit-identical D,
-and D = 0 exactly when every position hits.
+hash table lookup and its probing. DCG terms are fixed-point integers (2^-40 resolution), so a DCG
+is an exact, order-free sum: two lists with the same hits get bit-identical D, and D = 0 exactly when
+every position hits.
 """
 
 from __future__ import annotations
