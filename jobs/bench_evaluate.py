@@ -27,10 +27,10 @@ train ∪ valid), K = 50, the paths side by side:
   it is slower; the rate is per user, so it compares), metrics through the same `recall_ndcg`.
 
 Every path runs as --threads worker processes over equal user slices, one thread each (FAISS, torch),
-like the Ray path's one task per CPU: two OpenMP threads in one process on this shared 2-core box
-spin-wait, measured at 4x the CPU time of one thread per process. Wall = first start to last end of
-the workers' timed calls (process start-up, embedding set-up and one untimed 64-user call that loads
-the compiled kernels -- ``*_warmup_s`` in the JSON -- excluded); each worker reports its own peak RSS.
+like the Ray path's one task per CPU: two OpenMP threads in one process spin-wait on a small shared
+host. Wall = first start to last end of the workers' timed calls (process start-up, embedding set-up
+and one untimed 64-user call that loads the compiled kernels -- ``*_warmup_s`` in the JSON --
+excluded); each worker reports its own peak RSS.
 All paths' metrics over the brute-force users are checked equal (1e-6). Timings include reading the
 shards. The machine is shared: the rates are noisy; --repeats gives medians. Besides the wall rates
 (users/s) the JSON has users per CPU-second (all workers), which an oversubscribed machine distorts
