@@ -152,8 +152,8 @@ class KnowledgeConfig:
     task_cpus: float = 1.0  # Ray CPUs per shard task
     max_tasks: int = 0  # concurrent shard tasks (0 = as many as the cluster's CPUs allow)
     # round 0 copies the teachers' states to RUN/knowledge/states (lz4 Arrow IPC), which every DKC round
-    # reads instead of decoding Parquet (~5x faster; on disk about the teachers' Parquet size again up
-    # to 65,535 items, twice it past that); takes effect when round 0 is built
+    # reads instead of decoding Parquet (on disk about the teachers' Parquet size again, twice it past
+    # 65,535 items); takes effect when round 0 is built
     cache_states: bool = True
 
 

@@ -17,7 +17,6 @@ class InputError(ValueError):
         super().__init__(msg)
 
     def __reduce__(self):
-        # Exception pickles as cls(*args) = cls(message), which would fail to rebuild this one: Ray
-        # pickles a task's exception to raise it in the driver (it reported "Failed to deserialize
-        # exception" instead of the message and its fix)
+        # Exception pickles as cls(*args) = cls(message), which cannot rebuild this one, and Ray pickles
+        # a task's exception to raise it in the driver
         return type(self), (self.where, self.problem, self.fix)

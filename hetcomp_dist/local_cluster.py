@@ -124,7 +124,7 @@ class LocalCluster:
     ) -> subprocess.CompletedProcess:
         """Blocking ``ray job submit --working-dir`` of `entrypoint`; exit 0 = SUCCEEDED, 1 = FAILED.
 
-        The job API can answer before the head's dashboard agent has registered (seen on a loaded
+        The job API can answer before the head's dashboard agent has registered (a loaded
         machine); a submission then fails with "No available agent to submit job" and creates no
         job. With `capture` such a submission is retried for up to `start_timeout_s` (uncaptured
         output streams to the terminal, where the message is seen and the command can be rerun).

@@ -27,10 +27,10 @@ train ∪ valid), K = 50, the paths side by side:
   it is slower; the rate is per user, so it compares), metrics through the same `recall_ndcg`.
 
 Every path runs as --threads worker processes over equal user slices, one thread each (FAISS, torch),
-like the Ray path's one task per CPU: two OpenMP threads in one process on this shared 2-core box
-spin-wait, measured at 4x the CPU time of one thread per process. Wall = first start to last end of
-the workers' timed calls (process start-up, embedding set-up and one untimed 64-user call that loads
-the compiled kernels -- ``*_warmup_s`` in the JSON -- excluded); each worker reports its own peak RSS.
+like the Ray path's one task per CPU: two OpenMP threads in one process spin-wait on a small shared
+host. Wall = first start to last end of the workers' timed calls (process start-up, embedding set-up
+and one untimed 64-user call that loads the compiled kernels -- ``*_warmup_s`` in the JSON --
+excluded); each worker reports its own peak RSS.
 All paths' metrics over the brute-force users are checked equal (1e-6). Timings include reading the
 shards. The machine is shared: the rates are noisy; --repeats gives medians. Besides the wall rates
 (users/s) the JSON has users per CPU-second (all workers), which an oversubscribed machine distorts
@@ -78,23 +78,9 @@ def embeddings(args, m: dict) -> tuple[np.ndarray, np.ndarray]:
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as z:
             return z["user"], z["item"]
-    from hetcomp_dist.data.dataset import load_shard
+    from hetcomp_dist.testing.embeddings import popularity_embeddings
 
-    direction = rng.standard_normal((n_items, dim))
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    count = np.zeros(n_items)
-    shards = list(storage.iter_shards("", n_users, m["shard_size"]))
-    for s, _, _ in shards:
-        count += np.bincount(load_shard(args.run, "train", s, m).items, minlength=n_items)
-    V = direction * (0.1 + np.log1p(count))[:, None]
-    U = np.empty((n_users, dim))
-    for s, lo, hi in shards:
-        tr = load_shard(args.run, "train", s, m)
-        rows = np.repeat(np.arange(hi - lo), tr.lengths())
-        for j in range(dim):
-            U[lo:hi, j] = np.bincount(rows, weights=V[tr.items, j], minlength=hi - lo)
-    U += 0.1 * rng.standard_normal(U.shape)
-    U, V = U.astype(np.float32), V.astype(np.float32)
+    U, V = popularity_embeddings(args.run, m, dim, seed=0)
     tmp = path + ".tmp.npz"
     np.savez(tmp, user=U, item=V)
     os.replace(tmp, path)

@@ -21,7 +21,7 @@ call) is untimed; the timed rounds read the states from those copies, as every D
 JIT: the kernels compile on a machine's first run (cache=True keeps them in __pycache__ for every
 later process, Ray workers included); none of that is timed: (a) is preceded by a warm-up call on
 256 users, (b) by an untimed run of the same round, and the Ray workers of (2) have loaded the
-kernels in rounds 0 and 1 of the setup (the targets kernel from the cache at its first use, ~0.1 s).
+kernels in rounds 0 and 1 of the setup (the targets kernel from numba's cache at its first use).
 
 Ends with one JSON line: speedup_vs_loop (default threads), speedup_vs_loop_1_thread, round_users_per_s_1m,
 peak_rss_gib, and the raw figures (wall and CPU seconds; the load average and `host_thread_scaling`

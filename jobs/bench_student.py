@@ -37,10 +37,8 @@ import time
 sys.path.insert(
     0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )  # a checkout without pip install
-# Before torch loads OpenMP: idle threads sleep instead of spinning. On this shared box spinning
-# threads made 2 threads ~10-30x slower than 1; with passive waits 2 threads were still no faster
-# than 1 (5.9 vs 6.6 s per L_O epoch at load ~4, interleaved), so the default is 1 thread, like a
-# Train worker's default.
+# Before torch loads OpenMP: idle threads sleep instead of spinning (spinning threads starve each
+# other on a small shared host); one thread by default, like a Train worker.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402

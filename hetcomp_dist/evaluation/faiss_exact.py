@@ -5,10 +5,8 @@ FAISS flat index. A user's search visits blocks in order and stops once no unvis
 its list: by Cauchy-Schwarz no item of a later block scores above ``|u| * norm(first item of the
 block)``, so a user stops when that bound is below the float32 score of its k-th candidate outside its
 exclusion set, less the float32 rounding bound. With trained embeddings (item norms grow with
-popularity) and at small dimension that is a small prefix of the catalogue: at 100k items, d = 6,
-k = 50, FAISS scores 18 % of the (user, item) pairs on the benchmark's popularity-shaped embeddings,
-12 % on Gaussian ones (jobs/bench_evaluate.py). For L2 the norm gives no score bound worth having: one
-block, FAISS's plain exhaustive search.
+popularity) and at small dimension that is a small prefix of the catalogue. For L2 the norm gives no
+score bound worth having: one block, FAISS's plain exhaustive search.
 
 The first block is a FAISS k-NN search for the top ``M = k + cap + 1`` items, cap = |excluded| rounded
 up to a power of two (rows grouped by cap), so that the k items kept after exclusion are in the list
@@ -21,7 +19,7 @@ a row whose boundary is within float32 rounding of a left-out item (a near-tie, 
 redone by a float64 scan of the whole catalogue. So the result is the float64 brute-force answer, ties
 included, not just FAISS's float32 one.
 
-FAISS settings: its BLAS path (an sgemm tile, then heap updates) is ~3x faster here at d = 6 than the
+FAISS settings: its BLAS path (an sgemm tile, then heap updates) is faster at small d than the
 per-query SIMD path that faiss 1.15 picks below 128,000 queries per call (`BLAS_THRESHOLD`).
 """
 
@@ -37,7 +35,8 @@ from hetcomp_dist.evaluation import kernels
 
 PAD = -1
 BLAS_THRESHOLD = 20  # FAISS's BLAS path from this many queries per call (faiss 1.15 default: 128,000)
-BLAS_QUERY_BS, BLAS_DATABASE_BS = 1024, 1024  # sgemm tile (default 4096 x 1024): 1M floats, ~10 % faster
+# sgemm tile (default 4096 x 1024): 1M floats, small enough to stay in cache
+BLAS_QUERY_BS, BLAS_DATABASE_BS = 1024, 1024
 
 
 @contextlib.contextmanager

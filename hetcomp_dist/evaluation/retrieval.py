@@ -96,7 +96,7 @@ def grouped_search(index: faiss.Index, q: np.ndarray, k: int, n_excl: np.ndarray
         rows = np.nonzero(caps == cap)[0]
         with (
             faiss_blas()
-        ):  # FAISS's BLAS path: ~4x its per-query path at small d (faiss_exact.BLAS_THRESHOLD)
+        ):  # FAISS's BLAS path: faster than its per-query path at small d (faiss_exact.BLAS_THRESHOLD)
             _, cand = index.search(np.ascontiguousarray(q[rows]), int(min(k + cap, n_items)))
         yield rows, cand.astype(np.int32)
 
@@ -310,9 +310,8 @@ class PrunedIndex:
             )
             return scanned
 
-        # many small ops: intra-op threads (and Python threads over chunks, through the GIL) cost
-        # more than they give -- several times the single-core time on a busy machine. So the scan
-        # runs on one core; parallelism is over processes (the Ray path: one task per CPU).
+        # many small ops, where threads (intra-op, or Python's over chunks through the GIL) cost more
+        # than they give: the scan runs on one core; parallelism is over processes (the Ray path's tasks)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:

@@ -17,8 +17,7 @@ A compiled per-user kernel (numba, users in parallel) runs the rule with the D@K
 `discrepancy` on the lists in place: no (users, M, width) block of the chosen states is gathered.
 `dkc_step_targets` (what a round calls) builds a changed user's targets in the same pass, right
 after its step, with the ensemble's kernels: the lists are read from memory once per round, not once
-for the step and again for `rebuild_targets` (measured 1.15-1.2x faster for the two together on a
-CiteULike-size round, side by side, 1 and 2 threads).
+for the step and again for `rebuild_targets`.
 """
 
 from __future__ import annotations

@@ -11,8 +11,6 @@ bucket sort on the score's magnitude and an insertion sort within buckets. Score
 integers, round(w_x exp(-r/T) 2^60 / sum(w)): an item's sum is exact and independent of the order
 of its terms, so equal rank sets give identical scores and the tie rule is exact (a float sum would
 depend on the order). The resolution, sum(w) 2^-60, is finer than a float64 sum near 1.
-Measured on a CiteULike-size round (6 x 100 entries, ~130 distinct items per user, one thread):
-~1.2 us per user to sum, ~0.8 us to select, against ~9 us for the heap this replaced.
 
 Kernels run users in parallel (`numba.prange` over one contiguous chunk of users per thread, each
 with its own buffers; the caller sets the thread count, one inside a 1-CPU Ray task); each user's
@@ -120,14 +118,13 @@ def select_top(ws, n_used, out_row, dense):
     and the table emptied (dense: the table of `add_dense`, whose marker unit is taken off).
 
     A bucket sort then an insertion sort, O(entries + k) for the score spreads of rank importances
-    (a heap of the k best measured 4x slower: its comparisons are coin flips): each score's bucket
+    (not a heap: on rank-importance scores its comparisons are unpredictable branches): each score's bucket
     is the exponent and top SUB_BITS mantissa bits of its float64 value (monotone in the score);
     counting from the top bucket down finds the bucket where the best k end, the entries of that
     bucket and above are placed in bucket order (the rest after them, unsorted), and an insertion
     sort on the exact (score, id) keys only reorders entries within a bucket. The first pass copies
     each (score, item) out of the table and empties its slot, so the later passes read two dense
-    arrays; the placement has no branch on the cut (measured ~10 % of g: a mispredicted branch
-    for each entry near the cut).
+    arrays; the placement has no branch on the cut, which would be mispredicted for each entry near it.
     """
     keys, vals, used, fbuf, fbits, bucket, counts, ss, si, cs, ci = ws
     k = len(out_row)
@@ -223,7 +220,8 @@ def g_states_kernel(lists, state, rows, table, out, n_dense, threads):
     B = lists.shape[0]
     n_chunks = max(1, min(threads, B))
     bad = np.full(n_chunks, -1, dtype=np.int64)
-    for c in numba.prange(n_chunks):  # the chunk loop lives in a plain njit function (faster code)
+    # the chunk loop lives in a plain njit function: numba compiles a parfor body into slower code
+    for c in numba.prange(n_chunks):
         bad[c] = _g_states_rows(
             lists, state, rows, table, out, n_dense, c * B // n_chunks, (c + 1) * B // n_chunks
         )

@@ -2,10 +2,9 @@
 
 A user's teacher lists are a few rows of 200-400 bytes spread over the (users, M, S, K) block, a
 different state per teacher, which the hardware prefetchers do not predict: every row costs a DRAM
-round trip. Requesting the next user's rows while the current user is computed hides that latency
-(measured: the ensemble's accumulation over a CiteULike-size round, 2.0 -> 1.2 us per user; with
-the data in cache it is 0.95). numba has no prefetch builtin, so this emits LLVM's
-``llvm.prefetch`` (a hint: no fault, no effect on results) through numba's public intrinsic API.
+round trip. Requesting the next user's rows while the current user is computed hides that latency.
+numba has no prefetch builtin, so this emits LLVM's ``llvm.prefetch`` (a hint: no fault, no effect
+on results) through numba's public intrinsic API.
 """
 
 from __future__ import annotations

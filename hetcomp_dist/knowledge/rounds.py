@@ -65,7 +65,7 @@ def tune_malloc() -> None:
     """Keeps batch temporaries (< 32 MiB) on glibc's heap instead of fresh mmaps.
 
     The vectorised batches allocate many short-lived arrays of a few MiB; by default glibc maps and
-    unmaps each, and the page faults cost as much as the arithmetic (measured ~2x on a batch).
+    unmaps each, and the page faults would cost as much as the arithmetic.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

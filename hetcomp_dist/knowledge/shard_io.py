@@ -21,7 +21,7 @@ from hetcomp_dist.layout import RunLayout
 PAD = -1
 
 
-# items + 1 as uint16 (0 = PAD) when every id fits: half the bytes, and lz4 decompresses it ~5x faster
+# items + 1 as uint16 (0 = PAD) when every id fits: half the bytes to store and to decompress
 NARROW_MAX_ITEMS = (1 << 16) - 1
 
 
@@ -30,9 +30,8 @@ def write_state_cache(path: str, lo: int, hi: int, lists: np.ndarray, n_items: i
     as an lz4 Arrow IPC file: ``user`` int32 and ``items`` fixed_size_list<K> of item + 1 as uint16
     (n_items <= NARROW_MAX_ITEMS, 0 = PAD) or of the ids as int32 (-1 = PAD).
 
-    Every DKC round reads a shard's states again, and decoding Parquet's list<int32> was most of a
-    round's time: one 50k x 100 state file took 51-57 ms of CPU from Parquet, 9 ms from a uint16 copy
-    and 15 ms from an int32 one (`read_state_cache`; 10 and 16 MB on disk against Parquet's 8.6 MB).
+    Every DKC round reads a shard's states again, and decoding Parquet's list<int32> would be most of
+    a round's time.
     """
     n, K = lists.shape
     if lists.size and (lists.min() < PAD or lists.max() >= n_items):
@@ -140,8 +139,7 @@ def block(shape: tuple[int, ...]) -> np.ndarray:
 
     The pool reuses the pages it freed (a shard task's previous block, Arrow's own decode buffers),
     where a large np.empty maps fresh pages each time: first-touch page faults then cost as much as
-    parsing the files (measured on a 2-core VM: 0.43 s for 19 state files of 50k users, against
-    0.02 s for the copy itself).
+    parsing the files.
     """
     buf = pa.allocate_buffer(int(np.prod(shape)) * 4)
     return np.frombuffer(buf, dtype=np.int32).reshape(shape)  # the array keeps the buffer alive

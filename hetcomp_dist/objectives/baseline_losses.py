@@ -230,8 +230,8 @@ def unobserved_ranks(
 ) -> torch.Tensor:
     """0-based rank of each listed item among the user's unobserved items: |{j ∉ O_u: s_j > s_i}|.
 
-    With `cap`, ranks come from the top-`cap` unobserved scores only (a partial selection, ~20x
-    cheaper than sorting the catalogue) and every rank >= cap is reported as cap -- exact below cap.
+    With `cap`, ranks come from the top-`cap` unobserved scores only (a partial selection instead
+    of a sort of the catalogue) and every rank >= cap is reported as cap -- exact below cap.
 
     Args:
         logits: (B, N) scores of the whole catalogue.

@@ -17,8 +17,8 @@ from hetcomp_dist.objectives.base import Batch, Objective
 class WoKDObjective(Objective):
     """ "w/o KD": the student's own base loss (BPR for MF/DNN, CML hinge for ML), *summed* over the
     batch's triples as in the paper's public code. With Adam the scale only matters against weight
-    decay: a sum makes the 1e-5 decay ~1000x weaker than a mean would. On CiteULike (MF) the sum
-    gave valid R@50 ~0.13 (the paper's w/o KD: 0.137 test), the mean ~0.17."""
+    decay: a sum makes the weight decay weaker against the gradient than a mean would, as in the
+    paper's code."""
 
     name = "wokd"
     needs_negatives = True

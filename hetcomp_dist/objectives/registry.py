@@ -39,7 +39,7 @@ def model_config(cfg: Config) -> StudentConfig:
     CML's unit-ball clip (`ml_max_norm`) belongs to CML's hinge: it applies to the ML student only
     where the objective trains the student's base loss (w/o KD and the baselines). HetComp trains no
     base loss, and clipped rows keep its logits in [-4 r^2, 0], too narrow for the listwise losses
-    against a full-catalogue tail (CiteULike valid R@50: .1817 clipped, .2958 unclipped).
+    against a full-catalogue tail.
     """
     s = cfg.student
     if s.model == "ml" and not METHODS[s.method].needs_negatives and s.ml_max_norm:

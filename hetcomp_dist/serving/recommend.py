@@ -176,7 +176,8 @@ class ShardRecommender:
     def __call__(self, batch: dict) -> dict:
         """Ray Data entry: writes the shards of `batch` (column ``shard``); returns their row counts."""
         rows = [self.write_shard(int(s)) for s in batch["shard"]]
-        return {"shard": np.asarray(batch["shard"]), "rows": np.asarray(rows, np.int64)}
+        rss = np.full(len(rows), peak_rss_gib())
+        return {"shard": np.asarray(batch["shard"]), "rows": np.asarray(rows, np.int64), "peak_rss_gib": rss}
 
     def exclusions(self, lo: int, hi: int, rows: np.ndarray) -> CSR:
         """Per selected user (rows relative to lo), the index rows it must not get."""
@@ -321,7 +322,7 @@ def recommend(run: str, cfg: Config, req: Request) -> dict:
         f"{req.student}: top-{plan.k} of {n_users:,} users over {len(plan.shards)} shard(s)"
         + (" as a Ray Data map" if distributed else " in-process"),
     )
-    rows = _run_ray(plan, cfg) if distributed else _run_local(plan)
+    rows, worker_rss = _run_ray(plan, cfg) if distributed else (_run_local(plan), 0.0)
     files = {storage.shard_name(s): r for s, r in rows.items()}
     if cold is not None:
         top, share = popular_items(run, data, plan.allowed, plan.k)
@@ -351,6 +352,7 @@ def recommend(run: str, cfg: Config, req: Request) -> dict:
         "wall_s": round(wall, 2),
         "users_per_s": round(n_users / max(wall, 1e-9), 1),
         "peak_rss_gib": round(peak_rss_gib(), 3),
+        "worker_peak_rss_gib": round(worker_rss, 3),
     }
     storage.write_manifest(plan.out, manifest, to_dict(cfg))
     log(STAGE, f"committed {plan.out}: {manifest['n_users']:,} users in {wall:.1f}s")
@@ -369,7 +371,7 @@ def _run_local(plan: Plan) -> dict[int, int]:
     return rows
 
 
-def _run_ray(plan: Plan, cfg: Config) -> dict[int, int]:
+def _run_ray(plan: Plan, cfg: Config) -> tuple[dict[int, int], float]:
     import ray
 
     if not ray.is_initialized():
@@ -385,7 +387,8 @@ def _run_ray(plan: Plan, cfg: Config) -> dict[int, int]:
         max_restarts=2,  # bounded: a shard that kills its actor every time fails the job, never hangs it
         max_task_retries=2,
     )
-    return {int(r["shard"]): int(r["rows"]) for r in out.take_all()}
+    done = out.take_all()
+    return {int(r["shard"]): int(r["rows"]) for r in done}, max(float(r["peak_rss_gib"]) for r in done)
 
 
 def read_recommendations(folder: str) -> pa.Table:

@@ -88,9 +88,8 @@ class Worker:
         threads = s.threads_per_worker or max(1, int(s.cpus_per_worker))
         torch.set_num_threads(threads)
         faiss.omp_set_num_threads(threads)
-        # the compiled knowledge/evaluation kernels too: rank 0 runs the DKC rounds in-process, and a
-        # 2-thread numba (OpenMP) pool there competed with the ranks' torch threads for the rest of
-        # the run (CiteULike MF: epochs 2.4 s before the first round, 4.5-9 s after it)
+        # the compiled kernels too: rank 0 runs the DKC rounds in-process, where a larger numba pool
+        # would compete with the ranks' torch threads
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         if s.use_gpu:
             from ray.train.torch import get_device
