@@ -292,6 +292,11 @@ def manifest_path(stage_dir: str) -> str:
     return join(stage_dir, MANIFEST)
 
 
+def config_path(stage_dir: str) -> str:
+    """The resolved config beside a stage's manifest (see `write_manifest`)."""
+    return join(stage_dir, CONFIG)
+
+
 def read_manifest(stage_dir: str) -> dict | None:
     path = manifest_path(stage_dir)
     return read_json(path) if exists(path) else None
@@ -307,7 +312,7 @@ def write_manifest(
     if config is not None:
         import yaml
 
-        write_bytes_atomic(join(stage_dir, CONFIG), yaml.safe_dump(dict(config), sort_keys=False).encode())
+        write_bytes_atomic(config_path(stage_dir), yaml.safe_dump(dict(config), sort_keys=False).encode())
     body = {"schema_version": SCHEMA_VERSION, **manifest}
     body.setdefault("environment", environment())
     write_json_atomic(manifest_path(stage_dir), body)

@@ -180,7 +180,7 @@ def _named_paths(layout: RunLayout, cfg: Config) -> tuple[set[str], list[str]]:
         folders += [layout.teacher(name), layout.teacher_observed(name)]
         folders += [layout.teacher_state(name, e) for e in range(1, 5)]
         folders += [layout.state_cache(name, e) for e in range(1, 5)]
-    files = {storage.manifest_path(f) for f in folders}
+    files = {storage.manifest_path(f) for f in folders} | {storage.config_path(f) for f in folders}
     files |= {
         storage.shard_path(f, s, suffix)
         for f in folders

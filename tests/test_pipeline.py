@@ -101,3 +101,26 @@ def test_stage_times_of_an_invocation_without_the_report_stage_are_kept(piped):
     rep = json.loads(storage.read_bytes(layout.report_json))
     assert rep["stage_times"] == pytest.approx(after)
     assert set(rep["stage_times"]) == {"data", "teachers", "knowledge", "student"}
+
+
+def test_every_stage_records_its_config_and_environment(piped):
+    """Beside every committed stage: config.yaml (the resolved config), and in its manifest the
+    environment that produced it (library versions, threads, CPU instruction set)."""
+    import importlib.metadata
+
+    import yaml
+
+    from hetcomp_dist.config import from_dict, to_dict
+
+    cfg, layout = piped
+    student = layout.student("hetcomp", "mf")
+    stages = [layout.data, layout.teachers, *(layout.teacher(n) for n in cfg.teachers.names), layout.round(0)]
+    stages += [student, layout.round(1, layout.student_rounds(student))]
+    for folder in stages:
+        saved = yaml.safe_load(storage.read_bytes(storage.config_path(folder)))
+        assert to_dict(from_dict(type(cfg), saved)) == to_dict(cfg), folder
+        env = storage.read_manifest(folder)["environment"]
+        assert env["libraries"]["numpy"] == importlib.metadata.version("numpy"), folder
+        assert env["python"] and env["cpu"] and "threads" in env
+    env = storage.read_manifest(student)["environment"]
+    assert env["threads"]["torch"] >= 1 and env["torch_cpu_capability"] and env["device"] == "cpu"
