@@ -20,6 +20,9 @@ from hetcomp_dist.errors import InputError
 TEACHER_NAMES = ("mf", "ml", "dnn", "gnn", "ae", "iae")
 BASELINES = ("rd", "rrd", "mtd", "cldrd", "dcd")  # the paper's comparison methods (METHOD.md §4)
 STUDENT_METHODS = ("hetcomp", "wokd", *BASELINES)
+STUDENT_MODELS = ("mf", "ml", "dnn")
+DATA_FORMATS = ("citeulike", "csv", "parquet", "synthetic")
+EVAL_INDEXES = ("flat", "blocked", "pruned", "ivf", "hnsw")
 
 
 @dataclass(frozen=True)

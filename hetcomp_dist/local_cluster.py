@@ -25,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from hetcomp_dist import storage
+
 REPO = Path(__file__).resolve().parents[1]
 NO_AGENT = "No available agent to submit job"  # Ray's job API before the head's agent registers
 
@@ -189,7 +191,8 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-PATH_OPTIONS = ("--out", "--input", "--config", "--embeddings", "--metrics-out")
+# every local path option of the jobs (storage.PATH_OPTIONS, as flags)
+PATH_OPTIONS = tuple("--" + name.replace("_", "-") for name in storage.PATH_OPTIONS) + ("--output",)
 
 
 def absolute_paths(argv: list[str]) -> list[str]:

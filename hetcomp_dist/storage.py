@@ -85,6 +85,7 @@ def absolute(path: str | None, *, output: bool = False, where: str = "path") -> 
 
 # option name -> True where the command writes there; every local path a command takes is one of these
 PATH_OPTIONS: dict[str, bool] = {
+    "output": True,
     "run": True,
     "out": True,
     "save_topk": True,

@@ -1,8 +1,8 @@
 """Evaluate user/item embeddings on RUN's valid/test split: FAISS top-K with seen-item exclusion,
 Recall/NDCG@{10,50}; writes the metrics as JSON and prints where.
 
-    python jobs/evaluate.py --out RUN [--embeddings FILE.npz] [--metric ip|l2] [--metrics-out FILE.json]
-    ray job submit --working-dir . -- python jobs/evaluate.py --out s3://BUCKET/runs/NAME \\
+    python jobs/evaluate.py --run RUN [--embeddings FILE.npz] [--metric ip|l2] [--metrics-out FILE.json]
+    ray job submit --working-dir . -- python jobs/evaluate.py --run s3://BUCKET/runs/NAME \\
         --embeddings s3://BUCKET/runs/NAME/student/hetcomp-mf/emb.npz
 
 FILE.npz holds float32 arrays `user` (n_users, d) and `item` (n_items, d) (read without unpickling).

@@ -1,8 +1,8 @@
 """Ingest interactions into RUN/data: validate, dense ids, the >= 5 filter, the per-user 60/20/20 split.
 
-    python jobs/ingest.py [--config FILE] [--out RUN] [--smoke] [key=value ...]
+    python jobs/ingest.py [--config FILE] [--run RUN] [--smoke] [key=value ...]
     ray job submit --working-dir . -- \\
-        python jobs/ingest.py --config FILE --out s3://BUCKET/runs/NAME \\
+        python jobs/ingest.py --config FILE --run s3://BUCKET/runs/NAME \\
         --input s3://BUCKET/users.dat --format citeulike
 
 With format `synthetic` (the default, and --smoke) it generates the built-in synthetic dataset instead.

@@ -1,7 +1,7 @@
 """Build the initial knowledge of RUN/knowledge: the ensemble's P+ and the round-0 targets.
 
-    python jobs/knowledge.py [--config FILE] [--out RUN] [--smoke] [key=value ...]
-    ray job submit --working-dir . -- python jobs/knowledge.py --config FILE --out s3://BUCKET/runs/NAME
+    python jobs/knowledge.py [--config FILE] [--run RUN] [--smoke] [key=value ...]
+    ray job submit --working-dir . -- python jobs/knowledge.py --config FILE --run s3://BUCKET/runs/NAME
 
 Needs RUN/teachers (--smoke makes the earlier stages first). A committed round is skipped.
 

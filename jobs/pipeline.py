@@ -1,10 +1,10 @@
 """The whole pipeline: data -> teachers -> knowledge -> students -> report; prints where the report landed.
 
-    python jobs/pipeline.py --smoke --out runs/smoke          # tiny synthetic data, local Ray
-    python jobs/pipeline.py [--config FILE] [--input PATH --format F] [--out RUN] [--stages a,b]
+    python jobs/pipeline.py --smoke --run runs/smoke          # tiny synthetic data, local Ray
+    python jobs/pipeline.py [--config FILE] [--input PATH --format F] [--run RUN] [--stages a,b]
                             [key=value ...]
     ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
-        python jobs/pipeline.py --config cluster/pipeline.yaml --out s3://BUCKET/runs/NAME \\
+        python jobs/pipeline.py --config cluster/pipeline.yaml --run s3://BUCKET/runs/NAME \\
         --input s3://BUCKET/data/users.dat --format citeulike
 
 Finished stages (committed manifests matching the config) are skipped, so resubmitting the same

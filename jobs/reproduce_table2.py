@@ -22,11 +22,11 @@ sys.path.insert(
 )  # a checkout without pip install
 
 from hetcomp_dist.cli.jobs import run_job  # noqa: E402
+from hetcomp_dist.config import STUDENT_MODELS  # noqa: E402
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--run", dest="out", metavar="RUN", help="the run (same as --out)")
-    p.add_argument("--student", required=True, choices=("mf", "ml", "dnn"), help="the student of the table")
+    p.add_argument("--student", required=True, choices=STUDENT_MODELS, help="the student of the table")
     p.add_argument(
         "--methods",
         default="wokd,rd,rrd,mtd,cldrd,dcd,hetcomp",

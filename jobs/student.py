@@ -1,7 +1,7 @@
 """Train the students of pipeline.students x pipeline.methods with Ray Train (DDP) into RUN/student.
 
-    python jobs/student.py [--config FILE] [--out RUN] [--smoke] [key=value ...]
-    ray job submit --working-dir . -- python jobs/student.py --config FILE --out s3://BUCKET/runs/NAME
+    python jobs/student.py [--config FILE] [--run RUN] [--smoke] [key=value ...]
+    ray job submit --working-dir . -- python jobs/student.py --config FILE --run s3://BUCKET/runs/NAME
 
 Needs RUN/knowledge (--smoke makes the earlier stages first); DKC rounds run every knowledge.period
 epochs. Resumes from the last committed checkpoint.

@@ -1,7 +1,7 @@
 """Generate the built-in synthetic dataset (synth.* settings) into RUN/data, split like real data.
 
-    python jobs/synth.py [--config FILE] [--out RUN] [--smoke] [synth.users=N synth.items=M ...]
-    ray job submit --working-dir . -- python jobs/synth.py --out s3://BUCKET/runs/NAME synth.users=1000000
+    python jobs/synth.py [--config FILE] [--run RUN] [--smoke] [synth.users=N synth.items=M ...]
+    ray job submit --working-dir . -- python jobs/synth.py --run s3://BUCKET/runs/NAME synth.users=1000000
 
 Deterministic for a given config; a committed RUN/data with the same config is skipped. Options and
 the exit status are shared by every job: see hetcomp_dist/cli/jobs.py.

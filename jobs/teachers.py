@@ -1,7 +1,7 @@
 """Train the six teachers (one Ray actor each) and export their trajectories into RUN/teachers.
 
-    python jobs/teachers.py [--config FILE] [--out RUN] [--smoke] [key=value ...]
-    ray job submit --working-dir . -- python jobs/teachers.py --config FILE --out s3://BUCKET/runs/NAME
+    python jobs/teachers.py [--config FILE] [--run RUN] [--smoke] [key=value ...]
+    ray job submit --working-dir . -- python jobs/teachers.py --config FILE --run s3://BUCKET/runs/NAME
 
 Needs RUN/data (--smoke makes it first). Finished teachers are skipped; a killed actor resumes from
 its checkpoint.

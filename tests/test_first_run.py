@@ -47,4 +47,9 @@ def test_smoke_job_with_a_relative_out(tmp_path):
     )
     assert res.returncode == 0
     assert (tmp_path / "runs" / "x" / "report" / "report.md").exists()
+    # each progress line once: Ray Train's patched print and root logger must not echo it a second time
+    epochs = [
+        line[line.index("[student] epoch") :] for line in res.stderr.splitlines() if "[student] epoch" in line
+    ]
+    assert epochs and len(epochs) == len(set(epochs))
     assert res.stdout.rstrip().splitlines()[-1] == f"output: {tmp_path}/runs/x/report/report.json"

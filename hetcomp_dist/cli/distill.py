@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from hetcomp_dist.config import STUDENT_METHODS, STUDENT_MODELS
+
 HELP = "Train a dimension-6 student (HetComp or a baseline) with Ray Train DDP"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="RUN folder or URI (data; teachers/knowledge for KD methods)")
-    p.add_argument("--method", default="hetcomp", help="hetcomp | wokd | rd | rrd | mtd | cldrd | dcd")
-    p.add_argument("--student", default="mf", help="mf | ml | dnn")
+    p.add_argument("--method", default="hetcomp", choices=STUDENT_METHODS, help="training method")
+    p.add_argument("--student", default="mf", choices=STUDENT_MODELS, help="student model")
     p.add_argument("--config", help="YAML config (default: the paper's values)")
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. student.num_workers=4"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from hetcomp_dist.config import EVAL_INDEXES
+
 HELP = "Evaluate user/item embeddings (.npz with arrays `user` and `item`) on a run's valid and test splits"
 
 
@@ -23,9 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--index",
-        choices=("flat", "pruned", "ivf", "hnsw"),
-        help="flat (default): exact FAISS; pruned: exact norm-pruned scan (faster for ip); "
-        "ivf/hnsw: approximate",
+        choices=EVAL_INDEXES,
+        help="flat (default), blocked, pruned: exact; ivf, hnsw: approximate (see README)",
     )
     p.add_argument(
         "--save-topk", help="folder for per-protocol top-K shards (<folder>/<split>/shard-*.parquet)"
@@ -38,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", help="YAML config file (its eval section is used)")
     p.add_argument("--json", action="store_true", help="print only the metrics as one JSON object")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. eval.batch_size=8192"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from hetcomp_dist.errors import InputError
     from hetcomp_dist.evaluation.evaluate import evaluate_embeddings
 
-    cfg = load_config(args.config, [f"eval.index={args.index}"] if args.index else [])
+    cfg = load_config(args.config, [*args.overrides, *([f"eval.index={args.index}"] if args.index else [])])
     arrays = storage.read_npz(args.embeddings)
     for name in ("user", "item"):
         if name not in arrays:

@@ -9,6 +9,7 @@ import argparse
 import json
 
 from hetcomp_dist.config import Config, load_config, to_dict
+from hetcomp_dist.data.readers import FORMATS
 
 HELP = "Ingest interactions (CiteULike users.dat, CSV, Parquet; local or URI) into RUN/data"
 
@@ -29,8 +30,10 @@ _FLAGS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", help="interactions file or folder: local path or s3:// / gs:// URI")
-    p.add_argument("--format", choices=("citeulike", "csv", "parquet"), help="input format")
-    p.add_argument("--out", help="RUN folder or URI (written: RUN/data); default: the config's run")
+    p.add_argument("--format", choices=FORMATS, help="input format")
+    p.add_argument(
+        "--run", "--out", dest="run", help="RUN folder or URI (written: RUN/data); default: the config's run"
+    )
     p.add_argument("--user-col", help="user id column (csv/parquet; ids may be integers or strings)")
     p.add_argument("--item-col", help="item id column (csv/parquet)")
     p.add_argument("--rating-col", help="optional rating column; rows below --rating-threshold are dropped")
@@ -41,17 +44,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="split seed (default 0)")
     p.add_argument("--config", help="YAML config file; flags override its data section")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.seed=1")
 
 
 def config_with_flags(args: argparse.Namespace, flags: dict[str, str], section: str = "data") -> Config:
     """The config file (or defaults) with the given flags applied to one section, type-checked."""
-    over = []
+    over = list(getattr(args, "overrides", []))  # the flags win over key=value overrides
     for flag, field in flags.items():
         value = getattr(args, flag, None)
         if value is not None:
             over.append(f"{section}.{field}={json.dumps(value)}")
-    if getattr(args, "out", None):
-        over.append(f"run={json.dumps(args.out)}")
+    if getattr(args, "run", None):
+        over.append(f"run={json.dumps(args.run)}")
     return load_config(args.config, over)
 
 

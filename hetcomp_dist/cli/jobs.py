@@ -16,9 +16,9 @@ import time
 import traceback
 from collections.abc import Callable
 
-from hetcomp_dist.config import Config
+from hetcomp_dist.config import DATA_FORMATS, Config
 from hetcomp_dist.errors import InputError
-from hetcomp_dist.progress import log
+from hetcomp_dist.progress import log, set_level
 
 # --smoke: tiny synthetic data and short training, so a whole pipeline finishes in a few minutes on a
 # laptop (or in CI) while still crossing every stage boundary (several user shards, every teacher,
@@ -55,15 +55,27 @@ Stage = Callable[[Config, argparse.Namespace], str]
 
 def parser(description: str) -> argparse.ArgumentParser:
     """The options every job takes; a job adds its own with ``add_arguments``."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from hetcomp_dist.cli.main import common_options
+
+    p = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_options()],
+    )
     p.add_argument(
         "--config",
         metavar="FILE",
         help="YAML config (local path or s3:// / gs:// URI); default: the paper's values",
     )
     p.add_argument("--input", metavar="PATH", help="interactions: local path or s3:// / gs:// URI")
-    p.add_argument("--format", choices=("citeulike", "csv", "parquet", "synthetic"), help="input format")
-    p.add_argument("--out", metavar="RUN", help="where the run lives (local path, s3:// or gs:// URI)")
+    p.add_argument("--format", choices=DATA_FORMATS, help="input format")
+    p.add_argument(
+        "--run",
+        "--out",
+        dest="run",
+        metavar="RUN",
+        help="where the run lives (local path, s3:// or gs:// URI)",
+    )
     p.add_argument(
         "--smoke",
         action="store_true",
@@ -128,6 +140,7 @@ def run_job(
     args = p.parse_args(argv)
     name = p.prog.removesuffix(".py")
     t0 = time.perf_counter()
+    set_level(args.log_level)
     try:
         cfg = config_from_args(args)
         log(name, f"run={cfg.run}{' (smoke)' if args.smoke else ''}")

@@ -27,14 +27,27 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def common_options() -> argparse.ArgumentParser:
+    """Options every command takes (a parent parser)."""
+    from hetcomp_dist.progress import LEVELS
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--log-level", choices=LEVELS, default="INFO", help="progress lines shown (default INFO)")
+    return p
+
+
 def _parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    from hetcomp_dist import __version__
+
     parser = argparse.ArgumentParser(prog="hetcomp-dist", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hetcomp-dist {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = common_options()
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     for name, modname in COMMANDS.items():
         if chosen is None or name == chosen:
             mod = importlib.import_module(modname)
-            p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+            p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, parents=[common])
             mod.add_arguments(p)
             p.set_defaults(_module=mod)
         else:
@@ -50,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         from hetcomp_dist import storage
+        from hetcomp_dist.progress import set_level
 
+        set_level(args.log_level)
         storage.absolute_args(args)  # here, in the driver: Ray workers have working directories of their own
         return int(args._module.run(args) or 0)
     except InputError as e:

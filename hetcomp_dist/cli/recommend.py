@@ -13,15 +13,23 @@ from __future__ import annotations
 import argparse
 import json
 
+from hetcomp_dist.config import EVAL_INDEXES, STUDENT_METHODS, STUDENT_MODELS
 from hetcomp_dist.serving.recommend import COLD_START
 
+STUDENTS = tuple(f"{m}-{s}" for s in STUDENT_MODELS for m in STUDENT_METHODS)
+
 HELP = "Top-K recommendations for every user (or a list of users) from a trained student, in raw ids"
-EXACT = ("flat", "blocked", "pruned", "ivf", "hnsw")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="RUN folder or URI with a finished student")
-    p.add_argument("--student", default="hetcomp-mf", help="<method>-<model> (default hetcomp-mf)")
+    p.add_argument(
+        "--student",
+        default="hetcomp-mf",
+        choices=STUDENTS,
+        metavar="METHOD-MODEL",
+        help="a finished student (default hetcomp-mf)",
+    )
     p.add_argument("--k", type=int, default=100, help="items per user (default 100)")
     p.add_argument("--users", help="raw user ids to answer: a text file, one per line, or Parquet")
     p.add_argument("--out", help="output folder or URI (default RUN/recommend/<student>)")
@@ -36,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--index",
-        choices=EXACT,
+        choices=EVAL_INDEXES,
         help="flat/blocked/pruned: exact (ties by item id); ivf/hnsw: approximate (default: eval.index)",
     )
     p.add_argument("--distributed", choices=("auto", "yes", "no"), default="auto", help="Ray Data map")

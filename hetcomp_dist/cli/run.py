@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from hetcomp_dist.config import Config, load_config, validate
+from hetcomp_dist.config import DATA_FORMATS, Config, load_config, validate
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.pipeline import STAGES, run_pipeline
@@ -21,8 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input", help="interactions: local path or s3:// / gs:// URI (default: built-in synthetic data)"
     )
-    p.add_argument("--format", choices=("citeulike", "csv", "parquet", "synthetic"), help="input format")
-    p.add_argument("--out", help="RUN folder or URI (default: config 'run')")
+    p.add_argument("--format", choices=DATA_FORMATS, help="input format")
+    p.add_argument("--run", "--out", dest="run", help="RUN folder or URI (default: config 'run')")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. student.model=ml"
@@ -33,7 +33,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Config file + key=value overrides, then --input/--format/--out (taken verbatim, never YAML-parsed)."""
     if args.input and not args.format:
         raise InputError("--format", "an --input needs its --format", "add --format citeulike|csv|parquet")
-    cfg = load_config(args.config, list(args.overrides), run=args.out or None)
+    cfg = load_config(args.config, list(args.overrides), run=args.run or None)
     data = dataclasses.replace(
         cfg.data, input=args.input or cfg.data.input, format=args.format or cfg.data.format
     )

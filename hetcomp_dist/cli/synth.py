@@ -16,10 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=int, help="number of items (default 2000)")
     p.add_argument("--seed", type=int, help="generator and split seed (default 0)")
     p.add_argument("--mean-interactions", type=float, help="mean interactions per user (default 20)")
-    p.add_argument("--out", help="RUN folder or URI (written: RUN/data); default: the config's run")
+    p.add_argument(
+        "--run", "--out", dest="run", help="RUN folder or URI (written: RUN/data); default: the config's run"
+    )
     p.add_argument("--shard-size", type=int, help="users per shard (default 50000)")
     p.add_argument("--config", help="YAML config file; flags override its synth/data sections")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. synth.topics=8")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,9 +35,10 @@ def run(args: argparse.Namespace) -> int:
         "synth.mean_interactions": args.mean_interactions,
         "data.seed": args.seed,  # one seed: data and split
         "data.shard_size": args.shard_size,
-        "run": args.out,
+        "run": args.run,
     }
-    cfg = load_config(args.config, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
+    over = [*args.overrides, *(f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)]
+    cfg = load_config(args.config, over)
     m = synthesize(cfg.run, cfg.synth, cfg.data, to_dict(cfg))
     print(json.dumps(m, indent=2) if args.json else f"{cfg.run}: {split_summary(m)}")
     return 0

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import STUDENT_METHODS, Config, EvalConfig, to_dict
+from hetcomp_dist.config import STUDENT_METHODS, STUDENT_MODELS, Config, EvalConfig, to_dict
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_range, union
 from hetcomp_dist.data.idmap import IdMap, load_idmap, read_raw_ids
 from hetcomp_dist.errors import InputError
@@ -30,7 +30,6 @@ from hetcomp_dist.progress import Progress, log, peak_rss_gib
 from hetcomp_dist.serving import topk
 
 STAGE = "recommend"
-STUDENT_MODELS = ("mf", "ml", "dnn")
 COLD_START = ("error", "popular")
 
 
