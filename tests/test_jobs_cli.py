@@ -3,7 +3,6 @@ recipe's path handling -- without starting Ray."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -28,8 +27,14 @@ def _cfg(*argv: str) -> Config:
 
 
 def test_smoke_preset_then_overrides_then_out():
-    default = _cfg()
-    assert default == dataclasses.replace(Config(), run=os.path.abspath(Config().run))
+    from hetcomp_dist.cli.run import DEMO_CONFIG
+    from hetcomp_dist.config import load_config
+
+    default = _cfg()  # the synthetic dataset without --config: the demo's settings
+    assert default == load_config(DEMO_CONFIG) and default.run == os.path.abspath(Config().run)
+    assert default.teachers.max_epochs < Config().teachers.max_epochs
+    real = _cfg("--input", "s3://b/users.dat", "--format", "citeulike")  # real data: the paper's defaults
+    assert real.teachers == Config().teachers and real.student == Config().student
     smoke = _cfg("--smoke")
     assert (smoke.data.format, smoke.synth.users, smoke.pipeline.students) == ("synthetic", 160, ("mf",))
     assert _cfg("--smoke", "synth.users=200").synth.users == 200  # the user's override wins

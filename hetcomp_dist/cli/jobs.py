@@ -1,6 +1,6 @@
 """The one command line shared by the ``ray job submit`` entrypoints in ``jobs/``.
 
-Every entrypoint is ``python jobs/<name>.py [--config FILE] [--input PATH --format F] [--out RUN]
+Every entrypoint is ``python jobs/<name>.py [--config FILE] [--input PATH --format F] [--run RUN]
 [--smoke] [key=value ...]`` and calls `run_job` (or `run_stage_job`) with the one package function it
 runs. `run_job` parses the config, joins the Ray cluster the job runs on (plain ``ray.init()``: inside
 a job ``RAY_ADDRESS`` is set; with no cluster it starts a local one), runs the stage, prints where its
@@ -92,7 +92,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The typed config: file, the smoke preset, the overrides, then --input/--format/--out verbatim."""
+    """The typed config: file, the smoke preset, the overrides, then --input/--format/--run verbatim."""
     from hetcomp_dist import storage
     from hetcomp_dist.cli import run as run_command
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from hetcomp_dist.config import DATA_FORMATS, Config, load_config, validate
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.pipeline import STAGES, run_pipeline
+
+# the built-in synthetic dataset's settings when no --config is given (configs/demo.yaml)
+DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
 
 HELP = (
     "run the whole pipeline (ingest -> teachers -> knowledge -> students -> report); "
@@ -30,14 +34,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Config file + key=value overrides, then --input/--format/--out (taken verbatim, never YAML-parsed)."""
+    """Config file + key=value overrides, then --input/--format/--run (taken verbatim, never YAML-parsed).
+    With no --config on the synthetic dataset: the demo settings (configs/demo.yaml) under the overrides."""
     if args.input and not args.format:
         raise InputError("--format", "an --input needs its --format", "add --format citeulike|csv|parquet")
-    cfg = load_config(args.config, list(args.overrides), run=args.run or None)
+    cfg = _with_data_args(load_config(args.config, list(args.overrides), run=args.run or None), args)
+    if not args.config and cfg.data.format == "synthetic":  # the built-in demo: training cut short
+        cfg = _with_data_args(load_config(DEMO_CONFIG, list(args.overrides), run=args.run or None), args)
+    return validate(cfg)
+
+
+def _with_data_args(cfg: Config, args: argparse.Namespace) -> Config:
     data = dataclasses.replace(
         cfg.data, input=args.input or cfg.data.input, format=args.format or cfg.data.format
     )
-    return validate(dataclasses.replace(cfg, data=data))
+    return dataclasses.replace(cfg, data=data)
 
 
 def run(args: argparse.Namespace) -> int:
