@@ -381,7 +381,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in ov:
             raise InputError(f"override {ov!r}", "expected key=value", "e.g. student.model=ml")
         key, _, text = ov.partition("=")
-        value = yaml.safe_load(text) if text else ""
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as e:
+            raise InputError(f"override {key}", f"{text!r} is not a YAML value ({e.problem})") from e
         parts = key.strip().split(".")
         node = raw
         for p in parts[:-1]:

@@ -54,6 +54,7 @@ def test_yaml_and_overrides(tmp_path):
         ("knowledge.weights=[1, 2, 3]", "config.knowledge.weights"),
         ("nosection.key=1", "config.nosection"),
         ("student.use_gpu=1", "config.student.use_gpu"),
+        ("student.lambda_grid=[0.1, 1", "override student.lambda_grid"),
     ],
 )
 def test_bad_values_name_the_field(override, field):
