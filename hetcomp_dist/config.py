@@ -1,12 +1,14 @@
 """One typed, frozen configuration, loaded from YAML, with type-checked ``key=value`` overrides.
 
-Every hyperparameter of METHOD.md lives here with the paper's value as its default. Unknown keys and
-wrong types fail with the dotted field name and the accepted keys/type, before anything runs.
+Every hyperparameter of METHOD.md lives here with the paper's value as its default. Unknown keys,
+wrong types and values outside a field's range (`ranged`; NaN and ±inf never pass) fail with the dotted
+field name and the accepted keys, type or range, before anything runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -25,6 +27,57 @@ DATA_FORMATS = ("citeulike", "csv", "parquet", "synthetic")
 EVAL_INDEXES = ("flat", "blocked", "pruned", "ivf", "hnsw")
 
 
+# ------------------------------------------------------------------------------------ ranges
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts: finite, from `lo` to `hi`, each end closed unless open."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    note: str = ""  # what a special value means, shown in the error
+
+    def __contains__(self, x: float) -> bool:
+        return (
+            math.isfinite(x)
+            and (x > self.lo if self.lo_open else x >= self.lo)
+            and (x < self.hi if self.hi_open else x <= self.hi)
+        )
+
+    def describe(self, floats: bool) -> str:
+        """E.g. ">= 1", "a finite number in (0, 1]", "a finite number (< 0 = auto)"."""
+        words = ["a finite number"] if floats else []
+        lo, hi = _num(self.lo), _num(self.hi)
+        if self.hi < math.inf:
+            words.append(f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}")
+        elif self.lo > -math.inf:
+            words.append(f"{'>' if self.lo_open else '>='} {lo}")
+        if self.note:
+            words.append(f"({self.note})")
+        return " ".join(words)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+ANY = Range()
+POSITIVE = Range(0, lo_open=True)
+NON_NEGATIVE = Range(0)  # also every seed: numpy's generators take none below 0
+COUNT = Range(1)
+FRACTION = Range(0, 1, lo_open=True, hi_open=True)
+IDS = Range(1, 2**31 - 1)  # user and item ids are int32
+SHARED = Range(0, note="0 = the shared value in teachers")
+MAX_D_K = 65_534  # knowledge/discrepancy.py: D@K positions + 1 fit its uint16 position map
+
+
+def ranged(default: Any, valid: Range) -> Any:
+    """A config field whose value (each element of a tuple) `validate` keeps inside `valid`."""
+    return field(default=default, metadata={"range": valid})
+
+
+# ------------------------------------------------------------------------------------ sections
 @dataclass(frozen=True)
 class DataConfig:
     """Ingestion (METHOD.md §1)."""
@@ -34,46 +87,51 @@ class DataConfig:
     user_col: str = "user"
     item_col: str = "item"
     rating_col: str = ""  # "" = every row is a positive interaction
-    rating_threshold: float = 0.0  # keep rows with rating >= threshold
+    rating_threshold: float = ranged(0.0, ANY)  # keep rows with rating >= threshold
     csv_delimiter: str = ","
-    min_user_interactions: int = 5
-    test_frac: float = 0.2
-    valid_frac: float = 0.2
-    seed: int = 0
-    shard_size: int = 50_000  # users per shard, fixed per run
+    min_user_interactions: int = ranged(5, COUNT)
+    test_frac: float = ranged(0.2, FRACTION)  # test_frac + valid_frac < 1
+    valid_frac: float = ranged(0.2, FRACTION)
+    seed: int = ranged(0, NON_NEGATIVE)
+    shard_size: int = ranged(50_000, COUNT)  # users per shard, fixed per run
 
 
 @dataclass(frozen=True)
 class SynthConfig:
     """The synthetic generator; the defaults are the small built-in demo dataset."""
 
-    users: int = 3000
-    items: int = 2000
-    seed: int = 0
-    mean_interactions: float = 20.0
-    min_interactions: int = 5  # user activity: truncated discrete Pareto from here ...
-    max_interactions: int = 1000  # ... to min(this, items // 4)
-    pop_exponent: float = 1.0  # Zipf exponent of item popularity
-    structure_pop_bias: float = 0.25  # popularity exponent inside topics and neighbourhoods (0 = none)
-    topics: int = 16  # rank of the low-rank (topic) part
-    topic_concentration: float = 0.1  # Dirichlet alpha of user and item topic mixtures (small = sparse)
-    topic_exponent: float = 0.5  # Zipf exponent of the within-topic item order (a head of core items)
-    community_size: int = 50  # items per neighbourhood (the cluster part)
-    mixture: tuple[float, ...] = (0.1, 0.4, 0.5)  # mean share of popularity / topic / neighbourhood draws
+    users: int = ranged(3000, IDS)
+    items: int = ranged(2000, IDS)  # >= 4 * min_interactions
+    seed: int = ranged(0, NON_NEGATIVE)
+    mean_interactions: float = ranged(20.0, POSITIVE)
+    min_interactions: int = ranged(5, COUNT)  # user activity: truncated discrete Pareto from here ...
+    max_interactions: int = ranged(1000, COUNT)  # ... to min(this, items // 4)
+    pop_exponent: float = ranged(1.0, NON_NEGATIVE)  # Zipf exponent of item popularity
+    # popularity exponent inside topics and neighbourhoods (0 = none)
+    structure_pop_bias: float = ranged(0.25, NON_NEGATIVE)
+    topics: int = ranged(16, COUNT)  # rank of the low-rank (topic) part
+    # Dirichlet alpha of user and item topic mixtures (small = sparse)
+    topic_concentration: float = ranged(0.1, POSITIVE)
+    # Zipf exponent of the within-topic item order (a head of core items)
+    topic_exponent: float = ranged(0.5, NON_NEGATIVE)
+    community_size: int = ranged(50, COUNT)  # items per neighbourhood (the cluster part)
+    # mean share of popularity / topic / neighbourhood draws (3 weights: 10x them are Dirichlet alphas)
+    mixture: tuple[float, ...] = ranged((0.1, 0.4, 0.5), POSITIVE)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    ks: tuple[int, ...] = (10, 50)
-    batch_size: int = 4096  # users per retrieval batch
+    ks: tuple[int, ...] = ranged((10, 50), COUNT)  # must include 10 and 50 (the report's columns)
+    batch_size: int = ranged(4096, COUNT)  # users per retrieval batch
     index: str = (
         "flat"  # flat (exact FAISS) | blocked (exact FAISS, norm-pruned) | pruned (exact torch) | ivf | hnsw
     )
-    ivf_nlist: int = 1024
-    ivf_nprobe: int = 32
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 256
-    distributed_min_users: int = 200_000  # below this, evaluate in-process (Ray's fixed costs are seconds)
+    ivf_nlist: int = ranged(1024, COUNT)
+    ivf_nprobe: int = ranged(32, COUNT)
+    hnsw_m: int = ranged(32, Range(2))  # FAISS's HNSW crashes with M = 1
+    hnsw_ef_search: int = ranged(256, COUNT)
+    # below this, evaluate in-process (Ray's fixed costs are seconds)
+    distributed_min_users: int = ranged(200_000, NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -84,12 +142,12 @@ class TeacherTraining:
     (ae) or items (iae).
     """
 
-    lr: float = 0.0
-    batch_size: int = 0
-    l2: float = -1.0
-    eval_every: int = 0
-    snapshot_every: int = 0
-    max_epochs: int = 0
+    lr: float = ranged(0.0, SHARED)
+    batch_size: int = ranged(0, SHARED)
+    l2: float = ranged(-1.0, Range(note="< 0 = the shared value in teachers"))
+    eval_every: int = ranged(0, SHARED)
+    snapshot_every: int = ranged(0, SHARED)
+    max_epochs: int = ranged(0, SHARED)
 
 
 @dataclass(frozen=True)
@@ -97,34 +155,38 @@ class TeachersConfig:
     """Teachers (METHOD.md §2); one Ray actor each."""
 
     names: tuple[str, ...] = TEACHER_NAMES
-    dim: int = 64
-    topk: int = 100  # K of the exported trajectory
-    lr: float = 1e-3
-    l2: float = 1e-6
-    batch_size: int = 1024
-    max_epochs: int = 1000
-    eval_every: int = 10
-    patience: int = 5  # evaluations without valid R@50 improvement
-    snapshot_every: int = 10  # epochs between trajectory snapshots (must divide every eval_every)
-    num_cpus: float = 0.3  # per actor
-    num_gpus: float = -1.0  # per actor; < 0 = auto: a share of the cluster's GPUs when it has any, else 0
-    max_restarts: int = 3
-    seed: int = 0
-    export_batch_size: int = 1024  # users per scoring block in the trajectory export
+    dim: int = ranged(64, COUNT)
+    topk: int = ranged(100, COUNT)  # K of the exported trajectory
+    lr: float = ranged(1e-3, POSITIVE)
+    l2: float = ranged(1e-6, NON_NEGATIVE)
+    batch_size: int = ranged(1024, COUNT)
+    max_epochs: int = ranged(1000, COUNT)
+    eval_every: int = ranged(10, COUNT)
+    patience: int = ranged(5, COUNT)  # evaluations without valid R@50 improvement
+    # epochs between trajectory snapshots (must divide every eval_every)
+    snapshot_every: int = ranged(10, COUNT)
+    num_cpus: float = ranged(0.3, POSITIVE)  # per actor
+    # per actor; < 0 = auto: a share of the cluster's GPUs when it has any, else 0
+    num_gpus: float = ranged(-1.0, Range(note="< 0 = auto"))
+    max_restarts: int = ranged(3, NON_NEGATIVE)  # bounded: Ray's -1 would restart a crashing actor forever
+    seed: int = ranged(0, NON_NEGATIVE)
+    export_batch_size: int = ranged(1024, COUNT)  # users per scoring block in the trajectory export
     keep_snapshots: bool = False  # False: after the export keep only the four state snapshots
-    progress_every_s: float = 10.0  # driver's progress table period
+    progress_every_s: float = ranged(10.0, POSITIVE)  # driver's progress table period
     # model-specific
-    cml_margin: float = 1.0
-    cml_negatives: int = 1  # sampled negatives per triple; the hinge uses the closest one
-    dnn_negatives: int = 4
-    dnn_layers: int = 3
-    dnn_mlp_dim: int = 32  # per-side id embedding of the MLP tower (input 2x this, halving per layer)
-    gnn_layers: int = 3
-    ae_hidden: int = 600
-    ae_decoder_hidden: int = 0  # 0 = linear decoder latent -> items; > 0 = latent -> hidden -> items
-    ae_dropout: float = 0.5
-    ae_beta: float = 0.2
-    ae_anneal_steps: int = 20_000
+    cml_margin: float = ranged(1.0, NON_NEGATIVE)
+    cml_negatives: int = ranged(1, COUNT)  # sampled negatives per triple; the hinge uses the closest one
+    dnn_negatives: int = ranged(4, COUNT)
+    dnn_layers: int = ranged(3, COUNT)
+    # per-side id embedding of the MLP tower (input 2x this, halving per layer)
+    dnn_mlp_dim: int = ranged(32, COUNT)
+    gnn_layers: int = ranged(3, COUNT)
+    ae_hidden: int = ranged(600, COUNT)
+    # 0 = linear decoder latent -> items; > 0 = latent -> hidden -> items
+    ae_decoder_hidden: int = ranged(0, NON_NEGATIVE)
+    ae_dropout: float = ranged(0.5, Range(0, 1, hi_open=True))
+    ae_beta: float = ranged(0.2, NON_NEGATIVE)
+    ae_anneal_steps: int = ranged(20_000, NON_NEGATIVE)
     ae_variant: str = "vae"  # vae | cdae
     # per-teacher training overrides (see TeacherTraining)
     mf: TeacherTraining = field(default_factory=TeacherTraining)
@@ -139,21 +201,22 @@ class TeachersConfig:
 class KnowledgeConfig:
     """Ensemble g, P+, D@K and DKC (METHOD.md §3)."""
 
-    topk: int = 100  # K of the targets T_u
-    temperature: float = 10.0  # T of the rank importance exp(-r/T)
-    weights: tuple[float, ...] = ()  # per-teacher w_x; () = all 1
-    pos_k: int = 10  # |P+| = K // 10
-    d_k: int = 50  # K of the discrepancy D@K
+    topk: int = ranged(100, COUNT)  # K of the targets T_u (= teachers.topk)
+    temperature: float = ranged(10.0, POSITIVE)  # T of the rank importance exp(-r/T)
+    weights: tuple[float, ...] = ranged((), NON_NEGATIVE)  # per-teacher w_x; () = all 1
+    pos_k: int = ranged(10, COUNT)  # |P+| = K // 10
+    d_k: int = ranged(50, Range(1, MAX_D_K))  # K of the discrepancy D@K (<= topk)
     d_variant: str = "code"  # code | paper
-    d_lambda: float = 10.0  # lambda of the paper variant's relevance exp(-r/lambda)
+    d_lambda: float = ranged(10.0, POSITIVE)  # lambda of the paper variant's relevance exp(-r/lambda)
     move_rule: str = "code"  # code (decayed threshold, or rho < 1) | paper (rho > alpha)
-    alpha: float = 1.05
-    decay: float = 0.995
-    period: int = 10  # p: DKC every p epochs, from epoch p on
-    distributed_min_users: int = 200_000  # below this, rounds run in-process
-    batch_users: int = 2048  # users per vectorised batch inside a shard task
-    task_cpus: float = 1.0  # Ray CPUs per shard task
-    max_tasks: int = 0  # concurrent shard tasks (0 = as many as the cluster's CPUs allow)
+    alpha: float = ranged(1.05, POSITIVE)
+    decay: float = ranged(0.995, Range(0, 1, lo_open=True))
+    period: int = ranged(10, COUNT)  # p: DKC every p epochs, from epoch p on
+    distributed_min_users: int = ranged(200_000, NON_NEGATIVE)  # below this, rounds run in-process
+    batch_users: int = ranged(2048, COUNT)  # users per vectorised batch inside a shard task
+    task_cpus: float = ranged(1.0, POSITIVE)  # Ray CPUs per shard task
+    # concurrent shard tasks (0 = as many as the cluster's CPUs allow)
+    max_tasks: int = ranged(0, NON_NEGATIVE)
     # round 0 copies the teachers' states to RUN/knowledge/states (lz4 Arrow IPC), which every DKC round
     # reads instead of decoding Parquet (on disk about the teachers' Parquet size again, twice it past
     # 65,535 items); takes effect when round 0 is built
@@ -166,62 +229,72 @@ class StudentConfig:
 
     model: str = "mf"  # mf | ml | dnn
     method: str = "hetcomp"  # hetcomp | wokd | rd | rrd | mtd | cldrd | dcd
-    dim: int = 6
-    lr: float = 1e-3
+    dim: int = ranged(6, COUNT)
+    lr: float = ranged(1e-3, POSITIVE)
     method_lr: tuple[
         str, ...
     ] = ()  # per-method learning rates "method=lr" (e.g. "wokd=0.001"); others use lr
-    weight_decay: float = 1e-5
-    batch_size: int = 1024  # train interactions per batch (its unique users are used)
-    max_epochs: int = 1000
-    eval_every: int = 10
-    patience: int = 5
-    logit_clamp: float = 40.0
-    lo_scale: float = 0.01
-    lf_scale: float = 0.005
+    weight_decay: float = ranged(1e-5, NON_NEGATIVE)
+    batch_size: int = ranged(1024, COUNT)  # train interactions per batch (its unique users are used)
+    max_epochs: int = ranged(1000, COUNT)
+    eval_every: int = ranged(10, COUNT)
+    patience: int = ranged(5, COUNT)
+    logit_clamp: float = ranged(40.0, POSITIVE)
+    lo_scale: float = ranged(0.01, POSITIVE)
+    lf_scale: float = ranged(0.005, POSITIVE)
     tail: str = "exact"  # exact | sampled
-    tail_samples: int = 4096  # sampled tail: uniform sample of N_u, scaled
-    lambda_kd: float = -1.0  # baselines: < 0 = pick from lambda_grid on validation
-    lambda_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+    tail_samples: int = ranged(4096, COUNT)  # sampled tail: uniform sample of N_u, scaled
+    lambda_kd: float = ranged(-1.0, Range(note="< 0 = pick from lambda_grid"))  # baselines' λ_KD
+    lambda_grid: tuple[float, ...] = ranged((1e-3, 1e-2, 1e-1, 1.0), NON_NEGATIVE)
     # λ grid pruning: every candidate trains this many epochs (a multiple of eval_every), then only the one
     # with the best validation R@50 so far trains on to early stopping; 0 = every candidate trains to the end
-    lambda_prune_epoch: int = 0
-    num_workers: int = 2  # Ray Train workers (0 = in the driver, no DDP)
-    cpus_per_worker: float = 0.5
+    lambda_prune_epoch: int = ranged(0, NON_NEGATIVE)
+    num_workers: int = ranged(2, NON_NEGATIVE)  # Ray Train workers (0 = in the driver, no DDP)
+    cpus_per_worker: float = ranged(0.5, POSITIVE)
     use_gpu: bool = False
-    seed: int = 0
+    seed: int = ranged(0, NON_NEGATIVE)
     # students (METHOD.md §2) and the trainer's mechanics
-    ml_margin: float = 1.0  # ML student's hinge margin m (w/o KD)
-    ml_max_norm: float = 1.0  # ML student's rows renormalised into this ball after each step, where the
-    # objective trains CML's hinge (w/o KD, baselines; not HetComp: objectives.model_config); 0 = off
-    dnn_hidden: tuple[int, ...] = (12,)  # DNN student's tower hidden widths (dim -> hidden... -> dim)
+    ml_margin: float = ranged(1.0, NON_NEGATIVE)  # ML student's hinge margin m (w/o KD)
+    # ML student's rows renormalised into this ball after each step, where the objective trains CML's
+    # hinge (w/o KD, baselines; not HetComp: objectives.model_config); 0 = off
+    ml_max_norm: float = ranged(1.0, NON_NEGATIVE)
+    # DNN student's tower hidden widths (dim -> hidden... -> dim)
+    dnn_hidden: tuple[int, ...] = ranged((12,), COUNT)
     dnn_residual: bool = (
         True  # DNN student: towers add their input back (a_u = e_u + f(e_u)); False = plain towers
     )
-    tail_chunk: int = 0  # items per block of the exact tail sums; 0 = auto (CPU: L2-sized, GPU: all)
-    threads_per_worker: int = 0  # torch threads per Train worker; 0 = max(1, floor(cpus_per_worker))
-    max_failures: int = 3  # Ray Train FailureConfig: worker-group restarts from the last checkpoint
+    # items per block of the exact tail sums; 0 = auto (CPU: L2-sized, GPU: all)
+    tail_chunk: int = ranged(0, NON_NEGATIVE)
+    # torch threads per Train worker; 0 = max(1, floor(cpus_per_worker))
+    threads_per_worker: int = ranged(0, NON_NEGATIVE)
+    # Ray Train FailureConfig: worker-group restarts from the last checkpoint (bounded: Ray's -1 would
+    # restart a worker group that fails the same way forever)
+    max_failures: int = ranged(3, NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
 class BaselinesConfig:
     """The comparison methods' own settings (METHOD.md §4); their λ_KD is student.lambda_kd."""
 
-    topk: int = 100  # K of the distilled teacher lists (E4 ensemble top-K; MTD: each teacher's top-K)
-    rd_top: int = 10  # RD: the teacher's top items used as positives
-    rd_lambda: float = 1.0  # RD: static position weight exp(-r / rd_lambda)
-    rd_mu: float = 0.1  # RD: dynamic weight tanh(max(mu (r_hat - r), 0))
-    rd_warmup: int = 10  # RD: the dynamic weight applies after this many epochs
-    rd_samples: int = 100  # RD: random items for the student's rank estimate r_hat
-    mtd_entropy: float = 0.01  # MTD: weight of the entropy bonus on the per-user teacher weights
+    # K of the distilled teacher lists (E4 ensemble top-K; MTD: each teacher's top-K); <= teachers.topk
+    topk: int = ranged(100, COUNT)
+    rd_top: int = ranged(10, COUNT)  # RD: the teacher's top items used as positives (<= topk)
+    rd_lambda: float = ranged(1.0, POSITIVE)  # RD: static position weight exp(-r / rd_lambda)
+    # RD: dynamic weight tanh(max(mu (r_hat - r), 0)); mu = 0 would zero it and RD's loss after rd_warmup
+    rd_mu: float = ranged(0.1, POSITIVE)
+    rd_warmup: int = ranged(10, NON_NEGATIVE)  # RD: the dynamic weight applies after this many epochs
+    rd_samples: int = ranged(100, COUNT)  # RD: random items for the student's rank estimate r_hat
+    # MTD: weight of the entropy bonus on the per-user teacher weights
+    mtd_entropy: float = ranged(0.01, NON_NEGATIVE)
     cldrd_stages: tuple[tuple[int, ...], ...] = (
         (5, 12, 13),
         (10, 10, 10),
         (20, 5, 5),
-    )  # (fine, coarse, negatives)
-    cldrd_patience: int = 1  # CL-DRD: evaluations without a new best valid R@50 before the next stage
-    dcd_eps: float = 10.0  # DCD: weight tanh(|rank gap| / eps)
-    rank_block: int = 512  # DCD: users per scoring block when refreshing the student's ranks
+    )  # (fine, coarse, negatives): checked in `validate`
+    # CL-DRD: evaluations without a new best valid R@50 before the next stage
+    cldrd_patience: int = ranged(1, COUNT)
+    dcd_eps: float = ranged(10.0, POSITIVE)  # DCD: weight tanh(|rank gap| / eps)
+    rank_block: int = ranged(512, COUNT)  # DCD: users per scoring block when refreshing the student's ranks
 
 
 @dataclass(frozen=True)
@@ -230,7 +303,7 @@ class PipelineConfig:
 
     students: tuple[str, ...] = ("mf", "ml", "dnn")
     methods: tuple[str, ...] = ("hetcomp", "wokd")
-    cost_users: int = 0  # users timed for the inference-cost table; 0 = every test user
+    cost_users: int = ranged(0, NON_NEGATIVE)  # users timed for the inference-cost table; 0 = every test user
 
 
 @dataclass(frozen=True)
@@ -311,7 +384,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in ov:
             raise InputError(f"override {ov!r}", "expected key=value", "e.g. student.model=ml")
         key, _, text = ov.partition("=")
-        value = yaml.safe_load(text) if text else ""
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as e:
+            raise InputError(f"override {key}", f"{text!r} is not a YAML value ({e.problem})") from e
         parts = key.strip().split(".")
         node = raw
         for p in parts[:-1]:
@@ -356,7 +432,7 @@ def student_lr(s: StudentConfig, where: str = "student.method_lr") -> float:
     """The learning rate of `s.method`: its ``method=lr`` entry of `s.method_lr`, else `s.lr`.
 
     Raises InputError naming the entry when one is malformed, names an unknown or repeated method,
-    or gives a learning rate that is not > 0.
+    or gives a learning rate that is not a finite number > 0.
     """
     lrs: dict[str, float] = {}
     for i, entry in enumerate(s.method_lr):
@@ -366,10 +442,10 @@ def student_lr(s: StudentConfig, where: str = "student.method_lr") -> float:
             lr = float(text) if eq else float("nan")
         except ValueError:
             lr = float("nan")
-        if method not in STUDENT_METHODS or not lr > 0 or method in lrs:
+        if method not in STUDENT_METHODS or not 0 < lr < math.inf or method in lrs:
             raise InputError(
                 f"{where}[{i}]",
-                f"{entry!r} is not a unique 'method=lr' with lr > 0 and method "
+                f"{entry!r} is not a unique 'method=lr' with a finite lr > 0 and method "
                 f"one of {', '.join(STUDENT_METHODS)}",
                 "e.g. student.method_lr=[wokd=0.001]",
             )
@@ -377,35 +453,81 @@ def student_lr(s: StudentConfig, where: str = "student.method_lr") -> float:
     return lrs.get(s.method, s.lr)
 
 
+def _check_ranges(section: Any, where: str) -> None:
+    """InputError for the first value of `section` (walked into its subsections) outside its field's
+    `ranged` range; a tuple's elements are named by index."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{where}.{f.name}")
+        if "range" not in f.metadata:
+            continue
+        valid, floats = f.metadata["range"], float in (hints[f.name], *typing.get_args(hints[f.name]))
+        for index, v in enumerate(value) if isinstance(value, tuple) else [(None, value)]:
+            if v not in valid:
+                name = f"{where}.{f.name}" + ("" if index is None else f"[{index}]")
+                raise InputError(name, f"must be {valid.describe(floats)}, got {v!r}")
+
+
 def validate(cfg: Config, where: str = "config") -> Config:
-    """Checks value ranges and choices that types alone cannot."""
+    """Checks every numeric field against its `ranged` range, then the choices and the fields that
+    bound one another."""
 
     def choice(name: str, value: str, options: tuple[str, ...]) -> None:
         if value not in options:
             raise InputError(f"{where}.{name}", f"{value!r} is not one of {', '.join(options)}")
 
-    def positive(name: str, value: float) -> None:
-        if value <= 0:
-            raise InputError(f"{where}.{name}", f"must be > 0, got {value}")
-
-    choice("data.format", cfg.data.format, ("citeulike", "csv", "parquet", "synthetic"))
-    positive("data.shard_size", cfg.data.shard_size)
-    if not 0 < cfg.data.test_frac + cfg.data.valid_frac < 1:
-        raise InputError(f"{where}.data.test_frac", "test_frac + valid_frac must be in (0, 1)")
+    _check_ranges(cfg, where)
+    d = cfg.data
+    choice("data.format", d.format, ("citeulike", "csv", "parquet", "synthetic"))
+    if d.test_frac + d.valid_frac >= 1:
+        raise InputError(
+            f"{where}.data.test_frac",
+            f"test_frac + valid_frac = {d.test_frac + d.valid_frac:g} must be < 1",
+            "leave some of every user's items for training",
+        )
+    if len(d.csv_delimiter) != 1:
+        raise InputError(f"{where}.data.csv_delimiter", f"{d.csv_delimiter!r} is not one character")
+    for name in ("user_col", "item_col"):
+        if not getattr(d, name):
+            raise InputError(f"{where}.data.{name}", "must name a column")
+    sy = cfg.synth
+    if len(sy.mixture) != 3:
+        raise InputError(f"{where}.synth.mixture", "needs 3 weights (popularity, topics, communities)")
+    if sy.items < 4 * sy.min_interactions:
+        raise InputError(
+            f"{where}.synth.items",
+            f"needs >= {4 * sy.min_interactions} items for users of {sy.min_interactions} interactions",
+            "raise synth.items or lower synth.min_interactions",
+        )
     choice("eval.index", cfg.eval.index, ("flat", "blocked", "pruned", "ivf", "hnsw"))
-    for name in cfg.teachers.names:
+    if len(set(cfg.eval.ks)) != len(cfg.eval.ks):
+        raise InputError(f"{where}.eval.ks", f"{list(cfg.eval.ks)} repeats a value")
+    if not {10, 50} <= set(cfg.eval.ks):
+        raise InputError(
+            f"{where}.eval.ks",
+            f"{list(cfg.eval.ks)} must include 10 and 50",
+            "the report shows R@10, N@10, R@50, N@50 and valid R@50 picks every best epoch",
+        )
+    t = cfg.teachers
+    for name in t.names:
         choice("teachers.names", name, TEACHER_NAMES)
-    if len(set(cfg.teachers.names)) != len(cfg.teachers.names) or not cfg.teachers.names:
+    if len(set(t.names)) != len(t.names) or not t.names:
         raise InputError(f"{where}.teachers.names", "must list distinct teacher names, at least one")
-    choice("teachers.ae_variant", cfg.teachers.ae_variant, ("vae", "cdae"))
+    if len(t.names) * t.topk < max(cfg.eval.ks):
+        raise InputError(
+            f"{where}.teachers.topk",
+            f"{len(t.names)} teachers x {t.topk} exported items cannot fill the ensemble's "
+            f"top-{max(cfg.eval.ks)} list (eval.ks)",
+            "raise teachers.topk",
+        )
+    choice("teachers.ae_variant", t.ae_variant, ("vae", "cdae"))
     for name in TEACHER_NAMES:
-        t = getattr(cfg.teachers, name)
-        eval_every = t.eval_every or cfg.teachers.eval_every
-        snapshot_every = t.snapshot_every or cfg.teachers.snapshot_every
-        for key in ("lr", "batch_size", "eval_every", "snapshot_every", "max_epochs"):
-            if getattr(t, key) < 0:
-                raise InputError(f"{where}.teachers.{name}.{key}", "must be >= 0 (0 = the shared value)")
-        if (t.max_epochs or cfg.teachers.max_epochs) < eval_every:
+        o = getattr(t, name)
+        eval_every = o.eval_every or t.eval_every
+        snapshot_every = o.snapshot_every or t.snapshot_every
+        if (o.max_epochs or t.max_epochs) < eval_every:
             raise InputError(
                 f"{where}.teachers.{name}.max_epochs",
                 f"below eval_every={eval_every}",
@@ -417,17 +539,50 @@ def validate(cfg: Config, where: str = "config") -> Config:
                 f"{snapshot_every} does not divide eval_every={eval_every}",
                 "every evaluated epoch must have a snapshot (E4 is the best evaluation)",
             )
-    choice("knowledge.d_variant", cfg.knowledge.d_variant, ("code", "paper"))
-    choice("knowledge.move_rule", cfg.knowledge.move_rule, ("code", "paper"))
-    if cfg.knowledge.weights and len(cfg.knowledge.weights) != len(cfg.teachers.names):
+    k = cfg.knowledge
+    choice("knowledge.d_variant", k.d_variant, ("code", "paper"))
+    choice("knowledge.move_rule", k.move_rule, ("code", "paper"))
+    if k.topk != t.topk:
         raise InputError(
-            f"{where}.knowledge.weights", f"needs one weight per teacher ({len(cfg.teachers.names)})"
+            f"{where}.knowledge.topk",
+            f"{k.topk} must equal teachers.topk={t.topk}",
+            "the knowledge stage reads the teachers' exported top-K lists whole",
         )
-    choice("student.model", cfg.student.model, ("mf", "ml", "dnn"))
-    choice("student.method", cfg.student.method, STUDENT_METHODS)
-    choice("student.tail", cfg.student.tail, ("exact", "sampled"))
-    student_lr(cfg.student, f"{where}.student.method_lr")  # parses and checks every entry
+    if k.d_k > k.topk:
+        raise InputError(f"{where}.knowledge.d_k", f"{k.d_k} must be <= knowledge.topk={k.topk}")
+    if k.weights and len(k.weights) != len(t.names):
+        raise InputError(f"{where}.knowledge.weights", f"needs one weight per teacher ({len(t.names)})")
+    if k.weights and not sum(k.weights) > 0:
+        raise InputError(f"{where}.knowledge.weights", "must not be all 0")
+    s = cfg.student
+    choice("student.model", s.model, ("mf", "ml", "dnn"))
+    choice("student.method", s.method, STUDENT_METHODS)
+    choice("student.tail", s.tail, ("exact", "sampled"))
+    student_lr(s, f"{where}.student.method_lr")  # parses and checks every entry
+    if s.lambda_kd < 0 and not s.lambda_grid:
+        raise InputError(
+            f"{where}.student.lambda_grid", "needs a value when student.lambda_kd < 0 (the search)"
+        )
+    if len(set(s.lambda_grid)) != len(s.lambda_grid):
+        raise InputError(f"{where}.student.lambda_grid", f"{list(s.lambda_grid)} repeats a value")
+    if s.lambda_prune_epoch % s.eval_every or (s.lambda_prune_epoch and s.lambda_prune_epoch >= s.max_epochs):
+        raise InputError(
+            f"{where}.student.lambda_prune_epoch",
+            f"{s.lambda_prune_epoch} is not 0 or a multiple of eval_every={s.eval_every} below "
+            f"max_epochs={s.max_epochs}",
+            "the candidates are compared at an evaluation",
+        )
     b = cfg.baselines
+    if b.topk > t.topk:
+        raise InputError(
+            f"{where}.baselines.topk",
+            f"{b.topk} must be <= teachers.topk={t.topk}",
+            "the baselines distil the teachers' exported lists",
+        )
+    if b.rd_top > b.topk:
+        raise InputError(f"{where}.baselines.rd_top", f"{b.rd_top} must be <= baselines.topk={b.topk}")
+    if not b.cldrd_stages:
+        raise InputError(f"{where}.baselines.cldrd_stages", "needs at least one stage")
     for i, st in enumerate(b.cldrd_stages):
         if len(st) != 3 or st[0] < 1 or min(st) < 0 or st[0] + st[1] > b.topk:
             raise InputError(
@@ -435,29 +590,8 @@ def validate(cfg: Config, where: str = "config") -> Config:
                 f"{list(st)} is not (fine >= 1, coarse, negatives) "
                 f"with fine + coarse <= baselines.topk={b.topk}",
             )
-    if not b.cldrd_stages:
-        raise InputError(f"{where}.baselines.cldrd_stages", "needs at least one stage")
-    for name in ("topk", "rd_top", "rd_lambda", "rd_samples", "dcd_eps", "cldrd_patience", "rank_block"):
-        positive(f"baselines.{name}", getattr(b, name))
-    for s in cfg.pipeline.students:
-        choice("pipeline.students", s, ("mf", "ml", "dnn"))
+    for m in cfg.pipeline.students:
+        choice("pipeline.students", m, ("mf", "ml", "dnn"))
     for m in cfg.pipeline.methods:
         choice("pipeline.methods", m, STUDENT_METHODS)
-    for name in ("dim", "batch_size", "max_epochs", "eval_every", "patience"):
-        positive(f"student.{name}", getattr(cfg.student, name))
-        positive(f"teachers.{name}", getattr(cfg.teachers, name))
-    st = cfg.student
-    if (
-        st.lambda_prune_epoch < 0
-        or st.lambda_prune_epoch % st.eval_every
-        or (st.lambda_prune_epoch and st.lambda_prune_epoch >= st.max_epochs)
-    ):
-        raise InputError(
-            f"{where}.student.lambda_prune_epoch",
-            f"{st.lambda_prune_epoch} is not 0 or a multiple of eval_every={st.eval_every} below "
-            f"max_epochs={st.max_epochs}",
-            "the candidates are compared at an evaluation",
-        )
-    if cfg.knowledge.topk < cfg.knowledge.d_k:
-        raise InputError(f"{where}.knowledge.topk", "must be >= knowledge.d_k")
     return cfg

@@ -1,10 +1,14 @@
 """Typed config: YAML + overrides, unknown keys and wrong types fail with the field's name."""
 
 import dataclasses
+import typing
+from pathlib import Path
 
 import pytest
 
-from hetcomp_dist.config import Config, StudentConfig, load_config
+from hetcomp_dist import config
+from hetcomp_dist.cli.jobs import SMOKE
+from hetcomp_dist.config import Config, StudentConfig, TeacherTraining, load_config, validate
 from hetcomp_dist.errors import InputError
 
 
@@ -50,12 +54,148 @@ def test_yaml_and_overrides(tmp_path):
         ("knowledge.weights=[1, 2, 3]", "config.knowledge.weights"),
         ("nosection.key=1", "config.nosection"),
         ("student.use_gpu=1", "config.student.use_gpu"),
+        ("student.lambda_grid=[0.1, 1", "override student.lambda_grid"),
     ],
 )
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(InputError) as e:
         load_config(None, [override])
     assert str(e.value).startswith(field)
+
+
+# out-of-range values: (override, the field the error names); the first seven are issue 21's examples
+OUT_OF_RANGE = [
+    ("teachers.lr=.nan", "config.teachers.lr"),
+    ("student.lr=-1", "config.student.lr"),
+    ("knowledge.period=0", "config.knowledge.period"),
+    ("knowledge.temperature=.nan", "config.knowledge.temperature"),
+    ("data.test_frac=-0.1", "config.data.test_frac"),
+    ("eval.ks=[0]", "config.eval.ks[0]"),
+    ("student.weight_decay=.inf", "config.student.weight_decay"),
+    ("data.valid_frac=1.0", "config.data.valid_frac"),
+    ("data.test_frac=0.8", "config.data.test_frac"),  # test + valid = 1
+    ("data.shard_size=0", "config.data.shard_size"),
+    ("data.min_user_interactions=0", "config.data.min_user_interactions"),
+    ("data.seed=-1", "config.data.seed"),
+    ("data.rating_threshold=.nan", "config.data.rating_threshold"),
+    ("data.csv_delimiter=;;", "config.data.csv_delimiter"),
+    ("synth.users=0", "config.synth.users"),
+    ("synth.items=2147483648", "config.synth.items"),
+    ("synth.mixture=[0.5, .nan, 0.5]", "config.synth.mixture[1]"),
+    ("synth.mixture=[0.5, 0.5]", "config.synth.mixture"),
+    ("synth.topic_concentration=0", "config.synth.topic_concentration"),
+    ("synth.mean_interactions=.inf", "config.synth.mean_interactions"),
+    ("eval.ks=[10]", "config.eval.ks"),
+    ("eval.ks=[10, 50, 10]", "config.eval.ks"),
+    ("eval.batch_size=0", "config.eval.batch_size"),
+    ("eval.hnsw_m=1", "config.eval.hnsw_m"),
+    ("eval.ivf_nprobe=0", "config.eval.ivf_nprobe"),
+    ("teachers.lr=0", "config.teachers.lr"),
+    ("teachers.l2=-.inf", "config.teachers.l2"),
+    ("teachers.mf.lr=-0.5", "config.teachers.mf.lr"),
+    ("teachers.gnn.l2=.nan", "config.teachers.gnn.l2"),
+    ("teachers.ae.batch_size=-1", "config.teachers.ae.batch_size"),
+    ("teachers.dim=0", "config.teachers.dim"),
+    ("teachers.topk=0", "config.teachers.topk"),
+    ("teachers.patience=0", "config.teachers.patience"),
+    ("teachers.snapshot_every=3", "config.teachers.mf.snapshot_every"),  # does not divide eval_every
+    ("teachers.num_cpus=0", "config.teachers.num_cpus"),
+    ("teachers.num_gpus=.nan", "config.teachers.num_gpus"),
+    ("teachers.max_restarts=-1", "config.teachers.max_restarts"),
+    ("teachers.ae_dropout=1.0", "config.teachers.ae_dropout"),
+    ("teachers.ae_hidden=0", "config.teachers.ae_hidden"),
+    ("teachers.dnn_layers=0", "config.teachers.dnn_layers"),
+    ("teachers.cml_negatives=0", "config.teachers.cml_negatives"),
+    ("teachers.progress_every_s=0", "config.teachers.progress_every_s"),
+    ("knowledge.topk=200", "config.knowledge.topk"),  # not teachers.topk
+    ("knowledge.topk=80", "config.knowledge.topk"),
+    ("knowledge.d_k=101", "config.knowledge.d_k"),  # above knowledge.topk
+    ("knowledge.decay=0", "config.knowledge.decay"),
+    ("knowledge.decay=1.5", "config.knowledge.decay"),
+    ("knowledge.alpha=-1", "config.knowledge.alpha"),
+    ("knowledge.weights=[1, 1, 1, 1, 1, .nan]", "config.knowledge.weights[5]"),
+    ("knowledge.weights=[0, 0, 0, 0, 0, 0]", "config.knowledge.weights"),
+    ("knowledge.pos_k=0", "config.knowledge.pos_k"),
+    ("knowledge.task_cpus=0", "config.knowledge.task_cpus"),
+    ("knowledge.batch_users=0", "config.knowledge.batch_users"),
+    ("knowledge.d_lambda=.nan", "config.knowledge.d_lambda"),
+    ("student.dim=0", "config.student.dim"),
+    ("student.batch_size=0", "config.student.batch_size"),
+    ("student.patience=0", "config.student.patience"),
+    ("student.eval_every=0", "config.student.eval_every"),
+    ("student.lambda_grid=[0.1, -1.0]", "config.student.lambda_grid[1]"),
+    ("student.lambda_grid=[]", "config.student.lambda_grid"),  # lambda_kd < 0 searches it
+    ("student.lambda_kd=.nan", "config.student.lambda_kd"),
+    ("student.num_workers=-1", "config.student.num_workers"),
+    ("student.cpus_per_worker=0", "config.student.cpus_per_worker"),
+    ("student.logit_clamp=0", "config.student.logit_clamp"),
+    ("student.tail_samples=0", "config.student.tail_samples"),
+    ("student.dnn_hidden=[0]", "config.student.dnn_hidden[0]"),
+    ("student.max_failures=-1", "config.student.max_failures"),
+    ("baselines.topk=101", "config.baselines.topk"),  # above teachers.topk
+    ("baselines.rd_top=101", "config.baselines.rd_top"),  # above baselines.topk
+    ("baselines.dcd_eps=.inf", "config.baselines.dcd_eps"),
+    ("baselines.rd_mu=0", "config.baselines.rd_mu"),
+    ("baselines.mtd_entropy=-0.1", "config.baselines.mtd_entropy"),
+    ("pipeline.cost_users=-1", "config.pipeline.cost_users"),
+]
+
+
+@pytest.mark.parametrize("override, field", OUT_OF_RANGE)
+def test_out_of_range_values_name_the_field_and_the_range(override, field):
+    with pytest.raises(InputError) as e:
+        load_config(None, [override])
+    assert e.value.where == field and e.value.problem
+
+
+def test_the_teachers_exports_must_fill_the_ensembles_list():
+    ok = [
+        "teachers.names=[mf, ml]",
+        "teachers.topk=25",
+        "knowledge.topk=25",
+        "knowledge.d_k=10",
+        "baselines.topk=25",
+    ]
+    load_config(None, ok)  # 2 teachers x 25 items can fill a top-50
+    with pytest.raises(InputError) as e:
+        load_config(None, [*ok, "teachers.topk=24", "knowledge.topk=24", "baselines.topk=24"])
+    assert e.value.where == "config.teachers.topk"
+
+
+def _yaml_configs():
+    root = Path(__file__).resolve().parents[1]
+    return sorted((root / "hetcomp_dist" / "configs").glob("*.yaml")) + [root / "cluster" / "pipeline.yaml"]
+
+
+@pytest.mark.parametrize("path", _yaml_configs(), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    load_config(str(path))
+    load_config(str(path), list(SMOKE))
+
+
+def test_defaults_and_the_smoke_preset_validate():
+    validate(Config())
+    load_config(None, list(SMOKE))
+
+
+SECTIONS = [tp for name, tp in typing.get_type_hints(Config).items() if name != "run"] + [TeacherTraining]
+
+
+@pytest.mark.parametrize("section", SECTIONS, ids=lambda tp: tp.__name__)
+def test_every_numeric_field_has_a_range(section):
+    """A new int or float field (or a tuple of them) needs a `ranged` default; CL-DRD's stages are
+    checked by hand."""
+    hints = typing.get_type_hints(section)
+    for f in dataclasses.fields(section):
+        tp = hints[f.name]
+        numeric = tp in (int, float) or typing.get_args(tp) in ((int, ...), (float, ...))
+        assert numeric == ("range" in f.metadata) or f.name == "cldrd_stages", f.name
+
+
+def test_d_k_bound_is_the_discrepancy_kernels():
+    from hetcomp_dist.knowledge import discrepancy
+
+    assert config.MAX_D_K == discrepancy.MAX_D_K - 1
 
 
 def test_bad_files(tmp_path):
@@ -207,7 +347,7 @@ def test_a_grid_candidate_hash_holds_its_lambda_not_the_grid(tmp_path):
     assert lambda_grid.grid_hash(run, g, student_hash) != lambda_grid.grid_hash(run, prune, student_hash)
 
 
-@pytest.mark.parametrize("entry", ["wokd", "teacher=0.001", "wokd=0", "wokd=-1", "wokd=abc"])
+@pytest.mark.parametrize("entry", ["wokd", "teacher=0.001", "wokd=0", "wokd=-1", "wokd=abc", "wokd=inf"])
 def test_bad_method_lr_names_the_entry(entry):
     with pytest.raises(InputError, match=r"student\.method_lr\[0\]"):
         load_config(None, [f"student.method_lr=[{entry}]"])

@@ -123,7 +123,6 @@ def _tiny_config(run: str) -> Config:
             "run": run,
             "teachers": {
                 "names": ["mf", "ml"],
-                "topk": 20,
                 "dim": 8,
                 "max_epochs": 2,
                 "eval_every": 1,
@@ -131,7 +130,7 @@ def _tiny_config(run: str) -> Config:
                 "patience": 5,
                 "keep_snapshots": True,
             },
-            "knowledge": {"topk": 20, "d_k": 10, "period": 1},
+            "knowledge": {"d_k": 10, "period": 1},
             "student": {"num_workers": 0, "max_epochs": 2, "eval_every": 1, "patience": 5},
             "pipeline": {"students": ["mf"]},
         },

@@ -143,14 +143,14 @@ def test_early_stopping_after_patience_evaluations(toy):
     cfg = _cfg(
         "student.method=wokd",
         "student.model=ml",
-        "student.lr=0.0",
+        "student.lr=1.0e-30",  # lr must be > 0; this one is below float32's resolution: nothing moves
         "student.weight_decay=0.0",
         "student.eval_every=1",
         "student.patience=2",
         "student.max_epochs=50",
     )
     res = train_student(toy, cfg)
-    # lr 0: the first evaluation is the best, then 2 without improvement -> stop at epoch 3
+    # no weight moves: the first evaluation is the best, then 2 without improvement -> stop at epoch 3
     assert res["epochs"] == 3 and res["best_epoch"] == 1
     assert [x["improved"] for x in _lines(toy, "wokd", "ml")] == [True, False, False]
 
