@@ -7,6 +7,7 @@ wrong types fail with the dotted field name and the accepted keys/type, before a
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -18,6 +19,8 @@ import yaml
 from hetcomp_dist.errors import InputError
 
 TEACHER_NAMES = ("mf", "ml", "dnn", "gnn", "ae", "iae")
+# any other name in teachers.names is a teacher imported into the run (`hetcomp-dist teachers import`)
+IMPORTED_TEACHER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 BASELINES = ("rd", "rrd", "mtd", "cldrd", "dcd")  # the paper's comparison methods (METHOD.md §4)
 STUDENT_METHODS = ("hetcomp", "wokd", *BASELINES)
 
@@ -391,7 +394,12 @@ def validate(cfg: Config, where: str = "config") -> Config:
         raise InputError(f"{where}.data.test_frac", "test_frac + valid_frac must be in (0, 1)")
     choice("eval.index", cfg.eval.index, ("flat", "blocked", "pruned", "ivf", "hnsw"))
     for name in cfg.teachers.names:
-        choice("teachers.names", name, TEACHER_NAMES)
+        if name not in TEACHER_NAMES and not IMPORTED_TEACHER_NAME.fullmatch(name):
+            raise InputError(
+                f"{where}.teachers.names",
+                f"{name!r} is neither a built-in teacher ({', '.join(TEACHER_NAMES)}) nor an imported "
+                f"teacher's name ({IMPORTED_TEACHER_NAME.pattern})",
+            )
     if len(set(cfg.teachers.names)) != len(cfg.teachers.names) or not cfg.teachers.names:
         raise InputError(f"{where}.teachers.names", "must list distinct teacher names, at least one")
     choice("teachers.ae_variant", cfg.teachers.ae_variant, ("vae", "cdae"))
