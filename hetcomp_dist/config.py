@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ import yaml
 from hetcomp_dist.errors import InputError
 
 TEACHER_NAMES = ("mf", "ml", "dnn", "gnn", "ae", "iae")
+# any other name in teachers.names is a teacher imported into the run (`hetcomp-dist teachers import`)
+IMPORTED_TEACHER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 BASELINES = ("rd", "rrd", "mtd", "cldrd", "dcd")  # the paper's comparison methods (METHOD.md §4)
 STUDENT_METHODS = ("hetcomp", "wokd", *BASELINES)
 STUDENT_MODELS = ("mf", "ml", "dnn")
@@ -512,7 +515,12 @@ def validate(cfg: Config, where: str = "config") -> Config:
         )
     t = cfg.teachers
     for name in t.names:
-        choice("teachers.names", name, TEACHER_NAMES)
+        if name not in TEACHER_NAMES and not IMPORTED_TEACHER_NAME.fullmatch(name):
+            raise InputError(
+                f"{where}.teachers.names",
+                f"{name!r} is neither a built-in teacher ({', '.join(TEACHER_NAMES)}) nor an imported "
+                f"teacher's name ({IMPORTED_TEACHER_NAME.pattern})",
+            )
     if len(set(t.names)) != len(t.names) or not t.names:
         raise InputError(f"{where}.teachers.names", "must list distinct teacher names, at least one")
     if len(t.names) * t.topk < max(cfg.eval.ks):

@@ -166,6 +166,16 @@ def delete_file(path: str) -> None:
         fs.delete_file(p)
 
 
+def fingerprint(path: str) -> dict | None:
+    """What a hash of an input file covers: {"path", "size", "mtime_ns"} (mtime: the object's
+    Last-Modified on object storage); None when the file does not exist."""
+    fs, p = resolve(path)
+    info = fs.get_file_info(p)
+    if info.type != pafs.FileType.File:
+        return None
+    return {"path": path, "size": info.size, "mtime_ns": info.mtime_ns}
+
+
 def _tmp_name(p: str) -> str:
     head, _, tail = p.rpartition("/")
     return f"{head}/.{tail}.tmp-{uuid.uuid4().hex[:8]}"

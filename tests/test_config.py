@@ -50,7 +50,7 @@ def test_yaml_and_overrides(tmp_path):
         ("student.dim=six", "config.student.dim"),
         ("student.dim=6.5", "config.student.dim"),
         ("student.model=gbdt", "config.student.model"),
-        ("teachers.names=[mf, xyz]", "config.teachers.names"),
+        ("teachers.names=[mf, ../xyz]", "config.teachers.names"),
         ("knowledge.weights=[1, 2, 3]", "config.knowledge.weights"),
         ("nosection.key=1", "config.nosection"),
         ("student.use_gpu=1", "config.student.use_gpu"),

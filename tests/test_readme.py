@@ -70,6 +70,17 @@ RUNS = {
         "data.shard_size=64",
     ],
     "hetcomp-dist teachers --run RUN [--teachers mf,ml,...]": ["teachers", "--run", "runs/x", *TINY_STAGE],
+    "hetcomp-dist teachers import --run RUN --name NAME --states U1,U2,U3,U4 [--observed U]": [
+        "teachers",
+        "import",
+        "--run",
+        "runs/x",
+        "--name",
+        "mine",
+        "--states",
+        "e1.parquet,e2.parquet,e3.parquet,e4.parquet",
+    ],
+    "hetcomp-dist teachers import": None,  # named in prose: the command above
     "hetcomp-dist ensemble --run RUN --json": ["ensemble", "--run", "runs/x", "--json", *TINY_STAGE],
     "hetcomp-dist knowledge --run RUN": ["knowledge", "--run", "runs/x", *TINY_STAGE],
     "hetcomp-dist distill --run RUN --method hetcomp|wokd|rd|rrd|mtd|cldrd|dcd --student mf|ml|dnn": [
@@ -273,10 +284,22 @@ def chain(cwd, ray_session) -> Path:
         for cmd, argv in RUNS.items():
             if argv is None or argv[0].startswith("jobs/") or "runs/demo" in argv:
                 continue
+            if argv[:2] == ["teachers", "import"]:
+                _exported_elsewhere(cwd / "runs" / "x")
             assert cli.main(argv) == 0, cmd
     finally:
         os.chdir(old)
     return cwd
+
+
+def _exported_elsewhere(run: Path) -> None:
+    """e1..e4.parquet: a teacher 'trained elsewhere' (the run's mf teacher's states, raw ids = its ids)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for e in range(1, 5):
+        t = pq.read_table(run / "teachers" / "mf" / f"state={e}")
+        pq.write_table(pa.table({"user": t["user"].cast(pa.int64()), "items": t["items"]}), f"e{e}.parquet")
 
 
 def test_stage_commands(chain):
@@ -284,6 +307,7 @@ def test_stage_commands(chain):
     for stage in ("data", "teachers", "knowledge"):
         assert (run / stage / "_manifest.json").exists() or (run / stage / "round=0").exists()
     assert (run / "student" / "hetcomp-mf" / "_manifest.json").exists()
+    assert (run / "teachers" / "mine" / "_manifest.json").exists()  # the imported teacher
     for name in ("citeulike", "c2", "c3"):
         assert (chain / "runs" / name / "data" / "_manifest.json").exists()
     assert (chain / "runs" / "default" / "data" / "_manifest.json").exists()  # the citeulike.yaml command

@@ -531,4 +531,35 @@ def evaluate_lists(
     return {split: sums[split].means() for split in splits}
 
 
-__all__ = ["evaluate_embeddings", "evaluate_scorer", "evaluate_lists", "protocol_lists"]
+def evaluate_ranking(
+    run: str, folder: str, ks: tuple[int, ...] = (10, 50), splits: tuple[str, ...] = ("valid", "test")
+) -> dict:
+    """Metrics of one saved ranking per user, ``<folder>/shard-*.parquet`` (user, items best first: e.g. a
+    teacher's state, the top-K items outside the user's train list), under the protocol: each split's
+    list is the ranking's first max(ks) items outside that protocol's exclusion set (`protocol_lists`).
+    The same numbers as ranking the whole catalogue when the saved lists are long enough to hold them.
+
+    Returns:
+        {split: {"R@10", "N@10", "R@50", "N@50"}} over the users with non-empty lists of every split.
+    """
+    m = load_manifest(run)
+    sums = {split: MetricSums(ks) for split in splits}
+    for s, lo, hi in storage.iter_shards("", m["n_users"], m["shard_size"]):
+        train, valid, test = _shard_parts(run, m, s, lo, hi)
+        gt = {"valid": valid, "test": test}
+        evaluated = np.ones(hi - lo, bool)
+        for split in splits:
+            evaluated &= gt[split].lengths() > 0
+        rows = np.nonzero(evaluated)[0]
+        ranked = read_lists(folder, "items", lo, hi, m).take(rows)
+        cand = storage.csr_to_dense(ranked.offsets, ranked.items)
+        tops = protocol_lists(
+            cand, train.take(rows), valid.take(rows), test.take(rows), max(ks), m["n_items"], splits
+        )
+        for split, top in tops.items():
+            g = gt[split].take(rows)
+            sums[split].add(recall_ndcg(top, g.offsets, g.items, ks, m["n_items"]))
+    return {split: sums[split].means() for split in splits}
+
+
+__all__ = ["evaluate_embeddings", "evaluate_scorer", "evaluate_lists", "evaluate_ranking", "protocol_lists"]

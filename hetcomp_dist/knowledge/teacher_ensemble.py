@@ -20,6 +20,7 @@ from hetcomp_dist.knowledge.ensemble import ensemble_topk
 from hetcomp_dist.knowledge.signal import teacher_lists
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import Progress
+from hetcomp_dist.teachers.imported import builtin_teachers, imported_manifest
 from hetcomp_dist.teachers.runner import teacher_hash
 from hetcomp_dist.teachers.trajectory import N_STATES
 
@@ -27,10 +28,14 @@ KEYS = ("R@10", "N@10", "R@50", "N@50")
 
 
 def committed_teachers(run: str, cfg: Config, data: dict) -> dict[str, dict]:
-    """Manifests of cfg.teachers.names, each committed under the current config (else InputError)."""
+    """Manifests of cfg.teachers.names, each trained under the current config or imported into the run
+    for its data and K (else InputError)."""
     out = {}
     layout = RunLayout(run)
     for name in cfg.teachers.names:
+        if name not in builtin_teachers():
+            out[name] = imported_manifest(run, name, data, cfg.knowledge.topk)
+            continue
         m = storage.stage_is_done(layout.teacher(name), teacher_hash(cfg, name, data["config_hash"]))
         if m is None:
             raise InputError(

@@ -44,7 +44,7 @@ def _ensemble_cost(run: str, cfg: Config, m: dict, users: np.ndarray, train: CSR
     layout = RunLayout(run)
     for name in cfg.teachers.names:
         man = storage.read_manifest(layout.teacher(name))
-        if man is None:
+        if man is None or man.get("imported"):  # an imported teacher's model is not here to time
             return None
         _, model_cfg = resolve(cfg.teachers, name)
         model = model_class(name, model_cfg)(m["n_users"], m["n_items"], model_cfg, train)

@@ -153,7 +153,8 @@ def ensure_ray() -> None:
 
 
 def train_teachers(run: str, cfg: Config) -> dict:
-    """Trains every teacher of `cfg.teachers.names` on `run` concurrently; skips committed ones.
+    """Trains every built-in teacher of `cfg.teachers.names` on `run` concurrently; skips committed ones
+    and the teachers imported into the run (`teachers.imported`), which are taken as they are.
 
     Checks the input first (the data stage, the names), so a bad run fails before any actor starts.
 
@@ -164,16 +165,19 @@ def train_teachers(run: str, cfg: Config) -> dict:
     """
     from hetcomp_dist.data.dataset import load_manifest
     from hetcomp_dist.models.registry import model_class
+    from hetcomp_dist.teachers.imported import builtin_teachers, imported_manifest
     from hetcomp_dist.teachers.runner import teacher_hash
 
     t0 = time.perf_counter()
     data = load_manifest(run)
     layout = RunLayout(run)
     names = list(cfg.teachers.names)
-    for name in names:
+    builtin = [n for n in names if n in builtin_teachers()]
+    imported = {n: imported_manifest(run, n, data) for n in names if n not in builtin}
+    for name in builtin:
         model_class(name, cfg.teachers)
-    hashes = {n: teacher_hash(cfg, n, data["config_hash"]) for n in names}
-    todo = [n for n in names if storage.stage_is_done(layout.teacher(n), hashes[n]) is None]
+    hashes = {n: teacher_hash(cfg, n, data["config_hash"]) for n in builtin}
+    todo = [n for n in builtin if storage.stage_is_done(layout.teacher(n), hashes[n]) is None]
     if todo:
         ensure_ray()
         start_teachers(run, cfg, todo).wait()
@@ -181,9 +185,10 @@ def train_teachers(run: str, cfg: Config) -> dict:
         log("teachers", f"all {len(names)} teachers are up to date; skipping")
     out = {}
     for n in names:
-        m = storage.stage_is_done(layout.teacher(n), hashes[n])
+        m = imported[n] if n in imported else storage.stage_is_done(layout.teacher(n), hashes[n])
         if m is None:
             raise RuntimeError(f"teacher {n} finished without committing {layout.teacher(n)}")
+        hashes[n] = m["config_hash"]
         out[n] = {k: m[k] for k in ("valid", "test", "state_epochs", "convergence_epoch", "wall_s")}
     summary = {"teachers": out, "trained": todo, "wall_s": time.perf_counter() - t0}
     storage.write_manifest(
