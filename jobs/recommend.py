@@ -18,43 +18,24 @@ sys.path.insert(
 )  # a checkout without pip install
 
 from hetcomp_dist.cli.jobs import run_job  # noqa: E402
-from hetcomp_dist.cli.recommend import STUDENTS  # noqa: E402
-from hetcomp_dist.serving.recommend import COLD_START  # noqa: E402
+from hetcomp_dist.cli.recommend import add_request_arguments, request_from_args  # noqa: E402
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--student", default="hetcomp-mf", choices=STUDENTS, metavar="METHOD-MODEL")
-    p.add_argument("--k", type=int, default=100, help="items per user (default 100)")
-    p.add_argument("--users", help="raw user ids to answer (text, one per line, or Parquet)")
-    p.add_argument("--output", help="output folder or URI (default RUN/recommend/<student>)")
-    p.add_argument("--include-seen", action="store_true", help="keep items the user interacted with")
-    p.add_argument("--exclude", help="raw item ids never to recommend")
-    p.add_argument("--only", help="raw item ids that alone may be recommended")
-    p.add_argument(
-        "--cold-start", choices=COLD_START, default="error", help="unknown user ids: fail or popular"
-    )
+    add_request_arguments(p, "--output")
 
 
 def stage(cfg, args) -> str:
     from hetcomp_dist.pipeline import run_pipeline
-    from hetcomp_dist.serving.recommend import Request, recommend
+    from hetcomp_dist.serving.recommend import recommend
 
     if args.smoke:
         run_pipeline(cfg, ("data", "teachers", "knowledge", "student"))
-    req = Request(
-        student=args.student,
-        k=args.k,
-        users_file=args.users,
-        out=args.output,
-        include_seen=args.include_seen,
-        exclude_file=args.exclude,
-        only_file=args.only,
-        cold_start=args.cold_start,
-    )
+    req = request_from_args(args)
     from hetcomp_dist.layout import RunLayout
 
     recommend(cfg.run, cfg, req)
-    return args.output or RunLayout(cfg.run).recommend(args.student)
+    return args.out or RunLayout(cfg.run).recommend(args.student)
 
 
 if __name__ == "__main__":

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from hetcomp_dist.cli.recommend import STUDENTS
+from hetcomp_dist.cli.recommend import add_student_argument
 
 HELP = "Write a serving bundle of a trained student (load it with hetcomp_dist.load_bundle)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="RUN folder or URI with a finished student")
-    p.add_argument(
-        "--student",
-        default="hetcomp-mf",
-        choices=STUDENTS,
-        metavar="METHOD-MODEL",
-        help="a finished student (default hetcomp-mf)",
-    )
+    add_student_argument(p)
     p.add_argument("--out", help="bundle folder or URI (default RUN/export/<student>)")
     p.add_argument("--config", help="YAML config (written into the bundle as config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

@@ -14,25 +14,26 @@ import argparse
 import json
 
 from hetcomp_dist.config import EVAL_INDEXES, STUDENT_METHODS, STUDENT_MODELS
-from hetcomp_dist.serving.recommend import COLD_START
-
-STUDENTS = tuple(f"{m}-{s}" for s in STUDENT_MODELS for m in STUDENT_METHODS)
+from hetcomp_dist.serving.recommend import COLD_START, Request
 
 HELP = "Top-K recommendations for every user (or a list of users) from a trained student, in raw ids"
+STUDENTS = tuple(f"{m}-{s}" for s in STUDENT_MODELS for m in STUDENT_METHODS)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="RUN folder or URI with a finished student")
+def add_student_argument(p: argparse.ArgumentParser) -> None:
+    """--student METHOD-MODEL, shared by recommend, export and jobs/recommend.py."""
     p.add_argument(
-        "--student",
-        default="hetcomp-mf",
-        choices=STUDENTS,
-        metavar="METHOD-MODEL",
-        help="a finished student (default hetcomp-mf)",
-    )
+        "--student", default="hetcomp-mf", choices=STUDENTS, metavar="METHOD-MODEL",
+        help="a finished student of the run (default hetcomp-mf)",
+    )  # fmt: skip
+
+
+def add_request_arguments(p: argparse.ArgumentParser, out_flag: str) -> None:
+    """The options of a `Request` (the output folder under `out_flag`), shared with jobs/recommend.py."""
+    add_student_argument(p)
     p.add_argument("--k", type=int, default=100, help="items per user (default 100)")
     p.add_argument("--users", help="raw user ids to answer: a text file, one per line, or Parquet")
-    p.add_argument("--out", help="output folder or URI (default RUN/recommend/<student>)")
+    p.add_argument(out_flag, dest="out", help="output folder or URI (default RUN/recommend/<student>)")
     p.add_argument("--include-seen", action="store_true", help="keep items the user interacted with")
     p.add_argument("--exclude", help="raw item ids never to recommend (text, one per line, or Parquet)")
     p.add_argument("--only", help="raw item ids that alone may be recommended (text or Parquet)")
@@ -42,6 +43,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="error",
         help="unknown user ids in --users: fail (error) or answer with the most popular items (popular)",
     )
+
+
+def request_from_args(args: argparse.Namespace, distributed: bool | None = None) -> Request:
+    return Request(
+        student=args.student,
+        k=args.k,
+        users_file=args.users,
+        out=args.out,
+        include_seen=args.include_seen,
+        exclude_file=args.exclude,
+        only_file=args.only,
+        cold_start=args.cold_start,
+        distributed=distributed,
+    )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="RUN folder or URI with a finished student")
+    add_request_arguments(p, "--out")
     p.add_argument(
         "--index",
         choices=EVAL_INDEXES,
@@ -56,21 +76,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hetcomp_dist.config import load_config
-    from hetcomp_dist.serving.recommend import Request, recommend
+    from hetcomp_dist.serving.recommend import recommend
 
     over = [*args.overrides, *([f"eval.index={args.index}"] if args.index else [])]
     cfg = load_config(args.config, over, run=args.run)
-    req = Request(
-        student=args.student,
-        k=args.k,
-        users_file=args.users,
-        out=args.out,
-        include_seen=args.include_seen,
-        exclude_file=args.exclude,
-        only_file=args.only,
-        cold_start=args.cold_start,
-        distributed={"auto": None, "yes": True, "no": False}[args.distributed],
-    )
+    req = request_from_args(args, {"auto": None, "yes": True, "no": False}[args.distributed])
     m = recommend(cfg.run, cfg, req)
     keep = ("student", "k", "n_users", "n_cold_start", "index", "distributed", "wall_s", "users_per_s")
     print(json.dumps({**{k: m[k] for k in keep}, "out": args.out or cfg.run}))

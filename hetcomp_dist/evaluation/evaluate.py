@@ -36,7 +36,7 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation import kernels
 from hetcomp_dist.evaluation.faiss_exact import BlockedFlatIndex
 from hetcomp_dist.evaluation.metrics import MetricSums, recall_ndcg
-from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex, _encode, build_index, grouped_search
+from hetcomp_dist.evaluation.retrieval import PAD, PrunedIndex, _encode, grouped_search, index_for
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import Progress
 
@@ -395,15 +395,7 @@ def _evaluate(run, m, cfg, splits, users, save_topk, distributed, emb=None, scor
     else:
         index = None
         if emb is not None:
-            index = build_index(
-                emb[1],
-                emb[2],
-                cfg.index,
-                ivf_nlist=cfg.ivf_nlist,
-                ivf_nprobe=cfg.ivf_nprobe,
-                hnsw_m=cfg.hnsw_m,
-                hnsw_ef_search=cfg.hnsw_ef_search,
-            )
+            index = index_for(emb[1], emb[2], cfg)
         prog = Progress(STAGE, sum(hi - lo for _, lo, hi in pieces))
         states = []
         for s, lo, hi in pieces:
@@ -483,15 +475,7 @@ def _ray_eval_shards(
     index = user_emb = None
     if emb_refs is not None:
         user_emb, item_emb, metric = (ray.get(r) if isinstance(r, ray.ObjectRef) else r for r in emb_refs)
-        index = build_index(
-            item_emb,
-            metric,
-            cfg.index,
-            ivf_nlist=cfg.ivf_nlist,
-            ivf_nprobe=cfg.ivf_nprobe,
-            hnsw_m=cfg.hnsw_m,
-            hnsw_ef_search=cfg.hnsw_ef_search,
-        )
+        index = index_for(item_emb, metric, cfg)
     states = []
     for s, lo, hi in zip(batch["shard"], batch["lo"], batch["hi"]):
         st, lists = _eval_range(

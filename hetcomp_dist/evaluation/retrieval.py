@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 import torch
 
+from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.evaluation.faiss_exact import PAD, BlockedFlatIndex, faiss_blas, pow2_caps
 
 
@@ -59,6 +60,19 @@ def build_index(
         raise ValueError(f"index kind must be flat, blocked, pruned, ivf or hnsw, got {kind!r}")
     index.add(x)
     return index
+
+
+def index_for(item_emb: np.ndarray, metric: str, cfg: EvalConfig):
+    """`build_index` of the kind and settings of an eval config (``eval.index`` and its parameters)."""
+    return build_index(
+        item_emb,
+        metric,
+        cfg.index,
+        ivf_nlist=cfg.ivf_nlist,
+        ivf_nprobe=cfg.ivf_nprobe,
+        hnsw_m=cfg.hnsw_m,
+        hnsw_ef_search=cfg.hnsw_ef_search,
+    )
 
 
 def _encode(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:

@@ -42,7 +42,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import Config, to_dict
 from hetcomp_dist.data.dataset import load_manifest, load_shard, read_lists
 from hetcomp_dist.errors import InputError
-from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
+from hetcomp_dist.evaluation.retrieval import index_for, search_excluding
 from hetcomp_dist.knowledge.dkc import DKCParams, dkc_step_targets, state_means, switch_fired
 from hetcomp_dist.knowledge.ensemble import ensemble_topk, ensemble_topk_csr
 from hetcomp_dist.knowledge.shard_io import (
@@ -184,15 +184,7 @@ def student_topk(task: RoundTask, lo: int, hi: int, train) -> np.ndarray:
     """(hi-lo, d_k) the student's top unobserved items (train excluded) through the FAISS factory."""
     emb = storage.read_npz(task.emb_path)
     ev = task.cfg.eval
-    index = build_index(
-        emb["item"],
-        task.metric,
-        ev.index,
-        ivf_nlist=ev.ivf_nlist,
-        ivf_nprobe=ev.ivf_nprobe,
-        hnsw_m=ev.hnsw_m,
-        hnsw_ef_search=ev.hnsw_ef_search,
-    )
+    index = index_for(emb["item"], task.metric, ev)
     users = emb["user"][lo:hi]
     out = np.full((hi - lo, task.kc.d_k), -1, dtype=np.int32)
     for b0 in range(0, hi - lo, ev.batch_size):

@@ -80,15 +80,7 @@ def _student_cost(
     meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
     metric = meta.get("metric", "ip")
     n_params = int(meta.get("n_params", emb["user"].size + emb["item"].size))
-    index = retrieval.build_index(
-        emb["item"],
-        metric,
-        cfg.eval.index,
-        ivf_nlist=cfg.eval.ivf_nlist,
-        ivf_nprobe=cfg.eval.ivf_nprobe,
-        hnsw_m=cfg.eval.hnsw_m,
-        hnsw_ef_search=cfg.eval.hnsw_ef_search,
-    )
+    index = retrieval.index_for(emb["item"], metric, cfg.eval)
     bs = cfg.eval.batch_size
     t0 = time.perf_counter()
     for s in range(0, len(users), bs):

@@ -12,7 +12,7 @@ import numpy as np
 
 from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.evaluation.faiss_exact import PAD, BlockedFlatIndex
-from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
+from hetcomp_dist.evaluation.retrieval import index_for, search_excluding
 
 EXACT_KINDS = ("flat", "blocked", "pruned")
 
@@ -21,15 +21,7 @@ def build_search_index(item_vecs: np.ndarray, metric: str, cfg: EvalConfig):
     """The index over `item_vecs` (n, d) for `cfg.index` (exact kinds: `BlockedFlatIndex`)."""
     if cfg.index in EXACT_KINDS:
         return BlockedFlatIndex(item_vecs, metric)
-    return build_index(
-        item_vecs,
-        metric,
-        cfg.index,
-        ivf_nlist=cfg.ivf_nlist,
-        ivf_nprobe=cfg.ivf_nprobe,
-        hnsw_m=cfg.hnsw_m,
-        hnsw_ef_search=cfg.hnsw_ef_search,
-    )
+    return index_for(item_vecs, metric, cfg)
 
 
 def scores_of(user_vecs: np.ndarray, item_vecs: np.ndarray, ids: np.ndarray, metric: str) -> np.ndarray:

@@ -96,15 +96,7 @@ class Ranker:
         if emb is not None:
             self.user_emb, item_emb, self.metric = emb
             self.item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
-            self.index = retrieval.build_index(
-                self.item_emb,
-                self.metric,
-                eval_cfg.index,
-                ivf_nlist=eval_cfg.ivf_nlist,
-                ivf_nprobe=eval_cfg.ivf_nprobe,
-                hnsw_m=eval_cfg.hnsw_m,
-                hnsw_ef_search=eval_cfg.hnsw_ef_search,
-            )
+            self.index = retrieval.index_for(self.item_emb, self.metric, eval_cfg)
 
     def score_fn(self, users: np.ndarray) -> torch.Tensor:
         """(B, n_items) scores of a block of users (the scorer path)."""
