@@ -31,6 +31,7 @@ from hetcomp_dist.errors import InputError
 
 SCHEMA_VERSION = 1
 MANIFEST = "_manifest.json"
+MARKER = ".hetcomp"  # in every folder a stage creates: only such folders are ever deleted recursively
 
 
 # ----------------------------------------------------------------------------------------- paths
@@ -151,10 +152,61 @@ def makedirs(path: str) -> None:
     fs.create_dir(p, recursive=True)
 
 
+def marker_path(folder: str) -> str:
+    """The marker file of a folder a stage created (`MARKER`)."""
+    return join(folder, MARKER)
+
+
+def _marker_id(folder: str) -> str | None:
+    """The id in `folder`'s marker; None when it has no (readable) marker."""
+    try:
+        return str(read_json(marker_path(folder)).get("id"))
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def delete_dir(path: str) -> None:
+    """Removes a folder with everything in it, only when a stage created it (it carries our marker).
+
+    A missing folder is nothing to do and an empty one is removed; any other folder is refused, so a
+    mistyped RUN (``--out ~``) never deletes what someone else keeps there (``~/data``).
+
+    Raises:
+        InputError: `path` holds files but no marker of ours, or is a file.
+    """
     fs, p = resolve(path)
-    if fs.get_file_info(p).type != pafs.FileType.NotFound:
+    kind = fs.get_file_info(p).type
+    if kind == pafs.FileType.NotFound:
+        return
+    if kind != pafs.FileType.Directory:
+        raise InputError(path, "is a file where hetcomp_dist keeps a folder", "choose another RUN / --out")
+    if fs.get_file_info(pafs.FileSelector(p)) and _marker_id(path) is None:
+        raise InputError(
+            path,
+            f"not a folder hetcomp_dist created (no {MARKER} marker in it): refusing to delete it",
+            "choose another RUN / --out, or move the folder away yourself",
+        )
+    fs.delete_dir(p)
+
+
+def delete_empty_dir(path: str) -> None:
+    """Removes `path` when it is an empty folder; anything else is left as it is."""
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.Directory and not fs.get_file_info(pafs.FileSelector(p)):
         fs.delete_dir(p)
+
+
+def ensure_folder(path: str) -> None:
+    """Creates `path` with our marker when it does not exist (so a later stage may clear it); an existing
+    folder is left as it is, marker or not."""
+    if not exists(path):
+        _mark(path)
+
+
+def _mark(folder: str) -> str:
+    created = uuid.uuid4().hex
+    write_json_atomic(marker_path(folder), {"created_by": "hetcomp_dist", "id": created})
+    return created
 
 
 def delete_file(path: str) -> None:
@@ -309,10 +361,28 @@ def stage_is_done(stage_dir: str, cfg_hash: str) -> dict | None:
     return None
 
 
-def begin_stage(stage_dir: str) -> None:
-    """A stage without a matching manifest is redone from scratch: clear what a crash left."""
+def begin_stage(stage_dir: str) -> str:
+    """A stage without a matching manifest is redone from scratch: clear what a crash left.
+
+    The folder is cleared only when a stage created it (`delete_dir`), then made again with a fresh
+    marker.
+
+    Returns:
+        The marker's id: `discard_stage` removes the folder only while it still carries it.
+    """
     delete_dir(stage_dir)
-    makedirs(stage_dir)
+    return _mark(stage_dir)
+
+
+def discard_stage(stage_dir: str, created: str) -> bool:
+    """A failed stage's cleanup: removes `stage_dir` only when it still carries the marker `created`
+    (`begin_stage`'s id), so it never deletes a folder another invocation made since. Returns whether
+    it removed it."""
+    if _marker_id(stage_dir) != created:
+        return False
+    fs, p = resolve(stage_dir)
+    fs.delete_dir(p)
+    return True
 
 
 # --------------------------------------------------------------------------- per-user list columns

@@ -249,6 +249,21 @@ def test_failed_write_leaves_no_data(tmp_path, monkeypatch):
     assert not storage.exists(RunLayout(str(tmp_path / "run")).data)
 
 
+def test_a_failed_write_leaves_a_folder_remade_by_someone_else(tmp_path, monkeypatch):
+    csv = write_csv(tmp_path / "x.csv", interactions())
+    out = RunLayout(str(tmp_path / "run")).data
+
+    def remade(*_a, **_k):  # meanwhile another invocation cleared RUN/data and began writing it
+        storage.begin_stage(out)
+        storage.write_bytes_atomic(storage.join(out, "theirs.bin"), b"x")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ingest_mod, "_map_table", remade)
+    with pytest.raises(RuntimeError):
+        ingest(str(tmp_path / "run"), DataConfig(input=csv, format="csv"))
+    assert storage.exists(storage.join(out, "theirs.bin"))
+
+
 def test_cli_reports_input_errors(tmp_path, capsys):
     assert (
         cli.main(

@@ -101,6 +101,10 @@ def test_shards_manifest_json_npz_round_trip(s3):
     with np.load(io.BytesIO(body(s3, f"{prefix}student/hetcomp-mf/emb.npz")), allow_pickle=False) as z:
         np.testing.assert_array_equal(z["item"], emb["item"])
 
+    with pytest.raises(InputError, match="not a folder hetcomp_dist created"):
+        storage.delete_dir(layout.data)  # written here without begin_stage: not marked as ours
+    assert storage.exists(storage.manifest_path(layout.data))
+    storage.write_json_atomic(storage.marker_path(layout.data), {"id": "x"})  # as a stage marks its own
     storage.delete_dir(layout.data)
     assert not storage.exists(storage.manifest_path(layout.data))
     assert keys(s3, prefix + "data/") == []

@@ -1,4 +1,5 @@
-"""Shard layout helpers, CSR conversions, atomic writes and stage manifests."""
+"""Shard layout helpers, CSR conversions, atomic writes, stage manifests and the folder markers that
+guard every recursive delete."""
 
 import os
 
@@ -8,6 +9,7 @@ import pytest
 
 from hetcomp_dist import storage
 from hetcomp_dist.data.dataset import CSR, union
+from hetcomp_dist.errors import InputError
 
 
 def _lists(rng, n):
@@ -69,7 +71,7 @@ def test_stage_manifest_commits_and_begin_clears(tmp_path):
     assert storage.stage_is_done(folder, h)["n"] == 5
     assert storage.stage_is_done(folder, storage.config_hash({"k": 2})) is None
     storage.begin_stage(folder)
-    assert os.listdir(folder) == []
+    assert os.listdir(folder) == [storage.MARKER]  # cleared, and marked as a folder of ours
 
 
 def test_npz_refuses_pickles(tmp_path):
@@ -81,3 +83,38 @@ def test_npz_refuses_pickles(tmp_path):
         storage.read_npz(str(p))
     storage.write_npz_atomic(str(tmp_path / "ok.npz"), user=np.ones((2, 3), np.float32))
     assert storage.read_npz(str(tmp_path / "ok.npz"))["user"].shape == (2, 3)
+
+
+# ----------------------------------------------------------------------------------- safety
+def test_only_folders_we_created_are_deleted(tmp_path):
+    foreign = tmp_path / "data"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    with pytest.raises(InputError, match="not a folder hetcomp_dist created"):
+        storage.begin_stage(str(foreign))
+    with pytest.raises(InputError, match=str(foreign)):
+        storage.delete_dir(str(foreign))
+    assert (foreign / "thesis.tex").read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    storage.delete_dir(str(tmp_path / "empty"))  # an empty folder holds nothing to lose
+    assert not (tmp_path / "empty").exists()
+    ours = str(tmp_path / "ours")
+    storage.begin_stage(ours)
+    storage.write_bytes_atomic(storage.join(ours, "x.bin"), b"x")
+    storage.delete_dir(ours)
+    assert not os.path.exists(ours)
+    storage.ensure_folder(str(foreign))  # an existing folder is not adopted
+    assert not (foreign / storage.MARKER).exists()
+
+
+def test_a_failed_stage_discards_only_the_folder_it_made(tmp_path):
+    folder = str(tmp_path / "stage")
+    created = storage.begin_stage(folder)
+    storage.write_bytes_atomic(storage.join(folder, "mine.bin"), b"x")
+    assert storage.discard_stage(folder, created)
+    assert not os.path.exists(folder)
+    created = storage.begin_stage(folder)
+    storage.begin_stage(folder)  # another invocation cleared and remade it since
+    storage.write_bytes_atomic(storage.join(folder, "theirs.bin"), b"y")
+    assert not storage.discard_stage(folder, created)
+    assert os.path.exists(storage.join(folder, "theirs.bin"))

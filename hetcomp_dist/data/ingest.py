@@ -11,7 +11,7 @@ Streaming, in four passes, never holding every user's list at once (only the id 
 4. per bucket, in user order: dense lists -> `SplitWriter` (split, train shards, then step 3 on
    valid/test) -> ``RUN/data``; id maps; the manifest last.
 
-A failed ingestion removes what it wrote, so no partial ``RUN/data`` survives.
+A failed ingestion removes what it wrote (the ``RUN/data`` it made), so no partial one survives.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
     # -- pass 4: write (everything above validated the input; from here on, clean up on failure)
     layout = RunLayout(run)
     out = layout.data
-    storage.begin_stage(out)
+    created = storage.begin_stage(out)
     try:
         writer = SplitWriter(
             layout, n_users, n_items, cfg.shard_size, cfg.seed, cfg.test_frac, cfg.valid_frac, STAGE
@@ -176,7 +176,7 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
         manifest = split_manifest(counts, n_items, cfg.shard_size, cfg.seed, h, files, source)
         storage.write_manifest(out, manifest)
     except BaseException:
-        storage.delete_dir(out)
+        storage.discard_stage(out, created)  # only while the folder is still the one made above
         raise
     log(STAGE, f"committed {out}")
     return storage.read_manifest(out)

@@ -201,7 +201,7 @@ def synthesize(run: str, synth: SynthConfig, data: DataConfig) -> dict:
     if done is not None:
         log(STAGE, f"{out} is up to date (config {h}); skipping")
         return done
-    storage.begin_stage(out)
+    created = storage.begin_stage(out)
     try:
         items = item_model(synth)
         writer = SplitWriter(
@@ -222,7 +222,7 @@ def synthesize(run: str, synth: SynthConfig, data: DataConfig) -> dict:
             out, split_manifest(counts, synth.items, data.shard_size, data.seed, h, writer.files, source)
         )
     except BaseException:
-        storage.delete_dir(out)
+        storage.discard_stage(out, created)  # only while the folder is still the one made above
         raise
     log(
         STAGE,

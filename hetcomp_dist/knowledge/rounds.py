@@ -504,7 +504,7 @@ def build_round0(run: str, cfg: Config) -> dict:
     if done is not None and storage.stage_is_done(layout.pos, h_pos) is not None:
         log(STAGE, f"round 0 is up to date (config {h}); skipping")
         return done
-    storage.delete_dir(layout.knowledge)  # every later round depends on round 0
+    storage.begin_stage(layout.knowledge)  # clears every later round: they depend on round 0
     storage.begin_stage(layout.pos)
     storage.begin_stage(layout.round(0))
     task = RoundTask(run, cfg, names, data, 0, state_cache=cfg.knowledge.cache_states)

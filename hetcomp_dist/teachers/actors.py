@@ -172,6 +172,7 @@ def train_teachers(run: str, cfg: Config) -> dict:
     names = list(cfg.teachers.names)
     for name in names:
         model_class(name, cfg.teachers)
+    storage.ensure_folder(layout.teachers)
     hashes = {n: teacher_hash(cfg, n, data["config_hash"]) for n in names}
     todo = [n for n in names if storage.stage_is_done(layout.teacher(n), hashes[n]) is None]
     if todo:
