@@ -6,6 +6,8 @@ import resource
 import sys
 import time
 
+from hetcomp_dist.storage import redact
+
 
 def peak_rss_gib() -> float:
     """Peak resident set size of this process in GiB (Linux reports KiB)."""
@@ -17,8 +19,9 @@ def log(stage: str, msg: str) -> None:
 
     Written to stderr directly rather than through `print`: inside a Ray Train worker, `print` is
     patched to also log through Train's root logger, whose console handler writes the line again.
+    Credentials in the URIs it names are redacted (`storage.redact`).
     """
-    sys.stderr.write(f"[{stage}] {msg} | peak_rss={peak_rss_gib():.2f}GiB\n")
+    sys.stderr.write(f"[{stage}] {redact(msg)} | peak_rss={peak_rss_gib():.2f}GiB\n")
     sys.stderr.flush()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, is_dataclass
@@ -57,6 +58,21 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
         fs, inner = pafs.FileSystem.from_uri(path)
         return fs, inner
     return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+# credentials a URI may carry: the user-info part (s3://KEY:SECRET@bucket) and query parameters whose
+# name says key, secret, token, password or credential (pyarrow's ?access_key=...&secret_key=...)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(?:[^/:\s@\"'\\]*:[^\s@\"'\\]*|[^/:\s@\"'\\]+)@")
+_SECRET_PARAM = re.compile(
+    r"([?&][A-Za-z0-9_.-]*(?:key|secret|token|password|passwd|credential)[A-Za-z0-9_.-]*=)[^&#\s\"'\\]*",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URI in it replaced by ``***`` (the user-info part and secret
+    query parameters), for log lines, error messages and manifests."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
 
 def in_submitted_job() -> bool:
@@ -237,9 +253,9 @@ def read_bytes(path: str) -> bytes:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    write_bytes_atomic(
-        path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
-    )
+    """Writes `obj` as JSON, atomically, with the credentials of any URI in it redacted (`redact`)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+    write_bytes_atomic(path, (redact(text) + "\n").encode())
 
 
 def read_json(path: str) -> Any:

@@ -174,3 +174,16 @@ def test_ingest_of_a_missing_s3_input_fails_before_writing(s3):
     with pytest.raises(InputError, match="missing.csv: file not found"):
         ingest(f"s3://{BUCKET}/runs/missing", cfg)
     assert keys(s3, "runs/missing/") == []
+
+
+# ----------------------------------------------------------------------------------- redaction
+def test_credentials_in_an_s3_uri_stay_out_of_logs_and_manifests(s3, capsys):
+    from hetcomp_dist.data.ingest import ingest
+
+    s3.put_object(Bucket=BUCKET, Key="in/secret.csv", Body=_interactions_csv(np.random.default_rng(3)))
+    # the moto server's credentials, in the URI (user info) instead of the environment
+    uri = f"s3://testing:testing@{BUCKET}/in/secret.csv"
+    m = ingest(f"s3://{BUCKET}/runs/secret", DataConfig(format="csv", shard_size=8, input=uri))
+    assert m["source"]["input"] == f"s3://***@{BUCKET}/in/secret.csv"
+    assert b"testing:testing" not in body(s3, "runs/secret/data/_manifest.json")
+    assert "testing:testing" not in capsys.readouterr().err

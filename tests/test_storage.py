@@ -1,5 +1,5 @@
-"""Shard layout helpers, CSR conversions, atomic writes, stage manifests and the folder markers that
-guard every recursive delete."""
+"""Shard layout helpers, CSR conversions, atomic writes, stage manifests, the folder markers that
+guard every recursive delete, and credential redaction."""
 
 import os
 
@@ -118,3 +118,33 @@ def test_a_failed_stage_discards_only_the_folder_it_made(tmp_path):
     storage.write_bytes_atomic(storage.join(folder, "theirs.bin"), b"y")
     assert not storage.discard_stage(folder, created)
     assert os.path.exists(storage.join(folder, "theirs.bin"))
+
+
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("s3://AKIAEXAMPLE:wJalr/XUtnFEMI+K7MDENG@bucket/runs/x", "wJalr/XUtnFEMI+K7MDENG"),
+        ("reading s3://bucket/in.csv?access_key=AKIAEXAMPLE&secret_key=abc%2Fdef&region=us", "abc%2Fdef"),
+        ("gs://bucket/p?session_token=tok123 then more", "tok123"),
+        ("https://user:pa55@host/x.zip", "pa55"),
+    ],
+)
+def test_redact_removes_credentials_and_keeps_the_rest(text, secret):
+    out = storage.redact(text)
+    assert secret not in out and "AKIAEXAMPLE" not in out and "***" in out
+    assert "bucket" in out or "host" in out
+    plain = "s3://bucket/runs/x?allow_delayed_open=true /home/me/run user@example.com"
+    assert storage.redact(plain) == plain
+
+
+def test_manifests_and_log_lines_are_redacted(tmp_path, capsys):
+    from hetcomp_dist.progress import log
+
+    uri = "s3://AKIAEXAMPLE:s3cr3t@bucket/in.csv"
+    storage.write_manifest(str(tmp_path / "stage"), {"source": {"input": uri}, "n": [uri]})
+    text = (tmp_path / "stage" / storage.MANIFEST).read_text()
+    assert "s3cr3t" not in text and "AKIAEXAMPLE" not in text
+    assert storage.read_manifest(str(tmp_path / "stage"))["source"]["input"] == "s3://***@bucket/in.csv"
+    log("ingest", f"reading {uri}")
+    err = capsys.readouterr().err
+    assert "s3cr3t" not in err and "s3://***@bucket/in.csv" in err

@@ -64,6 +64,7 @@ def split_summary(m: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetcomp_dist import storage
     from hetcomp_dist.data.ingest import ingest
     from hetcomp_dist.errors import InputError
 
@@ -73,5 +74,5 @@ def run(args: argparse.Namespace) -> int:
             "--format", "missing", "pass --format citeulike|csv|parquet (for synthetic data use `synth`)"
         )
     m = ingest(cfg.run, cfg.data)
-    print(json.dumps(m, indent=2) if args.json else f"{cfg.run}: {split_summary(m)}")
+    print(json.dumps(m, indent=2) if args.json else storage.redact(f"{cfg.run}: {split_summary(m)}"))
     return 0

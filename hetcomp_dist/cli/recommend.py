@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetcomp_dist import storage
     from hetcomp_dist.config import load_config
     from hetcomp_dist.serving.recommend import Request, recommend
 
@@ -65,5 +66,5 @@ def run(args: argparse.Namespace) -> int:
     )
     m = recommend(cfg.run, cfg, req)
     keep = ("student", "k", "n_users", "n_cold_start", "index", "distributed", "wall_s", "users_per_s")
-    print(json.dumps({**{k: m[k] for k in keep}, "out": args.out or cfg.run}))
+    print(storage.redact(json.dumps({**{k: m[k] for k in keep}, "out": args.out or cfg.run})))
     return 0

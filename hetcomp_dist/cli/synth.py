@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetcomp_dist import storage
     from hetcomp_dist.data.synth import synthesize
 
     flags = {
@@ -36,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
     }
     cfg = load_config(args.config, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
     m = synthesize(cfg.run, cfg.synth, cfg.data)
-    print(json.dumps(m, indent=2) if args.json else f"{cfg.run}: {split_summary(m)}")
+    print(json.dumps(m, indent=2) if args.json else storage.redact(f"{cfg.run}: {split_summary(m)}"))
     return 0

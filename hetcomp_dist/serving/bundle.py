@@ -89,7 +89,7 @@ def export_bundle(run: str, cfg: Config, student: str, out: str | None = None) -
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(user_vecs.reshape(-1), pa.float32()), d)
     blobs["users.parquet"] = _parquet_bytes(pa.table({"user": users.raw, "vector": vectors}))
     blobs["seen.parquet"] = _parquet_bytes(_seen_table(run, data, users, items))
-    blobs["config.yaml"] = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
+    blobs["config.yaml"] = storage.redact(yaml.safe_dump(to_dict(cfg), sort_keys=False)).encode()
     result = smanifest.get("result", {})
     method, _, model = student.partition("-")
     meta = {
