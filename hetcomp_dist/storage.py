@@ -473,6 +473,38 @@ def list_dirs(folder: str) -> list[str]:
     return sorted(join(base, i.base_name) for i in infos if i.type == pafs.FileType.Directory)
 
 
+def fingerprint(path: str) -> dict:
+    """What identifies an input's content without reading it: the size and modification time of the
+    file, or of every file under a folder (with their names).
+
+    Both come from pyarrow's ``FileInfo`` on every filesystem: a local file's mtime, an object's
+    ``LastModified`` on S3 / GCS (pyarrow does not expose the ETag). An edit that keeps the size and
+    the modification time (to the filesystem's resolution) goes unnoticed.
+
+    Returns:
+        {"files": number of files, "bytes": their total size, "digest": hash of (name, size, mtime)}.
+
+    Raises:
+        InputError: the path does not exist.
+    """
+    fs, p = resolve(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(path, "file not found", "pass --input with an existing file (local path or URI)")
+    if info.type == pafs.FileType.Directory:
+        infos = [
+            i for i in fs.get_file_info(pafs.FileSelector(p, recursive=True)) if i.type == pafs.FileType.File
+        ]
+    else:
+        infos = [info]
+    listing = sorted((i.path[len(p) :], i.size, i.mtime_ns) for i in infos)
+    return {
+        "files": len(listing),
+        "bytes": sum(size for _, size, _ in listing),
+        "digest": config_hash(listing),
+    }
+
+
 def iter_shards(folder: str, n_users: int, shard_size: int) -> Iterable[tuple[int, int, int]]:
     """(shard id, lo, hi) for every shard of a run."""
     for s in range(n_shards(n_users, shard_size)):

@@ -1,5 +1,5 @@
 """Shard layout helpers, CSR conversions, atomic writes, stage manifests, the folder markers that
-guard every recursive delete, and credential redaction."""
+guard every recursive delete, credential redaction and input fingerprints."""
 
 import os
 
@@ -148,3 +148,21 @@ def test_manifests_and_log_lines_are_redacted(tmp_path, capsys):
     log("ingest", f"reading {uri}")
     err = capsys.readouterr().err
     assert "s3cr3t" not in err and "s3://***@bucket/in.csv" in err
+
+
+def test_fingerprint_follows_size_and_mtime(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("user,item\n1,2\n")
+    first = storage.fingerprint(str(path))
+    assert first == storage.fingerprint(str(path)) and first["bytes"] == path.stat().st_size
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # touched, same bytes
+    assert storage.fingerprint(str(path)) != first
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "a.parquet").write_bytes(b"1234")
+    before = storage.fingerprint(str(folder))
+    (folder / "b.parquet").write_bytes(b"5")
+    after = storage.fingerprint(str(folder))
+    assert (before["files"], after["files"], after["bytes"]) == (1, 2, 5)
+    with pytest.raises(InputError, match="file not found"):
+        storage.fingerprint(str(tmp_path / "missing.csv"))

@@ -4,7 +4,8 @@ Streaming, in four passes, never holding every user's list at once (only the id 
 
 1. read the input, validate every row, collect the distinct raw user and item ids;
 2. read it again, map raw ids to their sorted ranks and spill (user, item) pairs into user-range
-   buckets on local temp disk;
+   buckets on local temp disk; an id the first pass did not see, another row count or a new
+   fingerprint (size, modification time) means the input changed under us: an `InputError`;
 3. per bucket: remove duplicate pairs, count distinct items per user -> the user filter (>= 5) and
    the items that occur among kept users -> dense ids (in sorted raw-id order, so the result does
    not depend on row order). An empty result is an `InputError`, still before anything is written;
@@ -27,7 +28,7 @@ import pyarrow as pa
 from hetcomp_dist import storage
 from hetcomp_dist.config import DataConfig
 from hetcomp_dist.data.dataset import CSR
-from hetcomp_dist.data.readers import RawIds, read_interactions
+from hetcomp_dist.data.readers import RawIds, check_input, read_interactions
 from hetcomp_dist.data.split import SplitWriter, split_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
@@ -37,30 +38,33 @@ STAGE = "ingest"
 _PAIRS_PER_BUCKET = 4 * 2**20
 
 
-def data_hash(cfg: DataConfig) -> str:
-    """Config hash of an ingestion (every field that changes its output)."""
-    return storage.config_hash("ingest", dataclasses.asdict(cfg))
+def data_hash(cfg: DataConfig, fingerprint: dict) -> str:
+    """Hash of an ingestion: every config field that changes its output, and the input's fingerprint
+    (`storage.fingerprint`: its size and modification time), so an edited input is ingested again."""
+    return storage.config_hash("ingest", dataclasses.asdict(cfg), fingerprint)
 
 
 def ingest(run: str, cfg: DataConfig) -> dict:
     """Ingests ``cfg.input`` (format ``cfg.format``) into ``RUN/data``; returns the manifest.
 
-    Skips the work when ``RUN/data`` is already committed with the same config hash.
+    Skips the work when ``RUN/data`` is already committed with the same config and the same input
+    fingerprint.
     """
     out = RunLayout(run).data
-    h = data_hash(cfg)
+    fingerprint = check_input(cfg.input, cfg.format)
+    h = data_hash(cfg, fingerprint)
     done = storage.stage_is_done(out, h)
     if done is not None:
         log(STAGE, f"{out} is up to date (config {h}); skipping")
         return done
     spill = tempfile.mkdtemp(prefix="hetcomp-ingest-")
     try:
-        return _ingest(run, cfg, h, spill)
+        return _ingest(run, cfg, h, fingerprint, spill)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
+def _ingest(run: str, cfg: DataConfig, h: str, fingerprint: dict, spill: str) -> dict:
     # -- pass 1: validate everything, distinct raw ids
     users, items = RawIds(cfg.user_col), RawIds(cfg.item_col)
     n_rows = 0
@@ -86,8 +90,10 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
     files = [open(os.path.join(spill, f"b{b}.bin"), "wb") for b in range(n_buckets)]
     try:
         prog = Progress(f"{STAGE}:spill", n_rows, "rows")
+        n_again = 0
         for u, i in read_interactions(cfg.input, cfg.format, cfg):
-            ur, ir = users.lookup(u), items.lookup(i)
+            ur, ir = users.lookup(u, cfg.input), items.lookup(i, cfg.input)
+            n_again += len(u)
             b = ur // per_bucket
             order = np.argsort(b, kind="stable")
             pairs = np.stack([ur[order], ir[order]], 1).astype(dtype)
@@ -100,6 +106,13 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
     finally:
         for f in files:
             f.close()
+    if n_again != n_rows or check_input(cfg.input, cfg.format) != fingerprint:
+        raise InputError(
+            cfg.input,
+            f"changed while being read ({n_rows:,} rows on the first pass, {n_again:,} on the second, "
+            "or a new size or modification time)",
+            "rerun the ingest once nothing writes the input any more",
+        )
 
     def bucket(k: int) -> tuple[np.ndarray, np.ndarray]:
         """Distinct (user rank, item rank) pairs of bucket k, sorted by user then item."""
@@ -162,6 +175,7 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str) -> dict:
         source = {
             "kind": "file",
             "input": cfg.input,
+            "fingerprint": fingerprint,
             "format": cfg.format,
             "rows_read": n_rows,
             "duplicates_removed": n_rows - n_distinct,
