@@ -7,6 +7,7 @@ wrong types fail with the dotted field name and the accepted keys/type, before a
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -228,6 +229,10 @@ class PipelineConfig:
     students: tuple[str, ...] = ("mf", "ml", "dnn")
     methods: tuple[str, ...] = ("hetcomp", "wokd")
     cost_users: int = 0  # users timed for the inference-cost table; 0 = every test user
+    # one writer per RUN (hetcomp_dist.lease): the holder rewrites RUN/_lease.json every heartbeat; a
+    # lease whose heartbeat is older than the timeout belongs to a process that is gone
+    lease_heartbeat_s: float = 10.0
+    lease_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -440,6 +445,18 @@ def validate(cfg: Config, where: str = "config") -> Config:
         choice("pipeline.students", s, ("mf", "ml", "dnn"))
     for m in cfg.pipeline.methods:
         choice("pipeline.methods", m, STUDENT_METHODS)
+    p = cfg.pipeline
+    if not 0 < p.lease_heartbeat_s < math.inf:
+        raise InputError(
+            f"{where}.pipeline.lease_heartbeat_s", f"must be finite and > 0, got {p.lease_heartbeat_s}"
+        )
+    if not 3 * p.lease_heartbeat_s <= p.lease_timeout_s < math.inf:
+        raise InputError(
+            f"{where}.pipeline.lease_timeout_s",
+            f"must be finite and >= 3 x lease_heartbeat_s = {3 * p.lease_heartbeat_s:g}, "
+            f"got {p.lease_timeout_s}",
+            "a live holder would otherwise look gone between two heartbeats",
+        )
     for name in ("dim", "batch_size", "max_epochs", "eval_every", "patience"):
         positive(f"student.{name}", getattr(cfg.student, name))
         positive(f"teachers.{name}", getattr(cfg.teachers, name))

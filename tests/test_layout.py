@@ -18,6 +18,7 @@ STUDENT = "student/hetcomp-mf"  # a student folder, relative to RUN (written by 
 
 # (member, call, path relative to RUN); `{S}` is the student folder passed to the per-folder methods
 CASES = [
+    ("lease", lambda lay, S: lay.lease, "_lease.json"),
     ("data", lambda lay, S: lay.data, "data"),
     ("split", lambda lay, S: lay.split("train"), "data/train"),
     ("split", lambda lay, S: lay.split("test"), "data/test"),

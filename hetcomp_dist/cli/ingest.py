@@ -73,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             "--format", "missing", "pass --format citeulike|csv|parquet (for synthetic data use `synth`)"
         )
-    m = ingest(cfg.run, cfg.data)
+    m = ingest(cfg.run, cfg.data, cfg.pipeline)
     print(json.dumps(m, indent=2) if args.json else storage.redact(f"{cfg.run}: {split_summary(m)}"))
     return 0

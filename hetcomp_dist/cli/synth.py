@@ -36,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
         "run": args.out,
     }
     cfg = load_config(args.config, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
-    m = synthesize(cfg.run, cfg.synth, cfg.data)
+    m = synthesize(cfg.run, cfg.synth, cfg.data, cfg.pipeline)
     print(json.dumps(m, indent=2) if args.json else storage.redact(f"{cfg.run}: {split_summary(m)}"))
     return 0

@@ -26,12 +26,13 @@ import numpy as np
 import pyarrow as pa
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import DataConfig
+from hetcomp_dist.config import DataConfig, PipelineConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.data.readers import RawIds, check_input, read_interactions
 from hetcomp_dist.data.split import SplitWriter, split_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import Progress, log
 
 STAGE = "ingest"
@@ -44,24 +45,25 @@ def data_hash(cfg: DataConfig, fingerprint: dict) -> str:
     return storage.config_hash("ingest", dataclasses.asdict(cfg), fingerprint)
 
 
-def ingest(run: str, cfg: DataConfig) -> dict:
+def ingest(run: str, cfg: DataConfig, pipeline: PipelineConfig | None = None) -> dict:
     """Ingests ``cfg.input`` (format ``cfg.format``) into ``RUN/data``; returns the manifest.
 
-    Skips the work when ``RUN/data`` is already committed with the same config and the same input
-    fingerprint.
+    Holds RUN's lease (`hetcomp_dist.lease`, its timing from `pipeline`) throughout. Skips the work
+    when ``RUN/data`` is already committed with the same config and the same input fingerprint.
     """
-    out = RunLayout(run).data
-    fingerprint = check_input(cfg.input, cfg.format)
-    h = data_hash(cfg, fingerprint)
-    done = storage.stage_is_done(out, h)
-    if done is not None:
-        log(STAGE, f"{out} is up to date (config {h}); skipping")
-        return done
-    spill = tempfile.mkdtemp(prefix="hetcomp-ingest-")
-    try:
-        return _ingest(run, cfg, h, fingerprint, spill)
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
+    with RunLease(run, pipeline):
+        out = RunLayout(run).data
+        fingerprint = check_input(cfg.input, cfg.format)
+        h = data_hash(cfg, fingerprint)
+        done = storage.stage_is_done(out, h)
+        if done is not None:
+            log(STAGE, f"{out} is up to date (config {h}); skipping")
+            return done
+        spill = tempfile.mkdtemp(prefix="hetcomp-ingest-")
+        try:
+            return _ingest(run, cfg, h, fingerprint, spill)
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
 
 
 def _ingest(run: str, cfg: DataConfig, h: str, fingerprint: dict, spill: str) -> dict:

@@ -23,11 +23,12 @@ import dataclasses
 import numpy as np
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import DataConfig, SynthConfig
+from hetcomp_dist.config import DataConfig, PipelineConfig, SynthConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.data.split import SplitWriter, split_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import log
 
 STAGE = "synth"
@@ -188,12 +189,20 @@ def check(cfg: SynthConfig) -> None:
         raise InputError("synth.users", "ids must fit in int32")
 
 
-def synthesize(run: str, synth: SynthConfig, data: DataConfig) -> dict:
+def synthesize(
+    run: str, synth: SynthConfig, data: DataConfig, pipeline: PipelineConfig | None = None
+) -> dict:
     """Generates the synthetic dataset into ``RUN/data`` (split with data.seed); returns the manifest.
 
-    Skips the work when ``RUN/data`` is already committed with the same config hash.
+    Holds RUN's lease (`hetcomp_dist.lease`, its timing from `pipeline`) throughout. Skips the work
+    when ``RUN/data`` is already committed with the same config hash.
     """
     check(synth)
+    with RunLease(run, pipeline):
+        return _synthesize(run, synth, data)
+
+
+def _synthesize(run: str, synth: SynthConfig, data: DataConfig) -> dict:
     layout = RunLayout(run)
     out = layout.data
     h = synth_hash(synth, data)

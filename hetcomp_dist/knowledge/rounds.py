@@ -54,6 +54,7 @@ from hetcomp_dist.knowledge.shard_io import (
     write_state_cache,
 )
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
 
 N_STATES = 4  # E1..E4; state index v in 0..3
@@ -491,10 +492,17 @@ def _commit(
 def build_round0(run: str, cfg: Config) -> dict:
     """Writes RUN/knowledge/pos (P+) and RUN/knowledge/round=0 (v = 0, d = NaN, T = g of the E1 states).
 
+    Holds RUN's lease (`hetcomp_dist.lease`) throughout.
+
     Returns:
         The round manifest: {"round": 0, "epoch": 0, "teachers": [...], "means": {name: 0.0},
         "switch": False, ...}. A committed round 0 of the same inputs is returned as is.
     """
+    with RunLease(run, cfg.pipeline):
+        return _build_round0(run, cfg)
+
+
+def _build_round0(run: str, cfg: Config) -> dict:
     t0 = time.perf_counter()
     data, names, base = _base(run, cfg)
     h = storage.config_hash("round", 0, base)
@@ -552,6 +560,10 @@ def dkc_round(
     rounds: str | None = None,
 ) -> dict:
     """DKC round `round_idx` >= 1 at student epoch `epoch`; round 1 is the first call (nobody moves).
+
+    Takes no lease of RUN: it runs inside a student's training, whose driver (another process) holds
+    it. A caller outside a training holds `hetcomp_dist.lease.RunLease` itself, as the ``knowledge``
+    command does.
 
     Args:
         run: the run folder (local or URI).

@@ -17,6 +17,7 @@ import ray
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import log
 
 
@@ -156,12 +157,18 @@ def train_teachers(run: str, cfg: Config) -> dict:
     """Trains every teacher of `cfg.teachers.names` on `run` concurrently; skips committed ones.
 
     Checks the input first (the data stage, the names), so a bad run fails before any actor starts.
+    Holds RUN's lease (`hetcomp_dist.lease`) throughout; the actors write under it.
 
     Returns:
         {"teachers": {name: {"valid", "test", "state_epochs", "convergence_epoch", "wall_s"}},
          "trained": [names trained now], "wall_s": seconds}; also written (with the config hash) to
         ``RUN/teachers/_manifest.json``.
     """
+    with RunLease(run, cfg.pipeline):
+        return _train_teachers(run, cfg)
+
+
+def _train_teachers(run: str, cfg: Config) -> dict:
     from hetcomp_dist.data.dataset import load_manifest
     from hetcomp_dist.models.registry import model_class
     from hetcomp_dist.teachers.runner import teacher_hash
