@@ -307,6 +307,10 @@ class PipelineConfig:
     students: tuple[str, ...] = ("mf", "ml", "dnn")
     methods: tuple[str, ...] = ("hetcomp", "wokd")
     cost_users: int = ranged(0, NON_NEGATIVE)  # users timed for the inference-cost table; 0 = every test user
+    # one writer per RUN (hetcomp_dist.lease): the holder rewrites RUN/_lease.json every heartbeat; a
+    # lease whose heartbeat is older than the timeout belongs to a process that is gone
+    lease_heartbeat_s: float = ranged(10.0, POSITIVE)
+    lease_timeout_s: float = ranged(120.0, POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -602,4 +606,11 @@ def validate(cfg: Config, where: str = "config") -> Config:
         choice("pipeline.students", m, ("mf", "ml", "dnn"))
     for m in cfg.pipeline.methods:
         choice("pipeline.methods", m, STUDENT_METHODS)
+    p = cfg.pipeline
+    if not 3 * p.lease_heartbeat_s <= p.lease_timeout_s:
+        raise InputError(
+            f"{where}.pipeline.lease_timeout_s",
+            f"must be >= 3 x lease_heartbeat_s = {3 * p.lease_heartbeat_s:g}, got {p.lease_timeout_s}",
+            "a live holder would otherwise look gone between two heartbeats",
+        )
     return cfg

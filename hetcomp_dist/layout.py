@@ -5,6 +5,7 @@ The layout on storage is the interface between stages (ARCHITECTURE.md), so ever
 `storage` keeps the mechanics: resolving a path, atomic writes, manifests, the shard files inside a
 folder. RUN is a local path or an ``s3://`` / ``gs://`` URI::
 
+    RUN/_lease.json           who writes the RUN now (hetcomp_dist.lease), while they do
     RUN/data/                 _manifest.json, {train,valid,test}/shard-*.parquet, maps/{users,items}.parquet
     RUN/teachers/             _manifest.json, ensemble.json
         <name>/               _manifest.json, state=1..4/, observed/, metrics.json,
@@ -48,6 +49,11 @@ class RunLayout:
         if name not in folders:
             raise ValueError(f"unknown stage {name!r}: choose from {', '.join(folders)}")
         return folders[name]
+
+    @property
+    def lease(self) -> str:
+        """RUN/_lease.json (the one writer's host, pid, token, start and heartbeat; `hetcomp_dist.lease`)"""
+        return self._path("_lease.json")
 
     # ------------------------------------------------------------------------------------- data
     @property

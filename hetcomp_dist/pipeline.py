@@ -11,9 +11,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hetcomp_dist.config import Config, to_dict
+from hetcomp_dist.config import Config
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import log
 
 STAGES = ("data", "teachers", "knowledge", "student", "report")
@@ -40,22 +41,30 @@ def ensure_data(cfg: Config) -> dict:
     if cfg.data.format == "synthetic":
         from hetcomp_dist.data.synth import synthesize
 
-        return synthesize(cfg.run, cfg.synth, cfg.data, to_dict(cfg))
+        return synthesize(cfg.run, cfg.synth, cfg.data, cfg)
     if not cfg.data.input:
         raise InputError("data.input", f"format {cfg.data.format!r} needs an input path", "pass --input PATH")
     from hetcomp_dist.data.ingest import ingest
 
-    return ingest(cfg.run, cfg.data, to_dict(cfg))
+    return ingest(cfg.run, cfg.data, cfg)
 
 
 def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
-    """Runs the given stages (all by default) in data-flow order; returns the report folder."""
-    from hetcomp_dist.report import report
+    """Runs the given stages (all by default) in data-flow order; returns the report folder.
 
+    Holds RUN's lease (`hetcomp_dist.lease`) throughout: the stage functions take it again as a no-op.
+    """
     stages = tuple(stages or STAGES)
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise InputError("stages", f"unknown stage(s) {sorted(unknown)}", f"choose from {', '.join(STAGES)}")
+    with RunLease(cfg.run, cfg.pipeline):
+        return _run_stages(cfg, stages)
+
+
+def _run_stages(cfg: Config, stages: tuple[str, ...]) -> str:
+    from hetcomp_dist.report import report
+
     t_all = time.perf_counter()
     if "data" in stages:
         with _timed("data", cfg.run):

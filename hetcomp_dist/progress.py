@@ -14,6 +14,8 @@ import resource
 import sys
 import time
 
+from hetcomp_dist.storage import redact
+
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ENV = "HETCOMP_LOG_LEVEL"
 
@@ -57,10 +59,11 @@ def peak_rss_gib() -> float:
 
 
 def log(stage: str, msg: str, level: int = logging.INFO) -> None:
-    """One progress line: ``[stage] msg | peak_rss=...``."""
+    """One progress line: ``[stage] msg | peak_rss=...``; credentials in the URIs it names are redacted
+    (`storage.redact`)."""
     logger = _logger()
     if logger.isEnabledFor(level):
-        logger.log(level, f"[{stage}] {msg} | peak_rss={peak_rss_gib():.2f}GiB")
+        logger.log(level, f"[{stage}] {redact(msg)} | peak_rss={peak_rss_gib():.2f}GiB")
 
 
 def _duration(seconds: float) -> str:

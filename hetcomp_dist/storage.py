@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, is_dataclass
@@ -32,6 +33,7 @@ from hetcomp_dist.errors import InputError
 SCHEMA_VERSION = 1
 MANIFEST = "_manifest.json"
 CONFIG = "config.yaml"  # the resolved config of the invocation that committed a stage
+MARKER = ".hetcomp"  # in every folder a stage creates: only such folders are ever deleted recursively
 
 
 # ----------------------------------------------------------------------------------------- paths
@@ -57,6 +59,21 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
         fs, inner = pafs.FileSystem.from_uri(path)
         return fs, inner
     return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+# credentials a URI may carry: the user-info part (s3://KEY:SECRET@bucket) and query parameters whose
+# name says key, secret, token, password or credential (pyarrow's ?access_key=...&secret_key=...)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(?:[^/:\s@\"'\\]*:[^\s@\"'\\]*|[^/:\s@\"'\\]+)@")
+_SECRET_PARAM = re.compile(
+    r"([?&][A-Za-z0-9_.-]*(?:key|secret|token|password|passwd|credential)[A-Za-z0-9_.-]*=)[^&#\s\"'\\]*",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URI in it replaced by ``***`` (the user-info part and secret
+    query parameters), for log lines, error messages and manifests."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
 
 def in_submitted_job() -> bool:
@@ -153,10 +170,61 @@ def makedirs(path: str) -> None:
     fs.create_dir(p, recursive=True)
 
 
+def marker_path(folder: str) -> str:
+    """The marker file of a folder a stage created (`MARKER`)."""
+    return join(folder, MARKER)
+
+
+def _marker_id(folder: str) -> str | None:
+    """The id in `folder`'s marker; None when it has no (readable) marker."""
+    try:
+        return str(read_json(marker_path(folder)).get("id"))
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def delete_dir(path: str) -> None:
+    """Removes a folder with everything in it, only when a stage created it (it carries our marker).
+
+    A missing folder is nothing to do and an empty one is removed; any other folder is refused, so a
+    mistyped RUN (``--out ~``) never deletes what someone else keeps there (``~/data``).
+
+    Raises:
+        InputError: `path` holds files but no marker of ours, or is a file.
+    """
     fs, p = resolve(path)
-    if fs.get_file_info(p).type != pafs.FileType.NotFound:
+    kind = fs.get_file_info(p).type
+    if kind == pafs.FileType.NotFound:
+        return
+    if kind != pafs.FileType.Directory:
+        raise InputError(path, "is a file where hetcomp_dist keeps a folder", "choose another RUN / --out")
+    if fs.get_file_info(pafs.FileSelector(p)) and _marker_id(path) is None:
+        raise InputError(
+            path,
+            f"not a folder hetcomp_dist created (no {MARKER} marker in it): refusing to delete it",
+            "choose another RUN / --out, or move the folder away yourself",
+        )
+    fs.delete_dir(p)
+
+
+def delete_empty_dir(path: str) -> None:
+    """Removes `path` when it is an empty folder; anything else is left as it is."""
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.Directory and not fs.get_file_info(pafs.FileSelector(p)):
         fs.delete_dir(p)
+
+
+def ensure_folder(path: str) -> None:
+    """Creates `path` with our marker when it does not exist (so a later stage may clear it); an existing
+    folder is left as it is, marker or not."""
+    if not exists(path):
+        _mark(path)
+
+
+def _mark(folder: str) -> str:
+    created = uuid.uuid4().hex
+    write_json_atomic(marker_path(folder), {"created_by": "hetcomp_dist", "id": created})
+    return created
 
 
 def delete_file(path: str) -> None:
@@ -164,16 +232,6 @@ def delete_file(path: str) -> None:
     fs, p = resolve(path)
     if fs.get_file_info(p).type == pafs.FileType.File:
         fs.delete_file(p)
-
-
-def fingerprint(path: str) -> dict | None:
-    """What a hash of an input file covers: {"path", "size", "mtime_ns"} (mtime: the object's
-    Last-Modified on object storage); None when the file does not exist."""
-    fs, p = resolve(path)
-    info = fs.get_file_info(p)
-    if info.type != pafs.FileType.File:
-        return None
-    return {"path": path, "size": info.size, "mtime_ns": info.mtime_ns}
 
 
 def _tmp_name(p: str) -> str:
@@ -197,9 +255,9 @@ def read_bytes(path: str) -> bytes:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    write_bytes_atomic(
-        path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
-    )
+    """Writes `obj` as JSON, atomically, with the credentials of any URI in it redacted (`redact`)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+    write_bytes_atomic(path, (redact(text) + "\n").encode())
 
 
 def read_json(path: str) -> Any:
@@ -337,10 +395,28 @@ def stage_is_done(stage_dir: str, cfg_hash: str) -> dict | None:
     return None
 
 
-def begin_stage(stage_dir: str) -> None:
-    """A stage without a matching manifest is redone from scratch: clear what a crash left."""
+def begin_stage(stage_dir: str) -> str:
+    """A stage without a matching manifest is redone from scratch: clear what a crash left.
+
+    The folder is cleared only when a stage created it (`delete_dir`), then made again with a fresh
+    marker.
+
+    Returns:
+        The marker's id: `discard_stage` removes the folder only while it still carries it.
+    """
     delete_dir(stage_dir)
-    makedirs(stage_dir)
+    return _mark(stage_dir)
+
+
+def discard_stage(stage_dir: str, created: str) -> bool:
+    """A failed stage's cleanup: removes `stage_dir` only when it still carries the marker `created`
+    (`begin_stage`'s id), so it never deletes a folder another invocation made since. Returns whether
+    it removed it."""
+    if _marker_id(stage_dir) != created:
+        return False
+    fs, p = resolve(stage_dir)
+    fs.delete_dir(p)
+    return True
 
 
 # --------------------------------------------------------------------------- per-user list columns
@@ -413,6 +489,38 @@ def list_dirs(folder: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     base = folder.rstrip("/")
     return sorted(join(base, i.base_name) for i in infos if i.type == pafs.FileType.Directory)
+
+
+def fingerprint(path: str) -> dict:
+    """What identifies an input's content without reading it: the size and modification time of the
+    file, or of every file under a folder (with their names).
+
+    Both come from pyarrow's ``FileInfo`` on every filesystem: a local file's mtime, an object's
+    ``LastModified`` on S3 / GCS (pyarrow does not expose the ETag). An edit that keeps the size and
+    the modification time (to the filesystem's resolution) goes unnoticed.
+
+    Returns:
+        {"files": number of files, "bytes": their total size, "digest": hash of (name, size, mtime)}.
+
+    Raises:
+        InputError: the path does not exist.
+    """
+    fs, p = resolve(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(path, "file not found", "pass --input with an existing file (local path or URI)")
+    if info.type == pafs.FileType.Directory:
+        infos = [
+            i for i in fs.get_file_info(pafs.FileSelector(p, recursive=True)) if i.type == pafs.FileType.File
+        ]
+    else:
+        infos = [info]
+    listing = sorted((i.path[len(p) :], i.size, i.mtime_ns) for i in infos)
+    return {
+        "files": len(listing),
+        "bytes": sum(size for _, size, _ in listing),
+        "digest": config_hash(listing),
+    }
 
 
 def iter_shards(folder: str, n_users: int, shard_size: int) -> Iterable[tuple[int, int, int]]:

@@ -1,6 +1,6 @@
 """Offline checks of cluster/: the launcher YAML against Ray's shipped schema, the RayJob against the
-KubeRay CRD schema, private dashboards, pinned runtimes, and resource shapes that fit the pipeline's
-actors and Train workers."""
+KubeRay CRD schema, private dashboards, the RayJob's NetworkPolicy and Ray token auth, pinned runtimes,
+and resource shapes that fit the pipeline's actors and Train workers."""
 
 from __future__ import annotations
 
@@ -22,8 +22,13 @@ RAYJOB_CRD = REPO.parent / "shared" / "schemas" / "kuberay" / "ray.io_rayjobs.ya
 RAY_VERSION = ray.__version__
 
 
+def _documents(name: str) -> list[dict]:
+    return list(yaml.safe_load_all((CLUSTER / name).read_text()))
+
+
 def _yaml(name: str) -> dict:
-    return yaml.safe_load((CLUSTER / name).read_text())
+    """The file's first document (rayjob.yaml: the RayJob; the NetworkPolicy follows it)."""
+    return _documents(name)[0]
 
 
 def _pins(lines: list[str]) -> dict[str, str]:
@@ -233,6 +238,59 @@ def test_rayjob_keeps_the_dashboard_private():
     exposed = [v for v in _values(spec) if v in ("LoadBalancer", "NodePort") or "0.0.0.0" in str(v)]
     assert not exposed, exposed
     assert spec["shutdownAfterJobFinishes"] is True
+
+
+def _pod_templates(job: dict) -> dict[str, dict]:
+    """{what: pod template} of every pod the RayJob makes: head, each worker group, the submitter."""
+    rcs = job["spec"]["rayClusterSpec"]
+    out = {"head": rcs["headGroupSpec"]["template"], "submitter": job["spec"]["submitterPodTemplate"]}
+    out |= {f"worker {g['groupName']}": g["template"] for g in rcs["workerGroupSpecs"]}
+    return out
+
+
+def test_rayjob_network_policy_admits_only_the_clusters_own_pods():
+    job, *rest = _documents("rayjob.yaml")
+    (policy,) = [d for d in rest if d["kind"] == "NetworkPolicy"]
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    selector = spec["podSelector"]["matchLabels"]
+    assert selector and set(spec["podSelector"]) == {"matchLabels"}
+    for what, template in _pod_templates(job).items():  # selects the head (and every other pod of the job)
+        assert selector.items() <= template["metadata"]["labels"].items(), what
+    head_ports = {
+        p["containerPort"]
+        for p in job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert head_ports == {6379, 8265, 10001}
+    own = [r for r in spec["ingress"] if r["from"] == [{"podSelector": {"matchLabels": selector}}]]
+    assert len(own) == 1 and "ports" not in own[0]  # the cluster's pods: every port (workers pick theirs)
+    for rule in spec["ingress"]:
+        assert rule.get("from"), "a rule without `from` admits every source"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer
+            if peer != {"podSelector": {"matchLabels": selector}}:
+                # the KubeRay operator, and only to the job API
+                assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+                assert rule["ports"] == [{"protocol": "TCP", "port": 8265}]
+
+
+def test_every_rayjob_container_gets_the_ray_token_from_the_secret():
+    job = _yaml("rayjob.yaml")
+    auth = job["spec"]["rayClusterSpec"]["authOptions"]
+    assert auth["mode"] == "token"
+    secret = auth["secretName"]
+    containers = [c for t in _pod_templates(job).values() for c in t["spec"]["containers"]]
+    envs = [c["env"] for c in containers] + [job["spec"]["rayClusterSpec"]["autoscalerOptions"]["env"]]
+    assert len(envs) == 5  # head, cpu and gpu workers, submitter, autoscaler
+    for env in envs:
+        by_name = {e["name"]: e for e in env}
+        assert by_name["RAY_AUTH_MODE"]["value"] == "token"
+        token = by_name["RAY_AUTH_TOKEN"]
+        assert "value" not in token  # never inline
+        assert token["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "auth_token"}
+    header = (CLUSTER / "rayjob.yaml").read_text().split("apiVersion:")[0]
+    assert f"kubectl create secret generic {secret} --from-literal=auth_token=" in header
 
 
 def test_rayjob_entrypoint_is_a_valid_job_command_line():

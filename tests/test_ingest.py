@@ -249,6 +249,21 @@ def test_failed_write_leaves_no_data(tmp_path, monkeypatch):
     assert not storage.exists(RunLayout(str(tmp_path / "run")).data)
 
 
+def test_a_failed_write_leaves_a_folder_remade_by_someone_else(tmp_path, monkeypatch):
+    csv = write_csv(tmp_path / "x.csv", interactions())
+    out = RunLayout(str(tmp_path / "run")).data
+
+    def remade(*_a, **_k):  # meanwhile another invocation cleared RUN/data and began writing it
+        storage.begin_stage(out)
+        storage.write_bytes_atomic(storage.join(out, "theirs.bin"), b"x")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ingest_mod, "_map_table", remade)
+    with pytest.raises(RuntimeError):
+        ingest(str(tmp_path / "run"), DataConfig(input=csv, format="csv"))
+    assert storage.exists(storage.join(out, "theirs.bin"))
+
+
 def test_cli_reports_input_errors(tmp_path, capsys):
     assert (
         cli.main(
@@ -276,3 +291,55 @@ def test_citeulike(citeulike_path, tmp_path):
     assert abs(m["n_valid"] - 20823) < 300 and abs(m["n_test"] - 20823) < 300
     assert abs(m["n_eval_users"] - 4719) < 60
     assert m["files"]["train/shard-00002.parquet"] == 1219
+
+
+# --------------------------------------------------------------------------- inputs that change
+def test_an_edited_input_is_ingested_again(tmp_path, capsys):
+    rows = interactions()
+    csv = write_csv(tmp_path / "x.csv", rows)
+    run = str(tmp_path / "run")
+    cfg = DataConfig(input=csv, format="csv")
+    first = ingest(run, cfg)
+    assert ingest(run, cfg) == first and "up to date" in capsys.readouterr().err
+    extra = [("u999", f"item-{i:03d}", 5.0) for i in range(7)]  # a new user, same path
+    write_csv(tmp_path / "x.csv", rows + extra)
+    again = ingest(run, cfg)
+    assert again["n_users"] == first["n_users"] + 1
+    assert again["config_hash"] != first["config_hash"]
+    assert again["source"]["fingerprint"] == storage.fingerprint(csv) != first["source"]["fingerprint"]
+    check_run(run, reference(rows + extra))
+
+
+def _changing_reader(monkeypatch, change):
+    """Makes the ingest's second read of its input go through `change(batches) -> batches`."""
+    real = ingest_mod.read_interactions
+    calls = []
+
+    def reader(path, fmt, cfg):
+        calls.append(path)
+        batches = list(real(path, fmt, cfg))
+        return iter(change(batches) if len(calls) == 2 else batches)
+
+    monkeypatch.setattr(ingest_mod, "read_interactions", reader)
+
+
+@pytest.mark.parametrize("ids", ["string", "integer"])
+@pytest.mark.parametrize("change", ["new item", "new user", "rows lost"])
+def test_an_input_that_changes_between_the_passes_fails(tmp_path, monkeypatch, ids, change):
+    rows = [(f"u{2 * u}", f"i{2 * ((u * 7 + j) % 40)}") for u in range(30) for j in range(6)]
+    if ids == "integer":
+        rows = [(int(u[1:]), int(i[1:])) for u, i in rows]
+    csv = write_csv(tmp_path / "x.csv", rows, header=("user", "item"))
+    new = {"string": ("u3", "i3"), "integer": (3, 3)}[ids]  # between two known ids
+
+    def changed(batches):
+        users, items = batches[0]
+        if change == "rows lost":
+            return [(users.slice(1), items.slice(1))]
+        u = pa.array([users[0].as_py() if change == "new item" else new[0]], users.type)
+        i = pa.array([new[1] if change == "new item" else items[0].as_py()], items.type)
+        return [(pa.concat_arrays([users, u]), pa.concat_arrays([items, i]))]
+
+    _changing_reader(monkeypatch, changed)
+    e = bad(tmp_path, DataConfig(input=csv, format="csv"), "changed while being read")
+    assert e.where == csv

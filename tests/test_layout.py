@@ -18,6 +18,7 @@ STUDENT = "student/hetcomp-mf"  # a student folder, relative to RUN (written by 
 
 # (member, call, path relative to RUN); `{S}` is the student folder passed to the per-folder methods
 CASES = [
+    ("lease", lambda lay, S: lay.lease, "_lease.json"),
     ("data", lambda lay, S: lay.data, "data"),
     ("split", lambda lay, S: lay.split("train"), "data/train"),
     ("split", lambda lay, S: lay.split("test"), "data/test"),
@@ -180,6 +181,7 @@ def _named_paths(layout: RunLayout, cfg: Config) -> tuple[set[str], list[str]]:
         folders += [layout.teacher_state(name, e) for e in range(1, 5)]
         folders += [layout.state_cache(name, e) for e in range(1, 5)]
     files = {storage.manifest_path(f) for f in folders} | {storage.config_path(f) for f in folders}
+    files |= {storage.marker_path(f) for f in [*folders, layout.data, layout.knowledge, layout.teachers]}
     files |= {
         storage.shard_path(f, s, suffix)
         for f in folders
@@ -253,7 +255,7 @@ def test_every_file_an_ingest_writes_is_named(tmp_path):
         for i in range(storage.n_shards(m["n_users"], 8))
     }
     named = shards | {storage.manifest_path(layout.data), layout.users_map, layout.items_map}
-    assert set(_written(run)) == named
+    assert set(_written(run)) == named | {storage.marker_path(layout.data)}
     # the manifest lists its files by their names inside RUN/data
     assert {storage.join(layout.data, rel) for rel in m["files"]} == named - {
         storage.manifest_path(layout.data)

@@ -101,6 +101,10 @@ def test_shards_manifest_json_npz_round_trip(s3):
     with np.load(io.BytesIO(body(s3, f"{prefix}student/hetcomp-mf/emb.npz")), allow_pickle=False) as z:
         np.testing.assert_array_equal(z["item"], emb["item"])
 
+    with pytest.raises(InputError, match="not a folder hetcomp_dist created"):
+        storage.delete_dir(layout.data)  # written here without begin_stage: not marked as ours
+    assert storage.exists(storage.manifest_path(layout.data))
+    storage.write_json_atomic(storage.marker_path(layout.data), {"id": "x"})  # as a stage marks its own
     storage.delete_dir(layout.data)
     assert not storage.exists(storage.manifest_path(layout.data))
     assert keys(s3, prefix + "data/") == []
@@ -170,3 +174,59 @@ def test_ingest_of_a_missing_s3_input_fails_before_writing(s3):
     with pytest.raises(InputError, match="missing.csv: file not found"):
         ingest(f"s3://{BUCKET}/runs/missing", cfg)
     assert keys(s3, "runs/missing/") == []
+
+
+# ------------------------------------------------------------------------- one writer, redaction
+HOLD = """
+import sys
+from hetcomp_dist.lease import RunLease
+with RunLease(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_writer_on_s3_is_refused_and_a_stale_lease_taken_over(s3, capsys):
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from hetcomp_dist.data.ingest import ingest
+
+    s3.put_object(Bucket=BUCKET, Key="in/leased.csv", Body=_interactions_csv(np.random.default_rng(2)))
+    run = f"s3://{BUCKET}/runs/leased"
+    cfg = DataConfig(format="csv", shard_size=8, input=f"s3://{BUCKET}/in/leased.csv")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, run],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=f"RUN is in use by .* pid {holder.pid} since"):
+            ingest(run, cfg)
+        assert keys(s3, "runs/leased/") == ["runs/leased/_lease.json"]  # the second wrote nothing
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0 and keys(s3, "runs/leased/") == []  # released
+    lease = {"host": "gone-host", "pid": 7, "token": "t", "started": 0.0, "heartbeat": time.time() - 1e4}
+    s3.put_object(Bucket=BUCKET, Key="runs/leased/_lease.json", Body=json.dumps(lease).encode())
+    assert ingest(run, cfg)["n_users"] > 0
+    assert "taking over the lease of gone-host pid 7" in capsys.readouterr().err
+    assert "runs/leased/_lease.json" not in keys(s3, "runs/leased/")
+
+
+def test_credentials_in_an_s3_uri_stay_out_of_logs_and_manifests(s3, capsys):
+    from hetcomp_dist.data.ingest import ingest
+
+    s3.put_object(Bucket=BUCKET, Key="in/secret.csv", Body=_interactions_csv(np.random.default_rng(3)))
+    # the moto server's credentials, in the URI (user info) instead of the environment
+    uri = f"s3://testing:testing@{BUCKET}/in/secret.csv"
+    m = ingest(f"s3://{BUCKET}/runs/secret", DataConfig(format="csv", shard_size=8, input=uri))
+    assert m["source"]["input"] == f"s3://***@{BUCKET}/in/secret.csv"
+    assert b"testing:testing" not in body(s3, "runs/secret/data/_manifest.json")
+    assert "testing:testing" not in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Shard layout helpers, CSR conversions, atomic writes and stage manifests."""
+"""Shard layout helpers, CSR conversions, atomic writes, stage manifests, the folder markers that
+guard every recursive delete, credential redaction and input fingerprints."""
 
 import os
 
@@ -8,6 +9,7 @@ import pytest
 
 from hetcomp_dist import storage
 from hetcomp_dist.data.dataset import CSR, union
+from hetcomp_dist.errors import InputError
 
 
 def _lists(rng, n):
@@ -69,7 +71,7 @@ def test_stage_manifest_commits_and_begin_clears(tmp_path):
     assert storage.stage_is_done(folder, h)["n"] == 5
     assert storage.stage_is_done(folder, storage.config_hash({"k": 2})) is None
     storage.begin_stage(folder)
-    assert os.listdir(folder) == []
+    assert os.listdir(folder) == [storage.MARKER]  # cleared, and marked as a folder of ours
 
 
 def test_npz_refuses_pickles(tmp_path):
@@ -81,3 +83,86 @@ def test_npz_refuses_pickles(tmp_path):
         storage.read_npz(str(p))
     storage.write_npz_atomic(str(tmp_path / "ok.npz"), user=np.ones((2, 3), np.float32))
     assert storage.read_npz(str(tmp_path / "ok.npz"))["user"].shape == (2, 3)
+
+
+# ----------------------------------------------------------------------------------- safety
+def test_only_folders_we_created_are_deleted(tmp_path):
+    foreign = tmp_path / "data"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    with pytest.raises(InputError, match="not a folder hetcomp_dist created"):
+        storage.begin_stage(str(foreign))
+    with pytest.raises(InputError, match=str(foreign)):
+        storage.delete_dir(str(foreign))
+    assert (foreign / "thesis.tex").read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    storage.delete_dir(str(tmp_path / "empty"))  # an empty folder holds nothing to lose
+    assert not (tmp_path / "empty").exists()
+    ours = str(tmp_path / "ours")
+    storage.begin_stage(ours)
+    storage.write_bytes_atomic(storage.join(ours, "x.bin"), b"x")
+    storage.delete_dir(ours)
+    assert not os.path.exists(ours)
+    storage.ensure_folder(str(foreign))  # an existing folder is not adopted
+    assert not (foreign / storage.MARKER).exists()
+
+
+def test_a_failed_stage_discards_only_the_folder_it_made(tmp_path):
+    folder = str(tmp_path / "stage")
+    created = storage.begin_stage(folder)
+    storage.write_bytes_atomic(storage.join(folder, "mine.bin"), b"x")
+    assert storage.discard_stage(folder, created)
+    assert not os.path.exists(folder)
+    created = storage.begin_stage(folder)
+    storage.begin_stage(folder)  # another invocation cleared and remade it since
+    storage.write_bytes_atomic(storage.join(folder, "theirs.bin"), b"y")
+    assert not storage.discard_stage(folder, created)
+    assert os.path.exists(storage.join(folder, "theirs.bin"))
+
+
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("s3://AKIAEXAMPLE:wJalr/XUtnFEMI+K7MDENG@bucket/runs/x", "wJalr/XUtnFEMI+K7MDENG"),
+        ("reading s3://bucket/in.csv?access_key=AKIAEXAMPLE&secret_key=abc%2Fdef&region=us", "abc%2Fdef"),
+        ("gs://bucket/p?session_token=tok123 then more", "tok123"),
+        ("https://user:pa55@host/x.zip", "pa55"),
+    ],
+)
+def test_redact_removes_credentials_and_keeps_the_rest(text, secret):
+    out = storage.redact(text)
+    assert secret not in out and "AKIAEXAMPLE" not in out and "***" in out
+    assert "bucket" in out or "host" in out
+    plain = "s3://bucket/runs/x?allow_delayed_open=true /home/me/run user@example.com"
+    assert storage.redact(plain) == plain
+
+
+def test_manifests_and_log_lines_are_redacted(tmp_path, capsys):
+    from hetcomp_dist.progress import log
+
+    uri = "s3://AKIAEXAMPLE:s3cr3t@bucket/in.csv"
+    storage.write_manifest(str(tmp_path / "stage"), {"source": {"input": uri}, "n": [uri]})
+    text = (tmp_path / "stage" / storage.MANIFEST).read_text()
+    assert "s3cr3t" not in text and "AKIAEXAMPLE" not in text
+    assert storage.read_manifest(str(tmp_path / "stage"))["source"]["input"] == "s3://***@bucket/in.csv"
+    log("ingest", f"reading {uri}")
+    err = capsys.readouterr().err
+    assert "s3cr3t" not in err and "s3://***@bucket/in.csv" in err
+
+
+def test_fingerprint_follows_size_and_mtime(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("user,item\n1,2\n")
+    first = storage.fingerprint(str(path))
+    assert first == storage.fingerprint(str(path)) and first["bytes"] == path.stat().st_size
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # touched, same bytes
+    assert storage.fingerprint(str(path)) != first
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "a.parquet").write_bytes(b"1234")
+    before = storage.fingerprint(str(folder))
+    (folder / "b.parquet").write_bytes(b"5")
+    after = storage.fingerprint(str(folder))
+    assert (before["files"], after["files"], after["bytes"]) == (1, 2, 5)
+    with pytest.raises(InputError, match="file not found"):
+        storage.fingerprint(str(tmp_path / "missing.csv"))

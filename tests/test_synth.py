@@ -116,3 +116,45 @@ def test_cli_and_bad_parameters(tmp_path, capsys):
         synthesize(str(tmp_path / "x"), SynthConfig(items=10), DataConfig())
     assert not (tmp_path / "x").exists()
     assert cli.main(["synth", "--users", "0", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_an_out_folder_with_someone_elses_data_is_refused(tmp_path, capsys):
+    home = tmp_path / "home"  # what `--out ~` points at
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "thesis.tex").write_text("keep me")
+    assert cli.main(["synth", "--users", "300", "--items", "120", "--out", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert f"{home}/data: not a folder hetcomp_dist created" in err
+    assert (home / "data" / "thesis.tex").read_text() == "keep me"
+    assert sorted(p.name for p in home.iterdir()) == ["data"]  # and the lease is gone again
+
+
+def test_a_failed_synth_removes_only_the_folder_it_made(tmp_path, monkeypatch):
+    from hetcomp_dist.data import synth
+
+    run = str(tmp_path / "run")
+    out = RunLayout(run).data
+    real = synth.generate_block
+
+    def crash(cfg, items, block):
+        if block == 1:
+            raise RuntimeError("disk full")
+        return real(cfg, items, block)
+
+    monkeypatch.setattr(synth, "generate_block", crash)
+    cfg = SynthConfig(users=3 * GEN_BLOCK, items=300)
+    with pytest.raises(RuntimeError, match="disk full"):
+        synthesize(run, cfg, DataConfig(shard_size=500))
+    assert not storage.exists(out)  # what it wrote is gone
+
+    def replaced(cfg, items, block):
+        if block == 1:  # meanwhile the folder was cleared and remade by another invocation
+            storage.begin_stage(out)
+            storage.write_bytes_atomic(storage.join(out, "theirs.bin"), b"x")
+            raise RuntimeError("disk full")
+        return real(cfg, items, block)
+
+    monkeypatch.setattr(synth, "generate_block", replaced)
+    with pytest.raises(RuntimeError, match="disk full"):
+        synthesize(run, cfg, DataConfig(shard_size=500))
+    assert storage.exists(storage.join(out, "theirs.bin"))

@@ -22,9 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetcomp_dist import storage
     from hetcomp_dist.config import load_config
     from hetcomp_dist.serving.bundle import export_bundle
 
     cfg = load_config(args.config, list(args.overrides), run=args.run)
-    print(f"bundle: {export_bundle(cfg.run, cfg, args.student, args.out)}")
+    print(storage.redact(f"bundle: {export_bundle(cfg.run, cfg, args.student, args.out)}"))
     return 0

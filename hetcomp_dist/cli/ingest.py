@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hetcomp_dist.config import Config, load_config, to_dict
+from hetcomp_dist.config import Config, load_config
 from hetcomp_dist.data.readers import FORMATS
 
 HELP = "Ingest interactions (CiteULike users.dat, CSV, Parquet; local or URI) into RUN/data"
@@ -68,6 +68,7 @@ def split_summary(m: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetcomp_dist import storage
     from hetcomp_dist.data.ingest import ingest
     from hetcomp_dist.errors import InputError
 
@@ -76,6 +77,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             "--format", "missing", "pass --format citeulike|csv|parquet (for synthetic data use `synth`)"
         )
-    m = ingest(cfg.run, cfg.data, to_dict(cfg))
-    print(json.dumps(m, indent=2) if args.json else f"{cfg.run}: {split_summary(m)}")
+    m = ingest(cfg.run, cfg.data, cfg)
+    print(json.dumps(m, indent=2) if args.json else storage.redact(f"{cfg.run}: {split_summary(m)}"))
     return 0

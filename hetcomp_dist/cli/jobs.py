@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 
+from hetcomp_dist import storage
 from hetcomp_dist.config import DATA_FORMATS, Config
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.progress import log, set_level
@@ -93,7 +94,6 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The typed config: file, the smoke preset, the overrides, then --input/--format/--run verbatim."""
-    from hetcomp_dist import storage
     from hetcomp_dist.cli import run as run_command
 
     smoke = list(SMOKE) if args.smoke else []
@@ -154,7 +154,7 @@ def run_job(
         traceback.print_exc()
         status, last = 1, f"error: {type(e).__name__}: {e}"
     shutdown_ray()  # flushes the workers' buffered log lines, so `last` is the job's last line
-    print(last, file=sys.stderr if status else sys.stdout, flush=True)
+    print(storage.redact(last), file=sys.stderr if status else sys.stdout, flush=True)
     return status
 
 

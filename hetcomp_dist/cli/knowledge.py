@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hetcomp_dist.errors import InputError
     from hetcomp_dist.knowledge.rounds import build_round0, dkc_round
+    from hetcomp_dist.lease import RunLease
 
     cfg = load_config(args.config, list(args.overrides), run=args.run)
     if args.round == 0:
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(
                 "--round", "a DKC round needs --emb and --epoch", "pass the student's embeddings and epoch"
             )
-        manifest = dkc_round(cfg.run, cfg, args.round, args.epoch, args.emb, args.metric)
+        with RunLease(cfg.run, cfg.pipeline):  # dkc_round takes none: inside a training the driver holds it
+            manifest = dkc_round(cfg.run, cfg, args.round, args.epoch, args.emb, args.metric)
     keep = ("round", "epoch", "teachers", "means", "switch", "changed_users", "wall_s", "peak_rss_gib")
     print(json.dumps({k: manifest[k] for k in keep if k in manifest}))
     return 0

@@ -61,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from hetcomp_dist import storage
+
     try:
-        from hetcomp_dist import storage
         from hetcomp_dist.progress import set_level
 
         set_level(args.log_level)
         storage.absolute_args(args)  # here, in the driver: Ray workers have working directories of their own
         return int(args._module.run(args) or 0)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {storage.redact(str(e))}", file=sys.stderr)
         return 2

@@ -75,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetcomp_dist import storage
     from hetcomp_dist.config import load_config
     from hetcomp_dist.serving.recommend import recommend
 
@@ -83,5 +84,5 @@ def run(args: argparse.Namespace) -> int:
     req = request_from_args(args, {"auto": None, "yes": True, "no": False}[args.distributed])
     m = recommend(cfg.run, cfg, req)
     keep = ("student", "k", "n_users", "n_cold_start", "index", "distributed", "wall_s", "users_per_s")
-    print(json.dumps({**{k: m[k] for k in keep}, "out": args.out or cfg.run}))
+    print(storage.redact(json.dumps({**{k: m[k] for k in keep}, "out": args.out or cfg.run})))
     return 0

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from hetcomp_dist import storage
 from hetcomp_dist.config import DATA_FORMATS, Config, load_config, validate
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
@@ -55,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
     run_pipeline(cfg, stages)
-    print(f"report: {RunLayout(cfg.run).report_md}")
+    print(storage.redact(f"report: {RunLayout(cfg.run).report_md}"))
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from hetcomp_dist.cli.ingest import split_summary
-from hetcomp_dist.config import load_config, to_dict
+from hetcomp_dist.config import load_config
 
 HELP = "Generate a synthetic dataset (power-law, low-rank + neighbourhood + popularity) into RUN/data"
 
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hetcomp_dist import storage
     from hetcomp_dist.data.synth import synthesize
 
     flags = {
@@ -39,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
     }
     over = [*args.overrides, *(f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)]
     cfg = load_config(args.config, over)
-    m = synthesize(cfg.run, cfg.synth, cfg.data, to_dict(cfg))
-    print(json.dumps(m, indent=2) if args.json else f"{cfg.run}: {split_summary(m)}")
+    m = synthesize(cfg.run, cfg.synth, cfg.data, cfg)
+    print(json.dumps(m, indent=2) if args.json else storage.redact(f"{cfg.run}: {split_summary(m)}"))
     return 0

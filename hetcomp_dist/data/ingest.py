@@ -4,14 +4,15 @@ Streaming, in four passes, never holding every user's list at once (only the id 
 
 1. read the input, validate every row, collect the distinct raw user and item ids;
 2. read it again, map raw ids to their sorted ranks and spill (user, item) pairs into user-range
-   buckets on local temp disk;
+   buckets on local temp disk; an id the first pass did not see, another row count or a new
+   fingerprint (size, modification time) means the input changed under us: an `InputError`;
 3. per bucket: remove duplicate pairs, count distinct items per user -> the user filter (>= 5) and
    the items that occur among kept users -> dense ids (in sorted raw-id order, so the result does
    not depend on row order). An empty result is an `InputError`, still before anything is written;
 4. per bucket, in user order: dense lists -> `SplitWriter` (split, train shards, then step 3 on
    valid/test) -> ``RUN/data``; id maps; the manifest last.
 
-A failed ingestion removes what it wrote, so no partial ``RUN/data`` survives.
+A failed ingestion removes what it wrote (the ``RUN/data`` it made), so no partial one survives.
 """
 
 from __future__ import annotations
@@ -26,43 +27,48 @@ import numpy as np
 import pyarrow as pa
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import DataConfig
+from hetcomp_dist.config import Config, DataConfig, to_dict
 from hetcomp_dist.data.dataset import CSR
-from hetcomp_dist.data.readers import RawIds, read_interactions
+from hetcomp_dist.data.readers import RawIds, check_input, read_interactions
 from hetcomp_dist.data.split import SplitWriter, split_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import Progress, log
 
 STAGE = "ingest"
 _PAIRS_PER_BUCKET = 4 * 2**20
 
 
-def data_hash(cfg: DataConfig) -> str:
-    """Config hash of an ingestion (every field that changes its output)."""
-    return storage.config_hash("ingest", dataclasses.asdict(cfg))
+def data_hash(cfg: DataConfig, fingerprint: dict) -> str:
+    """Hash of an ingestion: every config field that changes its output, and the input's fingerprint
+    (`storage.fingerprint`: its size and modification time), so an edited input is ingested again."""
+    return storage.config_hash("ingest", dataclasses.asdict(cfg), fingerprint)
 
 
-def ingest(run: str, cfg: DataConfig, config: Mapping | None = None) -> dict:
+def ingest(run: str, cfg: DataConfig, config: Config | None = None) -> dict:
     """Ingests ``cfg.input`` (format ``cfg.format``) into ``RUN/data``; returns the manifest.
 
-    Skips the work when ``RUN/data`` is already committed with the same config hash. `config` (the
-    whole resolved config as a dict) is written as ``config.yaml`` beside the manifest.
+    Holds RUN's lease (`hetcomp_dist.lease`, its timing from ``config.pipeline``) throughout. Skips the
+    work when ``RUN/data`` is already committed with the same config and the same input fingerprint.
+    `config` (the whole resolved config) is written as ``config.yaml`` beside the manifest.
     """
-    out = RunLayout(run).data
-    h = data_hash(cfg)
-    done = storage.stage_is_done(out, h)
-    if done is not None:
-        log(STAGE, f"{out} is up to date (config {h}); skipping")
-        return done
-    spill = tempfile.mkdtemp(prefix="hetcomp-ingest-")
-    try:
-        return _ingest(run, cfg, h, spill, config)
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
+    with RunLease(run, config.pipeline if config is not None else None):
+        out = RunLayout(run).data
+        fingerprint = check_input(cfg.input, cfg.format)
+        h = data_hash(cfg, fingerprint)
+        done = storage.stage_is_done(out, h)
+        if done is not None:
+            log(STAGE, f"{out} is up to date (config {h}); skipping")
+            return done
+        spill = tempfile.mkdtemp(prefix="hetcomp-ingest-")
+        try:
+            return _ingest(run, cfg, h, fingerprint, spill, None if config is None else to_dict(config))
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
 
 
-def _ingest(run: str, cfg: DataConfig, h: str, spill: str, config: Mapping | None) -> dict:
+def _ingest(run: str, cfg: DataConfig, h: str, fingerprint: dict, spill: str, config: Mapping | None) -> dict:
     # -- pass 1: validate everything, distinct raw ids
     users, items = RawIds(cfg.user_col), RawIds(cfg.item_col)
     n_rows = 0
@@ -88,8 +94,10 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str, config: Mapping | Non
     files = [open(os.path.join(spill, f"b{b}.bin"), "wb") for b in range(n_buckets)]
     try:
         prog = Progress(f"{STAGE}:spill", n_rows, "rows")
+        n_again = 0
         for u, i in read_interactions(cfg.input, cfg.format, cfg):
-            ur, ir = users.lookup(u), items.lookup(i)
+            ur, ir = users.lookup(u, cfg.input), items.lookup(i, cfg.input)
+            n_again += len(u)
             b = ur // per_bucket
             order = np.argsort(b, kind="stable")
             pairs = np.stack([ur[order], ir[order]], 1).astype(dtype)
@@ -102,6 +110,13 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str, config: Mapping | Non
     finally:
         for f in files:
             f.close()
+    if n_again != n_rows or check_input(cfg.input, cfg.format) != fingerprint:
+        raise InputError(
+            cfg.input,
+            f"changed while being read ({n_rows:,} rows on the first pass, {n_again:,} on the second, "
+            "or a new size or modification time)",
+            "rerun the ingest once nothing writes the input any more",
+        )
 
     def bucket(k: int) -> tuple[np.ndarray, np.ndarray]:
         """Distinct (user rank, item rank) pairs of bucket k, sorted by user then item."""
@@ -139,7 +154,7 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str, config: Mapping | Non
     # -- pass 4: write (everything above validated the input; from here on, clean up on failure)
     layout = RunLayout(run)
     out = layout.data
-    storage.begin_stage(out)
+    created = storage.begin_stage(out)
     try:
         writer = SplitWriter(
             layout, n_users, n_items, cfg.shard_size, cfg.seed, cfg.test_frac, cfg.valid_frac, STAGE
@@ -164,6 +179,7 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str, config: Mapping | Non
         source = {
             "kind": "file",
             "input": cfg.input,
+            "fingerprint": fingerprint,
             "format": cfg.format,
             "rows_read": n_rows,
             "duplicates_removed": n_rows - n_distinct,
@@ -178,7 +194,7 @@ def _ingest(run: str, cfg: DataConfig, h: str, spill: str, config: Mapping | Non
         manifest = split_manifest(counts, n_items, cfg.shard_size, cfg.seed, h, files, source)
         storage.write_manifest(out, manifest, config)
     except BaseException:
-        storage.delete_dir(out)
+        storage.discard_stage(out, created)  # only while the folder is still the one made above
         raise
     log(STAGE, f"committed {out}")
     return storage.read_manifest(out)

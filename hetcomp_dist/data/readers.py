@@ -25,8 +25,9 @@ _CHUNK_BYTES = 16 * 2**20
 _ROWS_PER_BATCH = 1 << 20
 
 
-def read_interactions(path: str, fmt: str, cfg: DataConfig) -> Iterator[Batch]:
-    """Raw (user, item) id batches of `path` in format `fmt`, validated as they stream."""
+def check_input(path: str, fmt: str) -> dict:
+    """Checks that `path` exists and `fmt` is a known format; returns the input's fingerprint
+    (`storage.fingerprint`: sizes and modification times, which change when the input does)."""
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt}", "unknown input format", f"use one of {', '.join(FORMATS)}")
     if not path:
@@ -34,13 +35,16 @@ def read_interactions(path: str, fmt: str, cfg: DataConfig) -> Iterator[Batch]:
             "--input", "no input file given", "pass --input PATH (local path or s3:// / gs:// URI)"
         )
     try:
-        found = storage.exists(path)
+        return storage.fingerprint(path)
     except (OSError, pa.ArrowException) as e:
         raise InputError(
             path, f"cannot access ({e})", "check the path/URI and the storage credentials"
         ) from e
-    if not found:
-        raise InputError(path, "file not found", "pass --input with an existing file (local path or URI)")
+
+
+def read_interactions(path: str, fmt: str, cfg: DataConfig) -> Iterator[Batch]:
+    """Raw (user, item) id batches of `path` in format `fmt`, validated as they stream."""
+    check_input(path, fmt)
     if fmt == "citeulike":
         return _citeulike(path)
     if fmt == "csv":
@@ -293,8 +297,27 @@ class RawIds:
             self._np = self.values.to_numpy()
         return len(self.values)
 
-    def lookup(self, arr: pa.Array) -> np.ndarray:
-        """(n,) int64 rank of each raw id among the sorted distinct ids."""
+    def lookup(self, arr: pa.Array, where: str) -> np.ndarray:
+        """(n,) int64 rank of each raw id among the sorted distinct ids.
+
+        Raises:
+            InputError: naming `where` (the input), when an id is not among them: the input changed
+                since the pass that collected them.
+        """
         if self._np is not None:
-            return np.searchsorted(self._np, arr.to_numpy()).astype(np.int64)
-        return pc.index_in(arr, value_set=self.values).to_numpy().astype(np.int64)
+            raw = arr.to_numpy()
+            rank = np.searchsorted(self._np, raw).astype(np.int64)
+            known = rank < len(self._np)
+            known[known] = self._np[rank[known]] == raw[known]
+        else:
+            idx = pc.index_in(arr, value_set=self.values)
+            known = idx.is_valid().to_numpy(zero_copy_only=False)
+            rank = idx.fill_null(0).to_numpy().astype(np.int64)
+        if not known.all():
+            first = arr[int(np.argmin(known))].as_py()
+            raise InputError(
+                where,
+                f"changed while being read: {self.name!r} id {first!r} was not in it on the first pass",
+                "rerun the ingest once nothing writes the input any more",
+            )
+        return rank

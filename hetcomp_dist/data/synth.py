@@ -24,11 +24,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import DataConfig, SynthConfig
+from hetcomp_dist.config import Config, DataConfig, SynthConfig, to_dict
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.data.split import SplitWriter, split_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import log
 
 STAGE = "synth"
@@ -189,12 +190,19 @@ def check(cfg: SynthConfig) -> None:
         raise InputError("synth.users", "ids must fit in int32")
 
 
-def synthesize(run: str, synth: SynthConfig, data: DataConfig, config: Mapping | None = None) -> dict:
+def synthesize(run: str, synth: SynthConfig, data: DataConfig, config: Config | None = None) -> dict:
     """Generates the synthetic dataset into ``RUN/data`` (split with data.seed); returns the manifest.
 
-    Skips the work when ``RUN/data`` is already committed with the same config hash.
+    Holds RUN's lease (`hetcomp_dist.lease`, its timing from ``config.pipeline``) throughout. Skips the
+    work when ``RUN/data`` is already committed with the same config hash; `config` (the whole resolved
+    config) is written as ``config.yaml`` beside the manifest.
     """
     check(synth)
+    with RunLease(run, config.pipeline if config is not None else None):
+        return _synthesize(run, synth, data, None if config is None else to_dict(config))
+
+
+def _synthesize(run: str, synth: SynthConfig, data: DataConfig, config: Mapping | None) -> dict:
     layout = RunLayout(run)
     out = layout.data
     h = synth_hash(synth, data)
@@ -202,7 +210,7 @@ def synthesize(run: str, synth: SynthConfig, data: DataConfig, config: Mapping |
     if done is not None:
         log(STAGE, f"{out} is up to date (config {h}); skipping")
         return done
-    storage.begin_stage(out)
+    created = storage.begin_stage(out)
     try:
         items = item_model(synth)
         writer = SplitWriter(
@@ -225,7 +233,7 @@ def synthesize(run: str, synth: SynthConfig, data: DataConfig, config: Mapping |
             config,
         )
     except BaseException:
-        storage.delete_dir(out)
+        storage.discard_stage(out, created)  # only while the folder is still the one made above
         raise
     log(
         STAGE,

@@ -55,6 +55,7 @@ from hetcomp_dist.knowledge.shard_io import (
     write_state_cache,
 )
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
 
 N_STATES = 4  # E1..E4; state index v in 0..3
@@ -496,10 +497,17 @@ def _commit(
 def build_round0(run: str, cfg: Config) -> dict:
     """Writes RUN/knowledge/pos (P+) and RUN/knowledge/round=0 (v = 0, d = NaN, T = g of the E1 states).
 
+    Holds RUN's lease (`hetcomp_dist.lease`) throughout.
+
     Returns:
         The round manifest: {"round": 0, "epoch": 0, "teachers": [...], "means": {name: 0.0},
         "switch": False, ...}. A committed round 0 of the same inputs is returned as is.
     """
+    with RunLease(run, cfg.pipeline):
+        return _build_round0(run, cfg)
+
+
+def _build_round0(run: str, cfg: Config) -> dict:
     t0 = time.perf_counter()
     data, names, base = _base(run, cfg)
     h = storage.config_hash("round", 0, base)
@@ -509,7 +517,7 @@ def build_round0(run: str, cfg: Config) -> dict:
     if done is not None and storage.stage_is_done(layout.pos, h_pos) is not None:
         log(STAGE, f"round 0 is up to date (config {h}); skipping")
         return done
-    storage.delete_dir(layout.knowledge)  # every later round depends on round 0
+    storage.begin_stage(layout.knowledge)  # clears every later round: they depend on round 0
     storage.begin_stage(layout.pos)
     storage.begin_stage(layout.round(0))
     task = RoundTask(run, cfg, names, data, 0, state_cache=cfg.knowledge.cache_states)
@@ -559,6 +567,10 @@ def dkc_round(
     rounds: str | None = None,
 ) -> dict:
     """DKC round `round_idx` >= 1 at student epoch `epoch`; round 1 is the first call (nobody moves).
+
+    Takes no lease of RUN: it runs inside a student's training, whose driver (another process) holds
+    it. A caller outside a training holds `hetcomp_dist.lease.RunLease` itself, as the ``knowledge``
+    command does.
 
     Args:
         run: the run folder (local or URI).

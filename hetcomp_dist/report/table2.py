@@ -18,6 +18,7 @@ from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge.signal import check_teachers
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import log
 from hetcomp_dist.report import report
 from hetcomp_dist.report.paper import LABELS, METRICS, PAPER_CITEULIKE
@@ -58,6 +59,8 @@ def reproduce(
 ) -> dict:
     """Trains every method of Table 2 for `student` on RUN and writes the report (see the module doc).
 
+    Holds RUN's lease (`hetcomp_dist.lease`) throughout; the trainings' Ray tasks write under it.
+
     Args:
         run: a run with data, teachers (E4 exports) and, for HetComp, knowledge.
         cfg: the config (student section: the shared training settings; lambda_kd < 0 = grid).
@@ -70,6 +73,11 @@ def reproduce(
         {"results": {method: result}, "failed": {method: reason}, "report": folder, "table": path,
          "curves": path, "best_baseline": method | None}.
     """
+    with RunLease(run, cfg.pipeline):
+        return _reproduce(run, cfg, student, methods, cpus, ddp)
+
+
+def _reproduce(run: str, cfg: Config, student: str, methods: tuple[str, ...], cpus: float, ddp: bool) -> dict:
     bad = [m for m in methods if m not in METHODS]
     if bad or student not in ("mf", "ml", "dnn"):
         raise InputError(

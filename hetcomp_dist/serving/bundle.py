@@ -34,6 +34,7 @@ from hetcomp_dist.data.idmap import IdMap, load_idmap
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.evaluation.faiss_exact import PAD, BlockedFlatIndex
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import log
 from hetcomp_dist.serving import topk
 from hetcomp_dist.serving.recommend import student_folder, student_vectors
@@ -74,7 +75,13 @@ def _hashes(run: str, smanifest: dict, data: dict) -> dict:
 def export_bundle(run: str, cfg: Config, student: str, out: str | None = None) -> str:
     """Writes the serving bundle of `student` (``<method>-<model>``) to `out` (default
     ``RUN/export/<student>``); returns the folder. Every file is checked before the first is written,
-    and ``model.json`` (with the files' checksums) is written last."""
+    and ``model.json`` (with the files' checksums) is written last. Holds RUN's lease
+    (`hetcomp_dist.lease`) throughout, wherever the bundle goes: it reads the RUN."""
+    with RunLease(run, cfg.pipeline):
+        return _export_bundle(run, cfg, student, out)
+
+
+def _export_bundle(run: str, cfg: Config, student: str, out: str | None) -> str:
     data = load_manifest(run)
     folder, smanifest = student_folder(run, student)
     user_vecs, item_vecs, metric = student_vectors(run, folder, data)
@@ -89,7 +96,7 @@ def export_bundle(run: str, cfg: Config, student: str, out: str | None = None) -
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(user_vecs.reshape(-1), pa.float32()), d)
     blobs["users.parquet"] = _parquet_bytes(pa.table({"user": users.raw, "vector": vectors}))
     blobs["seen.parquet"] = _parquet_bytes(_seen_table(run, data, users, items))
-    blobs["config.yaml"] = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
+    blobs["config.yaml"] = storage.redact(yaml.safe_dump(to_dict(cfg), sort_keys=False)).encode()
     result = smanifest.get("result", {})
     method, _, model = student.partition("-")
     meta = {

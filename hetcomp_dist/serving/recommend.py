@@ -26,6 +26,7 @@ from hetcomp_dist.data.dataset import CSR, load_manifest, load_range, union
 from hetcomp_dist.data.idmap import IdMap, load_idmap, read_raw_ids
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
 from hetcomp_dist.serving import topk
 
@@ -301,7 +302,15 @@ def _prepare_out(out: str, h: str) -> dict | None:
 
 
 def recommend(run: str, cfg: Config, req: Request) -> dict:
-    """Writes the recommendations of `req` (see the module doc); returns the output's manifest."""
+    """Writes the recommendations of `req` (see the module doc); returns the output's manifest.
+
+    Holds RUN's lease (`hetcomp_dist.lease`) throughout, wherever the output goes: it reads the RUN.
+    """
+    with RunLease(run, cfg.pipeline):
+        return _recommend(run, cfg, req)
+
+
+def _recommend(run: str, cfg: Config, req: Request) -> dict:
     t0 = time.perf_counter()
     plan, smanifest, cold = plan_request(run, cfg, req)
     data = load_manifest(run)

@@ -2,7 +2,8 @@
 baseline's λ_KD grid expanded into one task per candidate (a pruned grid's leader trained on after).
 
 Each task trains in its own process (``student.num_workers = 0``) or, with ``ddp=True``, launches a
-DDP TorchTrainer with the config's workers. Finished trainings are skipped on rerun (each student
+DDP TorchTrainer with the config's workers; the caller holds RUN's lease (`hetcomp_dist.lease`) for
+them all. Finished trainings are skipped on rerun (each student
 folder has its own manifest).
 """
 
@@ -64,10 +65,11 @@ def plan(
 
 
 def _train(run: str, cfg_dict: dict, out: str | None, stop_at: int = 0) -> dict:
-    """One training, in a Ray task (imports here: the task's process starts clean)."""
+    """One training, in a Ray task (imports here: the task's process starts clean); the sweep's driver
+    holds RUN's lease for it."""
     from hetcomp_dist.student.trainer import train_student
 
-    return train_student(run, from_dict(Config, cfg_dict), out=out, stop_at=stop_at)
+    return train_student(run, from_dict(Config, cfg_dict), out=out, stop_at=stop_at, take_lease=False)
 
 
 def run_all(run: str, cands: list[Candidate], cpus: float, ddp: bool) -> dict[Candidate, dict | Exception]:

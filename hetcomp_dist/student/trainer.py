@@ -20,6 +20,7 @@ from hetcomp_dist.data.dataset import load_manifest
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.knowledge.rounds import build_round0, dkc_round
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.objectives.registry import METHODS, model_config
 from hetcomp_dist.progress import log
 from hetcomp_dist.student import knowledge_io
@@ -61,8 +62,11 @@ def train_student(
     hooks: TrainHooks | None = None,
     out: str | None = None,
     stop_at: int = 0,
+    take_lease: bool = True,
 ) -> dict:
     """Trains `cfg.student.model` with `cfg.student.method` on RUN (TorchTrainer, DDP when num_workers > 1).
+
+    Holds RUN's lease (`hetcomp_dist.lease`) throughout; the Train workers write under it.
 
     Args:
         run: the run root (local path or URI).
@@ -74,11 +78,28 @@ def train_student(
         out: the folder to train into (default RUN/student/<method>-<model>; the λ_KD grid's candidates).
         stop_at: > 0 (a multiple of ``student.eval_every``): pause after that epoch's evaluation and
             checkpoint, without committing the stage; a later call resumes there (the λ grid's pruning).
+        take_lease: False in a process whose driver holds RUN's lease for it (a sweep's Ray task,
+            `student.sweep`); the trainings of a sweep run side by side in separate folders.
 
     Returns:
         {"best_epoch", "valid", "test", "wall_s", "dir", "paused", ...} (valid/test: R@10, N@10, R@50,
         N@50; paused: stopped at `stop_at` before early stopping, so not finished).
     """
+    if not take_lease:
+        return _train_student(run, cfg, dkc_fn=dkc_fn, hooks=hooks, out=out, stop_at=stop_at)
+    with RunLease(run, cfg.pipeline):
+        return _train_student(run, cfg, dkc_fn=dkc_fn, hooks=hooks, out=out, stop_at=stop_at)
+
+
+def _train_student(
+    run: str,
+    cfg: Config,
+    *,
+    dkc_fn: Callable[..., dict],
+    hooks: TrainHooks | None,
+    out: str | None,
+    stop_at: int,
+) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 

@@ -17,6 +17,7 @@ import ray
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, to_dict
 from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import log
 
 
@@ -157,12 +158,18 @@ def train_teachers(run: str, cfg: Config) -> dict:
     and the teachers imported into the run (`teachers.imported`), which are taken as they are.
 
     Checks the input first (the data stage, the names), so a bad run fails before any actor starts.
+    Holds RUN's lease (`hetcomp_dist.lease`) throughout; the actors write under it.
 
     Returns:
         {"teachers": {name: {"valid", "test", "state_epochs", "convergence_epoch", "wall_s"}},
          "trained": [names trained now], "wall_s": seconds}; also written (with the config hash) to
         ``RUN/teachers/_manifest.json``.
     """
+    with RunLease(run, cfg.pipeline):
+        return _train_teachers(run, cfg)
+
+
+def _train_teachers(run: str, cfg: Config) -> dict:
     from hetcomp_dist.data.dataset import load_manifest
     from hetcomp_dist.models.registry import model_class
     from hetcomp_dist.teachers.imported import builtin_teachers, imported_manifest
@@ -176,6 +183,7 @@ def train_teachers(run: str, cfg: Config) -> dict:
     imported = {n: imported_manifest(run, n, data) for n in names if n not in builtin}
     for name in builtin:
         model_class(name, cfg.teachers)
+    storage.ensure_folder(layout.teachers)
     hashes = {n: teacher_hash(cfg, n, data["config_hash"]) for n in builtin}
     todo = [n for n in builtin if storage.stage_is_done(layout.teacher(n), hashes[n]) is None]
     if todo:

@@ -290,9 +290,9 @@ def import_teacher(run: str, cfg: Config, name: str, states: list[str], observed
     sources = {}
     for key, uri in uris.items():
         if uri is not None:
-            sources[key] = storage.fingerprint(uri)
-            if sources[key] is None:
+            if not storage.exists(uri):
                 raise InputError(uri, "file not found", f"pass {FORMAT}")
+            sources[key] = {"path": uri, **storage.fingerprint(uri)}
     h = import_hash(cfg, name, data["config_hash"], sources)
     done = storage.stage_is_done(layout.teacher(name), h)
     if done is not None:

@@ -105,7 +105,7 @@ def run_teacher(
     states = choose_states(result["snapshots"], result["best_epoch"])
     states_dirs = [layout.teacher_state(name, i) for i in range(1, N_STATES + 1)]
     for folder in [*states_dirs, layout.teacher_observed(name)]:
-        storage.delete_dir(folder)  # leftovers of an interrupted export
+        storage.begin_stage(folder)  # clears the leftovers of an interrupted export
     t_export = time.perf_counter()
     traj = export_trajectory(
         model,

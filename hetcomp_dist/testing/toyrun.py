@@ -30,6 +30,7 @@ def _csr(lists: list[np.ndarray]) -> CSR:
 
 
 def _write_folder(folder: str, column: str, lists: CSR, n_users: int, shard_size: int) -> None:
+    storage.ensure_folder(folder)
     for s, lo, hi in storage.iter_shards(folder, n_users, shard_size):
         part = lists.rows(lo, hi)
         storage.write_table_atomic(
@@ -74,6 +75,8 @@ def write_toy_run(
         train.append(np.sort(items[2 * n_t :]))
     tr, va, te = _csr(train), _csr(valid), _csr(test)
     layout = RunLayout(run)
+    storage.ensure_folder(layout.data)
+    storage.ensure_folder(layout.knowledge)
     for name, lists in (("train", tr), ("valid", va), ("test", te)):
         _write_folder(layout.split(name), "items", lists, n_users, shard_size)
     manifest = {
@@ -138,6 +141,8 @@ def write_random_knowledge(
     m = load_manifest(run)
     n_items, S = m["n_items"], m["shard_size"]
     layout = RunLayout(run)
+    for folder in (layout.knowledge, layout.round(0), layout.pos):
+        storage.ensure_folder(folder)
     width = min(n_items, 2 * topk + 64)
     for s, lo, hi in storage.iter_shards(layout.knowledge, m["n_users"], S):
         rng = np.random.default_rng([seed, s])

@@ -142,6 +142,11 @@ def write_trajectories(
     names = list(cfg.teachers.names)
     for name in names:
         storage.begin_stage(layout.teacher(name))
+        for folder in [
+            *(layout.teacher_state(name, e) for e in range(1, N_STATES + 1)),
+            layout.teacher_observed(name),
+        ]:
+            storage.ensure_folder(folder)
     n_shards = storage.n_shards(n_users, S)
     prog = Progress("synthetic trajectories", n_users)
     if distributed:
