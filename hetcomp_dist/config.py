@@ -17,7 +17,8 @@ import yaml
 
 from hetcomp_dist.errors import InputError
 
-TEACHER_NAMES = ("mf", "ml", "dnn", "gnn", "ae", "iae")
+PAPER_TEACHERS = ("mf", "ml", "dnn", "gnn", "ae", "iae")  # the paper's six: the default teachers
+TEACHER_NAMES = (*PAPER_TEACHERS, "als")  # every teacher family the package trains
 BASELINES = ("rd", "rrd", "mtd", "cldrd", "dcd")  # the paper's comparison methods (METHOD.md §4)
 STUDENT_METHODS = ("hetcomp", "wokd", *BASELINES)
 
@@ -78,7 +79,8 @@ class TeacherTraining:
     """Per-teacher training overrides; 0 (l2: < 0) means "use the shared value in TeachersConfig".
 
     `batch_size` counts what the model's batches hold: train interactions (mf, ml, dnn, gnn), users
-    (ae) or items (iae).
+    (ae, als: users per block of its objective) or items (iae); lr and l2 mean nothing to als, which
+    fits itself (one ALS iteration is one epoch).
     """
 
     lr: float = 0.0
@@ -93,7 +95,7 @@ class TeacherTraining:
 class TeachersConfig:
     """Teachers (METHOD.md §2); one Ray actor each."""
 
-    names: tuple[str, ...] = TEACHER_NAMES
+    names: tuple[str, ...] = PAPER_TEACHERS  # any of TEACHER_NAMES
     dim: int = 64
     topk: int = 100  # K of the exported trajectory
     lr: float = 1e-3
@@ -123,6 +125,8 @@ class TeachersConfig:
     ae_beta: float = 0.2
     ae_anneal_steps: int = 20_000
     ae_variant: str = "vae"  # vae | cdae
+    als_alpha: float = 100.0  # ALS confidence c = 1 + alpha * x for a train interaction (Hu et al. 2008)
+    als_reg: float = 30.0  # ALS L2 weight lambda on every factor row (implicit's `regularization`)
     # per-teacher training overrides (see TeacherTraining)
     mf: TeacherTraining = field(default_factory=TeacherTraining)
     ml: TeacherTraining = field(default_factory=TeacherTraining)
@@ -130,6 +134,10 @@ class TeachersConfig:
     gnn: TeacherTraining = field(default_factory=TeacherTraining)
     ae: TeacherTraining = field(default_factory=TeacherTraining)
     iae: TeacherTraining = field(default_factory=TeacherTraining)
+    # ALS: one epoch is one ALS iteration, and it converges in a few: evaluate and snapshot each
+    als: TeacherTraining = field(
+        default_factory=lambda: TeacherTraining(max_epochs=50, eval_every=1, snapshot_every=1)
+    )
 
 
 @dataclass(frozen=True)
@@ -286,14 +294,22 @@ def _check(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type, data: Mapping[str, Any], where: str = "config") -> Any:
-    """Builds dataclass `cls` from a nested mapping, type-checking every field; unknown keys fail."""
+    """Builds dataclass `cls` from a nested mapping, type-checking every field; unknown keys fail.
+
+    A nested section sets only the keys it gives over its field's default (``teachers.als: {max_epochs:
+    30}`` keeps the ALS section's other defaults).
+    """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in hints:
-            raise InputError(f"{where}.{key}", "unknown key", f"valid keys: {', '.join(names)}")
+            raise InputError(f"{where}.{key}", "unknown key", f"valid keys: {', '.join(fields)}")
         kwargs[key] = _check(value, hints[key], f"{where}.{key}")
+        default = fields[key].default_factory
+        if dataclasses.is_dataclass(hints[key]) and default is not dataclasses.MISSING:
+            given = {k: getattr(kwargs[key], k) for k in value}
+            kwargs[key] = dataclasses.replace(default(), **given)
     return validate(cls(**kwargs), where) if cls is Config else cls(**kwargs)
 
 
@@ -414,6 +430,9 @@ def validate(cfg: Config, where: str = "config") -> Config:
                 f"{snapshot_every} does not divide eval_every={eval_every}",
                 "every evaluated epoch must have a snapshot (E4 is the best evaluation)",
             )
+    positive("teachers.als_alpha", cfg.teachers.als_alpha)
+    if cfg.teachers.als_reg < 0:
+        raise InputError(f"{where}.teachers.als_reg", f"must be >= 0, got {cfg.teachers.als_reg}")
     choice("knowledge.d_variant", cfg.knowledge.d_variant, ("code", "paper"))
     choice("knowledge.move_rule", cfg.knowledge.move_rule, ("code", "paper"))
     if cfg.knowledge.weights and len(cfg.knowledge.weights) != len(cfg.teachers.names):

@@ -1,11 +1,15 @@
 """The teachers stage's trajectory ranker over every teacher model (and the CDAE variant of the AE).
 
 For each model: the ranker's top-K never holds a train item and equals a brute-force per-user sort;
-the observed items come back ordered by score. What every model (teacher or student) promises -- loss,
-scores, embeddings, state dict -- is checked once for all in tests/test_model_contract.py.
+the observed items come back ordered by score. Then the checks of one model: ALS's epochs are the
+`implicit` solver's iterations, its loss the objective it solves. What every model (teacher or student)
+promises -- loss, scores, embeddings, state dict -- is checked once for all in
+tests/test_model_contract.py.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -62,3 +66,63 @@ def test_observed_order(case):
         row = ordered.items[ordered.offsets[r] : ordered.offsets[r + 1]]
         assert sorted(row.tolist()) == sorted(train.row(u).tolist())
         assert np.all(np.diff(scores[r, row]) <= 1e-4)
+
+
+# --------------------------------------------------------------------------------------------- ALS
+def _als(train, seed=0, **cfg):
+    from test_model_contract import TEACHERS_CFG
+
+    from hetcomp_dist.models.als import ALS
+
+    torch.manual_seed(seed)
+    return ALS(N_USERS, N_ITEMS, dataclasses.replace(TEACHERS_CFG, **cfg), train)
+
+
+def _dense_objective(model, train, alpha, reg) -> float:
+    """The ALS objective over the dense (users, items) matrix: a plain reference for tiny data."""
+    x, y = model.user.detach().double().numpy(), model.item.detach().double().numpy()
+    p = np.zeros((N_USERS, N_ITEMS))
+    for u in range(N_USERS):
+        p[u, train.row(u)] = 1.0
+    c = 1.0 + alpha * p
+    return float((c * (p - x @ y.T) ** 2).sum() + reg * ((x**2).sum() + (y**2).sum()))
+
+
+def test_als_epochs_are_implicit_iterations_continued():
+    """k fit_epochs (one ALS iteration each, from the current factors) = implicit's fit with k iterations,
+    from the same factors, with the confidence 1 + alpha in the matrix; its objective is the dense one."""
+    import scipy.sparse
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    train = tiny_train()
+    model = _als(train, als_alpha=20.0, als_reg=0.5)
+    u0, i0 = model.user.detach().numpy().copy(), model.item.detach().numpy().copy()
+    rng = np.random.default_rng(0)
+    losses = [model.objective(train, 16)]
+    for _ in range(4):
+        losses.append(model.fit_epoch(train, rng, 16, None) * N_USERS)
+        assert losses[-1] == pytest.approx(_dense_objective(model, train, 20.0, 0.5), rel=1e-4)
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:])), losses  # ALS never goes uphill
+    assert losses[-1] < 0.5 * losses[0]
+    matrix = scipy.sparse.csr_matrix(
+        (np.full(len(train.items), 21.0, np.float32), train.items, train.offsets), shape=(N_USERS, N_ITEMS)
+    )
+    with threadpool_limits(1, "blas"):
+        ref = AlternatingLeastSquares(factors=16, regularization=0.5, iterations=4, num_threads=1)
+        ref.user_factors, ref.item_factors = u0, i0
+        ref.fit(matrix, show_progress=False)
+    np.testing.assert_allclose(model.user.detach().numpy(), ref.user_factors, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.item.detach().numpy(), ref.item_factors, rtol=1e-4, atol=1e-5)
+
+
+def test_als_loss_is_the_objective_per_user():
+    train = tiny_train()
+    model = _als(train)
+    model.fit_epoch(train, np.random.default_rng(0), 16, None)
+    blocks = list(model.batches(train, np.random.default_rng(1), 7))
+    assert sorted(np.concatenate([b["user"].numpy() for b in blocks]).tolist()) == list(range(N_USERS))
+    with torch.no_grad():
+        total = sum(float(model.loss(b)) * len(b["user"]) for b in blocks)
+    assert total == pytest.approx(_dense_objective(model, train, model.alpha, model.reg), rel=1e-4)
+    assert model.optimizer_parameters() == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from hetcomp_dist.config import StudentConfig, TeachersConfig
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.models.als import ALS
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.cml import CML
 from hetcomp_dist.models.iae import ItemAE
@@ -24,6 +25,7 @@ TEACHERS: dict[str, type[Recommender]] = {
     "gnn": LightGCN,  # light graph convolution
     "ae": MultVAE,  # user autoencoder (Mult-VAE)
     "iae": ItemAE,  # item autoencoder
+    "als": ALS,  # implicit-feedback ALS (the `implicit` package's solver)
 }
 
 VARIANTS: dict[tuple[str, str], type[Recommender]] = {("ae", "cdae"): CDAE}
