@@ -18,7 +18,7 @@ import yaml
 from hetcomp_dist.errors import InputError
 
 PAPER_TEACHERS = ("mf", "ml", "dnn", "gnn", "ae", "iae")  # the paper's six: the default teachers
-TEACHER_NAMES = (*PAPER_TEACHERS, "als")  # every teacher family the package trains
+TEACHER_NAMES = (*PAPER_TEACHERS, "als", "iknn")  # every teacher family the package trains
 BASELINES = ("rd", "rrd", "mtd", "cldrd", "dcd")  # the paper's comparison methods (METHOD.md §4)
 STUDENT_METHODS = ("hetcomp", "wokd", *BASELINES)
 
@@ -79,8 +79,8 @@ class TeacherTraining:
     """Per-teacher training overrides; 0 (l2: < 0) means "use the shared value in TeachersConfig".
 
     `batch_size` counts what the model's batches hold: train interactions (mf, ml, dnn, gnn), users
-    (ae, als: users per block of its objective) or items (iae); lr and l2 mean nothing to als, which
-    fits itself (one ALS iteration is one epoch).
+    (ae, als: users per block of its objective) or items (iae); lr and l2 mean nothing to als and iknn,
+    which fit themselves (one ALS iteration is one epoch; item-kNN is computed in its one epoch).
     """
 
     lr: float = 0.0
@@ -127,6 +127,7 @@ class TeachersConfig:
     ae_variant: str = "vae"  # vae | cdae
     als_alpha: float = 100.0  # ALS confidence c = 1 + alpha * x for a train interaction (Hu et al. 2008)
     als_reg: float = 30.0  # ALS L2 weight lambda on every factor row (implicit's `regularization`)
+    iknn_k: int = 100  # item-kNN: neighbours kept per item (cosine over the train lists)
     # per-teacher training overrides (see TeacherTraining)
     mf: TeacherTraining = field(default_factory=TeacherTraining)
     ml: TeacherTraining = field(default_factory=TeacherTraining)
@@ -137,6 +138,10 @@ class TeachersConfig:
     # ALS: one epoch is one ALS iteration, and it converges in a few: evaluate and snapshot each
     als: TeacherTraining = field(
         default_factory=lambda: TeacherTraining(max_epochs=50, eval_every=1, snapshot_every=1)
+    )
+    # item-kNN: its one state, computed in one epoch (models/iknn.py says why it has no trajectory)
+    iknn: TeacherTraining = field(
+        default_factory=lambda: TeacherTraining(max_epochs=1, eval_every=1, snapshot_every=1)
     )
 
 
@@ -430,6 +435,11 @@ def validate(cfg: Config, where: str = "config") -> Config:
                 f"{snapshot_every} does not divide eval_every={eval_every}",
                 "every evaluated epoch must have a snapshot (E4 is the best evaluation)",
             )
+    if (cfg.teachers.iknn.max_epochs or cfg.teachers.max_epochs) != 1:
+        raise InputError(
+            f"{where}.teachers.iknn.max_epochs", "must be 1", "item-kNN is computed in one pass (one state)"
+        )
+    positive("teachers.iknn_k", cfg.teachers.iknn_k)
     positive("teachers.als_alpha", cfg.teachers.als_alpha)
     if cfg.teachers.als_reg < 0:
         raise InputError(f"{where}.teachers.als_reg", f"must be >= 0, got {cfg.teachers.als_reg}")

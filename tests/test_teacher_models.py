@@ -2,9 +2,9 @@
 
 For each model: the ranker's top-K never holds a train item and equals a brute-force per-user sort;
 the observed items come back ordered by score. Then the checks of one model: ALS's epochs are the
-`implicit` solver's iterations, its loss the objective it solves. What every model (teacher or student)
-promises -- loss, scores, embeddings, state dict -- is checked once for all in
-tests/test_model_contract.py.
+`implicit` solver's iterations, its loss the objective it solves; item-kNN's scores are its kept cosines
+summed. What every model (teacher or student) promises -- loss, scores, embeddings, state dict -- is
+checked once for all in tests/test_model_contract.py.
 """
 
 from __future__ import annotations
@@ -28,13 +28,10 @@ def case(request):
 
 def test_topk_excludes_train_and_matches_brute_force(case):
     name, _, train, model = case
-    # a few steps so scores are not all near-equal
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for batch in model.batches(train, np.random.default_rng(0), 64):
-        opt.zero_grad()
-        model.loss(batch).backward()
-        opt.step()
-        model.after_step()
+    # an epoch so scores are not all near-equal (a few optimiser steps, or a model's own solver step)
+    params = model.optimizer_parameters()
+    opt = torch.optim.Adam(params, lr=1e-2) if params else None
+    model.fit_epoch(train, np.random.default_rng(0), 64, opt)
     ranker = Ranker(model, train)
     users = np.arange(N_USERS)
     k = 30
@@ -126,3 +123,57 @@ def test_als_loss_is_the_objective_per_user():
         total = sum(float(model.loss(b)) * len(b["user"]) for b in blocks)
     assert total == pytest.approx(_dense_objective(model, train, model.alpha, model.reg), rel=1e-4)
     assert model.optimizer_parameters() == []
+
+
+# ---------------------------------------------------------------------------------------- item-kNN
+def _dense_cosine(train) -> np.ndarray:
+    """(items, items) cosine of the train columns, zero diagonal: a plain reference for tiny data."""
+    x = np.zeros((N_USERS, N_ITEMS))
+    for u in range(N_USERS):
+        x[u, train.row(u)] = 1.0
+    norms = np.sqrt(x.sum(0))
+    cos = (x.T @ x) / np.maximum(np.outer(norms, norms), 1e-12)
+    np.fill_diagonal(cos, 0.0)
+    return cos
+
+
+def _iknn(train, k):
+    from test_model_contract import TEACHERS_CFG
+
+    from hetcomp_dist.models.iknn import ItemKNN
+
+    model = ItemKNN(N_USERS, N_ITEMS, dataclasses.replace(TEACHERS_CFG, iknn_k=k), train)
+    assert model.fit_epoch(train, np.random.default_rng(0), 16, None) == 0.0
+    return model
+
+
+def test_iknn_with_every_neighbour_sums_the_cosines():
+    train = tiny_train()
+    model = _iknn(train, 1000)  # more than the catalogue: every other item is a neighbour
+    cos = _dense_cosine(train)
+    with torch.no_grad():
+        s = model.scores(torch.arange(N_USERS), train).numpy()
+    want = np.stack([cos[train.row(u)].sum(0) for u in range(N_USERS)])
+    np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-5)
+
+
+def test_iknn_keeps_each_items_k_most_similar():
+    train = tiny_train()
+    k = 5
+    model = _iknn(train, k)
+    cos = _dense_cosine(train)
+    nbr, sim = model.neighbours.numpy(), model.similarity.detach().numpy()
+    assert nbr.shape == sim.shape == (N_ITEMS, k)
+    for i in range(N_ITEMS):
+        assert i not in nbr[i] and len(set(nbr[i])) == k
+        np.testing.assert_allclose(sim[i], cos[i, nbr[i]], rtol=1e-5, atol=1e-6)
+        assert np.all(np.diff(sim[i]) <= 1e-6)
+        rest = np.setdiff1d(np.arange(N_ITEMS), [i, *nbr[i]])
+        assert sim[i].min() >= cos[i, rest].max() - 1e-6  # nothing better left out
+    users = torch.tensor([0, 1, 8, 9])
+    with torch.no_grad():
+        s = model.scores(users, train).numpy()
+    dense = np.zeros((N_ITEMS, N_ITEMS))
+    np.put_along_axis(dense, nbr.astype(np.int64), sim, axis=1)
+    want = np.stack([dense[train.row(u)].sum(0) for u in users.tolist()])
+    np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-6)

@@ -297,7 +297,7 @@ def popularity_valid(run: str, k: int = 50) -> dict:
     return brute_force_metrics(top, valid)
 
 
-@pytest.mark.parametrize("name", ["als"])
+@pytest.mark.parametrize("name", ["als", "iknn"])
 def test_self_fitted_teacher_in_process(tmp_path, synth_run, name):
     """A teacher with its own solver runs the same stage in-process: E1..E4, exports, metrics, a valid
     R@50 above item popularity's; an export redone from its checkpoint (no optimiser state) is the same."""
@@ -336,3 +336,8 @@ def test_family_fields_change_only_their_teacher():
     assert base.teachers.names == ("mf", "ml", "dnn", "gnn", "ae", "iae")  # the paper's six by default
     with pytest.raises(InputError, match="als_alpha"):
         load_config(None, ["teachers.als_alpha=0"])
+    assert teacher_hash(base, "iknn", "data") != teacher_hash(
+        load_config(None, ["teachers.iknn_k=10"]), "iknn", "data"
+    )
+    with pytest.raises(InputError, match="iknn.max_epochs"):
+        load_config(None, ["teachers.iknn.max_epochs=3"])

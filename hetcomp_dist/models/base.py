@@ -20,20 +20,21 @@ from hetcomp_dist.data.dataset import CSR
 
 
 class Recommender(torch.nn.Module, abc.ABC):
-    """Base class: subclasses set ``n_users``/``n_items`` and implement the four methods below."""
+    """Base class: subclasses set ``n_users``/``n_items`` and implement `scores`, and either `batches` and
+    `loss` (trained by gradient, the default `fit_epoch`) or their own `fit_epoch`."""
 
     n_users: int
     n_items: int
 
-    @abc.abstractmethod
     def batches(
         self, train: CSR, rng: np.random.Generator, batch_size: int
     ) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of training batches for the model's own base loss (BPR triples, user rows, ...)."""
+        raise NotImplementedError(f"{type(self).__name__} has no batches: it fits itself in fit_epoch")
 
-    @abc.abstractmethod
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scalar base loss of one batch from `batches`."""
+        raise NotImplementedError(f"{type(self).__name__} has no loss: it fits itself in fit_epoch")
 
     @abc.abstractmethod
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:

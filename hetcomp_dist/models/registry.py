@@ -12,6 +12,7 @@ from hetcomp_dist.models.als import ALS
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.cml import CML
 from hetcomp_dist.models.iae import ItemAE
+from hetcomp_dist.models.iknn import ItemKNN
 from hetcomp_dist.models.lightgcn import LightGCN
 from hetcomp_dist.models.mf import MF
 from hetcomp_dist.models.neumf import NeuMF
@@ -26,6 +27,7 @@ TEACHERS: dict[str, type[Recommender]] = {
     "ae": MultVAE,  # user autoencoder (Mult-VAE)
     "iae": ItemAE,  # item autoencoder
     "als": ALS,  # implicit-feedback ALS (the `implicit` package's solver)
+    "iknn": ItemKNN,  # item-based kNN, cosine similarity
 }
 
 VARIANTS: dict[tuple[str, str], type[Recommender]] = {("ae", "cdae"): CDAE}

@@ -1,7 +1,7 @@
 """The teacher training loop: epochs, validation every few epochs, early stopping, snapshots, resume.
 
 Pure torch; no Ray. An epoch is the model's `fit_epoch`: Adam steps over its batches for the
-gradient-trained models, one solver iteration for a model that fits itself (ALS). Protocol (METHOD.md
+gradient-trained models, a solver step for a model that fits itself (ALS, item-kNN). Protocol (METHOD.md
 §1): evaluate on **valid** every `eval_every` epochs, keep the best valid R@50, stop after `patience`
 evaluations without improvement or at `max_epochs`. A snapshot
 (weights only) is saved every `snapshot_every` epochs -- every evaluated epoch has one, so the best

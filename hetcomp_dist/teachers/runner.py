@@ -40,10 +40,11 @@ _NEUTRAL = (
     "ae",
     "iae",
     "als",
+    "iknn",
 )
 # model fields only their own family reads: kept out of the other teachers' hashes, so that setting
 # them never retrains a teacher that does not use them
-_FAMILY_FIELDS = {"als": ("als_alpha", "als_reg")}
+_FAMILY_FIELDS = {"als": ("als_alpha", "als_reg"), "iknn": ("iknn_k",)}
 
 
 def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
