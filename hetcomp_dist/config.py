@@ -244,6 +244,20 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """The report's small-model baseline: implicit's ALS at the student's and at the teachers' dimension,
+    each dimension's setting picked on valid R@50 by a small grid (report/als_baseline.py)."""
+
+    als_baseline: bool = True  # computed by the report stage of `hetcomp-dist run`
+    als_dims: tuple[int, ...] = ()  # () = (student.dim, teachers.dim)
+    als_alphas: tuple[float, ...] = (10.0, 40.0, 100.0)  # confidence 1 + alpha (teachers.als_alpha)
+    als_regs: tuple[float, ...] = (0.1, 3.0, 30.0)  # L2 weight (teachers.als_reg)
+    als_iterations: int = 15  # most ALS iterations of one grid point
+    als_eval_every: int = 5  # iterations between its valid evaluations (the last one is always evaluated)
+    als_patience: int = 1  # evaluations without a better valid R@50 before a grid point stops
+
+
+@dataclass(frozen=True)
 class Config:
     run: str = "runs/default"  # RUN: local path or s3:// / gs:// URI
     data: DataConfig = field(default_factory=DataConfig)
@@ -254,6 +268,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -484,6 +499,17 @@ def validate(cfg: Config, where: str = "config") -> Config:
             f"max_epochs={st.max_epochs}",
             "the candidates are compared at an evaluation",
         )
+    r = cfg.report
+    if not r.als_alphas or not r.als_regs:
+        raise InputError(f"{where}.report.als_alphas", "the ALS grid needs at least one alpha and one reg")
+    for name in ("als_iterations", "als_eval_every", "als_patience"):
+        positive(f"report.{name}", getattr(r, name))
+    for i, d in enumerate(r.als_dims):
+        positive(f"report.als_dims[{i}]", d)
+    for i, a in enumerate(r.als_alphas):
+        positive(f"report.als_alphas[{i}]", a)
+    if min(r.als_regs) < 0:
+        raise InputError(f"{where}.report.als_regs", f"every reg must be >= 0, got {list(r.als_regs)}")
     if cfg.knowledge.topk < cfg.knowledge.d_k:
         raise InputError(f"{where}.knowledge.topk", "must be >= knowledge.d_k")
     return cfg

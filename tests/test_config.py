@@ -50,6 +50,12 @@ def test_yaml_and_overrides(tmp_path):
         ("knowledge.weights=[1, 2, 3]", "config.knowledge.weights"),
         ("nosection.key=1", "config.nosection"),
         ("student.use_gpu=1", "config.student.use_gpu"),
+        ("teachers.iknn_k=0", "config.teachers.iknn_k"),
+        ("teachers.als_reg=-1", "config.teachers.als_reg"),
+        ("report.als_alphas=[]", "config.report.als_alphas"),
+        ("report.als_regs=[1, -1]", "config.report.als_regs"),
+        ("report.als_iterations=0", "config.report.als_iterations"),
+        ("report.als_dims=[6, 0]", "config.report.als_dims[1]"),
     ],
 )
 def test_bad_values_name_the_field(override, field):
