@@ -9,13 +9,16 @@ import json
 from hetcomp_dist.cli.ensemble import config_from_args
 from hetcomp_dist.data.dataset import load_manifest
 
-HELP = "Train the six teachers in parallel (Ray actors) and export their trajectories"
+HELP = "Train the teachers in parallel (Ray actors) and export their trajectories"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="RUN folder or URI (its data stage must be committed)")
     p.add_argument("--config", help="YAML config file (every field optional; defaults are the paper's)")
-    p.add_argument("--teachers", help="comma-separated subset, e.g. mf,ml (default: all six)")
+    p.add_argument(
+        "--teachers",
+        help="comma-separated names, e.g. mf,ml,als,iknn (default: teachers.names, the paper's six)",
+    )
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. teachers.mf.lr=0.005"
     )
