@@ -20,7 +20,8 @@ import yaml
 
 from hetcomp_dist.errors import InputError
 
-TEACHER_NAMES = ("mf", "ml", "dnn", "gnn", "ae", "iae")
+PAPER_TEACHERS = ("mf", "ml", "dnn", "gnn", "ae", "iae")  # the paper's six: the default teachers
+TEACHER_NAMES = (*PAPER_TEACHERS, "als", "iknn")  # every teacher family the package trains
 # any other name in teachers.names is a teacher imported into the run (`hetcomp-dist teachers import`)
 IMPORTED_TEACHER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 BASELINES = ("rd", "rrd", "mtd", "cldrd", "dcd")  # the paper's comparison methods (METHOD.md §4)
@@ -142,7 +143,8 @@ class TeacherTraining:
     """Per-teacher training overrides; 0 (l2: < 0) means "use the shared value in TeachersConfig".
 
     `batch_size` counts what the model's batches hold: train interactions (mf, ml, dnn, gnn), users
-    (ae) or items (iae).
+    (ae, als: users per block of its objective) or items (iae); lr and l2 mean nothing to als and iknn,
+    which fit themselves (one ALS iteration is one epoch; item-kNN is computed in its one epoch).
     """
 
     lr: float = ranged(0.0, SHARED)
@@ -157,7 +159,7 @@ class TeacherTraining:
 class TeachersConfig:
     """Teachers (METHOD.md §2); one Ray actor each."""
 
-    names: tuple[str, ...] = TEACHER_NAMES
+    names: tuple[str, ...] = PAPER_TEACHERS  # any of TEACHER_NAMES, or an imported teacher
     dim: int = ranged(64, COUNT)
     topk: int = ranged(100, COUNT)  # K of the exported trajectory
     lr: float = ranged(1e-3, POSITIVE)
@@ -191,6 +193,13 @@ class TeachersConfig:
     ae_beta: float = ranged(0.2, NON_NEGATIVE)
     ae_anneal_steps: int = ranged(20_000, NON_NEGATIVE)
     ae_variant: str = "vae"  # vae | cdae
+    als_alpha: float = ranged(
+        100.0, POSITIVE
+    )  # ALS confidence c = 1 + alpha * x for a train interaction (Hu et al. 2008)
+    als_reg: float = ranged(
+        30.0, NON_NEGATIVE
+    )  # ALS L2 weight lambda on every factor row (implicit's `regularization`)
+    iknn_k: int = ranged(100, COUNT)  # item-kNN: neighbours kept per item (cosine over the train lists)
     # per-teacher training overrides (see TeacherTraining)
     mf: TeacherTraining = field(default_factory=TeacherTraining)
     ml: TeacherTraining = field(default_factory=TeacherTraining)
@@ -198,6 +207,14 @@ class TeachersConfig:
     gnn: TeacherTraining = field(default_factory=TeacherTraining)
     ae: TeacherTraining = field(default_factory=TeacherTraining)
     iae: TeacherTraining = field(default_factory=TeacherTraining)
+    # ALS: one epoch is one ALS iteration, and it converges in a few: evaluate and snapshot each
+    als: TeacherTraining = field(
+        default_factory=lambda: TeacherTraining(max_epochs=50, eval_every=1, snapshot_every=1)
+    )
+    # item-kNN: its one state, computed in one epoch (models/iknn.py says why it has no trajectory)
+    iknn: TeacherTraining = field(
+        default_factory=lambda: TeacherTraining(max_epochs=1, eval_every=1, snapshot_every=1)
+    )
 
 
 @dataclass(frozen=True)
@@ -314,6 +331,24 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """The report's small-model baseline: implicit's ALS at the student's and at the teachers' dimension,
+    each dimension's setting picked on valid R@50 by a small grid (report/als_baseline.py)."""
+
+    als_baseline: bool = True  # computed by the report stage of `hetcomp-dist run`
+    als_dims: tuple[int, ...] = ranged((), COUNT)  # () = (student.dim, teachers.dim)
+    als_alphas: tuple[float, ...] = ranged(
+        (10.0, 40.0, 100.0), POSITIVE
+    )  # confidence 1 + alpha (teachers.als_alpha)
+    als_regs: tuple[float, ...] = ranged((0.1, 3.0, 30.0), NON_NEGATIVE)  # L2 weight (teachers.als_reg)
+    als_iterations: int = ranged(15, COUNT)  # most ALS iterations of one grid point
+    als_eval_every: int = ranged(
+        5, COUNT
+    )  # iterations between its valid evaluations (the last one is always evaluated)
+    als_patience: int = ranged(1, COUNT)  # evaluations without a better valid R@50 before a grid point stops
+
+
+@dataclass(frozen=True)
 class Config:
     run: str = "runs/default"  # RUN: local path or s3:// / gs:// URI
     data: DataConfig = field(default_factory=DataConfig)
@@ -324,6 +359,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -369,14 +405,22 @@ def _check(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type, data: Mapping[str, Any], where: str = "config") -> Any:
-    """Builds dataclass `cls` from a nested mapping, type-checking every field; unknown keys fail."""
+    """Builds dataclass `cls` from a nested mapping, type-checking every field; unknown keys fail.
+
+    A nested section sets only the keys it gives over its field's default (``teachers.als: {max_epochs:
+    30}`` keeps the ALS section's other defaults).
+    """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in hints:
-            raise InputError(f"{where}.{key}", "unknown key", f"valid keys: {', '.join(names)}")
+            raise InputError(f"{where}.{key}", "unknown key", f"valid keys: {', '.join(fields)}")
         kwargs[key] = _check(value, hints[key], f"{where}.{key}")
+        default = fields[key].default_factory
+        if dataclasses.is_dataclass(hints[key]) and default is not dataclasses.MISSING:
+            given = {k: getattr(kwargs[key], k) for k in value}
+            kwargs[key] = dataclasses.replace(default(), **given)
     return validate(cls(**kwargs), where) if cls is Config else cls(**kwargs)
 
 
@@ -551,6 +595,10 @@ def validate(cfg: Config, where: str = "config") -> Config:
                 f"{snapshot_every} does not divide eval_every={eval_every}",
                 "every evaluated epoch must have a snapshot (E4 is the best evaluation)",
             )
+    if (t.iknn.max_epochs or t.max_epochs) != 1:
+        raise InputError(
+            f"{where}.teachers.iknn.max_epochs", "must be 1", "item-kNN is computed in one pass (one state)"
+        )
     k = cfg.knowledge
     choice("knowledge.d_variant", k.d_variant, ("code", "paper"))
     choice("knowledge.move_rule", k.move_rule, ("code", "paper"))
@@ -613,4 +661,6 @@ def validate(cfg: Config, where: str = "config") -> Config:
             f"must be >= 3 x lease_heartbeat_s = {3 * p.lease_heartbeat_s:g}, got {p.lease_timeout_s}",
             "a live holder would otherwise look gone between two heartbeats",
         )
+    if not cfg.report.als_alphas or not cfg.report.als_regs:
+        raise InputError(f"{where}.report.als_alphas", "the ALS grid needs at least one alpha and one reg")
     return cfg

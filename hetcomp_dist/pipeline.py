@@ -99,7 +99,11 @@ def _run_stages(cfg: Config, stages: tuple[str, ...]) -> str:
                         method,
                         model,
                         res,
-                        {"best_epoch": res.get("best_epoch"), "wall_s": res.get("wall_s")},
+                        {
+                            "best_epoch": res.get("best_epoch"),
+                            "wall_s": res.get("wall_s"),
+                            "n_params": res.get("n_params"),
+                        },
                     )
                     log("pipeline", f"student {method}-{model}: test {res['test']}")
     out = RunLayout(cfg.run).report
@@ -110,6 +114,12 @@ def _run_stages(cfg: Config, stages: tuple[str, ...]) -> str:
                 from hetcomp_dist.report.cost import inference_cost
 
                 cost = inference_cost(cfg.run, cfg)
-            out = report.write_report(cfg.run, cfg.teachers.names, None, cost)  # stage times: _timed
+            als = None
+            if cfg.report.als_baseline:
+                from hetcomp_dist.report.als_baseline import als_baseline
+
+                als = als_baseline(cfg.run, cfg)
+            # stage times: _timed
+            out = report.write_report(cfg.run, cfg.teachers.names, None, cost, als)
     log("pipeline", f"done in {time.perf_counter() - t_all:.1f}s; report: {RunLayout(cfg.run).report_md}")
     return out

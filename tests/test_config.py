@@ -55,6 +55,12 @@ def test_yaml_and_overrides(tmp_path):
         ("nosection.key=1", "config.nosection"),
         ("student.use_gpu=1", "config.student.use_gpu"),
         ("student.lambda_grid=[0.1, 1", "override student.lambda_grid"),
+        ("teachers.iknn_k=0", "config.teachers.iknn_k"),
+        ("teachers.als_reg=-1", "config.teachers.als_reg"),
+        ("report.als_alphas=[]", "config.report.als_alphas"),
+        ("report.als_regs=[1, -1]", "config.report.als_regs"),
+        ("report.als_iterations=0", "config.report.als_iterations"),
+        ("report.als_dims=[6, 0]", "config.report.als_dims[1]"),
     ],
 )
 def test_bad_values_name_the_field(override, field):

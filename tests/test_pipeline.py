@@ -124,3 +124,22 @@ def test_every_stage_records_its_config_and_environment(piped):
         assert env["python"] and env["cpu"] and "threads" in env
     env = storage.read_manifest(student)["environment"]
     assert env["threads"]["torch"] >= 1 and env["torch_cpu_capability"] and env["device"] == "cpu"
+
+
+def test_report_has_the_als_baseline_beside_the_student(piped, capsys):
+    """The report stage adds ALS at the student's and the teachers' dimension to the student's table; a
+    rerun of the report reuses them."""
+    cfg, layout = piped
+    rep = json.loads(storage.read_bytes(layout.report_json))
+    rows = rep["als_baseline"]
+    assert [r["dim"] for r in rows] == [cfg.student.dim, cfg.teachers.dim]
+    for r in rows:
+        assert (r["alpha"], r["reg"]) in {(a, g) for a in cfg.report.als_alphas for g in cfg.report.als_regs}
+        assert 0 < r["iterations"] <= cfg.report.als_iterations and r["wall_s"] > 0
+        assert 0.0 < r["test"]["R@50"] <= 1.0
+    md = storage.read_bytes(layout.report_md).decode()
+    table = md.split("## Student: MF")[1].split("\n\n")[1]
+    assert f"| ALS d={cfg.student.dim} (" in table and f"| ALS d={cfg.teachers.dim} (" in table
+    run_pipeline(cfg, ("report",))
+    assert "ALS baseline is up to date" in capsys.readouterr().err
+    assert json.loads(storage.read_bytes(layout.report_json))["als_baseline"] == rows

@@ -1,11 +1,15 @@
 """The teachers stage's trajectory ranker over every teacher model (and the CDAE variant of the AE).
 
 For each model: the ranker's top-K never holds a train item and equals a brute-force per-user sort;
-the observed items come back ordered by score. What every model (teacher or student) promises -- loss,
-scores, embeddings, state dict -- is checked once for all in tests/test_model_contract.py.
+the observed items come back ordered by score. Then the checks of one model: ALS's epochs are the
+`implicit` solver's iterations, its loss the objective it solves; item-kNN's scores are its kept cosines
+summed. What every model (teacher or student) promises -- loss, scores, embeddings, state dict -- is
+checked once for all in tests/test_model_contract.py.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -24,13 +28,10 @@ def case(request):
 
 def test_topk_excludes_train_and_matches_brute_force(case):
     name, _, train, model = case
-    # a few steps so scores are not all near-equal
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for batch in model.batches(train, np.random.default_rng(0), 64):
-        opt.zero_grad()
-        model.loss(batch).backward()
-        opt.step()
-        model.after_step()
+    # an epoch so scores are not all near-equal (a few optimiser steps, or a model's own solver step)
+    params = model.optimizer_parameters()
+    opt = torch.optim.Adam(params, lr=1e-2) if params else None
+    model.fit_epoch(train, np.random.default_rng(0), 64, opt)
     ranker = Ranker(model, train)
     users = np.arange(N_USERS)
     k = 30
@@ -62,3 +63,117 @@ def test_observed_order(case):
         row = ordered.items[ordered.offsets[r] : ordered.offsets[r + 1]]
         assert sorted(row.tolist()) == sorted(train.row(u).tolist())
         assert np.all(np.diff(scores[r, row]) <= 1e-4)
+
+
+# --------------------------------------------------------------------------------------------- ALS
+def _als(train, seed=0, **cfg):
+    from test_model_contract import TEACHERS_CFG
+
+    from hetcomp_dist.models.als import ALS
+
+    torch.manual_seed(seed)
+    return ALS(N_USERS, N_ITEMS, dataclasses.replace(TEACHERS_CFG, **cfg), train)
+
+
+def _dense_objective(model, train, alpha, reg) -> float:
+    """The ALS objective over the dense (users, items) matrix: a plain reference for tiny data."""
+    x, y = model.user.detach().double().numpy(), model.item.detach().double().numpy()
+    p = np.zeros((N_USERS, N_ITEMS))
+    for u in range(N_USERS):
+        p[u, train.row(u)] = 1.0
+    c = 1.0 + alpha * p
+    return float((c * (p - x @ y.T) ** 2).sum() + reg * ((x**2).sum() + (y**2).sum()))
+
+
+def test_als_epochs_are_implicit_iterations_continued():
+    """k fit_epochs (one ALS iteration each, from the current factors) = implicit's fit with k iterations,
+    from the same factors, with the confidence 1 + alpha in the matrix; its objective is the dense one."""
+    import scipy.sparse
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    train = tiny_train()
+    model = _als(train, als_alpha=20.0, als_reg=0.5)
+    u0, i0 = model.user.detach().numpy().copy(), model.item.detach().numpy().copy()
+    rng = np.random.default_rng(0)
+    losses = [model.objective(train, 16)]
+    for _ in range(4):
+        losses.append(model.fit_epoch(train, rng, 16, None) * N_USERS)
+        assert losses[-1] == pytest.approx(_dense_objective(model, train, 20.0, 0.5), rel=1e-4)
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:])), losses  # ALS never goes uphill
+    assert losses[-1] < 0.5 * losses[0]
+    matrix = scipy.sparse.csr_matrix(
+        (np.full(len(train.items), 21.0, np.float32), train.items, train.offsets), shape=(N_USERS, N_ITEMS)
+    )
+    with threadpool_limits(1, "blas"):
+        ref = AlternatingLeastSquares(factors=16, regularization=0.5, iterations=4, num_threads=1)
+        ref.user_factors, ref.item_factors = u0, i0
+        ref.fit(matrix, show_progress=False)
+    np.testing.assert_allclose(model.user.detach().numpy(), ref.user_factors, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.item.detach().numpy(), ref.item_factors, rtol=1e-4, atol=1e-5)
+
+
+def test_als_loss_is_the_objective_per_user():
+    train = tiny_train()
+    model = _als(train)
+    model.fit_epoch(train, np.random.default_rng(0), 16, None)
+    blocks = list(model.batches(train, np.random.default_rng(1), 7))
+    assert sorted(np.concatenate([b["user"].numpy() for b in blocks]).tolist()) == list(range(N_USERS))
+    with torch.no_grad():
+        total = sum(float(model.loss(b)) * len(b["user"]) for b in blocks)
+    assert total == pytest.approx(_dense_objective(model, train, model.alpha, model.reg), rel=1e-4)
+    assert model.optimizer_parameters() == []
+
+
+# ---------------------------------------------------------------------------------------- item-kNN
+def _dense_cosine(train) -> np.ndarray:
+    """(items, items) cosine of the train columns, zero diagonal: a plain reference for tiny data."""
+    x = np.zeros((N_USERS, N_ITEMS))
+    for u in range(N_USERS):
+        x[u, train.row(u)] = 1.0
+    norms = np.sqrt(x.sum(0))
+    cos = (x.T @ x) / np.maximum(np.outer(norms, norms), 1e-12)
+    np.fill_diagonal(cos, 0.0)
+    return cos
+
+
+def _iknn(train, k):
+    from test_model_contract import TEACHERS_CFG
+
+    from hetcomp_dist.models.iknn import ItemKNN
+
+    model = ItemKNN(N_USERS, N_ITEMS, dataclasses.replace(TEACHERS_CFG, iknn_k=k), train)
+    assert model.fit_epoch(train, np.random.default_rng(0), 16, None) == 0.0
+    return model
+
+
+def test_iknn_with_every_neighbour_sums_the_cosines():
+    train = tiny_train()
+    model = _iknn(train, 1000)  # more than the catalogue: every other item is a neighbour
+    cos = _dense_cosine(train)
+    with torch.no_grad():
+        s = model.scores(torch.arange(N_USERS), train).numpy()
+    want = np.stack([cos[train.row(u)].sum(0) for u in range(N_USERS)])
+    np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-5)
+
+
+def test_iknn_keeps_each_items_k_most_similar():
+    train = tiny_train()
+    k = 5
+    model = _iknn(train, k)
+    cos = _dense_cosine(train)
+    nbr, sim = model.neighbours.numpy(), model.similarity.detach().numpy()
+    assert nbr.shape == sim.shape == (N_ITEMS, k)
+    for i in range(N_ITEMS):
+        assert i not in nbr[i] and len(set(nbr[i])) == k
+        np.testing.assert_allclose(sim[i], cos[i, nbr[i]], rtol=1e-5, atol=1e-6)
+        assert np.all(np.diff(sim[i]) <= 1e-6)
+        rest = np.setdiff1d(np.arange(N_ITEMS), [i, *nbr[i]])
+        assert sim[i].min() >= cos[i, rest].max() - 1e-6  # nothing better left out
+    users = torch.tensor([0, 1, 8, 9])
+    with torch.no_grad():
+        s = model.scores(users, train).numpy()
+    dense = np.zeros((N_ITEMS, N_ITEMS))
+    np.put_along_axis(dense, nbr.astype(np.int64), sim, axis=1)
+    want = np.stack([dense[train.row(u)].sum(0) for u in users.tolist()])
+    np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-6)

@@ -286,3 +286,58 @@ def test_per_teacher_overrides_resolve_and_validate():
         load_config(None, ["teachers.ml.eval_every=15"])  # no snapshot at an evaluated epoch
     with pytest.raises(InputError, match="unknown key"):
         load_config(None, ["teachers.mf.momentum=0.9"])
+
+
+def popularity_valid(run: str, k: int = 50) -> dict:
+    """Valid metrics of ranking every user's unobserved items by train popularity (ties: smaller id)."""
+    data = load_manifest(run)
+    train, valid, test = (user_lists(run, s) for s in ("train", "valid", "test"))
+    pop = np.bincount(load_split(run, "train").items, minlength=data["n_items"]).astype(float)
+    top = brute_force_topk(np.tile(pop, (data["n_users"], 1)), [a | b for a, b in zip(train, test)], k)
+    return brute_force_metrics(top, valid)
+
+
+@pytest.mark.parametrize("name", ["als", "iknn"])
+def test_self_fitted_teacher_in_process(tmp_path, synth_run, name):
+    """A teacher with its own solver runs the same stage in-process: E1..E4, exports, metrics, a valid
+    R@50 above item popularity's; an export redone from its checkpoint (no optimiser state) is the same."""
+    run = copy_run(synth_run, tmp_path / "run")
+    cfg = tiny_config(run, names=(name,))
+    layout = RunLayout(run)
+    man = run_teacher(run, cfg, name)
+    check_trajectory(run, name)
+    metrics = storage.read_json(layout.teacher_metrics(name))
+    assert metrics["stop"] in ("early", "max_epochs") and metrics["epochs"] >= man["convergence_epoch"]
+    assert all(np.isfinite(h["loss"]) for h in metrics["history"])
+    assert man["valid"]["R@50"] > popularity_valid(run)["R@50"] + 0.02, (man["valid"], popularity_valid(run))
+    data = load_manifest(run)
+    before = read_lists(layout.teacher_state(name, 4), data["n_users"], data["shard_size"])
+    os.remove(storage.manifest_path(layout.teacher(name)))  # as if the actor died while exporting
+    again = run_teacher(run, cfg, name)
+    assert again["state_epochs"] == man["state_epochs"] and again["test"] == man["test"]
+    assert read_lists(layout.teacher_state(name, 4), data["n_users"], data["shard_size"]) == before
+
+
+def test_family_fields_change_only_their_teacher():
+    """Setting the ALS fields retrains ALS, never a teacher that does not read them; an override of one
+    key of a family's section keeps the section's other defaults."""
+    from hetcomp_dist.config import load_config
+    from hetcomp_dist.teachers.fit import resolve
+    from hetcomp_dist.teachers.runner import teacher_hash
+
+    base = load_config(None, [])
+    other = load_config(None, ["teachers.als_alpha=5", "teachers.als_reg=0.1", "teachers.als.max_epochs=30"])
+    for name in base.teachers.names:
+        assert teacher_hash(base, name, "data") == teacher_hash(other, name, "data"), name
+    assert teacher_hash(base, "als", "data") != teacher_hash(other, "als", "data")
+    als, _ = resolve(other.teachers, "als")
+    assert (als.max_epochs, als.eval_every, als.snapshot_every) == (30, 1, 1)
+    assert load_config(None, ["teachers.names=[mf, als]"]).teachers.names == ("mf", "als")
+    assert base.teachers.names == ("mf", "ml", "dnn", "gnn", "ae", "iae")  # the paper's six by default
+    with pytest.raises(InputError, match="als_alpha"):
+        load_config(None, ["teachers.als_alpha=0"])
+    assert teacher_hash(base, "iknn", "data") != teacher_hash(
+        load_config(None, ["teachers.iknn_k=10"]), "iknn", "data"
+    )
+    with pytest.raises(InputError, match="iknn.max_epochs"):
+        load_config(None, ["teachers.iknn.max_epochs=3"])

@@ -16,7 +16,7 @@ HELP = "Train the teachers in parallel (Ray actors) and export their trajectorie
 ACTIONS = ("train", "import")
 USAGE = """actions:
   hetcomp-dist teachers [train] --run RUN [--teachers mf,ml,...] [key=value ...]
-      train the built-in teachers of teachers.names (default: all six); committed ones are skipped
+      train the built-in teachers of teachers.names (default: teachers.names); committed ones are skipped
   hetcomp-dist teachers import --run RUN --name NAME --states U1,U2,U3,U4 [--observed U]
       import a teacher's E1..E4 rankings: Parquet files (local paths or URIs) of `user` (raw id) and
       `items` (list of raw item ids, best first, at least knowledge.topk outside the user's train
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--run", required=True, help="RUN folder or URI (its data stage must be committed)")
     p.add_argument("--config", help="YAML config file (every field optional; defaults are the paper's)")
-    p.add_argument("--teachers", help="train: comma-separated subset, e.g. mf,ml (default: all six)")
+    p.add_argument("--teachers", help="train: comma-separated subset, e.g. mf,ml (default: teachers.names)")
     p.add_argument("--name", help="import: the teacher's name in teachers.names (not a built-in one)")
     p.add_argument("--states", help="import: the four state files E1..E4, comma-separated")
     p.add_argument("--observed", help="import: the observed-order file (default: the E4 file)")

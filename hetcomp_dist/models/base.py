@@ -1,8 +1,10 @@
 """The contract every recommender implements (teachers and students alike).
 
 A model is a plain ``torch.nn.Module`` -- it knows nothing of Ray or DDP. Training code calls
-``batches`` to draw one epoch of model-specific batches from the train lists, ``loss`` on each, and
-ranks with ``scores`` (any model) or ``embeddings`` (dot-product / distance models, for FAISS).
+``fit_epoch`` once per epoch: by default it draws the epoch's model-specific batches from the train
+lists (``batches``), takes an optimiser step on each one's ``loss``. A model with its own solver (ALS,
+item-kNN) overrides ``fit_epoch`` and returns no ``optimizer_parameters``. Every model ranks with
+``scores`` (any model) or ``embeddings`` (dot-product / distance models, for FAISS).
 """
 
 from __future__ import annotations
@@ -18,20 +20,21 @@ from hetcomp_dist.data.dataset import CSR
 
 
 class Recommender(torch.nn.Module, abc.ABC):
-    """Base class: subclasses set ``n_users``/``n_items`` and implement the four methods below."""
+    """Base class: subclasses set ``n_users``/``n_items`` and implement `scores`, and either `batches` and
+    `loss` (trained by gradient, the default `fit_epoch`) or their own `fit_epoch`."""
 
     n_users: int
     n_items: int
 
-    @abc.abstractmethod
     def batches(
         self, train: CSR, rng: np.random.Generator, batch_size: int
     ) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of training batches for the model's own base loss (BPR triples, user rows, ...)."""
+        raise NotImplementedError(f"{type(self).__name__} has no batches: it fits itself in fit_epoch")
 
-    @abc.abstractmethod
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scalar base loss of one batch from `batches`."""
+        raise NotImplementedError(f"{type(self).__name__} has no loss: it fits itself in fit_epoch")
 
     @abc.abstractmethod
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
@@ -44,6 +47,34 @@ class Recommender(torch.nn.Module, abc.ABC):
         """(user (n_users, d), item (n_items, d), metric "ip"|"l2") when scores are a dot product or a
         negative squared distance, so FAISS can retrieve; None otherwise."""
         return None
+
+    def optimizer_parameters(self) -> list[torch.nn.Parameter]:
+        """What the training loop's optimiser updates; [] for a model that fits itself in `fit_epoch`."""
+        return list(self.parameters())
+
+    def fit_epoch(
+        self,
+        train: CSR,
+        rng: np.random.Generator,
+        batch_size: int,
+        optimizer: torch.optim.Optimizer | None,
+    ) -> float:
+        """One training epoch; returns its mean loss (0.0 for a model without one).
+
+        The default: one `optimizer` step on the `loss` of every batch of `batches`, then `after_step`.
+        `optimizer` is None when `optimizer_parameters` is empty.
+        """
+        device = next(self.parameters()).device
+        total, steps = 0.0, 0
+        for batch in self.batches(train, rng, batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss = self.loss(batch if device.type == "cpu" else {k: v.to(device) for k, v in batch.items()})
+            loss.backward()
+            optimizer.step()
+            self.after_step()
+            total += float(loss.detach())
+            steps += 1
+        return total / max(steps, 1)
 
     def after_step(self) -> None:
         """Hook run after each optimiser step (e.g. CML's unit-ball clipping)."""

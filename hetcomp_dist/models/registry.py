@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from hetcomp_dist.config import StudentConfig, TeachersConfig
 from hetcomp_dist.errors import InputError
+from hetcomp_dist.models.als import ALS
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.cml import CML
 from hetcomp_dist.models.iae import ItemAE
+from hetcomp_dist.models.iknn import ItemKNN
 from hetcomp_dist.models.lightgcn import LightGCN
 from hetcomp_dist.models.mf import MF
 from hetcomp_dist.models.neumf import NeuMF
@@ -24,6 +26,8 @@ TEACHERS: dict[str, type[Recommender]] = {
     "gnn": LightGCN,  # light graph convolution
     "ae": MultVAE,  # user autoencoder (Mult-VAE)
     "iae": ItemAE,  # item autoencoder
+    "als": ALS,  # implicit-feedback ALS (the `implicit` package's solver)
+    "iknn": ItemKNN,  # item-based kNN, cosine similarity
 }
 
 VARIANTS: dict[tuple[str, str], type[Recommender]] = {("ae", "cdae"): CDAE}

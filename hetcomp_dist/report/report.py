@@ -55,12 +55,21 @@ def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.4f}"
 
 
-def _table(results: list[dict], student: str, paper: bool, teachers: list[str]) -> list[str]:
+def _als_label(row: Mapping[str, Any]) -> str:
+    return f"ALS d={row['dim']} (α={row['alpha']:g}, λ={row['reg']:g}, {row['iterations']} it.)"
+
+
+def _table(
+    results: list[dict], student: str, paper: bool, teachers: list[str], als: list[dict] | None = None
+) -> list[str]:
+    """One student's table (`student` "-": the ensemble's and the ALS rows only), test split; the last
+    columns are a row's parameters and training wall time where the row records them."""
     by = {(r["method"], r["student"]): r for r in results}
     head = "| method | " + " | ".join(METRICS) + " |"
     if paper:
         head += " paper " + " | paper ".join(METRICS) + " |"
-    lines = [head, "|" + " --- |" * (1 + len(METRICS) * (2 if paper else 1))]
+    head += " params | train (s) |"
+    lines = [head, "|" + " --- |" * (3 + len(METRICS) * (2 if paper else 1))]
 
     def line(label: str, r: dict | None, key: str, pstudent: str) -> None:
         if r is None:
@@ -69,6 +78,8 @@ def _table(results: list[dict], student: str, paper: bool, teachers: list[str]) 
         if paper:
             p = PAPER_CITEULIKE.get(key, {}).get(pstudent)
             cells += [_fmt(v) for v in p] if p else ["—"] * len(METRICS)
+        cells.append(f"{r['n_params']:,}" if r.get("n_params") else "—")
+        cells.append(f"{r['wall_s']:.1f}" if r.get("wall_s") is not None else "—")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     line(LABELS["ensemble"], by.get(("ensemble", "-")), "ensemble", "-")
@@ -78,7 +89,19 @@ def _table(results: list[dict], student: str, paper: bool, teachers: list[str]) 
         line(f"{LABELS['best_teacher']} ({best['method']})", best, "best_teacher", "-")
     for key in ("wokd", *BASELINES, "hetcomp"):
         line(LABELS[key], by.get((key, student)), key, student)
+    for row in als or []:  # the same rows under every student: they do not depend on it
+        line(_als_label(row), {**row, "n_params": row["params"]}, "als", "-")
     return lines
+
+
+def _als_note(als: list[dict]) -> list[str]:
+    grid = ", ".join(f"d={r['dim']}: {len(r['grid'])} settings in {r['search_s']:.1f}s" for r in als)
+    return [
+        "ALS rows: implicit's ALS at dimension d, its confidence 1 + α, L2 weight λ and iterations picked "
+        "on valid R@50 by a small grid (`report.als_*`; "
+        f"{grid}); train (s): the chosen setting's iterations with their validation.",
+        "",
+    ]
 
 
 def render_markdown(
@@ -87,8 +110,10 @@ def render_markdown(
     teachers: list[str],
     stage_times: Mapping[str, float] | None,
     cost: list[dict] | None,
+    als: list[dict] | None = None,
 ) -> str:
     paper = dataset == "citeulike"
+    als = als or []
     students = sorted({r["student"] for r in results if r["student"] != "-"})
     out = [
         "# hetcomp_dist report",
@@ -99,7 +124,9 @@ def render_markdown(
         "",
     ]
     for s in students:
-        out += [f"## Student: {s.upper()} (dimension 6)", ""] + _table(results, s, paper, teachers) + [""]
+        out += (
+            [f"## Student: {s.upper()} (dimension 6)", ""] + _table(results, s, paper, teachers, als) + [""]
+        )
         by = {r["method"]: r for r in results if r["student"] == s}
         base = [by[b] for b in BASELINES if b in by]
         if "hetcomp" in by and base:
@@ -114,6 +141,11 @@ def render_markdown(
                 + ", ".join(f"{m} {g:+.1f}%" for m, g in gains.items()),
                 "",
             ]
+    if als and not students:
+        out += ["## Ensemble and the small-model baseline", ""] + _table(results, "-", paper, teachers, als)
+        out.append("")
+    if als:
+        out += _als_note(als)
     if teachers:
         out += ["## Teachers (test)", "", "| teacher | " + " | ".join(METRICS) + " |", "|" + " --- |" * 5]
         by = {r["method"]: r for r in results if r["student"] == "-"}
@@ -226,8 +258,13 @@ def write_report(
     teachers: list[str] | tuple[str, ...] = (),
     stage_times: Mapping[str, float] | None = None,
     cost: list[dict] | None = None,
+    als: Mapping[str, Any] | None = None,
 ) -> str:
-    """Regenerates RUN/report from every stored result; returns the report folder."""
+    """Regenerates RUN/report from every stored result; returns the report folder.
+
+    `cost` (report/cost.py) and `als` (report/als_baseline.py: {"config_hash", "rows"}) replace the ones
+    stored in RUN/report/meta.json when given; the stored ones are reported otherwise.
+    """
     from hetcomp_dist.data.dataset import load_manifest
 
     source = load_manifest(run).get("source", {})
@@ -244,18 +281,22 @@ def write_report(
         meta["cost"] = cost
     if teachers:
         meta["teachers"] = list(teachers)
+    if als:
+        meta["als_baseline"] = dict(als)
     storage.write_json_atomic(meta_path, meta)
+    als_rows = meta.get("als_baseline", {}).get("rows", [])
     storage.write_json_atomic(
         layout.report_json,
         {
             "dataset": dataset,
             "rows": flat_rows(results),
             "cost": meta.get("cost", []),
+            "als_baseline": als_rows,
             "stage_times": meta.get("stage_times", {}),
         },
     )
     md = render_markdown(
-        results, dataset, meta.get("teachers", []), meta.get("stage_times"), meta.get("cost")
+        results, dataset, meta.get("teachers", []), meta.get("stage_times"), meta.get("cost"), als_rows
     )
     storage.write_bytes_atomic(layout.report_md, md.encode())
     plot_curves(run, layout.curves)

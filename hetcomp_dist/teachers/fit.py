@@ -1,7 +1,9 @@
 """The teacher training loop: epochs, validation every few epochs, early stopping, snapshots, resume.
 
-Pure torch; no Ray. Protocol (METHOD.md §1): evaluate on **valid** every `eval_every` epochs, keep the
-best valid R@50, stop after `patience` evaluations without improvement or at `max_epochs`. A snapshot
+Pure torch; no Ray. An epoch is the model's `fit_epoch`: Adam steps over its batches for the
+gradient-trained models, a solver step for a model that fits itself (ALS, item-kNN). Protocol (METHOD.md
+§1): evaluate on **valid** every `eval_every` epochs, keep the best valid R@50, stop after `patience`
+evaluations without improvement or at `max_epochs`. A snapshot
 (weights only) is saved every `snapshot_every` epochs -- every evaluated epoch has one, so the best
 epoch C does -- and a checkpoint (weights, optimiser, early-stopping state) at the same epochs. Each
 epoch draws its batches from an RNG seeded by (seed, epoch), so a run resumed from a checkpoint
@@ -70,10 +72,6 @@ def _load_torch(path: str) -> Any:
     return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return batch if device.type == "cpu" else {k: v.to(device) for k, v in batch.items()}
-
-
 def _fresh_state(cfg_hash: str) -> dict:
     return {
         "config_hash": cfg_hash,
@@ -126,14 +124,15 @@ def fit(
         {"best_epoch", "best_valid", "history", "snapshots", "epochs", "train_s", "eval_s",
          "resumed_from", "stop"}; the model holds the last epoch's weights.
     """
-    device = next(model.parameters()).device
+    trainable = model.optimizer_parameters()
     # fused Adam: one kernel per parameter instead of one per tensor op, for big item tables on CPU
-    opt = torch.optim.Adam(model.parameters(), lr=params.lr, fused=True)
+    opt = torch.optim.Adam(trainable, lr=params.lr, fused=True) if trainable else None
     ck = load_checkpoint(layout.teacher_checkpoint(name), cfg_hash)
     if ck is not None:
         state = json.loads(ck["state"])
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optim"])
+        if opt is not None:
+            opt.load_state_dict(ck["optim"])
         if not state["done"]:
             state["resumed_from"].append(state["epoch"])
             log(f"teacher {name}", f"resuming from the checkpoint of epoch {state['epoch']}")
@@ -148,18 +147,10 @@ def fit(
         rng = np.random.default_rng([params.seed, epoch])
         torch.manual_seed(params.seed * 1_000_003 + epoch)
         t0 = time.perf_counter()
-        total, steps = 0.0, 0
-        for batch in model.batches(train, rng, params.batch_size):
-            opt.zero_grad(set_to_none=True)
-            loss = model.loss(_to(batch, device))
-            loss.backward()
-            opt.step()
-            model.after_step()
-            total += float(loss.detach())
-            steps += 1
+        loss = model.fit_epoch(train, rng, params.batch_size, opt)
         state["train_s"] += time.perf_counter() - t0
         state["epoch"] = epoch
-        status = {"epoch": epoch, "loss": total / max(steps, 1)}
+        status = {"epoch": epoch, "loss": loss}
         snap = epoch % params.snapshot_every == 0
         if snap:
             _save_torch(layout.teacher_snapshot(name, epoch), model.state_dict())
@@ -195,7 +186,11 @@ def fit(
         if snap or state["done"]:
             _save_torch(
                 layout.teacher_checkpoint(name),
-                {"model": model.state_dict(), "optim": opt.state_dict(), "state": json.dumps(state)},
+                {
+                    "model": model.state_dict(),
+                    "optim": opt.state_dict() if opt is not None else {},
+                    "state": json.dumps(state),
+                },
             )
             for e in prune:
                 remove_file(layout.teacher_snapshot(name, e))
@@ -227,5 +222,9 @@ def fit(
 
 
 def remove_file(path: str) -> None:
+    """Deletes `path` if it exists: a stage redone after a crash may find it deleted already."""
     fs, p = storage.resolve(path)
-    fs.delete_file(p)
+    try:
+        fs.delete_file(p)
+    except FileNotFoundError:
+        pass

@@ -39,13 +39,21 @@ _NEUTRAL = (
     "gnn",
     "ae",
     "iae",
+    "als",
+    "iknn",
 )
+# model fields only their own family reads: kept out of the other teachers' hashes, so that setting
+# them never retrains a teacher that does not use them
+_FAMILY_FIELDS = {"als": ("als_alpha", "als_reg"), "iknn": ("iknn_k",)}
 
 
 def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
     """Config hash of teacher `name`: the data, the shared teacher settings, its own overrides, the
     retrieval settings (an approximate index changes the exported lists)."""
-    shared = {k: v for k, v in dataclasses.asdict(cfg.teachers).items() if k not in _NEUTRAL}
+    foreign = {f for family, fields in _FAMILY_FIELDS.items() if family != name for f in fields}
+    shared = {
+        k: v for k, v in dataclasses.asdict(cfg.teachers).items() if k not in _NEUTRAL and k not in foreign
+    }
     own = dataclasses.asdict(getattr(cfg.teachers, name))
     ev = {
         k: v
