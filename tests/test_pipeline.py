@@ -6,6 +6,7 @@ import pytest
 
 from hetcomp_dist import storage
 from hetcomp_dist.cli.main import main
+from hetcomp_dist.cli.run import DEMO_CONFIG
 from hetcomp_dist.config import load_config
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.pipeline import run_pipeline
@@ -27,7 +28,8 @@ TINY = [
 @pytest.fixture(scope="module")
 def piped(tmp_path_factory, ray_session):
     run = str(tmp_path_factory.mktemp("pipe") / "run")
-    cfg = load_config(None, TINY + [f"run={run}"])
+    # what `hetcomp-dist run` builds on the synthetic data with no --config: the demo's settings + TINY
+    cfg = load_config(DEMO_CONFIG, TINY + [f"run={run}"])
     layout = RunLayout(run)
     assert run_pipeline(cfg) == layout.report
     return cfg, layout
