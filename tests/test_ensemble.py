@@ -85,7 +85,7 @@ def test_ensemble_cli_json(run_cfg, tmp_path, capsys):
         assert set(block) == {"valid", "test"}
         assert set(block["test"]) == {"R@10", "N@10", "R@50", "N@50"}
     # a teacher that was never trained: a clear error, not a crash
-    assert main(["ensemble", "--run", run, "--config", str(path), "--teachers", "mf,gnn", "--json"]) == 2
+    assert main(["ensemble", "--run", run, "--config", str(path), "--teachers", "mf,ml,gnn", "--json"]) == 2
     assert "gnn" in capsys.readouterr().err
 
 

@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import Config, EvalConfig, TeachersConfig, TeacherTraining
+from hetcomp_dist.config import (
+    BaselinesConfig,
+    Config,
+    EvalConfig,
+    KnowledgeConfig,
+    TeachersConfig,
+    TeacherTraining,
+)
 from hetcomp_dist.data.dataset import load_manifest, load_split
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
@@ -58,7 +65,11 @@ def tiny_config(run: str, names=("mf", "ml", "dnn", "gnn", "ae", "iae"), **teach
         iae=TeacherTraining(lr=0.01, batch_size=64),
     )
     t = dataclasses.replace(t, **teachers)
-    return Config(run=run, teachers=t, eval=EvalConfig(batch_size=100))
+    knowledge = KnowledgeConfig(topk=t.topk, d_k=min(KnowledgeConfig().d_k, t.topk))  # reads the lists whole
+    return Config(
+        run=run, teachers=t, eval=EvalConfig(batch_size=100), knowledge=knowledge,
+        baselines=BaselinesConfig(topk=t.topk, cldrd_stages=((5, 5, 5),)),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- independent checks
