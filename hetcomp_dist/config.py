@@ -153,6 +153,7 @@ class TeacherTraining:
     eval_every: int = ranged(0, SHARED)
     snapshot_every: int = ranged(0, SHARED)
     max_epochs: int = ranged(0, SHARED)
+    dim: int = ranged(0, SHARED)  # the model's dimension (e.g. more ALS factors than the others)
 
 
 @dataclass(frozen=True)

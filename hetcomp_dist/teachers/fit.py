@@ -47,7 +47,7 @@ class FitParams:
 
 
 def resolve(cfg: TeachersConfig, name: str) -> tuple[FitParams, TeachersConfig]:
-    """(FitParams, the model's TeachersConfig with its l2 override applied) for teacher `name`."""
+    """(FitParams, the model's TeachersConfig with its l2 and dim overrides applied) for teacher `name`."""
     o = getattr(cfg, name)
     params = FitParams(
         lr=o.lr or cfg.lr,
@@ -58,7 +58,7 @@ def resolve(cfg: TeachersConfig, name: str) -> tuple[FitParams, TeachersConfig]:
         patience=cfg.patience,
         seed=cfg.seed,
     )
-    model_cfg = dataclasses.replace(cfg, l2=o.l2) if o.l2 >= 0 else cfg
+    model_cfg = dataclasses.replace(cfg, l2=o.l2 if o.l2 >= 0 else cfg.l2, dim=o.dim or cfg.dim)
     return params, model_cfg
 
 
