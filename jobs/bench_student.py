@@ -1,7 +1,9 @@
-"""Benchmark of the student: epoch time of the exact HetComp losses, and DDP traffic vs users.
+"""Benchmark of the student: epoch time of the exact HetComp losses (fresh and past the logit clamp),
+the 2-worker DDP speed-up, and DDP traffic vs users.
 
     python jobs/bench_student.py [--workdir DIR] [--citeulike PATH] [--repeats 3] [--threads N]
-                                 [--reference-steps 4] [--skip-ddp] [--ddp-users 10000,100000]
+                                 [--reference-steps 4] [--skip-ddp] [--ddp-epochs 3]
+                                 [--ddp-users 10000,100000]
 
 1. CiteULike size, in-process, one worker (the real CiteULike run when --citeulike exists: 5,219
    users, 25,181 items, ~79k train interactions; else a synthetic run of that size). Knowledge =
@@ -16,17 +18,35 @@
    timed on their first steps (dense: 5 x --reference-steps) and scaled to the epoch's step count.
    Also: an epoch with the sampled tail (4,096 items), and the sampled estimator's bias against the
    exact tail after training (mean of log Ẑ - log Z over a batch) for several sample sizes.
-2. DDP traffic: `train_student` with 2 gloo workers for one epoch on synthetic runs of
+2. Steady state: L_O and L_F epochs once the logit clamp engages, alternating with the fresh ones on
+   the same batches. A copy of the fresh model has its user and item tables scaled alike so that 2 %
+   of (user, item) pairs have ||a_u|| ||c_j|| above the clamp (`STEADY_PAIR_SHARE`). Why scaled rather
+   than trained past the clamp: with random targets the student's norms grow slowly (max ||a|| ||c||
+   by about 1 per epoch), so reaching the clamp would take ~40 epochs of bench time, and past it the
+   tail's cost depends on which blocks of logits *can* clip (the norm bound), not on how many do. The
+   2 % is what an MF student trained on CiteULike with learnable (user-kNN) targets showed once past
+   the clamp: ~0.6 % of pairs at max ||a|| ||c|| = 2.2 x clamp, ~2.7 % at 3.4 x, with 0.003 % and 0.1 %
+   of the logits actually clipped. The scaled state's figures are reported (steady_*).
+3. `ddp2_speedup`: the 1-thread in-process L_O epoch over the 2-worker DDP epoch on the same run
+   (`train_student`, Ray Train, gloo, 2 workers x 1 thread, fresh model, --ddp-epochs + 1 epochs, the
+   first of each side dropped as warm-up, medians), the in-process epochs timed just before the DDP
+   training. The DDP epoch is rank 0's `epoch_s` (the training epoch alone: no evaluation, DKC round
+   or checkpoint). On a host shared with other work, two workers rarely get two cores, so
+   `ddp2_speedup_cpu` divides the in-process epoch's CPU seconds by the slower rank's training-thread
+   CPU seconds per epoch (what two free cores would give, without the ranks' waits for each other).
+4. DDP traffic: `train_student` with 2 gloo workers for one epoch on synthetic runs of
    --ddp-users users (same items); bytes handed to all-reduce per step, from the comm hook, next to
    what the user table would have cost.
 
-Ends with one JSON line: epoch_s_lo, epoch_s_lf, reference_epoch_s_lo (the per-user loop),
-dense_epoch_s_lo, and the rest.
+Ends with one JSON line: epoch_s_lo, epoch_s_lf, epoch_s_lo_steady, epoch_s_lf_steady, ddp2_speedup,
+reference_epoch_s_lo (the per-user loop), dense_epoch_s_lo, and the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import os
 import shutil
@@ -49,14 +69,17 @@ from hetcomp_dist.config import DataConfig, load_config  # noqa: E402
 from hetcomp_dist.layout import RunLayout  # noqa: E402
 from hetcomp_dist.models.registry import build_student  # noqa: E402
 from hetcomp_dist.objectives import losses  # noqa: E402
-from hetcomp_dist.objectives.base import TrainTask
+from hetcomp_dist.objectives.base import TrainTask  # noqa: E402
 from hetcomp_dist.objectives.registry import build_objective  # noqa: E402
 from hetcomp_dist.progress import log, peak_rss_gib  # noqa: E402
 from hetcomp_dist.student import knowledge_io  # noqa: E402
 from hetcomp_dist.student.batching import BatchSampler, RankData  # noqa: E402
+from hetcomp_dist.student.hooks import TrainHooks  # noqa: E402
 from hetcomp_dist.testing.toyrun import replay_round, write_random_knowledge  # noqa: E402
 
 STAGE = "bench_student"
+# share of (user, item) pairs whose norm bound ||a_u|| ||c_j|| passes the clamp in the steady state
+STEADY_PAIR_SHARE = 0.02
 CITEULIKE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     "..",
@@ -105,12 +128,54 @@ def step(task, opt, loss_fn, batch) -> float:
     return float(loss.detach())
 
 
+def rounded(xs: list[float]) -> list[float]:
+    return [round(x, 2) for x in xs]
+
+
 def time_epoch(task, opt, sampler, epoch, loss_fn=None) -> float:
     loss_fn = loss_fn or task
     t0 = time.perf_counter()
     for batch in sampler.epoch(epoch):
         step(task, opt, loss_fn, batch)
     return time.perf_counter() - t0
+
+
+def alternating_epochs(runs: list, sampler: BatchSampler, repeats: int, first: int) -> list[list[float]]:
+    """Epoch times of several (task, opt) on the same batches, taking turns (the order flips each round)."""
+    out: list[list[float]] = [[] for _ in runs]
+    for r in range(repeats):
+        for i in range(len(runs)) if r % 2 == 0 else reversed(range(len(runs))):
+            out[i].append(time_epoch(*runs[i], sampler, first + r))
+    return out
+
+
+@torch.no_grad()
+def past_the_clamp(task: TrainTask, opt: torch.optim.Optimizer, batch, share: float = STEADY_PAIR_SHARE):
+    """A copy of the MF `task` whose user and item tables are scaled alike so that `share` of (user,
+    item) pairs have ||a_u|| ||c_j|| above the logit clamp, with an Adam of `opt`'s settings.
+
+    Returns:
+        (task copy, its optimiser, figures of the state: pair share, max bound / clamp, clipped share
+        of `batch`'s logits, scale).
+    """
+    steady = copy.deepcopy(task)
+    m, clamp = steady.model, steady.objective.clamp
+    an, cn = m.user_emb.weight.norm(dim=1), m.item_emb.weight.norm(dim=1)
+    g = torch.Generator().manual_seed(0)
+    n = 1_000_000  # sampled (user, item) pairs: the share's standard error is ~0.014 percentage points
+    pairs = an[torch.randint(len(an), (n,), generator=g)] * cn[torch.randint(len(cn), (n,), generator=g)]
+    scale = clamp / float(torch.quantile(pairs, 1.0 - share))
+    m.user_emb.weight.mul_(scale**0.5)
+    m.item_emb.weight.mul_(scale**0.5)
+    logits = m.user_side(batch.users) @ m.item_side().T
+    figures = {
+        "steady_pair_share": float((pairs * scale > clamp).double().mean()),
+        "steady_norm_bound_over_clamp": float(an.max() * cn.max()) * scale / clamp,
+        "steady_clipped_share": float((logits.abs() > clamp).double().mean()),
+        "steady_scale": scale,
+    }
+    hyper = {k: opt.defaults[k] for k in ("lr", "weight_decay")}
+    return steady, torch.optim.Adam(steady.parameters(), **hyper), figures
 
 
 def time_steps(task, opt, sampler, epoch, loss_fn, n) -> float:
@@ -170,8 +235,17 @@ def bench_citeulike(run: str, repeats: int, ref_steps: int) -> dict:
     out["check_rel_diff_loop"] = abs(loop - fast) / abs(fast)
     log(STAGE, f"L_O on one batch: fast {fast:.6f}, dense {dense:.6f}, loop {loop:.6f}")
     time_epoch(task, opt, sampler, 1)  # warm-up (allocator, first-touch)
-    lo = [time_epoch(task, opt, sampler, 2 + r) for r in range(repeats)]
-    log(STAGE, f"L_O epochs: {[round(x, 2) for x in lo]} s")
+    task_p, opt_p, steady = past_the_clamp(task, opt, batch)
+    out.update(steady)
+    log(
+        STAGE,
+        f"steady state: x{steady['steady_scale']:.1f}, {100 * steady['steady_pair_share']:.2f} % of pairs "
+        f"over the bound, max bound {steady['steady_norm_bound_over_clamp']:.2f} x clamp, "
+        f"{100 * steady['steady_clipped_share']:.3f} % of a batch's logits clipped",
+    )
+    time_epoch(task_p, opt_p, sampler, 1)
+    lo, lo_steady = alternating_epochs([(task, opt), (task_p, opt_p)], sampler, repeats, 2)
+    log(STAGE, f"L_O epochs: {rounded(lo)} s, past the clamp {rounded(lo_steady)} s")
     dense_step = time_steps(
         task, opt, sampler, 10, lambda b: dense_lo(task, b), min(sampler.steps, 5 * ref_steps)
     )
@@ -180,13 +254,19 @@ def bench_citeulike(run: str, repeats: int, ref_steps: int) -> dict:
     log(STAGE, f"per-user loop reference: {loop_step:.2f} s/step over {ref_steps} steps")
     task_f, opt_f, sampler_f = setup(run, switched=True)
     time_epoch(task_f, opt_f, sampler_f, 1)
-    lf = [time_epoch(task_f, opt_f, sampler_f, 2 + r) for r in range(repeats)]
-    log(STAGE, f"L_F epochs: {[round(x, 2) for x in lf]} s")
+    task_fp, opt_fp, _ = past_the_clamp(task_f, opt_f, batch)
+    time_epoch(task_fp, opt_fp, sampler_f, 1)
+    lf, lf_steady = alternating_epochs([(task_f, opt_f), (task_fp, opt_fp)], sampler_f, repeats, 2)
+    log(STAGE, f"L_F epochs: {rounded(lf)} s, past the clamp {rounded(lf_steady)} s")
     task_s, opt_s, sampler_s = setup(run, switched=False, tail="sampled")
     sampled = [time_epoch(task_s, opt_s, sampler_s, 1 + r) for r in range(repeats)]
     out.update(
         epoch_s_lo=statistics.median(lo),
         epoch_s_lf=statistics.median(lf),
+        epoch_s_lo_steady=statistics.median(lo_steady),
+        epoch_s_lf_steady=statistics.median(lf_steady),
+        epoch_s_lo_steady_runs=lo_steady,
+        epoch_s_lf_steady_runs=lf_steady,
         dense_epoch_s_lo=dense_step * sampler.steps,
         reference_epoch_s_lo=loop_step * sampler.steps,
         reference_steps_timed=ref_steps,
@@ -228,15 +308,72 @@ def sampled_bias(task: TrainTask, batch, draws: int = 10) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------ DDP traffic
-def bench_ddp(workdir: str, users: list[int], items: int) -> dict:
+# ------------------------------------------------------------------------------------ DDP
+def start_ray() -> None:
     import ray
 
+    if not ray.is_initialized():  # CPUs are scheduling tokens: 2 workers x 0.5 CPU plus the driver's tasks
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def mark_epoch(rank: int, epoch: int, path: str) -> None:
+    """`TrainHooks.epoch_start`: appends the rank's training-thread CPU clock to `path`."""
+    with open(path, "a") as f:
+        f.write(json.dumps({"rank": rank, "epoch": epoch, "cpu": time.thread_time()}) + "\n")
+
+
+def bench_ddp2(run: str, workdir: str, epochs: int) -> dict:
+    """`ddp2_speedup` (module docstring, 3): in-process 1-thread L_O epochs, then a 2-worker DDP training."""
+    from hetcomp_dist.student.trainer import train_student
+
+    start_ray()
+    task, opt, sampler = setup(run, switched=False)
+    wall, cpu = [], []
+    for e in range(1, epochs + 2):
+        c0 = time.thread_time()
+        wall.append(time_epoch(task, opt, sampler, e))
+        cpu.append(time.thread_time() - c0)
+    log(STAGE, f"in-process 1-thread L_O epochs: {rounded(wall)} s")
+    marks, out = os.path.join(workdir, "ddp2-epochs.jsonl"), os.path.join(workdir, "ddp2-student")
+    over = [
+        "student.num_workers=2",
+        "student.threads_per_worker=1",
+        f"student.max_epochs={epochs + 2}",  # the last epoch only closes the CPU clock of the one before
+        f"student.eval_every={epochs + 2}",
+        "knowledge.period=1000",  # no DKC round
+    ]
+    hooks = TrainHooks(epoch_start=functools.partial(mark_epoch, path=marks))
+    train_student(run, load_config(None, over), dkc_fn=replay_round, hooks=hooks, out=out)
+    lines = [json.loads(x) for x in open(RunLayout(run).student_metrics(out))]
+    ddp = [x["epoch_s"] for x in lines][1 : epochs + 1]
+    clocks = [json.loads(x) for x in open(marks)]
+    rank_cpu = []
+    for rank in (0, 1):
+        c = [x["cpu"] for x in sorted((x for x in clocks if x["rank"] == rank), key=lambda x: x["epoch"])]
+        rank_cpu.append([b - a for a, b in zip(c, c[1:])][1 : epochs + 1])
+    res = {
+        "ddp2_speedup": statistics.median(wall[1:]) / statistics.median(ddp),
+        "ddp2_speedup_cpu": statistics.median(cpu[1:]) / max(statistics.median(c) for c in rank_cpu),
+        "ddp2_epoch_s": statistics.median(ddp),
+        "ddp2_epoch_s_runs": ddp,
+        "ddp2_rank_cpu_s_runs": rank_cpu,
+        "ddp2_inprocess_epoch_s": statistics.median(wall[1:]),
+        "ddp2_inprocess_epoch_s_runs": wall[1:],
+        "ddp2_inprocess_cpu_s_runs": cpu[1:],
+    }
+    log(
+        STAGE,
+        f"2-worker DDP epochs {rounded(ddp)} s: speed-up {res['ddp2_speedup']:.2f} "
+        f"(by CPU seconds {res['ddp2_speedup_cpu']:.2f})",
+    )
+    return res
+
+
+def bench_ddp(workdir: str, users: list[int], items: int) -> dict:
     from hetcomp_dist.data.synth import synthesize
     from hetcomp_dist.student.trainer import train_student
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_ray()
     out = {}
     for n in users:
         run = os.path.join(workdir, f"ddp-{n}")
@@ -277,12 +414,14 @@ def main() -> int:
     ap.add_argument("--reference-steps", type=int, default=4)
     ap.add_argument("--skip-ddp", action="store_true")
     ap.add_argument("--skip-epochs", action="store_true", help="only the DDP traffic part")
+    ap.add_argument("--ddp-epochs", type=int, default=3, help="timed epochs of each side of ddp2_speedup")
     ap.add_argument("--ddp-users", default="10000,100000")
     ap.add_argument("--ddp-items", type=int, default=2000)
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     torch.set_num_threads(args.threads)
+    args.workdir = os.path.abspath(args.workdir)  # Ray workers resolve paths from their own directory
     os.makedirs(args.workdir, exist_ok=True)
     t0 = time.perf_counter()
     res = {
@@ -302,6 +441,8 @@ def main() -> int:
             n_train=m["n_train"],
         )
         res.update(bench_citeulike(run, args.repeats, args.reference_steps))
+        if not args.skip_ddp:
+            res.update(bench_ddp2(run, args.workdir, args.ddp_epochs))
     if not args.skip_ddp:
         res.update(bench_ddp(args.workdir, [int(x) for x in args.ddp_users.split(",")], args.ddp_items))
     res.update(

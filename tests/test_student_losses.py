@@ -178,6 +178,84 @@ def test_tail_logsumexp_equals_masked_dense_float32(chunk):
     torch.testing.assert_close(gc, rc, rtol=1e-4, atol=1e-6)
 
 
+def _dense_tail(a, c, rows, cols, clamp=40.0):
+    """Plain reference: the whole clamped (B, N) logit matrix, excluded entries dropped, autograd."""
+    excluded = torch.zeros(a.shape[0], c.shape[0], dtype=torch.bool)
+    excluded[rows, cols] = True
+    return torch.logsumexp((a @ c.T).clamp(-clamp, clamp).masked_fill(excluded, float("-inf")), 1)
+
+
+def _tail_case(case, dtype, seed=0, B=45, N=700, d=6):
+    """(a, c, rows, cols) with no, some or most logits beyond the clamp of 40."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(B, d, generator=g, dtype=dtype)
+    c = torch.randn(N, d, generator=g, dtype=dtype)
+    if case == "none":  # the norm bound stays under the clamp: no block is clamped
+        a, c = a * 0.8, c * 0.8
+    elif case == "bound_only":  # every block's bound passes the clamp, yet no logit does
+        a[:, d // 2 :], c[:, : d // 2] = 0.0, 0.0
+        a, c = a * 10, c * 10
+    elif case == "few":  # a handful of users and items with large norms
+        a[:3], c[:25] = a[:3] * 9, c[:25] * 9
+    elif case == "mixed":  # items in the first half small (those blocks skip the clamp), the rest large
+        c[: N // 2] *= 0.05
+        a, c = a * 3, c * 3
+    else:  # "many": huge norms, most logits clipped on both sides
+        a, c = a * 12, c * 12
+    rows, cols = torch.randint(0, B, (4 * N,), generator=g), torch.randint(0, N, (4 * N,), generator=g)
+    return a.requires_grad_(), c.requires_grad_(), rows, cols
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["none", "bound_only", "few", "mixed", "many"])
+def test_tail_with_and_without_clipped_entries(case, dtype):
+    a, c, rows, cols = _tail_case(case, dtype)
+    s = (a @ c.T).detach()
+    share = float((s.abs() > 40).double().mean())
+    bound = float(a.detach().norm(dim=1).max() * c.detach().norm(dim=1).max())
+    clips = losses._clipping_blocks((a.detach() * losses.LOG2E).T, c.detach(), 40 * losses.LOG2E, 64)
+    expect = {"none": share == 0 and bound < 40, "bound_only": share == 0 and all(clips)}
+    expect.update(few=0 < share < 0.02, mixed=0.01 < share < 0.5 and any(clips) and not all(clips))
+    expect.update(many=share > 0.8 and bool((s > 40).any()))
+    assert expect[case], (share, bound, clips)
+    xr, xc = losses.exclusion(rows, cols, a.shape[0], c.shape[0])
+    want = _dense_tail(a, c, rows, cols)
+    w = torch.linspace(0.5, 1.5, a.shape[0], dtype=dtype)
+    ra, rc = torch.autograd.grad((want * w).sum(), [a, c])
+    tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    gtol = {"rtol": 1e-10, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
+    for chunk in (0, 64, 10_000):
+        got = losses.tail_logsumexp(a, c, xr, xc, chunk=chunk)
+        torch.testing.assert_close(got, want, **tol)
+        ga, gc = torch.autograd.grad((got * w).sum(), [a, c])
+        torch.testing.assert_close(ga, ra, **gtol)
+        torch.testing.assert_close(gc, rc, **gtol)
+
+
+@pytest.mark.parametrize("case", ["few", "mixed", "many"])
+def test_tail_gradcheck_with_clipped_entries(case):
+    a, c, rows, cols = _tail_case(case, torch.float64, seed=3, B=6, N=40, d=3)
+    # finite differences need every logit away from the clamp's kinks
+    assert ((a @ c.T).detach().abs() - 40).abs().min() > 1e-3
+    assert float(((a @ c.T).detach().abs() > 40).double().mean()) > 0
+    xr, xc = losses.exclusion(rows, cols, 6, 40)
+    assert torch.autograd.gradcheck(lambda a, c: losses.tail_logsumexp(a, c, xr, xc, chunk=7), (a, c))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clip_passes_match_a_mask_at_the_clamp_edges(dtype):
+    """The backward's threshold passes give exactly what a clamp mask gives, at and next to ±lim."""
+    lim = 40.0 * losses.LOG2E
+    edge, inf = torch.tensor(lim, dtype=dtype), torch.tensor(float("inf"), dtype=dtype)
+    near = [edge, torch.nextafter(edge, inf), torch.nextafter(edge, -inf), torch.tensor(0.0, dtype=dtype)]
+    x = torch.stack(near + [-v for v in near] + [torch.tensor(1e30, dtype=dtype), -inf, inf])[:, None]
+    at = torch.tensor([[1.0, 0.5]], dtype=dtype)
+    got = losses._clipped_to_minus_inf(x, -at, losses._below(-lim, dtype)).exp2()
+    blk = x @ at
+    want = blk.clamp(-lim, lim).exp2().masked_fill((blk > lim) | (blk < -lim), 0.0)
+    assert torch.equal(got, want)
+
+
 def test_tail_stays_exact_when_excluded_items_hold_the_mass():
     # the targets dominate (logit 40 vs ~0): a subtract-from-total tail would lose everything
     a = torch.tensor([[1.0, 0.0]])

@@ -10,8 +10,10 @@ targets a term leaves out); its tail R_u = I minus X_u. With PL over an ordered 
 The only full-catalogue quantity is the tail's log-sum-exp. `tail_logsumexp` computes it exactly
 from the factorised logits s = a_u . c_j in blocks of (item chunk x users), never holding more than
 one block: the backward pass recomputes the blocks, which stay in cache, where the whole (N x B) exp
-matrix would not. Excluded entries are *zeroed* in exp-space rather than subtracted from a full sum, so
-the tail stays exact when the excluded items hold almost all the mass (which they do once the student
+matrix would not. A block is clamped only when the norm bound ||a|| ||c|| says one of its logits can
+reach the clamp, and the clamp's zero gradient is applied by one-sided threshold passes, never by boolean
+masks over the block. Excluded entries are *zeroed* in exp-space rather than subtracted from a full sum,
+so the tail stays exact when the excluded items hold almost all the mass (which they do once the student
 has learnt them).
 `sampled_tail_logsumexp` is the estimator for catalogues too large to score per batch.
 
@@ -70,59 +72,92 @@ def _auto_chunk(n_rows: int, n_items: int, device: torch.device) -> int:
     return max(64, min(n_items, 2**18 // max(n_rows, 1)))  # ~1 MiB blocks: stay in L2
 
 
+# Slack on the norm bound |a . c| <= ||a|| ||c||: far above the rounding of a d-term dot product and of
+# the norms in float32 (even with TF32 matmuls), so a block that passes the bound never clips.
+_BOUND_SLACK = 1.0 / 32
+
+
+def _clipping_blocks(at: torch.Tensor, c: torch.Tensor, lim: float, chunk: int) -> list[bool]:
+    """Per block of `chunk` items: can any log2-scale logit c_j . at_b in it leave [-lim, lim]?
+
+    Decided from the bound |c_j . at_b| <= max_j ||c_j|| max_b ||at_b|| without a pass over the block:
+    early in training no block can clip, and clamping them would be the identity.
+
+    Args:
+        at: (d, B) user side, pre-scaled by log2 e.
+        c: (N, d) item side.
+        lim: the clamp in log2 units.
+        chunk: items per block.
+    """
+    N = c.shape[0]
+    n_blocks = -(-N // chunk)
+    if not at.shape[1] or not N:
+        return [False] * n_blocks
+    item_max = functional.pad(c.norm(dim=1), (0, n_blocks * chunk - N)).view(n_blocks, chunk).amax(1)
+    return (item_max * at.norm(dim=0).max() > lim * (1.0 - _BOUND_SLACK)).tolist()
+
+
+def _below(x: float, dtype: torch.dtype) -> float:
+    """The largest value of `dtype` under x rounded to `dtype` (comparisons with x happen in that dtype)."""
+    return float(torch.nextafter(torch.tensor(x, dtype=dtype), torch.tensor(float("-inf"), dtype=dtype)))
+
+
+def _clipped_to_minus_inf(c: torch.Tensor, neg_at: torch.Tensor, below: float) -> torch.Tensor:
+    """(e - s, B) logits x = c . at with every entry outside [-lim, lim] set to -inf (exp2 then gives the
+    clamp's zero derivative there), from -at (d, B) and below = `_below(-lim, dtype)`.
+
+    Two one-sided threshold passes and a negation instead of boolean masks, which cost several times as
+    much on CPU; negation commutes with rounding, so -(c . neg_at) is c . at exactly.
+    """
+    blk = functional.threshold_(torch.mm(c, neg_at), below, float("inf")).neg_()  # x > lim -> -inf
+    return functional.threshold_(blk, below, float("-inf"))  # x < -lim -> -inf
+
+
 class _TailLSE(torch.autograd.Function):
     """log Σ_{j ∉ X_b} exp(clamp(a_b . c_j)) with the gradient wrt a and c; see `tail_logsumexp`."""
 
     @staticmethod
     def forward(ctx, a, c, ex_rows, ex_cols, clamp, chunk):
         B, N = a.shape[0], c.shape[0]
-        # |s| <= ||a|| ||c||: when that bound is inside the clamp, clamping is a no-op (skip the pass).
-        need_clamp = bool(a.norm(dim=1).max() * c.norm(dim=1).max() > clamp) if B and N else False
         # exp(s) = 2^(s log2 e): exp2 is the cheaper instruction sequence on CPU
         at = (a * LOG2E).T.contiguous()
+        lim = clamp * LOG2E
+        clips = _clipping_blocks(at, c, lim, chunk)
         bounds = torch.searchsorted(
             ex_cols, torch.arange(0, N + chunk, chunk, device=a.device).clamp(max=N)
         ).tolist()
         z = torch.zeros(1, B, dtype=a.dtype, device=a.device)
         for k, s in enumerate(range(0, N, chunk)):
-            e = min(s + chunk, N)
-            blk = _TailLSE._block(c, at, ex_rows, ex_cols, bounds[k], bounds[k + 1], s, e, clamp, need_clamp)
+            blk = torch.mm(c[s : s + chunk], at)
+            if clips[k]:
+                blk.clamp_(-lim, lim)
+            blk.exp2_()
+            blk[ex_cols[bounds[k] : bounds[k + 1]] - s, ex_rows[bounds[k] : bounds[k + 1]]] = 0.0
             z += blk.sum(0, keepdim=True)
         z = z[0]
         ctx.save_for_backward(a, c, ex_rows, ex_cols, z)
-        ctx.meta = (clamp, chunk, need_clamp, bounds)
+        ctx.meta = (lim, chunk, clips, bounds)
         return torch.log(z)
-
-    @staticmethod
-    def _block(c, at, ex_rows, ex_cols, i0, i1, s, e, clamp, need_clamp, for_grad=False):
-        """(e - s, B) block of exp(ŝ) with excluded entries (and, for the gradient, clamped ones) zeroed."""
-        blk = torch.mm(c[s:e], at)
-        if need_clamp:
-            lim = clamp * LOG2E
-            clipped = (blk > lim) | (blk < -lim)
-            blk.clamp_(-lim, lim)
-        blk.exp2_()
-        blk[ex_cols[i0:i1] - s, ex_rows[i0:i1]] = 0.0
-        if need_clamp and for_grad:
-            blk.masked_fill_(clipped, 0.0)  # d clamp(s) / ds = 0 outside [-c, c]
-        return blk
 
     @staticmethod
     def backward(ctx, g):
         a, c, ex_rows, ex_cols, z = ctx.saved_tensors
-        clamp, chunk, need_clamp, bounds = ctx.meta
+        lim, chunk, clips, bounds = ctx.meta
         coef = torch.where(z > 0, g / z, torch.zeros_like(z))  # empty tail: lse = -inf, no gradient
-        aw = a * coef[:, None]
+        awt = (a * coef[:, None]).T.contiguous()
         at = (a * LOG2E).T.contiguous()
+        neg_at, below = -at, _below(-lim, a.dtype)
         N = c.shape[0]
         grad_c = torch.empty_like(c)
         grad_at = torch.zeros(a.shape[1], a.shape[0], dtype=a.dtype, device=a.device)
         for k, s in enumerate(range(0, N, chunk)):
             e = min(s + chunk, N)
-            blk = _TailLSE._block(
-                c, at, ex_rows, ex_cols, bounds[k], bounds[k + 1], s, e, clamp, need_clamp, for_grad=True
-            )
-            torch.mm(blk, aw, out=grad_c[s:e])
+            # (e - s, B) block of d exp(ŝ) / d s: exp of the logit, 0 where excluded or clipped
+            blk = _clipped_to_minus_inf(c[s:e], neg_at, below) if clips[k] else torch.mm(c[s:e], at)
+            blk.exp2_()
+            blk[ex_cols[bounds[k] : bounds[k + 1]] - s, ex_rows[bounds[k] : bounds[k + 1]]] = 0.0
+            # (aw^T blk^T)^T, not blk aw: MKL's product with d output columns was ~4x slower on CPU
+            grad_c[s:e] = torch.mm(awt, blk.T).T
             grad_at.addmm_(c[s:e].T, blk)
         return grad_at.T * coef[:, None], grad_c, None, None, None, None
 
