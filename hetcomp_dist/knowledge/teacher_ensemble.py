@@ -51,12 +51,32 @@ def ensemble_report(run: str, cfg: Config) -> dict:
     """{"teachers": {name: {"valid": {...}, "test": {...}}}, "ensemble": {"valid": {...}, "test": {...}}}
     with keys R@10, N@10, R@50, N@50; also written to ``RUN/teachers/ensemble.json``."""
     data = load_manifest(run)
-    layout = RunLayout(run)
     teachers = committed_teachers(run, cfg, data)
-    names = list(teachers)
-    k = min(m["K"] for m in teachers.values())
-    weights = np.asarray(cfg.knowledge.weights, dtype=np.float64) if cfg.knowledge.weights else None
-    sums = {split: MetricSums(cfg.eval.ks) for split in ("valid", "test")}
+    weights = tuple(cfg.knowledge.weights) or None
+    report = {
+        "teachers": {n: {"valid": _pick(m["valid"]), "test": _pick(m["test"])} for n, m in teachers.items()},
+        "ensemble": ensemble_metrics(run, cfg, list(teachers), weights, ("valid", "test"), data, teachers),
+    }
+    storage.write_json_atomic(RunLayout(run).teachers_ensemble, report)
+    return report
+
+
+def ensemble_metrics(
+    run: str,
+    cfg: Config,
+    names: list[str],
+    weights: tuple[float, ...] | None = None,
+    splits: tuple[str, ...] = ("valid", "test"),
+    data: dict | None = None,
+    teachers: dict[str, dict] | None = None,
+) -> dict:
+    """{split: {R@10, N@10, R@50, N@50}} of the ensemble g over the E4 lists of teachers `names` (weights
+    w_x in the order of `names`; None = all 1), under the evaluation protocol."""
+    data = data or load_manifest(run)
+    teachers = teachers or committed_teachers(run, cfg, data)
+    k = min(teachers[n]["K"] for n in names)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    sums = {split: MetricSums(cfg.eval.ks) for split in splits}
     prog = Progress("ensemble", data["n_users"])
     for s, lo, hi in storage.iter_shards("", data["n_users"], data["shard_size"]):
         lists = teacher_lists(run, names, lo, hi, k, N_STATES, data)  # (B, M, K)
@@ -64,8 +84,9 @@ def ensemble_report(run: str, cfg: Config) -> dict:
         for b0 in range(0, hi - lo, cfg.eval.batch_size):
             b1 = min(b0 + cfg.eval.batch_size, hi - lo)
             # the whole union in g's order (M*K): exclusions below may remove many of its head items
-            g = ensemble_topk(lists[b0:b1], lists.shape[1] * k, cfg.knowledge.temperature, weights)
-            for split, other in (("valid", "test"), ("test", "valid")):
+            g = ensemble_topk(lists[b0:b1], lists.shape[1] * k, cfg.knowledge.temperature, w)
+            for split in splits:
+                other = "test" if split == "valid" else "valid"
                 gt, ex = split_csr[split].rows(b0, b1), split_csr[other].rows(b0, b1)
                 rows = np.nonzero(gt.lengths() > 0)[0]
                 if len(rows) == 0:
@@ -79,12 +100,7 @@ def ensemble_report(run: str, cfg: Config) -> dict:
                 sums[split].add(recall_ndcg(top, sub_gt.offsets, sub_gt.items, cfg.eval.ks, data["n_items"]))
         prog.update(hi - lo)
     prog.close()
-    report = {
-        "teachers": {n: {"valid": _pick(m["valid"]), "test": _pick(m["test"])} for n, m in teachers.items()},
-        "ensemble": {split: _pick(sums[split].means()) for split in ("valid", "test")},
-    }
-    storage.write_json_atomic(layout.teachers_ensemble, report)
-    return report
+    return {split: _pick(sums[split].means()) for split in splits}
 
 
 def _pick(metrics: dict) -> dict:
