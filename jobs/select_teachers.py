@@ -21,6 +21,11 @@ from hetcomp_dist.cli.jobs import run_job  # noqa: E402
 
 def add_arguments(p) -> None:
     p.add_argument("--no-weights", action="store_true", help="keep the config's weights (default: tune them)")
+    p.add_argument(
+        "--temperatures",
+        default="",
+        help="comma-separated values of knowledge.temperature to try, e.g. 5,10,20",
+    )
 
 
 def stage(cfg, args) -> str:
@@ -28,14 +33,16 @@ def stage(cfg, args) -> str:
 
     from hetcomp_dist.knowledge.selection import select
 
-    out = select(cfg.run, cfg, tune_weights=not args.no_weights)
+    temps = tuple(float(t) for t in args.temperatures.split(",") if t.strip())
+    out = select(cfg.run, cfg, tune_weights=not args.no_weights, temperatures=temps)
     print(f"{'teacher':<10}{'valid R@50 without it':>24}")
     for name, v in out["leave_one_out"].items():
         print(f"{name:<10}{v:>24.4f}" + ("   (dropped)" if name in out["dropped"] else ""))
     print(f"{'all':<10}{out['full']:>24.4f}")
     print(json.dumps(out), flush=True)
     best = out["valid_R@50"]
-    return f"teachers.names={out['kept']} knowledge.weights={out['weights']} (valid R@50 {best:.4f})"
+    chosen = f"teachers.names={out['kept']} knowledge.weights={out['weights']}"
+    return f"{chosen} knowledge.temperature={out['temperature']:g} (valid R@50 {best:.4f})"
 
 
 if __name__ == "__main__":

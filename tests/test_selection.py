@@ -3,6 +3,8 @@ one teacher knows the validation items, one ranks at random and the others are t
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -82,8 +84,11 @@ def test_leave_one_out_and_elimination(run):
 def test_weights_only_raise_valid_recall(run):
     run, cfg = run
     plain = select(run, cfg, tune_weights=False)
-    tuned = select(run, cfg, tune_weights=True, grid=(0.5, 1.0, 2.0))
+    tuned = select(run, cfg, tune_weights=True, grid=(0.5, 1.0, 2.0), temperatures=(5.0, 20.0))
     assert tuned["kept"] == plain["kept"] and tuned["valid_R@50"] >= plain["valid_R@50"]
+    cfg = dataclasses.replace(
+        cfg, knowledge=dataclasses.replace(cfg.knowledge, temperature=tuned["temperature"])
+    )
     names, w = tuned["kept"], tuned["weights"]
     assert ensemble_metrics(run, cfg, names, tuple(w), ("valid",))["valid"]["R@50"] == pytest.approx(
         tuned["valid_R@50"]

@@ -1,12 +1,14 @@
 """Which teachers earn their place in the ensemble g, and with which weights, on validation only.
 
-`leave_one_out` gives the ensemble's valid R@50 with every teacher and without each one; `select`
+`select` gives the ensemble's valid R@50 with every teacher and without each one (leave-one-out),
 drops, one at a time, the teacher whose removal raises valid R@50 the most while a removal raises it
 (backward elimination), then tunes each kept teacher's weight w_x by coordinate ascent over a small
-grid. Test metrics are never read.
+grid and the rank-importance temperature T. Test metrics are never read.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from hetcomp_dist.config import Config
 from hetcomp_dist.data.dataset import load_manifest
@@ -15,27 +17,36 @@ from hetcomp_dist.progress import log
 
 STAGE = "selection"
 WEIGHT_GRID = (0.5, 1.0, 1.5, 2.0)
+TEMPERATURES = (5.0, 10.0, 20.0, 40.0)
 
 
 def _valid(run: str, cfg: Config, names: list[str], weights: list[float], ctx: dict) -> float:
-    key = tuple(zip(names, weights))
+    key = (cfg.knowledge.temperature, *zip(names, weights))
     if key not in ctx["cache"]:
         m = ensemble_metrics(run, cfg, names, tuple(weights), ("valid",), ctx["data"], ctx["teachers"])
         ctx["cache"][key] = float(m["valid"]["R@50"])
     return ctx["cache"][key]
 
 
-def select(run: str, cfg: Config, tune_weights: bool = True, grid: tuple[float, ...] = WEIGHT_GRID) -> dict:
+def select(
+    run: str,
+    cfg: Config,
+    tune_weights: bool = True,
+    grid: tuple[float, ...] = WEIGHT_GRID,
+    temperatures: tuple[float, ...] = (),
+) -> dict:
     """Leave-one-out, backward elimination and (optionally) weights, on valid R@50 of the ensemble.
 
     Args:
         run: a run whose teachers ``cfg.teachers.names`` are committed.
         cfg: the config (its knowledge.weights, when given, are the starting weights).
         tune_weights: coordinate ascent over `grid` for each kept teacher's weight.
+        temperatures: values of knowledge.temperature to try last (with the chosen teachers and weights).
 
     Returns:
         {"full": valid R@50 with every teacher, "leave_one_out": {name: valid R@50 without it},
-         "kept": [...], "dropped": [...], "weights": [...] (of the kept, in order), "valid_R@50": final}.
+         "kept": [...], "dropped": [...], "weights": [...] (of the kept, in order), "temperature",
+         "valid_R@50": final}.
     """
     data = load_manifest(run)
     ctx = {"data": data, "teachers": committed_teachers(run, cfg, data), "cache": {}}
@@ -69,11 +80,19 @@ def select(run: str, cfg: Config, tune_weights: bool = True, grid: tuple[float, 
                     if score > best:
                         w, best, improved = trial, score, True
         log(STAGE, f"weights {dict(zip(kept, w))}: valid R@50 {best:.4f}")
+    temperature = cfg.knowledge.temperature
+    for t in temperatures:
+        trial = dataclasses.replace(cfg, knowledge=dataclasses.replace(cfg.knowledge, temperature=float(t)))
+        score = _valid(run, trial, kept, w, ctx)
+        log(STAGE, f"temperature {t:g}: valid R@50 {score:.4f}")
+        if score > best:
+            temperature, best = float(t), score
     return {
         "full": full,
         "leave_one_out": loo,
         "kept": kept,
         "dropped": dropped,
         "weights": w,
+        "temperature": temperature,
         "valid_R@50": best,
     }
