@@ -176,6 +176,9 @@ class TeachersConfig:
     num_gpus: float = ranged(-1.0, Range(note="< 0 = auto"))
     max_restarts: int = ranged(3, NON_NEGATIVE)  # bounded: Ray's -1 would restart a crashing actor forever
     seed: int = ranged(0, NON_NEGATIVE)
+    # embedding tables (mf, ml, dnn; gnn's layer-0 rows with gnn_refresh_every > 0) take sparse, lazy
+    # row-wise Adam updates: a step costs O(batch) rows, not O(table) (models/rowwise.py)
+    sparse_updates: bool = False
     export_batch_size: int = ranged(1024, COUNT)  # users per scoring block in the trajectory export
     keep_snapshots: bool = False  # False: after the export keep only the four state snapshots
     progress_every_s: float = ranged(10.0, POSITIVE)  # driver's progress table period
@@ -274,6 +277,9 @@ class StudentConfig:
     cpus_per_worker: float = ranged(0.5, POSITIVE)
     use_gpu: bool = False
     seed: int = ranged(0, NON_NEGATIVE)
+    # the user table takes sparse, lazy row-wise Adam updates (weight decay on the batch's rows only):
+    # a step costs O(batch) user rows, not O(n_users) (models/rowwise.py); item tables stay dense
+    sparse_updates: bool = False
     # students (METHOD.md §2) and the trainer's mechanics
     ml_margin: float = ranged(1.0, NON_NEGATIVE)  # ML student's hinge margin m (w/o KD)
     # ML student's rows renormalised into this ball after each step, where the objective trains CML's
