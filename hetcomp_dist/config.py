@@ -190,6 +190,9 @@ class TeachersConfig:
     # per-side id embedding of the MLP tower (input 2x this, halving per layer)
     dnn_mlp_dim: int = ranged(32, COUNT)
     gnn_layers: int = ranged(3, COUNT)
+    # LightGCN: 0 = exact (the whole graph propagated for every batch); k > 0 = the propagated
+    # neighbourhood part cached, refreshed every k steps and each epoch (models/lightgcn.py)
+    gnn_refresh_every: int = ranged(0, Range(0, note="0 = propagate for every batch"))
     ae_hidden: int = ranged(600, COUNT)
     # 0 = linear decoder latent -> items; > 0 = latent -> hidden -> items
     ae_decoder_hidden: int = ranged(0, NON_NEGATIVE)
