@@ -200,6 +200,10 @@ class TeachersConfig:
     ae_beta: float = ranged(0.2, NON_NEGATIVE)
     ae_anneal_steps: int = ranged(20_000, NON_NEGATIVE)
     ae_variant: str = "vae"  # vae | cdae
+    # I-AE input: an item's users hashed into this many signed buckets; 0 = the exact n_users-wide input
+    iae_hash_buckets: int = ranged(0, Range(0, note="0 = the exact n_users-wide input"))
+    # I-AE: most (items x users) logits of one batch; the item batch is capped to fit (e.g. 64 at 1M users)
+    iae_max_logits: int = ranged(2**26, COUNT)
     als_alpha: float = ranged(
         100.0, POSITIVE
     )  # ALS confidence c = 1 + alpha * x for a train interaction (Hu et al. 2008)
