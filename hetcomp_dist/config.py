@@ -193,6 +193,8 @@ class TeachersConfig:
     # LightGCN: 0 = exact (the whole graph propagated for every batch); k > 0 = the propagated
     # neighbourhood part cached, refreshed every k steps and each epoch (models/lightgcn.py)
     gnn_refresh_every: int = ranged(0, Range(0, note="0 = propagate for every batch"))
+    # LightGCN's cache: random walks per batch node that carry the gradient into the neighbourhood
+    gnn_walks: int = ranged(4, Range(0, note="0 = the batch's own layer-0 rows only"))
     ae_hidden: int = ranged(600, COUNT)
     # 0 = linear decoder latent -> items; > 0 = latent -> hidden -> items
     ae_decoder_hidden: int = ranged(0, NON_NEGATIVE)

@@ -118,7 +118,7 @@ def _two_steps(model, opt, batches, rows_of) -> None:
 
 @pytest.mark.parametrize("name", ["mf", "ml", "dnn", "gnn"])
 def test_sparse_teacher_step_touches_only_the_batch_rows(name):
-    model = _teacher(name, gnn_refresh_every=4)
+    model = _teacher(name, gnn_refresh_every=4, gnn_walks=0)  # walks would touch their own rows too
     opt = RowwiseAdam(model.optimizer_parameters(), lr=0.01, fused=True)
     batches = list(model.batches(tiny_train(), np.random.default_rng(0), 6))
     _two_steps(model, opt, batches, lambda b: _teacher_rows(name, model, b))
@@ -152,10 +152,10 @@ def test_sparse_and_dense_teachers_compute_the_same_gradient(name):
 
 # -------------------------------------------------------------------------------- LightGCN's cache
 def test_cached_lightgcn_is_exact_at_a_refresh_and_trains_its_batch_rows():
-    """Right after a refresh the cached loss is the exact loss; its gradient reaches the batch's layer-0
-    rows only, as the exact gradient w.r.t. the final embeddings / (L+1) plus the L2 term."""
+    """Right after a refresh the cached loss is the exact loss; without walks its gradient reaches the
+    batch's layer-0 rows only, as the exact gradient w.r.t. the final embeddings / (L+1) plus the L2 term."""
     exact = _teacher("gnn", sparse_updates=False)
-    cached = _teacher("gnn", gnn_refresh_every=2)
+    cached = _teacher("gnn", gnn_refresh_every=2, gnn_walks=0)
     batch = next(iter(cached.batches(tiny_train(), np.random.default_rng(0), 16)))
     loss = cached.loss(batch)
     torch.testing.assert_close(loss, exact.loss(batch), rtol=1e-5, atol=1e-6)
@@ -172,6 +172,21 @@ def test_cached_lightgcn_is_exact_at_a_refresh_and_trains_its_batch_rows():
     counts = torch.bincount(nodes, minlength=len(e0)).float()[:, None]
     want = final.grad / (exact.n_layers + 1) + exact.l2 * 2 * e0 * counts / len(u)
     torch.testing.assert_close(grad.to_dense(), want * (counts > 0), rtol=1e-5, atol=1e-7)
+
+
+def test_cached_lightgcn_walks_estimate_the_exact_gradient():
+    """The random walks make the cached gradient an unbiased estimate of exact LightGCN's: with many walks
+    it is within a few percent of it; the batch's own rows alone miss about half of it."""
+    exact = _teacher("gnn", sparse_updates=False)
+    batch = next(iter(exact.batches(tiny_train(), np.random.default_rng(0), 16)))
+    exact.loss(batch).backward()
+    want = exact.emb.grad
+    error = {}
+    for walks in (0, 2000):
+        cached = _teacher("gnn", gnn_refresh_every=2, gnn_walks=walks)
+        cached.loss(batch).backward()
+        error[walks] = float((cached.emb.grad.to_dense() - want).norm() / want.norm())
+    assert error[2000] < 0.06 and error[0] > 0.3, error
 
 
 def test_cached_lightgcn_refreshes_every_k_steps_and_every_epoch():
@@ -224,3 +239,84 @@ def test_hashed_iae_input_is_the_signed_bucket_sum():
         for u in np.nonzero(row)[0]:
             want[r, bucket[u]] += sign[u] * row[u]
     np.testing.assert_allclose(batch["x"].to_dense().numpy(), want, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------ quality on the tiny run
+def valid_recall_at_50(model, train, valid) -> float:
+    """Mean over users with valid items of |top-50 unobserved ∩ valid| / |valid|: a plain reference."""
+    with torch.no_grad():
+        scores = model.eval().scores(torch.arange(train.n), train).numpy().copy()
+    hits = []
+    for u in range(train.n):
+        if len(valid.row(u)) == 0:
+            continue
+        scores[u, train.row(u)] = -np.inf
+        top = np.argsort(-scores[u], kind="stable")[:50]
+        hits.append(len(np.intersect1d(top, valid.row(u))) / len(valid.row(u)))
+    return float(np.mean(hits))
+
+
+def best_valid(run: str, name: str, epochs: int, seed: int = 0, **options) -> float:
+    """Best valid R@50 (evaluated every 2 epochs) of teacher `name` trained in-process on `run`, with the
+    training settings of tests/test_teachers_run.py and the given options."""
+    from test_teachers_run import tiny_config
+
+    from hetcomp_dist.data.dataset import load_manifest, load_split
+    from hetcomp_dist.teachers.fit import resolve
+
+    m, train, valid = load_manifest(run), load_split(run, "train"), load_split(run, "valid")
+    teachers = dataclasses.replace(tiny_config(run).teachers, seed=seed, **options)
+    params, cfg = resolve(teachers, name)
+    torch.manual_seed(seed)
+    model = model_class(name, cfg)(m["n_users"], m["n_items"], cfg, train)
+    opt = RowwiseAdam(model.optimizer_parameters(), lr=params.lr, fused=True)
+    best = 0.0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        model.fit_epoch(train, np.random.default_rng([seed, epoch]), params.batch_size, opt)
+        if epoch % 2 == 0:
+            best = max(best, valid_recall_at_50(model, train, valid))
+    return best
+
+
+# Valid R@50 of an option may fall below the exact setting's by at most this on the tiny synthetic run
+# (400 users: across seeds the same setting spreads by about as much).
+QUALITY_TOLERANCE = 0.03
+
+
+@pytest.mark.parametrize("name", ["mf", "ml", "dnn"])
+def test_sparse_updates_keep_teacher_quality(synth_run, name):
+    dense = best_valid(synth_run, name, 20, sparse_updates=False)
+    sparse = best_valid(synth_run, name, 20, sparse_updates=True)
+    assert sparse >= dense - QUALITY_TOLERANCE, (name, dense, sparse)
+
+
+def test_cached_lightgcn_keeps_quality(synth_run):
+    """Refreshed once an epoch, with 4 walks per batch node and sparse updates, against the exact
+    per-batch propagation (the batch's own rows alone, without walks, fall well below it)."""
+    exact = best_valid(synth_run, "gnn", 24, sparse_updates=False)
+    cached = best_valid(synth_run, "gnn", 24, gnn_refresh_every=10**6, gnn_walks=4, sparse_updates=True)
+    assert cached >= exact - QUALITY_TOLERANCE, (exact, cached)
+
+
+def test_hashed_iae_keeps_quality(synth_run):
+    """128 buckets for the run's 400 users: about 3 users a bucket (2^18 buckets hold about 4 at 1M users)."""
+    exact = best_valid(synth_run, "iae", 12)
+    hashed = best_valid(synth_run, "iae", 12, iae_hash_buckets=128)
+    assert hashed >= exact - QUALITY_TOLERANCE, (exact, hashed)
+
+
+def test_sparse_updates_keep_student_quality(tmp_path):
+    """HetComp's MF student on the planted toy run (DKC rounds replayed), 20 epochs, dense and sparse."""
+    from hetcomp_dist.config import load_config
+    from hetcomp_dist.student.trainer import train_student
+    from hetcomp_dist.testing.toyrun import replay_round, write_toy_run
+
+    valid = {}
+    for sparse in (False, True):
+        run = str(tmp_path / f"sparse-{sparse}")
+        write_toy_run(run, n_users=300, n_items=400, rounds=3)
+        overrides = ["student.batch_size=256", "student.num_workers=0", "student.max_epochs=20"]
+        cfg = load_config(None, [*overrides, f"student.sparse_updates={str(sparse).lower()}"])
+        valid[sparse] = train_student(run, cfg, dkc_fn=replay_round)["valid"]["R@50"]
+    assert valid[True] >= valid[False] - QUALITY_TOLERANCE, valid

@@ -47,7 +47,7 @@ _NEUTRAL = (
 _FAMILY_FIELDS = {
     "als": ("als_alpha", "als_reg"),
     "iknn": ("iknn_k",),
-    "gnn": ("gnn_refresh_every",),
+    "gnn": ("gnn_refresh_every", "gnn_walks"),
     "iae": ("iae_hash_buckets", "iae_max_logits"),
 }
 
