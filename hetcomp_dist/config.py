@@ -288,7 +288,7 @@ class StudentConfig:
     seed: int = ranged(0, NON_NEGATIVE)
     # the user table takes sparse, lazy row-wise Adam updates (weight decay on the batch's rows only):
     # a step costs O(batch) user rows, not O(n_users) (models/rowwise.py); item tables stay dense
-    sparse_updates: bool = False
+    sparse_updates: bool = True
     # students (METHOD.md §2) and the trainer's mechanics
     ml_margin: float = ranged(1.0, NON_NEGATIVE)  # ML student's hinge margin m (w/o KD)
     # ML student's rows renormalised into this ball after each step, where the objective trains CML's
