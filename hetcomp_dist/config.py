@@ -176,6 +176,9 @@ class TeachersConfig:
     num_gpus: float = ranged(-1.0, Range(note="< 0 = auto"))
     max_restarts: int = ranged(3, NON_NEGATIVE)  # bounded: Ray's -1 would restart a crashing actor forever
     seed: int = ranged(0, NON_NEGATIVE)
+    # embedding tables (mf, ml, dnn; gnn's layer-0 rows with gnn_refresh_every > 0) take sparse, lazy
+    # row-wise Adam updates: a step costs O(batch) rows, not O(table) (models/rowwise.py)
+    sparse_updates: bool = False
     export_batch_size: int = ranged(1024, COUNT)  # users per scoring block in the trajectory export
     keep_snapshots: bool = False  # False: after the export keep only the four state snapshots
     progress_every_s: float = ranged(10.0, POSITIVE)  # driver's progress table period
@@ -187,6 +190,11 @@ class TeachersConfig:
     # per-side id embedding of the MLP tower (input 2x this, halving per layer)
     dnn_mlp_dim: int = ranged(32, COUNT)
     gnn_layers: int = ranged(3, COUNT)
+    # LightGCN: 0 = exact (the whole graph propagated for every batch); k > 0 = the propagated
+    # neighbourhood part cached, refreshed every k steps and each epoch (models/lightgcn.py)
+    gnn_refresh_every: int = ranged(0, Range(0, note="0 = propagate for every batch"))
+    # LightGCN's cache: random walks per batch node that carry the gradient into the neighbourhood
+    gnn_walks: int = ranged(4, Range(0, note="0 = the batch's own layer-0 rows only"))
     ae_hidden: int = ranged(600, COUNT)
     # 0 = linear decoder latent -> items; > 0 = latent -> hidden -> items
     ae_decoder_hidden: int = ranged(0, NON_NEGATIVE)
@@ -194,6 +202,10 @@ class TeachersConfig:
     ae_beta: float = ranged(0.2, NON_NEGATIVE)
     ae_anneal_steps: int = ranged(20_000, NON_NEGATIVE)
     ae_variant: str = "vae"  # vae | cdae
+    # I-AE input: an item's users hashed into this many signed buckets; 0 = the exact n_users-wide input
+    iae_hash_buckets: int = ranged(0, Range(0, note="0 = the exact n_users-wide input"))
+    # I-AE: most (items x users) logits of one batch; the item batch is capped to fit (e.g. 64 at 1M users)
+    iae_max_logits: int = ranged(2**26, COUNT)
     als_alpha: float = ranged(
         100.0, POSITIVE
     )  # ALS confidence c = 1 + alpha * x for a train interaction (Hu et al. 2008)
@@ -274,6 +286,9 @@ class StudentConfig:
     cpus_per_worker: float = ranged(0.5, POSITIVE)
     use_gpu: bool = False
     seed: int = ranged(0, NON_NEGATIVE)
+    # the user table takes sparse, lazy row-wise Adam updates (weight decay on the batch's rows only):
+    # a step costs O(batch) user rows, not O(n_users) (models/rowwise.py); item tables stay dense
+    sparse_updates: bool = True
     # students (METHOD.md §2) and the trainer's mechanics
     ml_margin: float = ranged(1.0, NON_NEGATIVE)  # ML student's hinge margin m (w/o KD)
     # ML student's rows renormalised into this ball after each step, where the objective trains CML's

@@ -68,6 +68,7 @@ from hetcomp_dist import storage  # noqa: E402
 from hetcomp_dist.config import DataConfig, load_config  # noqa: E402
 from hetcomp_dist.layout import RunLayout  # noqa: E402
 from hetcomp_dist.models.registry import build_student  # noqa: E402
+from hetcomp_dist.models.rowwise import RowwiseAdam  # noqa: E402
 from hetcomp_dist.objectives import losses  # noqa: E402
 from hetcomp_dist.objectives.base import TrainTask  # noqa: E402
 from hetcomp_dist.objectives.registry import build_objective  # noqa: E402
@@ -116,7 +117,7 @@ def setup(run: str, switched: bool, tail: str = "exact"):
     )
     targets, pos = knowledge_io.load_round(run, 0, 0, data.n_users)
     task.objective.set_knowledge(0, {"switch": switched, "means": {}}, targets, pos)
-    opt = torch.optim.Adam(task.parameters(), lr=cfg.student.lr, weight_decay=cfg.student.weight_decay)
+    opt = RowwiseAdam(task.parameters(), lr=cfg.student.lr, weight_decay=cfg.student.weight_decay)
     return task, opt, BatchSampler(data, cfg.student.batch_size, 0, 1, 0)
 
 

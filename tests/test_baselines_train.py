@@ -21,6 +21,7 @@ from hetcomp_dist.knowledge import signal
 from hetcomp_dist.knowledge.ensemble import ensemble_topk
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import build_student
+from hetcomp_dist.models.rowwise import RowwiseAdam
 from hetcomp_dist.objectives import baseline_losses as BL
 from hetcomp_dist.objectives.baselines import CLDRDObjective
 from hetcomp_dist.objectives.registry import METHODS as ALL_METHODS
@@ -131,7 +132,7 @@ def _setup(run: str, method: str, student: str = "mf", **over):
     obj.attach(run, data)
     sampler = BatchSampler(data, cfg.student.batch_size, 0, 1, 0, obj.needs_negatives)
     params = list(model.parameters()) + list(obj.parameters())
-    opt = torch.optim.Adam(params, lr=0.02)
+    opt = RowwiseAdam(params, lr=0.02)
     return cfg, data, model, obj, sampler, opt
 
 

@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -33,6 +34,7 @@ from hetcomp_dist.config import TEACHER_NAMES, StudentConfig, TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.registry import STUDENTS, TEACHERS, VARIANTS, build_student, model_class
+from hetcomp_dist.models.rowwise import RowwiseAdam
 from hetcomp_dist.models.students import count_parameters
 
 # one intra-op torch thread per test (the fixture is in conftest.py)
@@ -45,38 +47,56 @@ STUDENT_CFG = StudentConfig()
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One registered model: a teacher (`name`, or its `variant`) or a student."""
+    """One registered model: a teacher (`name`, or its `variant`) or a student, with config `options`
+    (the settings that change how a model trains: sparse updates, LightGCN's cache, I-AE's hashing)."""
 
     kind: str  # "teacher" | "student"
     name: str
     variant: str = ""
+    options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def id(self) -> str:
-        return "-".join(x for x in (self.kind, self.name, self.variant) if x)
+        opts = [f"{k}={v}" for k, v in self.options]
+        return "-".join(x for x in (self.kind, self.name, self.variant, *opts) if x)
 
     def teachers_cfg(self) -> TeachersConfig:
+        cfg = dataclasses.replace(TEACHERS_CFG, **dict(self.options))
         if not self.variant:
-            return TEACHERS_CFG
-        return dataclasses.replace(TEACHERS_CFG, **{f"{self.name}_variant": self.variant})
+            return cfg
+        return dataclasses.replace(cfg, **{f"{self.name}_variant": self.variant})
+
+    def student_cfg(self) -> StudentConfig:
+        return dataclasses.replace(STUDENT_CFG, **dict(self.options))
 
     def build(self, train: CSR, seed: int = 0, **args) -> Recommender:
         """The model on N_USERS x N_ITEMS, initialised from seed; `args` override constructor arguments."""
         torch.manual_seed(seed)
         if self.kind == "student":
+            cfg = self.student_cfg()
             if not args:
-                return build_student(self.name, N_USERS, N_ITEMS, STUDENT_CFG)
-            return STUDENTS[self.name](**{"n_users": N_USERS, "n_items": N_ITEMS, "cfg": STUDENT_CFG, **args})
+                return build_student(self.name, N_USERS, N_ITEMS, cfg)
+            return STUDENTS[self.name](**{"n_users": N_USERS, "n_items": N_ITEMS, "cfg": cfg, **args})
         cfg = self.teachers_cfg()
         return model_class(self.name, cfg)(
             **{"n_users": N_USERS, "n_items": N_ITEMS, "cfg": cfg, "train": train, **args}
         )
 
 
-TEACHER_CASES = [Case("teacher", name) for name in TEACHERS] + [
-    Case("teacher", name, variant) for name, variant in VARIANTS
+# the other setting of each option that changes how a model trains (its default is in the plain cases)
+SPARSE = (("sparse_updates", not TeachersConfig().sparse_updates),)
+OPTION_CASES = [
+    *(Case("teacher", name, options=SPARSE) for name in ("mf", "ml", "dnn")),
+    Case("teacher", "gnn", options=(("gnn_refresh_every", 3), ("sparse_updates", True))),
+    Case("teacher", "iae", options=(("iae_hash_buckets", 16),)),
 ]
-CASES = TEACHER_CASES + [Case("student", name) for name in STUDENTS]
+TEACHER_CASES = [
+    *(Case("teacher", name) for name in TEACHERS),
+    *(Case("teacher", name, variant) for name, variant in VARIANTS),
+    *OPTION_CASES,
+]
+STUDENT_SPARSE = (("sparse_updates", not StudentConfig().sparse_updates),)
+CASES = TEACHER_CASES + [Case("student", name, options=o) for o in ((), STUDENT_SPARSE) for name in STUDENTS]
 
 
 def tiny_train(seed: int = 0) -> CSR:
@@ -123,7 +143,7 @@ def test_loss_is_finite_and_falls(case):
     model.train()
     fixed = list(model.batches(train, np.random.default_rng(123), 64))
     before = _mean_loss(model, fixed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = RowwiseAdam(model.parameters(), lr=1e-2)
     rng = np.random.default_rng(1)
     steps = 0
     while steps < 60:
@@ -258,9 +278,9 @@ def test_importing_every_model_loads_no_ray():
 NAMES = sorted(STUDENTS)
 
 
-def _student(name, n_users=30, n_items=50, seed=0):
+def _student(name, n_users=30, n_items=50, seed=0, options=()):
     torch.manual_seed(seed)
-    return build_student(name, n_users, n_items, STUDENT_CFG)
+    return build_student(name, n_users, n_items, dataclasses.replace(STUDENT_CFG, **dict(options)))
 
 
 def _train_csr(n_users=30, n_items=50, seed=0):
@@ -278,12 +298,13 @@ def test_student_factorised_form_equals_scores(name):
     torch.testing.assert_close(m.user_side(users) @ m.item_side().T, m.scores(users), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("options", [(), STUDENT_SPARSE], ids=["default", "sparse_updates"])
 @pytest.mark.parametrize("name", NAMES)
-def test_student_batches_and_base_training(name):
+def test_student_batches_and_base_training(name, options):
     """`batches` yields one triple per interaction with an unobserved negative; the loss falls."""
     train = _train_csr()
-    m = _student(name)
-    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+    m = _student(name, options=options)
+    opt = RowwiseAdam(m.parameters(), lr=0.05)
     rng = np.random.default_rng(0)
     epoch_means = []
     for _epoch in range(40):

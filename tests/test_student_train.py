@@ -15,6 +15,7 @@ from hetcomp_dist.config import load_config
 from hetcomp_dist.data.dataset import load_split
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import build_student
+from hetcomp_dist.models.rowwise import RowwiseAdam
 from hetcomp_dist.objectives.base import TrainTask
 from hetcomp_dist.objectives.registry import build_objective
 from hetcomp_dist.student import knowledge_io
@@ -92,7 +93,7 @@ def _train_losses(toy, model: str, kind: str, tail: str) -> list[float]:
     if kind != "wokd":
         targets, pos = knowledge_io.load_round(toy, 0, 0, data.n_users)
         task.objective.set_knowledge(0, {"switch": kind == "L_F", "means": {}}, targets, pos)
-    opt = torch.optim.Adam(task.parameters(), lr=0.05)
+    opt = RowwiseAdam(task.parameters(), lr=0.05)
     sampler = BatchSampler(data, 256, 0, 1, 0, task.objective.needs_negatives)
     losses = []
     for epoch in range(1, 7):

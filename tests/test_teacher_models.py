@@ -16,6 +16,7 @@ import pytest
 import torch
 from test_model_contract import N_ITEMS, N_USERS, TEACHER_CASES, tiny_train
 
+from hetcomp_dist.models.rowwise import RowwiseAdam
 from hetcomp_dist.teachers.trajectory import Ranker
 
 
@@ -30,7 +31,7 @@ def test_topk_excludes_train_and_matches_brute_force(case):
     name, _, train, model = case
     # an epoch so scores are not all near-equal (a few optimiser steps, or a model's own solver step)
     params = model.optimizer_parameters()
-    opt = torch.optim.Adam(params, lr=1e-2) if params else None
+    opt = RowwiseAdam(params, lr=1e-2) if params else None
     model.fit_epoch(train, np.random.default_rng(0), 64, opt)
     ranker = Ranker(model, train)
     users = np.arange(N_USERS)

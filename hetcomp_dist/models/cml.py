@@ -2,7 +2,7 @@
 
 Hinge loss [m + d(u,i)^2 - d(u,j)^2]_+ with margin m; with several sampled negatives the closest
 one is used (CML's WARP-style hardest-of-U). Rows are clipped back into the unit ball after every
-optimiser step.
+optimiser step (with sparse updates, only the rows the step changed: the others are in the ball already).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.models.rowwise import lookup, touched_rows
 from hetcomp_dist.models.sampling import interaction_keys, pair_batches, sample_negatives
 
 
@@ -23,14 +24,14 @@ class CML(Recommender):
 
     Args:
         n_users, n_items: catalogue sizes.
-        cfg: teachers section (dim, cml_margin, cml_negatives).
+        cfg: teachers section (dim, cml_margin, cml_negatives, sparse_updates).
         train: unused.
     """
 
     def __init__(self, n_users: int, n_items: int, cfg: TeachersConfig, train: CSR | None = None) -> None:
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
-        self.margin, self.n_neg = cfg.cml_margin, cfg.cml_negatives
+        self.margin, self.n_neg, self.sparse = cfg.cml_margin, cfg.cml_negatives, cfg.sparse_updates
         std = 1.0 / cfg.dim**0.5
         self.user = torch.nn.Parameter(torch.randn(n_users, cfg.dim) * std)
         self.item = torch.nn.Parameter(torch.randn(n_items, cfg.dim) * std)
@@ -52,9 +53,9 @@ class CML(Recommender):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean hinge [m + d(u,i)^2 - min_j d(u,j)^2]_+ over the batch; neg is (B, U)."""
-        p = self.user[batch["user"]]
-        d_pos = (p - self.item[batch["pos"]]).pow(2).sum(1)
-        d_neg = (p[:, None, :] - self.item[batch["neg"]]).pow(2).sum(2).min(1).values
+        p = lookup(self.user, batch["user"], self.sparse)
+        d_pos = (p - lookup(self.item, batch["pos"], self.sparse)).pow(2).sum(1)
+        d_neg = (p[:, None, :] - lookup(self.item, batch["neg"], self.sparse)).pow(2).sum(2).min(1).values
         return torch.relu(self.margin + d_pos - d_neg).mean()
 
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
@@ -67,6 +68,11 @@ class CML(Recommender):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Clips every row to the unit ball (CML's norm constraint)."""
+        """Clips the rows the step changed (every row, after a dense step) to the unit ball (CML's norm
+        constraint)."""
         for w in (self.user, self.item):
-            w.div_(w.norm(dim=1, keepdim=True).clamp(min=1.0))
+            rows = touched_rows(w)
+            if rows is None:
+                w.div_(w.norm(dim=1, keepdim=True).clamp(min=1.0))
+            else:
+                w[rows] = w[rows] / w[rows].norm(dim=1, keepdim=True).clamp(min=1.0)

@@ -6,6 +6,14 @@ z_i = mu(y_i): with the linear last layer that is f(z_i) . W_u + b_u, and b_u is
 u's items -- so ranking is a dot product between a per-user decoder row W_u and a per-item feature
 f(z_i), and FAISS retrieves it like any embedding model. The per-item features are computed once
 per parameter state (in eval mode) from the item columns, in blocks.
+
+Scale. The exact input layer is n_users wide (600 x 1M weights plus their Adam moments, ~7 GiB at a
+million users). With ``teachers.iae_hash_buckets = H > 0`` an item's (normalised, dropped-out) column
+is feature-hashed into H signed buckets (Weinberger et al., 2009: user u adds sign(u) * y_iu to bucket
+h(u)), so the encoder is H x hidden whatever the user count; colliding users share a bucket, the
+signs keep their sum unbiased. The decoder still scores every user per item -- that is the model, and
+its (items x users) logits block is what a batch costs: `teachers.iae_max_logits` caps the item batch
+so the block stays bounded (64 items at 1M users with the default).
 """
 
 from __future__ import annotations
@@ -23,12 +31,21 @@ from hetcomp_dist.models.vae import VAECore, _AnnealedBeta, multinomial_vae_loss
 _ENCODE_BLOCK = 4096  # items per encoding block
 
 
+def hash_users(users: np.ndarray, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket (n,) int64 in [0, n_buckets), sign (n,) float32 +-1) of user ids: the high bits of two
+    multiplicative (Fibonacci) hashes, a fixed function of the id."""
+    u = users.astype(np.uint64)
+    bucket = ((u * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) % np.uint64(n_buckets)
+    sign = ((u * np.uint64(0xC2B2AE3D27D4EB4F)) >> np.uint64(63)).astype(np.float32)
+    return bucket.astype(np.int64), 1.0 - 2.0 * sign
+
+
 class ItemAE(_AnnealedBeta):
     """Item-based Mult-VAE.
 
     Args:
         n_users, n_items: catalogue sizes.
-        cfg: teachers section (as MultVAE).
+        cfg: teachers section (as MultVAE, and iae_hash_buckets, iae_max_logits).
         train: the full train lists (user-major); required, its transpose is the model's input.
     """
 
@@ -37,7 +54,9 @@ class ItemAE(_AnnealedBeta):
         if train is None:
             raise ValueError("ItemAE needs the train lists (its inputs are the item columns)")
         self.n_users, self.n_items, self.dim, self.drop = n_users, n_items, cfg.dim, cfg.ae_dropout
-        self.core = VAECore(n_users, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden)
+        self.buckets = cfg.iae_hash_buckets
+        self.max_batch = max(1, cfg.iae_max_logits // max(n_users, 1))
+        self.core = VAECore(n_users, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden, n_in=self.buckets)
         self.columns = transpose(train, n_items)
         self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)
         self._cache: torch.Tensor | None = None
@@ -45,10 +64,24 @@ class ItemAE(_AnnealedBeta):
     def batches(
         self, train: CSR, rng: np.random.Generator, batch_size: int
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of `batch_size` items (their train columns); `train` must be the constructor's."""
+        """Batches of `batch_size` items (at most `iae_max_logits` // n_users: the (items, users) logits
+        block stays bounded), their train columns; `train` must be the constructor's."""
         if len(train.items) != len(self.columns.items):
             self.columns = transpose(train, self.n_items)
-        return vae_batches(self.columns, self.n_users, self.dim, rng, batch_size, self.drop)
+        size = min(batch_size, self.max_batch)
+        for batch in vae_batches(self.columns, self.n_users, self.dim, rng, size, self.drop):
+            yield {**batch, "x": self._input(batch["x"])}
+
+    def _input(self, columns: torch.Tensor) -> torch.Tensor:
+        """The encoder's sparse input of sparse (B, n_users) item columns: themselves, or hashed to (B, H)."""
+        if not self.buckets:
+            return columns
+        idx, values = columns.indices(), columns.values()
+        bucket, sign = hash_users(idx[1].numpy(), self.buckets)
+        hashed = torch.stack([idx[0], torch.from_numpy(bucket)])
+        return torch.sparse_coo_tensor(
+            hashed, values * torch.from_numpy(sign), (columns.shape[0], self.buckets), check_invariants=False
+        ).coalesce()
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return multinomial_vae_loss(self.core, batch, self.beta())
@@ -60,7 +93,7 @@ class ItemAE(_AnnealedBeta):
         out = []
         for s in range(0, self.n_items, _ENCODE_BLOCK):
             rows = np.arange(s, min(s + _ENCODE_BLOCK, self.n_items))
-            mu, _ = self.core.encode(sparse_rows(self.columns, rows, self.n_users).to(dev))
+            mu, _ = self.core.encode(self._input(sparse_rows(self.columns, rows, self.n_users)).to(dev))
             out.append(self.core.features(mu))
         return torch.cat(out)
 

@@ -11,6 +11,7 @@ from torch.nn import functional
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.models.rowwise import lookup
 from hetcomp_dist.models.sampling import interaction_keys, pair_batches, sample_negatives
 
 
@@ -19,13 +20,13 @@ class MF(Recommender):
 
     Args:
         n_users, n_items: catalogue sizes.
-        cfg: teachers section (dim, l2).
+        cfg: teachers section (dim, l2, sparse_updates).
         train: unused (kept so every teacher is built the same way).
     """
 
     def __init__(self, n_users: int, n_items: int, cfg: TeachersConfig, train: CSR | None = None) -> None:
         super().__init__()
-        self.n_users, self.n_items, self.l2 = n_users, n_items, cfg.l2
+        self.n_users, self.n_items, self.l2, self.sparse = n_users, n_items, cfg.l2, cfg.sparse_updates
         self.user = torch.nn.Parameter(torch.randn(n_users, cfg.dim) * 0.01)
         self.item = torch.nn.Parameter(torch.randn(n_items, cfg.dim) * 0.01)
         self._keys: np.ndarray | None = None
@@ -45,8 +46,8 @@ class MF(Recommender):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """BPR: -log sigma(s(u,i) - s(u,j)), mean over the batch, plus L2 on the touched rows."""
-        p = self.user[batch["user"]]
-        qi, qj = self.item[batch["pos"]], self.item[batch["neg"]]
+        p = lookup(self.user, batch["user"], self.sparse)
+        qi, qj = lookup(self.item, batch["pos"], self.sparse), lookup(self.item, batch["neg"], self.sparse)
         diff = (p * qi).sum(1) - (p * qj).sum(1)
         reg = (p.pow(2).sum() + qi.pow(2).sum() + qj.pow(2).sum()) / len(p)
         return -functional.logsigmoid(diff).mean() + self.l2 * reg

@@ -16,6 +16,7 @@ from torch.nn import functional
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.models.rowwise import lookup
 from hetcomp_dist.models.sampling import interaction_keys, pair_batches, sample_negatives
 
 _CHUNK_ELEMS = 1 << 19  # floats per (users x items x width) block while scoring (2 MiB: stays in cache)
@@ -26,13 +27,14 @@ class NeuMF(Recommender):
 
     Args:
         n_users, n_items: catalogue sizes.
-        cfg: teachers section (dim = GMF width, dnn_mlp_dim, dnn_layers, dnn_negatives, l2).
+        cfg: teachers section (dim = GMF width, dnn_mlp_dim, dnn_layers, dnn_negatives, l2, sparse_updates).
         train: unused.
     """
 
     def __init__(self, n_users: int, n_items: int, cfg: TeachersConfig, train: CSR | None = None) -> None:
         super().__init__()
         self.n_users, self.n_items, self.n_neg, self.l2 = n_users, n_items, cfg.dnn_negatives, cfg.l2
+        self.sparse = cfg.sparse_updates
         d, m = cfg.dim, cfg.dnn_mlp_dim
         self.gmf_user = torch.nn.Parameter(torch.randn(n_users, d) * 0.01)
         self.gmf_item = torch.nn.Parameter(torch.randn(n_items, d) * 0.01)
@@ -61,18 +63,27 @@ class NeuMF(Recommender):
             }
 
     def _pair_logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([self.mlp_user[users], self.mlp_item[items]], 1)
+        h = torch.cat([self._rows(self.mlp_user, users), self._rows(self.mlp_item, items)], 1)
         for layer in self.layers:
             h = torch.relu(layer(h))
-        gmf = self.gmf_user[users] * self.gmf_item[items]
+        gmf = self._rows(self.gmf_user, users) * self._rows(self.gmf_item, items)
         return self.head(torch.cat([gmf, h], 1))[:, 0]
+
+    def _rows(self, table: torch.nn.Parameter, index: torch.Tensor) -> torch.Tensor:
+        return lookup(table, index, self.sparse)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Binary cross-entropy on (user, item, label) pairs plus L2 on the touched embedding rows."""
         u, i = batch["user"], batch["item"]
         logit = self._pair_logits(u, i)
         reg = sum(
-            t.pow(2).sum() for t in (self.gmf_user[u], self.gmf_item[i], self.mlp_user[u], self.mlp_item[i])
+            t.pow(2).sum()
+            for t in (
+                self._rows(self.gmf_user, u),
+                self._rows(self.gmf_item, i),
+                self._rows(self.mlp_user, u),
+                self._rows(self.mlp_item, i),
+            )
         )
         return functional.binary_cross_entropy_with_logits(logit, batch["label"]) + self.l2 * reg / len(u)
 

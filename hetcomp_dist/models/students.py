@@ -12,7 +12,9 @@ The distillation losses only need this factorised form (`hetcomp_dist.objectives
 more than a (users-in-batch x item-chunk) block). Each student also has its own base loss for
 "w/o KD": BPR for MF and DNN, the CML hinge for ML. Models know nothing of Ray or DDP;
 ``user_tables`` names the per-user parameter tables (one row per user) so the trainer can keep
-them out of the gradient all-reduce.
+them out of the gradient all-reduce. With ``student.sparse_updates`` the user table's gradient is
+sparse (the batch's rows; models/rowwise.py), so a step costs O(batch) user rows; the item tables
+stay dense: the full-catalogue tail of L_O/L_F touches every item row at every step anyway.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch.nn import functional
 from hetcomp_dist.config import StudentConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.models.rowwise import touched_rows
 from hetcomp_dist.models.sampling import interaction_keys, pair_batches, sample_negatives
 
 
@@ -117,8 +120,8 @@ class Student(Recommender):
         return next(self.parameters()).device
 
 
-def _normal_embedding(n: int, d: int, std: float = 0.01) -> torch.nn.Embedding:
-    emb = torch.nn.Embedding(n, d)
+def _normal_embedding(n: int, d: int, std: float = 0.01, sparse: bool = False) -> torch.nn.Embedding:
+    emb = torch.nn.Embedding(n, d, sparse=sparse)
     torch.nn.init.normal_(emb.weight, 0.0, std)
     return emb
 
@@ -128,7 +131,7 @@ class MFStudent(Student):
 
     def __init__(self, n_users: int, n_items: int, cfg: StudentConfig) -> None:
         super().__init__(n_users, n_items, cfg)
-        self.user_emb = _normal_embedding(n_users, cfg.dim)
+        self.user_emb = _normal_embedding(n_users, cfg.dim, sparse=cfg.sparse_updates)
         self.item_emb = _normal_embedding(n_items, cfg.dim)
 
     def user_side(self, users: torch.Tensor) -> torch.Tensor:
@@ -154,7 +157,7 @@ class MLStudent(Student):
     def __init__(self, n_users: int, n_items: int, cfg: StudentConfig) -> None:
         super().__init__(n_users, n_items, cfg)
         std = 1.0 / cfg.dim**0.5
-        self.user_emb = _normal_embedding(n_users, cfg.dim, std)
+        self.user_emb = _normal_embedding(n_users, cfg.dim, std, sparse=cfg.sparse_updates)
         self.item_emb = _normal_embedding(n_items, cfg.dim, std)
         self.margin, self.max_norm = cfg.ml_margin, cfg.ml_max_norm
         self.after_step()
@@ -187,9 +190,14 @@ class MLStudent(Student):
 
     @torch.no_grad()
     def after_step(self) -> None:
+        """Renormalises the rows the step changed (every row of a table with a dense gradient)."""
         if self.max_norm > 0:
             for w in (self.user_emb.weight, self.item_emb.weight):
-                w.data = torch.renorm(w.data, 2, 0, self.max_norm)
+                rows = touched_rows(w)
+                if rows is None:
+                    w.data = torch.renorm(w.data, 2, 0, self.max_norm)
+                else:
+                    w[rows] = torch.renorm(w[rows], 2, 0, self.max_norm)
 
 
 def _tower(dims: list[int]) -> torch.nn.Sequential:
@@ -213,7 +221,7 @@ class DNNStudent(Student):
 
     def __init__(self, n_users: int, n_items: int, cfg: StudentConfig) -> None:
         super().__init__(n_users, n_items, cfg)
-        self.user_emb = _normal_embedding(n_users, cfg.dim, 0.1)
+        self.user_emb = _normal_embedding(n_users, cfg.dim, 0.1, sparse=cfg.sparse_updates)
         self.item_emb = _normal_embedding(n_items, cfg.dim, 0.1)
         dims = [cfg.dim, *cfg.dnn_hidden, cfg.dim]
         self.user_tower, self.item_tower = _tower(dims), _tower(dims)

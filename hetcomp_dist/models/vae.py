@@ -29,16 +29,17 @@ class VAECore(torch.nn.Module):
     """Encoder/decoder of a Mult-VAE over `n_cols`-wide sparse rows.
 
     Args:
-        n_cols: input and output width.
+        n_cols: output width (and input width unless `n_in` is given).
         hidden: encoder hidden width.
         dim: latent dimension.
         dec_hidden: decoder hidden width, 0 = linear decoder.
+        n_in: input width when the input is not the row itself (I-AE's hashed columns); 0 = n_cols.
     """
 
-    def __init__(self, n_cols: int, hidden: int, dim: int, dec_hidden: int = 0) -> None:
+    def __init__(self, n_cols: int, hidden: int, dim: int, dec_hidden: int = 0, n_in: int = 0) -> None:
         super().__init__()
-        # encoder weight stored (n_cols, hidden): sparse x @ W needs no transpose copy in backward
-        self.enc_weight = torch.nn.Parameter(torch.empty(n_cols, hidden))
+        # encoder weight stored (n_in, hidden): sparse x @ W needs no transpose copy in backward
+        self.enc_weight = torch.nn.Parameter(torch.empty(n_in or n_cols, hidden))
         self.enc_bias = torch.nn.Parameter(torch.zeros(hidden))
         torch.nn.init.xavier_normal_(self.enc_weight)
         self.enc_out = torch.nn.Linear(hidden, 2 * dim)
@@ -50,7 +51,7 @@ class VAECore(torch.nn.Module):
                 torch.nn.init.normal_(lin.bias, std=0.001)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, logvar), each (B, dim), of a sparse (B, n_cols) input."""
+        """(mu, logvar), each (B, dim), of a sparse (B, n_in) input."""
         h = torch.tanh(torch.sparse.mm(x, self.enc_weight) + self.enc_bias)
         mu, logvar = self.enc_out(h).chunk(2, dim=1)
         return mu, logvar

@@ -20,6 +20,7 @@ from hetcomp_dist.config import Config, from_dict, student_lr
 from hetcomp_dist.knowledge.rounds import dkc_round
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import build_student
+from hetcomp_dist.models.rowwise import RowwiseAdam
 from hetcomp_dist.models.students import count_parameters
 from hetcomp_dist.objectives.base import TrainTask
 from hetcomp_dist.objectives.registry import build_objective, model_config
@@ -152,7 +153,8 @@ def build(job: Job, w: Worker):
     sampler = BatchSampler(
         data, s.batch_size, w.rank, w.world, s.seed, task.objective.needs_negatives, w.device
     )
-    opt = torch.optim.Adam(task.parameters(), lr=student_lr(s), weight_decay=s.weight_decay)
+    # Adam; lazy and row-wise on the user table when its gradient is sparse (student.sparse_updates)
+    opt = RowwiseAdam(task.parameters(), lr=student_lr(s), weight_decay=s.weight_decay)
     return data, task, sampler, opt
 
 

@@ -1,13 +1,14 @@
 """The teacher training loop: epochs, validation every few epochs, early stopping, snapshots, resume.
 
 Pure torch; no Ray. An epoch is the model's `fit_epoch`: Adam steps over its batches for the
-gradient-trained models, a solver step for a model that fits itself (ALS, item-kNN). Protocol (METHOD.md
-§1): evaluate on **valid** every `eval_every` epochs, keep the best valid R@50, stop after `patience`
-evaluations without improvement or at `max_epochs`. A snapshot
-(weights only) is saved every `snapshot_every` epochs -- every evaluated epoch has one, so the best
-epoch C does -- and a checkpoint (weights, optimiser, early-stopping state) at the same epochs. Each
-epoch draws its batches from an RNG seeded by (seed, epoch), so a run resumed from a checkpoint
-continues exactly as the uninterrupted run would have.
+gradient-trained models (lazy, row-wise ones on tables with sparse gradients: models/rowwise.py), a
+solver step for a model that fits itself (ALS, item-kNN). Protocol (METHOD.md §1): evaluate on
+**valid** every `eval_every` epochs, keep the best valid R@50, stop after `patience` evaluations
+without improvement or at `max_epochs`. A snapshot (weights only) is saved every `snapshot_every`
+epochs -- every evaluated epoch has one, so the best epoch C does -- and a checkpoint (weights,
+optimiser, early-stopping state) at the same epochs. Each epoch draws its batches from an RNG seeded
+by (seed, epoch), so a run resumed from a checkpoint continues exactly as the uninterrupted run would
+have.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.models.rowwise import RowwiseAdam
 from hetcomp_dist.progress import log, peak_rss_gib
 from hetcomp_dist.teachers.trajectory import prunable_snapshots
 
@@ -125,8 +127,9 @@ def fit(
          "resumed_from", "stop"}; the model holds the last epoch's weights.
     """
     trainable = model.optimizer_parameters()
-    # fused Adam: one kernel per parameter instead of one per tensor op, for big item tables on CPU
-    opt = torch.optim.Adam(trainable, lr=params.lr, fused=True) if trainable else None
+    # fused Adam: one kernel per parameter instead of one per tensor op, for big item tables on CPU;
+    # tables with sparse gradients (teachers.sparse_updates) take lazy row-wise steps instead
+    opt = RowwiseAdam(trainable, lr=params.lr, fused=True) if trainable else None
     ck = load_checkpoint(layout.teacher_checkpoint(name), cfg_hash)
     if ck is not None:
         state = json.loads(ck["state"])

@@ -44,7 +44,12 @@ _NEUTRAL = (
 )
 # model fields only their own family reads: kept out of the other teachers' hashes, so that setting
 # them never retrains a teacher that does not use them
-_FAMILY_FIELDS = {"als": ("als_alpha", "als_reg"), "iknn": ("iknn_k",)}
+_FAMILY_FIELDS = {
+    "als": ("als_alpha", "als_reg"),
+    "iknn": ("iknn_k",),
+    "gnn": ("gnn_refresh_every", "gnn_walks"),
+    "iae": ("iae_hash_buckets", "iae_max_logits"),
+}
 
 
 def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:

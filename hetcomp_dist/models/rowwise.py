@@ -1,0 +1,101 @@
+"""Sparse, row-wise training of embedding tables: a step costs O(rows in the batch), not O(table).
+
+A model that trains with sparse updates looks its table rows up with `lookup(table, index, sparse=True)`
+(`torch.nn.functional.embedding` with ``sparse=True``): the table's gradient is then a sparse tensor
+holding only the looked-up rows, and `RowwiseAdam` gives those rows Adam's update -- with their own
+first and second moments -- and leaves every other row and its moments as they are. That is the
+"lazy" Adam of TensorFlow's LazyAdam and of TorchRec's fused embedding optimisers (FBGEMM's Adam keeps
+full per-element moments too; only its row-wise Adagrad shares one second moment per row). Parameters
+with dense gradients (item tables the full-catalogue terms touch, MLP layers) take torch's own Adam
+step, bit for bit the one `torch.optim.Adam` takes, so a model without sparse tables trains exactly as
+under `torch.optim.Adam`.
+
+How lazy differs from dense Adam, and what we chose:
+
+- A row absent from a step keeps its weights and moments: dense Adam would still move it by its
+  decaying momentum. The bias correction uses the parameter's global step count (as LazyAdam).
+- L2 weight decay (`weight_decay`, the student's 1e-5) is added to the gradient of the rows in the
+  step only (as dense Adam adds it to every row's gradient). Under dense Adam a row no batch touches
+  is pulled towards 0 at about `lr` per step, since Adam normalises that decay gradient; the lazy
+  version leaves it alone until its user appears again. The teachers' l2 is part of their losses
+  (over the batch's rows), so it is sparse already.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional
+
+
+def lookup(table: torch.Tensor, index: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """(len(index), d) rows of a (n, d) table; with `sparse`, its gradient is a sparse tensor of those rows.
+
+    Dense mode is plain indexing (the gradient a dense (n, d) tensor), so a model with sparse updates
+    off computes exactly what it always did.
+    """
+    return functional.embedding(index, table, sparse=True) if sparse else table[index]
+
+
+def touched_rows(table: torch.Tensor) -> torch.Tensor | None:
+    """Distinct row indices in `table`'s sparse gradient (the rows the last step changed), or None when
+    its gradient is dense or absent (the step may have changed any row)."""
+    grad = table.grad
+    if grad is None or not grad.is_sparse:
+        return None
+    return grad.coalesce().indices()[0]
+
+
+class RowwiseAdam(torch.optim.Adam):
+    """`torch.optim.Adam` whose parameters with sparse gradients take lazy, row-wise updates.
+
+    Takes `torch.optim.Adam`'s arguments (amsgrad and maximize are not supported for sparse gradients).
+    Its state dict has Adam's layout (per parameter: ``step``, ``exp_avg``, ``exp_avg_sq``), so
+    checkpoints and the student's per-user gathers treat it as Adam's.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        held = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    held[p] = p.grad
+                    p.grad = None  # hidden from Adam's own step, which rejects sparse gradients
+        try:
+            loss = super().step(closure)
+        finally:
+            for p, grad in held.items():
+                p.grad = grad.coalesce()  # sums the rows looked up more than once (`touched_rows` reuses it)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in held:
+                    self._lazy_step(p, p.grad, group)
+        return loss
+
+    def _lazy_step(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        """Adam's update (torch's single-tensor formulas) on the rows of the coalesced sparse `grad` only."""
+        if group["amsgrad"] or group["maximize"]:
+            raise ValueError("RowwiseAdam: amsgrad and maximize are not supported for sparse gradients")
+        state = self.state[p]
+        if not state:
+            # where Adam keeps it: on the parameter's device when fused, else on the CPU
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if group["fused"] else "cpu")
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        rows, g = grad.indices()[0], grad.values()
+        if g.numel() == 0:
+            return
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        state["step"] += 1
+        step = float(state["step"])
+        w = p[rows]
+        if wd:
+            g = g.add(w, alpha=wd)
+        m = state["exp_avg"][rows].lerp_(g, 1 - beta1)
+        v = state["exp_avg_sq"][rows].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (v.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+        w.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+        state["exp_avg"][rows] = m
+        state["exp_avg_sq"][rows] = v
+        p[rows] = w
