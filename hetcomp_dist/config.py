@@ -136,6 +136,9 @@ class EvalConfig:
     hnsw_ef_search: int = ranged(256, COUNT)
     # below this, evaluate in-process (Ray's fixed costs are seconds)
     distributed_min_users: int = ranged(200_000, NON_NEGATIVE)
+    # concurrent evaluation tasks and recommend actors (0 = the cluster's CPU capacity, its autoscaler's
+    # maximum where it reports one: hetcomp_dist.resources)
+    max_tasks: int = ranged(0, NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,8 @@ class TeachersConfig:
     # epochs between trajectory snapshots (must divide every eval_every)
     snapshot_every: int = ranged(10, COUNT)
     num_cpus: float = ranged(0.3, POSITIVE)  # per actor
-    # per actor; < 0 = auto: a share of the cluster's GPUs when it has any, else 0
+    # per actor; < 0 = auto: a share of the GPUs the cluster may hold (its autoscaler's maximum where it
+    # reports one, else those present: hetcomp_dist.resources), 0 when it has none
     num_gpus: float = ranged(-1.0, Range(note="< 0 = auto"))
     max_restarts: int = ranged(3, NON_NEGATIVE)  # bounded: Ray's -1 would restart a crashing actor forever
     seed: int = ranged(0, NON_NEGATIVE)

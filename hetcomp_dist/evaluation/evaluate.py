@@ -441,7 +441,9 @@ def _evaluate_ray(run, m, cfg, splits, pieces, save_topk, emb, score_fn) -> list
     ds = ray.data.from_items(
         [{"shard": s, "lo": lo, "hi": hi} for s, lo, hi in pieces], override_num_blocks=len(pieces)
     )
-    size = max(1, min(len(pieces), int(ray.cluster_resources().get("CPU", 1))))
+    from hetcomp_dist.resources import cluster_view, task_pool
+
+    _, size = task_pool(len(pieces), 1.0, cluster_view(), cfg.max_tasks)  # tasks pend while nodes join
     out = ds.map_batches(
         _ray_eval_shards,
         batch_size=1,

@@ -58,7 +58,7 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
     ev = {
         k: v
         for k, v in dataclasses.asdict(cfg.eval).items()
-        if k not in ("batch_size", "distributed_min_users")
+        if k not in ("batch_size", "distributed_min_users", "max_tasks")
     }
     return storage.config_hash("teacher", name, data_hash, shared, own, ev)
 
