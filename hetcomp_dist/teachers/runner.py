@@ -21,6 +21,7 @@ from hetcomp_dist.evaluation.evaluate import evaluate_embeddings, evaluate_score
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import model_class
 from hetcomp_dist.progress import log, peak_rss_gib
+from hetcomp_dist.resources import this_node
 from hetcomp_dist.teachers.fit import fit, load_checkpoint, remove_file, resolve
 from hetcomp_dist.teachers.trajectory import N_STATES, Ranker, choose_states, export_trajectory
 
@@ -181,6 +182,7 @@ def run_teacher(
         "snapshots": {
             f"state={i + 1}": storage.relative(layout.teacher_snapshot(name, e), tdir)
             for i, e in enumerate(states)
+        "node": this_node(),  # where the actor that trained and exported it ran
         },
         "test": traj["states"][-1]["test"],
         "valid": traj["states"][-1]["valid"],
@@ -189,3 +191,4 @@ def run_teacher(
     storage.write_manifest(tdir, manifest, to_dict(cfg))
     log(f"teacher {name}", f"committed {tdir}: states {states}, test R@50 {manifest['test']['R@50']:.4f}")
     return storage.read_manifest(tdir)
+        "node": metrics["node"],
