@@ -29,6 +29,7 @@ STUDENT_METHODS = ("hetcomp", "wokd", *BASELINES)
 STUDENT_MODELS = ("mf", "ml", "dnn")
 DATA_FORMATS = ("citeulike", "csv", "parquet", "synthetic")
 EVAL_INDEXES = ("flat", "blocked", "pruned", "ivf", "hnsw")
+APPROXIMATE_INDEXES = ("ivf", "hnsw")
 
 
 # ------------------------------------------------------------------------------------ ranges
@@ -181,6 +182,13 @@ class TeachersConfig:
     max_restarts: int = ranged(3, NON_NEGATIVE)  # bounded: Ray's -1 would restart a crashing actor forever
     seed: int = ranged(0, NON_NEGATIVE)
     export_batch_size: int = ranged(1024, COUNT)  # users per scoring block in the trajectory export
+    # retrieval of the teachers stage (the trajectory export and the teachers' evaluations): "" = eval.index;
+    # ivf | hnsw = approximate (eval.ivf_* / hnsw_* settings; a model without embeddings ranks its top
+    # export_candidates from `candidate_embeddings` by its exact `pair_scores`), its recall@topk against
+    # exact measured on export_recall_users users per state (metrics.json)
+    export_index: str = ""
+    export_candidates: int = ranged(500, COUNT)
+    export_recall_users: int = ranged(1000, NON_NEGATIVE)
     keep_snapshots: bool = False  # False: after the export keep only the four state snapshots
     progress_every_s: float = ranged(10.0, POSITIVE)  # driver's progress table period
     # model-specific
@@ -584,6 +592,13 @@ def validate(cfg: Config, where: str = "config") -> Config:
             "raise teachers.topk",
         )
     choice("teachers.ae_variant", t.ae_variant, ("vae", "cdae"))
+    choice("teachers.export_index", t.export_index, ("", *EVAL_INDEXES))
+    if t.export_index in APPROXIMATE_INDEXES and t.export_candidates < t.topk:
+        raise InputError(
+            f"{where}.teachers.export_candidates",
+            f"{t.export_candidates} must be >= teachers.topk={t.topk}",
+            "the exact scores rank the candidates, so there must be at least K of them",
+        )
     for name in TEACHER_NAMES:
         o = getattr(t, name)
         eval_every = o.eval_every or t.eval_every
