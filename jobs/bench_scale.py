@@ -403,6 +403,23 @@ def print_table(out: dict) -> None:
         )
 
 
+def _sizes(users: str, items: str | None) -> tuple[list[int], list[int]]:
+    """(user counts, item counts) of --users and --items (default: users / 10); InputError if malformed."""
+    from hetcomp_dist.errors import InputError
+    from hetcomp_dist.scale import items_for
+
+    try:
+        u = [int(x) for x in users.split(",")]
+        i = [int(x) for x in items.split(",")] if items else [items_for(x) for x in u]
+    except ValueError as e:
+        raise InputError("--users/--items", f"not comma-separated integers ({e})") from e
+    if len(i) != len(u):
+        raise InputError("--items", f"{len(i)} item counts for {len(u)} sizes", "give one per size")
+    if min(u + i) < 1:
+        raise InputError("--users/--items", "every count must be >= 1")
+    return u, i
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", default="100000,300000,1000000", help="comma-separated user counts")
@@ -423,28 +440,18 @@ def main() -> int:
 
     from hetcomp_dist.errors import InputError
     from hetcomp_dist.procstats import TreeSampler, machine_used_bytes
-    from hetcomp_dist.scale import check_fits, items_for
+    from hetcomp_dist.scale import check_fits
 
-    users = [
-        int(x)
-        for x in (TINY_USERS if args.tiny and args.users == ap.get_default("users") else args.users).split(
-            ","
-        )
-    ]
-    items = [int(x) for x in args.items.split(",")] if args.items else [items_for(u) for u in users]
+    sizes = TINY_USERS if args.tiny and args.users == ap.get_default("users") else args.users
     args.all_overrides = [*(TINY if args.tiny else ()), *args.overrides]
     args.workdir = os.path.abspath(args.workdir)
     try:  # every size's config is checked before anything runs
-        if len(items) != len(users):
-            raise InputError(
-                "--items", f"{len(items)} item counts for {len(users)} sizes", "give one per size"
-            )
+        users, items = _sizes(sizes, args.items)
         for u, i in zip(users, items):
-            cfg = load_config(
-                args.config,
-                [f"run={args.workdir}", f"synth.users={u}", f"synth.items={i}", *args.all_overrides],
+            over = [f"run={args.workdir}", f"synth.users={u}", f"synth.items={i}", *args.all_overrides]
+            check_fits(
+                load_config(args.config, over), where=f"{os.path.basename(args.config)} at {u:,} users"
             )
-            check_fits(cfg, where=f"{os.path.basename(args.config)} at {u:,} users")
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,9 @@ items not in the user's train list, best first), ``.../observed/shard-*.parquet`
 items in the E4 model's order); the caller writes ``metrics.json`` and ``_manifest.json`` last.
 
 Ranking never holds a users x items matrix: a `Ranker` answers per block of users, through FAISS
-for models with embeddings and through a (B, n_items) score block reduced at once otherwise.
+for models with embeddings and through a (B, n_items) score block reduced at once otherwise; with an
+approximate index (``teachers.export_index``), through FAISS candidates that the model's exact scores
+rank, for a model that offers candidate vectors, and each state's recall against exact is measured.
 """
 
 from __future__ import annotations
