@@ -29,6 +29,7 @@ STUDENT_METHODS = ("hetcomp", "wokd", *BASELINES)
 STUDENT_MODELS = ("mf", "ml", "dnn")
 DATA_FORMATS = ("citeulike", "csv", "parquet", "synthetic")
 EVAL_INDEXES = ("flat", "blocked", "pruned", "ivf", "hnsw")
+APPROXIMATE_INDEXES = ("ivf", "hnsw")
 
 
 # ------------------------------------------------------------------------------------ ranges
@@ -136,6 +137,9 @@ class EvalConfig:
     hnsw_ef_search: int = ranged(256, COUNT)
     # below this, evaluate in-process (Ray's fixed costs are seconds)
     distributed_min_users: int = ranged(200_000, NON_NEGATIVE)
+    # concurrent evaluation tasks and recommend actors (0 = the cluster's CPU capacity, its autoscaler's
+    # maximum where it reports one: hetcomp_dist.resources)
+    max_tasks: int = ranged(0, NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,8 @@ class TeachersConfig:
     # epochs between trajectory snapshots (must divide every eval_every)
     snapshot_every: int = ranged(10, COUNT)
     num_cpus: float = ranged(0.3, POSITIVE)  # per actor
-    # per actor; < 0 = auto: a share of the cluster's GPUs when it has any, else 0
+    # per actor; < 0 = auto: a share of the GPUs the cluster may hold (its autoscaler's maximum where it
+    # reports one, else those present: hetcomp_dist.resources), 0 when it has none
     num_gpus: float = ranged(-1.0, Range(note="< 0 = auto"))
     max_restarts: int = ranged(3, NON_NEGATIVE)  # bounded: Ray's -1 would restart a crashing actor forever
     seed: int = ranged(0, NON_NEGATIVE)
@@ -180,6 +185,13 @@ class TeachersConfig:
     # row-wise Adam updates: a step costs O(batch) rows, not O(table) (models/rowwise.py)
     sparse_updates: bool = False
     export_batch_size: int = ranged(1024, COUNT)  # users per scoring block in the trajectory export
+    # retrieval of the teachers stage (the trajectory export and the teachers' evaluations): "" = eval.index;
+    # ivf | hnsw = approximate (eval.ivf_* / hnsw_* settings; a model without embeddings ranks its top
+    # export_candidates from `candidate_embeddings` by its exact `pair_scores`), its recall@topk against
+    # exact measured on export_recall_users users per state (metrics.json)
+    export_index: str = ""
+    export_candidates: int = ranged(500, COUNT)
+    export_recall_users: int = ranged(1000, NON_NEGATIVE)
     keep_snapshots: bool = False  # False: after the export keep only the four state snapshots
     progress_every_s: float = ranged(10.0, POSITIVE)  # driver's progress table period
     # model-specific
@@ -595,6 +607,13 @@ def validate(cfg: Config, where: str = "config") -> Config:
             "raise teachers.topk",
         )
     choice("teachers.ae_variant", t.ae_variant, ("vae", "cdae"))
+    choice("teachers.export_index", t.export_index, ("", *EVAL_INDEXES))
+    if t.export_index in APPROXIMATE_INDEXES and t.export_candidates < t.topk:
+        raise InputError(
+            f"{where}.teachers.export_candidates",
+            f"{t.export_candidates} must be >= teachers.topk={t.topk}",
+            "the exact scores rank the candidates, so there must be at least K of them",
+        )
     for name in TEACHER_NAMES:
         o = getattr(t, name)
         eval_every = o.eval_every or t.eval_every

@@ -8,7 +8,8 @@ in its own process group, which is signalled (``ray stop`` would stop every Ray 
 Relative paths in the options are made absolute (the job runs in a temporary copy of the repository).
 Exits with the job's status (0 SUCCEEDED, 1 FAILED).
 
-The end-to-end test drives the same `LocalCluster`.
+The end-to-end tests drive the same `LocalCluster`; `add_node` starts a second node beside the head (each
+in its own process group and temp dir) for the two-node test.
 """
 
 from __future__ import annotations
@@ -47,33 +48,52 @@ def ray_env() -> dict[str, str]:
     }
 
 
+def _node_ports() -> dict[str, int]:
+    """Free ports for the per-node services of one more Ray node on this machine."""
+    names = (
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+        "--node-manager-port",
+        "--object-manager-port",
+    )
+    return {name: free_port() for name in names}
+
+
+def _start_group(cmd: list[str], log_path: str) -> subprocess.Popen:
+    """Starts `cmd` in a session (process group) of its own, output to `log_path`: the group is what
+    `stop` signals, exactly this node's processes."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True
+        )
+
+
 class LocalCluster:
-    """A private Ray head on 127.0.0.1; use as a context manager.
+    """A private Ray head on 127.0.0.1, and optionally more nodes beside it; use as a context manager.
 
     Args:
         num_cpus: CPUs the head advertises (scheduling tokens; None = the machine's count).
-        start_timeout_s: how long to wait for the job API.
+        start_timeout_s: how long to wait for the job API (and for an added node to join).
     """
 
     def __init__(self, num_cpus: int | None = None, start_timeout_s: float = 120.0):
         self.num_cpus, self.start_timeout_s = num_cpus, start_timeout_s
         self.dashboard_port = free_port()
+        self.gcs_port = free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         # short path: Ray's unix sockets live under it (108-byte limit)
         self.temp_dir = tempfile.mkdtemp(prefix="hcray-", dir="/tmp")
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | None = None  # the head's `ray start`
+        self.nodes: list[tuple[subprocess.Popen, str]] = []  # added nodes: `ray start`, temp dir
 
     def start(self) -> LocalCluster:
         ports = {
-            "--port": free_port(),
+            "--port": self.gcs_port,
             "--dashboard-port": self.dashboard_port,
             "--ray-client-server-port": free_port(),
-            "--dashboard-agent-listen-port": free_port(),
-            "--dashboard-agent-grpc-port": free_port(),
-            "--runtime-env-agent-port": free_port(),
-            "--metrics-export-port": free_port(),
-            "--node-manager-port": free_port(),
-            "--object-manager-port": free_port(),
+            **_node_ports(),
         }
         cmd = [
             shutil.which("ray") or "ray",
@@ -88,12 +108,7 @@ class LocalCluster:
         ]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
-        log = open(os.path.join(self.temp_dir, "head.log"), "wb")
-        # own session = own process group: stop() signals exactly this cluster's processes
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True
-        )
-        log.close()
+        self.proc = _start_group(cmd, os.path.join(self.temp_dir, "head.log"))
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -105,6 +120,60 @@ class LocalCluster:
             time.sleep(1.0)
         self.stop()
         raise TimeoutError(f"the job API at {self.address} did not come up in {self.start_timeout_s:.0f}s")
+
+    def add_node(self, num_cpus: int, resources: dict[str, float] | None = None) -> str:
+        """Starts one more Ray node on this machine that joins the head (own ports, temp dir and process
+        group, like the head's); returns its node id once the head lists it alive.
+
+        Args:
+            num_cpus: CPUs it advertises.
+            resources: custom resources it advertises (e.g. {"node_b": 1}, to find it again).
+        """
+        temp_dir = tempfile.mkdtemp(prefix="hcnode-", dir="/tmp")
+        cmd = [
+            shutil.which("ray") or "ray",
+            "start",
+            f"--address=127.0.0.1:{self.gcs_port}",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={temp_dir}",
+            f"--num-cpus={num_cpus}",
+            *(f"{k}={v}" for k, v in _node_ports().items()),
+        ]
+        if resources:
+            cmd.append(f"--resources={json.dumps(resources)}")
+        # the job API can answer before the head's own node registers (a loaded machine)
+        before = self._wait_for_nodes(1 + len(self.nodes))
+        proc = _start_group(cmd, os.path.join(temp_dir, "node.log"))
+        self.nodes.append((proc, temp_dir))
+        new = self._wait_for_nodes(len(before) + 1, proc, Path(temp_dir, "node.log")) - before
+        return new.pop()
+
+    def _wait_for_nodes(
+        self, n: int, proc: subprocess.Popen | None = None, log: Path | None = None
+    ) -> set[str]:
+        """The alive node ids once there are `n` (TimeoutError after `start_timeout_s`; RuntimeError when
+        `proc`, a node's `ray start`, exits first)."""
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(
+                    f"ray start exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}"
+                )
+            ids = {node["node_id"] for node in self.alive_nodes()}
+            if len(ids) >= n:
+                return ids
+            time.sleep(1.0)
+        raise TimeoutError(f"{n} node(s) did not come up at {self.address} in {self.start_timeout_s:.0f}s")
+
+    def alive_nodes(self) -> list[dict]:
+        """The cluster's alive nodes, from the head's state API: node_id, is_head_node, resources_total."""
+        from ray.util.state import list_nodes
+
+        nodes = list_nodes(
+            address=self.address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False
+        )
+        return [{k: getattr(n, k) for k in ("node_id", "is_head_node", "resources_total")} for n in nodes]
 
     def _job_api_up(self) -> bool:
         try:
@@ -152,25 +221,13 @@ class LocalCluster:
             time.sleep(2.0)
 
     def stop(self, grace_s: float = 3.0) -> None:
-        """SIGTERM to the cluster's process group, SIGKILL to what is left after `grace_s`.
-
-        (GCS, raylet, dashboard and workers exit on SIGTERM within a second; the blocking `ray start`
-        and the autoscaler monitor ignore it, hence the SIGKILL.)
-        """
+        """Stops the added nodes, then the head: each one's process group, and removes the temp dirs."""
+        for proc, temp_dir in reversed(self.nodes):
+            _stop_group(proc, grace_s)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        self.nodes = []
         if self.proc is not None:
-            pgid = self.proc.pid  # session leader: its pid is the group id
-            for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(pgid, sig)
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + wait_s
-                while time.monotonic() < deadline and _group_alive(pgid):
-                    self.proc.poll()  # reap the leader so it does not linger as a zombie
-                    time.sleep(0.2)
-                if not _group_alive(pgid):
-                    break
-            self.proc.wait(timeout=5)
+            _stop_group(self.proc, grace_s)
             self.proc = None
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -179,6 +236,27 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the process group `proc` leads, SIGKILL to what is left after `grace_s`.
+
+    (GCS, raylet, dashboard and workers exit on SIGTERM within a second; the blocking `ray start`
+    and the autoscaler monitor ignore it, hence the SIGKILL.)
+    """
+    pgid = proc.pid  # session leader: its pid is the group id
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _group_alive(pgid):
+            proc.poll()  # reap the leader so it does not linger as a zombie
+            time.sleep(0.2)
+        if not _group_alive(pgid):
+            break
+    proc.wait(timeout=5)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -400,3 +400,22 @@ def test_cluster_pipeline_config_uses_the_gpu_group():
 def test_both_clusters_have_the_same_worker_shapes():
     shapes = lambda nodes: sorted((r["CPU"], r["GPU"]) for r, _ in nodes.values())  # noqa: E731
     assert set(shapes(launcher_nodes())) == set(shapes(kuberay_nodes()))
+
+
+@pytest.mark.parametrize("cluster", ["launcher", "kuberay"])
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_teachers_ask_for_gpus_while_the_gpu_group_is_scaled_to_zero(cluster, config):
+    """Requests follow the config and the cluster's maximum, not the nodes up when the job starts."""
+    from hetcomp_dist.resources import ClusterView, NodeGroup, task_pool, teacher_gpus
+
+    nodes = launcher_nodes() if cluster == "launcher" else kuberay_nodes()
+    groups = tuple(NodeGroup(name, res, n) for name, (res, n) in nodes.items())
+    cpu_groups = [r for r, _ in nodes.values() if r["GPU"] == 0]
+    cpu_only_now = {"CPU": sum(r["CPU"] for r in cpu_groups)}  # the head and one node per CPU group
+    view = ClusterView(alive_nodes=1 + len(cpu_groups), now=cpu_only_now, groups=groups)
+    cfg = CONFIGS[config]()
+    gpus = teacher_gpus(cfg.teachers, len(cfg.teachers.names), view)
+    assert 0 < gpus <= 1, "the teachers wait for the GPU group instead of training on CPUs"
+    low, high = task_pool(1000, 1.0, view, cfg.eval.max_tasks)
+    most = sum(r["CPU"] * n for r, n in nodes.values())
+    assert (low, high) == (cpu_only_now["CPU"], most), "evaluation fans out as the groups grow"

@@ -294,6 +294,26 @@ def test_distributed_equals_in_process(synth_run, ray_session):
     assert_close(remote_scorer, local, 1e-5)  # cdist rounds differently from FAISS; same lists up to ties
 
 
+def test_a_ranker_of_topk_queries_evaluates_like_the_embeddings(synth_run):
+    """`evaluate_topk`: one exclusion-aware top-k query per protocol, the one-search path's metrics."""
+    from hetcomp_dist.evaluation.evaluate import evaluate_topk
+    from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
+
+    U, V = random_emb(synth_run, seed=6)
+    index = build_index(V, "ip")
+    calls = []
+
+    def topk(users, k, ex_offsets, ex_values):
+        calls.append(len(users))
+        return search_excluding(index, U[users], k, ex_offsets, ex_values)
+
+    got = evaluate_topk(synth_run, topk, EvalConfig(batch_size=100))
+    assert_close(got, evaluate_embeddings(synth_run, U, V, "ip"), 1e-12)
+    assert max(calls) <= 100 and len(calls) % 2 == 0  # two protocols per batch
+    with pytest.raises(InputError, match="unknown split"):
+        evaluate_topk(synth_run, topk, splits=("train",))
+
+
 def test_shape_mismatch_is_a_clear_error(synth_run):
     U, V = random_emb(synth_run)
     with pytest.raises(InputError, match="does not match the run"):

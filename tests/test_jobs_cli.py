@@ -15,6 +15,7 @@ from hetcomp_dist.config import Config
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.local_cluster import absolute_paths
+from hetcomp_dist.resources import ClusterView, NodeGroup
 
 REPO = Path(__file__).resolve().parents[1]
 # every job file but the benchmarks (bench_*) and the checks of an existing run (check_*) is a stage
@@ -65,8 +66,36 @@ def test_a_relative_run_is_refused_inside_a_submitted_job(monkeypatch, tmp_path)
 def no_ray(monkeypatch):
     calls = []
     monkeypatch.setattr(jobs, "init_ray", lambda: calls.append("init"))
+    monkeypatch.setattr(jobs, "check_cluster", lambda cfg: None)  # a one-node cluster
     monkeypatch.setattr(jobs, "shutdown_ray", lambda: calls.append("shutdown"))
     return calls
+
+
+@pytest.mark.parametrize(
+    "view, out, refused",
+    [
+        (ClusterView(2, {"CPU": 2}), "local", True),
+        (ClusterView(1, {"CPU": 0}, (NodeGroup("cpu", {"CPU": 16}, 4),)), "local", True),  # may grow
+        (ClusterView(2, {"CPU": 2}), "s3://bucket/run", False),
+        (ClusterView(1, {"CPU": 2}), "local", False),
+    ],
+)
+def test_a_local_run_on_a_cluster_of_several_nodes_is_refused_before_the_stage(
+    monkeypatch, capsys, tmp_path, view, out, refused
+):
+    from hetcomp_dist import resources
+
+    monkeypatch.setattr(jobs, "init_ray", lambda: None)
+    monkeypatch.setattr(jobs, "shutdown_ray", lambda: None)
+    monkeypatch.setattr(resources, "cluster_view", lambda: view)
+    ran = []
+    run = str(tmp_path / "run") if out == "local" else out
+    status = jobs.run_job(lambda cfg, args: ran.append(cfg.run) or "done", "test", ["--out", run])
+    assert (status, ran) == ((2, []) if refused else (0, [run]))
+    if refused:
+        last = capsys.readouterr().err.splitlines()[-1]
+        assert last.startswith(f"error: --out {run}: a local RUN on ") and "s3://" in last
+        assert not os.path.exists(run), "refused before anything is written"
 
 
 @pytest.mark.parametrize(

@@ -224,6 +224,31 @@ def test_embeddings_rank_like_scores_through_faiss(case):
     )
 
 
+def test_pair_scores_are_the_scores_of_the_pairs(case):
+    c, train, model = case
+    rng = np.random.default_rng(0)
+    users = torch.from_numpy(rng.integers(0, N_USERS, 300))  # repeated users, in no order
+    items = torch.from_numpy(rng.integers(0, N_ITEMS, 300))
+    with torch.no_grad():
+        s = model.eval().scores(torch.arange(N_USERS), train)
+        got = model.pair_scores(users, items, train)
+    assert got.shape == (300,)
+    np.testing.assert_allclose(got.numpy(), s[users, items].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_candidate_embeddings_have_the_shape_of_embeddings(case):
+    """Offered only by models without embeddings (the approximate index's candidate path)."""
+    c, train, model = case
+    with torch.no_grad():
+        emb, cand = model.eval().embeddings(), model.candidate_embeddings(train)
+    if cand is None:
+        return
+    assert emb is None, "a model with embeddings is ranked through them"
+    u, i, metric = cand
+    assert metric in ("ip", "l2") and u.shape[0] == N_USERS and i.shape[0] == N_ITEMS
+    assert u.shape[1] == i.shape[1] and np.isfinite(u).all() and np.isfinite(i).all()
+
+
 def test_state_dict_round_trip(case):
     c, train, model = case
     extra = model.extra_state()

@@ -50,6 +50,7 @@ NOT_RUN = {
     "git archive": "packages the code for KubeRay",
     "aws s3 cp": "needs an AWS account",
     "kubectl": "needs a Kubernetes cluster; the RayJob is validated in test_cluster_configs",
+    "python jobs/bench_scale.py": "hours on a quiet machine; tests/test_bench_scale.py runs its --tiny mode",
 }
 
 # README command -> the argv that runs it (placeholders filled; overrides shorten training)

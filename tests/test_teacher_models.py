@@ -16,8 +16,9 @@ import pytest
 import torch
 from test_model_contract import N_ITEMS, N_USERS, TEACHER_CASES, tiny_train
 
+from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.models.rowwise import RowwiseAdam
-from hetcomp_dist.teachers.trajectory import Ranker
+from hetcomp_dist.teachers.trajectory import Ranker, recall_vs_exact
 
 
 @pytest.fixture(params=TEACHER_CASES, ids=[c.id for c in TEACHER_CASES])
@@ -64,6 +65,33 @@ def test_observed_order(case):
         row = ordered.items[ordered.offsets[r] : ordered.offsets[r + 1]]
         assert sorted(row.tolist()) == sorted(train.row(u).tolist())
         assert np.all(np.diff(scores[r, row]) <= 1e-4)
+
+
+@pytest.mark.parametrize("candidates", [N_ITEMS, 25])
+def test_approximate_index_and_candidate_path(case, candidates):
+    """An IVF index that probes every list, over embeddings or (candidate-then-rescore) over a model's
+    candidate vectors: with every item a candidate, the lists are the exact ones for every teacher; with 25
+    candidates for a top-20, still exact where the candidate vectors are the scores (Mult-VAE's)."""
+    name, variant, train, model = case
+    params = model.optimizer_parameters()
+    opt = torch.optim.Adam(params, lr=1e-2) if params else None
+    model.fit_epoch(train, np.random.default_rng(0), 64, opt)
+    ivf = EvalConfig(index="ivf", ivf_nlist=2, ivf_nprobe=2)
+    approx, exact = Ranker(model, train, ivf, candidates=candidates), Ranker(model, train)
+    with torch.no_grad():
+        has_vectors = model.eval().embeddings() is not None or model.candidate_embeddings(train) is not None
+    assert approx.approximate == has_vectors and not exact.approximate
+    if approx.candidates:
+        assert approx.candidates == candidates and model.embeddings() is None
+    recall = recall_vs_exact(approx, exact, train, np.arange(N_USERS), 20)
+    if candidates == N_ITEMS or approx.candidates == 0 or (name, variant) == ("ae", ""):
+        assert recall == pytest.approx(1.0, abs=0.01), (name, recall)  # a near-tie may swap at the cut
+    else:
+        assert 0.0 <= recall <= 1.0
+    top = approx.topk(np.arange(N_USERS), 20, train.offsets, train.items)
+    for u in range(N_USERS):
+        row = top[u][top[u] >= 0]
+        assert not set(row.tolist()) & set(train.row(u).tolist()) and len(set(row.tolist())) == len(row)
 
 
 # --------------------------------------------------------------------------------------------- ALS

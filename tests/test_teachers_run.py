@@ -352,3 +352,40 @@ def test_family_fields_change_only_their_teacher():
     )
     with pytest.raises(InputError, match="iknn.max_epochs"):
         load_config(None, ["teachers.iknn.max_epochs=3"])
+
+
+@pytest.mark.parametrize("name", ["mf", "dnn"])  # an embedding model; a candidate-then-rescore model
+def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
+    """teachers.export_index=ivf (2 of 7 lists probed; NeuMF through 40 candidates): a valid trajectory,
+    each state's recall@K against exact in metrics.json, metrics that are the approximate ranker's own,
+    and a teacher hash of its own."""
+    from hetcomp_dist.evaluation.evaluate import evaluate_topk
+    from hetcomp_dist.teachers.runner import export_candidates, export_eval, teacher_hash
+    from hetcomp_dist.teachers.trajectory import Ranker
+
+    run = copy_run(synth_run, tmp_path / "run")
+    exact = tiny_config(run, names=(name,), max_epochs=4, eval_every=4, snapshot_every=1)
+    approx = dataclasses.replace(
+        exact,
+        teachers=dataclasses.replace(
+            exact.teachers, export_index="ivf", export_candidates=40, export_recall_users=150
+        ),
+        eval=dataclasses.replace(exact.eval, ivf_nlist=8, ivf_nprobe=2),
+    )
+    data = load_manifest(run)
+    assert teacher_hash(approx, name, data["config_hash"]) != teacher_hash(exact, name, data["config_hash"])
+    man = run_teacher(run, approx, name)
+    check_trajectory(run, name)
+    metrics = storage.read_json(RunLayout(run).teacher_metrics(name))
+    for st in metrics["states"]:
+        assert 0 < st["export"]["recall_vs_exact"] <= 1 and st["export"]["recall_users"] == 150
+    train = load_split(run, "train")
+    model = model_class(name, approx.teachers)(data["n_users"], data["n_items"], approx.teachers, train)
+    model.load_state_dict(load_weights(RunLayout(run).teacher_snapshot(name, man["state_epochs"][-1])))
+    ecfg = export_eval(approx)
+    ranker = Ranker(model, train, ecfg, approx.teachers.export_batch_size, export_candidates(approx))
+    assert ranker.approximate and (ranker.candidates == 40) == (name == "dnn")
+    want = evaluate_topk(run, ranker.topk, ecfg)
+    for split in ("valid", "test"):
+        for key, value in want[split].items():
+            assert metrics["states"][3][split][key] == pytest.approx(value, abs=1e-6), (split, key)

@@ -3,9 +3,10 @@
 Every entrypoint is ``python jobs/<name>.py [--config FILE] [--input PATH --format F] [--run RUN]
 [--smoke] [key=value ...]`` and calls `run_job` (or `run_stage_job`) with the one package function it
 runs. `run_job` parses the config, joins the Ray cluster the job runs on (plain ``ray.init()``: inside
-a job ``RAY_ADDRESS`` is set; with no cluster it starts a local one), runs the stage, prints where its
-output landed and turns any failure into a non-zero exit whose last line is the reason -- so
-``ray job submit`` (which exits 1 for a FAILED job) and the job logs both carry it.
+a job ``RAY_ADDRESS`` is set; with no cluster it starts a local one), refuses a local RUN on a cluster of
+several nodes (`check_cluster`), runs the stage, prints where its output landed and turns any failure
+into a non-zero exit whose last line is the reason -- so ``ray job submit`` (which exits 1 for a FAILED
+job) and the job logs both carry it.
 """
 
 from __future__ import annotations
@@ -111,6 +112,14 @@ def init_ray() -> None:
         ray.init()
 
 
+def check_cluster(cfg: Config) -> None:
+    """Refuses, before anything runs, a RUN the cluster's nodes cannot all reach (a local path on a
+    cluster of several nodes, or on one that may autoscale to several)."""
+    from hetcomp_dist.resources import check_shared_storage, cluster_view
+
+    check_shared_storage(cfg.run, cluster_view())
+
+
 def shutdown_ray() -> None:
     """Disconnects (a local Ray started by `init_ray` stops); the cluster of a job keeps running."""
     import ray
@@ -145,6 +154,7 @@ def run_job(
         cfg = config_from_args(args)
         log(name, f"run={cfg.run}{' (smoke)' if args.smoke else ''}")
         init_ray()
+        check_cluster(cfg)
         out = stage(cfg, args)
         status, last = 0, f"output: {out}"
         log(name, f"done in {time.perf_counter() - t0:.1f}s")

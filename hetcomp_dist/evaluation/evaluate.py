@@ -17,8 +17,10 @@ flat indexes of norm-sorted item blocks and stops per user once no unvisited ite
 test, and each protocol merges its own held-out items back in by score (`protocol_lists_pruned`).
 
 Two scorers: FAISS over embeddings (`evaluate_embeddings`, inner product or L2) and any model's
-batched full-catalogue scores (`evaluate_scorer`). Small runs are evaluated in-process; runs with at
-least ``EvalConfig.distributed_min_users`` users as a Ray Data map over shard ids (same numbers).
+batched full-catalogue scores (`evaluate_scorer`); and any ranker that answers top-k queries with
+exclusions (`evaluate_topk`: one query per protocol, in-process). Small runs are evaluated in-process;
+runs with at least ``EvalConfig.distributed_min_users`` users as a Ray Data map over shard ids (same
+numbers).
 """
 
 from __future__ import annotations
@@ -381,6 +383,41 @@ def evaluate_scorer(
     return _evaluate(run, m, cfg, tuple(splits), users, save_topk, distributed, score_fn=score_fn)
 
 
+def evaluate_topk(
+    run: str,
+    topk_fn: Callable[[np.ndarray, int, np.ndarray, np.ndarray], np.ndarray],
+    cfg: EvalConfig = _DEFAULT_EVAL,
+    splits: tuple[str, ...] = ("valid", "test"),
+) -> dict:
+    """Same metrics for any ranker that answers top-k queries with exclusions (in-process): each
+    protocol's list is one ``topk_fn(user_ids (B,), k, ex_offsets, ex_values) -> (B, k)`` call (best
+    first, never an excluded item, PAD padded) with that protocol's exclusion set. For rankers that are
+    neither embeddings nor full scores (an approximate index's candidates, rescored exactly)."""
+    m = load_manifest(run)
+    for split in splits:
+        if split not in DROPS:
+            raise InputError(f"splits={splits}", f"unknown split {split!r}", "use valid and/or test")
+    k = max(cfg.ks)
+    sums = {split: MetricSums(cfg.ks) for split in splits}
+    prog = Progress(STAGE, m["n_users"])
+    for s, lo, hi in _ranges(m, None):
+        parts = dict(zip(("train", "valid", "test"), _shard_parts(run, m, s, lo, hi)))
+        evaluated = np.ones(hi - lo, bool)
+        for split in splits:
+            evaluated &= parts[split].lengths() > 0
+        ev_rows = np.nonzero(evaluated)[0]
+        for b0 in range(0, len(ev_rows), cfg.batch_size):
+            rows = ev_rows[b0 : b0 + cfg.batch_size]
+            for split in splits:
+                ex = union(*(parts[name].take(rows) for name in DROPS[split]))
+                top = topk_fn(rows + lo, k, ex.offsets, ex.items)
+                gt = parts[split].take(rows)
+                sums[split].add(recall_ndcg(top, gt.offsets, gt.items, cfg.ks, m["n_items"]))
+        prog.update(hi - lo)
+    prog.close()
+    return {split: sums[split].means() for split in splits}
+
+
 def _evaluate(run, m, cfg, splits, users, save_topk, distributed, emb=None, score_fn=None) -> dict:
     for split in splits:
         if split not in ("valid", "test"):
@@ -441,7 +478,9 @@ def _evaluate_ray(run, m, cfg, splits, pieces, save_topk, emb, score_fn) -> list
     ds = ray.data.from_items(
         [{"shard": s, "lo": lo, "hi": hi} for s, lo, hi in pieces], override_num_blocks=len(pieces)
     )
-    size = max(1, min(len(pieces), int(ray.cluster_resources().get("CPU", 1))))
+    from hetcomp_dist.resources import cluster_view, task_pool
+
+    _, size = task_pool(len(pieces), 1.0, cluster_view(), cfg.max_tasks)  # tasks pend while nodes join
     out = ds.map_batches(
         _ray_eval_shards,
         batch_size=1,
@@ -546,4 +585,11 @@ def evaluate_ranking(
     return {split: sums[split].means() for split in splits}
 
 
-__all__ = ["evaluate_embeddings", "evaluate_scorer", "evaluate_lists", "evaluate_ranking", "protocol_lists"]
+__all__ = [
+    "evaluate_embeddings",
+    "evaluate_scorer",
+    "evaluate_topk",
+    "evaluate_lists",
+    "evaluate_ranking",
+    "protocol_lists",
+]

@@ -154,6 +154,40 @@ def search_excluding(
     return out
 
 
+def rescore(
+    cand: np.ndarray,
+    users: np.ndarray,
+    k: int,
+    pair_fn: Callable[[np.ndarray, np.ndarray], torch.Tensor],
+    chunk: int = 1 << 18,
+) -> np.ndarray:
+    """Top-k of each row's candidates by exact pair scores (the rescoring half of candidate-then-rescore).
+
+    Args:
+        cand: (B, C) int32 candidate items per user (PAD allowed), e.g. from `search_excluding`.
+        users: (B,) the users of the rows.
+        k: list length (<= C).
+        pair_fn: ``(users (P,), items (P,)) -> (P,)`` exact scores, called on at most `chunk` pairs at once.
+
+    Returns:
+        (B, k) int32 best first by exact score (ties: the candidate order), PAD where fewer than k remain.
+    """
+    B, C = cand.shape
+    keep = cand != PAD
+    rows, cols = np.nonzero(keep)
+    scores = np.full((B, C), -np.inf, np.float32)
+    for s in range(0, len(rows), chunk):
+        r, c = rows[s : s + chunk], cols[s : s + chunk]
+        with torch.no_grad():
+            scores[r, c] = pair_fn(users[r], cand[r, c]).float().cpu().numpy()
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out = np.take_along_axis(cand, order, 1).astype(np.int32)
+    out[~np.take_along_axis(keep, order, 1)] = PAD
+    if out.shape[1] < k:
+        out = np.concatenate([out, np.full((B, k - out.shape[1]), PAD, np.int32)], 1)
+    return out
+
+
 def topk_from_scores(
     scores: torch.Tensor, k: int, ex_offsets: np.ndarray, ex_values: np.ndarray
 ) -> np.ndarray:

@@ -57,6 +57,7 @@ from hetcomp_dist.knowledge.shard_io import (
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
+from hetcomp_dist.resources import this_node
 
 N_STATES = 4  # E1..E4; state index v in 0..3
 STAGE = "knowledge"
@@ -178,6 +179,7 @@ def round0_shard(task: RoundTask, s: int) -> dict:
         "retrieval_cpu_s": 0.0,
         "cpu_s": time.process_time() - c0,
         "peak_rss_gib": peak_rss_gib(),
+        "node_id": this_node()["node_id"],
     }
 
 
@@ -296,6 +298,7 @@ def dkc_shard(task: RoundTask, s: int) -> dict:
         "retrieval_cpu_s": c_retrieval,
         "cpu_s": time.process_time() - c0,
         "peak_rss_gib": peak_rss_gib(),
+        "node_id": this_node()["node_id"],
     }
 
 
@@ -327,7 +330,10 @@ def map_shards(kind: str, task: RoundTask, distributed: bool) -> list[dict]:
     import ray
 
     size = max(1, min(n, task.kc.max_tasks)) if task.kc.max_tasks > 0 else None
-    ds = ray.data.range(n, override_num_blocks=n).map_batches(
+    # shard ids as items, not a `range` read: its read tasks would each ask for a whole CPU, which a round
+    # run from a Train worker (DKC) may not find beside the workers
+    ids = ray.data.from_items([{"id": s} for s in range(n)], override_num_blocks=n)
+    ds = ids.map_batches(
         partial(_ray_entry, kind, task),
         batch_size=1,
         batch_format="numpy",
@@ -482,6 +488,7 @@ def _commit(
         "task_rest_cpu_s": float(sum(x.get("cpu_s", 0.0) - x.get("retrieval_cpu_s", 0.0) for x in stats)),
         "peak_rss_gib": max([peak_rss_gib()] + [x["peak_rss_gib"] for x in stats]),
         "task_peak_rss_gib": max(x["peak_rss_gib"] for x in stats),
+        "shard_nodes": {str(x["shard"]): x["node_id"] for x in stats},  # where each shard's task ran
         **extra,
     }
     storage.write_manifest(task.layout.round(task.round_idx, task.rounds), manifest, to_dict(cfg))

@@ -4,7 +4,9 @@ A model is a plain ``torch.nn.Module`` -- it knows nothing of Ray or DDP. Traini
 ``fit_epoch`` once per epoch: by default it draws the epoch's model-specific batches from the train
 lists (``batches``), takes an optimiser step on each one's ``loss``. A model with its own solver (ALS,
 item-kNN) overrides ``fit_epoch`` and returns no ``optimizer_parameters``. Every model ranks with
-``scores`` (any model) or ``embeddings`` (dot-product / distance models, for FAISS).
+``scores`` (any model) or ``embeddings`` (dot-product / distance models, for FAISS); a model without
+embeddings may offer ``candidate_embeddings`` and ``pair_scores`` for an approximate index's
+candidate-then-rescore path.
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ class Recommender(torch.nn.Module, abc.ABC):
         """(user (n_users, d), item (n_items, d), metric "ip"|"l2") when scores are a dot product or a
         negative squared distance, so FAISS can retrieve; None otherwise."""
         return None
+
+    def candidate_embeddings(self, train: CSR) -> tuple[np.ndarray, np.ndarray, str] | None:
+        """For a model without `embeddings`: (user (n_users, d), item (n_items, d), metric) vectors whose
+        scores order items like `scores`, exactly or nearly, so that an approximate index can draw each
+        user's candidates from them and `pair_scores` rank those exactly (``teachers.export_index``);
+        None: the model has none and is ranked by full `scores`."""
+        return None
+
+    def pair_scores(self, users: torch.Tensor, items: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
+        """(P,) `scores` of the pairs (users[p], items[p]); users may repeat. By default gathered from the
+        full `scores` of the distinct users; a model overrides it where a pair costs less than a row."""
+        distinct, row = torch.unique(users, return_inverse=True)
+        return self.scores(distinct, train)[row, items]
 
     def optimizer_parameters(self) -> list[torch.nn.Parameter]:
         """What the training loop's optimiser updates; [] for a model that fits itself in `fit_epoch`."""

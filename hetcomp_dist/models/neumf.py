@@ -20,6 +20,7 @@ from hetcomp_dist.models.rowwise import lookup
 from hetcomp_dist.models.sampling import interaction_keys, pair_batches, sample_negatives
 
 _CHUNK_ELEMS = 1 << 19  # floats per (users x items x width) block while scoring (2 MiB: stays in cache)
+_CANDIDATE_USERS = 128  # users whose MLP term, averaged, is each item's term in `candidate_embeddings`
 
 
 class NeuMF(Recommender):
@@ -107,3 +108,22 @@ class NeuMF(Recommender):
                 h = torch.relu(layer(h))
             out[:, s : s + chunk] += h @ w_mlp
         return out
+
+    @torch.no_grad()
+    def candidate_embeddings(self, train: CSR | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """([w_gmf * p_u, 1], [q_i, c_i], "ip"): the GMF half of the head exactly, and the rest of the score
+        (bias and MLP tower) as c_i, its mean over a fixed sample of users. What a user's own MLP term
+        adds is what the candidates can miss; `pair_scores` ranks them exactly."""
+        d = self.gmf_user.shape[1]
+        w_gmf = self.head.weight[0, :d]
+        sample = torch.arange(0, self.n_users, max(1, self.n_users // _CANDIDATE_USERS), device=w_gmf.device)
+        sample = sample[:_CANDIDATE_USERS]
+        rest = self.scores(sample) - (self.gmf_user[sample] * w_gmf) @ self.gmf_item.T  # (S, n_items)
+        ones = torch.ones(self.n_users, 1, device=w_gmf.device)
+        user = torch.cat([self.gmf_user * w_gmf, ones], 1)
+        item = torch.cat([self.gmf_item, rest.mean(0, keepdim=True).T], 1)
+        return user.cpu().numpy(), item.cpu().numpy(), "ip"
+
+    def pair_scores(self, users: torch.Tensor, items: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
+        """(P,) logits of the pairs, through the towers pair by pair."""
+        return self._pair_logits(users, items)

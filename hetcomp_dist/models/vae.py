@@ -24,6 +24,8 @@ from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.sampling import rows_of, sparse_rows
 
+_ENCODE_BLOCK = 4096  # users per encoding block in `candidate_embeddings`
+
 
 class VAECore(torch.nn.Module):
     """Encoder/decoder of a Mult-VAE over `n_cols`-wide sparse rows.
@@ -150,6 +152,31 @@ class MultVAE(_AnnealedBeta):
         )
         mu, _ = self.core.encode(x)
         return self.core.decode(mu)
+
+    @torch.no_grad()
+    def candidate_embeddings(self, train: CSR) -> tuple[np.ndarray, np.ndarray, str]:
+        """([f(mu_u), 1], [W_i, b_i], "ip"): exact, the decoder's last layer is f(mu_u) . W_i + b_i."""
+        if train.lo != 0 or train.n != self.n_users:
+            raise ValueError("candidate_embeddings needs every user's train row (the whole train lists)")
+        dev = self.core.dec.weight.device
+        users = []
+        for s in range(0, train.n, _ENCODE_BLOCK):
+            rows = np.arange(s, min(s + _ENCODE_BLOCK, train.n))
+            mu, _ = self.core.encode(sparse_rows(train, rows, self.n_items).to(dev))
+            users.append(self.core.features(mu))
+        user = torch.cat([torch.cat(users), torch.ones(train.n, 1, device=dev)], 1)
+        item = torch.cat([self.core.dec.weight, self.core.dec.bias[:, None]], 1)
+        return user.cpu().numpy(), item.cpu().numpy(), "ip"
+
+    def pair_scores(self, users: torch.Tensor, items: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
+        """(P,) decoder logits of the pairs: each distinct user encoded once, one decoder row per pair."""
+        if train is None:
+            raise ValueError("MultVAE scores users from their train rows: pass train")
+        distinct, row = torch.unique(users, return_inverse=True)
+        x = sparse_rows(train, rows_of(train, distinct.cpu().numpy()), self.n_items)
+        mu, _ = self.core.encode(x.to(self.core.dec.weight.device))
+        f = self.core.features(mu)[row]
+        return (f * self.core.dec.weight[items]).sum(1) + self.core.dec.bias[items]
 
 
 class CDAE(Recommender):

@@ -385,12 +385,15 @@ def _run_ray(plan: Plan, cfg: Config) -> tuple[dict[int, int], float]:
     if not ray.is_initialized():
         ray.init()
     ds = ray.data.from_items([{"shard": s} for s in plan.shards], override_num_blocks=len(plan.shards))
-    size = max(1, min(len(plan.shards), int(ray.cluster_resources().get("CPU", 1))))
+    from hetcomp_dist.resources import cluster_view, task_pool
+
+    # the pool starts with the actors the nodes alive now hold and grows to the cluster's capacity
+    low, high = task_pool(len(plan.shards), 1.0, cluster_view(), cfg.eval.max_tasks)
     out = ds.map_batches(
         ShardRecommender,
         fn_constructor_kwargs={"plan": plan},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=size),
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
         num_cpus=1,
         max_restarts=2,  # bounded: a shard that kills its actor every time fails the job, never hangs it
         max_task_retries=2,

@@ -96,3 +96,12 @@ def broadcast(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather(obj) -> list:
+    """Every rank's picklable `obj` in rank order (small metadata only); [obj] in a single process."""
+    if not is_dist():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 
+from hetcomp_dist.resources import this_node
 from hetcomp_dist.student import distributed, worker
 
 
 def train_loop_per_worker(config: dict) -> dict:
     job = worker.Job.from_dict(config)
     s, w = job.cfg.student, worker.Worker.setup(job.cfg)
+    nodes = distributed.all_gather(this_node())  # where each rank runs, for the summary (model.json)
     r0 = worker.RankZero(w.rank, job)
     data, task, sampler, opt = worker.build(job, w)
     net, comm = distributed.wrap(task, task.rank_local_names(), w.device)  # user rows stay local
@@ -66,6 +68,7 @@ def train_loop_per_worker(config: dict) -> dict:
         )
     paused = not loop.stopped and loop.epoch < s.max_epochs  # at stop_at: the checkpoint resumes it
     result = worker.summary(loop, task, comm, sampler, time.perf_counter() - t_start, w, paused)
+    result["worker_nodes"] = nodes
     if best_emb is not None and not paused:
         r0.embeddings(best_emb["user"], best_emb["item"], result)
     return result

@@ -1,7 +1,7 @@
 """Thin Ray orchestration: one actor per teacher, trained concurrently, progress on one board.
 
 Each `TeacherActor` runs `runner.run_teacher` (train -> export -> commit) for one teacher with
-fractional CPUs (and a share of the GPUs when the cluster has any). `max_restarts` brings a killed
+fractional CPUs (and GPUs: `resources.teacher_gpus`). `max_restarts` brings a killed
 actor back; `max_task_retries` re-runs its `train` call, which resumes from the teacher's last
 checkpoint on storage. A `ProgressBoard` actor collects each teacher's status so the driver can
 print one table while they train.
@@ -19,6 +19,7 @@ from hetcomp_dist.config import Config, to_dict
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import log
+from hetcomp_dist.resources import cluster_view, teacher_gpus
 
 
 @ray.remote(num_cpus=0)
@@ -58,14 +59,6 @@ class TeacherActor:
         manifest = run_teacher(self.run, self.cfg, self.name, self.device, push)
         self.board.update.remote(self.name, {"phase": "done", "done": True})
         return manifest
-
-
-def _gpu_share(cfg: Config, n_teachers: int) -> float:
-    """GPUs per actor: the configured value, or with num_gpus < 0 an equal share of the cluster's."""
-    if cfg.teachers.num_gpus >= 0:
-        return cfg.teachers.num_gpus
-    total = ray.cluster_resources().get("GPU", 0.0)
-    return min(1.0, total / n_teachers) if total > 0 else 0.0
 
 
 @dataclass
@@ -127,7 +120,7 @@ class TeacherGroup:
 def start_teachers(run: str, cfg: Config, names: list[str]) -> TeacherGroup:
     """Starts one actor per teacher in `names` (Ray must be initialised) and their `train` calls."""
     board = ProgressBoard.remote()
-    gpus = _gpu_share(cfg, len(names))
+    gpus = teacher_gpus(cfg.teachers, len(names), cluster_view())
     threads = max(1, int(cfg.teachers.num_cpus))
     device = "cuda" if gpus > 0 else "cpu"
     actors, refs = {}, {}

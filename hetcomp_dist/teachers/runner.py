@@ -15,12 +15,13 @@ from collections.abc import Callable
 import torch
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import Config, EvalConfig, to_dict
+from hetcomp_dist.config import APPROXIMATE_INDEXES, Config, EvalConfig, to_dict
 from hetcomp_dist.data.dataset import load_manifest, load_split
-from hetcomp_dist.evaluation.evaluate import evaluate_embeddings, evaluate_scorer
+from hetcomp_dist.evaluation.evaluate import evaluate_embeddings, evaluate_scorer, evaluate_topk
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import model_class
 from hetcomp_dist.progress import log, peak_rss_gib
+from hetcomp_dist.resources import this_node
 from hetcomp_dist.teachers.fit import fit, load_checkpoint, remove_file, resolve
 from hetcomp_dist.teachers.trajectory import N_STATES, Ranker, choose_states, export_trajectory
 
@@ -33,6 +34,7 @@ _NEUTRAL = (
     "progress_every_s",
     "keep_snapshots",
     "export_batch_size",
+    "export_recall_users",
     "mf",
     "ml",
     "dnn",
@@ -59,19 +61,34 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
     shared = {
         k: v for k, v in dataclasses.asdict(cfg.teachers).items() if k not in _NEUTRAL and k not in foreign
     }
+    if cfg.teachers.export_index not in APPROXIMATE_INDEXES:
+        del shared["export_candidates"]  # read by the candidate path of an approximate index only
     own = dataclasses.asdict(getattr(cfg.teachers, name))
     ev = {
         k: v
         for k, v in dataclasses.asdict(cfg.eval).items()
-        if k not in ("batch_size", "distributed_min_users")
+        if k not in ("batch_size", "distributed_min_users", "max_tasks")
     }
     return storage.config_hash("teacher", name, data_hash, shared, own, ev)
 
 
+def export_eval(cfg: Config) -> EvalConfig:
+    """The retrieval settings of the teachers stage: eval's, with ``teachers.export_index`` when set."""
+    return dataclasses.replace(cfg.eval, index=cfg.teachers.export_index or cfg.eval.index)
+
+
+def export_candidates(cfg: Config) -> int:
+    """Candidates per user of the candidate-then-rescore path: only with an approximate export_index."""
+    t = cfg.teachers
+    return t.export_candidates if t.export_index in APPROXIMATE_INDEXES else 0
+
+
 def evaluate_ranker(run: str, ranker: Ranker, eval_cfg: EvalConfig, splits=("valid", "test")) -> dict:
     """{split: {"R@10", "N@10", "R@50", "N@50"}} of one model state, through the project's evaluation
-    (FAISS for embedding models, score blocks otherwise), in this process: the teacher's actor is
-    already the unit of parallelism."""
+    (FAISS for embedding models, the ranker's own top-k on its candidate path, score blocks otherwise),
+    in this process: the teacher's actor is already the unit of parallelism."""
+    if ranker.candidates:
+        return evaluate_topk(run, ranker.topk, eval_cfg, tuple(splits))
     if ranker.index is not None:
         return evaluate_embeddings(
             run, ranker.user_emb, ranker.item_emb, ranker.metric, eval_cfg, tuple(splits), distributed=False
@@ -110,9 +127,11 @@ def run_teacher(
     cls = model_class(name, model_cfg)
     model = cls(m["n_users"], m["n_items"], model_cfg, train).to(device)
 
+    ecfg, cands = export_eval(cfg), export_candidates(cfg)
+
     def valid(model_) -> dict:
-        ranker = Ranker(model_, train, cfg.eval, cfg.teachers.export_batch_size)
-        return evaluate_ranker(run, ranker, cfg.eval, ("valid",))["valid"]
+        ranker = Ranker(model_, train, ecfg, cfg.teachers.export_batch_size, cands)
+        return evaluate_ranker(run, ranker, ecfg, ("valid",))["valid"]
 
     result = fit(model, train, layout, name, params, valid, h, on_progress)
     states = choose_states(result["snapshots"], result["best_epoch"])
@@ -129,9 +148,12 @@ def run_teacher(
         m["n_users"],
         m["shard_size"],
         cfg.teachers.topk,
-        cfg.eval,
-        lambda ranker: evaluate_ranker(run, ranker, cfg.eval, ("valid", "test")),
+        ecfg,
+        lambda ranker: evaluate_ranker(run, ranker, ecfg, ("valid", "test")),
         cfg.teachers.export_batch_size,
+        candidates=cands,
+        recall_users=cfg.teachers.export_recall_users,
+        seed=cfg.teachers.seed,
     )
     export_s = time.perf_counter() - t_export
     if on_progress is not None:
@@ -165,6 +187,7 @@ def run_teacher(
         "model_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30,
         # CPU seconds of this process (not of crashed attempts): a figure that contention does not inflate
         "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+        "node": this_node(),  # where the actor that trained and exported it ran
         "params": dataclasses.asdict(params),
     }
     storage.write_json_atomic(layout.teacher_metrics(name), metrics)
@@ -190,6 +213,7 @@ def run_teacher(
         "test": traj["states"][-1]["test"],
         "valid": traj["states"][-1]["valid"],
         "wall_s": metrics["wall_s"],
+        "node": metrics["node"],
     }
     storage.write_manifest(tdir, manifest, to_dict(cfg))
     log(f"teacher {name}", f"committed {tdir}: states {states}, test R@50 {manifest['test']['R@50']:.4f}")

@@ -5,11 +5,14 @@ items not in the user's train list, best first), ``.../observed/shard-*.parquet`
 items in the E4 model's order); the caller writes ``metrics.json`` and ``_manifest.json`` last.
 
 Ranking never holds a users x items matrix: a `Ranker` answers per block of users, through FAISS
-for models with embeddings and through a (B, n_items) score block reduced at once otherwise.
+for models with embeddings and through a (B, n_items) score block reduced at once otherwise; with an
+approximate index (``teachers.export_index``), through FAISS candidates that the model's exact scores
+rank, for a model that offers candidate vectors, and each state's recall against exact is measured.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import time
@@ -19,9 +22,10 @@ import numpy as np
 import torch
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import EvalConfig
+from hetcomp_dist.config import APPROXIMATE_INDEXES, EvalConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.evaluation import retrieval
+from hetcomp_dist.evaluation.faiss_exact import PAD
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
@@ -79,24 +83,45 @@ def current_rss_gib() -> float:
 class Ranker:
     """Top-k retrieval for one model state: FAISS when the model has embeddings, scores otherwise.
 
+    With an approximate index (``eval_cfg.index`` ivf or hnsw) and `candidates` > 0, a model without
+    embeddings but with `candidate_embeddings` is ranked candidate-then-rescore: each user's top
+    `candidates` items from the index over those vectors, ordered by the model's exact `pair_scores`.
+    The approximation is the index's (and, where those vectors are not the scores, the vectors') misses;
+    `recall_vs_exact` measures it.
+
     Args:
         model: a Recommender in the state to rank with (put in eval mode here).
         train: the full train lists (autoencoders score users from their rows).
         eval_cfg: index settings.
         score_batch: users per (B, n_items) score block on the scorer path.
+        candidates: candidates per user on the candidate path (0: never take it).
     """
 
     def __init__(
-        self, model: Recommender, train: CSR, eval_cfg: EvalConfig = _DEFAULT_EVAL, score_batch: int = 1024
+        self,
+        model: Recommender,
+        train: CSR,
+        eval_cfg: EvalConfig = _DEFAULT_EVAL,
+        score_batch: int = 1024,
+        candidates: int = 0,
     ) -> None:
         self.model, self.train, self.cfg, self.score_batch = model.eval(), train, eval_cfg, score_batch
+        self.candidates = 0
         with torch.no_grad():
             emb = model.embeddings()
+            if emb is None and candidates > 0 and eval_cfg.index in APPROXIMATE_INDEXES:
+                emb = model.candidate_embeddings(train)
+                self.candidates = candidates if emb is not None else 0
         self.user_emb = self.index = None
         if emb is not None:
             self.user_emb, item_emb, self.metric = emb
             self.item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
             self.index = retrieval.index_for(self.item_emb, self.metric, eval_cfg)
+
+    @property
+    def approximate(self) -> bool:
+        """True when the lists come from an approximate index (directly or as candidates)."""
+        return self.index is not None and self.cfg.index in APPROXIMATE_INDEXES
 
     def score_fn(self, users: np.ndarray) -> torch.Tensor:
         """(B, n_items) scores of a block of users (the scorer path)."""
@@ -104,8 +129,21 @@ class Ranker:
         with torch.no_grad():
             return self.model.scores(torch.as_tensor(users, dtype=torch.int64, device=dev), self.train).cpu()
 
+    def pair_scores(self, users: np.ndarray, items: np.ndarray) -> torch.Tensor:
+        """(P,) the model's exact scores of (users[p], items[p])."""
+        dev = next(self.model.parameters()).device
+        # copies: the ids may be read-only views of Arrow buffers
+        u = torch.from_numpy(np.array(users, dtype=np.int64)).to(dev)
+        i = torch.from_numpy(np.array(items, dtype=np.int64)).to(dev)
+        with torch.no_grad():
+            return self.model.pair_scores(u, i, self.train).cpu()
+
     def topk(self, users: np.ndarray, k: int, ex_offsets: np.ndarray, ex_values: np.ndarray) -> np.ndarray:
         """(B, k) int32 best-first items per user, never an excluded one, -1 padded."""
+        if self.candidates:
+            c = max(k, self.candidates)
+            cand = retrieval.search_excluding(self.index, self.user_emb[users], c, ex_offsets, ex_values)
+            return retrieval.rescore(cand, np.asarray(users), k, self.pair_scores)
         if self.index is not None:
             return retrieval.search_excluding(self.index, self.user_emb[users], k, ex_offsets, ex_values)
         return retrieval.topk_scorer(self.score_fn, users, k, ex_offsets, ex_values, self.score_batch)
@@ -124,12 +162,34 @@ class Ranker:
     def order_observed(self, users: np.ndarray, lists: CSR) -> CSR:
         """Each row of `lists` (users' items) sorted by this model's score, best first; ties by item id."""
         rows = np.repeat(np.arange(lists.n), lists.lengths())
-        if self.index is not None:
+        if self.candidates:
+            s = self.pair_scores(users[rows], lists.items).float().numpy() if len(rows) else np.zeros(0)
+        elif self.index is not None:
             u, i = self.user_emb[users[rows]], self.item_emb[lists.items]
             s = (u * i).sum(1) if self.metric == "ip" else -((u - i) ** 2).sum(1)
         else:
             s = self.score_fn(users).numpy()[rows, lists.items]
         return _sort_rows(lists, s)
+
+
+def recall_vs_exact(ranker: Ranker, exact: Ranker, train: CSR, users: np.ndarray, k: int) -> float:
+    """Mean over `users` of |ranker's top-k ∩ exact top-k| / |exact top-k|, train items excluded: what an
+    approximate index keeps of the exact lists.
+
+    Args:
+        ranker: the (approximate) ranker.
+        exact: the same model state ranked exactly (a flat index or full scores).
+        train: the full train lists (the exclusions).
+        users: (U,) absolute user ids of the sample.
+    """
+    ex = train.take(np.asarray(users) - train.lo)
+    got = ranker.topk(users, k, ex.offsets, ex.items)
+    want = exact.topk(users, k, ex.offsets, ex.items)
+    recall = []
+    for g, w in zip(got, want):
+        w = w[w != PAD]
+        recall.append(len(np.intersect1d(g[g != PAD], w)) / max(1, len(w)))
+    return float(np.mean(recall)) if recall else 1.0
 
 
 def _sort_rows(lists: CSR, scores: np.ndarray) -> CSR:
@@ -211,6 +271,10 @@ def export_trajectory(
     eval_cfg: EvalConfig,
     evaluate: Callable[[Ranker], dict],
     batch_size: int,
+    *,
+    candidates: int = 0,
+    recall_users: int = 0,
+    seed: int = 0,
 ) -> dict:
     """Exports E1..E4 and the E4 observed order; returns metrics.json's per-state part.
 
@@ -220,7 +284,11 @@ def export_trajectory(
         layout: the run's layout (the snapshots are read from, the states written to, teacher `name`'s).
         name: the teacher.
         states: [e1..e4] from `choose_states`.
+        eval_cfg: the retrieval settings (an approximate index: `Ranker`).
         evaluate: Ranker -> {"valid": {...}, "test": {...}} of that state.
+        candidates: `Ranker`'s candidates per user (0: no candidate path).
+        recall_users: with an approximate index, each state's export stats get ``recall_vs_exact``
+            (`recall_vs_exact` at k) on this many users drawn with `seed`; 0 = not measured.
     """
     out = {"states": []}
     dev = next(model.parameters()).device
@@ -230,7 +298,7 @@ def export_trajectory(
             {k_: v.to(dev) for k_, v in load_weights(layout.teacher_snapshot(name, epoch)).items()}
         )
         t0 = time.perf_counter()
-        ranker = Ranker(model, train, eval_cfg, batch_size)
+        ranker = Ranker(model, train, eval_cfg, batch_size, candidates)
         observed = layout.teacher_observed(name) if N_STATES in idx else None
         stats = export_state(
             ranker,
@@ -243,6 +311,13 @@ def export_trajectory(
             observed,
             label=f"{name} export E{idx} (epoch {epoch})",
         )
+        if ranker.approximate and recall_users > 0:
+            exact = Ranker(model, train, dataclasses.replace(eval_cfg, index="flat"), batch_size)
+            rng = np.random.default_rng(seed)
+            sample = np.sort(rng.choice(n_users, min(n_users, recall_users), replace=False))
+            stats["recall_vs_exact"] = recall_vs_exact(ranker, exact, train, sample, k)
+            stats["recall_users"] = len(sample)
+            log(name, f"state E{idx}: recall@{k} against exact {stats['recall_vs_exact']:.4f}")
         metrics = evaluate(ranker)
         log(
             f"{name}",

@@ -1,0 +1,163 @@
+"""The scale bench (jobs/bench_scale.py): its pure parts (sizes, the fit checks, the exponent), its meter
+(`procstats` on a child process), the committed scale config, and -- marked slow -- its tiny mode end to
+end: the JSON line's shape and the quality check."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hetcomp_dist.config import load_config
+from hetcomp_dist.errors import InputError
+from hetcomp_dist.procstats import TreeSampler
+from hetcomp_dist.scale import check_fits, exponent, items_for, train_interactions
+
+REPO = Path(__file__).resolve().parents[1]
+SCALE = str(REPO / "hetcomp_dist" / "configs" / "scale.yaml")
+
+
+def _size(users: int, *overrides: str):
+    return load_config(SCALE, [f"synth.users={users}", f"synth.items={items_for(users)}", *overrides])
+
+
+def test_exponent_is_the_log_log_slope():
+    users = [100_000, 300_000, 1_000_000]
+    assert exponent(users, [2.0 * u for u in users]) == pytest.approx(1.0)
+    assert exponent(users, [3e-9 * u**2 for u in users]) == pytest.approx(2.0)
+    assert exponent(users, [5.0, 5.0, 5.0]) == pytest.approx(0.0)
+    # a plain least-squares reference on three noisy points
+    walls = [10.0, 33.0, 95.0]
+    xs, ys = [math.log(u) for u in users], [math.log(w) for w in walls]
+    mx, my = sum(xs) / 3, sum(ys) / 3
+    ref = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    assert exponent(users, walls) == pytest.approx(ref)
+    assert exponent([100_000], [10.0]) is None and exponent(users, [1.0, 0.0, 2.0]) is None
+
+
+def test_the_scale_config_fits_every_size_of_the_bench():
+    for users in (100_000, 300_000, 1_000_000):
+        cfg = _size(users)
+        check_fits(cfg)
+        assert cfg.synth.items == users // 10
+        assert cfg.teachers.export_index == "ivf" and cfg.teachers.export_recall_users > 0
+        assert cfg.teachers.max_epochs == 4 and cfg.student.max_epochs == 20
+    tiny = [line.strip().strip('",') for line in _bench_constant("TINY")]
+    for users in (2000, 4000):
+        check_fits(_size(users, *tiny))
+
+
+def _bench_constant(name: str) -> list[str]:
+    """The lines of a tuple constant of jobs/bench_scale.py (read as text: jobs/ is not a package)."""
+    text = (REPO / "jobs" / "bench_scale.py").read_text()
+    body = text.split(f"\n{name} = (\n", 1)[1].split("\n)\n", 1)[0]
+    return [line for line in body.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("data.shard_size=200000", "data.shard_size"),  # a shard above the users
+        ("teachers.batch_size=2000000", "teachers.batch_size"),  # above the train interactions
+        ("teachers.ae.batch_size=200000", "teachers.ae.batch_size"),  # ae batches users
+        ("teachers.iae.batch_size=20000", "teachers.iae.batch_size"),  # iae batches items
+        ("student.batch_size=2000000", "student.batch_size"),
+    ],
+)
+def test_a_scale_config_that_cannot_fit_is_refused(override, field):
+    cfg = _size(100_000, override)
+    assert train_interactions(cfg) == 100_000 * 20 * 0.6
+    with pytest.raises(InputError, match=re.escape(f"config.{field}: ") + ".* 100,000-user size"):
+        check_fits(cfg)
+
+
+def test_the_bench_refuses_a_config_that_cannot_fit_before_anything_runs(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "jobs/bench_scale.py", "--users", "1000", "--workdir", str(tmp_path / "w")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 2
+    assert "data.shard_size: 50,000 users per shard is above the 1,000 users" in res.stderr.splitlines()[-1]
+    assert not (tmp_path / "w").exists()
+
+
+def test_tree_sampler_measures_a_child_process(tmp_path):
+    """CPU seconds, peak memory (the kernel's high-water mark, between two samples too) and bytes written of
+    a child that works, allocates and frees 300 MiB, writes 20 MiB and exits."""
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        t = time.process_time()
+        while time.process_time() - t < 0.6:
+            pass
+        block = bytearray(300 * 2**20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        del block
+        with open({str(tmp_path / "out.bin")!r}, "wb") as f:
+            f.write(os.urandom(20 * 2**20))
+            f.flush()
+            os.fsync(f.fileno())
+        time.sleep(0.5)
+        """
+    )
+    sampler = TreeSampler(period_s=0.1).start()
+    try:
+        sampler.open_window()
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+        got = sampler.close_window()
+    finally:
+        sampler.stop()
+    assert got["processes"] >= 1
+    assert 0.4 <= got["cpu_s"] <= 30
+    assert got["peak_rss_gib"] >= 0.28
+    assert got["io_write_gib"] >= 0.018 or got["io_write_gib"] == 0.0  # 0: no /proc/<pid>/io here
+    assert got["machine_peak_gib"] > 0 and got["tree_peak_rss_gib"] > 0
+
+
+@pytest.mark.slow
+def test_tiny_bench_json_shape_and_quality(tmp_path):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    res = subprocess.run(
+        [sys.executable, "jobs/bench_scale.py", "--tiny", "--workdir", str(tmp_path / "w")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
+    print(res.stdout[-3000:], res.stderr[-6000:])
+    assert res.returncode == 0
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    sizes = ["2000", "4000"]
+    assert set(out["wall_s"]) == set(sizes) and out["sizes"] == [2000, 4000]
+    assert all(out["stages_wall_s"][s] < out["wall_s"][s] for s in sizes)
+    stages = {"data", "teachers", "ensemble", "knowledge", "student", "recommend"}
+    assert stages <= set(out["stages"]) and "dkc" in out["stages"]
+    for name in stages:
+        st = out["stages"][name]
+        for key in ("wall_s", "users_per_s", "cpu_s", "peak_rss_gib", "bytes_written"):
+            assert set(st[key]) == set(sizes), (name, key)
+        assert all(v > 0 for v in st["wall_s"].values()), name
+        assert isinstance(st["exponent"], float), name
+        assert all(0 < v < 20 for v in st["peak_rss_gib"].values()), name
+    assert out["stages"]["dkc"]["rounds"] == {s: 2 for s in sizes}, "two DKC rounds per size"
+    assert all(out["stages"][s]["bytes_written"]["4000"] > 0 for s in ("data", "teachers", "knowledge"))
+    assert set(out["machine_peak_rss_gib"]) == set(sizes)
+    for s in sizes:
+        q = out["quality"][s]
+        assert q["ensemble_beats_popularity"] and q["student_beats_popularity"], q
+        assert set(q["export_recall"]) == {"mf", "ml", "dnn", "gnn", "ae", "iae"}
+        assert 0 < q["export_recall_min"] <= 1
+    assert set(out["targets"]) >= {"wall_ok", "process_ok", "machine_ok", "exponent_ok", "quality_ok"}
+    assert out["targets"]["quality_ok"]

@@ -1,0 +1,113 @@
+"""Two Ray nodes for real, on this machine: a private head and a second node (`ray start --address=...
+--num-cpus=1 --resources='{"node_b": 1}'`), each with its own temp dir and process group, RUN on S3 (the
+moto server on loopback; both nodes inherit the AWS_* variables), and `ray job submit` of
+``jobs/pipeline.py --smoke``. The job must succeed with teacher actors, knowledge tasks and Train workers
+on both nodes (each stage records where they ran), and a local RUN on the same cluster is refused before
+anything runs. Only the processes this test started are stopped (their process groups).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from hetcomp_dist import storage
+from hetcomp_dist.layout import RunLayout
+from hetcomp_dist.local_cluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "hetcomp-test"  # created by conftest's `s3` fixture
+SUBMIT_TIMEOUT_S = 900
+# Every CPU is a scheduling token of one node: six teacher actors of 0.3 CPU cannot all fit one node, nor
+# two Train workers of 0.75; the knowledge tasks' 0.25 CPU fit beside a Train worker (DKC rounds run while
+# the workers hold their CPUs), and Ray Data spreads them over the nodes.
+OVERRIDES = (
+    "knowledge.distributed_min_users=0",
+    "knowledge.task_cpus=0.25",
+    "student.num_workers=2",
+    "student.cpus_per_worker=0.75",
+)
+
+
+def _group_members(pgid: int) -> list[str]:
+    out = subprocess.run(
+        ["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        line
+        for line in out.splitlines()
+        if line.split()[0] == str(pgid) and not line.split()[1].startswith("Z")
+    ]
+
+
+def _submit(cluster: LocalCluster, *job_args: str) -> tuple[subprocess.CompletedProcess, str, str]:
+    """(the blocking `ray job submit`, the job's final status, its logs)."""
+    from ray.job_submission import JobSubmissionClient
+
+    res = cluster.submit(["python", "jobs/pipeline.py", *job_args], capture=True, timeout_s=SUBMIT_TIMEOUT_S)
+    print(res.stdout[-6000:], res.stderr[-3000:])  # shown by pytest when an assertion fails
+    (job_id,) = set(re.findall(r"raysubmit_\w+", res.stdout + res.stderr))
+    client = JobSubmissionClient(cluster.address)
+    return res, str(client.get_job_status(job_id)), client.get_job_logs(job_id)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3):
+    """(cluster, head node id, node_b's id); started after `s3`, so both nodes get its AWS_* variables."""
+    cluster = LocalCluster(num_cpus=1).start()
+    groups = [cluster.proc.pid]
+    try:
+        node_b = cluster.add_node(num_cpus=1, resources={"node_b": 1})
+        groups.append(cluster.nodes[0][0].pid)
+        assert all(_group_members(g) for g in groups), "each node runs in its own process group"
+        nodes = cluster.alive_nodes()
+        (head,) = [n["node_id"] for n in nodes if n["is_head_node"]]
+        assert {n["node_id"] for n in nodes} == {head, node_b}
+        assert [n["resources_total"].get("node_b") for n in nodes if n["node_id"] == node_b] == [1.0]
+        yield cluster, head, node_b
+    finally:
+        temp_dirs = [cluster.temp_dir] + [d for _, d in cluster.nodes]
+        cluster.stop()
+    assert all(_group_members(g) == [] for g in groups), "only this cluster, and all of it, is gone"
+    assert not any(os.path.exists(d) for d in temp_dirs)
+
+
+def test_smoke_pipeline_runs_on_both_nodes(two_nodes):
+    cluster, head, node_b = two_nodes
+    run = f"s3://{BUCKET}/runs/two-nodes"
+    res, status, logs = _submit(cluster, "--smoke", "--out", run, *OVERRIDES)
+    assert status == "SUCCEEDED" and res.returncode == 0
+    assert logs.rstrip().endswith(f"output: {RunLayout(run).report_json}")
+    both = {head, node_b}
+    layout = RunLayout(run)
+
+    teachers = storage.read_manifest(layout.teachers)["names"]
+    placed = {storage.read_manifest(layout.teacher(t))["node"]["node_id"] for t in teachers}
+    assert placed == both, "teacher actors ran on both nodes"
+
+    student = layout.student("hetcomp", "mf")
+    summary = storage.read_json(layout.student_summary(student))
+    assert {w["node_id"] for w in summary["worker_nodes"]} == both, "one Train worker per node"
+
+    rounds = [storage.read_manifest(layout.round(0))]
+    r = 1
+    while (m := storage.read_manifest(layout.round(r, layout.student_rounds(student)))) is not None:
+        rounds.append(m)
+        r += 1
+    assert len(rounds) >= 2, "round 0 and at least one DKC round"
+    assert all(m["distributed"] for m in rounds)
+    assert {n for m in rounds for n in m["shard_nodes"].values()} == both, "knowledge tasks on both nodes"
+
+
+def test_a_local_run_is_refused_on_two_nodes(two_nodes, tmp_path):
+    cluster, _, _ = two_nodes
+    run = tmp_path / "local-run"
+    res, status, logs = _submit(cluster, "--smoke", "--out", str(run))
+    assert status == "FAILED" and res.returncode == 1
+    last = logs.rstrip().splitlines()[-1]
+    assert last.startswith(f"error: --out {run}: a local RUN on 2 nodes"), last
+    assert not run.exists(), "refused before anything is written"
