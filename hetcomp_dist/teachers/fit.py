@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,8 +67,16 @@ def _save_torch(path: str, obj: Any) -> None:
     storage.write_bytes_atomic(path, buf.getvalue())
 
 
-def _load_torch(path: str) -> Any:
-    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+# what torch.load(weights_only=True) and the checkpoint's JSON state raise for a torn or foreign file
+_UNREADABLE = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+)
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -92,12 +101,23 @@ def _fresh_state(cfg_hash: str) -> dict:
 
 
 def load_checkpoint(path: str, cfg_hash: str) -> dict | None:
-    """The checkpoint file `path` when it was written under `cfg_hash` (else None)."""
+    """The checkpoint file `path` when it was written under `cfg_hash` (else None).
+
+    A checkpoint is only a cache of the teacher's training: one that does not load (torn, overwritten)
+    is reported and ignored, so the teacher starts from scratch. Errors reading storage still raise.
+    """
     if not storage.exists(path):
         return None
-    ck = _load_torch(path)
-    state = json.loads(ck["state"])
-    return ck if state.get("config_hash") == cfg_hash else None
+    blob = storage.read_bytes(path)
+    try:
+        ck = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        state = json.loads(ck["state"])
+        written_under = state.get("config_hash")
+    except _UNREADABLE as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:120]
+        log("teachers", f"checkpoint {path} is unreadable ({type(e).__name__}: {reason}): starting afresh")
+        return None
+    return ck if written_under == cfg_hash else None
 
 
 def fit(
