@@ -15,6 +15,7 @@ from hetcomp_dist.config import Config, to_dict
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.progress import log
+from hetcomp_dist.student.hooks import TrainHooks
 
 STAGES = ("data", "teachers", "knowledge", "student", "report")
 
@@ -48,8 +49,15 @@ def ensure_data(cfg: Config) -> dict:
     return ingest(cfg.run, cfg.data, to_dict(cfg))
 
 
-def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
-    """Runs the given stages (all by default) in data-flow order; returns the report folder."""
+def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None, hooks: TrainHooks | None = None) -> str:
+    """Runs the given stages (all by default) in data-flow order; returns the report folder.
+
+    Args:
+        cfg: the config (cfg.run is the RUN).
+        stages: a subset of STAGES (None: all).
+        hooks: callables run on every Train rank of each student training (`student.hooks`: probes,
+            fault drills).
+    """
     from hetcomp_dist.report import report
 
     stages = tuple(stages or STAGES)
@@ -84,7 +92,7 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
                     scfg = dataclasses.replace(
                         cfg, student=dataclasses.replace(cfg.student, model=model, method=method)
                     )
-                    res = train_student(cfg.run, scfg)
+                    res = train_student(cfg.run, scfg, hooks=hooks)
                     report.add_result(
                         cfg.run,
                         method,
