@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+import pyarrow.fs as pafs
+
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, student_lr, to_dict
 from hetcomp_dist.data.dataset import load_manifest
@@ -48,9 +50,13 @@ def student_hash(run: str, cfg: Config) -> str:
     return storage.config_hash(*parts)
 
 
-def _ray_storage(layout: RunLayout, out: str) -> str:
+def _ray_storage(layout: RunLayout, out: str) -> tuple[str, pafs.FileSystem | None]:
+    """Ray Train's storage path and, on object storage, the filesystem every other stage writes through
+    (`storage.resolve`: small files in one PutObject; Ray's own S3 filesystem would send its marker and
+    checkpoints as multipart uploads, which S3-compatible stores such as moto may refuse)."""
     path = layout.student_ray(out)
-    return path if storage.is_uri(path) else storage.resolve(path)[1]
+    fs, inner = storage.resolve(path)
+    return (inner, fs) if storage.is_uri(path) else (inner, None)
 
 
 def train_student(
@@ -116,6 +122,7 @@ def train_student(
         "local_ckpt": "" if s.num_workers else layout.student_local_checkpoint(out, training),
     }
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+    storage_path, storage_fs = _ray_storage(layout, out)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job,
@@ -127,7 +134,8 @@ def train_student(
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         run_config=RunConfig(
             name=training,
-            storage_path=_ray_storage(layout, out),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=s.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
