@@ -4,6 +4,7 @@ agreement with brute-force rankings and metrics, resume after a killed actor, ba
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import shutil
 import signal
@@ -262,9 +263,21 @@ def test_progress_board_restarts_and_a_lost_board_is_not_fatal(tmp_path, ray_ses
 def test_unreadable_checkpoint_restarts_the_teacher_from_scratch(tmp_path, synth_run, capsys):
     """A torn or overwritten checkpoint is a cache miss: reported, then the teacher trains from scratch
     and exports exactly what an untouched run exports."""
+    from hetcomp_dist.teachers.fit import load_checkpoint
+
     runs = {name: copy_run(synth_run, tmp_path / name) for name in ("corrupt", "clean")}
     layout = RunLayout(runs["corrupt"])
-    storage.write_bytes_atomic(layout.teacher_checkpoint("mf"), os.urandom(4096))
+    real = io.BytesIO()
+    torch.save({"state": "{}", "model": {"w": torch.zeros(64)}}, real)
+    damaged = {
+        "random": np.random.default_rng(0).bytes(4096),
+        "torn": real.getvalue()[: len(real.getvalue()) // 2],
+        "stop opcode": b".",  # torch's weights-only unpickler raises IndexError here
+        "text": b"not a checkpoint",
+    }
+    for what, blob in damaged.items():
+        storage.write_bytes_atomic(layout.teacher_checkpoint("mf"), blob)
+        assert load_checkpoint(layout.teacher_checkpoint("mf"), "any") is None, what
     storage.write_bytes_atomic(layout.teacher_snapshot("mf", 2), b"stale")  # a crash's leftovers
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
