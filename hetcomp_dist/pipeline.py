@@ -16,6 +16,7 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.lease import RunLease
 from hetcomp_dist.progress import log
+from hetcomp_dist.student.hooks import TrainHooks
 
 STAGES = ("data", "teachers", "knowledge", "student", "report")
 
@@ -49,8 +50,14 @@ def ensure_data(cfg: Config) -> dict:
     return ingest(cfg.run, cfg.data, cfg)
 
 
-def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
+def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None, hooks: TrainHooks | None = None) -> str:
     """Runs the given stages (all by default) in data-flow order; returns the report folder.
+
+    Args:
+        cfg: the config (cfg.run is the RUN).
+        stages: a subset of STAGES (None: all).
+        hooks: callables run on every Train rank of each student training (`student.hooks`: probes,
+            fault drills).
 
     Holds RUN's lease (`hetcomp_dist.lease`) throughout: the stage functions take it again as a no-op.
     """
@@ -59,10 +66,10 @@ def run_pipeline(cfg: Config, stages: tuple[str, ...] | None = None) -> str:
     if unknown:
         raise InputError("stages", f"unknown stage(s) {sorted(unknown)}", f"choose from {', '.join(STAGES)}")
     with RunLease(cfg.run, cfg.pipeline):
-        return _run_stages(cfg, stages)
+        return _run_stages(cfg, stages, hooks)
 
 
-def _run_stages(cfg: Config, stages: tuple[str, ...]) -> str:
+def _run_stages(cfg: Config, stages: tuple[str, ...], hooks: TrainHooks | None) -> str:
     from hetcomp_dist.report import report
 
     t_all = time.perf_counter()
@@ -93,7 +100,7 @@ def _run_stages(cfg: Config, stages: tuple[str, ...]) -> str:
                     scfg = dataclasses.replace(
                         cfg, student=dataclasses.replace(cfg.student, model=model, method=method)
                     )
-                    res = train_student(cfg.run, scfg)
+                    res = train_student(cfg.run, scfg, hooks=hooks)
                     report.add_result(
                         cfg.run,
                         method,

@@ -19,7 +19,8 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
@@ -239,13 +240,29 @@ def _tmp_name(p: str) -> str:
     return f"{head}/.{tail}.tmp-{uuid.uuid4().hex[:8]}"
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
+@contextmanager
+def _atomic(path: str) -> Iterator[tuple[pafs.FileSystem, str]]:
+    """(filesystem, temporary path) for the caller to write; renamed to `path` once written. A write
+    (or rename) that fails deletes its temporary file before the error goes on: no half-written
+    ``.<name>.tmp-*`` is left behind for nobody to remove."""
     fs, p = resolve(path)
     fs.create_dir(p.rpartition("/")[0], recursive=True)
     tmp = _tmp_name(p)
-    with fs.open_output_stream(tmp) as f:
+    try:
+        yield fs, tmp
+        fs.move(tmp, p)
+    except BaseException:
+        try:
+            if fs.get_file_info(tmp).type == pafs.FileType.File:
+                fs.delete_file(tmp)
+        except OSError:  # the original error is the one to report
+            pass
+        raise
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    with _atomic(path) as (fs, tmp), fs.open_output_stream(tmp) as f:
         f.write(data)
-    fs.move(tmp, p)
 
 
 def read_bytes(path: str) -> bytes:
@@ -266,11 +283,8 @@ def read_json(path: str) -> Any:
 
 def write_table_atomic(path: str, table: pa.Table) -> None:
     """Writes one Parquet file under a temporary name, then renames it into place."""
-    fs, p = resolve(path)
-    fs.create_dir(p.rpartition("/")[0], recursive=True)
-    tmp = _tmp_name(p)
-    pq.write_table(table, tmp, filesystem=fs, compression="zstd")
-    fs.move(tmp, p)
+    with _atomic(path) as (fs, tmp):
+        pq.write_table(table, tmp, filesystem=fs, compression="zstd")
 
 
 def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
@@ -284,15 +298,12 @@ def write_ipc_atomic(path: str, table: pa.Table, compression: str | None = "lz4"
     written (Arrow IPC holds the column buffers as they are in memory: no Parquet decoding)."""
     import pyarrow.ipc as ipc
 
-    fs, p = resolve(path)
-    fs.create_dir(p.rpartition("/")[0], recursive=True)
-    tmp = _tmp_name(p)
     with (
+        _atomic(path) as (fs, tmp),
         fs.open_output_stream(tmp) as f,
         ipc.new_file(f, table.schema, options=ipc.IpcWriteOptions(compression=compression)) as w,
     ):
         w.write_table(table)
-    fs.move(tmp, p)
 
 
 def read_ipc(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -184,6 +186,39 @@ def test_ray_data_round_equals_in_process(base_run, tmp_path, ray_session):
         np.testing.assert_array_equal(va, vb)
         np.testing.assert_array_equal(da, db)  # NaN-aware: round 0 has d = NaN
         assert Ta == Tb and Pa == Pb
+
+
+def test_a_shard_that_always_fails_fails_the_round(base_run, tmp_path, ray_session, monkeypatch):
+    """Ray Data retries a task whose worker dies a bounded number of times, then the round fails with
+    that error (unbounded, it would retry forever and hang); a task that raises fails with its own error."""
+    driver = os.getpid()
+
+    def crash(task, s):  # a shard that kills its worker every time (an OOM kill, a segfault)
+        if os.getpid() != driver:  # never the test process itself
+            os._exit(1)
+        raise AssertionError("the shard ran in the driver")
+
+    def broken(task, s):
+        raise ValueError(f"shard {s} is broken")
+
+    for name, fn, expected in (("crash", crash, "died|crashed|exit"), ("raise", broken, "shard 0 is broken")):
+        run = _fresh(base_run, tmp_path, name)
+        cfg = _cfg(run, distributed_min_users=0, max_tasks=1)
+        monkeypatch.setitem(rounds.SHARD_FUNCTIONS, "round0", fn)  # travels to the tasks by value
+        outcome: dict = {}
+
+        def build(run=run, cfg=cfg, outcome=outcome):
+            try:
+                build_round0(run, cfg)
+            except Exception as e:  # the round's error, checked below
+                outcome["error"] = e
+
+        thread = threading.Thread(target=build, daemon=True)
+        thread.start()
+        thread.join(timeout=240)
+        assert not thread.is_alive(), f"{name}: the round hangs (Ray Data retries the task forever)"
+        assert re.search(expected, str(outcome.get("error")), re.I), f"{name}: {outcome.get('error')!r}"
+        assert storage.read_manifest(RunLayout(run).round(0)) is None
 
 
 def test_idempotent_and_chained(base_run, tmp_path):

@@ -61,6 +61,30 @@ def test_atomic_writes_leave_no_temporaries(tmp_path):
         storage.user_table(0, 2, items=pa.array([[1]], type=pa.list_(pa.int32())))
 
 
+def test_failed_writes_remove_their_temporaries(tmp_path, monkeypatch):
+    """A write that fails after its temporary file exists deletes it, keeps the old file and re-raises."""
+    folder = str(tmp_path / "stage")
+    t = storage.user_table(0, 2, items=pa.array([[1], [2]], type=pa.list_(pa.int32())))
+    path = storage.shard_path(folder, 0)
+    storage.write_table_atomic(path, t)
+    real = storage.pq.write_table
+
+    def half_written(table, where, **kwargs):  # the file exists, the writer dies mid-way
+        real(table.slice(0, 1), where, **kwargs)
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(storage.pq, "write_table", half_written)
+    with pytest.raises(OSError, match="disk went away"):
+        storage.write_table_atomic(path, t)
+    monkeypatch.undo()
+    with pytest.raises(TypeError):  # the stream is open when the write fails
+        storage.write_bytes_atomic(storage.join(folder, "x.bin"), "not bytes")
+    with pytest.raises(ValueError, match="compression"):  # the stream is open when the options fail
+        storage.write_ipc_atomic(storage.shard_path(folder, 1, ".arrow"), t, compression="bogus")
+    assert sorted(os.listdir(folder)) == ["shard-00000.parquet"]
+    assert storage.read_table(path).equals(t)
+
+
 def test_stage_manifest_commits_and_begin_clears(tmp_path):
     folder = str(tmp_path / "stage")
     h = storage.config_hash({"k": 1})

@@ -4,6 +4,7 @@ agreement with brute-force rankings and metrics, resume after a killed actor, ba
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import shutil
 import signal
@@ -240,6 +241,71 @@ def test_killed_actor_resumes_from_snapshot(tmp_path, ray_session, synth_run):
         a = read_lists(RunLayout(run).teacher_state("mf", i), data["n_users"], data["shard_size"])
         b = read_lists(RunLayout(ref_run).teacher_state("mf", i), data["n_users"], data["shard_size"])
         assert a == b, f"state {i} differs after resume"
+
+
+def test_progress_board_restarts_and_a_lost_board_is_not_fatal(tmp_path, ray_session, synth_run):
+    import ray
+
+    from hetcomp_dist.teachers.actors import start_teachers
+
+    run = copy_run(synth_run, tmp_path / "run")
+    cfg = tiny_config(run, names=("mf",), max_epochs=20, patience=100, batch_size=32)
+    group = start_teachers(run, cfg, ["mf"])
+
+    def wait_for_epoch(epoch: int) -> dict:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            status = group.status().get("mf", {})
+            if status.get("epoch", 0) >= epoch:
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"no progress: {group.status()}")
+
+    first = wait_for_epoch(1)
+    ray.kill(group.board, no_restart=False)  # a crash: the board comes back and the teacher reports again
+    assert wait_for_epoch(first["epoch"] + 1)["pid"] == first["pid"]
+    ray.kill(group.board)  # gone for good: only the progress lines are lost
+    assert group.status() == {}
+    results = group.wait()
+    assert results["mf"]["config_hash"] == storage.read_manifest(RunLayout(run).teacher("mf"))["config_hash"]
+    check_trajectory(run, "mf")
+
+
+def test_unreadable_checkpoint_restarts_the_teacher_from_scratch(tmp_path, synth_run, capsys):
+    """A torn or overwritten checkpoint is a cache miss: reported, then the teacher trains from scratch
+    and exports exactly what an untouched run exports."""
+    from hetcomp_dist.teachers.fit import load_checkpoint
+
+    runs = {name: copy_run(synth_run, tmp_path / name) for name in ("corrupt", "clean")}
+    layout = RunLayout(runs["corrupt"])
+    real = io.BytesIO()
+    torch.save({"state": "{}", "model": {"w": torch.zeros(64)}}, real)
+    damaged = {
+        "random": np.random.default_rng(0).bytes(4096),
+        "torn": real.getvalue()[: len(real.getvalue()) // 2],
+        "stop opcode": b".",  # torch's weights-only unpickler raises IndexError here
+        "text": b"not a checkpoint",
+    }
+    for what, blob in damaged.items():
+        storage.write_bytes_atomic(layout.teacher_checkpoint("mf"), blob)
+        assert load_checkpoint(layout.teacher_checkpoint("mf"), "any") is None, what
+    storage.write_bytes_atomic(layout.teacher_snapshot("mf", 2), b"stale")  # a crash's leftovers
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for run in runs.values():
+            run_teacher(run, tiny_config(run, names=("mf",)), "mf")
+    finally:
+        torch.set_num_threads(threads)
+    assert f"checkpoint {layout.teacher_checkpoint('mf')} is unreadable" in capsys.readouterr().err
+    assert storage.read_json(layout.teacher_metrics("mf"))["resumed_from"] == []
+    data = load_manifest(runs["corrupt"])
+    for i in range(1, 5):
+        a, b = (
+            read_lists(RunLayout(r).teacher_state("mf", i), data["n_users"], data["shard_size"])
+            for r in runs.values()
+        )
+        assert a == b, f"state {i} differs from an untouched run"
 
 
 def test_bad_input_fails_before_anything_starts(tmp_path, capsys, synth_run):

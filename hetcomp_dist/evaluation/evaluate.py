@@ -485,6 +485,7 @@ def _evaluate_ray(run, m, cfg, splits, pieces, save_topk, emb, score_fn) -> list
         _ray_eval_shards,
         batch_size=1,
         compute=ray.data.TaskPoolStrategy(size=size),
+        max_retries=3,  # bounded: a shard that kills its worker every time fails evaluation, never hangs it
         fn_kwargs={
             "run": run,
             "m": m,

@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -305,14 +306,14 @@ def dkc_shard(task: RoundTask, s: int) -> dict:
 SHARD_FUNCTIONS = {"round0": round0_shard, "dkc": dkc_shard}
 
 
-def _ray_entry(kind: str, task: RoundTask, batch: dict) -> dict:
+def _ray_entry(shard_fn: Callable[[RoundTask, int], dict], task: RoundTask, batch: dict) -> dict:
     """Ray Data UDF: one shard id in, its statistics (as a JSON string) out."""
     import numba
 
     # the compiled kernels use as many threads as the task has CPUs (one by default): numba would
     # otherwise start one per core of the node, beside the other tasks' threads
     numba.set_num_threads(max(1, min(int(task.kc.task_cpus), numba.config.NUMBA_NUM_THREADS)))
-    stats = [SHARD_FUNCTIONS[kind](task, int(s)) for s in batch["id"]]
+    stats = [shard_fn(task, int(s)) for s in batch["id"]]
     return {"stats": np.array([json.dumps(x) for x in stats])}
 
 
@@ -334,11 +335,12 @@ def map_shards(kind: str, task: RoundTask, distributed: bool) -> list[dict]:
     # run from a Train worker (DKC) may not find beside the workers
     ids = ray.data.from_items([{"id": s} for s in range(n)], override_num_blocks=n)
     ds = ids.map_batches(
-        partial(_ray_entry, kind, task),
+        partial(_ray_entry, SHARD_FUNCTIONS[kind], task),
         batch_size=1,
         batch_format="numpy",
         num_cpus=task.kc.task_cpus,
         compute=ray.data.TaskPoolStrategy(size=size),
+        max_retries=3,  # bounded: a shard that kills its worker every time fails the round, never hangs it
     )
     out = [json.loads(row["stats"]) for row in ds.take_all()]
     return sorted(out, key=lambda x: x["shard"])

@@ -52,8 +52,9 @@ def student_hash(run: str, cfg: Config) -> str:
 
 
 def _ray_storage(layout: RunLayout, out: str) -> tuple[str, pafs.FileSystem | None]:
-    """(storage_path, storage_filesystem) of Ray Train: an object store through `storage.resolve`'s
-    filesystem, whose small (and empty) files go up in one PutObject, as the stages' own writes do."""
+    """Ray Train's storage path and, on object storage, the filesystem every other stage writes through
+    (`storage.resolve`: small files in one PutObject; Ray's own S3 filesystem would send its marker and
+    checkpoints as multipart uploads, which S3-compatible stores such as moto may refuse)."""
     path = layout.student_ray(out)
     fs, inner = storage.resolve(path)
     return (inner, fs) if storage.is_uri(path) else (inner, None)

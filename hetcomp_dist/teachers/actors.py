@@ -4,7 +4,8 @@ Each `TeacherActor` runs `runner.run_teacher` (train -> export -> commit) for on
 fractional CPUs (and GPUs: `resources.teacher_gpus`). `max_restarts` brings a killed
 actor back; `max_task_retries` re-runs its `train` call, which resumes from the teacher's last
 checkpoint on storage. A `ProgressBoard` actor collects each teacher's status so the driver can
-print one table while they train.
+print one table while they train; it restarts like the teachers, and a board lost for good only
+loses the progress lines (the driver waits on the teachers' own results).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class TeacherActor:
         torch.set_num_threads(threads)
         self.run, self.cfg, self.name, self.board, self.device = run, cfg, name, board, device
 
+    def __repr__(self) -> str:  # names the teacher in Ray's log prefixes and its state API (repr_name)
+        return f"TeacherActor({self.name})"
+
     def train(self) -> dict:
         import os
 
@@ -70,9 +74,18 @@ class TeacherGroup:
     board: ray.actor.ActorHandle
     every_s: float
     t0: float = field(default_factory=time.perf_counter)
+    board_lost: bool = False
 
     def status(self) -> dict[str, dict]:
-        return ray.get(self.board.snapshot.remote())
+        """The board's latest status per teacher; {} once the board is gone for good (no progress lines)."""
+        if self.board_lost:
+            return {}
+        try:
+            return ray.get(self.board.snapshot.remote())
+        except ray.exceptions.RayError as e:
+            self.board_lost = True
+            log("teachers", f"progress board lost ({type(e).__name__}): training goes on without progress")
+            return {}
 
     def print_status(self) -> None:
         """One line per teacher: phase, epoch, loss, last and best valid R@50, epochs/s, memory."""
@@ -119,7 +132,9 @@ class TeacherGroup:
 
 def start_teachers(run: str, cfg: Config, names: list[str]) -> TeacherGroup:
     """Starts one actor per teacher in `names` (Ray must be initialised) and their `train` calls."""
-    board = ProgressBoard.remote()
+    board = ProgressBoard.options(
+        max_restarts=cfg.teachers.max_restarts, max_task_retries=cfg.teachers.max_restarts
+    ).remote()
     gpus = teacher_gpus(cfg.teachers, len(names), cluster_view())
     threads = max(1, int(cfg.teachers.num_cpus))
     device = "cuda" if gpus > 0 else "cpu"

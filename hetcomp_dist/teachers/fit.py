@@ -70,10 +70,6 @@ def _save_torch(path: str, obj: Any) -> None:
     storage.write_bytes_atomic(path, buf.getvalue())
 
 
-def _load_torch(path: str) -> Any:
-    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
-
-
 def _fresh_state(cfg_hash: str) -> dict:
     return {
         "config_hash": cfg_hash,
@@ -92,12 +88,23 @@ def _fresh_state(cfg_hash: str) -> dict:
 
 
 def load_checkpoint(path: str, cfg_hash: str) -> dict | None:
-    """The checkpoint file `path` when it was written under `cfg_hash` (else None)."""
+    """The checkpoint file `path` when it was written under `cfg_hash` (else None).
+
+    A checkpoint is only a cache of the teacher's training: one that does not load (torn, overwritten)
+    is reported and ignored, so the teacher starts from scratch. Errors reading storage still raise.
+    """
     if not storage.exists(path):
         return None
-    ck = _load_torch(path)
-    state = json.loads(ck["state"])
-    return ck if state.get("config_hash") == cfg_hash else None
+    blob = storage.read_bytes(path)
+    try:
+        ck = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        state = json.loads(ck["state"])
+        written_under = state.get("config_hash")
+    except Exception as e:  # torch.load of damaged bytes raises nearly any type (IndexError, KeyError, ...)
+        reason = (str(e).strip().splitlines() or [""])[0][:120]
+        log("teachers", f"checkpoint {path} is unreadable ({type(e).__name__}: {reason}): starting afresh")
+        return None
+    return ck if written_under == cfg_hash else None
 
 
 def fit(

@@ -1,15 +1,18 @@
 """Fault injection for the student's recovery tests and fault drills, through `student.hooks.TrainHooks`.
 
 `KillOnce` kills (or fails) one Train worker once, at one point of the loop: the start of an epoch,
-a step mid-epoch, or just before rank 0 builds a DKC round. A marker file makes it fire only once
-across the restarts it causes. It is a module-level class, so the hooks travel to the Train workers
-by reference (cloudpickle) and the workers import this module.
+a step mid-epoch, or just before rank 0 builds a DKC round. `Stall` holds the training once at the
+start of an epoch, so a drill can disturb it from outside at a known point (kill the driver between
+two checkpoints). A marker file makes each fire only once across the restarts and reruns that follow.
+They are module-level classes, so the hooks travel to the Train workers by reference (cloudpickle)
+and the workers import this module.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 from hetcomp_dist.student.hooks import TrainHooks
@@ -68,3 +71,34 @@ class KillOnce:
         ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=120)
         open(self.marker, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Holds worker `rank` for `seconds` once, at the start of `epoch`, after the last reported
+    checkpoint is committed; the other ranks wait at the epoch's first collective.
+
+    Args:
+        rank: the world rank that stalls.
+        epoch: the epoch (1-based) whose start it holds.
+        marker: a file created when the stall begins (a drill's signal); while it exists, nothing stalls.
+        seconds: how long it holds.
+    """
+
+    rank: int
+    epoch: int
+    marker: str
+    seconds: float = 300.0
+
+    def hooks(self) -> TrainHooks:
+        """The `TrainHooks` that call this at each epoch's start."""
+        return TrainHooks(epoch_start=self)
+
+    def __call__(self, rank: int, epoch: int) -> None:
+        if rank != self.rank or epoch != self.epoch or os.path.exists(self.marker):
+            return
+        import ray.train
+
+        ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=120)
+        open(self.marker, "w").close()
+        time.sleep(self.seconds)
