@@ -40,7 +40,7 @@ def _ensemble_cost(run: str, cfg: Config, m: dict, users: np.ndarray, train: CSR
     from hetcomp_dist.teachers.fit import resolve
     from hetcomp_dist.teachers.trajectory import Ranker, load_weights
 
-    models = []
+    models, dims = [], []
     layout = RunLayout(run)
     for name in cfg.teachers.names:
         man = storage.read_manifest(layout.teacher(name))
@@ -50,6 +50,7 @@ def _ensemble_cost(run: str, cfg: Config, m: dict, users: np.ndarray, train: CSR
         model = model_class(name, model_cfg)(m["n_users"], m["n_items"], model_cfg, train)
         model.load_state_dict(load_weights(layout.teacher_snapshot(name, man["state_epochs"][-1])))  # E4
         models.append(model)
+        dims.append(model_cfg.dim)
     # building the rankers (embeddings, FAISS indexes) is part of serving set-up, not of the timed work
     rankers = [Ranker(model, train, cfg.eval) for model in models]
     weights = np.asarray(cfg.knowledge.weights) if cfg.knowledge.weights else None
@@ -65,7 +66,8 @@ def _ensemble_cost(run: str, cfg: Config, m: dict, users: np.ndarray, train: CSR
         ensemble_topk(lists, K, cfg.knowledge.temperature, weights)
     wall = time.perf_counter() - t0
     return {
-        "model": f"ensemble ({len(models)} teachers, d={cfg.teachers.dim})",
+        # each teacher's own dimension where they differ (teachers.<name>.dim)
+        "model": f"ensemble ({len(models)} teachers, d={'/'.join(map(str, dict.fromkeys(dims)))})",
         "params": sum(map(_params, models)),
         "wall_s": wall,
         "users_per_s": len(users) / max(wall, 1e-9),
