@@ -16,7 +16,14 @@ import sys
 from importlib import metadata
 
 LIBRARIES = ("torch", "numpy", "faiss-cpu", "numba", "ray", "pyarrow", "implicit")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "ATEN_CPU_CAPABILITY")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ONEDNN_MAX_CPU_ISA",
+)
 
 
 @functools.lru_cache(maxsize=1)
