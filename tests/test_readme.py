@@ -1,6 +1,7 @@
-"""Every command the README shows, run as a user types it: relative paths, the installed CLI entry point,
-from a fresh working directory that looks like the repository root (hetcomp_dist/, jobs/ and cluster/
-linked in), shortened by ``key=value`` overrides where it trains.
+"""Every command the README (and docs/CLUSTER.md, where it sends cluster users) shows, run as a user
+types it: relative paths, the installed CLI entry point, from a fresh working directory that looks like
+the repository root (hetcomp_dist/, jobs/ and cluster/ linked in), shortened by ``key=value`` overrides
+where it trains.
 
 A README command with a placeholder (RUN, FILE.npz, ...) runs with the placeholder filled in; each one is
 listed in RUNS with what fills it. A command that cannot run here (a cloud account, a Kubernetes cluster,
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+# the pages whose commands users copy: the README and the cluster page it sends them to
+DOCS = (README, REPO / "docs" / "CLUSTER.md")
 TIMEOUT_S = 600
 TINY = [o for o in SMOKE if not o.startswith(("data.", "synth."))]  # training cut short, data kept
 TINY_STAGE = [
@@ -187,9 +190,9 @@ RUNS = {
 
 
 def readme_commands() -> list[str]:
-    """Every command of the README: the lines of its bash blocks (continuations joined, trailing comments
+    """Every command of DOCS: the lines of their bash blocks (continuations joined, trailing comments
     dropped) and the inline code spans that start like a command."""
-    text = README.read_text()
+    text = "\n".join(doc.read_text() for doc in DOCS)
     out = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
