@@ -153,6 +153,20 @@ RUNS = {
         "--stages",
         "data",
     ],
+    "hetcomp-dist run --config hetcomp_dist/configs/citeulike-plus.yaml --input users.dat --format citeulike "
+    "--run runs/plus": [
+        "run",
+        "--config",
+        "hetcomp_dist/configs/citeulike-plus.yaml",
+        "--input",
+        "users.dat",
+        "--format",
+        "citeulike",
+        "--run",
+        "runs/plus",
+        "--stages",
+        "data",
+    ],
     "hetcomp-dist run [--config FILE] [--input PATH --format F] [--run RUN] [--stages ...] [key=value ...]": [
         "run",
         "--input",
@@ -315,6 +329,7 @@ def test_stage_commands(chain):
     for name in ("citeulike", "c2", "c3"):
         assert (chain / "runs" / name / "data" / "_manifest.json").exists()
     assert (chain / "runs" / "default" / "data" / "_manifest.json").exists()  # the citeulike.yaml command
+    assert (chain / "runs" / "plus" / "data" / "_manifest.json").exists()  # the citeulike-plus.yaml one
 
 
 @pytest.mark.parametrize("script", ["jobs/reproduce_table2.py", "jobs/check_knowledge_rounds.py"])
