@@ -20,7 +20,10 @@ from hetcomp_dist.resources import ClusterView, NodeGroup
 REPO = Path(__file__).resolve().parents[1]
 # every job file but the benchmarks (bench_*) and the checks of an existing run (check_*) is a stage
 # entrypoint
-JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if not p.stem.startswith(("bench_", "check_")))
+# the stage jobs (benchmarks, checks and the fault drill are tools with options of their own)
+JOBS = sorted(
+    p.stem for p in (REPO / "jobs").glob("*.py") if not p.stem.startswith(("bench_", "check_", "drill_"))
+)
 
 
 def _cfg(*argv: str) -> Config:

@@ -74,7 +74,7 @@ def test_approximate_index_and_candidate_path(case, candidates):
     candidates for a top-20, still exact where the candidate vectors are the scores (Mult-VAE's)."""
     name, variant, train, model = case
     params = model.optimizer_parameters()
-    opt = torch.optim.Adam(params, lr=1e-2) if params else None
+    opt = RowwiseAdam(params, lr=1e-2) if params else None
     model.fit_epoch(train, np.random.default_rng(0), 64, opt)
     ivf = EvalConfig(index="ivf", ivf_nlist=2, ivf_nprobe=2)
     approx, exact = Ranker(model, train, ivf, candidates=candidates), Ranker(model, train)

@@ -286,6 +286,7 @@ def test_unreadable_checkpoint_restarts_the_teacher_from_scratch(tmp_path, synth
         "stop opcode": b".",  # torch's weights-only unpickler raises IndexError here
         "text": b"not a checkpoint",
     }
+    storage.begin_stage(layout.teacher("mf"))  # the folder as an earlier training of mf created it
     for what, blob in damaged.items():
         storage.write_bytes_atomic(layout.teacher_checkpoint("mf"), blob)
         assert load_checkpoint(layout.teacher_checkpoint("mf"), "any") is None, what
