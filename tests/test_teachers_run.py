@@ -421,6 +421,34 @@ def test_family_fields_change_only_their_teacher():
         load_config(None, ["teachers.iknn.max_epochs=3"])
 
 
+def test_torch_threads_are_part_of_a_teachers_hash(tmp_path, synth_run):
+    """Two torch threads sum in another order than one and change the exports, so a teacher's hash holds
+    its thread count (one per whole CPU of its actor), and run_teacher trains with that count in-process
+    too, then gives the caller its own back."""
+    from hetcomp_dist.config import load_config
+    from hetcomp_dist.teachers.runner import teacher_hash, teacher_threads
+
+    cfgs = {n: load_config(None, [f"teachers.num_cpus={n}"]) for n in ("0.3", "0.9", "2")}
+    assert [teacher_threads(c) for c in cfgs.values()] == [1, 1, 2]
+    for name in ("mf", "gnn", "ae"):
+        assert teacher_hash(cfgs["0.3"], name, "d") == teacher_hash(cfgs["0.9"], name, "d")
+        assert teacher_hash(cfgs["0.3"], name, "d") != teacher_hash(cfgs["2"], name, "d")
+    run = copy_run(synth_run, tmp_path / "run")
+    seen = []
+    real = torch.set_num_threads
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        cfg = tiny_config(run, names=("mf",), num_cpus=2.0)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n))[1])
+            man = run_teacher(run, cfg, "mf")
+        assert seen == [2, 3] and torch.get_num_threads() == 3
+        assert man["environment"]["threads"]["torch"] == 2
+    finally:
+        real(threads)
+
+
 @pytest.mark.parametrize("name", ["mf", "dnn"])  # an embedding model; a candidate-then-rescore model
 def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
     """teachers.export_index=ivf (2 of 7 lists probed; NeuMF through 40 candidates): a valid trajectory,

@@ -41,10 +41,7 @@ class ProgressBoard:
 class TeacherActor:
     """Trains and exports one teacher. Constructor arguments are small (a path, the config)."""
 
-    def __init__(self, run: str, cfg: Config, name: str, board, threads: int, device: str) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
+    def __init__(self, run: str, cfg: Config, name: str, board, device: str) -> None:
         self.run, self.cfg, self.name, self.board, self.device = run, cfg, name, board, device
 
     def __repr__(self) -> str:  # names the teacher in Ray's log prefixes and its state API (repr_name)
@@ -136,7 +133,6 @@ def start_teachers(run: str, cfg: Config, names: list[str]) -> TeacherGroup:
         max_restarts=cfg.teachers.max_restarts, max_task_retries=cfg.teachers.max_restarts
     ).remote()
     gpus = teacher_gpus(cfg.teachers, len(names), cluster_view())
-    threads = max(1, int(cfg.teachers.num_cpus))
     device = "cuda" if gpus > 0 else "cpu"
     actors, refs = {}, {}
     for name in names:
@@ -145,7 +141,7 @@ def start_teachers(run: str, cfg: Config, names: list[str]) -> TeacherGroup:
             num_gpus=gpus,
             max_restarts=cfg.teachers.max_restarts,
             max_task_retries=cfg.teachers.max_restarts,
-        ).remote(run, cfg, name, board, threads, device)
+        ).remote(run, cfg, name, board, device)
         actors[name] = actor
         refs[name] = actor.train.remote()
     log(

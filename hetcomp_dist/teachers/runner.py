@@ -54,9 +54,16 @@ _FAMILY_FIELDS = {
 }
 
 
+def teacher_threads(cfg: Config) -> int:
+    """Torch threads of a teacher's training and export: one per whole CPU its actor holds. Part of the
+    teacher's hash: a product split over 2 threads sums in another order than over 1, and the exports
+    differ (docs/RESULTS.md, "Reproducibility")."""
+    return max(1, int(cfg.teachers.num_cpus))
+
+
 def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
     """Config hash of teacher `name`: the data, the shared teacher settings, its own overrides, the
-    retrieval settings (an approximate index changes the exported lists)."""
+    retrieval settings (an approximate index changes the exported lists) and the torch threads."""
     foreign = {f for family, fields in _FAMILY_FIELDS.items() if family != name for f in fields}
     shared = {
         k: v for k, v in dataclasses.asdict(cfg.teachers).items() if k not in _NEUTRAL and k not in foreign
@@ -69,7 +76,7 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
         for k, v in dataclasses.asdict(cfg.eval).items()
         if k not in ("batch_size", "distributed_min_users", "max_tasks")
     }
-    return storage.config_hash("teacher", name, data_hash, shared, own, ev)
+    return storage.config_hash("teacher", name, data_hash, shared, own, ev, {"threads": teacher_threads(cfg)})
 
 
 def export_eval(cfg: Config) -> EvalConfig:
@@ -110,6 +117,17 @@ def run_teacher(
         device: torch device for training and scoring.
         on_progress: receives the training loop's status dicts.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(teacher_threads(cfg))  # what the hash says, in an actor or in-process alike
+    try:
+        return _run_teacher(run, cfg, name, device, on_progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_teacher(
+    run: str, cfg: Config, name: str, device: str, on_progress: Callable[[dict], None] | None
+) -> dict:
     t_start = time.perf_counter()
     m = load_manifest(run)
     layout = RunLayout(run)
