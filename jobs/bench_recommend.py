@@ -129,10 +129,10 @@ def main() -> None:
     kinds = [k for k, skip in (("inprocess", args.skip_inprocess), ("ray", args.skip_ray)) if not skip]
     runs = {k: [run_child(args, k) for _ in range(args.repeats)] for k in kinds}
     if len(kinds) == 2:
-        import pyarrow.parquet as pq
+        from hetcomp_dist.serving.recommend import read_recommendations
 
-        a = pq.read_table(runs["inprocess"][-1]["out"])
-        b = pq.read_table(runs["ray"][-1]["out"])
+        a = read_recommendations(runs["inprocess"][-1]["out"])
+        b = read_recommendations(runs["ray"][-1]["out"])
         if not a.equals(b):
             raise SystemExit("the in-process and Ray outputs differ")
     med = {k: statistics.median(r["users_per_s"] for r in v) for k, v in runs.items()}

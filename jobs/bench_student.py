@@ -176,7 +176,7 @@ def past_the_clamp(task: TrainTask, opt: torch.optim.Optimizer, batch, share: fl
         "steady_scale": scale,
     }
     hyper = {k: opt.defaults[k] for k in ("lr", "weight_decay")}
-    return steady, torch.optim.Adam(steady.parameters(), **hyper), figures
+    return steady, RowwiseAdam(steady.parameters(), **hyper), figures
 
 
 def time_steps(task, opt, sampler, epoch, loss_fn, n) -> float:
