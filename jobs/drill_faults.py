@@ -2,7 +2,7 @@
 the report's rows must equal the undisturbed run's, RUN must hold no temporary files and no process of
 the run may be left. Prints one JSON line; exits 0 when every fault was survived with nothing left.
 
-    python jobs/drill_faults.py                                  # every fault: ~25 min on 2 shared cores
+    python jobs/drill_faults.py                                  # every fault: 11 min on 2 quiet cores
     python jobs/drill_faults.py --faults write_local,teacher_train
     python jobs/drill_faults.py --baseline runs/smoke            # reuse an undisturbed smoke RUN
     python jobs/drill_faults.py --faults write_local teachers.names=[mf,ml]   # overrides for every run
