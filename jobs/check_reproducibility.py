@@ -55,13 +55,13 @@ def _cli(args: list[str], env: dict | None = None) -> None:
     subprocess.run(cmd, check=True, env=env, stdout=sys.stderr)
 
 
-def _lists(run: str, name: str, state: int) -> list:
+def _lists(run: str, name: str, state: int) -> list[list[int]]:
+    from hetcomp_dist.data.dataset import load_manifest, read_lists
     from hetcomp_dist.layout import RunLayout
-    from hetcomp_dist.storage import read_table
 
-    folder = RunLayout(run).teacher_state(name, state)
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".parquet"))
-    return [x for f in files for x in read_table(os.path.join(folder, f)).column("items").to_pylist()]
+    m = load_manifest(run)
+    csr = read_lists(RunLayout(run).teacher_state(name, state), "items", 0, m["n_users"], m)
+    return [csr.row(u).tolist() for u in range(csr.n)]
 
 
 def main() -> int:

@@ -77,21 +77,15 @@ def s3():
     boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
 
+    from hetcomp_dist.testing.flaky_s3 import moto_environment
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     mp = pytest.MonkeyPatch()
-    for k, v in {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",  # never wait for an instance identity
-        "AWS_CONFIG_FILE": "/nonexistent",
-        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-    }.items():
+    for k, v in moto_environment(f"http://127.0.0.1:{port}").items():
         mp.setenv(k, v)
     mp.delenv("AWS_PROFILE", raising=False)
     mp.delenv("AWS_SESSION_TOKEN", raising=False)

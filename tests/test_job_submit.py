@@ -45,11 +45,13 @@ def cluster():
     assert not os.path.exists(temp_dir)
 
 
-def _submit(cluster: LocalCluster, *job_args: str) -> tuple[subprocess.CompletedProcess, str, str]:
+def _submit(
+    cluster: LocalCluster, *job_args: str, timeout_s: float = SUBMIT_TIMEOUT_S
+) -> tuple[subprocess.CompletedProcess, str, str]:
     """(the blocking `ray job submit`, the job's final status and its logs, both from the job API)."""
     from ray.job_submission import JobSubmissionClient
 
-    res = cluster.submit(["python", "jobs/pipeline.py", *job_args], capture=True, timeout_s=SUBMIT_TIMEOUT_S)
+    res = cluster.submit(["python", "jobs/pipeline.py", *job_args], capture=True, timeout_s=timeout_s)
     print(res.stdout[-6000:], res.stderr[-3000:])  # shown by pytest when an assertion fails
     (job_id,) = set(re.findall(r"raysubmit_\w+", res.stdout + res.stderr))
     client = JobSubmissionClient(cluster.address)

@@ -9,10 +9,9 @@ anything runs. Only the processes this test started are stopped (their process g
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 
 import pytest
+from test_job_submit import _group_members, _submit  # the same job-API and process-group helpers
 
 from hetcomp_dist import storage
 from hetcomp_dist.layout import RunLayout
@@ -31,28 +30,6 @@ OVERRIDES = (
     "student.num_workers=2",
     "student.cpus_per_worker=0.75",
 )
-
-
-def _group_members(pgid: int) -> list[str]:
-    out = subprocess.run(
-        ["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True, check=True
-    ).stdout
-    return [
-        line
-        for line in out.splitlines()
-        if line.split()[0] == str(pgid) and not line.split()[1].startswith("Z")
-    ]
-
-
-def _submit(cluster: LocalCluster, *job_args: str) -> tuple[subprocess.CompletedProcess, str, str]:
-    """(the blocking `ray job submit`, the job's final status, its logs)."""
-    from ray.job_submission import JobSubmissionClient
-
-    res = cluster.submit(["python", "jobs/pipeline.py", *job_args], capture=True, timeout_s=SUBMIT_TIMEOUT_S)
-    print(res.stdout[-6000:], res.stderr[-3000:])  # shown by pytest when an assertion fails
-    (job_id,) = set(re.findall(r"raysubmit_\w+", res.stdout + res.stderr))
-    client = JobSubmissionClient(cluster.address)
-    return res, str(client.get_job_status(job_id)), client.get_job_logs(job_id)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +56,7 @@ def two_nodes(s3):
 def test_smoke_pipeline_runs_on_both_nodes(two_nodes):
     cluster, head, node_b = two_nodes
     run = f"s3://{BUCKET}/runs/two-nodes"
-    res, status, logs = _submit(cluster, "--smoke", "--out", run, *OVERRIDES)
+    res, status, logs = _submit(cluster, "--smoke", "--out", run, *OVERRIDES, timeout_s=SUBMIT_TIMEOUT_S)
     assert status == "SUCCEEDED" and res.returncode == 0
     assert logs.rstrip().endswith(f"output: {RunLayout(run).report_json}")
     both = {head, node_b}
@@ -106,7 +83,7 @@ def test_smoke_pipeline_runs_on_both_nodes(two_nodes):
 def test_a_local_run_is_refused_on_two_nodes(two_nodes, tmp_path):
     cluster, _, _ = two_nodes
     run = tmp_path / "local-run"
-    res, status, logs = _submit(cluster, "--smoke", "--out", str(run))
+    res, status, logs = _submit(cluster, "--smoke", "--out", str(run), timeout_s=SUBMIT_TIMEOUT_S)
     assert status == "FAILED" and res.returncode == 1
     last = logs.rstrip().splitlines()[-1]
     assert last.startswith(f"error: --out {run}: a local RUN on 2 nodes"), last

@@ -138,16 +138,22 @@ def train_worker_dkc(d: Drill, r: dict) -> None:
     _kill_train_worker(d, r, "train_worker_dkc", {"rank": 0, "epoch": 2, "where": "dkc_start"})
 
 
-def driver_teachers(d: Drill, r: dict) -> None:
-    run = d.fresh("driver_teachers", ("data",))
+def _kill_driver_mid_training(d: Drill, r: dict, name: str) -> tuple[str, RunLayout]:
+    """A fresh run (data only) whose driver is killed once a teacher is training; (run, its layout)."""
+    run = d.fresh(name, ("data",))
     layout = RunLayout(run)
-    launch = d.launch("driver_teachers", run)
+    launch = d.launch(name, run)
     d.wait_until(
         launch,
         "a teacher mid-training",
         lambda: any(teacher_phase(layout, t) == "training" for t in d.teachers),
     )
     r["details"]["ended_with_the_driver"] = d.kill_driver(launch)
+    return run, layout
+
+
+def driver_teachers(d: Drill, r: dict) -> None:
+    run, layout = _kill_driver_mid_training(d, r, "driver_teachers")
     training = [t for t in d.teachers if teacher_phase(layout, t) == "training"]
     r["details"]["phases_at_kill"] = {t: teacher_phase(layout, t) for t in d.teachers}
     r["rc"] = d.finish(d.launch("driver_teachers-rerun", run), r)
@@ -210,15 +216,7 @@ def s3_500(d: Drill, r: dict) -> None:
 
 
 def corrupt_checkpoint(d: Drill, r: dict) -> None:
-    run = d.fresh("corrupt_checkpoint", ("data",))
-    layout = RunLayout(run)
-    launch = d.launch("corrupt_checkpoint", run)
-    d.wait_until(
-        launch,
-        "a teacher mid-training",
-        lambda: any(teacher_phase(layout, t) == "training" for t in d.teachers),
-    )
-    r["details"]["ended_with_the_driver"] = d.kill_driver(launch)
+    run, layout = _kill_driver_mid_training(d, r, "corrupt_checkpoint")
     teacher = next(t for t in d.teachers if teacher_phase(layout, t) == "training")
     ckpt = layout.teacher_checkpoint(teacher)
     Path(ckpt).write_bytes(os.urandom(4096))

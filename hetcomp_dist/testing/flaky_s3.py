@@ -20,6 +20,20 @@ _ERROR = (
 )
 
 
+def moto_environment(endpoint: str) -> dict[str, str]:
+    """The standard AWS variables that point pyarrow (and boto3) at a moto server on `endpoint`, with no
+    credentials or profile of the machine's leaking in."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",  # never wait for an instance identity
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    }
+
+
 class FailEveryNthPut:
     """WSGI middleware: the n-th, 2n-th, ... PUT gets a 500 (its body is read first, so the connection
     stays usable for the client's retry); everything else goes to `app`."""
@@ -67,15 +81,7 @@ class FlakyS3:
 
     def environment(self) -> dict[str, str]:
         """The standard AWS variables that point pyarrow (and boto3) at this server."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",  # never wait for an instance identity
-            "AWS_CONFIG_FILE": "/nonexistent",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-        }
+        return moto_environment(self.endpoint)
 
     def client(self):
         import boto3
