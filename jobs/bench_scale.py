@@ -2,7 +2,8 @@
 
     python jobs/bench_scale.py [--users 100000,300000,1000000] [--items N,...] [--config FILE]
                                [--workdir DIR] [--cpus N] [--k K] [--keep] [key=value ...]
-    python jobs/bench_scale.py --tiny          # CI: 2,000 and 4,000 users, the same code paths
+    python jobs/bench_scale.py --tiny          # CI: 2,000 and 4,000 users, the same code paths, lighter
+                                               # training (TINY: narrower teachers, a 10-epoch student)
 
 For every size -- synthetic data of `users` users and users / 10 items (``--items`` to choose), the
 settings of ``hetcomp_dist/configs/scale.yaml`` (``--config``) -- the real pipeline code paths, each
@@ -64,7 +65,9 @@ RAY_STAGES = ("teachers", "knowledge", "student", "recommend")
 SCALE_CONFIG = os.path.join(REPO, "hetcomp_dist", "configs", "scale.yaml")
 RESULT = "BENCH_STAGE_RESULT "  # the prefix of a stage child's result line on stdout
 TINY_USERS = "2000,4000"
-# --tiny: the scale config's code paths on CI-sized data (several shards, batches within the data)
+# --tiny: the scale config's code paths on CI-sized data (several shards, batches within the data) with
+# lighter training: teachers of width 16 and an item-AE hashed to 512 buckets (still fewer than the users:
+# the hashed input path), the student 10 epochs with DKC rounds at epochs 4 and 8 (two rounds, as at scale)
 TINY = (
     "data.shard_size=1000",
     "eval.batch_size=1024",
@@ -72,7 +75,11 @@ TINY = (
     "teachers.ae.batch_size=256",
     "teachers.iae.batch_size=64",
     "teachers.export_recall_users=200",
+    "teachers.dim=16",
+    "teachers.iae_hash_buckets=512",
     "student.batch_size=1024",
+    "student.max_epochs=10",
+    "knowledge.period=4",
 )
 # the targets for the 1M-user run on a 2-core, 24 GiB machine
 TARGETS = {"wall_min": 120.0, "process_gib": 6.0, "machine_gib": 20.0, "exponent": 1.15, "recall": 0.95}
@@ -429,7 +436,7 @@ def main() -> int:
     ap.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of each stage's Ray")
     ap.add_argument("--k", type=int, default=100, help="items per user of the recommend stage")
     ap.add_argument("--keep", action="store_true", help="keep each size's run")
-    ap.add_argument("--tiny", action="store_true", help=f"CI: --users {TINY_USERS} and small batches")
+    ap.add_argument("--tiny", action="store_true", help=f"CI: --users {TINY_USERS} and the TINY settings")
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # a stage child
     ap.add_argument("--run", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every size")
