@@ -404,7 +404,8 @@ def print_table(out: dict) -> None:
     for s in sizes:
         q = out["quality"][s]
         print(
-            f"{s} users: valid R@50 popularity {q['popularity_valid_R@50']:.4f}, ensemble "
+            f"{s} users: {out['wall_s'][s]:.1f}s in all ({out['stages_wall_s'][s]:.1f}s in the stage calls); "
+            f"valid R@50 popularity {q['popularity_valid_R@50']:.4f}, ensemble "
             f"{q['ensemble_valid_R@50']:.4f}, student {q['student_valid_R@50']:.4f}; export recall min "
             f"{q['export_recall_min']}; machine peak {out['machine_peak_rss_gib'][s]:.2f} GiB"
         )

@@ -136,7 +136,8 @@ def test_tiny_bench_json_shape_and_quality(tmp_path):
         text=True,
         timeout=2400,
     )
-    print(res.stdout[-3000:], res.stderr[-6000:])
+    *table, last = res.stdout.strip().splitlines() or [""]  # the table and quality lines, then the JSON line
+    print("\n".join(table)[-3000:], last[:3000], res.stderr[-6000:], sep="\n")
     assert res.returncode == 0
     out = json.loads(res.stdout.strip().splitlines()[-1])
     sizes = ["2000", "4000"]
