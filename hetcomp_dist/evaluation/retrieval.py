@@ -26,25 +26,38 @@ def build_index(
     ivf_nprobe: int = 32,
     hnsw_m: int = 32,
     hnsw_ef_search: int = 256,
-) -> faiss.Index:
+) -> faiss.Index | MipsIVFIndex | PrunedIndex | BlockedFlatIndex:
     """The one index factory: exact flat FAISS index by default, exact FAISS flat search over
     norm-sorted item blocks with norm-bound pruning (`faiss_exact.BlockedFlatIndex`), exact norm-pruned
     torch scan (`PrunedIndex`), FAISS IVF / HNSW (approximate) for large catalogues.
+
+    IVF by inner product is an L2 IVF over the items augmented for maximum inner product search
+    (`MipsIVFIndex`): FAISS's own inner-product IVF clusters the items by direction alone, and with item
+    norms as unequal as trained embeddings' the probed lists miss the long items that top the lists.
+    HNSW by inner product stays FAISS's own: on log-normal norms its recall@100 was .99, the augmented L2
+    graph's .82.
 
     Args:
         item_emb: (n_items, d) item vectors.
         metric: "ip" (score = dot product) or "l2" (score = -squared distance).
         kind: "flat" | "blocked" | "pruned" | "ivf" | "hnsw".
+
+    Returns:
+        An index with ``ntotal`` and FAISS's ``search(q, k) -> (D, I)`` for (B, d) float32 queries.
     """
     x = np.ascontiguousarray(item_emb, dtype=np.float32)
-    n, d = x.shape
     if kind == "pruned":
         return PrunedIndex(x, metric)
     if kind == "blocked":
         return BlockedFlatIndex(x, metric)
-    fmetric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
     if metric not in ("ip", "l2"):
         raise ValueError(f"metric must be ip or l2, got {metric!r}")
+    mips = kind == "ivf" and metric == "ip"
+    if mips:  # an L2 index over the augmented items
+        x, max_norm = mips_items(x)
+        metric = "l2"
+    n, d = x.shape
+    fmetric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
     if kind == "flat":
         index = faiss.IndexFlatIP(d) if metric == "ip" else faiss.IndexFlatL2(d)
     elif kind == "ivf":
@@ -59,7 +72,79 @@ def build_index(
     else:
         raise ValueError(f"index kind must be flat, blocked, pruned, ivf or hnsw, got {kind!r}")
     index.add(x)
-    return index
+    return MipsIVFIndex(index, max_norm) if mips else index
+
+
+MIPS_QUERY_NORM = 2.0  # `MipsIVFIndex` scales its queries to this many times the largest item norm
+
+
+def mips_items(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """The items augmented for maximum inner product search: ((n, d + 1) float32 rows
+    ``(x, sqrt(M^2 - |x|^2))``, M = the largest item norm). Every row has norm M, so for a query
+    ``(u, 0)`` the squared distance ``|u|^2 + M^2 - 2 u.x`` orders the items like their inner products."""
+    x64 = x.astype(np.float64)
+    sq = (x64**2).sum(1)
+    m2 = float(sq.max())
+    return np.concatenate([x64, np.sqrt(m2 - sq)[:, None]], 1).astype(np.float32), float(np.sqrt(m2))
+
+
+class MipsIVFIndex:
+    """A FAISS L2 IVF over `mips_items`, searched like an inner-product index (the reduction of maximum
+    inner product search to nearest-neighbour search, Bachrach et al. 2014).
+
+    Why: FAISS's inner-product IVF clusters the items by direction only (spherical k-means) and a user
+    probes the lists nearest its direction, while with very unequal norms its top items by inner
+    product include long items of other directions, in lists it does not probe. On the augmented items
+    (all on the sphere of radius M, the extra coordinate small for long items and large for short ones)
+    L2 k-means clusters by direction and norm together, and probing the nearest lists is a
+    nearest-neighbour search, where IVF does well (the L2 metric-learning teacher's IVF export: .988).
+
+    A query u is searched as ``(c u, 0)`` with ``c |u| = MIPS_QUERY_NORM * M``. Any c > 0 gives the
+    same order of items, but not of lists: a centroid is a mean, inside the sphere, and a query much
+    shorter than M probes the lists nearest the origin, not those of its direction. Measured (recall@100,
+    20k items, d = 64, log-normal or popularity-like norms, 3% and 12% of the lists probed), 2M did as
+    well as 4M and 16M; M was up to .03 lower at 3% (within .005 at 12%), the unscaled query up to .44 lower.
+
+    The lists are unbalanced (many small ones of long items, a few large ones of short items), so the
+    lists nearest a query may hold fewer than the k + |excluded| candidates `search_excluding` asks for:
+    a row left short is searched again probing twice the lists, until full or every list is probed.
+
+    `search` returns the inner products, from the distances: ``u.x = (|c u|^2 + M^2 - D) / (2c)``,
+    exact to float32 rounding like FAISS's own inner-product scores.
+
+    Args:
+        index: the trained L2 `faiss.IndexIVFFlat`, the `mips_items` rows added.
+        max_norm: their M.
+    """
+
+    def __init__(self, index: faiss.IndexIVFFlat, max_norm: float) -> None:
+        self.index, self.max_norm = index, max_norm
+        self.ntotal, self.d = index.ntotal, index.d - 1
+
+    def search(self, user_vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS-style: ((B, k) float32 inner products, descending, -FLT_MAX where the id is -1;
+        (B, k) int64 item ids, -1 only where fewer than k items exist) of (B, d) queries."""
+        u = np.asarray(user_vecs, np.float64)
+        norm = np.sqrt((u**2).sum(1, keepdims=True))
+        c = MIPS_QUERY_NORM * self.max_norm / np.where(norm > 0, norm, 1.0)  # (B, 1); zero stays zero
+        q = np.zeros((len(u), self.d + 1), np.float32)
+        q[:, : self.d] = u * c
+        dist, ids = self._search_full(q, k)
+        scores = ((c * norm) ** 2 + self.max_norm**2 - dist.astype(np.float64)) / (2 * c)
+        scores[ids < 0] = -np.finfo(np.float32).max  # FAISS's inner-product filler
+        return scores.astype(np.float32), ids
+
+    def _search_full(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's search, rows with fewer than min(k, ntotal) ids searched again on twice the lists."""
+        dist, ids = self.index.search(q, k)
+        want, nprobe, nlist = min(k, self.ntotal), self.index.nprobe, self.index.nlist
+        short = np.nonzero(ids[:, want - 1] < 0)[0]  # ids fill from the left
+        while len(short) and nprobe < nlist:
+            nprobe = min(2 * nprobe, nlist)
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+            dist[short], ids[short] = self.index.search(q[short], k, params=params)
+            short = short[ids[short, want - 1] < 0]
+        return dist, ids
 
 
 def index_for(item_emb: np.ndarray, metric: str, cfg: EvalConfig):
@@ -101,7 +186,7 @@ def first_k_kept(cand: np.ndarray, drop: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def grouped_search(index: faiss.Index, q: np.ndarray, k: int, n_excl: np.ndarray):
+def grouped_search(index: faiss.Index | MipsIVFIndex, q: np.ndarray, k: int, n_excl: np.ndarray):
     """(rows, (len(rows), C) int32 candidates) per group of rows with the same power-of-two cap of
     n_excl: C = k + cap, so one heavy user does not widen the FAISS search of the whole batch."""
     n_items = index.ntotal
@@ -116,7 +201,7 @@ def grouped_search(index: faiss.Index, q: np.ndarray, k: int, n_excl: np.ndarray
 
 
 def search_excluding(
-    index: faiss.Index | PrunedIndex,
+    index: faiss.Index | MipsIVFIndex | PrunedIndex | BlockedFlatIndex,
     user_vecs: np.ndarray,
     k: int,
     ex_offsets: np.ndarray,
