@@ -292,7 +292,16 @@ _NOT_HASHED = (
     "lambda_prune_epoch",
 )
 # valid changed values where "different" is not enough (a base of w/o KD, MF, exact tail)
-_CHANGED = {"model": "dnn", "method": "hetcomp", "tail": "sampled", "method_lr": ("wokd=0.5",)}
+_CHANGED = {
+    "model": "dnn",
+    "method": "hetcomp",
+    "tail": "sampled",
+    "method_lr": ("wokd=0.5",),
+    "lr_drop_factor": 0.5,
+}
+# settings that only act beside another: their base sets it (lr_drop_factor without drops is unused,
+# and test_student_train checks it stays out of the hash then)
+_BASE_FOR = {"lr_drop_factor": ["student.lr_drops=1"]}
 
 
 def _changed(name, value):
@@ -315,7 +324,10 @@ def test_every_student_setting_enters_the_hash_as_it_is(tmp_path, name):
     from hetcomp_dist.student.trainer import student_hash
 
     run = str(tmp_path / "run")
-    base = load_config(None, [f"run={run}", "synth.users=60", "synth.items=40", "student.method=wokd"])
+    base = load_config(
+        None,
+        [f"run={run}", "synth.users=60", "synth.items=40", "student.method=wokd", *_BASE_FOR.get(name, [])],
+    )
     synthesize(run, base.synth, base.data)
     value = _changed(name, getattr(base.student, name))
     other = dataclasses.replace(base, student=dataclasses.replace(base.student, **{name: value}))
