@@ -284,6 +284,11 @@ class StudentConfig:
     max_epochs: int = ranged(1000, COUNT)
     eval_every: int = ranged(10, COUNT)
     patience: int = ranged(5, COUNT)
+    # when `patience` evaluations pass without a better valid R@50 in the objective's last phase (HetComp:
+    # after the switch to L_F), multiply the learning rate by lr_drop_factor and go on, at most lr_drops
+    # times, before stopping; 0 = stop at once (the paper)
+    lr_drops: int = ranged(0, NON_NEGATIVE)
+    lr_drop_factor: float = ranged(0.1, FRACTION)
     logit_clamp: float = ranged(40.0, POSITIVE)
     lo_scale: float = ranged(0.01, POSITIVE)
     lf_scale: float = ranged(0.005, POSITIVE)

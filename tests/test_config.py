@@ -128,6 +128,9 @@ OUT_OF_RANGE = [
     ("student.dim=0", "config.student.dim"),
     ("student.batch_size=0", "config.student.batch_size"),
     ("student.patience=0", "config.student.patience"),
+    ("student.lr_drops=-1", "config.student.lr_drops"),
+    ("student.lr_drop_factor=1.0", "config.student.lr_drop_factor"),
+    ("student.lr_drop_factor=0", "config.student.lr_drop_factor"),
     ("student.eval_every=0", "config.student.eval_every"),
     ("student.lambda_grid=[0.1, -1.0]", "config.student.lambda_grid[1]"),
     ("student.lambda_grid=[]", "config.student.lambda_grid"),  # lambda_kd < 0 searches it
@@ -289,7 +292,16 @@ _NOT_HASHED = (
     "lambda_prune_epoch",
 )
 # valid changed values where "different" is not enough (a base of w/o KD, MF, exact tail)
-_CHANGED = {"model": "dnn", "method": "hetcomp", "tail": "sampled", "method_lr": ("wokd=0.5",)}
+_CHANGED = {
+    "model": "dnn",
+    "method": "hetcomp",
+    "tail": "sampled",
+    "method_lr": ("wokd=0.5",),
+    "lr_drop_factor": 0.5,
+}
+# settings that only act beside another: their base sets it (lr_drop_factor without drops is unused,
+# and test_student_train checks it stays out of the hash then)
+_BASE_FOR = {"lr_drop_factor": ["student.lr_drops=1"]}
 
 
 def _changed(name, value):
@@ -312,7 +324,10 @@ def test_every_student_setting_enters_the_hash_as_it_is(tmp_path, name):
     from hetcomp_dist.student.trainer import student_hash
 
     run = str(tmp_path / "run")
-    base = load_config(None, [f"run={run}", "synth.users=60", "synth.items=40", "student.method=wokd"])
+    base = load_config(
+        None,
+        [f"run={run}", "synth.users=60", "synth.items=40", "student.method=wokd", *_BASE_FOR.get(name, [])],
+    )
     synthesize(run, base.synth, base.data)
     value = _changed(name, getattr(base.student, name))
     other = dataclasses.replace(base, student=dataclasses.replace(base.student, **{name: value}))

@@ -156,6 +156,53 @@ def test_early_stopping_after_patience_evaluations(toy):
     assert [x["improved"] for x in _lines(toy, "wokd", "ml")] == [True, False, False]
 
 
+def test_a_plateau_lowers_the_learning_rate_before_the_training_stops(toy):
+    cfg = _cfg(
+        "student.method=wokd",
+        "student.model=ml",
+        "student.lr=1.0e-30",  # nothing moves: every evaluation after the first is a plateau's
+        "student.weight_decay=0.0",
+        "student.eval_every=1",
+        "student.patience=2",
+        "student.max_epochs=50",
+        "student.lr_drops=2",
+        "student.lr_drop_factor=0.5",
+    )
+    res = train_student(toy, cfg)
+    # best at 1; 2 flat evaluations -> drop at 3; 2 more -> drop at 5; 2 more -> stop at 7
+    assert res["epochs"] == 7 and res["best_epoch"] == 1 and res["lr_drops"] == [3, 5]
+
+
+def test_drop_lr_only_in_the_last_phase_and_only_as_often_as_allowed():
+    from hetcomp_dist.student.worker import LoopState, drop_lr
+
+    s = _cfg("student.lr_drops=1", "student.lr_drop_factor=0.25").student
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = RowwiseAdam([w], lr=0.004)
+    loop = LoopState(bad_evals=5)
+    assert not drop_lr(loop, opt, s, final_phase=False, epoch=40)  # HetComp before the switch: stop
+    assert opt.param_groups[0]["lr"] == 0.004 and loop.bad_evals == 5
+    assert drop_lr(loop, opt, s, final_phase=True, epoch=50)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001) and loop.bad_evals == 0
+    assert loop.lr_drops == [50]
+    loop.bad_evals = 5
+    assert not drop_lr(loop, opt, s, final_phase=True, epoch=90)  # the one drop is spent
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_the_student_hash_holds_without_drops_and_moves_with_them(toy):
+    from hetcomp_dist.student.trainer import student_hash
+
+    base = student_hash(toy, _cfg("student.method=wokd"))
+    assert student_hash(toy, _cfg("student.method=wokd", "student.lr_drop_factor=0.5")) == base
+    one = student_hash(toy, _cfg("student.method=wokd", "student.lr_drops=1"))
+    assert one != base
+    assert (
+        student_hash(toy, _cfg("student.method=wokd", "student.lr_drops=1", "student.lr_drop_factor=0.5"))
+        != one
+    )
+
+
 def _real_run(path):
     """Synthetic data + synthetic teacher trajectories: the knowledge stage runs for real."""
     from hetcomp_dist.data.synth import synthesize

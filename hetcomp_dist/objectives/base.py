@@ -79,6 +79,10 @@ class Objective(torch.nn.Module, abc.ABC):
         """Targets (n_local, K) and P+ (n_local, P) int32, -1 padded, of a round's manifest."""
         raise RuntimeError(f"{self.name} uses no knowledge rounds")
 
+    def final_phase(self) -> bool:
+        """Whether training is in its last phase (where a plateau may lower the learning rate)."""
+        return True
+
     def state(self) -> dict[str, Any]:
         return {}
 

@@ -65,6 +65,9 @@ class HetCompObjective(Objective):
         per_user = fn(a, c, pos, targets, batch.train_rows, batch.train_items, self.clamp, tail_fn)
         return (self.lf_scale if self.switched else self.lo_scale) * per_user.sum()
 
+    def final_phase(self) -> bool:
+        return self.switched  # L_F on the final knowledge; L_O's plateaus end at the next DKC round
+
     def dkc_due(self, epoch: int) -> bool:
         return not self.switched and epoch >= self.period and epoch % self.period == 0
 

@@ -39,8 +39,10 @@ def train_loop_per_worker(config: dict) -> dict:
         line = worker.epoch_line(epoch, loss, time.perf_counter() - t0, task)
         loop.epoch = epoch
         if epoch % s.eval_every == 0 or epoch == s.max_epochs:
-            metrics, improved, users, items = worker.evaluate(task, data, loop, epoch, job, w.device)
+            metrics, improved, users, items = worker.evaluate(task, opt, data, loop, epoch, job, w.device)
             task.objective.after_evaluation(epoch, metrics)
+            if loop.lr_drops[-1:] == [epoch]:
+                r0.log(f"valid R@50 flat for {s.patience} evaluations: lr {opt.param_groups[0]['lr']:.3g}")
             if improved:  # keep the best model's embeddings (rank 0 writes them at the end)
                 best_emb = {"user": users, "item": items} if w.rank == 0 else None
             if task.objective.dkc_due(epoch) and not loop.stopped:

@@ -43,6 +43,8 @@ def student_hash(run: str, cfg: Config) -> str:
     # one training has one λ_KD: the grid says which trainings a search runs (lambda_grid.grid_hash)
     del s["lambda_grid"]
     del s["lambda_prune_epoch"]  # how the search spends its epochs, not what one training computes
+    if not s["lr_drops"]:  # no drop: the factor is unused, and the hashes of trainings before the option hold
+        del s["lr_drops"], s["lr_drop_factor"]
     parts = [s, cfg.eval, load_manifest(run).get("config_hash")]
     if METHODS[cfg.student.method].needs_knowledge:
         r0 = knowledge_io.round_manifest(run, 0) or {}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hetcomp_dist import storage
-from hetcomp_dist.config import Config, from_dict, student_lr
+from hetcomp_dist.config import Config, StudentConfig, from_dict, student_lr
 from hetcomp_dist.knowledge.rounds import dkc_round
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import build_student
@@ -135,6 +135,7 @@ class LoopState:
     bad_evals: int = 0
     stopped: bool = False
     switch_epoch: int = 0
+    lr_drops: list = field(default_factory=list)  # epochs at which a plateau lowered the learning rate
     resumed_from: list = field(default_factory=list)  # epochs of the checkpoints restarts resumed from
     history: list = field(default_factory=list)
 
@@ -242,10 +243,35 @@ def retrieval_vectors(
     return own, items, everyone
 
 
+def drop_lr(
+    loop: LoopState, opt: torch.optim.Optimizer, s: StudentConfig, final_phase: bool, epoch: int
+) -> bool:
+    """On a plateau (`patience` evaluations without a better valid R@50): lowers the learning rate by
+    `student.lr_drop_factor` and restarts the patience count, when drops are left (`student.lr_drops`)
+    and the objective is in its last phase. Returns whether it did (else the training stops).
+
+    Every rank sees the same all-reduced metrics, so every rank takes the same decision.
+    """
+    if not final_phase or len(loop.lr_drops) >= s.lr_drops:
+        return False
+    for group in opt.param_groups:
+        group["lr"] *= s.lr_drop_factor
+    loop.lr_drops.append(epoch)
+    loop.bad_evals = 0
+    return True
+
+
 def evaluate(
-    task: TrainTask, data: RankData, loop: LoopState, epoch: int, job: Job, device: torch.device
+    task: TrainTask,
+    opt: torch.optim.Optimizer,
+    data: RankData,
+    loop: LoopState,
+    epoch: int,
+    job: Job,
+    device: torch.device,
 ) -> tuple[dict, bool, np.ndarray | None, np.ndarray]:
-    """Validation + test metrics (identical on all ranks) and the early-stopping bookkeeping.
+    """Validation + test metrics (identical on all ranks) and the early-stopping bookkeeping
+    (`drop_lr` on a plateau where the config allows, else a stop).
 
     Returns:
         (metrics, improved, all users' vectors when improved or DKC is due else None, item vectors).
@@ -265,7 +291,9 @@ def evaluate(
         )
     else:
         loop.bad_evals += 1
-    loop.stopped = loop.bad_evals >= s.patience or epoch >= s.max_epochs
+    loop.stopped = epoch >= s.max_epochs or (
+        loop.bad_evals >= s.patience and not drop_lr(loop, opt, s, task.objective.final_phase(), epoch)
+    )
     everyone = retrieval_vectors(task, data, full=True)[2] if (improved or need_full_before) else None
     return metrics, improved, everyone, items
 
@@ -341,6 +369,7 @@ def summary(
         "epochs": loop.epoch,
         "paused": paused,
         "switch_epoch": loop.switch_epoch,
+        "lr_drops": list(loop.lr_drops),
         "resumed_from": list(loop.resumed_from),
         "train_wall_s": round(wall_s, 2),
         "steps_per_epoch": sampler.steps,
