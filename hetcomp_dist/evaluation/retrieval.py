@@ -107,7 +107,7 @@ class MipsIVFIndex:
 
     The lists are unbalanced (many small ones of long items, a few large ones of short items), so the
     lists nearest a query may hold fewer than the k + |excluded| candidates `search_excluding` asks for:
-    a row left short is searched again probing twice the lists, until full or every list is probed.
+    a row left short is filled up, after the ids it has, from searches probing twice the lists.
 
     `search` returns the inner products, from the distances: ``u.x = (|c u|^2 + M^2 - D) / (2c)``,
     exact to float32 rounding like FAISS's own inner-product scores.
@@ -135,14 +135,25 @@ class MipsIVFIndex:
         return scores.astype(np.float32), ids
 
     def _search_full(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS's search, rows with fewer than min(k, ntotal) ids searched again on twice the lists."""
+        """FAISS's search; a row with fewer than min(k, ntotal) ids is filled up from searches on twice
+        the lists, until full or every list is probed.
+
+        The fill goes after the ids the row already has, never before: a row's list is then the same
+        prefix whatever k it was asked for (the export's top-K and its evaluation's top-50 agree), as
+        with a plain IVF. Distances are ascending within each part, not across the two.
+        """
         dist, ids = self.index.search(q, k)
         want, nprobe, nlist = min(k, self.ntotal), self.index.nprobe, self.index.nlist
         short = np.nonzero(ids[:, want - 1] < 0)[0]  # ids fill from the left
         while len(short) and nprobe < nlist:
             nprobe = min(2 * nprobe, nlist)
-            params = faiss.SearchParametersIVF(nprobe=nprobe)
-            dist[short], ids[short] = self.index.search(q[short], k, params=params)
+            wide_d, wide_i = self.index.search(q[short], k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+            for row, wd, wi in zip(short, wide_d, wide_i):
+                have = int((ids[row] >= 0).sum())
+                new = (wi >= 0) & ~np.isin(wi, ids[row, :have])
+                take = min(int(new.sum()), k - have)
+                ids[row, have : have + take] = wi[new][:take]
+                dist[row, have : have + take] = wd[new][:take]
             short = short[ids[short, want - 1] < 0]
         return dist, ids
 
