@@ -5,10 +5,11 @@ IVF over MIPS-augmented items for inner-product teachers), at a few (lists, prob
     python jobs/check_export_recall.py --run RUN [--teachers mf,gnn,ml] [--users 1000]
                                         [--probes 1024:32,256:8]
 
-Each teacher's model is rebuilt from the config saved beside its manifest and loaded from its state
-snapshots (weights only). Top-100 over every item, no exclusions, on --users random users, one FAISS
-thread. Teachers without embeddings (NeuMF, the autoencoders) are skipped: their export ranks index
-candidates by exact scores. Ends with one JSON line {teacher: {state: {setting: {"ours", "faiss_ip"}}}}.
+Each teacher's model is rebuilt from the teachers section of the config saved beside its manifest and
+loaded from its state snapshots (weights only). Top-100 over every item, no exclusions, on --users random
+users, one FAISS thread. Teachers without embeddings (NeuMF, the autoencoders) are skipped: their export
+ranks index candidates by exact scores. Ends with one JSON line
+{teacher: {state: {setting: {"ours", "faiss_ip"}}}}.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
 from hetcomp_dist import storage  # noqa: E402
-from hetcomp_dist.config import load_config  # noqa: E402
+from hetcomp_dist.config import TeachersConfig, from_dict  # noqa: E402
 from hetcomp_dist.data.dataset import load_manifest, load_split  # noqa: E402
 from hetcomp_dist.evaluation.retrieval import build_index  # noqa: E402
 from hetcomp_dist.layout import RunLayout  # noqa: E402
@@ -57,8 +59,10 @@ def faiss_ip_ivf(items: np.ndarray, nlist: int, nprobe: int) -> faiss.Index:
 def teacher_states(run: str, name: str, data: dict, train):
     """(state number, (user vectors, item vectors, metric) or None) of each exported state."""
     layout = RunLayout(run)
-    cfg = load_config(storage.config_path(layout.teacher(name)), [])
-    model = model_class(name, cfg.teachers)(data["n_users"], data["n_items"], cfg.teachers, train)
+    # the teachers section only: the models' settings, as trained (the run's other sections play no part)
+    raw = yaml.safe_load(storage.read_bytes(storage.config_path(layout.teacher(name))))
+    tcfg = from_dict(TeachersConfig, raw["teachers"], "teachers")
+    model = model_class(name, tcfg)(data["n_users"], data["n_items"], tcfg, train)
     for state, epoch in enumerate(storage.read_manifest(layout.teacher(name))["state_epochs"], 1):
         model.load_state_dict(load_weights(layout.teacher_snapshot(name, epoch)))
         yield state, model.eval().embeddings()

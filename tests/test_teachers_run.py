@@ -484,3 +484,31 @@ def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
     for split in ("valid", "test"):
         for key, value in want[split].items():
             assert metrics["states"][3][split][key] == pytest.approx(value, abs=1e-6), (split, key)
+
+
+def test_check_export_recall_is_exact_when_every_list_is_probed(tmp_path, synth_run):
+    """jobs/check_export_recall.py on a trained RUN, as a user runs it: every state of an inner-product
+    and an L2 teacher; probing every list is an exhaustive search, so its recall against exact is 1."""
+    import json
+    import subprocess
+    import sys
+
+    run = copy_run(synth_run, tmp_path / "run")
+    cfg = tiny_config(run, names=("mf", "ml"), max_epochs=4, eval_every=4, snapshot_every=1)
+    for name in ("mf", "ml"):
+        run_teacher(run, cfg, name)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(repo, "jobs", "check_export_recall.py"), "--run", run]
+    out = subprocess.run(
+        [*cmd, "--teachers", "mf,ml", "--users", "200", "--probes", "7:7,7:1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(got) == {"mf", "ml"} and all(len(got[t]) == 4 for t in got)  # E1..E4
+    for t, states in got.items():
+        for row in states.values():
+            assert row["7/7"]["ours"] >= 0.999 and 0 < row["1/7"]["ours"] <= 1
+            assert ("faiss_ip" in row["7/7"]) == (t == "mf")
