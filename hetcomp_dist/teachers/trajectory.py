@@ -25,7 +25,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.config import APPROXIMATE_INDEXES, EvalConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.evaluation import retrieval
-from hetcomp_dist.evaluation.faiss_exact import PAD
+from hetcomp_dist.evaluation.metrics import list_overlap
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.progress import Progress, log, peak_rss_gib
@@ -183,13 +183,8 @@ def recall_vs_exact(ranker: Ranker, exact: Ranker, train: CSR, users: np.ndarray
         users: (U,) absolute user ids of the sample.
     """
     ex = train.take(np.asarray(users) - train.lo)
-    got = ranker.topk(users, k, ex.offsets, ex.items)
-    want = exact.topk(users, k, ex.offsets, ex.items)
-    recall = []
-    for g, w in zip(got, want):
-        w = w[w != PAD]
-        recall.append(len(np.intersect1d(g[g != PAD], w)) / max(1, len(w)))
-    return float(np.mean(recall)) if recall else 1.0
+    got, want = (r.topk(users, k, ex.offsets, ex.items) for r in (ranker, exact))
+    return list_overlap(got, want)
 
 
 def _sort_rows(lists: CSR, scores: np.ndarray) -> CSR:
