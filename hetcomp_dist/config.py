@@ -318,6 +318,9 @@ class StudentConfig:
     )
     # items per block of the exact tail sums; 0 = auto (CPU: L2-sized, GPU: all)
     tail_chunk: int = ranged(0, NON_NEGATIVE)
+    # the exact tail's kernel: fused (numba, one pass per item; float32 on CPU), torch (blocks of tail_chunk
+    # items; any device), auto = fused where it applies (objectives/losses.py)
+    tail_kernel: str = "auto"
     # torch threads per Train worker; 0 = max(1, floor(cpus_per_worker))
     threads_per_worker: int = ranged(0, NON_NEGATIVE)
     # Ray Train FailureConfig: worker-group restarts from the last checkpoint (bounded: Ray's -1 would
@@ -658,6 +661,13 @@ def validate(cfg: Config, where: str = "config") -> Config:
     choice("student.model", s.model, ("mf", "ml", "dnn"))
     choice("student.method", s.method, STUDENT_METHODS)
     choice("student.tail", s.tail, ("exact", "sampled"))
+    choice("student.tail_kernel", s.tail_kernel, ("auto", "fused", "torch"))
+    if s.tail_kernel == "fused" and (s.use_gpu or s.logit_clamp >= 87):
+        raise InputError(
+            f"{where}.student.tail_kernel",
+            "fused runs on CPU with student.logit_clamp < 87 only",
+            "use auto (fused where it applies) or torch",
+        )
     student_lr(s, f"{where}.student.method_lr")  # parses and checks every entry
     if s.lambda_kd < 0 and not s.lambda_grid:
         raise InputError(

@@ -61,12 +61,20 @@ def test_yaml_and_overrides(tmp_path):
         ("report.als_regs=[1, -1]", "config.report.als_regs"),
         ("report.als_iterations=0", "config.report.als_iterations"),
         ("report.als_dims=[6, 0]", "config.report.als_dims[1]"),
+        ("student.tail_kernel=numba", "config.student.tail_kernel"),
     ],
 )
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(InputError) as e:
         load_config(None, [override])
     assert str(e.value).startswith(field)
+
+
+@pytest.mark.parametrize("other", ["student.use_gpu=true", "student.logit_clamp=100"])
+def test_fused_tail_kernel_only_where_it_runs(other):
+    with pytest.raises(InputError, match="^config.student.tail_kernel: fused runs on CPU"):
+        load_config(None, ["student.tail_kernel=fused", other])
+    assert load_config(None, ["student.tail_kernel=auto", other]).student.tail_kernel == "auto"
 
 
 # out-of-range values: (override, the field the error names); the first seven are issue 21's examples
@@ -288,6 +296,7 @@ _NOT_HASHED = (
     "threads_per_worker",
     "max_failures",
     "tail_chunk",
+    "tail_kernel",
     "lambda_grid",
     "lambda_prune_epoch",
 )
@@ -296,6 +305,7 @@ _CHANGED = {
     "model": "dnn",
     "method": "hetcomp",
     "tail": "sampled",
+    "tail_kernel": "torch",
     "method_lr": ("wokd=0.5",),
     "lr_drop_factor": 0.5,
 }

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hetcomp_dist.objectives import losses
+from hetcomp_dist.objectives import losses, tail_kernels
 
 # one intra-op torch thread per test (the fixture is in conftest.py)
 pytestmark = pytest.mark.usefixtures("_one_torch_thread")
@@ -157,15 +157,17 @@ def test_clamp_applies_to_tail_and_lists():
 
 
 # ------------------------------------------------------------------------------ the tail itself
-@pytest.mark.parametrize("chunk", [0, 5, 64, 10_000])
-def test_tail_logsumexp_equals_masked_dense_float32(chunk):
+@pytest.mark.parametrize(
+    "kernel,chunk", [("torch", 0), ("torch", 5), ("torch", 64), ("torch", 10_000), ("fused", 0)]
+)
+def test_tail_logsumexp_equals_masked_dense_float32(kernel, chunk):
     g = torch.Generator().manual_seed(0)
     B, N, d = 37, 1_000, 6
     a = (torch.randn(B, d, generator=g) * 0.8).requires_grad_()
     c = (torch.randn(N, d, generator=g) * 0.8).requires_grad_()
     rows, cols = torch.randint(0, B, (3_000,), generator=g), torch.randint(0, N, (3_000,), generator=g)
     xr, xc = losses.exclusion(rows, cols, B, N)
-    got = losses.tail_logsumexp(a, c, xr, xc, chunk=chunk)
+    got = losses.tail_logsumexp(a, c, xr, xc, chunk=chunk, kernel=kernel)
     dense = (a @ c.T).clamp(-40, 40)
     excluded = torch.zeros(B, N, dtype=torch.bool)
     excluded[rows, cols] = True
@@ -224,8 +226,9 @@ def test_tail_with_and_without_clipped_entries(case, dtype):
     ra, rc = torch.autograd.grad((want * w).sum(), [a, c])
     tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
     gtol = {"rtol": 1e-10, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
-    for chunk in (0, 64, 10_000):
-        got = losses.tail_logsumexp(a, c, xr, xc, chunk=chunk)
+    kernels = [("torch", 0), ("torch", 64), ("torch", 10_000)] + [("fused", 0)] * (dtype == torch.float32)
+    for kernel, chunk in kernels:
+        got = losses.tail_logsumexp(a, c, xr, xc, chunk=chunk, kernel=kernel)
         torch.testing.assert_close(got, want, **tol)
         ga, gc = torch.autograd.grad((got * w).sum(), [a, c])
         torch.testing.assert_close(ga, ra, **gtol)
@@ -256,13 +259,57 @@ def test_clip_passes_match_a_mask_at_the_clamp_edges(dtype):
     assert torch.equal(got, want)
 
 
-def test_tail_stays_exact_when_excluded_items_hold_the_mass():
+@pytest.mark.parametrize("kernel", ["torch", "fused"])
+def test_tail_stays_exact_when_excluded_items_hold_the_mass(kernel):
     # the targets dominate (logit 40 vs ~0): a subtract-from-total tail would lose everything
-    a = torch.tensor([[1.0, 0.0]])
-    c = torch.cat([torch.tensor([[40.0, 0.0]] * 5), torch.zeros(995, 2)], 0)
+    a = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    c = torch.cat([torch.tensor([[40.0, 0.0]] * 5), torch.zeros(995, 2)], 0).requires_grad_()
     xr, xc = losses.exclusion(torch.zeros(5, dtype=torch.int64), torch.arange(5), 1, 1000)
-    got = losses.tail_logsumexp(a, c, xr, xc)
-    assert float(got[0]) == pytest.approx(math.log(995.0), rel=1e-6)
+    got = losses.tail_logsumexp(a, c, xr, xc, kernel=kernel)
+    assert float(got[0].detach()) == pytest.approx(math.log(995.0), rel=1e-6)
+    ga, gc = torch.autograd.grad(got.sum(), [a, c])  # the tail's items all score 0: c_j / 995 each
+    assert torch.equal(gc[:5], torch.zeros(5, 2)) and ga.abs().max() == 0
+    torch.testing.assert_close(gc[5:], a.detach().expand(995, 2) / 995.0)
+
+
+@pytest.mark.parametrize("d", [1, 6, 8])
+def test_fused_tail_split_over_threads_equals_one_pass(d):
+    """The fused kernels' item ranges (one per torch thread) add up to the single pass, and to the torch
+    kernel, values and gradients, at every width d the students use (ML's sides are d + 2 wide)."""
+    g = torch.Generator().manual_seed(d)
+    B, N = 33, 5_000
+    a = (torch.randn(B, d, generator=g) * 2.5).requires_grad_()
+    c = (torch.randn(N, d, generator=g) * 2.5).requires_grad_()
+    rows, cols = torch.randint(0, B, (4 * N,), generator=g), torch.randint(0, N, (4 * N,), generator=g)
+    xr, xc = losses.exclusion(rows, cols, B, N)
+    w = torch.rand(B, generator=g)
+    want = losses.tail_logsumexp(a, c, xr, xc, kernel="torch")
+    ra, rc = torch.autograd.grad((want * w).sum(), [a, c])
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            got = losses.tail_logsumexp(a, c, xr, xc, kernel="fused")
+            ga, gc = torch.autograd.grad((got * w).sum(), [a, c])
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(ga, ra, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(gc, rc, rtol=1e-4, atol=1e-7)
+    finally:
+        torch.set_num_threads(threads)
+    assert tail_kernels._ranges(N, 3) == [(0, 1666), (1666, 3333), (3333, 5000)]
+
+
+def test_fused_tail_refuses_what_it_cannot_compute():
+    a, c = torch.randn(2, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    xr, xc = losses.exclusion(torch.tensor([0]), torch.tensor([1]), 2, 4)
+    with pytest.raises(ValueError, match="fused"):
+        losses.tail_logsumexp(a, c, xr, xc, kernel="fused")
+    with pytest.raises(ValueError, match="fused"):
+        losses.tail_logsumexp(a.float(), c.float(), xr, xc, clamp=100.0, kernel="fused")
+    torch.testing.assert_close(  # auto falls back to the torch kernel for both
+        losses.tail_logsumexp(a.float(), c.float(), xr, xc, clamp=100.0),
+        losses.tail_logsumexp(a.float(), c.float(), xr, xc, clamp=100.0, kernel="torch"),
+    )
 
 
 def test_empty_tail_is_minus_inf_without_nan_gradients():

@@ -108,7 +108,9 @@ class BaselineObjective(Objective):
     def tail(self, a: torch.Tensor, c: torch.Tensor, batch: Batch, lists: torch.Tensor) -> torch.Tensor:
         """(B,) log Σ_{j ∈ N_u minus lists} e^{ŝ_j}: exact over the catalogue, or sampled (student.tail)."""
         s = self.cfg.student
-        tail_fn = losses.tail_estimator(s.tail, self.clamp, s.tail_chunk, s.tail_samples, batch.generator)
+        tail_fn = losses.tail_estimator(
+            s.tail, self.clamp, s.tail_chunk, s.tail_samples, batch.generator, s.tail_kernel
+        )
         return tail_fn(a, c, *losses.exclude_lists(batch.train_rows, batch.train_items, lists, c.shape[0]))
 
     def rrd(self, a: torch.Tensor, c: torch.Tensor, batch: Batch, top: torch.Tensor) -> torch.Tensor:

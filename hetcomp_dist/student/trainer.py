@@ -32,7 +32,7 @@ from hetcomp_dist.student.train_loop import train_loop_per_worker
 from hetcomp_dist.student.worker import STAGE
 
 # fields that change how fast a run goes, not what it computes
-_MECHANICS = ("cpus_per_worker", "threads_per_worker", "max_failures", "tail_chunk")
+_MECHANICS = ("cpus_per_worker", "threads_per_worker", "max_failures", "tail_chunk", "tail_kernel")
 
 
 def student_hash(run: str, cfg: Config) -> str:

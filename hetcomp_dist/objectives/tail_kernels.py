@@ -1,0 +1,192 @@
+"""Fused CPU kernels for the exact tail log-sum-exp of `losses.tail_logsumexp` (float32, numba).
+
+The tail is Σ_{j ∉ X_b} exp(clamp(a_b . c_j)) over the whole catalogue for every user b of a batch, and
+its gradient. Blocked torch code runs a (items x users) block through memory several times: the product,
+the clamp, exp, the zeroing of excluded entries, the sum, and again in the backward pass (twice more
+where the clamp's zero derivative is applied). Here each item's row of B users is computed in one pass
+held in registers: the d-term dot product, the clamp, exp2 from a degree-7 polynomial on [-1/2, 1/2]
+scaled by 2^n built in the exponent bits (vectorised by LLVM, unlike a libm call), then the excluded
+users zeroed and the row summed (forward), or reduced into the item's gradient and accumulated into the
+users' (backward). The clamp costs the same whether or not a logit reaches it, so epochs past the clamp
+run as fast as fresh ones.
+
+Accuracy: the polynomial's relative error is below 2e-7 (under float32's rounding of the product
+itself); sums run in float32 over 256 items at a time and then in float64.
+
+Vectors come as tuples of rows (a (d, B) matrix as d rows of B): numba compiles one specialisation per d
+and unrolls the d-term dot product inside the loop over users, which is what lets it vectorise.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numba as nb
+import numpy as np
+
+# 2^f = e^(f ln 2) on |f| <= 1/2 by its Taylor series to degree 7: remainder < (ln2 / 2)^8 / 8! < 5e-9
+_P = tuple(np.float32(math.log(2.0) ** k / math.factorial(k)) for k in range(8))
+P0, P1, P2, P3, P4, P5, P6, P7 = _P
+_FLUSH = 255  # float32 partial sums are moved into float64 every 256 items
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _exp2_parts(x):
+    """2^x = p * 2^n for |x| < 126: returns (p, the float32 bit pattern of 2^n as int32)."""
+    n = np.floor(x + np.float32(0.5))
+    f = x - n
+    p = P7 * f + P6
+    p = p * f + P5
+    p = p * f + P4
+    p = p * f + P3
+    p = p * f + P2
+    p = p * f + P1
+    p = p * f + P0
+    return p, (np.int32(n) + np.int32(127)) << np.int32(23)
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def _exp_row(ar, cj, lim, keep_clipped, row, bits):
+    """row[b] * view(bits[b]) = 2^clamp(cj . ar[:, b], ±lim); 0 where clipped unless keep_clipped."""
+    D = len(ar)
+    nlim = -lim
+    for b in range(row.shape[0]):
+        x = np.float32(0.0)
+        for k in range(D):
+            x += cj[k] * ar[k][b]
+        keep = np.float32(1.0)
+        if not keep_clipped:
+            keep = np.float32(1.0) if (x >= nlim and x <= lim) else np.float32(0.0)
+        x = min(max(x, nlim), lim)
+        p, n = _exp2_parts(x)
+        row[b] = p * keep
+        bits[b] = n
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def tail_sum(ar, c, ex_rows, bounds, lim, start, stop, z):
+    """z[b] += Σ_{start <= j < stop, (b, j) not excluded} 2^clamp(c_j . ar[:, b], ±lim).
+
+    Args:
+        ar: d rows (B,) float32 of the user side in log2 units.
+        c: (N, d) float32 item side.
+        ex_rows: (nnz,) int64 excluded users, grouped by item: item j's are ex_rows[bounds[j]:bounds[j+1]].
+        bounds: (N + 1,) int64.
+        lim: the clamp in log2 units (< 126).
+        start, stop: the items this call covers.
+        z: (B,) float64 accumulator.
+    """
+    B = z.shape[0]
+    row = np.empty(B, np.float32)
+    bits = np.empty(B, np.int32)
+    scale = bits.view(np.float32)
+    zf = np.zeros(B, np.float32)
+    for j in range(start, stop):
+        _exp_row(ar, c[j], lim, True, row, bits)
+        for p in range(bounds[j], bounds[j + 1]):
+            row[ex_rows[p]] = 0.0
+        for b in range(B):
+            zf[b] += row[b] * scale[b]
+        if (j - start) & _FLUSH == _FLUSH:
+            for b in range(B):
+                z[b] += zf[b]
+                zf[b] = 0.0
+    for b in range(B):
+        z[b] += zf[b]
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def tail_grad(ar, wr, c, ex_rows, bounds, lim, start, stop, grad_c, g):
+    """The tail sum's gradient pieces for items start..stop, with e_bj = exp(ŝ_bj) (0 where excluded or
+    clipped: the clamp's derivative):
+
+        grad_c[j] = Σ_b e_bj w_b    (w = wr: the users' weights on the item side, d rows (B,))
+        g[:, b]  += Σ_j e_bj c_j    (float64 (d, B) accumulator)
+
+    Other arguments as in `tail_sum`.
+    """
+    D = len(ar)
+    B = g.shape[1]
+    row = np.empty(B, np.float32)
+    bits = np.empty(B, np.int32)
+    scale = bits.view(np.float32)
+    gf = np.zeros((D, B), np.float32)
+    for j in range(start, stop):
+        cj = c[j]
+        _exp_row(ar, cj, lim, False, row, bits)
+        for p in range(bounds[j], bounds[j + 1]):
+            row[ex_rows[p]] = 0.0
+        for b in range(B):
+            row[b] *= scale[b]
+        for k in range(D):
+            ck, wk, gk = cj[k], wr[k], gf[k]
+            r = np.float32(0.0)
+            for b in range(B):
+                r += row[b] * wk[b]
+                gk[b] += ck * row[b]
+            grad_c[j, k] = r
+        if (j - start) & _FLUSH == _FLUSH:
+            for k in range(D):
+                for b in range(B):
+                    g[k, b] += gf[k, b]
+                    gf[k, b] = 0.0
+    for k in range(D):
+        for b in range(B):
+            g[k, b] += gf[k, b]
+
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+
+
+def _ranges(n_items: int, parts: int) -> list[tuple[int, int]]:
+    parts = max(1, min(parts, n_items // 1024 or 1))  # a part below ~1k items is not worth a thread
+    return [(n_items * p // parts, n_items * (p + 1) // parts) for p in range(parts)]
+
+
+def _run(fn, ranges: list[tuple[int, int]]) -> list:
+    """fn(start, stop) over the item ranges: in this thread for one range, else on a pool (the kernels
+    release the GIL)."""
+    if len(ranges) == 1:
+        return [fn(*ranges[0])]
+    pool = _POOL.get(len(ranges))
+    if pool is None:
+        pool = _POOL[len(ranges)] = ThreadPoolExecutor(len(ranges), thread_name_prefix="tail")
+    return list(pool.map(lambda r: fn(*r), ranges))
+
+
+def tail_forward(
+    at: np.ndarray, c: np.ndarray, ex_rows: np.ndarray, bounds: np.ndarray, lim: float, threads: int = 1
+) -> np.ndarray:
+    """(B,) float64 Σ_{j ∉ X_b} 2^clamp(c_j . at[:, b], ±lim) (see `tail_sum`), over `threads` item ranges."""
+    ar = tuple(at)
+    lim32 = np.float32(lim)
+
+    def part(s, e):
+        z = np.zeros(at.shape[1], np.float64)
+        tail_sum(ar, c, ex_rows, bounds, lim32, s, e, z)
+        return z
+
+    return sum(_run(part, _ranges(c.shape[0], threads)))
+
+
+def tail_backward(
+    at: np.ndarray,
+    wt: np.ndarray,
+    c: np.ndarray,
+    ex_rows: np.ndarray,
+    bounds: np.ndarray,
+    lim: float,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(grad_c (N, d) float32, g (d, B) float64) of `tail_grad` over the whole catalogue."""
+    ar, wr = tuple(at), tuple(wt)
+    lim32 = np.float32(lim)
+    grad_c = np.empty(c.shape, np.float32)
+
+    def part(s, e):
+        g = np.zeros(at.shape, np.float64)
+        tail_grad(ar, wr, c, ex_rows, bounds, lim32, s, e, grad_c, g)
+        return g
+
+    return grad_c, sum(_run(part, _ranges(c.shape[0], threads)))
