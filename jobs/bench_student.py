@@ -19,11 +19,13 @@ the 2-worker DDP speed-up, and DDP traffic vs users.
    Also: an epoch with the sampled tail (4,096 items), and the sampled estimator's bias against the
    exact tail after training (mean of log Ẑ - log Z over a batch) for several sample sizes.
 2. Steady state: L_O and L_F epochs once the logit clamp engages, alternating with the fresh ones on
-   the same batches. A copy of the fresh model has its user and item tables scaled alike so that 2 %
-   of (user, item) pairs have ||a_u|| ||c_j|| above the clamp (`STEADY_PAIR_SHARE`). Why scaled rather
-   than trained past the clamp: with random targets the student's norms grow slowly (max ||a|| ||c||
-   by about 1 per epoch), so reaching the clamp would take ~40 epochs of bench time, and past it the
-   tail's cost depends on which blocks of logits *can* clip (the norm bound), not on how many do. The
+   the same batches (L_O also on torch's blocked tail kernel, `student.tail_kernel=torch`, beside the
+   default fused one: `fused_speedup_lo`, `fused_speedup_lo_steady`). A copy of the fresh model has
+   its user and item tables scaled alike so that 2 % of (user, item) pairs have ||a_u|| ||c_j|| above
+   the clamp (`STEADY_PAIR_SHARE`). Why scaled rather than trained past the clamp: with random targets
+   the student's norms grow slowly (max ||a|| ||c|| by about 1 per epoch), so reaching the clamp would
+   take ~40 epochs of bench time, and past it the torch kernel's cost depends on which blocks of logits
+   *can* clip (the norm bound), not on how many do (the fused kernel clamps every logit alike). The
    2 % is what an MF student trained on CiteULike with learnable (user-kNN) targets showed once past
    the clamp: ~0.6 % of pairs at max ||a|| ||c|| = 2.2 x clamp, ~2.7 % at 3.4 x, with 0.003 % and 0.1 %
    of the logits actually clipped. The scaled state's figures are reported (steady_*).
@@ -179,6 +181,15 @@ def past_the_clamp(task: TrainTask, opt: torch.optim.Optimizer, batch, share: fl
     return steady, RowwiseAdam(steady.parameters(), **hyper), figures
 
 
+def with_kernel(task: TrainTask, opt: torch.optim.Optimizer, kernel: str):
+    """A copy of `task` whose exact tail runs on `kernel` (student.tail_kernel), with a fresh Adam of
+    `opt`'s settings: the same training, timed on another kernel."""
+    other = copy.deepcopy(task)
+    other.objective.kernel = kernel
+    hyper = {k: opt.defaults[k] for k in ("lr", "weight_decay")}
+    return other, RowwiseAdam(other.parameters(), **hyper)
+
+
 def time_steps(task, opt, sampler, epoch, loss_fn, n) -> float:
     """Seconds per step over the first n steps of an epoch (references too slow for whole epochs)."""
     it = iter(sampler.epoch(epoch))
@@ -245,8 +256,14 @@ def bench_citeulike(run: str, repeats: int, ref_steps: int) -> dict:
         f"{100 * steady['steady_clipped_share']:.3f} % of a batch's logits clipped",
     )
     time_epoch(task_p, opt_p, sampler, 1)
-    lo, lo_steady = alternating_epochs([(task, opt), (task_p, opt_p)], sampler, repeats, 2)
+    # the same epochs on torch's blocked tail kernel, side by side (student.tail_kernel=torch)
+    task_t, opt_t = with_kernel(task, opt, "torch")
+    task_tp, opt_tp = with_kernel(task_p, opt_p, "torch")
+    lo, lo_steady, lo_t, lo_steady_t = alternating_epochs(
+        [(task, opt), (task_p, opt_p), (task_t, opt_t), (task_tp, opt_tp)], sampler, repeats, 2
+    )
     log(STAGE, f"L_O epochs: {rounded(lo)} s, past the clamp {rounded(lo_steady)} s")
+    log(STAGE, f"  on torch's tail kernel: {rounded(lo_t)} s, past the clamp {rounded(lo_steady_t)} s")
     dense_step = time_steps(
         task, opt, sampler, 10, lambda b: dense_lo(task, b), min(sampler.steps, 5 * ref_steps)
     )
@@ -276,6 +293,12 @@ def bench_citeulike(run: str, repeats: int, ref_steps: int) -> dict:
         epoch_s_lo_runs=lo,
         epoch_s_lf_runs=lf,
     )
+    out.update(
+        epoch_s_lo_torch_kernel=statistics.median(lo_t),
+        epoch_s_lo_steady_torch_kernel=statistics.median(lo_steady_t),
+    )
+    out["fused_speedup_lo"] = out["epoch_s_lo_torch_kernel"] / out["epoch_s_lo"]
+    out["fused_speedup_lo_steady"] = out["epoch_s_lo_steady_torch_kernel"] / out["epoch_s_lo_steady"]
     out["speedup_vs_loop"] = out["reference_epoch_s_lo"] / out["epoch_s_lo"]
     out["speedup_vs_dense"] = out["dense_epoch_s_lo"] / out["epoch_s_lo"]
     out.update(sampled_bias(task, batch))
@@ -330,6 +353,7 @@ def bench_ddp2(run: str, workdir: str, epochs: int) -> dict:
     start_ray()
     task, opt, sampler = setup(run, switched=False)
     wall, cpu = [], []
+    assert torch.get_num_threads() == 1, "the in-process side of ddp2_speedup runs on one thread"
     for e in range(1, epochs + 2):
         c0 = time.thread_time()
         wall.append(time_epoch(task, opt, sampler, e))
@@ -433,6 +457,9 @@ def main() -> int:
     }
     if not args.skip_epochs:
         run = citeulike_run(args.workdir, args.citeulike)
+        # building the run in this process can leave torch with more threads than asked for (seen after
+        # an ingest with FAISS loaded: 1 -> 2, OpenMP's setting changed under it), so set them again
+        torch.set_num_threads(args.threads)
         m = storage.read_json(storage.manifest_path(RunLayout(run).data))
         src = m.get("source")
         res.update(

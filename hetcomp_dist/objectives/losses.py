@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 from torch.nn import functional
 
@@ -127,7 +128,9 @@ class _TailLSE(torch.autograd.Function):
         at = (a * LOG2E).T.contiguous()
         lim = clamp * LOG2E
         if fused:
-            bounds = torch.searchsorted(ex_cols, torch.arange(N + 1)).numpy()
+            # item j's excluded users are ex_rows[bounds[j]:bounds[j + 1]] (ex_cols is sorted)
+            bounds = np.zeros(N + 1, np.int64)
+            np.cumsum(np.bincount(ex_cols.numpy(), minlength=N), out=bounds[1:])
             z = tail_kernels.tail_forward(
                 at.numpy(),
                 c.detach().contiguous().numpy(),
