@@ -272,12 +272,13 @@ def test_tail_stays_exact_when_excluded_items_hold_the_mass(kernel):
     torch.testing.assert_close(gc[5:], a.detach().expand(995, 2) / 995.0)
 
 
-@pytest.mark.parametrize("d", [1, 6, 8])
+@pytest.mark.parametrize("d", [1, 6, 7, 8])
 def test_fused_tail_split_over_threads_equals_one_pass(d):
     """The fused kernels' item ranges (one per torch thread) add up to the single pass, and to the torch
-    kernel, values and gradients, at every width d the students use (ML's sides are d + 2 wide)."""
+    kernel, values and gradients, at every width d the students use (ML's sides are d + 2 wide; d = 1 and
+    7 take the odd-width path of the backward's paired sums)."""
     g = torch.Generator().manual_seed(d)
-    B, N = 33, 5_000
+    B, N = 300, 5_000
     a = (torch.randn(B, d, generator=g) * 2.5).requires_grad_()
     c = (torch.randn(N, d, generator=g) * 2.5).requires_grad_()
     rows, cols = torch.randint(0, B, (4 * N,), generator=g), torch.randint(0, N, (4 * N,), generator=g)
@@ -297,6 +298,19 @@ def test_fused_tail_split_over_threads_equals_one_pass(d):
     finally:
         torch.set_num_threads(threads)
     assert tail_kernels._ranges(N, 3) == [(0, 1666), (1666, 3333), (3333, 5000)]
+
+
+def test_exclusion_pairs_are_the_distinct_pairs_sorted_by_item_then_row():
+    g = torch.Generator().manual_seed(5)
+    B, N = 40, 300
+    rows = torch.randint(0, B, (2_000,), generator=g)
+    cols = torch.randint(-1, N, (2_000,), generator=g)  # -1: list padding, dropped
+    xr, xc = losses.exclusion(rows, cols, B, N)
+    want = sorted({(c, r) for r, c in zip(rows.tolist(), cols.tolist()) if c >= 0})
+    assert list(zip(xc.tolist(), xr.tolist())) == want
+    assert xr.dtype == xc.dtype == torch.int64
+    empty = losses.exclusion(torch.zeros(3, dtype=torch.int64), torch.full((3,), -1), 2, 5)
+    assert [len(x) for x in empty] == [0, 0]
 
 
 def test_fused_tail_refuses_what_it_cannot_compute():

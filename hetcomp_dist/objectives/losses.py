@@ -53,6 +53,9 @@ def exclusion(
     Returns:
         (rows, cols), each (nnz',) int64.
     """
+    if rows.device.type == "cpu":  # counting sorts, O(nnz + n_rows + n_items)
+        r, c = tail_kernels.sorted_pairs(rows.numpy(), cols.numpy(), n_rows, n_items)
+        return torch.from_numpy(r), torch.from_numpy(c)
     keep = cols >= 0
     key = torch.unique(cols[keep] * n_rows + rows[keep])  # sorted
     return key % n_rows, key // n_rows

@@ -46,7 +46,7 @@ def _exp2_parts(x):
     return p, (np.int32(n) + np.int32(127)) << np.int32(23)
 
 
-@nb.njit(cache=True, nogil=True, fastmath=True)
+@nb.njit(cache=True, nogil=True, fastmath=True, inline="always")
 def _exp_row(ar, cj, lim, keep_clipped, row, bits):
     """row[b] * view(bits[b]) = 2^clamp(cj . ar[:, b], ±lim); 0 where clipped unless keep_clipped."""
     D = len(ar)
@@ -104,7 +104,8 @@ def tail_grad(ar, wr, c, ex_rows, bounds, lim, start, stop, grad_c, g):
         grad_c[j] = Σ_b e_bj w_b    (w = wr: the users' weights on the item side, d rows (B,))
         g[:, b]  += Σ_j e_bj c_j    (float64 (d, B) accumulator)
 
-    Other arguments as in `tail_sum`.
+    Other arguments as in `tail_sum`. The d sums per item run two at a time: each pass over the row
+    feeds two reductions and two accumulator rows.
     """
     D = len(ar)
     B = g.shape[1]
@@ -119,13 +120,23 @@ def tail_grad(ar, wr, c, ex_rows, bounds, lim, start, stop, grad_c, g):
             row[ex_rows[p]] = 0.0
         for b in range(B):
             row[b] *= scale[b]
-        for k in range(D):
-            ck, wk, gk = cj[k], wr[k], gf[k]
+        for k in range(0, D - 1, 2):
+            c0, c1, w0, w1, g0, g1 = cj[k], cj[k + 1], wr[k], wr[k + 1], gf[k], gf[k + 1]
+            r0 = r1 = np.float32(0.0)
+            for b in range(B):
+                e = row[b]
+                r0 += e * w0[b]
+                r1 += e * w1[b]
+                g0[b] += c0 * e
+                g1[b] += c1 * e
+            grad_c[j, k], grad_c[j, k + 1] = r0, r1
+        if D % 2:
+            ck, wk, gk = cj[D - 1], wr[D - 1], gf[D - 1]
             r = np.float32(0.0)
             for b in range(B):
                 r += row[b] * wk[b]
                 gk[b] += ck * row[b]
-            grad_c[j, k] = r
+            grad_c[j, D - 1] = r
         if (j - start) & _FLUSH == _FLUSH:
             for k in range(D):
                 for b in range(B):
@@ -134,6 +145,48 @@ def tail_grad(ar, wr, c, ex_rows, bounds, lim, start, stop, grad_c, g):
     for k in range(D):
         for b in range(B):
             g[k, b] += gf[k, b]
+
+
+@nb.njit(cache=True, nogil=True)
+def sorted_pairs(rows, cols, n_rows, n_items):
+    """The distinct (row, col) pairs with col >= 0, sorted by col then row, by two counting sorts:
+    O(nnz + n_rows + n_items), where a comparison sort of the keys costs O(nnz log nnz).
+
+    Args:
+        rows, cols: (nnz,) int64, 0 <= rows < n_rows, cols < n_items (cols < 0: padding, dropped).
+
+    Returns:
+        (rows, cols), each (nnz',) int64.
+    """
+    start = np.zeros(n_rows + 1, np.int64)
+    for p in range(cols.shape[0]):
+        if cols[p] >= 0:
+            start[rows[p] + 1] += 1
+    for r in range(n_rows):
+        start[r + 1] += start[r]
+    m = start[n_rows]
+    by_row_r, by_row_c = np.empty(m, np.int64), np.empty(m, np.int64)
+    for p in range(cols.shape[0]):
+        if cols[p] >= 0:
+            q = start[rows[p]]
+            start[rows[p]] += 1
+            by_row_r[q], by_row_c[q] = rows[p], cols[p]
+    first = np.zeros(n_items + 1, np.int64)
+    for q in range(m):
+        first[by_row_c[q] + 1] += 1
+    for j in range(n_items):
+        first[j + 1] += first[j]
+    out_r, out_c = np.empty(m, np.int64), np.empty(m, np.int64)
+    for q in range(m):  # stable: rows stay in order within a col
+        k = first[by_row_c[q]]
+        first[by_row_c[q]] += 1
+        out_r[k], out_c[k] = by_row_r[q], by_row_c[q]
+    n = 0
+    for k in range(m):
+        if n == 0 or out_r[k] != out_r[n - 1] or out_c[k] != out_c[n - 1]:
+            out_r[n], out_c[n] = out_r[k], out_c[k]
+            n += 1
+    return out_r[:n], out_c[:n]
 
 
 _POOL: dict[int, ThreadPoolExecutor] = {}
