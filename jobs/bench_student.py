@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -185,7 +186,10 @@ def with_kernel(task: TrainTask, opt: torch.optim.Optimizer, kernel: str):
     """A copy of `task` whose exact tail runs on `kernel` (student.tail_kernel), with a fresh Adam of
     `opt`'s settings: the same training, timed on another kernel."""
     other = copy.deepcopy(task)
-    other.objective.kernel = kernel
+    cfg = other.objective.cfg
+    other.objective.cfg = dataclasses.replace(
+        cfg, student=dataclasses.replace(cfg.student, tail_kernel=kernel)
+    )
     hyper = {k: opt.defaults[k] for k in ("lr", "weight_decay")}
     return other, RowwiseAdam(other.parameters(), **hyper)
 

@@ -26,6 +26,7 @@ import torch
 
 from hetcomp_dist.config import Config
 from hetcomp_dist.models.students import Student
+from hetcomp_dist.objectives import losses
 
 
 @dataclass
@@ -68,6 +69,14 @@ class Objective(torch.nn.Module, abc.ABC):
     @abc.abstractmethod
     def loss(self, model: Student, batch: Batch) -> torch.Tensor:
         """Scalar: this rank's share of the global loss of the step."""
+
+    def tail_fn(self, batch: Batch):
+        """The tail log-sum-exp the run's student section asks for (``student.tail``, its clamp, block
+        size, sample and kernel), as a function (a, c, rows, cols) -> (B,)."""
+        s = self.cfg.student
+        return losses.tail_estimator(
+            s.tail, s.logit_clamp, s.tail_chunk, s.tail_samples, batch.generator, s.tail_kernel
+        )
 
     def start_epoch(self, epoch: int) -> None:
         """Called before epoch `epoch` (1-based) trains."""

@@ -46,12 +46,6 @@ class HetCompObjective(Objective):
         super().__init__(cfg)
         s = cfg.student
         self.clamp, self.lo_scale, self.lf_scale = s.logit_clamp, s.lo_scale, s.lf_scale
-        self.tail, self.tail_samples, self.chunk, self.kernel = (
-            s.tail,
-            s.tail_samples,
-            s.tail_chunk,
-            s.tail_kernel,
-        )
         self.period = cfg.knowledge.period
         self.round, self.switched, self.means = -1, False, {}
         self.round_hash: str | None = None
@@ -66,10 +60,9 @@ class HetCompObjective(Objective):
         pos = self.pos[batch.rows].long()
         targets = self.targets[batch.rows].long()
         fn = losses.l_f if self.switched else losses.l_o
-        tail_fn = losses.tail_estimator(
-            self.tail, self.clamp, self.chunk, self.tail_samples, batch.generator, self.kernel
+        per_user = fn(
+            a, c, pos, targets, batch.train_rows, batch.train_items, self.clamp, self.tail_fn(batch)
         )
-        per_user = fn(a, c, pos, targets, batch.train_rows, batch.train_items, self.clamp, tail_fn)
         return (self.lf_scale if self.switched else self.lo_scale) * per_user.sum()
 
     def final_phase(self) -> bool:

@@ -47,8 +47,9 @@ def _exp2_parts(x):
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _exp_row(ar, cj, lim, keep_clipped, row, bits):
-    """row[b] * view(bits[b]) = 2^clamp(cj . ar[:, b], ±lim); 0 where clipped unless keep_clipped."""
+def _exp_row(ar, cj, lim, keep_clipped, excluded, row, bits):
+    """row[b] * view(bits[b]) = 2^clamp(cj . ar[:, b], ±lim); 0 for the `excluded` users, and where
+    clipped unless keep_clipped."""
     D = len(ar)
     nlim = -lim
     for b in range(row.shape[0]):
@@ -62,6 +63,8 @@ def _exp_row(ar, cj, lim, keep_clipped, row, bits):
         p, n = _exp2_parts(x)
         row[b] = p * keep
         bits[b] = n
+    for b in excluded:
+        row[b] = 0.0
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True)
@@ -83,9 +86,7 @@ def tail_sum(ar, c, ex_rows, bounds, lim, start, stop, z):
     scale = bits.view(np.float32)
     zf = np.zeros(B, np.float32)
     for j in range(start, stop):
-        _exp_row(ar, c[j], lim, True, row, bits)
-        for p in range(bounds[j], bounds[j + 1]):
-            row[ex_rows[p]] = 0.0
+        _exp_row(ar, c[j], lim, True, ex_rows[bounds[j] : bounds[j + 1]], row, bits)
         for b in range(B):
             zf[b] += row[b] * scale[b]
         if (j - start) & _FLUSH == _FLUSH:
@@ -115,9 +116,7 @@ def tail_grad(ar, wr, c, ex_rows, bounds, lim, start, stop, grad_c, g):
     gf = np.zeros((D, B), np.float32)
     for j in range(start, stop):
         cj = c[j]
-        _exp_row(ar, cj, lim, False, row, bits)
-        for p in range(bounds[j], bounds[j + 1]):
-            row[ex_rows[p]] = 0.0
+        _exp_row(ar, cj, lim, False, ex_rows[bounds[j] : bounds[j + 1]], row, bits)
         for b in range(B):
             row[b] *= scale[b]
         for k in range(0, D - 1, 2):
