@@ -21,7 +21,7 @@ import yaml
 from hetcomp_dist.errors import InputError
 
 PAPER_TEACHERS = ("mf", "ml", "dnn", "gnn", "ae", "iae")  # the paper's six: the default teachers
-TEACHER_NAMES = (*PAPER_TEACHERS, "als", "iknn")  # every teacher family the package trains
+TEACHER_NAMES = (*PAPER_TEACHERS, "als", "iknn", "rp3")  # every teacher family the package trains
 # any other name in teachers.names is a teacher imported into the run (`hetcomp-dist teachers import`)
 IMPORTED_TEACHER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 BASELINES = ("rd", "rrd", "mtd", "cldrd", "dcd")  # the paper's comparison methods (METHOD.md §4)
@@ -147,8 +147,9 @@ class TeacherTraining:
     """Per-teacher training overrides; 0 (l2: < 0) means "use the shared value in TeachersConfig".
 
     `batch_size` counts what the model's batches hold: train interactions (mf, ml, dnn, gnn), users
-    (ae, als: users per block of its objective) or items (iae); lr and l2 mean nothing to als and iknn,
-    which fit themselves (one ALS iteration is one epoch; item-kNN is computed in its one epoch).
+    (ae, als: users per block of its objective) or items (iae); lr and l2 mean nothing to als, iknn and
+    rp3, which fit themselves (one ALS iteration is one epoch; item-kNN and RP3beta are computed in their one
+    epoch).
     """
 
     lr: float = ranged(0.0, SHARED)
@@ -225,6 +226,11 @@ class TeachersConfig:
         30.0, NON_NEGATIVE
     )  # ALS L2 weight lambda on every factor row (implicit's `regularization`)
     iknn_k: int = ranged(100, COUNT)  # item-kNN: neighbours kept per item (cosine over the train lists)
+    # RP3beta (models/iknn.py): neighbours kept per item, the walk's transition exponent and popularity
+    # penalty; the defaults were picked on CiteULike's valid R@50 (docs/RESULTS.md)
+    rp3_k: int = ranged(500, COUNT)
+    rp3_alpha: float = ranged(0.5, POSITIVE)
+    rp3_beta: float = ranged(0.1, NON_NEGATIVE)
     # per-teacher training overrides (see TeacherTraining)
     mf: TeacherTraining = field(default_factory=TeacherTraining)
     ml: TeacherTraining = field(default_factory=TeacherTraining)
@@ -238,6 +244,10 @@ class TeachersConfig:
     )
     # item-kNN: its one state, computed in one epoch (models/iknn.py says why it has no trajectory)
     iknn: TeacherTraining = field(
+        default_factory=lambda: TeacherTraining(max_epochs=1, eval_every=1, snapshot_every=1)
+    )
+    # RP3beta: the same, one state computed in one epoch
+    rp3: TeacherTraining = field(
         default_factory=lambda: TeacherTraining(max_epochs=1, eval_every=1, snapshot_every=1)
     )
 
@@ -638,10 +648,13 @@ def validate(cfg: Config, where: str = "config") -> Config:
                 f"{snapshot_every} does not divide eval_every={eval_every}",
                 "every evaluated epoch must have a snapshot (E4 is the best evaluation)",
             )
-    if (t.iknn.max_epochs or t.max_epochs) != 1:
-        raise InputError(
-            f"{where}.teachers.iknn.max_epochs", "must be 1", "item-kNN is computed in one pass (one state)"
-        )
+    for name in ("iknn", "rp3"):
+        if (getattr(t, name).max_epochs or t.max_epochs) != 1:
+            raise InputError(
+                f"{where}.teachers.{name}.max_epochs",
+                "must be 1",
+                f"{name} is computed in one pass (one state)",
+            )
     k = cfg.knowledge
     choice("knowledge.d_variant", k.d_variant, ("code", "paper"))
     choice("knowledge.move_rule", k.move_rule, ("code", "paper"))

@@ -206,3 +206,59 @@ def test_iknn_keeps_each_items_k_most_similar():
     np.put_along_axis(dense, nbr.astype(np.int64), sim, axis=1)
     want = np.stack([dense[train.row(u)].sum(0) for u in users.tolist()])
     np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- RP3beta
+def _dense_rp3(train, alpha: float, beta: float) -> np.ndarray:
+    """(items, items) RP3beta weights written out as the walk's matrices, zero diagonal: the reference."""
+    x = np.zeros((N_USERS, N_ITEMS))
+    for u in range(N_USERS):
+        x[u, train.row(u)] = 1.0
+    p_ui = x / np.maximum(x.sum(1, keepdims=True), 1)  # user -> item: 1 / |I_u|
+    p_iu = x.T / np.maximum(x.sum(0)[:, None], 1)  # item -> user: 1 / |U_i|
+    w = (p_iu**alpha) @ (p_ui**alpha) / np.maximum(x.sum(0), 1) ** beta
+    np.fill_diagonal(w, 0.0)
+    return w
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, 0.1), (0.3, 0.7)])
+def test_rp3_keeps_each_items_k_largest_walk_weights(alpha, beta):
+    """The neighbour table equals the dense walk matrix's k largest entries per row, and a user's scores
+    sum the rows of its train items; with every neighbour, alpha = 1 and beta = 0 it is the plain
+    three-step random walk."""
+    from test_model_contract import TEACHERS_CFG
+
+    from hetcomp_dist.models.iknn import RP3Beta
+
+    train = tiny_train()
+    ref = _dense_rp3(train, alpha, beta)
+    for k in (5, 1000):
+        cfg = dataclasses.replace(TEACHERS_CFG, rp3_k=k, rp3_alpha=alpha, rp3_beta=beta)
+        model = RP3Beta(N_USERS, N_ITEMS, cfg, train)
+        assert model.fit_epoch(train, np.random.default_rng(0), 16, None) == 0.0
+        nbr, w = model.neighbours.numpy(), model.similarity.detach().numpy()
+        assert nbr.shape == (N_ITEMS, min(k, N_ITEMS - 1))
+        for i in range(N_ITEMS):
+            assert i not in nbr[i] and len(set(nbr[i])) == nbr.shape[1]
+            np.testing.assert_allclose(w[i], ref[i, nbr[i]], rtol=1e-5, atol=1e-7)
+            assert np.all(np.diff(w[i]) <= 1e-7)
+            rest = np.setdiff1d(np.arange(N_ITEMS), [i, *nbr[i]])
+            if len(rest):
+                assert w[i].min() >= ref[i, rest].max() - 1e-7  # nothing better left out
+        with torch.no_grad():
+            s = model.scores(torch.arange(N_USERS), train).numpy()
+        dense = np.zeros((N_ITEMS, N_ITEMS))
+        np.put_along_axis(dense, nbr.astype(np.int64), w, axis=1)
+        want = np.stack([dense[train.row(u)].sum(0) for u in range(N_USERS)])
+        np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-7)
+        if k == 1000:
+            np.testing.assert_allclose(dense, ref, rtol=1e-5, atol=1e-7)
+    if (alpha, beta) == (1.0, 0.0):  # rows of the plain walk item -> user -> item sum to 1
+        x = np.zeros((N_USERS, N_ITEMS))
+        for u in range(N_USERS):
+            x[u, train.row(u)] = 1.0
+        seen = x.sum(0) > 0
+        p_iu = x.T / np.maximum(x.sum(0)[:, None], 1)
+        p_ui = x / np.maximum(x.sum(1, keepdims=True), 1)
+        walk = ref + np.diag(np.diag(p_iu @ p_ui))  # the diagonal the table leaves out
+        np.testing.assert_allclose(walk.sum(1)[seen], 1.0, rtol=1e-6)

@@ -375,7 +375,7 @@ def popularity_valid(run: str, k: int = 50) -> dict:
     return brute_force_metrics(top, valid)
 
 
-@pytest.mark.parametrize("name", ["als", "iknn"])
+@pytest.mark.parametrize("name", ["als", "iknn", "rp3"])
 def test_self_fitted_teacher_in_process(tmp_path, synth_run, name):
     """A teacher with its own solver runs the same stage in-process: E1..E4, exports, metrics, a valid
     R@50 above item popularity's; an export redone from its checkpoint (no optimiser state) is the same."""
@@ -419,6 +419,16 @@ def test_family_fields_change_only_their_teacher():
     )
     with pytest.raises(InputError, match="iknn.max_epochs"):
         load_config(None, ["teachers.iknn.max_epochs=3"])
+    rp3 = load_config(None, ["teachers.rp3_k=10", "teachers.rp3_alpha=1", "teachers.rp3_beta=0"])
+    for name in ("iknn", *base.teachers.names):
+        assert teacher_hash(base, name, "data") == teacher_hash(rp3, name, "data"), name
+    for key in ("rp3_k=10", "rp3_alpha=1", "rp3_beta=0"):
+        other = load_config(None, [f"teachers.{key}"])
+        assert teacher_hash(base, "rp3", "data") != teacher_hash(other, "rp3", "data"), key
+    with pytest.raises(InputError, match="rp3.max_epochs"):
+        load_config(None, ["teachers.rp3.max_epochs=3"])
+    with pytest.raises(InputError, match="rp3_alpha"):
+        load_config(None, ["teachers.rp3_alpha=0"])
 
 
 def test_torch_threads_are_part_of_a_teachers_hash(tmp_path, synth_run):

@@ -12,7 +12,7 @@ from hetcomp_dist.models.als import ALS
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.cml import CML
 from hetcomp_dist.models.iae import ItemAE
-from hetcomp_dist.models.iknn import ItemKNN
+from hetcomp_dist.models.iknn import ItemKNN, RP3Beta
 from hetcomp_dist.models.lightgcn import LightGCN
 from hetcomp_dist.models.mf import MF
 from hetcomp_dist.models.neumf import NeuMF
@@ -28,6 +28,7 @@ TEACHERS: dict[str, type[Recommender]] = {
     "iae": ItemAE,  # item autoencoder
     "als": ALS,  # implicit-feedback ALS (the `implicit` package's solver)
     "iknn": ItemKNN,  # item-based kNN, cosine similarity
+    "rp3": RP3Beta,  # item-based kNN, RP3beta's random-walk weights
 }
 
 VARIANTS: dict[tuple[str, str], type[Recommender]] = {("ae", "cdae"): CDAE}

@@ -43,12 +43,14 @@ _NEUTRAL = (
     "iae",
     "als",
     "iknn",
+    "rp3",
 )
 # model fields only their own family reads: kept out of the other teachers' hashes, so that setting
 # them never retrains a teacher that does not use them
 _FAMILY_FIELDS = {
     "als": ("als_alpha", "als_reg"),
     "iknn": ("iknn_k",),
+    "rp3": ("rp3_k", "rp3_alpha", "rp3_beta"),
     "gnn": ("gnn_refresh_every", "gnn_walks"),
     "iae": ("iae_hash_buckets", "iae_max_logits"),
 }
