@@ -226,6 +226,8 @@ class TeachersConfig:
         30.0, NON_NEGATIVE
     )  # ALS L2 weight lambda on every factor row (implicit's `regularization`)
     iknn_k: int = ranged(100, COUNT)  # item-kNN: neighbours kept per item (cosine over the train lists)
+    # item-kNN: the cosine's shrink term, |U_i & U_j| / (sqrt(|U_i| |U_j|) + shrink); 0 = the plain cosine
+    iknn_shrink: float = ranged(50.0, NON_NEGATIVE)
     # RP3beta (models/iknn.py): neighbours kept per item, the walk's transition exponent and popularity
     # penalty; the defaults were picked on CiteULike's valid R@50 (docs/RESULTS.md)
     rp3_k: int = ranged(500, COUNT)

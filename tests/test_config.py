@@ -57,6 +57,7 @@ def test_yaml_and_overrides(tmp_path):
         ("student.lambda_grid=[0.1, 1", "override student.lambda_grid"),
         ("teachers.iknn_k=0", "config.teachers.iknn_k"),
         ("teachers.rp3_k=0", "config.teachers.rp3_k"),
+        ("teachers.iknn_shrink=-1", "config.teachers.iknn_shrink"),
         ("teachers.rp3_beta=-0.1", "config.teachers.rp3_beta"),
         ("teachers.als_reg=-1", "config.teachers.als_reg"),
         ("report.als_alphas=[]", "config.report.als_alphas"),

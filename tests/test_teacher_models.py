@@ -155,42 +155,45 @@ def test_als_loss_is_the_objective_per_user():
 
 
 # ---------------------------------------------------------------------------------------- item-kNN
-def _dense_cosine(train) -> np.ndarray:
-    """(items, items) cosine of the train columns, zero diagonal: a plain reference for tiny data."""
+def _dense_cosine(train, shrink: float) -> np.ndarray:
+    """(items, items) shrunk cosine of the train columns, co-counts / (norm x norm + shrink), zero
+    diagonal: a plain reference for tiny data."""
     x = np.zeros((N_USERS, N_ITEMS))
     for u in range(N_USERS):
         x[u, train.row(u)] = 1.0
     norms = np.sqrt(x.sum(0))
-    cos = (x.T @ x) / np.maximum(np.outer(norms, norms), 1e-12)
+    cos = (x.T @ x) / np.maximum(np.outer(norms, norms) + shrink, 1e-12)
     np.fill_diagonal(cos, 0.0)
     return cos
 
 
-def _iknn(train, k):
+def _iknn(train, k, shrink):
     from test_model_contract import TEACHERS_CFG
 
     from hetcomp_dist.models.iknn import ItemKNN
 
-    model = ItemKNN(N_USERS, N_ITEMS, dataclasses.replace(TEACHERS_CFG, iknn_k=k), train)
+    model = ItemKNN(N_USERS, N_ITEMS, dataclasses.replace(TEACHERS_CFG, iknn_k=k, iknn_shrink=shrink), train)
     assert model.fit_epoch(train, np.random.default_rng(0), 16, None) == 0.0
     return model
 
 
-def test_iknn_with_every_neighbour_sums_the_cosines():
+@pytest.mark.parametrize("shrink", [0.0, 3.0])
+def test_iknn_with_every_neighbour_sums_the_cosines(shrink):
     train = tiny_train()
-    model = _iknn(train, 1000)  # more than the catalogue: every other item is a neighbour
-    cos = _dense_cosine(train)
+    model = _iknn(train, 1000, shrink)  # more than the catalogue: every other item is a neighbour
+    cos = _dense_cosine(train, shrink)
     with torch.no_grad():
         s = model.scores(torch.arange(N_USERS), train).numpy()
     want = np.stack([cos[train.row(u)].sum(0) for u in range(N_USERS)])
     np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-5)
 
 
-def test_iknn_keeps_each_items_k_most_similar():
+@pytest.mark.parametrize("shrink", [0.0, 3.0])
+def test_iknn_keeps_each_items_k_most_similar(shrink):
     train = tiny_train()
     k = 5
-    model = _iknn(train, k)
-    cos = _dense_cosine(train)
+    model = _iknn(train, k, shrink)
+    cos = _dense_cosine(train, shrink)
     nbr, sim = model.neighbours.numpy(), model.similarity.detach().numpy()
     assert nbr.shape == sim.shape == (N_ITEMS, k)
     for i in range(N_ITEMS):

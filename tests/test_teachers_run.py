@@ -414,9 +414,10 @@ def test_family_fields_change_only_their_teacher():
     assert base.teachers.names == ("mf", "ml", "dnn", "gnn", "ae", "iae")  # the paper's six by default
     with pytest.raises(InputError, match="als_alpha"):
         load_config(None, ["teachers.als_alpha=0"])
-    assert teacher_hash(base, "iknn", "data") != teacher_hash(
-        load_config(None, ["teachers.iknn_k=10"]), "iknn", "data"
-    )
+    for key in ("iknn_k=10", "iknn_shrink=0"):
+        other = load_config(None, [f"teachers.{key}"])
+        assert teacher_hash(base, "iknn", "data") != teacher_hash(other, "iknn", "data"), key
+        assert teacher_hash(base, "rp3", "data") == teacher_hash(other, "rp3", "data"), key
     with pytest.raises(InputError, match="iknn.max_epochs"):
         load_config(None, ["teachers.iknn.max_epochs=3"])
     rp3 = load_config(None, ["teachers.rp3_k=10", "teachers.rp3_alpha=1", "teachers.rp3_beta=0"])

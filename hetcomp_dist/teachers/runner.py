@@ -49,7 +49,7 @@ _NEUTRAL = (
 # them never retrains a teacher that does not use them
 _FAMILY_FIELDS = {
     "als": ("als_alpha", "als_reg"),
-    "iknn": ("iknn_k",),
+    "iknn": ("iknn_k", "iknn_shrink"),
     "rp3": ("rp3_k", "rp3_alpha", "rp3_beta"),
     "gnn": ("gnn_refresh_every", "gnn_walks"),
     "iae": ("iae_hash_buckets", "iae_max_logits"),
