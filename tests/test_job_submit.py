@@ -1,11 +1,10 @@
-"""End to end through the real job path: a private local Ray head (`ray start --head` on free ports,
-own temp dir and process group), blocking `ray job submit --working-dir .` of jobs/pipeline.py on tiny
-synthetic data, then only that cluster is stopped (its process group is signalled; never `ray stop`).
-"""
+"""The real job path: a private local Ray head (`ray start --head` on free ports, own temp dir and process
+group) and blocking `ray job submit --working-dir .` of jobs/pipeline.py, then only that cluster is stopped
+(its process group is signalled; never `ray stop`). Here a job with bad input fails with its reason; the
+successful smoke pipeline job runs in test_two_nodes (checked by `check_smoke_report`)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -58,17 +57,11 @@ def _submit(
     return res, str(client.get_job_status(job_id)), client.get_job_logs(job_id)
 
 
-def test_smoke_pipeline_job_succeeds_and_writes_the_report(cluster, tmp_path):
-    run = tmp_path / "run"
-    res, status, logs = _submit(cluster, "--smoke", "--out", str(run))
-    assert status == "SUCCEEDED"
-    assert res.returncode == 0, "ray job submit exits 0 only for a SUCCEEDED job"
-    report_json = run / "report" / "report.json"
-    assert logs.rstrip().endswith(f"output: {report_json}"), (
-        "the job's last line says where the report landed"
-    )
-
-    report = json.loads(report_json.read_text())
+def check_smoke_report(report: dict) -> None:
+    """The report of a `jobs/pipeline.py --smoke` job: every stage ran, a row for each of the six
+    teachers, the ensemble and the HetComp MF student on both splits, each metric a recall/NDCG value.
+    The successful job is submitted by test_two_nodes (the same `ray job submit` path, RUN on S3, one
+    pipeline run for both checks); this module keeps the failing one."""
     assert report["dataset"] == "synthetic"
     assert {"data", "teachers", "knowledge", "student"} <= set(report["stage_times"])  # every stage ran
     rows = {(r["method"], r["student"], r["split"]): r for r in report["rows"]}
@@ -82,8 +75,6 @@ def test_smoke_pipeline_job_succeeds_and_writes_the_report(cluster, tmp_path):
         vals = [r["R@10"], r["N@10"], r["R@50"], r["N@50"]]
         assert all(0.0 <= v <= 1.0 and not math.isnan(v) for v in vals), key
         assert r["R@50"] >= r["R@10"], key  # recall can only grow with K
-    assert (run / "report" / "report.md").exists()
-    assert (run / "data" / "_manifest.json").exists() and (run / "knowledge").is_dir()
 
 
 def test_job_with_a_missing_input_fails_with_the_reason_in_its_logs(cluster, tmp_path):

@@ -1,9 +1,10 @@
 """Two Ray nodes for real, on this machine: a private head and a second node (`ray start --address=...
 --num-cpus=1 --resources='{"node_b": 1}'`), each with its own temp dir and process group, RUN on S3 (the
 moto server on loopback; both nodes inherit the AWS_* variables), and `ray job submit` of
-``jobs/pipeline.py --smoke``. The job must succeed with teacher actors, knowledge tasks and Train workers
-on both nodes (each stage records where they ran), and a local RUN on the same cluster is refused before
-anything runs. Only the processes this test started are stopped (their process groups).
+``jobs/pipeline.py --smoke``. The job must succeed, write the full report, and run teacher actors,
+knowledge tasks and Train workers on both nodes (each stage records where they ran), and a local RUN on
+the same cluster is refused before anything runs. Only the processes this test started are stopped
+(their process groups).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_job_submit import _group_members, _submit  # the same job-API and process-group helpers
+from test_job_submit import _group_members, _submit, check_smoke_report  # the same job-API helpers
 
 from hetcomp_dist import storage
 from hetcomp_dist.layout import RunLayout
@@ -57,10 +58,13 @@ def test_smoke_pipeline_runs_on_both_nodes(two_nodes):
     cluster, head, node_b = two_nodes
     run = f"s3://{BUCKET}/runs/two-nodes"
     res, status, logs = _submit(cluster, "--smoke", "--out", run, *OVERRIDES, timeout_s=SUBMIT_TIMEOUT_S)
-    assert status == "SUCCEEDED" and res.returncode == 0
-    assert logs.rstrip().endswith(f"output: {RunLayout(run).report_json}")
-    both = {head, node_b}
+    assert status == "SUCCEEDED"
+    assert res.returncode == 0, "ray job submit exits 0 only for a SUCCEEDED job"
     layout = RunLayout(run)
+    assert logs.rstrip().endswith(f"output: {layout.report_json}"), "the job's last line: the report"
+    check_smoke_report(storage.read_json(layout.report_json))
+    assert storage.exists(layout.report_md)
+    both = {head, node_b}
 
     teachers = storage.read_manifest(layout.teachers)["names"]
     placed = {storage.read_manifest(layout.teacher(t))["node"]["node_id"] for t in teachers}
