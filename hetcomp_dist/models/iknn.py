@@ -137,7 +137,7 @@ def rp3_table(train: CSR, n_items: int, k: int, alpha: float, beta: float) -> tu
 
 
 class ItemKNN(Recommender):
-    """Item-based kNN with cosine similarity.
+    """Item-based kNN with the shrunk cosine similarity (`neighbour_table`).
 
     Args:
         n_users, n_items: catalogue sizes.
