@@ -155,12 +155,18 @@ def test_als_loss_is_the_objective_per_user():
 
 
 # ---------------------------------------------------------------------------------------- item-kNN
-def _dense_cosine(train, shrink: float) -> np.ndarray:
-    """(items, items) shrunk cosine of the train columns, co-counts / (norm x norm + shrink), zero
-    diagonal: a plain reference for tiny data."""
+def _dense_train(train) -> np.ndarray:
+    """(users, items) 0/1 train matrix of tiny data."""
     x = np.zeros((N_USERS, N_ITEMS))
     for u in range(N_USERS):
         x[u, train.row(u)] = 1.0
+    return x
+
+
+def _dense_cosine(train, shrink: float) -> np.ndarray:
+    """(items, items) shrunk cosine of the train columns, co-counts / (norm x norm + shrink), zero
+    diagonal: a plain reference for tiny data."""
+    x = _dense_train(train)
     norms = np.sqrt(x.sum(0))
     cos = (x.T @ x) / np.maximum(np.outer(norms, norms) + shrink, 1e-12)
     np.fill_diagonal(cos, 0.0)
@@ -196,30 +202,46 @@ def test_iknn_keeps_each_items_k_most_similar(shrink):
     cos = _dense_cosine(train, shrink)
     nbr, sim = model.neighbours.numpy(), model.similarity.detach().numpy()
     assert nbr.shape == sim.shape == (N_ITEMS, k)
+    _assert_top_k(nbr, sim, cos, atol=1e-6)
+    _assert_scores_sum_rows(model, train, [0, 1, 8, 9], atol=1e-6)
+
+
+def _assert_top_k(nbr: np.ndarray, w: np.ndarray, ref: np.ndarray, atol: float) -> None:
+    """Row i of (nbr, w) is the k largest entries of ref[i] other than i, distinct, best first."""
     for i in range(N_ITEMS):
-        assert i not in nbr[i] and len(set(nbr[i])) == k
-        np.testing.assert_allclose(sim[i], cos[i, nbr[i]], rtol=1e-5, atol=1e-6)
-        assert np.all(np.diff(sim[i]) <= 1e-6)
+        assert i not in nbr[i] and len(set(nbr[i])) == nbr.shape[1]
+        np.testing.assert_allclose(w[i], ref[i, nbr[i]], rtol=1e-5, atol=atol)
+        assert np.all(np.diff(w[i]) <= atol)
         rest = np.setdiff1d(np.arange(N_ITEMS), [i, *nbr[i]])
-        assert sim[i].min() >= cos[i, rest].max() - 1e-6  # nothing better left out
-    users = torch.tensor([0, 1, 8, 9])
+        if len(rest):
+            assert w[i].min() >= ref[i, rest].max() - atol  # nothing better left out
+
+
+def _assert_scores_sum_rows(model, train, users: list[int], atol: float) -> np.ndarray:
+    """A user's scores sum the table rows of its train items; returns the dense (items, items) table."""
+    nbr, w = model.neighbours.numpy(), model.similarity.detach().numpy()
     with torch.no_grad():
-        s = model.scores(users, train).numpy()
+        s = model.scores(torch.tensor(users), train).numpy()
     dense = np.zeros((N_ITEMS, N_ITEMS))
-    np.put_along_axis(dense, nbr.astype(np.int64), sim, axis=1)
-    want = np.stack([dense[train.row(u)].sum(0) for u in users.tolist()])
-    np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-6)
+    np.put_along_axis(dense, nbr.astype(np.int64), w, axis=1)
+    want = np.stack([dense[train.row(u)].sum(0) for u in users])
+    np.testing.assert_allclose(s, want, rtol=1e-5, atol=atol)
+    return dense
 
 
 # ---------------------------------------------------------------------------------------- RP3beta
+def _walk(train) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(item -> user transition 1 / |U_i|, user -> item transition 1 / |I_u|, item degrees) of tiny data."""
+    x = _dense_train(train)
+    p_iu = x.T / np.maximum(x.sum(0)[:, None], 1)
+    p_ui = x / np.maximum(x.sum(1, keepdims=True), 1)
+    return p_iu, p_ui, x.sum(0)
+
+
 def _dense_rp3(train, alpha: float, beta: float) -> np.ndarray:
     """(items, items) RP3beta weights written out as the walk's matrices, zero diagonal: the reference."""
-    x = np.zeros((N_USERS, N_ITEMS))
-    for u in range(N_USERS):
-        x[u, train.row(u)] = 1.0
-    p_ui = x / np.maximum(x.sum(1, keepdims=True), 1)  # user -> item: 1 / |I_u|
-    p_iu = x.T / np.maximum(x.sum(0)[:, None], 1)  # item -> user: 1 / |U_i|
-    w = (p_iu**alpha) @ (p_ui**alpha) / np.maximum(x.sum(0), 1) ** beta
+    p_iu, p_ui, degree = _walk(train)
+    w = (p_iu**alpha) @ (p_ui**alpha) / np.maximum(degree, 1) ** beta
     np.fill_diagonal(w, 0.0)
     return w
 
@@ -241,27 +263,11 @@ def test_rp3_keeps_each_items_k_largest_walk_weights(alpha, beta):
         assert model.fit_epoch(train, np.random.default_rng(0), 16, None) == 0.0
         nbr, w = model.neighbours.numpy(), model.similarity.detach().numpy()
         assert nbr.shape == (N_ITEMS, min(k, N_ITEMS - 1))
-        for i in range(N_ITEMS):
-            assert i not in nbr[i] and len(set(nbr[i])) == nbr.shape[1]
-            np.testing.assert_allclose(w[i], ref[i, nbr[i]], rtol=1e-5, atol=1e-7)
-            assert np.all(np.diff(w[i]) <= 1e-7)
-            rest = np.setdiff1d(np.arange(N_ITEMS), [i, *nbr[i]])
-            if len(rest):
-                assert w[i].min() >= ref[i, rest].max() - 1e-7  # nothing better left out
-        with torch.no_grad():
-            s = model.scores(torch.arange(N_USERS), train).numpy()
-        dense = np.zeros((N_ITEMS, N_ITEMS))
-        np.put_along_axis(dense, nbr.astype(np.int64), w, axis=1)
-        want = np.stack([dense[train.row(u)].sum(0) for u in range(N_USERS)])
-        np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-7)
+        _assert_top_k(nbr, w, ref, atol=1e-7)
+        dense = _assert_scores_sum_rows(model, train, list(range(N_USERS)), atol=1e-7)
         if k == 1000:
             np.testing.assert_allclose(dense, ref, rtol=1e-5, atol=1e-7)
     if (alpha, beta) == (1.0, 0.0):  # rows of the plain walk item -> user -> item sum to 1
-        x = np.zeros((N_USERS, N_ITEMS))
-        for u in range(N_USERS):
-            x[u, train.row(u)] = 1.0
-        seen = x.sum(0) > 0
-        p_iu = x.T / np.maximum(x.sum(0)[:, None], 1)
-        p_ui = x / np.maximum(x.sum(1, keepdims=True), 1)
+        p_iu, p_ui, degree = _walk(train)
         walk = ref + np.diag(np.diag(p_iu @ p_ui))  # the diagonal the table leaves out
-        np.testing.assert_allclose(walk.sum(1)[seen], 1.0, rtol=1e-6)
+        np.testing.assert_allclose(walk.sum(1)[degree > 0], 1.0, rtol=1e-6)

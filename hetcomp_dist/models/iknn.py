@@ -141,7 +141,7 @@ class ItemKNN(Recommender):
 
     Args:
         n_users, n_items: catalogue sizes.
-        cfg: teachers section (iknn_k).
+        cfg: teachers section (iknn_k, iknn_shrink).
         train: unused (the table is computed from the lists `fit_epoch` is given).
     """
 
