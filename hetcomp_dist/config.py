@@ -304,6 +304,9 @@ class StudentConfig:
     logit_clamp: float = ranged(40.0, POSITIVE)
     lo_scale: float = ranged(0.01, POSITIVE)
     lf_scale: float = ranged(0.005, POSITIVE)
+    # HetComp: L_O distils only the first lo_topk items of T_u (the rest of T_u joins the tail, as with a
+    # knowledge K of lo_topk); L_F always reads the whole T_u; 0 = knowledge.topk (the paper)
+    lo_topk: int = ranged(0, NON_NEGATIVE)
     tail: str = "exact"  # exact | sampled
     tail_samples: int = ranged(4096, COUNT)  # sampled tail: uniform sample of N_u, scaled
     lambda_kd: float = ranged(-1.0, Range(note="< 0 = pick from lambda_grid"))  # baselines' λ_KD
@@ -682,6 +685,12 @@ def validate(cfg: Config, where: str = "config") -> Config:
             f"{where}.student.tail_kernel",
             "fused runs on CPU with student.logit_clamp < 87 only",
             "use auto (fused where it applies) or torch",
+        )
+    if s.lo_topk > k.topk:
+        raise InputError(
+            f"{where}.student.lo_topk",
+            f"{s.lo_topk} must be <= knowledge.topk={k.topk}",
+            "L_O reads the first lo_topk items of the knowledge's top-K lists; 0 = all of them",
         )
     student_lr(s, f"{where}.student.method_lr")  # parses and checks every entry
     if s.lambda_kd < 0 and not s.lambda_grid:

@@ -306,6 +306,28 @@ def test_resume_refuses_a_rebuilt_round(toy):
     assert again.state() == saved
 
 
+def test_lo_topk_distils_the_head_of_t_u_in_l_o_only(toy):
+    """student.lo_topk = k: L_O equals the paper's L_O on knowledge cut to its first k items (the rest
+    of T_u in the tail), and L_F reads the whole T_u as before."""
+    data = RankData.load(toy, 0, 1)
+    targets, pos = knowledge_io.load_round(toy, 0, 0, data.n_users)
+    k = 7
+    assert targets.shape[1] > k and (targets[:, k:] >= 0).any()
+    torch.manual_seed(0)
+    model = build_student("mf", data.n_users, data.n_items, _cfg().student)
+    batch = next(iter(BatchSampler(data, 256, 0, 1, 0, False).epoch(1)))
+
+    def loss(lo_topk: int, t: np.ndarray, switch: bool) -> float:
+        obj = build_objective("hetcomp", _cfg(f"student.lo_topk={lo_topk}"))
+        obj.set_knowledge(0, {"switch": switch, "means": {}}, t, pos)
+        return float(obj.loss(model, batch).detach())
+
+    cut = np.ascontiguousarray(targets[:, :k])
+    assert loss(k, targets, False) == pytest.approx(loss(0, cut, False), rel=1e-6)
+    assert loss(k, targets, False) != pytest.approx(loss(0, targets, False), rel=1e-3)
+    assert loss(k, targets, True) == pytest.approx(loss(0, targets, True), rel=1e-9)
+
+
 def test_local_mode_rerun_resumes_from_its_checkpoint(tmp_path):
     """Local mode (no Train checkpoints, e.g. every reproduce_table2 training): a run that fails after
     its epoch-10 checkpoint resumes there on rerun -- DKC round included -- and ends with the metrics

@@ -32,7 +32,8 @@ class HetCompObjective(Objective):
 
     P+ (observed, fixed) and the targets T_u (unobserved, rebuilt by each DKC round) are kept
     apart: they are separate lists whose tails exclude the user's whole train list, and only T_u
-    is refreshed. Logits are clamped to ±logit_clamp. Tails are exact over the catalogue unless
+    is refreshed. L_O reads the first ``student.lo_topk`` items of T_u (default: all). Logits are clamped
+    to ±logit_clamp. Tails are exact over the catalogue unless
     ``student.tail = "sampled"``.
 
     Args:
@@ -46,6 +47,7 @@ class HetCompObjective(Objective):
         super().__init__(cfg)
         s = cfg.student
         self.clamp, self.lo_scale, self.lf_scale = s.logit_clamp, s.lo_scale, s.lf_scale
+        self.lo_topk = s.lo_topk or cfg.knowledge.topk
         self.period = cfg.knowledge.period
         self.round, self.switched, self.means = -1, False, {}
         self.round_hash: str | None = None
@@ -59,6 +61,8 @@ class HetCompObjective(Objective):
         a, c = model.user_side(batch.users), model.item_side()
         pos = self.pos[batch.rows].long()
         targets = self.targets[batch.rows].long()
+        if not self.switched:
+            targets = targets[:, : self.lo_topk]  # L_O's T_u: its first lo_topk items, the rest in the tail
         fn = losses.l_f if self.switched else losses.l_o
         per_user = fn(
             a, c, pos, targets, batch.train_rows, batch.train_items, self.clamp, self.tail_fn(batch)
