@@ -193,6 +193,10 @@ class TeachersConfig:
     export_index: str = ""
     export_candidates: int = ranged(500, COUNT)
     export_recall_users: int = ranged(1000, NON_NEGATIVE)
+    # > 0: before each state's export, the approximate index searches wider (IVF nprobe, HNSW efSearch,
+    # doubled) until its recall@topk against exact reaches this on export_recall_users other users
+    # (teachers/trajectory.py: calibrate_breadth); 0 = the eval.ivf_nprobe / hnsw_ef_search as set
+    export_recall_target: float = ranged(0.0, Range(0, 1))
     keep_snapshots: bool = False  # False: after the export keep only the four state snapshots
     progress_every_s: float = ranged(10.0, POSITIVE)  # driver's progress table period
     # model-specific
@@ -631,6 +635,12 @@ def validate(cfg: Config, where: str = "config") -> Config:
         )
     choice("teachers.ae_variant", t.ae_variant, ("vae", "cdae"))
     choice("teachers.export_index", t.export_index, ("", *EVAL_INDEXES))
+    if t.export_recall_target > 0 and t.export_recall_users == 0:
+        raise InputError(
+            f"{where}.teachers.export_recall_target",
+            f"{t.export_recall_target} needs users to measure recall on (teachers.export_recall_users is 0)",
+            "set teachers.export_recall_users > 0, or export_recall_target=0",
+        )
     if t.export_index in APPROXIMATE_INDEXES and t.export_candidates < t.topk:
         raise InputError(
             f"{where}.teachers.export_candidates",

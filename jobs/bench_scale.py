@@ -28,7 +28,9 @@ are sampled from /proc (`hetcomp_dist.procstats`; the CPU figure is the larger o
 
 Quality at every size: the ensemble's and the student's valid R@50 against item popularity's (the
 package's evaluation of 1-d popularity vectors); with an approximate teachers' index, each teacher's
-lowest recall@K against exact over its states, on `teachers.export_recall_users` users (>= 0.95 wanted).
+lowest recall@K against exact over its states, on `teachers.export_recall_users` users (>= 0.95 wanted),
+and the search each state exported with (the scale config sizes it on another sample of as many users:
+`teachers.export_recall_target`).
 
 Bad input, before anything runs: a config that cannot fit a size (a shard above its users, a batch above
 its data: `hetcomp_dist.scale.check_fits`). RAY_ADDRESS is ignored: each stage starts a Ray of its own.
@@ -111,6 +113,9 @@ def _stage_teachers(cfg, args) -> dict:
             "peak_rss_gib": m["peak_rss_gib"],
             "valid_R@50": m["states"][-1]["valid"]["R@50"],
             "recall_vs_exact": min(recalls) if recalls else None,
+            # per state E1..E4: the search it exported with (IVF nprobe of nlist; sized on a sample
+            # when teachers.export_recall_target > 0)
+            "search_breadth": [s["export"].get("search_breadth") for s in m["states"]],
         }
     return {"teachers": out}
 
@@ -339,6 +344,7 @@ def summarise(results: list[dict], baseline_gib: float, args) -> dict:
             "student_beats_popularity": stu > pop,
             "export_recall": {n: _round(v) for n, v in recall.items()},
             "export_recall_min": _round(min(measured)) if measured else None,
+            "export_search": {n: t.get("search_breadth") for n, t in st["teachers"]["teachers"].items()},
         }
     largest = results[-1]
     peaks = [s["peak_rss_gib"] for s in largest["stages"].values()]

@@ -154,6 +154,7 @@ OUT_OF_RANGE = [
     ("student.max_failures=-1", "config.student.max_failures"),
     ("student.lo_topk=101", "config.student.lo_topk"),  # above knowledge.topk
     ("student.lo_topk=-1", "config.student.lo_topk"),
+    ("teachers.export_recall_target=1.5", "config.teachers.export_recall_target"),
     ("baselines.topk=101", "config.baselines.topk"),  # above teachers.topk
     ("baselines.rd_top=101", "config.baselines.rd_top"),  # above baselines.topk
     ("baselines.dcd_eps=.inf", "config.baselines.dcd_eps"),
@@ -168,6 +169,13 @@ def test_out_of_range_values_name_the_field_and_the_range(override, field):
     with pytest.raises(InputError) as e:
         load_config(None, [override])
     assert e.value.where == field and e.value.problem
+
+
+def test_a_recall_target_needs_users_to_measure_it_on():
+    with pytest.raises(InputError) as e:
+        load_config(None, ["teachers.export_recall_target=0.95", "teachers.export_recall_users=0"])
+    assert e.value.where == "config.teachers.export_recall_target" and "export_recall_users" in e.value.fix
+    load_config(None, ["teachers.export_recall_target=0.95", "teachers.export_recall_users=10"])
 
 
 def test_the_teachers_exports_must_fill_the_ensembles_list():

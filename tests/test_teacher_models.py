@@ -18,7 +18,7 @@ from test_model_contract import N_ITEMS, N_USERS, TEACHER_CASES, tiny_train
 
 from hetcomp_dist.config import EvalConfig
 from hetcomp_dist.models.rowwise import RowwiseAdam
-from hetcomp_dist.teachers.trajectory import Ranker, recall_vs_exact
+from hetcomp_dist.teachers.trajectory import Ranker, calibrate_breadth, recall_vs_exact
 
 
 @pytest.fixture(params=TEACHER_CASES, ids=[c.id for c in TEACHER_CASES])
@@ -92,6 +92,92 @@ def test_approximate_index_and_candidate_path(case, candidates):
     for u in range(N_USERS):
         row = top[u][top[u] >= 0]
         assert not set(row.tolist()) & set(train.row(u).tolist()) and len(set(row.tolist())) == len(row)
+
+
+class _FixedEmbeddings(torch.nn.Module):
+    """A model that is only its (users, items) inner-product embeddings: what `Ranker` reads."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray) -> None:
+        super().__init__()
+        self.users, self.items = users, items
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # Ranker reads the device from a parameter
+
+    def embeddings(self):
+        return self.users, self.items, "ip"
+
+
+def _brute_recall(users_emb, items, train, users, k, got) -> float:
+    """recall of `got` against a per-user numpy sort of the inner products, train items excluded."""
+    rows = []
+    for r, u in enumerate(users):
+        s = items.astype(np.float64) @ users_emb[u].astype(np.float64)
+        s[train.row(u)] = -np.inf
+        want = np.argsort(-s, kind="stable")[:k]
+        rows.append(len(np.intersect1d(got[r][got[r] >= 0], want)) / k)
+    return float(np.mean(rows))
+
+
+def test_calibrate_breadth_sizes_the_probes_to_the_target():
+    """teachers.export_recall_target: the IVF probes double from 1 of 64 lists until recall@50 on the
+    calibration users reaches the target -- the first doubling that does, measured here by brute force
+    -- and with target 1 every list is probed (an exhaustive search: the exact lists); a flat index is
+    left as it is."""
+    from test_retrieval import unequal_norms_case
+
+    from hetcomp_dist.data.dataset import CSR
+
+    items, q = unequal_norms_case(3, n_items=4000, d=16, B=400)
+    rng = np.random.default_rng(0)
+    rows = [np.sort(rng.choice(4000, 5, replace=False)) for _ in range(len(q))]
+    train = CSR(np.arange(0, 5 * len(q) + 1, 5, dtype=np.int64), np.concatenate(rows).astype(np.int32))
+    model, k, calib = _FixedEmbeddings(q, items), 50, np.arange(200)
+    exact = Ranker(model, train)
+
+    def ranker(nprobe: int) -> Ranker:
+        return Ranker(model, train, EvalConfig(index="ivf", ivf_nlist=64, ivf_nprobe=nprobe))
+
+    def recall(r: Ranker, users: np.ndarray) -> float:
+        ex = train.take(users)
+        got = r.topk(users, k, ex.offsets, ex.items)
+        return _brute_recall(q, items, train, users, k, got)
+
+    approx = ranker(1)
+    assert recall(approx, calib) < 0.9
+    sized = calibrate_breadth(approx, exact, train, calib, k, 0.95)
+    nprobe = sized["breadth"]["nprobe"]
+    assert sized["breadth"] == {"nprobe": nprobe, "nlist": 64}
+    assert sized["calibration_steps"] == np.log2(nprobe)
+    assert sized["calibration_recall"] >= 0.95
+    assert sized["calibration_recall"] == pytest.approx(recall(approx, calib), abs=1e-9)
+    assert recall(ranker(nprobe // 2), calib) < 0.95  # the first doubling that reaches it
+    assert recall(approx, np.arange(200, 400)) >= 0.9  # and it holds on users it was not sized on
+
+    full = ranker(1)
+    sized = calibrate_breadth(full, exact, train, calib, k, 1.0)
+    assert sized["breadth"] == {"nprobe": 64, "nlist": 64} and recall(full, calib) == pytest.approx(1.0)
+    flat = Ranker(model, train)
+    assert calibrate_breadth(flat, exact, train, calib, k, 0.99)["breadth"] is None
+
+
+def test_widen_and_search_breadth():
+    """IVF (plain and inner-product MIPS) doubles its probes up to every list, HNSW its efSearch up to
+    the items held; exact indexes have no breadth and never widen."""
+    from hetcomp_dist.evaluation import retrieval
+
+    x = np.random.default_rng(0).normal(size=(800, 8)).astype(np.float32)
+    for metric in ("ip", "l2"):
+        index = retrieval.build_index(x, metric, "ivf", ivf_nlist=20, ivf_nprobe=3)
+        seen = [retrieval.search_breadth(index)["nprobe"]]
+        while retrieval.widen(index):
+            seen.append(retrieval.search_breadth(index)["nprobe"])
+        assert seen == [3, 6, 12, 20] and retrieval.search_breadth(index)["nlist"] == 20
+    hnsw = retrieval.build_index(x, "ip", "hnsw", hnsw_ef_search=300)
+    assert retrieval.widen(hnsw) and retrieval.search_breadth(hnsw) == {"ef_search": 600}
+    assert retrieval.widen(hnsw) and retrieval.search_breadth(hnsw) == {"ef_search": 800}
+    assert not retrieval.widen(hnsw)
+    for kind in ("flat", "blocked", "pruned"):
+        index = retrieval.build_index(x, "ip", kind)
+        assert retrieval.search_breadth(index) is None and not retrieval.widen(index)
 
 
 # --------------------------------------------------------------------------------------------- ALS

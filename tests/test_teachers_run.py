@@ -462,9 +462,10 @@ def test_torch_threads_are_part_of_a_teachers_hash(tmp_path, synth_run):
 
 @pytest.mark.parametrize("name", ["mf", "dnn"])  # an embedding model; a candidate-then-rescore model
 def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
-    """teachers.export_index=ivf (2 of 7 lists probed; NeuMF through 40 candidates): a valid trajectory,
-    each state's recall@K against exact in metrics.json, metrics that are the approximate ranker's own,
-    and a teacher hash of its own."""
+    """teachers.export_index=ivf (2 of 7 lists probed at first, then sized per state for recall .99;
+    NeuMF through 40 candidates): a valid trajectory, each state's recall@K against exact and the search
+    it exported with in metrics.json, metrics that are the approximate ranker's own at that search, and a
+    teacher hash of its own (the calibration's settings in it only when it runs)."""
     from hetcomp_dist.evaluation.evaluate import evaluate_topk
     from hetcomp_dist.teachers.runner import export_candidates, export_eval, teacher_hash
     from hetcomp_dist.teachers.trajectory import Ranker
@@ -474,21 +475,43 @@ def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
     approx = dataclasses.replace(
         exact,
         teachers=dataclasses.replace(
-            exact.teachers, export_index="ivf", export_candidates=40, export_recall_users=150
+            exact.teachers,
+            export_index="ivf",
+            export_candidates=40,
+            export_recall_users=150,
+            export_recall_target=0.99,
         ),
         eval=dataclasses.replace(exact.eval, ivf_nlist=8, ivf_nprobe=2),
     )
     data = load_manifest(run)
-    assert teacher_hash(approx, name, data["config_hash"]) != teacher_hash(exact, name, data["config_hash"])
+
+    def hash_of(cfg, **teachers) -> str:
+        return teacher_hash(
+            dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, **teachers)),
+            name,
+            data["config_hash"],
+        )
+
+    assert hash_of(approx) != hash_of(exact)
+    assert hash_of(approx, export_recall_target=0.9) != hash_of(approx)
+    assert hash_of(approx, export_recall_users=100) != hash_of(approx)  # the calibration sample
+    plain = dict(export_recall_target=0.0)
+    assert hash_of(approx, **plain, export_recall_users=100) == hash_of(approx, **plain)
+    assert hash_of(exact, export_recall_target=0.9, export_recall_users=100) == hash_of(exact)
     man = run_teacher(run, approx, name)
     check_trajectory(run, name)
     metrics = storage.read_json(RunLayout(run).teacher_metrics(name))
     for st in metrics["states"]:
-        assert 0 < st["export"]["recall_vs_exact"] <= 1 and st["export"]["recall_users"] == 150
+        ex = st["export"]
+        assert 0 < ex["recall_vs_exact"] <= 1 and ex["recall_users"] == 150
+        nprobe = ex["search_breadth"]["nprobe"]
+        assert ex["search_breadth"] == ex["breadth"] and ex["breadth"]["nlist"] == 7
+        assert nprobe in (2, 4, 7) and ex["calibration_steps"] == (2, 4, 7).index(nprobe)
+        assert ex["calibration_recall"] >= 0.99 or nprobe == 7
     train = load_split(run, "train")
     model = model_class(name, approx.teachers)(data["n_users"], data["n_items"], approx.teachers, train)
     model.load_state_dict(load_weights(RunLayout(run).teacher_snapshot(name, man["state_epochs"][-1])))
-    ecfg = export_eval(approx)
+    ecfg = dataclasses.replace(export_eval(approx), ivf_nprobe=nprobe)  # E4's search, as exported
     ranker = Ranker(model, train, ecfg, approx.teachers.export_batch_size, export_candidates(approx))
     assert ranker.approximate and (ranker.candidates == 40) == (name == "dnn")
     want = evaluate_topk(run, ranker.topk, ecfg)

@@ -158,6 +158,34 @@ class MipsIVFIndex:
         return dist, ids
 
 
+def search_breadth(index) -> dict | None:
+    """How widely an approximate index searches: IVF ``{"nprobe", "nlist"}``, HNSW ``{"ef_search"}``;
+    None for an exact index."""
+    inner = index.index if isinstance(index, MipsIVFIndex) else index
+    if isinstance(inner, faiss.IndexIVF):
+        return {"nprobe": int(inner.nprobe), "nlist": int(inner.nlist)}
+    if isinstance(inner, faiss.IndexHNSW):
+        return {"ef_search": int(inner.hnsw.efSearch)}
+    return None
+
+
+def widen(index) -> bool:
+    """Doubles how widely an approximate index searches (IVF: the lists probed, up to every list, an
+    exhaustive search; HNSW: efSearch, up to the items held). False when it cannot widen further."""
+    inner = index.index if isinstance(index, MipsIVFIndex) else index
+    if isinstance(inner, faiss.IndexIVF):
+        if inner.nprobe >= inner.nlist:
+            return False
+        inner.nprobe = min(2 * inner.nprobe, inner.nlist)
+        return True
+    if isinstance(inner, faiss.IndexHNSW):
+        if inner.hnsw.efSearch >= inner.ntotal:
+            return False
+        inner.hnsw.efSearch = min(2 * inner.hnsw.efSearch, inner.ntotal)
+        return True
+    return False
+
+
 def index_for(item_emb: np.ndarray, metric: str, cfg: EvalConfig):
     """`build_index` of the kind and settings of an eval config (``eval.index`` and its parameters)."""
     return build_index(

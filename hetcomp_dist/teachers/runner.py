@@ -71,7 +71,10 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
         k: v for k, v in dataclasses.asdict(cfg.teachers).items() if k not in _NEUTRAL and k not in foreign
     }
     if cfg.teachers.export_index not in APPROXIMATE_INDEXES:
-        del shared["export_candidates"]  # read by the candidate path of an approximate index only
+        # read by an approximate index only: the candidate path, and the search sized on a sample
+        del shared["export_candidates"], shared["export_recall_target"]
+    elif cfg.teachers.export_recall_target > 0:
+        shared["export_recall_users"] = cfg.teachers.export_recall_users  # the calibration sample's size
     own = dataclasses.asdict(getattr(cfg.teachers, name))
     ev = {
         k: v
@@ -94,9 +97,12 @@ def export_candidates(cfg: Config) -> int:
 
 def evaluate_ranker(run: str, ranker: Ranker, eval_cfg: EvalConfig, splits=("valid", "test")) -> dict:
     """{split: {"R@10", "N@10", "R@50", "N@50"}} of one model state, through the project's evaluation
-    (FAISS for embedding models, the ranker's own top-k on its candidate path, score blocks otherwise),
+    (the ranker's own top-k with an approximate index or on its candidate path, FAISS for exact
+    embedding models, score blocks otherwise),
     in this process: the teacher's actor is already the unit of parallelism."""
-    if ranker.candidates:
+    if ranker.candidates or ranker.approximate:
+        # the ranker's own index: the search the export sized (teachers.export_recall_target), not a new
+        # index at eval_cfg's settings
         return evaluate_topk(run, ranker.topk, eval_cfg, tuple(splits))
     if ranker.index is not None:
         return evaluate_embeddings(
@@ -173,6 +179,7 @@ def _run_teacher(
         cfg.teachers.export_batch_size,
         candidates=cands,
         recall_users=cfg.teachers.export_recall_users,
+        recall_target=cfg.teachers.export_recall_target,
         seed=cfg.teachers.seed,
     )
     export_s = time.perf_counter() - t_export
