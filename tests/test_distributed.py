@@ -44,45 +44,42 @@ def _rank_users(rank: int) -> torch.Tensor:
     return torch.arange(rank * 10, rank * 10 + 10)
 
 
-def _grads(rank: int, world: int, port: int, hook: str, out: str) -> None:
+def _grads(rank: int, world: int, port: int, out: str) -> None:
+    """Each rank's item gradient through `distributed.wrap`, and through plain gloo all-reduce (the
+    reference the pair exchange must equal), in one process group."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        model = _Toy()
-        if hook == "all_reduce":  # gloo's all-reduce, the reference the pair exchange must equal
-            ddp = torch.nn.parallel.DistributedDataParallel
-            ddp._set_params_and_buffers_to_ignore_for_model(model, ["model.users"])
-            net, stats = ddp(model), distributed.CommStats()
-            net.register_comm_hook(stats, distributed._sum_hook)
-        else:
-            net, stats = distributed.wrap(model, ["model.users"], torch.device("cpu"))
-        net(_rank_users(rank)).backward()
-        chosen = distributed.sum_hook().__name__
-        got = {"items": model.model.items.grad, "hook": chosen, "bytes": stats.bytes}
+        got = {"hook": distributed.sum_hook().__name__}
+        for kind in ("wrap", "all_reduce"):
+            model = _Toy()
+            if kind == "all_reduce":
+                ddp = torch.nn.parallel.DistributedDataParallel
+                ddp._set_params_and_buffers_to_ignore_for_model(model, ["model.users"])
+                net, stats = ddp(model), distributed.CommStats()
+                net.register_comm_hook(stats, distributed._sum_hook)
+            else:
+                net, stats = distributed.wrap(model, ["model.users"], torch.device("cpu"))
+            net(_rank_users(rank)).backward()
+            got[kind], got[f"{kind}_bytes"] = model.model.items.grad, stats.bytes
         torch.save(got, f"{out}-{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def _run(world: int, hook: str, tmp_path) -> list[dict]:
-    out = str(tmp_path / f"{hook}-{world}")
-    mp.spawn(_grads, args=(world, _free_port(), hook, out), nprocs=world, join=True)
-    return [torch.load(f"{out}-{r}.pt", weights_only=True) for r in range(world)]
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_ddp_sums_item_gradients_like_one_process(tmp_path, world):
     """Every rank ends with the sum of the ranks' item gradients: equal to one process's gradient over
     all ranks' users, and for two gloo ranks (the pairwise exchange) bit for bit gloo's all-reduce."""
-    got = _run(world, "wrap", tmp_path)
+    out = str(tmp_path / "grads")
+    mp.spawn(_grads, args=(world, _free_port(), out), nprocs=world, join=True)
+    got = [torch.load(f"{out}-{r}.pt", weights_only=True) for r in range(world)]
     model = _Toy()
     model(torch.cat([_rank_users(r) for r in range(world)])).backward()
     for r in got:
-        torch.testing.assert_close(r["items"], model.model.items.grad, rtol=1e-5, atol=1e-5)
-        assert torch.equal(r["items"], got[0]["items"])  # every rank holds the same sum
-        assert r["bytes"] == 1000 * 6 * 4  # the item table only: the user table stays local
+        torch.testing.assert_close(r["wrap"], model.model.items.grad, rtol=1e-5, atol=1e-5)
+        assert torch.equal(r["wrap"], got[0]["wrap"])  # every rank holds the same sum
+        assert torch.equal(r["wrap"], r["all_reduce"])  # the pair exchange is the all-reduce's sum
+        assert r["wrap_bytes"] == 1000 * 6 * 4  # the item table only: the user table stays local
     assert {r["hook"] for r in got} == {"_pair_sum_hook" if world == 2 else "_sum_hook"}
-    if world == 2:
-        ref = _run(2, "all_reduce", tmp_path)
-        assert all(torch.equal(a["items"], b["items"]) for a, b in zip(got, ref))
