@@ -125,6 +125,7 @@ def test_calibrate_breadth_sizes_the_probes_to_the_target():
     from test_retrieval import unequal_norms_case
 
     from hetcomp_dist.data.dataset import CSR
+    from hetcomp_dist.evaluation import retrieval
 
     items, q = unequal_norms_case(3, n_items=4000, d=16, B=400)
     rng = np.random.default_rng(0)
@@ -144,8 +145,8 @@ def test_calibrate_breadth_sizes_the_probes_to_the_target():
     approx = ranker(1)
     assert recall(approx, calib) < 0.9
     sized = calibrate_breadth(approx, exact, train, calib, k, 0.95)
-    nprobe = sized["breadth"]["nprobe"]
-    assert sized["breadth"] == {"nprobe": nprobe, "nlist": 64}
+    nprobe = retrieval.search_breadth(approx.index)["nprobe"]
+    assert retrieval.search_breadth(approx.index) == {"nprobe": nprobe, "nlist": 64}
     assert sized["calibration_steps"] == np.log2(nprobe)
     assert sized["calibration_recall"] >= 0.95
     assert sized["calibration_recall"] == pytest.approx(recall(approx, calib), abs=1e-9)
@@ -153,10 +154,12 @@ def test_calibrate_breadth_sizes_the_probes_to_the_target():
     assert recall(approx, np.arange(200, 400)) >= 0.9  # and it holds on users it was not sized on
 
     full = ranker(1)
-    sized = calibrate_breadth(full, exact, train, calib, k, 1.0)
-    assert sized["breadth"] == {"nprobe": 64, "nlist": 64} and recall(full, calib) == pytest.approx(1.0)
+    calibrate_breadth(full, exact, train, calib, k, 1.0)
+    assert retrieval.search_breadth(full.index) == {"nprobe": 64, "nlist": 64}
+    assert recall(full, calib) == pytest.approx(1.0)
     flat = Ranker(model, train)
-    assert calibrate_breadth(flat, exact, train, calib, k, 0.99)["breadth"] is None
+    calibrate_breadth(flat, exact, train, calib, k, 0.99)
+    assert retrieval.search_breadth(flat.index) is None
 
 
 def test_widen_and_search_breadth():

@@ -199,8 +199,8 @@ def calibrate_breadth(
     the reported recall is then not the one the search was tuned to.
 
     Returns:
-        {"breadth": the index's final `search_breadth`, "calibration_recall": recall@k on `users` there,
-        "calibration_steps": how many times it widened}.
+        {"calibration_recall": recall@k on `users` at the final search, "calibration_steps": how many
+        times it widened}; the search itself is the index's `retrieval.search_breadth`.
     """
     ex = train.take(np.asarray(users) - train.lo)
     want = exact.topk(users, k, ex.offsets, ex.items)
@@ -210,11 +210,7 @@ def calibrate_breadth(
         if recall >= target or not retrieval.widen(ranker.index):
             break
         steps += 1
-    return {
-        "breadth": retrieval.search_breadth(ranker.index),
-        "calibration_recall": recall,
-        "calibration_steps": steps,
-    }
+    return {"calibration_recall": recall, "calibration_steps": steps}
 
 
 def _sort_rows(lists: CSR, scores: np.ndarray) -> CSR:
@@ -338,8 +334,9 @@ def export_trajectory(
                 sized = calibrate_breadth(ranker, exact, train, calib, k, recall_target)
                 log(
                     name,
-                    f"state E{idx}: search {sized['breadth']} for recall@{k} >= {recall_target} "
-                    f"({sized['calibration_recall']:.4f} on {len(calib)} calibration users)",
+                    f"state E{idx}: search {retrieval.search_breadth(ranker.index)} for recall@{k} "
+                    f">= {recall_target} ({sized['calibration_recall']:.4f} on {len(calib)} calibration "
+                    "users)",
                 )
         observed = layout.teacher_observed(name) if N_STATES in idx else None
         stats = export_state(
