@@ -1,6 +1,6 @@
 """The scale bench (jobs/bench_scale.py): its pure parts (sizes, the fit checks, the exponent), its meter
-(`procstats` on a child process), the committed scale config, and -- marked slow -- its tiny mode end to
-end: the JSON line's shape and the quality check."""
+(`procstats` on a child process), the committed scale config, its summary over sizes, and -- marked slow --
+its tiny mode end to end at one size: the JSON line's shape and the quality check."""
 
 from __future__ import annotations
 
@@ -125,11 +125,80 @@ def test_tree_sampler_measures_a_child_process(tmp_path):
     assert got["machine_peak_gib"] > 0 and got["tree_peak_rss_gib"] > 0
 
 
+def _bench_module():
+    """jobs/bench_scale.py as a module (jobs/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "jobs" / "bench_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fake_size(users: int, bench, slopes: dict, student_r50: float) -> dict:
+    """One size's measured results as `one_size` returns them: every stage's wall is users**slope / 10."""
+    stages = {}
+    for i, stage in enumerate(bench.STAGES):
+        stages[stage] = {
+            "wall_s": users ** slopes[stage] / 10,
+            "cpu_s": 2.0 * (i + 1),
+            "peak_rss_gib": 0.1 * (i + 1) * users / 1000,
+            "tree_peak_rss_gib": 0.5,
+            "machine_peak_gib": 1.0 + users / 1000,
+            "bytes_written": users * (i + 1),
+            "io_write_gib": 0.0,
+        }
+    stages["ensemble"] |= {"popularity_valid_R@50": 0.05, "ensemble_valid_R@50": 0.2}
+    stages["student"] |= {
+        "valid_R@50": student_r50,
+        "dkc_rounds": [
+            {"wall_s": users / 500, "peak_rss_gib": 0.3},
+            {"wall_s": users / 250, "peak_rss_gib": 0.4},
+        ],
+    }
+    stages["teachers"]["teachers"] = {
+        "mf": {"recall_vs_exact": 0.97, "valid_R@50": 0.1, "search_breadth": [{"nprobe": 8, "nlist": 64}]},
+        "iknn": {"recall_vs_exact": None, "valid_R@50": 0.12, "search_breadth": None},
+    }
+    return {"users": users, "items": users // 10, "wall_s": 60.0 * users / 1000, "stages": stages}
+
+
+def test_summary_of_two_sizes_against_a_hand_computed_slope():
+    """`summarise`, the bench's JSON over its sizes (the tiny run below runs one size): each stage's
+    exponent is the two-point log-log slope, the DKC rounds are averaged per size, quality and targets
+    read every size and the largest."""
+    bench = _bench_module()
+    slopes = dict(zip(bench.STAGES, (1.0, 1.3, 0.5, 1.0, 0.9, 1.1)))
+    results = [_fake_size(1000, bench, slopes, 0.15), _fake_size(4000, bench, slopes, 0.04)]
+    args = type("Args", (), {"cpus": 2, "config": "/elsewhere/scale.yaml", "all_overrides": ["a=1"]})()
+    out = bench.summarise(results, 0.25, args)
+    assert out["sizes"] == [1000, 4000] and out["wall_s"] == {"1000": 60.0, "4000": 240.0}
+    for stage, b in slopes.items():
+        st = out["stages"][stage]
+        ref = math.log(st["wall_s"]["4000"] / st["wall_s"]["1000"]) / math.log(4)
+        assert st["exponent"] == pytest.approx(b, abs=1e-3) == pytest.approx(ref, abs=1e-3), stage
+        assert st["users_per_s"]["4000"] == pytest.approx(4000 / (4000**b / 10), abs=0.05)
+    dkc = out["stages"]["dkc"]
+    assert dkc["rounds"] == {"1000": 2, "4000": 2}
+    assert dkc["wall_s"] == {"1000": 3.0, "4000": 12.0} and dkc["exponent"] == pytest.approx(1.0)
+    q = out["quality"]
+    assert q["1000"]["student_beats_popularity"] and not q["4000"]["student_beats_popularity"]
+    assert q["4000"]["export_recall"] == {"mf": 0.97, "iknn": None} and q["4000"]["export_recall_min"] == 0.97
+    t = out["targets"]
+    assert t["largest_users"] == 4000 and t["wall_min"] == 4.0 and t["wall_ok"]
+    assert t["largest_process_gib"] == pytest.approx(0.1 * 6 * 4) and t["process_ok"]
+    assert t["machine_gib"] == 5.0 and t["machine_ok"] and out["machine_peak_rss_gib"]["1000"] == 2.0
+    assert t["max_exponent"] == pytest.approx(1.3, abs=1e-3) and t["exponent_ok"] is False
+    assert t["quality_ok"] is False and t["recall_ok"] is True
+
+
 @pytest.mark.slow
 def test_tiny_bench_json_shape_and_quality(tmp_path):
+    """The tiny settings at one size, end to end (the slope over sizes: the summary test above)."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    cmd = ["jobs/bench_scale.py", "--tiny", "--users", "2000", "--workdir", str(tmp_path / "w")]
     res = subprocess.run(
-        [sys.executable, "jobs/bench_scale.py", "--tiny", "--workdir", str(tmp_path / "w")],
+        [sys.executable, *cmd],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -140,8 +209,8 @@ def test_tiny_bench_json_shape_and_quality(tmp_path):
     print("\n".join(table)[-3000:], last[:3000], res.stderr[-6000:], sep="\n")
     assert res.returncode == 0
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    sizes = ["2000", "4000"]
-    assert set(out["wall_s"]) == set(sizes) and out["sizes"] == [2000, 4000]
+    sizes = ["2000"]
+    assert set(out["wall_s"]) == set(sizes) and out["sizes"] == [2000]
     assert all(out["stages_wall_s"][s] < out["wall_s"][s] for s in sizes)
     stages = {"data", "teachers", "ensemble", "knowledge", "student", "recommend"}
     assert stages <= set(out["stages"]) and "dkc" in out["stages"]
@@ -150,10 +219,10 @@ def test_tiny_bench_json_shape_and_quality(tmp_path):
         for key in ("wall_s", "users_per_s", "cpu_s", "peak_rss_gib", "bytes_written"):
             assert set(st[key]) == set(sizes), (name, key)
         assert all(v > 0 for v in st["wall_s"].values()), name
-        assert isinstance(st["exponent"], float), name
+        assert st["exponent"] is None, name  # one size: no slope
         assert all(0 < v < 20 for v in st["peak_rss_gib"].values()), name
     assert out["stages"]["dkc"]["rounds"] == {s: 2 for s in sizes}, "two DKC rounds per size"
-    assert all(out["stages"][s]["bytes_written"]["4000"] > 0 for s in ("data", "teachers", "knowledge"))
+    assert all(out["stages"][s]["bytes_written"]["2000"] > 0 for s in ("data", "teachers", "knowledge"))
     assert set(out["machine_peak_rss_gib"]) == set(sizes)
     for s in sizes:
         q = out["quality"][s]
