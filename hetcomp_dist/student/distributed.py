@@ -34,11 +34,15 @@ class CommStats:
     def per_step(self) -> float:
         return self.bytes / max(self.steps, 1)
 
+    def count(self, buf: torch.Tensor) -> None:
+        """One bucket handed to the exchange."""
+        self.bytes += buf.numel() * buf.element_size()
+        self.buckets += 1
+
 
 def _sum_hook(state, bucket):  # (CommStats, dist.GradBucket) -> Future; DDP rejects string annotations
     buf = bucket.buffer()
-    state.bytes += buf.numel() * buf.element_size()
-    state.buckets += 1
+    state.count(buf)
     fut = dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])
 
@@ -46,14 +50,12 @@ def _sum_hook(state, bucket):  # (CommStats, dist.GradBucket) -> Future; DDP rej
 def _pair_sum_hook(state, bucket):  # (CommStats, dist.GradBucket) -> Future
     """Two ranks over gloo: each sends its bucket to the other and adds what it receives.
 
-    Why: gloo's all-reduce of the student's 604 KB item gradient took 1.6-1.9 ms on the 2-core host, one
-    isend/irecv exchange of it 0.59 ms (docs/PERFORMANCE.md), and it sits exposed at the end of every
-    backward (one bucket, nothing left to overlap). The result is the all-reduce's bit for bit: with two
+    Why: one exchange is cheaper than gloo's all-reduce of the same bucket, which sits exposed at the end
+    of every backward (timings: docs/PERFORMANCE.md). The result is the all-reduce's bit for bit: with two
     operands both ranks compute a + b, and IEEE addition commutes (tests/test_distributed.py).
     """
     buf = bucket.buffer()
-    state.bytes += buf.numel() * buf.element_size()
-    state.buckets += 1
+    state.count(buf)
     other = torch.empty_like(buf)
     peer = 1 - dist.get_rank()
     for work in (dist.isend(buf, peer), dist.irecv(other, peer)):
