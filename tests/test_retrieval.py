@@ -182,6 +182,18 @@ def test_mask_and_first_k_kept_hand_example():
     assert first_k_kept(cand, mask, 3).tolist() == [[7, 5, PAD], [2, 4, PAD]]
 
 
+def test_mask_against_a_per_row_set():
+    """Random candidates (PAD among them) and exclusion sets, some rows empty, some ids repeated."""
+    rng = np.random.default_rng(5)
+    B, C, n_items = 40, 30, 50
+    cand = rng.integers(-1, n_items, (B, C)).astype(np.int32)
+    sets = [rng.choice(n_items, rng.integers(0, 12), replace=True) for _ in range(B)]
+    off = np.concatenate([[0], np.cumsum([len(x) for x in sets])])
+    mask = excluded_mask(cand, off, np.concatenate(sets).astype(np.int32), n_items)
+    want = [[int(c) in set(sets[b].tolist()) for c in cand[b]] for b in range(B)]
+    assert mask.dtype == bool and mask.tolist() == want
+
+
 def test_recall_ndcg_hand_worked():
     # user 0: list [4, 9, 2], GT {2, 4, 7}: hits at positions 0 and 2
     # user 1: list [1, 3, 5], GT {5}: hit at position 2; user 2: empty GT -> NaN
