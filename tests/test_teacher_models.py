@@ -83,6 +83,8 @@ def test_approximate_index_and_candidate_path(case, candidates):
     assert approx.approximate == has_vectors and not exact.approximate
     if approx.candidates:
         assert approx.candidates == candidates and model.embeddings() is None
+    if model.exact_candidates:  # its candidate vectors are its scores: ranked by the index directly
+        assert approx.approximate and approx.candidates == 0
     recall = recall_vs_exact(approx, exact, train, np.arange(N_USERS), 20)
     if candidates == N_ITEMS or approx.candidates == 0 or (name, variant) == ("ae", ""):
         assert recall == pytest.approx(1.0, abs=0.01), (name, recall)  # a near-tie may swap at the cut

@@ -460,12 +460,14 @@ def test_torch_threads_are_part_of_a_teachers_hash(tmp_path, synth_run):
         real(threads)
 
 
-@pytest.mark.parametrize("name", ["mf", "dnn"])  # an embedding model; a candidate-then-rescore model
+# an embedding model; a candidate-then-rescore model; a model whose candidate vectors are its scores
+@pytest.mark.parametrize("name", ["mf", "dnn", "ae"])
 def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
     """teachers.export_index=ivf (2 of 7 lists probed at first, then sized per state for recall .99;
-    NeuMF through 40 candidates): a valid trajectory, each state's recall@K against exact and the search
-    it exported with in metrics.json, metrics that are the approximate ranker's own at that search, and a
-    teacher hash of its own (the calibration's settings in it only when it runs)."""
+    NeuMF through 40 candidates, Mult-VAE by the index over its exact vectors): a valid trajectory, each
+    state's recall@K against exact and the search it exported with in metrics.json, metrics that are the
+    approximate ranker's own at that search, and a teacher hash of its own (the calibration's settings in
+    it only when it runs)."""
     from hetcomp_dist.evaluation.evaluate import evaluate_topk
     from hetcomp_dist.teachers.runner import export_candidates, export_eval, teacher_hash
     from hetcomp_dist.teachers.trajectory import Ranker

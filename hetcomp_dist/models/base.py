@@ -27,6 +27,8 @@ class Recommender(torch.nn.Module, abc.ABC):
 
     n_users: int
     n_items: int
+    # True where `candidate_embeddings` scores are exactly `scores` (a last layer that is a dot product)
+    exact_candidates: bool = False
 
     def batches(
         self, train: CSR, rng: np.random.Generator, batch_size: int
@@ -54,7 +56,8 @@ class Recommender(torch.nn.Module, abc.ABC):
         """For a model without `embeddings`: (user (n_users, d), item (n_items, d), metric) vectors whose
         scores order items like `scores`, exactly or nearly, so that an approximate index can draw each
         user's candidates from them and `pair_scores` rank those exactly (``teachers.export_index``);
-        None: the model has none and is ranked by full `scores`."""
+        None: the model has none and is ranked by full `scores`. Where their scores are the model's own
+        (`exact_candidates`), the index ranks by them directly, with no candidates to rescore."""
         return None
 
     def pair_scores(self, users: torch.Tensor, items: torch.Tensor, train: CSR | None = None) -> torch.Tensor:

@@ -128,6 +128,8 @@ class MultVAE(_AnnealedBeta):
         train: unused at construction (rows are passed to `batches` / `scores`).
     """
 
+    exact_candidates = True  # the decoder's last layer is f(mu_u) . W_i + b_i: `candidate_embeddings`
+
     def __init__(self, n_users: int, n_items: int, cfg: TeachersConfig, train: CSR | None = None) -> None:
         super().__init__()
         self.n_users, self.n_items, self.dim, self.drop = n_users, n_items, cfg.dim, cfg.ae_dropout

@@ -87,7 +87,8 @@ class Ranker:
     embeddings but with `candidate_embeddings` is ranked candidate-then-rescore: each user's top
     `candidates` items from the index over those vectors, ordered by the model's exact `pair_scores`.
     The approximation is the index's (and, where those vectors are not the scores, the vectors') misses;
-    `recall_vs_exact` measures it.
+    `recall_vs_exact` measures it. A model whose candidate vectors are its scores (`exact_candidates`:
+    Mult-VAE's) is ranked by the index over them directly, as an embedding model is.
 
     Args:
         model: a Recommender in the state to rank with (put in eval mode here).
@@ -111,7 +112,8 @@ class Ranker:
             emb = model.embeddings()
             if emb is None and candidates > 0 and eval_cfg.index in APPROXIMATE_INDEXES:
                 emb = model.candidate_embeddings(train)
-                self.candidates = candidates if emb is not None else 0
+                # vectors whose scores are the model's own need no rescoring: the index ranks by them
+                self.candidates = candidates if emb is not None and not model.exact_candidates else 0
         self.user_emb = self.index = None
         if emb is not None:
             self.user_emb, item_emb, self.metric = emb
