@@ -219,8 +219,13 @@ class TeachersConfig:
     ae_beta: float = ranged(0.2, NON_NEGATIVE)
     ae_anneal_steps: int = ranged(20_000, NON_NEGATIVE)
     ae_variant: str = "vae"  # vae | cdae
+    # Mult-VAE: the multinomial's normaliser over every item (0, the paper's) or estimated from this many
+    # items drawn uniformly per batch (sampled softmax: a (batch, samples) logits block)
+    ae_decoder_samples: int = ranged(0, Range(0, note="0 = the full softmax over every item"))
     # I-AE input: an item's users hashed into this many signed buckets; 0 = the exact n_users-wide input
     iae_hash_buckets: int = ranged(0, Range(0, note="0 = the exact n_users-wide input"))
+    # I-AE: its normaliser over every user (0) or from this many sampled users (as ae_decoder_samples)
+    iae_decoder_samples: int = ranged(0, Range(0, note="0 = the full softmax over every user"))
     # I-AE: most (items x users) logits of one batch; the item batch is capped to fit (e.g. 64 at 1M users)
     iae_max_logits: int = ranged(2**26, COUNT)
     als_alpha: float = ranged(

@@ -68,8 +68,10 @@ SCALE_CONFIG = os.path.join(REPO, "hetcomp_dist", "configs", "scale.yaml")
 RESULT = "BENCH_STAGE_RESULT "  # the prefix of a stage child's result line on stdout
 TINY_USERS = "2000,4000"
 # --tiny: the scale config's code paths on CI-sized data (several shards, batches within the data) with
-# lighter training: teachers of width 16 and an item-AE hashed to 512 buckets (still fewer than the users:
-# the hashed input path), the student 10 epochs with DKC rounds at epochs 4 and 8 (two rounds, as at scale)
+# lighter training: teachers of width 16, an item-AE hashed to 512 buckets (still fewer than the users:
+# the hashed input path), the autoencoders' normalisers sampled from 100 columns (fewer than the items
+# and the users: the sampled path), the student 10 epochs with DKC rounds at epochs 4 and 8 (two rounds,
+# as at scale)
 TINY = (
     "data.shard_size=1000",
     "eval.batch_size=1024",
@@ -79,6 +81,8 @@ TINY = (
     "teachers.export_recall_users=200",
     "teachers.dim=16",
     "teachers.iae_hash_buckets=512",
+    "teachers.ae_decoder_samples=100",
+    "teachers.iae_decoder_samples=100",
     "student.batch_size=1024",
     "student.max_epochs=10",
     "knowledge.period=4",

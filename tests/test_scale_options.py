@@ -1,6 +1,7 @@
 """The options that make a step cost O(batch): sparse row-wise updates of embedding tables
 (`models/rowwise.py`, ``teachers.sparse_updates`` / ``student.sparse_updates``), LightGCN's cached
-propagation (``teachers.gnn_refresh_every``) and the hashed I-AE input (``teachers.iae_hash_buckets``).
+propagation (``teachers.gnn_refresh_every``), the hashed I-AE input (``teachers.iae_hash_buckets``) and
+the autoencoders' sampled softmax (``teachers.ae_decoder_samples``, ``iae_decoder_samples``).
 
 Each one: what it computes against a plain reference (torch's Adam, the exact propagation, a per-entry
 hash sum), that a step leaves every row outside the batch and its optimiser state bit for bit as it
@@ -22,7 +23,9 @@ from hetcomp_dist.config import StudentConfig
 from hetcomp_dist.models.iae import ItemAE, hash_users
 from hetcomp_dist.models.registry import build_student, model_class
 from hetcomp_dist.models.rowwise import RowwiseAdam, lookup
+from hetcomp_dist.models.sampling import sampled_tail_lse
 from hetcomp_dist.models.students import count_parameters
+from hetcomp_dist.models.vae import log_normaliser
 
 pytestmark = pytest.mark.usefixtures("_one_torch_thread")
 
@@ -241,6 +244,71 @@ def test_hashed_iae_input_is_the_signed_bucket_sum():
     np.testing.assert_allclose(batch["x"].to_dense().numpy(), want, rtol=1e-6, atol=1e-7)
 
 
+# ------------------------------------------------------------------------- the sampled normaliser
+def test_sampled_tail_lse_against_a_per_row_loop():
+    """Each row: its sampled columns outside its excluded set, summed in exp space and scaled by
+    |tail| / |kept|; -inf where none is kept; the exact log-sum-exp of its tail when every column is
+    sampled."""
+    g = torch.Generator().manual_seed(3)
+    B, N = 6, 40
+    logits_all = torch.randn(B, N, generator=g, dtype=torch.float64) * 3
+    excluded = {b: set(torch.randperm(N, generator=g)[: 3 + 5 * b].tolist()) for b in range(B)}
+    sample = torch.randperm(N, generator=g)[:12]
+    excluded[5] |= set(sample.tolist())  # a row whose tail the sample misses entirely
+    rows = torch.tensor([b for b in range(B) for _ in excluded[b]])
+    cols = torch.tensor([j for b in range(B) for j in sorted(excluded[b])])
+    got = sampled_tail_lse(logits_all[:, sample], sample, rows, cols, N)
+    for b in range(B):
+        kept = [j for j in sample.tolist() if j not in excluded[b]]
+        if not kept:
+            assert got[b] == float("-inf")
+            continue
+        total = sum(float(torch.exp(logits_all[b, j])) for j in kept) * (N - len(excluded[b])) / len(kept)
+        assert float(got[b]) == pytest.approx(np.log(total), rel=1e-12)
+    every = torch.randperm(N, generator=g)
+    full = sampled_tail_lse(logits_all[:, every], every, rows, cols, N)
+    for b in range(B):
+        tail = [j for j in range(N) if j not in excluded[b]]
+        want = torch.logsumexp(logits_all[b, tail], 0) if tail else torch.tensor(float("-inf"))
+        assert float(full[b]) == pytest.approx(float(want), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ae", "iae"])
+def test_sampled_normaliser_is_exact_with_every_column_and_unbiased_in_its_sum(name):
+    """The autoencoders' softmax normaliser from a sample: with every column sampled it is the exact
+    log-sum-exp of the logits block; over many samples, exp() of it (own targets + the scaled sample)
+    averages to the exact sum; and a batch's "sample" holds the configured number of distinct columns."""
+    model = _teacher(name, **{f"{name}_decoder_samples": 10})
+    n_cols = model.core.dec.out_features
+    train = tiny_train()
+    batch = next(iter(model.batches(train, np.random.default_rng(0), 8)))
+    assert len(batch["sample"]) == 10 == len(set(batch["sample"].tolist()))
+    assert int(batch["sample"].max()) < n_cols
+    with torch.no_grad():
+        core = model.core.double()
+        mu, _ = core.encode(batch["x"].double())
+        f = core.features(mu)
+        rows, cols = batch["rows"], batch["cols"]
+        picked = (f[rows] * core.dec.weight[cols]).sum(1) + core.dec.bias[cols]
+        exact = torch.logsumexp(core.dec(f), 1)
+        every = torch.from_numpy(np.random.default_rng(1).permutation(n_cols))
+        np.testing.assert_allclose(log_normaliser(core, f, rows, cols, picked, every), exact, rtol=1e-12)
+        rng, sums = np.random.default_rng(2), torch.zeros_like(exact)
+        draws = 4000
+        for _ in range(draws):
+            sample = torch.from_numpy(rng.choice(n_cols, 10, replace=False))
+            sums += torch.exp(log_normaliser(core, f, rows, cols, picked, sample))
+    np.testing.assert_allclose(sums / draws, torch.exp(exact), rtol=0.03)
+
+
+def test_sampled_iae_batch_is_capped_by_its_sampled_block():
+    """With sampled users the I-AE's logits block is (items, samples): the item batch cap follows it."""
+    cfg = dataclasses.replace(TEACHERS_CFG, iae_max_logits=2000, iae_decoder_samples=20)
+    assert ItemAE(N_USERS, 45, cfg, tiny_train()).max_batch == 100
+    exact = dataclasses.replace(cfg, iae_decoder_samples=0)
+    assert ItemAE(N_USERS, 45, exact, tiny_train()).max_batch == 2000 // N_USERS
+
+
 # ------------------------------------------------------------------------ quality on the tiny run
 def valid_recall_at_50(model, train, valid) -> float:
     """Mean over users with valid items of |top-50 unobserved ∩ valid| / |valid|: a plain reference."""
@@ -304,6 +372,15 @@ def test_hashed_iae_keeps_quality(synth_run):
     exact = best_valid(synth_run, "iae", 12)
     hashed = best_valid(synth_run, "iae", 12, iae_hash_buckets=128)
     assert hashed >= exact - QUALITY_TOLERANCE, (exact, hashed)
+
+
+@pytest.mark.parametrize("name", ["ae", "iae"])
+def test_sampled_decoder_keeps_quality(synth_run, name):
+    """A quarter of the columns sampled per batch (75 of 300 items for Mult-VAE, 100 of 400 users for the
+    I-AE) against the full softmax."""
+    exact = best_valid(synth_run, name, 12)
+    sampled = best_valid(synth_run, name, 12, **{f"{name}_decoder_samples": 75 if name == "ae" else 100})
+    assert sampled >= exact - QUALITY_TOLERANCE, (exact, sampled)
 
 
 def test_sparse_updates_keep_student_quality(tmp_path):

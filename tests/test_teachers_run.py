@@ -430,6 +430,11 @@ def test_family_fields_change_only_their_teacher():
         load_config(None, ["teachers.rp3.max_epochs=3"])
     with pytest.raises(InputError, match="rp3_alpha"):
         load_config(None, ["teachers.rp3_alpha=0"])
+    for family in ("ae", "iae"):  # the autoencoders' sampled normalisers: each in its own hash only
+        sampled = load_config(None, [f"teachers.{family}_decoder_samples=64"])
+        for name in base.teachers.names:
+            same = teacher_hash(base, name, "data") == teacher_hash(sampled, name, "data")
+            assert same == (name != family), (family, name)
 
 
 def test_torch_threads_are_part_of_a_teachers_hash(tmp_path, synth_run):

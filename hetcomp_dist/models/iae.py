@@ -11,9 +11,10 @@ Scale. The exact input layer is n_users wide (600 x 1M weights plus their Adam m
 million users). With ``teachers.iae_hash_buckets = H > 0`` an item's (normalised, dropped-out) column
 is feature-hashed into H signed buckets (Weinberger et al., 2009: user u adds sign(u) * y_iu to bucket
 h(u)), so the encoder is H x hidden whatever the user count; colliding users share a bucket, the
-signs keep their sum unbiased. The decoder still scores every user per item -- that is the model, and
-its (items x users) logits block is what a batch costs: `teachers.iae_max_logits` caps the item batch
-so the block stays bounded (64 items at 1M users with the default).
+signs keep their sum unbiased. The decoder scores every user per item -- that is the model, and its
+(items x users) logits block is what a batch costs: `teachers.iae_max_logits` caps the item batch so
+the block stays bounded (64 items at 1M users with the default). With ``teachers.iae_decoder_samples`` the
+training's block is (items x sampled users) instead (`vae.log_normaliser`); scoring is unchanged.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ class ItemAE(_AnnealedBeta):
         if train is None:
             raise ValueError("ItemAE needs the train lists (its inputs are the item columns)")
         self.n_users, self.n_items, self.dim, self.drop = n_users, n_items, cfg.dim, cfg.ae_dropout
-        self.buckets = cfg.iae_hash_buckets
-        self.max_batch = max(1, cfg.iae_max_logits // max(n_users, 1))
+        self.buckets, self.samples = cfg.iae_hash_buckets, cfg.iae_decoder_samples
+        # a batch's logits block is (items, users), or (items, sampled users) with iae_decoder_samples
+        width = min(self.samples, n_users) if self.samples else n_users
+        self.max_batch = max(1, cfg.iae_max_logits // max(width, 1))
         self.core = VAECore(n_users, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden, n_in=self.buckets)
         self.columns = transpose(train, n_items)
         self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)
@@ -64,12 +67,13 @@ class ItemAE(_AnnealedBeta):
     def batches(
         self, train: CSR, rng: np.random.Generator, batch_size: int
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of `batch_size` items (at most `iae_max_logits` // n_users: the (items, users) logits
-        block stays bounded), their train columns; `train` must be the constructor's."""
+        """Batches of `batch_size` items (at most `iae_max_logits` // the block's width: the (items, users)
+        or (items, sampled users) logits block stays bounded), their train columns; `train` must be the
+        constructor's."""
         if len(train.items) != len(self.columns.items):
             self.columns = transpose(train, self.n_items)
         size = min(batch_size, self.max_batch)
-        for batch in vae_batches(self.columns, self.n_users, self.dim, rng, size, self.drop):
+        for batch in vae_batches(self.columns, self.n_users, self.dim, rng, size, self.drop, self.samples):
             yield {**batch, "x": self._input(batch["x"])}
 
     def _input(self, columns: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,10 @@ import torch
 
 from hetcomp_dist.data.dataset import CSR
 
+# "No item" inside log-sum-exps: exp() of it is 0 in float32 and float64, yet (unlike -inf) a row of
+# nothing but pads keeps finite gradients; far below any clamped logit.
+PAD_LOGIT = -1.0e4
+
 
 def interaction_keys(train: CSR, n_items: int) -> np.ndarray:
     """Sorted (nnz,) int64 keys ``user * n_items + item`` of every train pair, for membership tests."""
@@ -116,3 +120,40 @@ def rows_of(train: CSR, users: np.ndarray) -> np.ndarray:
     if len(rel) and (rel.min() < 0 or rel.max() >= train.n):
         raise IndexError(f"users outside the train rows [{train.lo}, {train.lo + train.n})")
     return rel
+
+
+def sampled_tail_lse(
+    logits: torch.Tensor, sample: torch.Tensor, ex_rows: torch.Tensor, ex_cols: torch.Tensor, n_total: int
+) -> torch.Tensor:
+    """Estimate of each row's log Σ_{j ∉ X_b} e^{s_bj} over `n_total` columns, from its logits on a
+    uniform sample S of distinct columns shared by the rows (sampled softmax's normaliser).
+
+    For row b, the m_b sampled columns outside X_b are a uniform sample of its tail R_b, and
+    Z_b = Σ_{j∈R_b} e^{s_bj} is estimated by |R_b| / m_b · Σ_{j ∈ S∩R_b} e^{s_bj}: unbiased given m_b, but
+    its log is biased low (Jensen) by about (1 - m_b/|R_b|) · CV²/(2 m_b), CV² the squared coefficient of
+    variation of e^s over the tail; exact when S holds every column.
+
+    Args:
+        logits: (B, m) s_bj of the sampled columns, in `sample`'s order.
+        sample: (m,) int64 distinct columns.
+        ex_rows, ex_cols: (nnz,) int64 the excluded pairs X, distinct.
+        n_total: columns in all.
+
+    Returns:
+        (B,) the estimate; -inf where no sampled column falls in the row's tail.
+    """
+    B, m = logits.shape
+    if m == 0:
+        return torch.full((B,), float("-inf"), dtype=logits.dtype, device=logits.device)
+    order = torch.argsort(sample)
+    pos = torch.searchsorted(sample[order], ex_cols).clamp(max=m - 1)
+    hit = sample[order][pos] == ex_cols
+    p = order[pos]
+    s = logits.index_put(
+        (ex_rows[hit], p[hit]), torch.tensor(PAD_LOGIT, dtype=logits.dtype, device=logits.device)
+    )
+    n_ex = torch.bincount(ex_rows, minlength=B).to(logits.dtype)
+    kept = m - torch.bincount(ex_rows[hit], minlength=B).to(logits.dtype)
+    scale = torch.log((n_total - n_ex).clamp(min=0)) - torch.log(kept)
+    lse = torch.logsumexp(s, 1)
+    return torch.where(kept > 0, lse + scale, torch.full_like(lse, float("-inf")))

@@ -4,7 +4,9 @@ Mult-VAE (Liang et al., 2018): x_u normalised to unit length, dropout, encoder
 I -> ae_hidden (tanh) -> (mu, log sigma^2) of dimension `dim`; decoder latent -> items (linear, or
 latent -> ae_decoder_hidden (tanh) -> items); loss = multinomial log-likelihood + beta * KL with
 beta annealed linearly to ae_beta over ae_anneal_steps optimiser steps. Inputs are sparse, so the
-encoder costs O(nnz x hidden); only the decoder's (B, n_items) block is dense.
+encoder costs O(nnz x hidden); only the decoder's (B, n_items) block is dense -- or, with
+``teachers.ae_decoder_samples`` (scale), a (B, samples) block: the softmax's normaliser is the row's own
+targets plus the other items estimated from a uniform sample (`log_normaliser`). Scoring is unchanged.
 
 CDAE (Wu et al., 2016): corrupted row -> tanh(W x + V_u + b) -> sigmoid over items, BCE loss.
 
@@ -22,7 +24,7 @@ from torch.nn import functional
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
-from hetcomp_dist.models.sampling import rows_of, sparse_rows
+from hetcomp_dist.models.sampling import rows_of, sampled_tail_lse, sparse_rows
 
 _ENCODE_BLOCK = 4096  # users per encoding block in `candidate_embeddings`
 
@@ -71,38 +73,72 @@ def multinomial_vae_loss(core: VAECore, batch: dict[str, torch.Tensor], beta: fl
     """Mean over rows of -sum_j x_j log softmax(logits)_j + beta * KL(q(z|x) || N(0, I)).
 
     batch: "x" sparse corrupted input (B, n), "rows"/"cols" the uncorrupted target entries,
-    "eps" (B, dim) reparameterisation noise (drawn by `batches`, so an epoch is reproducible).
+    "eps" (B, dim) reparameterisation noise (drawn by `batches`, so an epoch is reproducible), and
+    optionally "sample": the columns the softmax's normaliser is estimated from (`log_normaliser`).
     """
     mu, logvar = core.encode(batch["x"])
     z = mu + batch["eps"] * torch.exp(0.5 * logvar)
     f = core.features(z)
     # -sum_j x_j log softmax_j = n * logsumexp(logits) - sum_{j in x} logit_j; the picked logits are
     # computed from their decoder rows, so no (B, n_cols) index/scatter in the backward pass
-    lse = torch.logsumexp(core.dec(f), dim=1)
     rows, cols = batch["rows"], batch["cols"]
     picked = (f[rows] * core.dec.weight[cols]).sum(1) + core.dec.bias[cols]
+    lse = log_normaliser(core, f, rows, cols, picked, batch.get("sample"))
     counts = torch.bincount(rows, minlength=len(mu)).to(lse.dtype)
     nll = ((counts * lse).sum() - picked.sum()) / len(mu)
     kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1).mean()
     return nll + beta * kl
 
 
+def log_normaliser(
+    core: VAECore,
+    f: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    picked: torch.Tensor,
+    sample: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,) log Σ_j e^{logit_bj} over the decoder's columns for features f (B, f): exact, from the whole
+    (B, n_cols) logits block; or, given a `sample` of distinct columns, the row's own targets (rows, cols,
+    their `picked` logits) exactly plus the rest estimated from the sampled columns
+    (`sampling.sampled_tail_lse`: sampled softmax, a (B, |sample|) block)."""
+    if sample is None:
+        return torch.logsumexp(core.dec(f), dim=1)
+    B = f.shape[0]
+    top = torch.full((B,), float("-inf"), dtype=f.dtype, device=f.device)
+    top = top.scatter_reduce(0, rows, picked.detach(), "amax")  # a stable shift per row
+    own = torch.zeros(B, dtype=f.dtype, device=f.device).index_add(0, rows, torch.exp(picked - top[rows]))
+    logits = f @ core.dec.weight[sample].T + core.dec.bias[sample]
+    rest = sampled_tail_lse(logits, sample, rows, cols, core.dec.out_features)
+    return torch.logaddexp(torch.log(own) + top, rest)
+
+
 def vae_batches(
-    lists: CSR, n_cols: int, dim: int, rng: np.random.Generator, batch_size: int, drop: float
+    lists: CSR,
+    n_cols: int,
+    dim: int,
+    rng: np.random.Generator,
+    batch_size: int,
+    drop: float,
+    samples: int = 0,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch over the non-empty rows of `lists` (shuffled), as `multinomial_vae_loss` batches."""
+    """One epoch over the non-empty rows of `lists` (shuffled), as `multinomial_vae_loss` batches; with
+    0 < `samples` < n_cols, each batch also holds that many distinct columns drawn uniformly ("sample")."""
     rows = np.nonzero(lists.lengths() > 0)[0]
     rows = rows[rng.permutation(len(rows))]
     for s in range(0, len(rows), batch_size):
         r = rows[s : s + batch_size]
         target = lists.take(r)
-        yield {
+        batch = {
             "x": sparse_rows(lists, r, n_cols, normalise=True, drop=drop, rng=rng),
             "rows": torch.from_numpy(np.repeat(np.arange(len(r)), target.lengths())),
             "cols": torch.from_numpy(target.items.astype(np.int64)),
             "eps": torch.from_numpy(rng.standard_normal((len(r), dim), dtype=np.float32)),
             "index": torch.from_numpy(r.astype(np.int64)),
         }
+        if 0 < samples < n_cols:
+            batch["sample"] = torch.from_numpy(rng.choice(n_cols, samples, replace=False).astype(np.int64))
+        yield batch
 
 
 class _AnnealedBeta(Recommender):
@@ -133,14 +169,16 @@ class MultVAE(_AnnealedBeta):
     def __init__(self, n_users: int, n_items: int, cfg: TeachersConfig, train: CSR | None = None) -> None:
         super().__init__()
         self.n_users, self.n_items, self.dim, self.drop = n_users, n_items, cfg.dim, cfg.ae_dropout
+        self.samples = cfg.ae_decoder_samples
         self.core = VAECore(n_items, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden)
         self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)
 
     def batches(
         self, train: CSR, rng: np.random.Generator, batch_size: int
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of `batch_size` users (their train rows)."""
-        return vae_batches(train, self.n_items, self.dim, rng, batch_size, self.drop)
+        """Batches of `batch_size` users (their train rows; items sampled for the normaliser when
+        ``teachers.ae_decoder_samples`` is set)."""
+        return vae_batches(train, self.n_items, self.dim, rng, batch_size, self.drop, self.samples)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return multinomial_vae_loss(self.core, batch, self.beta())

@@ -31,12 +31,10 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from hetcomp_dist.models.sampling import PAD_LOGIT, sampled_tail_lse
 from hetcomp_dist.objectives import tail_kernels
 
 LOG2E = 1.0 / math.log(2.0)
-# "No item" inside log-sum-exps: exp() of it is 0 in float32 and float64, yet (unlike -inf) a row of
-# nothing but pads keeps finite gradients; far below any clamped logit.
-PAD_LOGIT = -1.0e4
 
 
 # ------------------------------------------------------------------------------ exclusion sets
@@ -242,15 +240,12 @@ def sampled_tail_logsumexp(
     """Sampled estimate of `tail_logsumexp` for catalogues too large to score per batch.
 
     One uniform sample S of `n_samples` distinct items is drawn per batch and shared by its users
-    (one (B, |S|) block). For user b, the m_b sampled items outside X_b are a uniform sample of its
-    tail R_b, and Z_b = Σ_{j∈R_b} e^{ŝ_bj} is estimated by |R_b| / m_b · Σ_{j ∈ S∩R_b} e^{ŝ_bj}.
-
-    Bias: the sum estimate is unbiased given m_b, but its log is not: by Jensen E[log Ẑ] <= log Z,
-    with a deficit of about Var(Ẑ)/(2 Z²) = (1 - m_b/|R_b|) · CV²/(2 m_b), CV² being the squared
-    coefficient of variation of e^{ŝ} over the tail. It shrinks like 1/m_b, vanishes when the sample
-    covers the catalogue (then the value is exact), and grows as the student's score distribution
-    sharpens, so the tail term is under-weighted late in training. Gradients reach sampled items
-    only. `jobs/bench_student.py` measures the deficit against the exact tail.
+    (one (B, |S|) block); `models.sampling.sampled_tail_lse` scales each user's sum over the sampled
+    items of its tail R_b up to |R_b|. Bias: its log is low by about (1 - m_b/|R_b|) · CV²/(2 m_b) (m_b of
+    the sampled items in the tail, CV² the squared coefficient of variation of e^{ŝ} over it): it
+    vanishes when the sample covers the catalogue and grows as the student's score distribution
+    sharpens, so the tail term is under-weighted late in training. Gradients reach sampled items only.
+    `jobs/bench_student.py` measures the deficit against the exact tail.
 
     Args:
         a, c, ex_rows, ex_cols, clamp: as in `tail_logsumexp`.
@@ -260,25 +255,13 @@ def sampled_tail_logsumexp(
     Returns:
         (B,) estimated tail log-sum-exp (-inf where no sampled item falls in the tail).
     """
-    B, N = a.shape[0], c.shape[0]
+    N = c.shape[0]
     n = min(int(n_samples), N)
-    dev = c.device
     if 4 * n >= N:
-        sample = torch.randperm(N, generator=generator, device=dev)[:n]
+        sample = torch.randperm(N, generator=generator, device=c.device)[:n]
     else:  # O(n) draw; a uniform random subset given its size
-        sample = torch.unique(torch.randint(0, N, (n,), generator=generator, device=dev))
-        n = len(sample)
-    s = (a @ c[sample].T).clamp(-clamp, clamp)  # (B, n)
-    where = torch.full((N,), -1, dtype=torch.int64, device=dev)
-    where[sample] = torch.arange(n, device=dev)
-    p = where[ex_cols]
-    hit = p >= 0
-    s = s.index_put((ex_rows[hit], p[hit]), torch.tensor(PAD_LOGIT, dtype=s.dtype, device=dev))
-    n_ex = torch.bincount(ex_rows, minlength=B).to(a.dtype)
-    m = n - torch.bincount(ex_rows[hit], minlength=B).to(a.dtype)
-    scale = torch.log((N - n_ex).clamp(min=0)) - torch.log(m)
-    lse = torch.logsumexp(s, 1)
-    return torch.where(m > 0, lse + scale, torch.full_like(lse, float("-inf")))
+        sample = torch.unique(torch.randint(0, N, (n,), generator=generator, device=c.device))
+    return sampled_tail_lse((a @ c[sample].T).clamp(-clamp, clamp), sample, ex_rows, ex_cols, N)
 
 
 def tail_estimator(

@@ -52,7 +52,8 @@ _FAMILY_FIELDS = {
     "iknn": ("iknn_k", "iknn_shrink"),
     "rp3": ("rp3_k", "rp3_alpha", "rp3_beta"),
     "gnn": ("gnn_refresh_every", "gnn_walks"),
-    "iae": ("iae_hash_buckets", "iae_max_logits"),
+    "ae": ("ae_decoder_samples",),
+    "iae": ("iae_hash_buckets", "iae_max_logits", "iae_decoder_samples"),
 }
 
 
