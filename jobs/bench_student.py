@@ -29,13 +29,20 @@ the 2-worker DDP speed-up, and DDP traffic vs users.
    2 % is what an MF student trained on CiteULike with learnable (user-kNN) targets showed once past
    the clamp: ~0.6 % of pairs at max ||a|| ||c|| = 2.2 x clamp, ~2.7 % at 3.4 x, with 0.003 % and 0.1 %
    of the logits actually clipped. The scaled state's figures are reported (steady_*).
-3. `ddp2_speedup`: the 1-thread in-process L_O epoch over the 2-worker DDP epoch on the same run
+3. `ddp2_speedup`: the 1-thread single-process L_O epoch over the 2-worker DDP epoch on the same run
    (`train_student`, Ray Train, gloo, 2 workers x 1 thread, fresh model, --ddp-epochs + 1 epochs, the
-   first of each side dropped as warm-up, medians), the in-process epochs timed just before the DDP
-   training. The DDP epoch is rank 0's `epoch_s` (the training epoch alone: no evaluation, DKC round
-   or checkpoint). On a host shared with other work, two workers rarely get two cores, so
-   `ddp2_speedup_cpu` divides the in-process epoch's CPU seconds by the slower rank's training-thread
-   CPU seconds per epoch (what two free cores would give, without the ranks' waits for each other).
+   first of each side dropped as warm-up, medians), measured side by side: before each DDP epoch, rank
+   0 runs one single-process epoch of the whole run on one thread (`solo_epoch_then_mark`) while rank 1
+   waits asleep, so each pair of epochs shares the host's minute (this host's speed drifts by a fifth
+   within minutes; timing all single-process epochs first and all DDP epochs after let the drift into
+   the ratio: 1.13-1.69 over five runs). `ddp2_pair_ratios` are the pairs' ratios. The DDP epoch is rank
+   0's `epoch_s` (the training epoch alone: no evaluation, DKC round, checkpoint or single-process
+   epoch). `ddp2_driver_epoch_s`: the same single-process epochs in the driver before the training, a
+   check that the in-worker side is not slowed. `ddp2_speedup_cpu` divides the single-process epoch's
+   CPU seconds by the slower rank's training-thread CPU seconds per epoch (what two free cores would
+   give, without the ranks' waits for each other). `ddp2_plain_*` (unless --skip-no-ray): the same
+   ranks, loop and alternation as two plain torch.distributed processes without Ray, which separates
+   the training code's own cost from that of Ray's processes beside it (docs/PERFORMANCE.md).
 4. DDP traffic: `train_student` with 2 gloo workers for one epoch on synthetic runs of
    --ddp-users users (same items); bytes handed to all-reduce per step, from the comm hook, next to
    what the user table would have cost.
@@ -344,56 +351,144 @@ def start_ray() -> None:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-def mark_epoch(rank: int, epoch: int, path: str) -> None:
-    """`TrainHooks.epoch_start`: appends the rank's training-thread CPU clock to `path`."""
-    with open(path, "a") as f:
-        f.write(json.dumps({"rank": rank, "epoch": epoch, "cpu": time.thread_time()}) + "\n")
+_SOLO: dict = {}  # per process: the single-process (task, opt, sampler) that rank 0 times between DDP epochs
 
 
-def bench_ddp2(run: str, workdir: str, epochs: int) -> dict:
-    """`ddp2_speedup` (module docstring, 3): in-process 1-thread L_O epochs, then a 2-worker DDP training."""
-    from hetcomp_dist.student.trainer import train_student
-
-    start_ray()
-    task, opt, sampler = setup(run, switched=False)
-    wall, cpu = [], []
-    assert torch.get_num_threads() == 1, "the in-process side of ddp2_speedup runs on one thread"
-    for e in range(1, epochs + 2):
+def solo_epoch_then_mark(rank: int, epoch: int, run: str, path: str) -> None:
+    """`TrainHooks.epoch_start` of `bench_ddp2`: on rank 0, one 1-thread single-process L_O epoch of the
+    whole run (the in-process side of `ddp2_speedup`) just before DDP epoch `epoch`, while rank 1 waits
+    asleep at its first exchange (gloo does not spin); then every rank appends its training-thread CPU
+    clock (and rank 0 the solo epoch's wall and CPU seconds) to `path`."""
+    rec: dict = {"rank": rank, "epoch": epoch}
+    if rank == 0:
+        if run not in _SOLO:
+            _SOLO[run] = setup(run, switched=False)
+        threads = torch.get_num_threads()
+        if threads != 1:
+            raise RuntimeError(f"the in-process side of ddp2_speedup runs on one thread, not {threads}")
         c0 = time.thread_time()
-        wall.append(time_epoch(task, opt, sampler, e))
-        cpu.append(time.thread_time() - c0)
-    log(STAGE, f"in-process 1-thread L_O epochs: {rounded(wall)} s")
-    marks, out = os.path.join(workdir, "ddp2-epochs.jsonl"), os.path.join(workdir, "ddp2-student")
-    over = [
+        rec["solo_s"] = time_epoch(*_SOLO[run], epoch)
+        rec["solo_cpu_s"] = time.thread_time() - c0
+    rec["cpu"] = time.thread_time()
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def ddp2_overrides(epochs: int) -> list[str]:
+    return [
         "student.num_workers=2",
         "student.threads_per_worker=1",
         f"student.max_epochs={epochs + 2}",  # the last epoch only closes the CPU clock of the one before
         f"student.eval_every={epochs + 2}",
         "knowledge.period=1000",  # no DKC round
     ]
-    hooks = TrainHooks(epoch_start=functools.partial(mark_epoch, path=marks))
-    train_student(run, load_config(None, over), dkc_fn=replay_round, hooks=hooks, out=out)
-    lines = [json.loads(x) for x in open(RunLayout(run).student_metrics(out))]
-    ddp = [x["epoch_s"] for x in lines][1 : epochs + 1]
+
+
+def ddp2_figures(ddp: list[float], marks: str, epochs: int, prefix: str) -> dict:
+    """Speed-ups from the DDP epochs of rank 0 (epochs 2..epochs+1) and the hook's marks."""
     clocks = [json.loads(x) for x in open(marks)]
+    by_rank = {r: sorted((x for x in clocks if x["rank"] == r), key=lambda x: x["epoch"]) for r in (0, 1)}
+    solo = [x["solo_s"] for x in by_rank[0]][1 : epochs + 1]
+    solo_cpu = [x["solo_cpu_s"] for x in by_rank[0]][1 : epochs + 1]
+    # a rank's training CPU in epoch e: its clock at the start of e + 1 less its clock at the start of e,
+    # less (rank 0) the solo epoch run between them
     rank_cpu = []
-    for rank in (0, 1):
-        c = [x["cpu"] for x in sorted((x for x in clocks if x["rank"] == rank), key=lambda x: x["epoch"])]
-        rank_cpu.append([b - a for a, b in zip(c, c[1:])][1 : epochs + 1])
-    res = {
-        "ddp2_speedup": statistics.median(wall[1:]) / statistics.median(ddp),
-        "ddp2_speedup_cpu": statistics.median(cpu[1:]) / max(statistics.median(c) for c in rank_cpu),
-        "ddp2_epoch_s": statistics.median(ddp),
-        "ddp2_epoch_s_runs": ddp,
-        "ddp2_rank_cpu_s_runs": rank_cpu,
-        "ddp2_inprocess_epoch_s": statistics.median(wall[1:]),
-        "ddp2_inprocess_epoch_s_runs": wall[1:],
-        "ddp2_inprocess_cpu_s_runs": cpu[1:],
+    for r in (0, 1):
+        c, sc = [x["cpu"] for x in by_rank[r]], [x.get("solo_cpu_s", 0.0) for x in by_rank[r]]
+        rank_cpu.append([b - a - s for a, b, s in zip(c, c[1:], sc[1:])][1 : epochs + 1])
+    return {
+        f"{prefix}speedup": statistics.median(solo) / statistics.median(ddp),
+        f"{prefix}speedup_cpu": statistics.median(solo_cpu) / max(statistics.median(c) for c in rank_cpu),
+        f"{prefix}pair_ratios": [round(a / b, 3) for a, b in zip(solo, ddp)],
+        f"{prefix}epoch_s": statistics.median(ddp),
+        f"{prefix}epoch_s_runs": ddp,
+        f"{prefix}rank_cpu_s_runs": rank_cpu,
+        f"{prefix}inprocess_epoch_s": statistics.median(solo),
+        f"{prefix}inprocess_epoch_s_runs": solo,
+        f"{prefix}inprocess_cpu_s_runs": solo_cpu,
     }
+
+
+def bench_ddp2(run: str, workdir: str, epochs: int, no_ray: bool = True) -> dict:
+    """`ddp2_speedup` (module docstring, 3): a 2-worker DDP training whose epochs alternate with 1-thread
+    single-process ones; the driver's own 1-thread epochs before it, as a check; and, with `no_ray`, the
+    same two ranks without Ray (`ddp2_plain_*`)."""
+    from hetcomp_dist.student.trainer import train_student
+
+    start_ray()
+    task, opt, sampler = setup(run, switched=False)
+    driver = []
+    assert torch.get_num_threads() == 1, "the in-process side of ddp2_speedup runs on one thread"
+    for e in range(1, epochs + 2):
+        driver.append(time_epoch(task, opt, sampler, e))
+    log(STAGE, f"in-process 1-thread L_O epochs in the driver: {rounded(driver)} s")
+    marks, out = os.path.join(workdir, "ddp2-epochs.jsonl"), os.path.join(workdir, "ddp2-student")
+    hooks = TrainHooks(epoch_start=functools.partial(solo_epoch_then_mark, run=run, path=marks))
+    train_student(run, load_config(None, ddp2_overrides(epochs)), dkc_fn=replay_round, hooks=hooks, out=out)
+    lines = [json.loads(x) for x in open(RunLayout(run).student_metrics(out))]
+    res = ddp2_figures([x["epoch_s"] for x in lines][1 : epochs + 1], marks, epochs, "ddp2_")
+    res["ddp2_driver_epoch_s"] = statistics.median(driver[1:])
+    res["ddp2_driver_epoch_s_runs"] = driver[1:]
     log(
         STAGE,
-        f"2-worker DDP epochs {rounded(ddp)} s: speed-up {res['ddp2_speedup']:.2f} "
-        f"(by CPU seconds {res['ddp2_speedup_cpu']:.2f})",
+        f"2-worker DDP epochs {rounded(res['ddp2_epoch_s_runs'])} s, each after a 1-thread epoch on rank 0 "
+        f"{rounded(res['ddp2_inprocess_epoch_s_runs'])} s: speed-up {res['ddp2_speedup']:.2f} "
+        f"(pairs {res['ddp2_pair_ratios']}; by CPU seconds {res['ddp2_speedup_cpu']:.2f})",
+    )
+    if no_ray:
+        res.update(bench_ddp2_plain(run, workdir, epochs))
+    return res
+
+
+def _plain_rank(rank: int, run: str, workdir: str, epochs: int, port: int) -> None:
+    """One rank of `bench_ddp2_plain`: the Train loop's own build / wrap / train_epoch, no Ray."""
+    import numba
+    import torch.distributed as dist
+
+    from hetcomp_dist.student import distributed, worker
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        job = worker.Job(run=run, cfg=load_config(None, ddp2_overrides(epochs)), out=workdir)
+        w = worker.Worker(rank, 2, torch.device("cpu"))
+        data, task, sampler, opt = worker.build(job, w)
+        worker.load_knowledge(job, task, data, 0)
+        net, comm = distributed.wrap(task, task.rank_local_names(), w.device)
+        marks, times = os.path.join(workdir, "plain-epochs.jsonl"), []
+        for e in range(1, epochs + 3):
+            solo_epoch_then_mark(rank, e, run, marks)
+            t0 = time.perf_counter()
+            worker.train_epoch(net, task, opt, sampler, e, comm, TrainHooks())
+            times.append(time.perf_counter() - t0)
+        if rank == 0:
+            with open(os.path.join(workdir, "plain-ddp.json"), "w") as f:
+                json.dump(times, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def bench_ddp2_plain(run: str, workdir: str, epochs: int) -> dict:
+    """The same two ranks and alternation as `bench_ddp2`, as two plain torch.distributed processes
+    (no Ray): what the training code reaches without Ray's processes beside it."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wd = os.path.join(workdir, "ddp2-plain")
+    os.makedirs(wd, exist_ok=True)
+    mp.spawn(_plain_rank, args=(run, wd, epochs, port), nprocs=2)
+    ddp = json.load(open(os.path.join(wd, "plain-ddp.json")))[1 : epochs + 1]
+    res = ddp2_figures(ddp, os.path.join(wd, "plain-epochs.jsonl"), epochs, "ddp2_plain_")
+    log(
+        STAGE,
+        f"the same without Ray (2 torch.distributed processes): DDP epochs {rounded(ddp)} s, "
+        f"speed-up {res['ddp2_plain_speedup']:.2f} (pairs {res['ddp2_plain_pair_ratios']})",
     )
     return res
 
@@ -443,6 +538,7 @@ def main() -> int:
     ap.add_argument("--reference-steps", type=int, default=4)
     ap.add_argument("--skip-ddp", action="store_true")
     ap.add_argument("--skip-epochs", action="store_true", help="only the DDP traffic part")
+    ap.add_argument("--skip-no-ray", action="store_true", help="no ddp2_plain_* (the ranks without Ray)")
     ap.add_argument("--ddp-epochs", type=int, default=3, help="timed epochs of each side of ddp2_speedup")
     ap.add_argument("--ddp-users", default="10000,100000")
     ap.add_argument("--ddp-items", type=int, default=2000)
@@ -474,7 +570,7 @@ def main() -> int:
         )
         res.update(bench_citeulike(run, args.repeats, args.reference_steps))
         if not args.skip_ddp:
-            res.update(bench_ddp2(run, args.workdir, args.ddp_epochs))
+            res.update(bench_ddp2(run, args.workdir, args.ddp_epochs, not args.skip_no_ray))
     if not args.skip_ddp:
         res.update(bench_ddp(args.workdir, [int(x) for x in args.ddp_users.split(",")], args.ddp_items))
     res.update(
