@@ -436,6 +436,9 @@ def bench_ddp2(run: str, workdir: str, epochs: int, no_ray: bool = True) -> dict
         f"(pairs {res['ddp2_pair_ratios']}; by CPU seconds {res['ddp2_speedup_cpu']:.2f})",
     )
     if no_ray:
+        import ray
+
+        ray.shutdown()  # Ray's own processes (raylet, GCS, idle workers) go too; bench_ddp starts a new one
         res.update(bench_ddp2_plain(run, workdir, epochs))
     return res
 
@@ -471,8 +474,8 @@ def _plain_rank(rank: int, run: str, workdir: str, epochs: int, port: int) -> No
 
 
 def bench_ddp2_plain(run: str, workdir: str, epochs: int) -> dict:
-    """The same two ranks and alternation as `bench_ddp2`, as two plain torch.distributed processes
-    (no Ray): what the training code reaches without Ray's processes beside it."""
+    """The same two ranks and alternation as `bench_ddp2`, as two plain torch.distributed processes, with
+    Ray shut down: what the training code reaches without Ray's processes beside it."""
     import socket
 
     import torch.multiprocessing as mp
