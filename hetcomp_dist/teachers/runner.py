@@ -71,6 +71,9 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
     shared = {
         k: v for k, v in dataclasses.asdict(cfg.teachers).items() if k not in _NEUTRAL and k not in foreign
     }
+    for f in ("ae_decoder_samples", "iae_decoder_samples"):
+        if shared.get(f) == 0:  # the full softmax: the hashes of autoencoders trained before the option hold
+            del shared[f]
     if cfg.teachers.export_index not in APPROXIMATE_INDEXES:
         # read by an approximate index only: the candidate path, and the search sized on a sample
         del shared["export_candidates"], shared["export_recall_target"]
