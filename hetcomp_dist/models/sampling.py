@@ -146,8 +146,9 @@ def sampled_tail_lse(
     if m == 0:
         return torch.full((B,), float("-inf"), dtype=logits.dtype, device=logits.device)
     order = torch.argsort(sample)
-    pos = torch.searchsorted(sample[order], ex_cols).clamp(max=m - 1)
-    hit = sample[order][pos] == ex_cols
+    ordered = sample[order]
+    pos = torch.searchsorted(ordered, ex_cols).clamp(max=m - 1)
+    hit = ordered[pos] == ex_cols
     p = order[pos]
     s = logits.index_put(
         (ex_rows[hit], p[hit]), torch.tensor(PAD_LOGIT, dtype=logits.dtype, device=logits.device)
