@@ -370,3 +370,29 @@ def test_sampled_tail_gradient_flows():
     losses.sampled_tail_logsumexp(a, c, xr, xc, 64, g).sum().backward()
     assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
     assert (c.grad.abs().sum(1) > 0).sum() <= 64  # only sampled items receive a gradient
+
+
+@pytest.mark.parametrize("scale", [0.7, 12.0])  # 12: many logits past the clamp
+def test_fused_sampled_tail_equals_the_blocked_one(scale):
+    """The fused sampled tail (the exact kernel over the sampled items, exclusions moved into the sample)
+    gives the (B, |S|) block's estimate and gradients on the same sample, with a row whose sampled items
+    are all excluded (-inf, no gradient) and a row with no exclusions."""
+    B, N, d, n = 7, 150, 6, 40  # 4 n >= N: the sample is randperm's first n
+    g = torch.Generator().manual_seed(3)
+    a0, c0 = torch.randn(B, d, generator=g) * scale**0.5, torch.randn(N, d, generator=g) * scale**0.5
+    sample = torch.randperm(N, generator=torch.Generator().manual_seed(9))[:n]
+    rows = torch.cat([torch.randint(0, B - 1, (120,), generator=g), torch.zeros(n, dtype=torch.long)])
+    cols = torch.cat([torch.randint(0, N, (120,), generator=g), sample])  # row 0 excludes the whole sample
+    keep = rows != B - 2  # row B - 2: nothing excluded
+    xr, xc = losses.exclusion(rows[keep], cols[keep], B, N)
+    out = {}
+    for kernel in ("torch", "fused"):
+        a, c = a0.clone().requires_grad_(), c0.clone().requires_grad_()
+        t = losses.sampled_tail_logsumexp(a, c, xr, xc, n, torch.Generator().manual_seed(9), kernel=kernel)
+        torch.where(torch.isfinite(t), t, torch.zeros_like(t)).sum().backward()
+        out[kernel] = (t.detach(), a.grad, c.grad)
+    assert torch.isneginf(out["fused"][0][0]) and torch.isfinite(out["fused"][0][1:]).all()
+    assert (out["fused"][1][0] == 0).all()
+    for got, ref in zip(out["fused"], out["torch"]):
+        torch.testing.assert_close(got, ref, rtol=2e-5, atol=2e-5)
+    assert (out["fused"][2].abs().sum(1) > 0).sum() <= n  # only sampled items receive a gradient

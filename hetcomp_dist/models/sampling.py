@@ -122,6 +122,40 @@ def rows_of(train: CSR, users: np.ndarray) -> np.ndarray:
     return rel
 
 
+def sampled_exclusions(
+    sample: torch.Tensor, ex_rows: torch.Tensor, ex_cols: torch.Tensor, n_total: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The excluded pairs X that fall in a sample of distinct columns: (rows, positions in `sample`).
+
+    Args:
+        sample: (m,) int64 distinct columns.
+        ex_rows, ex_cols: (nnz,) int64 the excluded pairs, distinct.
+        n_total: columns in all (a column -> position table of this length: O(nnz + n_total), where a
+            binary search in the sorted sample costs log m random reads per pair).
+    """
+    where = torch.full((n_total,), -1, dtype=torch.int64, device=sample.device)
+    where[sample] = torch.arange(len(sample), device=sample.device)
+    pos = where[ex_cols]
+    hit = pos >= 0
+    return ex_rows[hit], pos[hit]
+
+
+def sampled_log_scale(
+    n_rows: int, m: int, ex_rows: torch.Tensor, hit_rows: torch.Tensor, n_total: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row b: log(|R_b| / m_b), the factor from the sampled tail's sum up to the whole tail, and m_b.
+
+    Args:
+        n_rows, m: rows, and columns in the sample.
+        ex_rows: (nnz,) rows of every excluded pair (|R_b| = n_total - |X_b|).
+        hit_rows: rows of the excluded pairs inside the sample (m_b = m - their count).
+        n_total: columns in all.
+    """
+    n_ex = torch.bincount(ex_rows, minlength=n_rows).to(dtype)
+    kept = m - torch.bincount(hit_rows, minlength=n_rows).to(dtype)
+    return torch.log((n_total - n_ex).clamp(min=0)) - torch.log(kept), kept
+
+
 def sampled_tail_lse(
     logits: torch.Tensor, sample: torch.Tensor, ex_rows: torch.Tensor, ex_cols: torch.Tensor, n_total: int
 ) -> torch.Tensor:
@@ -145,16 +179,8 @@ def sampled_tail_lse(
     B, m = logits.shape
     if m == 0:
         return torch.full((B,), float("-inf"), dtype=logits.dtype, device=logits.device)
-    order = torch.argsort(sample)
-    ordered = sample[order]
-    pos = torch.searchsorted(ordered, ex_cols).clamp(max=m - 1)
-    hit = ordered[pos] == ex_cols
-    p = order[pos]
-    s = logits.index_put(
-        (ex_rows[hit], p[hit]), torch.tensor(PAD_LOGIT, dtype=logits.dtype, device=logits.device)
-    )
-    n_ex = torch.bincount(ex_rows, minlength=B).to(logits.dtype)
-    kept = m - torch.bincount(ex_rows[hit], minlength=B).to(logits.dtype)
-    scale = torch.log((n_total - n_ex).clamp(min=0)) - torch.log(kept)
+    rows, pos = sampled_exclusions(sample, ex_rows, ex_cols, n_total)
+    s = logits.index_put((rows, pos), torch.tensor(PAD_LOGIT, dtype=logits.dtype, device=logits.device))
+    scale, kept = sampled_log_scale(B, m, ex_rows, rows, n_total, logits.dtype)
     lse = torch.logsumexp(s, 1)
     return torch.where(kept > 0, lse + scale, torch.full_like(lse, float("-inf")))

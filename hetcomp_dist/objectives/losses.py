@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from hetcomp_dist.models.sampling import PAD_LOGIT, sampled_tail_lse
+from hetcomp_dist.models.sampling import PAD_LOGIT, sampled_exclusions, sampled_log_scale, sampled_tail_lse
 from hetcomp_dist.objectives import tail_kernels
 
 LOG2E = 1.0 / math.log(2.0)
@@ -221,11 +221,17 @@ def tail_logsumexp(
         (B,) tail log-sum-exp; -inf for a user whose tail is empty.
     """
     B, N = a.shape[0], c.shape[0]
+    fused = _fused(a, c, clamp, kernel)
+    chunk = chunk or _auto_chunk(B, N, a.device)
+    return _TailLSE.apply(a, c, ex_rows, ex_cols, float(clamp), int(chunk), fused)
+
+
+def _fused(a: torch.Tensor, c: torch.Tensor, clamp: float, kernel: str) -> bool:
+    """Whether `kernel` ("auto", "fused" or "torch") runs the fused kernel on these tensors."""
     fusable = a.device.type == "cpu" and a.dtype == c.dtype == torch.float32 and clamp * LOG2E < 126
     if kernel not in ("auto", "fused", "torch") or (kernel == "fused" and not fusable):
         raise ValueError(f"tail kernel {kernel!r}: use auto, torch, or fused (float32 on CPU, clamp < 87)")
-    chunk = chunk or _auto_chunk(B, N, a.device)
-    return _TailLSE.apply(a, c, ex_rows, ex_cols, float(clamp), int(chunk), kernel != "torch" and fusable)
+    return kernel != "torch" and fusable
 
 
 def sampled_tail_logsumexp(
@@ -236,6 +242,7 @@ def sampled_tail_logsumexp(
     n_samples: int,
     generator: torch.Generator | None = None,
     clamp: float = 40.0,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Sampled estimate of `tail_logsumexp` for catalogues too large to score per batch.
 
@@ -247,21 +254,31 @@ def sampled_tail_logsumexp(
     sharpens, so the tail term is under-weighted late in training. Gradients reach sampled items only.
     `jobs/bench_student.py` measures the deficit against the exact tail.
 
+    With the fused kernel (`kernel`, as in `tail_logsumexp`) the sum over S∖X_b is `tail_logsumexp` over
+    the sampled rows of c, its exclusions moved to their places in S: one pass per sampled item instead of
+    the (B, |S|) block's several (product, clamp, pads, log-sum-exp and their backward).
+
     Args:
-        a, c, ex_rows, ex_cols, clamp: as in `tail_logsumexp`.
+        a, c, ex_rows, ex_cols, clamp, kernel: as in `tail_logsumexp`.
         n_samples: |S| (capped at N).
         generator: RNG for the sample (on c's device).
 
     Returns:
         (B,) estimated tail log-sum-exp (-inf where no sampled item falls in the tail).
     """
-    N = c.shape[0]
+    B, N = a.shape[0], c.shape[0]
     n = min(int(n_samples), N)
     if 4 * n >= N:
         sample = torch.randperm(N, generator=generator, device=c.device)[:n]
     else:  # O(n) draw; a uniform random subset given its size
         sample = torch.unique(torch.randint(0, N, (n,), generator=generator, device=c.device))
-    return sampled_tail_lse((a @ c[sample].T).clamp(-clamp, clamp), sample, ex_rows, ex_cols, N)
+    if not _fused(a, c, clamp, kernel) or len(sample) == 0:
+        return sampled_tail_lse((a @ c[sample].T).clamp(-clamp, clamp), sample, ex_rows, ex_cols, N)
+    rows, pos = sampled_exclusions(sample, ex_rows, ex_cols, N)
+    scale, kept = sampled_log_scale(B, len(sample), ex_rows, rows, N, a.dtype)
+    rows, pos = exclusion(rows, pos, B, len(sample))  # sorted by sampled item, as the kernel reads them
+    lse = tail_logsumexp(a, c[sample], rows, pos, clamp, kernel="fused")
+    return torch.where(kept > 0, lse + scale, torch.full_like(lse, float("-inf")))
 
 
 def tail_estimator(
@@ -280,7 +297,9 @@ def tail_estimator(
         n_samples, generator: as in `sampled_tail_logsumexp`.
     """
     if kind == "sampled":
-        return lambda a, c, rows, cols: sampled_tail_logsumexp(a, c, rows, cols, n_samples, generator, clamp)
+        return lambda a, c, rows, cols: sampled_tail_logsumexp(
+            a, c, rows, cols, n_samples, generator, clamp, kernel
+        )
     return lambda a, c, rows, cols: tail_logsumexp(a, c, rows, cols, clamp, chunk, kernel)
 
 
