@@ -330,6 +330,16 @@ def summarise(results: list[dict], baseline_gib: float, args) -> dict:
             "exponent": _round(exponent([int(k) for k in mean], list(mean.values()))),
             "note": "inside the student stage (its CPU and bytes are the student's)",
         }
+    # where the teachers stage's time went, per teacher (six actors share the cores: their walls overlap)
+    stages["teachers"]["per_teacher"] = {
+        key[r["users"]]: {
+            name: {
+                f: round(t[f], 1) for f in ("wall_s", "train_s", "export_s", "cpu_s") if t.get(f) is not None
+            }
+            for name, t in r["stages"]["teachers"]["teachers"].items()
+        }
+        for r in results
+    }
     quality = {}
     for r in results:
         st = r["stages"]

@@ -157,7 +157,15 @@ def _fake_size(users: int, bench, slopes: dict, student_r50: float) -> dict:
         ],
     }
     stages["teachers"]["teachers"] = {
-        "mf": {"recall_vs_exact": 0.97, "valid_R@50": 0.1, "search_breadth": [{"nprobe": 8, "nlist": 64}]},
+        "mf": {
+            "recall_vs_exact": 0.97,
+            "valid_R@50": 0.1,
+            "search_breadth": [{"nprobe": 8, "nlist": 64}],
+            "wall_s": users / 100,
+            "train_s": users / 300,
+            "export_s": users / 150,
+            "cpu_s": users / 90,
+        },
         "iknn": {"recall_vs_exact": None, "valid_R@50": 0.12, "search_breadth": None},
     }
     return {"users": users, "items": users // 10, "wall_s": 60.0 * users / 1000, "stages": stages}
@@ -178,6 +186,9 @@ def test_summary_of_two_sizes_against_a_hand_computed_slope():
         ref = math.log(st["wall_s"]["4000"] / st["wall_s"]["1000"]) / math.log(4)
         assert st["exponent"] == pytest.approx(b, abs=1e-3) == pytest.approx(ref, abs=1e-3), stage
         assert st["users_per_s"]["4000"] == pytest.approx(4000 / (4000**b / 10), abs=0.05)
+    per = out["stages"]["teachers"]["per_teacher"]
+    assert per["4000"]["mf"] == {"wall_s": 40.0, "train_s": 13.3, "export_s": 26.7, "cpu_s": 44.4}
+    assert per["1000"]["iknn"] == {}  # fields a teacher's metrics lack are left out
     dkc = out["stages"]["dkc"]
     assert dkc["rounds"] == {"1000": 2, "4000": 2}
     assert dkc["wall_s"] == {"1000": 3.0, "4000": 12.0} and dkc["exponent"] == pytest.approx(1.0)
