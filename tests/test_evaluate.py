@@ -314,6 +314,38 @@ def test_a_ranker_of_topk_queries_evaluates_like_the_embeddings(synth_run):
         evaluate_topk(synth_run, topk, splits=("train",))
 
 
+def test_a_saved_ranking_refills_its_short_rows_from_the_ranker(synth_run, tmp_path):
+    """`evaluate_ranking` over each user's saved top-50 outside train (a teacher state): a user whose
+    held-out items sit in that list leaves fewer than 50 for the other protocol; with `refill` those rows
+    are ranked again with the protocol's set excluded, and the metrics are the exact ranker's own."""
+    from hetcomp_dist.evaluation.evaluate import evaluate_ranking
+    from hetcomp_dist.evaluation.retrieval import build_index, search_excluding
+
+    U, V = random_emb(synth_run, seed=7)
+    index = build_index(V, "ip")
+    m = load_manifest(synth_run)
+    train = load_split(synth_run, "train", m)
+    folder = str(tmp_path / "state")
+    storage.ensure_folder(folder)
+    for s, lo, hi in storage.iter_shards(folder, m["n_users"], m["shard_size"]):
+        ex = train.rows(lo - train.lo, hi - train.lo)
+        top = search_excluding(index, U[lo:hi], 50, ex.offsets, ex.items)
+        items = storage.dense_to_list(top)
+        storage.write_table_atomic(storage.shard_path(folder, s), storage.user_table(lo, hi, items=items))
+    refilled = []
+
+    def topk(users, k, ex_offsets, ex_values):
+        refilled.append(len(users))
+        return search_excluding(index, U[users], k, ex_offsets, ex_values)
+
+    exact = evaluate_embeddings(synth_run, U, V, "ip")
+    got = evaluate_ranking(synth_run, folder, refill=(topk, 50))
+    assert_close(got, exact, 1e-12)
+    assert 0 < sum(refilled) < 2 * m["n_users"]  # some rows of the two protocols, far from all
+    short = evaluate_ranking(synth_run, folder)  # no ranker at hand: those rows stay short
+    assert short["valid"]["R@50"] < exact["valid"]["R@50"] or short["test"]["R@50"] < exact["test"]["R@50"]
+
+
 def test_shape_mismatch_is_a_clear_error(synth_run):
     U, V = random_emb(synth_run)
     with pytest.raises(InputError, match="does not match the run"):

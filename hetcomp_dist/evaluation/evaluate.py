@@ -556,32 +556,48 @@ def evaluate_lists(
 
 
 def evaluate_ranking(
-    run: str, folder: str, ks: tuple[int, ...] = (10, 50), splits: tuple[str, ...] = ("valid", "test")
+    run: str,
+    folder: str,
+    ks: tuple[int, ...] = (10, 50),
+    splits: tuple[str, ...] = ("valid", "test"),
+    refill: tuple[Callable[[np.ndarray, int, np.ndarray, np.ndarray], np.ndarray], int] | None = None,
 ) -> dict:
     """Metrics of one saved ranking per user, ``<folder>/shard-*.parquet`` (user, items best first: e.g. a
     teacher's state, the top-K items outside the user's train list), under the protocol: each split's
     list is the ranking's first max(ks) items outside that protocol's exclusion set (`protocol_lists`).
     The same numbers as ranking the whole catalogue when the saved lists are long enough to hold them.
 
+    Args:
+        refill: (topk_fn, K) for lists saved by a ranker at hand (`evaluate_topk`'s topk_fn) with K items
+            each: a row whose saved list is full (K items) yet leaves fewer than max(ks) outside a
+            protocol's set (a user with many held-out items near the top) is ranked again by topk_fn with
+            that set excluded, so every list is the ranker's own. None: such rows stay short (an imported
+            ranking, whose ranker is not at hand).
+
     Returns:
         {split: {"R@10", "N@10", "R@50", "N@50"}} over the users with non-empty lists of every split.
     """
     m = load_manifest(run)
+    k = max(ks)
     sums = {split: MetricSums(ks) for split in splits}
     for s, lo, hi in storage.iter_shards("", m["n_users"], m["shard_size"]):
-        train, valid, test = _shard_parts(run, m, s, lo, hi)
-        gt = {"valid": valid, "test": test}
+        parts = dict(zip(("train", "valid", "test"), _shard_parts(run, m, s, lo, hi)))
         evaluated = np.ones(hi - lo, bool)
         for split in splits:
-            evaluated &= gt[split].lengths() > 0
+            evaluated &= parts[split].lengths() > 0
         rows = np.nonzero(evaluated)[0]
         ranked = read_lists(folder, "items", lo, hi, m).take(rows)
         cand = storage.csr_to_dense(ranked.offsets, ranked.items)
-        tops = protocol_lists(
-            cand, train.take(rows), valid.take(rows), test.take(rows), max(ks), m["n_items"], splits
-        )
+        sub = {name: part.take(rows) for name, part in parts.items()}
+        tops = protocol_lists(cand, sub["train"], sub["valid"], sub["test"], k, m["n_items"], splits)
         for split, top in tops.items():
-            g = gt[split].take(rows)
+            if refill is not None:
+                topk_fn, saved_k = refill
+                short = np.nonzero((top[:, k - 1] == PAD) & (ranked.lengths() >= saved_k))[0]
+                if len(short):
+                    ex = union(*(sub[name].take(short) for name in DROPS[split]))
+                    top[short] = topk_fn(rows[short] + lo, k, ex.offsets, ex.items)
+            g = sub[split]
             sums[split].add(recall_ndcg(top, g.offsets, g.items, ks, m["n_items"]))
     return {split: sums[split].means() for split in splits}
 

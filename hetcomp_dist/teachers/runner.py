@@ -17,7 +17,12 @@ import torch
 from hetcomp_dist import storage
 from hetcomp_dist.config import APPROXIMATE_INDEXES, Config, EvalConfig, to_dict
 from hetcomp_dist.data.dataset import load_manifest, load_split
-from hetcomp_dist.evaluation.evaluate import evaluate_embeddings, evaluate_scorer, evaluate_topk
+from hetcomp_dist.evaluation.evaluate import (
+    evaluate_embeddings,
+    evaluate_ranking,
+    evaluate_scorer,
+    evaluate_topk,
+)
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import model_class
 from hetcomp_dist.progress import log, peak_rss_gib
@@ -117,6 +122,20 @@ def evaluate_ranker(run: str, ranker: Ranker, eval_cfg: EvalConfig, splits=("val
     return evaluate_scorer(run, ranker.score_fn, small, tuple(splits), distributed=False)
 
 
+def evaluate_state(run: str, ranker: Ranker, folder: str, eval_cfg: EvalConfig, k: int) -> dict:
+    """{split: metrics} of an exported state (`folder`: each user's top-`k` outside train, by `ranker`).
+
+    With an approximate ranker each protocol's list is read off the exported one (its first items
+    outside the protocol's set; a user whose list runs short is ranked again: `evaluate_ranking`'s
+    refill), where `evaluate_ranker` would search twice more. The lists are the ranker's own, as
+    `evaluate_topk` would give them, but on the candidate path: there the candidates are the export's,
+    drawn outside train, where a search per protocol draws them outside its own set. Exact rankers keep
+    `evaluate_ranker` (FAISS or score blocks: one search for both protocols already)."""
+    if ranker.candidates or ranker.approximate:
+        return evaluate_ranking(run, folder, tuple(eval_cfg.ks), ("valid", "test"), refill=(ranker.topk, k))
+    return evaluate_ranker(run, ranker, eval_cfg, ("valid", "test"))
+
+
 def run_teacher(
     run: str, cfg: Config, name: str, device: str = "cpu", on_progress: Callable[[dict], None] | None = None
 ) -> dict:
@@ -179,7 +198,7 @@ def _run_teacher(
         m["shard_size"],
         cfg.teachers.topk,
         ecfg,
-        lambda ranker: evaluate_ranker(run, ranker, ecfg, ("valid", "test")),
+        lambda ranker, folder: evaluate_state(run, ranker, folder, ecfg, cfg.teachers.topk),
         cfg.teachers.export_batch_size,
         candidates=cands,
         recall_users=cfg.teachers.export_recall_users,

@@ -292,7 +292,7 @@ def export_trajectory(
     shard_size: int,
     k: int,
     eval_cfg: EvalConfig,
-    evaluate: Callable[[Ranker], dict],
+    evaluate: Callable[[Ranker, str], dict],
     batch_size: int,
     *,
     candidates: int = 0,
@@ -309,7 +309,7 @@ def export_trajectory(
         name: the teacher.
         states: [e1..e4] from `choose_states`.
         eval_cfg: the retrieval settings (an approximate index: `Ranker`).
-        evaluate: Ranker -> {"valid": {...}, "test": {...}} of that state.
+        evaluate: (Ranker, the state's exported folder) -> {"valid": {...}, "test": {...}} of that state.
         candidates: `Ranker`'s candidates per user (0: no candidate path).
         recall_users: with an approximate index, each state's export stats get ``recall_vs_exact``
             (`recall_vs_exact` at k) on this many users drawn with `seed`; 0 = not measured.
@@ -359,7 +359,7 @@ def export_trajectory(
             if recall_target > 0:
                 stats.update(sized)
             log(name, f"state E{idx}: recall@{k} against exact {stats['recall_vs_exact']:.4f}")
-        metrics = evaluate(ranker)
+        metrics = evaluate(ranker, layout.teacher_state(name, idx[0]))
         log(
             f"{name}",
             f"state E{idx} epoch {epoch}: valid R@50={metrics['valid']['R@50']:.4f} "
