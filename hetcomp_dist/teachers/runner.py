@@ -127,9 +127,9 @@ def evaluate_state(run: str, ranker: Ranker, folder: str, eval_cfg: EvalConfig, 
 
     With an approximate ranker each protocol's list is read off the exported one (its first items
     outside the protocol's set; a user whose list runs short is ranked again: `evaluate_ranking`'s
-    refill), where `evaluate_ranker` would search twice more. The lists are the ranker's own, as
-    `evaluate_topk` would give them, but on the candidate path: there the candidates are the export's,
-    drawn outside train, where a search per protocol draws them outside its own set. Exact rankers keep
+    refill), where `evaluate_ranker` would search twice more. The lists are those `evaluate_topk` gives,
+    except on the candidate path, where the candidates are the export's (drawn outside train) rather
+    than drawn per protocol (NeuMF at 100k users: the same metrics to 1e-15). Exact rankers keep
     `evaluate_ranker` (FAISS or score blocks: one search for both protocols already)."""
     if ranker.candidates or ranker.approximate:
         return evaluate_ranking(run, folder, tuple(eval_cfg.ks), ("valid", "test"), refill=(ranker.topk, k))
