@@ -579,6 +579,7 @@ def evaluate_ranking(
     """
     m = load_manifest(run)
     k = max(ks)
+    topk_fn, saved_k = refill if refill is not None else (None, 0)
     sums = {split: MetricSums(ks) for split in splits}
     for s, lo, hi in storage.iter_shards("", m["n_users"], m["shard_size"]):
         parts = dict(zip(("train", "valid", "test"), _shard_parts(run, m, s, lo, hi)))
@@ -590,13 +591,12 @@ def evaluate_ranking(
         cand = storage.csr_to_dense(ranked.offsets, ranked.items)
         sub = {name: part.take(rows) for name, part in parts.items()}
         tops = protocol_lists(cand, sub["train"], sub["valid"], sub["test"], k, m["n_items"], splits)
+        full = ranked.lengths() >= saved_k if topk_fn is not None else None  # saved lists of K items
         for split, top in tops.items():
-            if refill is not None:
-                topk_fn, saved_k = refill
-                short = np.nonzero((top[:, k - 1] == PAD) & (ranked.lengths() >= saved_k))[0]
-                if len(short):
-                    ex = union(*(sub[name].take(short) for name in DROPS[split]))
-                    top[short] = topk_fn(rows[short] + lo, k, ex.offsets, ex.items)
+            short = np.nonzero((top[:, k - 1] == PAD) & full)[0] if full is not None else ()
+            if len(short):
+                ex = union(*(sub[name].take(short) for name in DROPS[split]))
+                top[short] = topk_fn(rows[short] + lo, k, ex.offsets, ex.items)
             g = sub[split]
             sums[split].add(recall_ndcg(top, g.offsets, g.items, ks, m["n_items"]))
     return {split: sums[split].means() for split in splits}
