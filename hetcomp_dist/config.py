@@ -197,6 +197,10 @@ class TeachersConfig:
     # doubled) until its recall@topk against exact reaches this on export_recall_users other users
     # (teachers/trajectory.py: calibrate_breadth); 0 = the eval.ivf_nprobe / hnsw_ef_search as set
     export_recall_target: float = ranged(0.0, Range(0, 1))
+    # > 0, with export_recall_target: an IVF search that would have to widen to this share of its lists
+    # or more exports that state exactly instead (a flat index: recall 1, and where IVF scans half its
+    # lists no slower; docs/PERFORMANCE.md); 0 = always the IVF as calibrated
+    export_exact_share: float = ranged(0.25, Range(0, 1))
     keep_snapshots: bool = False  # False: after the export keep only the four state snapshots
     progress_every_s: float = ranged(10.0, POSITIVE)  # driver's progress table period
     # model-specific

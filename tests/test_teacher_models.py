@@ -155,6 +155,15 @@ def test_calibrate_breadth_sizes_the_probes_to_the_target():
     assert recall(ranker(nprobe // 2), calib) < 0.95  # the first doubling that reaches it
     assert recall(approx, np.arange(200, 400)) >= 0.9  # and it holds on users it was not sized on
 
+    # exact_share: it stops short of the widening that reaches that share of the lists, and says exact
+    short = ranker(1)
+    stop = calibrate_breadth(short, exact, train, calib, k, 0.95, exact_share=nprobe / 64)
+    assert stop["exact"] and retrieval.search_breadth(short.index)["nprobe"] == nprobe // 2
+    assert stop["calibration_steps"] == sized["calibration_steps"] - 1 and stop["calibration_recall"] < 0.95
+    above = ranker(1)  # a share the calibrated search stays under: as without one
+    assert calibrate_breadth(above, exact, train, calib, k, 0.95, exact_share=(nprobe + 1) / 64) == sized
+    assert not sized["exact"]
+
     full = ranker(1)
     calibrate_breadth(full, exact, train, calib, k, 1.0)
     assert retrieval.search_breadth(full.index) == {"nprobe": 64, "nlist": 64}

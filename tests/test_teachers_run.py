@@ -499,6 +499,7 @@ def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
             export_candidates=40,
             export_recall_users=150,
             export_recall_target=0.99,
+            export_exact_share=0.0,  # the IVF as calibrated, however wide (the exact switch: below)
         ),
         eval=dataclasses.replace(exact.eval, ivf_nlist=8, ivf_nprobe=2),
     )
@@ -517,6 +518,10 @@ def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
     plain = dict(export_recall_target=0.0)
     assert hash_of(approx, **plain, export_recall_users=100) == hash_of(approx, **plain)
     assert hash_of(exact, export_recall_target=0.9, export_recall_users=100) == hash_of(exact)
+    assert hash_of(approx, export_exact_share=0.5) != hash_of(approx)  # it can change the lists
+    # read by the calibration only
+    assert hash_of(approx, **plain, export_exact_share=0.5) == hash_of(approx, **plain)
+    assert hash_of(exact, export_exact_share=0.5) == hash_of(exact)
     man = run_teacher(run, approx, name)
     check_trajectory(run, name)
     metrics = storage.read_json(RunLayout(run).teacher_metrics(name))
@@ -537,6 +542,56 @@ def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
     for split in ("valid", "test"):
         for key, value in want[split].items():
             assert metrics["states"][3][split][key] == pytest.approx(value, abs=1e-6), (split, key)
+
+
+@pytest.mark.parametrize("name", ["mf", "dnn"])
+def test_a_state_whose_search_would_probe_half_the_lists_is_exported_exactly(tmp_path, synth_run, name):
+    """teachers.export_exact_share: with recall 1 out of reach at 2 of 7 lists and the next widening at
+    4/7 >= 0.5, each state of an embedding teacher is exported by the exact flat ranker -- lists equal to
+    a flat ranker's on the same snapshot, recall 1, search {"exact": true} -- and its metrics, read off
+    that export, equal the exact ranker's own evaluation. NeuMF's candidate path keeps its IVF (exact
+    there means scoring every item with the network)."""
+    from hetcomp_dist.teachers.runner import evaluate_ranker, export_eval
+    from hetcomp_dist.teachers.trajectory import Ranker
+
+    run = copy_run(synth_run, tmp_path / "run")
+    base = tiny_config(run, names=(name,), max_epochs=4, eval_every=4, snapshot_every=1)
+    cfg = dataclasses.replace(
+        base,
+        teachers=dataclasses.replace(
+            base.teachers,
+            export_index="ivf",
+            export_candidates=40,
+            export_recall_users=150,
+            export_recall_target=1.0,
+            export_exact_share=0.5,
+        ),
+        eval=dataclasses.replace(base.eval, ivf_nlist=8, ivf_nprobe=2),
+    )
+    man = run_teacher(run, cfg, name)
+    check_trajectory(run, name)
+    layout, data = RunLayout(run), load_manifest(run)
+    metrics = storage.read_json(layout.teacher_metrics(name))
+    train = load_split(run, "train")
+    model = model_class(name, cfg.teachers)(data["n_users"], data["n_items"], cfg.teachers, train)
+    flat = dataclasses.replace(export_eval(cfg), index="flat")
+    users = np.arange(data["n_users"])
+    for i, st in enumerate(metrics["states"], start=1):
+        ex = st["export"]
+        if name == "dnn":
+            assert ex["exact"] is False and ex["search_breadth"]["nlist"] == 7
+            continue
+        assert ex["search_breadth"] == {"exact": True} and ex["recall_vs_exact"] == 1.0
+        assert ex["exact"] and ex["calibration_steps"] == 0 and ex["calibration_recall"] < 1
+        model.load_state_dict(load_weights(layout.teacher_snapshot(name, man["state_epochs"][i - 1])))
+        ranker = Ranker(model, train, flat, cfg.teachers.export_batch_size)
+        want = ranker.topk(users, K, train.offsets, train.items)
+        got = read_lists(layout.teacher_state(name, i), data["n_users"], data["shard_size"])
+        assert [list(r) for r in got] == [[int(x) for x in row if x >= 0] for row in want], i
+        ref = evaluate_ranker(run, ranker, flat)
+        for split in ("valid", "test"):
+            for key, value in ref[split].items():
+                assert st[split][key] == pytest.approx(value, abs=1e-9), (i, split, key)
 
 
 def test_check_export_recall_is_exact_when_every_list_is_probed(tmp_path, synth_run):

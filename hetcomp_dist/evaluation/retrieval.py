@@ -170,6 +170,14 @@ def search_breadth(index) -> dict | None:
     return None
 
 
+def widened_share(index) -> float | None:
+    """The share of its lists an IVF would probe after one more `widen` (None: not an IVF)."""
+    inner = index.index if isinstance(index, MipsIVFIndex) else index
+    if isinstance(inner, faiss.IndexIVF):
+        return min(2 * inner.nprobe, inner.nlist) / inner.nlist
+    return None
+
+
 def widen(index) -> bool:
     """Doubles how widely an approximate index searches (IVF: the lists probed, up to every list, an
     exhaustive search; HNSW: efSearch, up to the items held). False when it cannot widen further."""

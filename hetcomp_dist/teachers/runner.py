@@ -81,9 +81,11 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
             del shared[f]
     if cfg.teachers.export_index not in APPROXIMATE_INDEXES:
         # read by an approximate index only: the candidate path, and the search sized on a sample
-        del shared["export_candidates"], shared["export_recall_target"]
+        del shared["export_candidates"], shared["export_recall_target"], shared["export_exact_share"]
     elif cfg.teachers.export_recall_target > 0:
         shared["export_recall_users"] = cfg.teachers.export_recall_users  # the calibration sample's size
+    else:
+        del shared["export_exact_share"]  # read only by the calibration
     own = dataclasses.asdict(getattr(cfg.teachers, name))
     ev = {
         k: v
@@ -129,9 +131,11 @@ def evaluate_state(run: str, ranker: Ranker, folder: str, eval_cfg: EvalConfig, 
     outside the protocol's set; a user whose list runs short is ranked again: `evaluate_ranking`'s
     refill), where `evaluate_ranker` would search twice more. The lists are those `evaluate_topk` gives,
     except on the candidate path, where the candidates are the export's (drawn outside train) rather
-    than drawn per protocol (NeuMF at 100k users: the same metrics to 1e-15). Exact rankers keep
-    `evaluate_ranker` (FAISS or score blocks: one search for both protocols already)."""
-    if ranker.candidates or ranker.approximate:
+    than drawn per protocol (NeuMF at 100k users: the same metrics to 1e-15). So is a state that an
+    approximate export index handed to the exact ranker (`calibrate_breadth`'s ``exact``): at the sizes
+    that configure one, a search is what costs. Exact rankers of an exact export keep `evaluate_ranker`
+    (FAISS or score blocks: one search for both protocols already)."""
+    if ranker.candidates or ranker.approximate or eval_cfg.index in APPROXIMATE_INDEXES:
         return evaluate_ranking(run, folder, tuple(eval_cfg.ks), ("valid", "test"), refill=(ranker.topk, k))
     return evaluate_ranker(run, ranker, eval_cfg, ("valid", "test"))
 
@@ -203,6 +207,7 @@ def _run_teacher(
         candidates=cands,
         recall_users=cfg.teachers.export_recall_users,
         recall_target=cfg.teachers.export_recall_target,
+        exact_share=cfg.teachers.export_exact_share,
         seed=cfg.teachers.seed,
     )
     export_s = time.perf_counter() - t_export

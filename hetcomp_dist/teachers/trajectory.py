@@ -190,10 +190,19 @@ def recall_vs_exact(ranker: Ranker, exact: Ranker, train: CSR, users: np.ndarray
 
 
 def calibrate_breadth(
-    ranker: Ranker, exact: Ranker, train: CSR, users: np.ndarray, k: int, target: float
+    ranker: Ranker,
+    exact: Ranker,
+    train: CSR,
+    users: np.ndarray,
+    k: int,
+    target: float,
+    exact_share: float = 0.0,
 ) -> dict:
     """Widens the ranker's approximate index (`retrieval.widen`: IVF lists probed, HNSW efSearch, each
-    doubled) until its recall@k against exact on `users` reaches `target`, or it searches exhaustively.
+    doubled) until its recall@k against exact on `users` reaches `target`, or it searches exhaustively;
+    with `exact_share` > 0, it stops short of an IVF widening to that share of its lists or more and
+    says ``exact``: the caller ranks exactly instead (a flat index scans the whole catalogue through BLAS,
+    about as fast as an IVF scanning a quarter of it list by list; docs/PERFORMANCE.md).
 
     Why: how many lists keep the exact top-k depends on the trained embeddings (at 10k items, 32 of 256
     lists kept .72 to .99 of the lists of six teachers), not on the catalogue alone, so a fixed nprobe
@@ -202,17 +211,25 @@ def calibrate_breadth(
 
     Returns:
         {"calibration_recall": recall@k on `users` at the final search, "calibration_steps": how many
-        times it widened}; the search itself is the index's `retrieval.search_breadth`.
+        times it widened, "exact": whether the caller should rank exactly (recall short of `target` and
+        the next widening at `exact_share` or above)}; the search itself is the index's
+        `retrieval.search_breadth`.
     """
     ex = train.take(np.asarray(users) - train.lo)
     want = exact.topk(users, k, ex.offsets, ex.items)
-    steps = 0
+    steps, go_exact = 0, False
     while True:
         recall = list_overlap(ranker.topk(users, k, ex.offsets, ex.items), want)
-        if recall >= target or not retrieval.widen(ranker.index):
+        if recall >= target:
+            break
+        share = retrieval.widened_share(ranker.index)
+        if exact_share > 0 and share is not None and share >= exact_share:
+            go_exact = True
+            break
+        if not retrieval.widen(ranker.index):
             break
         steps += 1
-    return {"calibration_recall": recall, "calibration_steps": steps}
+    return {"calibration_recall": recall, "calibration_steps": steps, "exact": go_exact}
 
 
 def _sort_rows(lists: CSR, scores: np.ndarray) -> CSR:
@@ -298,6 +315,7 @@ def export_trajectory(
     candidates: int = 0,
     recall_users: int = 0,
     recall_target: float = 0.0,
+    exact_share: float = 0.0,
     seed: int = 0,
 ) -> dict:
     """Exports E1..E4 and the E4 observed order; returns metrics.json's per-state part.
@@ -315,6 +333,9 @@ def export_trajectory(
             (`recall_vs_exact` at k) on this many users drawn with `seed`; 0 = not measured.
         recall_target: > 0: before each state's export, its index is widened (`calibrate_breadth`) until
             recall@k reaches this on another `recall_users` users; needs recall_users > 0.
+        exact_share: > 0, with `recall_target`: a state whose IVF would have to probe this share of its
+            lists or more is exported by the exact ranker instead (not on the candidate path, whose
+            exact ranking scores every item with the model).
     """
     out = {"states": []}
     dev = next(model.parameters()).device
@@ -333,13 +354,23 @@ def export_trajectory(
             sample = np.sort(drawn[:recall_users])
             calib = np.sort(drawn[recall_users:]) if len(drawn) > recall_users else sample
             if recall_target > 0:
-                sized = calibrate_breadth(ranker, exact, train, calib, k, recall_target)
-                log(
-                    name,
-                    f"state E{idx}: search {retrieval.search_breadth(ranker.index)} for recall@{k} "
-                    f">= {recall_target} ({sized['calibration_recall']:.4f} on {len(calib)} calibration "
-                    "users)",
-                )
+                exact_ok = exact_share if not ranker.candidates else 0.0  # exact = score every item there
+                sized = calibrate_breadth(ranker, exact, train, calib, k, recall_target, exact_ok)
+                breadth = retrieval.search_breadth(ranker.index)
+                if sized["exact"]:
+                    ranker = exact
+                    log(
+                        name,
+                        f"state E{idx}: recall@{k} {sized['calibration_recall']:.4f} < {recall_target} at "
+                        f"{breadth}, and the next widening probes >= {exact_share} of the lists: exported "
+                        "exactly (flat index)",
+                    )
+                else:
+                    log(
+                        name,
+                        f"state E{idx}: search {breadth} for recall@{k} >= {recall_target} "
+                        f"({sized['calibration_recall']:.4f} on {len(calib)} calibration users)",
+                    )
         observed = layout.teacher_observed(name) if N_STATES in idx else None
         stats = export_state(
             ranker,
@@ -353,9 +384,11 @@ def export_trajectory(
             label=f"{name} export E{idx} (epoch {epoch})",
         )
         if measure:
-            stats["recall_vs_exact"] = recall_vs_exact(ranker, exact, train, sample, k)
+            # a state exported by the exact ranker itself has recall 1 by construction: not re-measured
+            switched = ranker is exact
+            stats["recall_vs_exact"] = 1.0 if switched else recall_vs_exact(ranker, exact, train, sample, k)
             stats["recall_users"] = len(sample)
-            stats["search_breadth"] = retrieval.search_breadth(ranker.index)
+            stats["search_breadth"] = {"exact": True} if switched else retrieval.search_breadth(ranker.index)
             if recall_target > 0:
                 stats.update(sized)
             log(name, f"state E{idx}: recall@{k} against exact {stats['recall_vs_exact']:.4f}")
