@@ -153,6 +153,35 @@ def test_sparse_and_dense_teachers_compute_the_same_gradient(name):
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["ae", "iae"])
+def test_sampled_autoencoder_step_touches_only_its_sampled_and_target_columns(name):
+    """With a sampled softmax and sparse updates, a step changes only the decoder rows (weight and bias)
+    of the batch's sampled and target columns -- the other users' (I-AE) or items' (Mult-VAE) rows and
+    their Adam moments stay bit for bit -- and its gradient is the dense layer's, stored sparse."""
+    samples = {f"{name}_decoder_samples": 10}
+    model = _teacher(name, **samples)
+    assert model.core.sparse
+    opt = RowwiseAdam(model.optimizer_parameters(), lr=0.01, fused=True)
+    batches = list(model.batches(tiny_train(), np.random.default_rng(0), 4))
+
+    def columns(batch):
+        cols = torch.cat([batch["sample"], batch["cols"]])
+        return {"core.dec.weight": cols, "core.dec.bias": cols}
+
+    _two_steps(model, opt, batches, columns)
+    grads = []
+    for sparse in (False, True):
+        m = _teacher(name, sparse_updates=sparse, **samples)
+        assert m.core.sparse == sparse
+        batch = next(iter(m.batches(tiny_train(), np.random.default_rng(0), 4)))
+        m.loss(batch).backward()
+        grads.append({n: p.grad.to_dense() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "core.dec.bias" in grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-6, atol=1e-7)
+    assert not _teacher(name, **{f"{name}_decoder_samples": 0}).core.sparse  # the full softmax stays dense
+
+
 # -------------------------------------------------------------------------------- LightGCN's cache
 def test_cached_lightgcn_is_exact_at_a_refresh_and_trains_its_batch_rows():
     """Right after a refresh the cached loss is the exact loss; without walks its gradient reaches the
@@ -374,12 +403,14 @@ def test_hashed_iae_keeps_quality(synth_run):
     assert hashed >= exact - QUALITY_TOLERANCE, (exact, hashed)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("name", ["ae", "iae"])
-def test_sampled_decoder_keeps_quality(synth_run, name):
+def test_sampled_decoder_keeps_quality(synth_run, name, sparse):
     """A quarter of the columns sampled per batch (75 of 300 items for Mult-VAE, 100 of 400 users for the
-    I-AE) against the full softmax."""
+    I-AE) against the full softmax; with sparse updates too, the decoder's sampled rows row-wise."""
     exact = best_valid(synth_run, name, 12)
-    sampled = best_valid(synth_run, name, 12, **{f"{name}_decoder_samples": 75 if name == "ae" else 100})
+    samples = {f"{name}_decoder_samples": 75 if name == "ae" else 100}
+    sampled = best_valid(synth_run, name, 12, sparse_updates=sparse, **samples)
     assert sampled >= exact - QUALITY_TOLERANCE, (exact, sampled)
 
 

@@ -14,7 +14,9 @@ h(u)), so the encoder is H x hidden whatever the user count; colliding users sha
 signs keep their sum unbiased. The decoder scores every user per item -- that is the model, and its
 (items x users) logits block is what a batch costs: `teachers.iae_max_logits` caps the item batch so
 the block stays bounded (64 items at 1M users with the default). With ``teachers.iae_decoder_samples`` the
-training's block is (items x sampled users) instead (`vae.log_normaliser`); scoring is unchanged.
+training's block is (items x sampled users) instead (`vae.log_normaliser`), and with
+``teachers.sparse_updates`` too a step updates only those users' decoder rows (`VAECore.dec_rows`, lazy
+row-wise Adam), so an epoch costs O(items x samples), not O(items x users); scoring is unchanged.
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ class ItemAE(_AnnealedBeta):
         # a batch's logits block is (items, users), or (items, sampled users) with iae_decoder_samples
         width = min(self.samples, n_users) if self.samples else n_users
         self.max_batch = max(1, cfg.iae_max_logits // max(width, 1))
-        self.core = VAECore(n_users, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden, n_in=self.buckets)
+        sparse = cfg.sparse_updates and 0 < self.samples < n_users  # sampled columns: row-wise updates
+        self.core = VAECore(
+            n_users, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden, n_in=self.buckets, sparse=sparse
+        )
         self.columns = transpose(train, n_items)
         self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)
         self._cache: torch.Tensor | None = None

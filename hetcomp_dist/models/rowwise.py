@@ -36,6 +36,27 @@ def lookup(table: torch.Tensor, index: torch.Tensor, sparse: bool) -> torch.Tens
     return functional.embedding(index, table, sparse=True) if sparse else table[index]
 
 
+class _SparseGather(torch.autograd.Function):
+    """vec[index] of a 1-D parameter whose gradient is a sparse (n,) tensor of the gathered entries."""
+
+    @staticmethod
+    def forward(ctx, vec: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.n = vec.shape[0]
+        return vec[index]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(index.unsqueeze(0), grad, (ctx.n,), check_invariants=False), None
+
+
+def lookup_entries(vec: torch.Tensor, index: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """(len(index),) entries of a (n,) vector (a layer's bias); with `sparse`, its gradient is a sparse
+    tensor of those entries (`RowwiseAdam` treats each entry as a row). Dense mode is plain indexing."""
+    return _SparseGather.apply(vec, index) if sparse else vec[index]
+
+
 def touched_rows(table: torch.Tensor) -> torch.Tensor | None:
     """Distinct row indices in `table`'s sparse gradient (the rows the last step changed), or None when
     its gradient is dense or absent (the step may have changed any row)."""

@@ -6,7 +6,9 @@ latent -> ae_decoder_hidden (tanh) -> items); loss = multinomial log-likelihood 
 beta annealed linearly to ae_beta over ae_anneal_steps optimiser steps. Inputs are sparse, so the
 encoder costs O(nnz x hidden); only the decoder's (B, n_items) block is dense -- or, with
 ``teachers.ae_decoder_samples`` (scale), a (B, samples) block: the softmax's normaliser is the row's own
-targets plus the other items estimated from a uniform sample (`log_normaliser`). Scoring is unchanged.
+targets plus the other items estimated from a uniform sample (`log_normaliser`); with
+``teachers.sparse_updates`` a step then updates only the sampled and target items' decoder rows (lazy
+row-wise Adam, models/rowwise.py), not the whole n_items-wide layer. Scoring is unchanged.
 
 CDAE (Wu et al., 2016): corrupted row -> tanh(W x + V_u + b) -> sigmoid over items, BCE loss.
 
@@ -24,6 +26,7 @@ from torch.nn import functional
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
+from hetcomp_dist.models.rowwise import lookup, lookup_entries
 from hetcomp_dist.models.sampling import rows_of, sampled_tail_lse, sparse_rows
 
 _ENCODE_BLOCK = 4096  # users per encoding block in `candidate_embeddings`
@@ -38,10 +41,16 @@ class VAECore(torch.nn.Module):
         dim: latent dimension.
         dec_hidden: decoder hidden width, 0 = linear decoder.
         n_in: input width when the input is not the row itself (I-AE's hashed columns); 0 = n_cols.
+        sparse: the training's decoder rows are looked up with sparse gradients (`dec_rows`), so a
+            sampled softmax's step updates its sampled and target columns only (`RowwiseAdam`), not
+            the whole n_cols-wide layer: O(batch) per step, where the dense layer's update costs O(n_cols).
     """
 
-    def __init__(self, n_cols: int, hidden: int, dim: int, dec_hidden: int = 0, n_in: int = 0) -> None:
+    def __init__(
+        self, n_cols: int, hidden: int, dim: int, dec_hidden: int = 0, n_in: int = 0, sparse: bool = False
+    ) -> None:
         super().__init__()
+        self.sparse = sparse
         # encoder weight stored (n_in, hidden): sparse x @ W needs no transpose copy in backward
         self.enc_weight = torch.nn.Parameter(torch.empty(n_in or n_cols, hidden))
         self.enc_bias = torch.nn.Parameter(torch.zeros(hidden))
@@ -68,6 +77,14 @@ class VAECore(torch.nn.Module):
         """(B, n_cols) logits."""
         return self.dec(self.features(z))
 
+    def dec_rows(self, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """((len(cols), f) decoder weight rows, (len(cols),) biases) of columns `cols`; their gradients
+        sparse when the core is (`sparse`)."""
+        return (
+            lookup(self.dec.weight, cols, self.sparse),
+            lookup_entries(self.dec.bias, cols, self.sparse),
+        )
+
 
 def multinomial_vae_loss(core: VAECore, batch: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
     """Mean over rows of -sum_j x_j log softmax(logits)_j + beta * KL(q(z|x) || N(0, I)).
@@ -82,7 +99,8 @@ def multinomial_vae_loss(core: VAECore, batch: dict[str, torch.Tensor], beta: fl
     # -sum_j x_j log softmax_j = n * logsumexp(logits) - sum_{j in x} logit_j; the picked logits are
     # computed from their decoder rows, so no (B, n_cols) index/scatter in the backward pass
     rows, cols = batch["rows"], batch["cols"]
-    picked = (f[rows] * core.dec.weight[cols]).sum(1) + core.dec.bias[cols]
+    w, b = core.dec_rows(cols)
+    picked = (f[rows] * w).sum(1) + b
     lse = log_normaliser(core, f, rows, cols, picked, batch.get("sample"))
     counts = torch.bincount(rows, minlength=len(mu)).to(lse.dtype)
     nll = ((counts * lse).sum() - picked.sum()) / len(mu)
@@ -108,7 +126,8 @@ def log_normaliser(
     top = torch.full((B,), float("-inf"), dtype=f.dtype, device=f.device)
     top = top.scatter_reduce(0, rows, picked.detach(), "amax")  # a stable shift per row
     own = torch.zeros(B, dtype=f.dtype, device=f.device).index_add(0, rows, torch.exp(picked - top[rows]))
-    logits = f @ core.dec.weight[sample].T + core.dec.bias[sample]
+    w, b = core.dec_rows(sample)
+    logits = f @ w.T + b
     rest = sampled_tail_lse(logits, sample, rows, cols, core.dec.out_features)
     return torch.logaddexp(torch.log(own) + top, rest)
 
@@ -170,7 +189,10 @@ class MultVAE(_AnnealedBeta):
         super().__init__()
         self.n_users, self.n_items, self.dim, self.drop = n_users, n_items, cfg.dim, cfg.ae_dropout
         self.samples = cfg.ae_decoder_samples
-        self.core = VAECore(n_items, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden)
+        sampled = 0 < self.samples < n_items
+        self.core = VAECore(
+            n_items, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden, sparse=cfg.sparse_updates and sampled
+        )
         self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)
 
     def batches(

@@ -79,6 +79,9 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
     for f in ("ae_decoder_samples", "iae_decoder_samples"):
         if shared.get(f) == 0:  # the full softmax: the hashes of autoencoders trained before the option hold
             del shared[f]
+        elif f in shared and cfg.teachers.sparse_updates:
+            # sampled decoder rows take row-wise updates (VAECore.dec_rows), which they did not before
+            shared["sparse_decoder"] = True
     if cfg.teachers.export_index not in APPROXIMATE_INDEXES:
         # read by an approximate index only: the candidate path, and the search sized on a sample
         del shared["export_candidates"], shared["export_recall_target"], shared["export_exact_share"]
