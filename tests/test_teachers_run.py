@@ -544,6 +544,40 @@ def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
             assert metrics["states"][3][split][key] == pytest.approx(value, abs=1e-6), (split, key)
 
 
+def test_the_only_evaluation_at_the_last_epoch_is_left_to_the_export(tmp_path, synth_run, monkeypatch):
+    """max_epochs = eval_every (the scale config's case): the training's one evaluation would fall on its
+    last epoch, which is then the best whatever it scores, so fit leaves it to the export -- no valid
+    search during training -- and metrics.json's best valid R@50 and history hold E4's valid metrics. With
+    an evaluation before the last epoch, both are still made during training."""
+    from hetcomp_dist.teachers import runner
+
+    calls = []
+    real = runner.evaluate_ranker
+
+    def counting(run_, ranker, ecfg, splits=("valid", "test")):
+        calls.append(tuple(splits))
+        return real(run_, ranker, ecfg, splits)
+
+    monkeypatch.setattr(runner, "evaluate_ranker", counting)
+    for epochs, in_training in ((4, 0), (8, 2)):
+        run = copy_run(synth_run, tmp_path / f"run{epochs}")
+        calls.clear()
+        cfg = tiny_config(run, names=("mf",), max_epochs=epochs, eval_every=4, snapshot_every=1, patience=5)
+        man = run_teacher(run, cfg, "mf")
+        assert calls.count(("valid",)) == in_training, calls
+        metrics = storage.read_json(RunLayout(run).teacher_metrics("mf"))
+        e4 = metrics["states"][3]
+        assert [h["epoch"] for h in metrics["history"]] == list(range(4, epochs + 1, 4))
+        assert all(h["valid"] is not None for h in metrics["history"])
+        assert man["state_epochs"][-1] == metrics["convergence_epoch"]
+        if in_training == 0:
+            assert metrics["convergence_epoch"] == 4
+            assert metrics["best_valid_R@50"] == e4["valid"]["R@50"]
+            assert metrics["history"][-1]["valid"] == e4["valid"]
+        else:
+            assert metrics["best_valid_R@50"] == max(h["valid"]["R@50"] for h in metrics["history"])
+
+
 @pytest.mark.parametrize("name", ["mf", "dnn"])
 def test_a_state_whose_search_would_probe_half_the_lists_is_exported_exactly(tmp_path, synth_run, name):
     """teachers.export_exact_share: with recall 1 out of reach at 2 of 7 lists and the next widening at

@@ -93,7 +93,10 @@ class TeacherGroup:
             busy = s.get("train_s", 0.0) + s.get("eval_s", 0.0)
             rate = f"{s.get('epoch', 0) / busy:.2f}" if busy > 0 else "-"
             last = f"{s['valid_R@50']:.4f}" if "valid_R@50" in s else "-"
-            best = f"{s['best_valid_R@50']:.4f}@{s['best_epoch']}" if s.get("best_epoch") else "-"
+            best = "-"
+            if s.get("best_epoch"):
+                value = s.get("best_valid_R@50")
+                best = f"{value:.4f}@{s['best_epoch']}" if value is not None else f"export@{s['best_epoch']}"
             loss = f"{s['loss']:.4f}" if "loss" in s else "-"
             lines.append(
                 f"  {name:<4} {s.get('phase', 'queued'):<9} epoch {s.get('epoch', 0):>4}  loss {loss:>9}  "

@@ -131,7 +131,10 @@ def fit(
 
     Returns:
         {"best_epoch", "best_valid", "history", "snapshots", "epochs", "train_s", "eval_s",
-         "resumed_from", "stop"}; the model holds the last epoch's weights.
+         "resumed_from", "stop"}; the model holds the last epoch's weights. When the only evaluation
+        would fall on the last epoch (max_epochs = eval_every, the scale config's case), it is not made:
+        that epoch is the best whatever it scores, and the export evaluates it anyway; best_valid is then
+        -1 and the last history entry's "valid" None, for the caller to fill from the export.
     """
     trainable = model.optimizer_parameters()
     # fused Adam: one kernel per parameter instead of one per tensor op, for big item tables on CPU;
@@ -165,7 +168,16 @@ def fit(
         if snap:
             _save_torch(layout.teacher_snapshot(name, epoch), model.state_dict())
             state["snapshots"].append(epoch)
-        if epoch % params.eval_every == 0:
+        if epoch % params.eval_every == 0 and epoch >= params.max_epochs and not state["history"]:
+            # the training's only evaluation, at its last epoch, cannot change which epoch is best (this
+            # one), and the export evaluates this very state on valid and test: it is left to the export
+            # (best_valid -1 until then; the caller fills it and this history entry's "valid")
+            state.update(best_epoch=epoch, bad=0)
+            state["history"].append({"epoch": epoch, "loss": status["loss"], "valid": None})
+            prune = prunable_snapshots(state["snapshots"], state["best_epoch"])
+            state["snapshots"] = [e for e in state["snapshots"] if e not in prune]
+            log(f"teacher {name}", f"epoch {epoch} loss {status['loss']:.4f}: valid R@50 from the export")
+        elif epoch % params.eval_every == 0:
             t1 = time.perf_counter()
             metrics = evaluate(model)
             state["eval_s"] += time.perf_counter() - t1
@@ -209,7 +221,8 @@ def fit(
             on_progress(
                 {
                     **status,
-                    "best_valid_R@50": state["best"],
+                    # None while it waits for the export (the only evaluation, deferred)
+                    "best_valid_R@50": state["best"] if state["best"] >= 0 else None,
                     "best_epoch": state["best_epoch"],
                     "train_s": state["train_s"],
                     "eval_s": state["eval_s"],

@@ -214,6 +214,11 @@ def _run_teacher(
         seed=cfg.teachers.seed,
     )
     export_s = time.perf_counter() - t_export
+    if result["history"] and result["history"][-1]["valid"] is None:
+        # fit left its only evaluation (the last epoch, the best one) to the export: E4 is that state
+        e4 = next(s for s in traj["states"] if s["state"] == N_STATES)
+        result["history"][-1]["valid"] = e4["valid"]
+        result["best_valid"] = float(e4["valid"]["R@50"])
     if on_progress is not None:
         on_progress(
             {
