@@ -182,7 +182,8 @@ class TeachersConfig:
     num_gpus: float = ranged(-1.0, Range(note="< 0 = auto"))
     max_restarts: int = ranged(3, NON_NEGATIVE)  # bounded: Ray's -1 would restart a crashing actor forever
     seed: int = ranged(0, NON_NEGATIVE)
-    # embedding tables (mf, ml, dnn; gnn's layer-0 rows with gnn_refresh_every > 0) take sparse, lazy
+    # embedding tables (mf, ml, dnn; gnn's layer-0 rows with gnn_refresh_every > 0; Mult-VAE's input
+    # layer; the autoencoders' sampled decoder rows with ae_/iae_decoder_samples) take sparse, lazy
     # row-wise Adam updates: a step costs O(batch) rows, not O(table) (models/rowwise.py)
     sparse_updates: bool = False
     export_batch_size: int = ranged(1024, COUNT)  # users per scoring block in the trajectory export

@@ -156,8 +156,9 @@ def test_sparse_and_dense_teachers_compute_the_same_gradient(name):
 @pytest.mark.parametrize("name", ["ae", "iae"])
 def test_sampled_autoencoder_step_touches_only_its_sampled_and_target_columns(name):
     """With a sampled softmax and sparse updates, a step changes only the decoder rows (weight and bias)
-    of the batch's sampled and target columns -- the other users' (I-AE) or items' (Mult-VAE) rows and
-    their Adam moments stay bit for bit -- and its gradient is the dense layer's, stored sparse."""
+    of the batch's sampled and target columns and (Mult-VAE) the encoder's input rows of the columns its
+    inputs hold -- the other rows and their Adam moments stay bit for bit -- and its gradient is the
+    dense layers', stored sparse (the input layer's summed in another order: equal to float rounding)."""
     samples = {f"{name}_decoder_samples": 10}
     model = _teacher(name, **samples)
     assert model.core.sparse
@@ -166,20 +167,25 @@ def test_sampled_autoencoder_step_touches_only_its_sampled_and_target_columns(na
 
     def columns(batch):
         cols = torch.cat([batch["sample"], batch["cols"]])
-        return {"core.dec.weight": cols, "core.dec.bias": cols}
+        rows = {"core.dec.weight": cols, "core.dec.bias": cols}
+        if name == "ae":  # Mult-VAE's input layer is items wide and its steps grow with users: row-wise too
+            rows["core.enc_weight"] = batch["x"].coalesce().indices()[1]
+        return rows
 
     _two_steps(model, opt, batches, columns)
     grads = []
     for sparse in (False, True):
         m = _teacher(name, sparse_updates=sparse, **samples)
-        assert m.core.sparse == sparse
+        assert m.core.sparse == sparse and m.core.sparse_input == (sparse and name == "ae")
         batch = next(iter(m.batches(tiny_train(), np.random.default_rng(0), 4)))
         m.loss(batch).backward()
         grads.append({n: p.grad.to_dense() for n, p in m.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and "core.dec.bias" in grads[0]
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-6, atol=1e-7)
-    assert not _teacher(name, **{f"{name}_decoder_samples": 0}).core.sparse  # the full softmax stays dense
+    full = _teacher(name, **{f"{name}_decoder_samples": 0})
+    # the full softmax's decoder stays dense; Mult-VAE's input layer is row-wise still
+    assert not full.core.sparse and full.core.sparse_input == (name == "ae")
 
 
 # -------------------------------------------------------------------------------- LightGCN's cache

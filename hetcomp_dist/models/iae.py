@@ -63,7 +63,12 @@ class ItemAE(_AnnealedBeta):
         self.max_batch = max(1, cfg.iae_max_logits // max(width, 1))
         sparse = cfg.sparse_updates and 0 < self.samples < n_users  # sampled columns: row-wise updates
         self.core = VAECore(
-            n_users, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden, n_in=self.buckets, sparse=sparse
+            n_users,
+            cfg.ae_hidden,
+            cfg.dim,
+            cfg.ae_decoder_hidden,
+            n_in=self.buckets,
+            sparse=sparse,
         )
         self.columns = transpose(train, n_items)
         self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)

@@ -8,7 +8,8 @@ encoder costs O(nnz x hidden); only the decoder's (B, n_items) block is dense --
 ``teachers.ae_decoder_samples`` (scale), a (B, samples) block: the softmax's normaliser is the row's own
 targets plus the other items estimated from a uniform sample (`log_normaliser`); with
 ``teachers.sparse_updates`` a step then updates only the sampled and target items' decoder rows (lazy
-row-wise Adam, models/rowwise.py), not the whole n_items-wide layer. Scoring is unchanged.
+row-wise Adam, models/rowwise.py), not the whole n_items-wide layer, and the encoder's input layer only
+the rows of the items the batch's inputs hold (`VAECore.sparse_input`). Scoring is unchanged.
 
 CDAE (Wu et al., 2016): corrupted row -> tanh(W x + V_u + b) -> sigmoid over items, BCE loss.
 
@@ -44,13 +45,23 @@ class VAECore(torch.nn.Module):
         sparse: the training's decoder rows are looked up with sparse gradients (`dec_rows`), so a
             sampled softmax's step updates its sampled and target columns only (`RowwiseAdam`), not
             the whole n_cols-wide layer: O(batch) per step, where the dense layer's update costs O(n_cols).
+        sparse_input: the encoder's input layer is a sum of the input's rows of `enc_weight`
+            (`embedding_bag`) whose gradient is sparse, so a step updates the rows of the columns its
+            inputs hold, not all n_in (the sparse product's gradient is a dense (n_in, hidden) matrix).
     """
 
     def __init__(
-        self, n_cols: int, hidden: int, dim: int, dec_hidden: int = 0, n_in: int = 0, sparse: bool = False
+        self,
+        n_cols: int,
+        hidden: int,
+        dim: int,
+        dec_hidden: int = 0,
+        n_in: int = 0,
+        sparse: bool = False,
+        sparse_input: bool = False,
     ) -> None:
         super().__init__()
-        self.sparse = sparse
+        self.sparse, self.sparse_input = sparse, sparse_input
         # encoder weight stored (n_in, hidden): sparse x @ W needs no transpose copy in backward
         self.enc_weight = torch.nn.Parameter(torch.empty(n_in or n_cols, hidden))
         self.enc_bias = torch.nn.Parameter(torch.zeros(hidden))
@@ -65,7 +76,17 @@ class VAECore(torch.nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar), each (B, dim), of a sparse (B, n_in) input."""
-        h = torch.tanh(torch.sparse.mm(x, self.enc_weight) + self.enc_bias)
+        if self.sparse_input:
+            x = x.coalesce()  # row-major entries: each row's bag is contiguous
+            rows, cols = x.indices()
+            offsets = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+            offsets[1:] = torch.bincount(rows, minlength=x.shape[0]).cumsum(0)[:-1]
+            bag = functional.embedding_bag(
+                cols, self.enc_weight, offsets, mode="sum", per_sample_weights=x.values(), sparse=True
+            )
+            h = torch.tanh(bag + self.enc_bias)
+        else:
+            h = torch.tanh(torch.sparse.mm(x, self.enc_weight) + self.enc_bias)
         mu, logvar = self.enc_out(h).chunk(2, dim=1)
         return mu, logvar
 
@@ -191,7 +212,12 @@ class MultVAE(_AnnealedBeta):
         self.samples = cfg.ae_decoder_samples
         sampled = 0 < self.samples < n_items
         self.core = VAECore(
-            n_items, cfg.ae_hidden, cfg.dim, cfg.ae_decoder_hidden, sparse=cfg.sparse_updates and sampled
+            n_items,
+            cfg.ae_hidden,
+            cfg.dim,
+            cfg.ae_decoder_hidden,
+            sparse=cfg.sparse_updates and sampled,
+            sparse_input=cfg.sparse_updates,
         )
         self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)
 

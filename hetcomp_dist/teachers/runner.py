@@ -82,6 +82,8 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
         elif f in shared and cfg.teachers.sparse_updates:
             # sampled decoder rows take row-wise updates (VAECore.dec_rows), which they did not before
             shared["sparse_decoder"] = True
+    if name == "ae" and cfg.teachers.sparse_updates:
+        shared["sparse_encoder_input"] = True  # VAECore.sparse_input: row-wise, where it was dense before
     if cfg.teachers.export_index not in APPROXIMATE_INDEXES:
         # read by an approximate index only: the candidate path, and the search sized on a sample
         del shared["export_candidates"], shared["export_recall_target"], shared["export_exact_share"]
