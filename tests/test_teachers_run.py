@@ -477,6 +477,19 @@ def test_torch_threads_are_part_of_a_teachers_hash(tmp_path, synth_run):
         real(threads)
 
 
+def ivf_config(run: str, name: str, **teachers) -> Config:
+    """`tiny_config` for teacher `name` (4 epochs, a snapshot each) exporting through an IVF of 7 lists,
+    2 probed at first, NeuMF through 40 candidates, recall measured on 150 users; `teachers` overrides."""
+    base = tiny_config(run, names=(name,), max_epochs=4, eval_every=4, snapshot_every=1)
+    return dataclasses.replace(
+        base,
+        teachers=dataclasses.replace(
+            base.teachers, export_index="ivf", export_candidates=40, export_recall_users=150, **teachers
+        ),
+        eval=dataclasses.replace(base.eval, ivf_nlist=8, ivf_nprobe=2),
+    )
+
+
 # an embedding model; a candidate-then-rescore model; a model whose candidate vectors are its scores
 @pytest.mark.parametrize("name", ["mf", "dnn", "ae"])
 def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
@@ -491,18 +504,8 @@ def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
 
     run = copy_run(synth_run, tmp_path / "run")
     exact = tiny_config(run, names=(name,), max_epochs=4, eval_every=4, snapshot_every=1)
-    approx = dataclasses.replace(
-        exact,
-        teachers=dataclasses.replace(
-            exact.teachers,
-            export_index="ivf",
-            export_candidates=40,
-            export_recall_users=150,
-            export_recall_target=0.99,
-            export_exact_share=0.0,  # the IVF as calibrated, however wide (the exact switch: below)
-        ),
-        eval=dataclasses.replace(exact.eval, ivf_nlist=8, ivf_nprobe=2),
-    )
+    # the IVF as calibrated, however wide (the exact switch: the test below)
+    approx = ivf_config(run, name, export_recall_target=0.99, export_exact_share=0.0)
     data = load_manifest(run)
 
     def hash_of(cfg, **teachers) -> str:
@@ -589,19 +592,7 @@ def test_a_state_whose_search_would_probe_half_the_lists_is_exported_exactly(tmp
     from hetcomp_dist.teachers.trajectory import Ranker
 
     run = copy_run(synth_run, tmp_path / "run")
-    base = tiny_config(run, names=(name,), max_epochs=4, eval_every=4, snapshot_every=1)
-    cfg = dataclasses.replace(
-        base,
-        teachers=dataclasses.replace(
-            base.teachers,
-            export_index="ivf",
-            export_candidates=40,
-            export_recall_users=150,
-            export_recall_target=1.0,
-            export_exact_share=0.5,
-        ),
-        eval=dataclasses.replace(base.eval, ivf_nlist=8, ivf_nprobe=2),
-    )
+    cfg = ivf_config(run, name, export_recall_target=1.0, export_exact_share=0.5)
     man = run_teacher(run, cfg, name)
     check_trajectory(run, name)
     layout, data = RunLayout(run), load_manifest(run)

@@ -168,39 +168,38 @@ def fit(
         if snap:
             _save_torch(layout.teacher_snapshot(name, epoch), model.state_dict())
             state["snapshots"].append(epoch)
-        if epoch % params.eval_every == 0 and epoch >= params.max_epochs and not state["history"]:
-            # the training's only evaluation, at its last epoch, cannot change which epoch is best (this
-            # one), and the export evaluates this very state on valid and test: it is left to the export
-            # (best_valid -1 until then; the caller fills it and this history entry's "valid")
-            state.update(best_epoch=epoch, bad=0)
-            state["history"].append({"epoch": epoch, "loss": status["loss"], "valid": None})
-            prune = prunable_snapshots(state["snapshots"], state["best_epoch"])
-            state["snapshots"] = [e for e in state["snapshots"] if e not in prune]
-            log(f"teacher {name}", f"epoch {epoch} loss {status['loss']:.4f}: valid R@50 from the export")
-        elif epoch % params.eval_every == 0:
-            t1 = time.perf_counter()
-            metrics = evaluate(model)
-            state["eval_s"] += time.perf_counter() - t1
-            r50 = float(metrics["R@50"])
-            if r50 > state["best"]:
-                state.update(best=r50, best_epoch=epoch, bad=0)
+        if epoch % params.eval_every == 0:
+            if epoch >= params.max_epochs and not state["history"]:
+                # the training's only evaluation, at its last epoch, cannot change which epoch is best
+                # (this one), and the export evaluates this very state on valid and test: it is left to
+                # the export (best_valid -1 until then; the caller fills it and this history entry's "valid")
+                state.update(best_epoch=epoch, bad=0)
+                state["history"].append({"epoch": epoch, "loss": status["loss"], "valid": None})
+                log(f"teacher {name}", f"epoch {epoch} loss {status['loss']:.4f}: valid R@50 from the export")
             else:
-                state["bad"] += 1
-            state["history"].append({"epoch": epoch, "loss": status["loss"], "valid": metrics})
-            status["valid_R@50"] = r50
+                t1 = time.perf_counter()
+                metrics = evaluate(model)
+                state["eval_s"] += time.perf_counter() - t1
+                r50 = float(metrics["R@50"])
+                if r50 > state["best"]:
+                    state.update(best=r50, best_epoch=epoch, bad=0)
+                else:
+                    state["bad"] += 1
+                state["history"].append({"epoch": epoch, "loss": status["loss"], "valid": metrics})
+                status["valid_R@50"] = r50
+                rate = params.eval_every / max(time.perf_counter() - t_epoch, 1e-9)
+                t_epoch = time.perf_counter()
+                log(
+                    f"teacher {name}",
+                    f"epoch {epoch} loss {status['loss']:.4f} valid R@50 {r50:.4f} "
+                    f"(best {state['best']:.4f} @ {state['best_epoch']}) {rate:.2f} epochs/s",
+                )
+                if state["bad"] >= params.patience:
+                    state.update(done=True, stop="early")
             # forget snapshots no choice of E1..E4 can pick; their files go once the checkpoint
             # no longer lists them (a crash in between leaves an orphan file, never a dangling entry)
             prune = prunable_snapshots(state["snapshots"], state["best_epoch"])
             state["snapshots"] = [e for e in state["snapshots"] if e not in prune]
-            rate = params.eval_every / max(time.perf_counter() - t_epoch, 1e-9)
-            t_epoch = time.perf_counter()
-            log(
-                f"teacher {name}",
-                f"epoch {epoch} loss {status['loss']:.4f} valid R@50 {r50:.4f} "
-                f"(best {state['best']:.4f} @ {state['best_epoch']}) {rate:.2f} epochs/s",
-            )
-            if state["bad"] >= params.patience:
-                state.update(done=True, stop="early")
         if epoch >= params.max_epochs and not state["done"]:
             state.update(done=True, stop="max_epochs")
         if state["done"] and state["best_epoch"] == 0:
