@@ -493,6 +493,23 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading exponent floats without a dot (``1e-3``, ``2E5``) as numbers, as
+    YAML 1.2 and Python do: PyYAML follows YAML 1.1, where they are strings, so ``student.lr=1e-3`` was
+    refused as "expected a number"."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str | bytes) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: plain data, no Python objects
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Applies ``section.key=value`` strings (value parsed as YAML) onto a nested dict."""
     raw = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
@@ -501,7 +518,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise InputError(f"override {ov!r}", "expected key=value", "e.g. student.model=ml")
         key, _, text = ov.partition("=")
         try:
-            value = yaml.safe_load(text) if text else ""
+            value = _load_yaml(text) if text else ""
         except yaml.YAMLError as e:
             raise InputError(f"override {key}", f"{text!r} is not a YAML value ({e.problem})") from e
         parts = key.strip().split(".")
@@ -526,7 +543,7 @@ def load_config(
         if not storage.exists(path):
             raise InputError(path, "config file not found", "pass --config with an existing YAML file")
         try:
-            raw = yaml.safe_load(storage.read_bytes(path)) or {}
+            raw = _load_yaml(storage.read_bytes(path)) or {}
         except yaml.YAMLError as e:
             raise InputError(path, f"not valid YAML ({e})") from e
         if not isinstance(raw, dict):

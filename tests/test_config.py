@@ -43,6 +43,27 @@ def test_yaml_and_overrides(tmp_path):
         c.student.lr = 1.0  # type: ignore[misc]
 
 
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
+    """``1e-3`` is a number to Python and YAML 1.2 but a string to PyYAML's YAML 1.1: a learning rate
+    written that way, in a file or an override, is read as the float it spells (it was refused as
+    "expected a number")."""
+    f = tmp_path / "c.yaml"
+    f.write_text("student:\n  lr: 5e-3\nteachers:\n  iae: {lr: 1E-4}\n")
+    c = load_config(
+        str(f), ["teachers.lr=2e-2", "student.weight_decay=1.5e-6", "knowledge.weights=[1e0, 2, 3, 4, 5, 6]"]
+    )
+    assert (c.student.lr, c.teachers.iae.lr, c.teachers.lr) == (0.005, 0.0001, 0.02)
+    assert (c.student.weight_decay, c.knowledge.weights[:2]) == (1.5e-6, (1.0, 2.0))
+    assert load_config(None, ["student.lr=1e+30"]).student.lr == 1e30
+    # still numbers only where they spell one; an int field still refuses a float
+    for override, where in (
+        ("student.lr=1e", "config.student.lr"),
+        ("synth.users=1e5", "config.synth.users"),
+    ):
+        with pytest.raises(InputError, match=where):
+            load_config(None, [override])
+
+
 @pytest.mark.parametrize(
     "override, field",
     [
