@@ -645,3 +645,28 @@ def test_check_export_recall_is_exact_when_every_list_is_probed(tmp_path, synth_
         for row in states.values():
             assert row["7/7"]["ours"] >= 0.999 and 0 < row["1/7"]["ours"] <= 1
             assert ("faiss_ip" in row["7/7"]) == (t == "mf")
+
+
+def test_a_diverged_teacher_stops_before_its_snapshot_with_the_fix(tmp_path, synth_run):
+    """BPR-MF at lr 1e30 overflows to a non-finite loss in its first epoch: the fit stops with an error
+    naming the teacher, the epoch and the setting to lower, and writes no snapshot or checkpoint of the
+    diverged weights; at a sane lr the same folder then trains from scratch."""
+    from hetcomp_dist.errors import TrainingDiverged
+
+    run = copy_run(synth_run, tmp_path / "run")
+    layout = RunLayout(run)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = tiny_config(run, names=("mf",), mf=TeacherTraining(lr=1e30))
+        with pytest.raises(
+            TrainingDiverged, match=r"teacher mf: epoch 1's mean loss is nan.*teachers\.mf\.lr \(now 1e\+30\)"
+        ):
+            run_teacher(run, cfg, "mf")
+        assert not os.path.exists(layout.teacher_checkpoint("mf"))
+        assert not os.path.exists(layout.teacher_snapshot("mf", 1))
+        run_teacher(run, tiny_config(run, names=("mf",)), "mf")
+    finally:
+        torch.set_num_threads(threads)
+    assert storage.read_json(layout.teacher_metrics("mf"))["resumed_from"] == []
+    check_trajectory(run, "mf")

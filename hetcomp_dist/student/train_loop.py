@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from hetcomp_dist.config import StudentConfig, student_lr
+from hetcomp_dist.errors import check_finite_loss
 from hetcomp_dist.resources import this_node
 from hetcomp_dist.student import distributed, worker
 
@@ -36,6 +38,8 @@ def train_loop_per_worker(config: dict) -> dict:
             job.hooks.epoch_start(w.rank, epoch)
         t0 = time.perf_counter()
         loss = worker.train_epoch(net, task, opt, sampler, epoch, comm, job.hooks)
+        # the same all-reduced value on every rank, so all ranks stop alike, before any checkpoint
+        check_finite_loss(f"student {s.method}-{s.model}", epoch, loss, diverged_fix(s))
         line = worker.epoch_line(epoch, loss, time.perf_counter() - t0, task)
         loop.epoch = epoch
         if epoch % s.eval_every == 0 or epoch == s.max_epochs:
@@ -74,3 +78,11 @@ def train_loop_per_worker(config: dict) -> dict:
     if best_emb is not None and not paused:
         r0.embeddings(best_emb["user"], best_emb["item"], result)
     return result
+
+
+def diverged_fix(s: StudentConfig) -> str:
+    """The fix named when the student's loss stops being finite: the learning rate it trained with."""
+    lr = student_lr(s)
+    return (
+        f"lower the student's learning rate (now {lr:g}: student.lr, or student.method_lr=[{s.method}=...])"
+    )

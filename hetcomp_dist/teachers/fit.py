@@ -28,6 +28,7 @@ import torch
 from hetcomp_dist import storage
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
+from hetcomp_dist.errors import check_finite_loss
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.rowwise import RowwiseAdam
@@ -161,6 +162,8 @@ def fit(
         torch.manual_seed(params.seed * 1_000_003 + epoch)
         t0 = time.perf_counter()
         loss = model.fit_epoch(train, rng, params.batch_size, opt)
+        # before this epoch's snapshot or checkpoint: a rerun never resumes from the diverged weights
+        check_finite_loss(f"teacher {name}", epoch, loss, f"lower teachers.{name}.lr (now {params.lr:g})")
         state["train_s"] += time.perf_counter() - t0
         state["epoch"] = epoch
         status = {"epoch": epoch, "loss": loss}
