@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import shutil
 import signal
 import time
@@ -670,3 +671,19 @@ def test_a_diverged_teacher_stops_before_its_snapshot_with_the_fix(tmp_path, syn
         torch.set_num_threads(threads)
     assert storage.read_json(layout.teacher_metrics("mf"))["resumed_from"] == []
     check_trajectory(run, "mf")
+
+
+def test_a_diverged_teacher_actor_reports_the_fix_in_the_driver(tmp_path, ray_session, synth_run, capsys):
+    """Through the actors: the driver's error and its log line carry the teacher's own message (what
+    diverged and which setting to lower), not only Ray's wrapper (the task's name and pid); the other
+    teacher still finishes."""
+    from hetcomp_dist.teachers.actors import train_teachers
+
+    run = copy_run(synth_run, tmp_path / "run")
+    cfg = tiny_config(run, names=("mf", "ml"), mf=TeacherTraining(lr=1e30))
+    fix = r"teacher mf: epoch 1's mean loss is nan: the training diverged -- "
+    fix += r"lower teachers\.mf\.lr \(now 1e\+30\)"
+    with pytest.raises(RuntimeError, match=r"teachers failed: mf \(TrainingDiverged: " + fix + r"\)$"):
+        train_teachers(run, cfg)
+    assert re.search(r"teacher mf failed: TrainingDiverged: " + fix, capsys.readouterr().err)
+    assert storage.read_manifest(RunLayout(run).teacher("ml")) is not None

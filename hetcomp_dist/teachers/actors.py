@@ -117,7 +117,7 @@ class TeacherGroup:
                     results[name] = ray.get(ref)
                 except ray.exceptions.RayError as e:  # keep waiting for the others, report at the end
                     errors[name] = e
-                    log("teachers", f"teacher {name} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+                    log("teachers", f"teacher {name} failed: {failure_reason(e)}")
                 ray.kill(self.actors[name])  # free its CPU share and memory for the others now
             if not ready:
                 self.print_status()
@@ -125,9 +125,18 @@ class TeacherGroup:
         ray.kill(self.board)
         if errors:
             raise RuntimeError(
-                f"teachers failed: {', '.join(f'{n} ({type(e).__name__})' for n, e in errors.items())}"
+                "teachers failed: " + "; ".join(f"{n} ({failure_reason(e)})" for n, e in errors.items())
             ) from next(iter(errors.values()))
         return results
+
+
+def failure_reason(e: Exception) -> str:
+    """'Type: message' (first line) of why a teacher's task failed: the exception raised in the actor (a
+    diverged training names its fix there), not Ray's wrapper, whose first line is the task's name and pid."""
+    cause = getattr(e, "cause", None)
+    err = cause if isinstance(cause, BaseException) else e
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def start_teachers(run: str, cfg: Config, names: list[str]) -> TeacherGroup:
