@@ -10,6 +10,7 @@ checked once for all in tests/test_model_contract.py.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -371,3 +372,43 @@ def test_rp3_keeps_each_items_k_largest_walk_weights(alpha, beta):
         p_iu, p_ui, degree = _walk(train)
         walk = ref + np.diag(np.diag(p_iu @ p_ui))  # the diagonal the table leaves out
         np.testing.assert_allclose(walk.sum(1)[degree > 0], 1.0, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------- VAE loss bound
+def _vae_loss_by_hand(core, batch, beta: float, bound: float) -> torch.Tensor:
+    """The Mult-VAE objective written out: dense logits, log-softmax per row, and per latent the KL
+    0.5 (v + mu^2 - 1 - logvar) with v = e^logvar up to `bound` and its tangent line at the bound past it,
+    the sample's noise e^(logvar / 2) taken at min(logvar, bound)."""
+    mu, logvar = core.encode(batch["x"])
+    b = torch.tensor(bound)
+    v = torch.where(logvar <= b, logvar.exp(), math.exp(bound) * (1 + logvar - b))
+    z = mu + batch["eps"] * torch.exp(0.5 * torch.minimum(logvar, b))
+    logp = torch.log_softmax(core.decode(z), dim=1)
+    nll = -logp[batch["rows"], batch["cols"]].sum() / len(mu)
+    kl = 0.5 * (v + mu**2 - 1 - logvar).sum(1).mean()
+    return nll + beta * kl
+
+
+def test_vae_loss_bounds_the_log_variance_only_where_it_overflows():
+    """Below LOGVAR_MAX the loss is the plain Mult-VAE objective; an encoder whose log-variance is in the
+    thousands (where exp overflows to inf) gives a finite loss, the variance linear past the bound, and a
+    finite gradient that still pushes the log-variance down."""
+    from hetcomp_dist.models.vae import LOGVAR_MAX, VAECore, multinomial_vae_loss, vae_batches
+
+    torch.manual_seed(0)
+    train = tiny_train()
+    core = VAECore(N_ITEMS, hidden=8, dim=4)
+    batch = next(vae_batches(train, N_ITEMS, 4, np.random.default_rng(0), batch_size=16, drop=0.0))
+    fresh = multinomial_vae_loss(core, batch, beta=0.2)
+    assert float(fresh) == pytest.approx(float(_vae_loss_by_hand(core, batch, 0.2, math.inf)), rel=1e-5)
+    with torch.no_grad():
+        core.enc_out.bias[4:] = 5000.0  # the second half of enc_out is the log-variance
+    bounded = multinomial_vae_loss(core, batch, beta=0.2)
+    assert not math.isfinite(float(_vae_loss_by_hand(core, batch, 0.2, math.inf)))  # what it guards against
+    assert math.isfinite(float(bounded))
+    assert float(bounded) == pytest.approx(float(_vae_loss_by_hand(core, batch, 0.2, LOGVAR_MAX)), rel=1e-5)
+    bounded.backward()
+    assert all(torch.isfinite(p.grad).all() for p in core.parameters() if p.grad is not None)
+    # d loss / d logvar = beta * 0.5 (e^bound - 1) per row's mean: a descent step lowers the log-variance
+    expected = 0.2 * 0.5 * (math.exp(LOGVAR_MAX) - 1)
+    assert core.enc_out.bias.grad[4:].tolist() == pytest.approx([expected] * 4, rel=1e-4)

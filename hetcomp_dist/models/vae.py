@@ -18,6 +18,7 @@ CDAE (Wu et al., 2016): corrupted row -> tanh(W x + V_u + b) -> sigmoid over ite
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -31,6 +32,11 @@ from hetcomp_dist.models.rowwise import lookup, lookup_entries
 from hetcomp_dist.models.sampling import rows_of, sampled_tail_lse, sparse_rows
 
 _ENCODE_BLOCK = 4096  # users per encoding block in `candidate_embeddings`
+# where the training's log-variance stops being exponentiated: the KL term grows as exp(logvar), so one
+# batch with a large logvar (the item-AE at 300k users and lr 1e-2 reached a KL of ~1e17 in one step,
+# docs/PERFORMANCE.md) swamps an epoch's loss and its Adam moments. A posterior variance of e^10 ~ 2e4
+# against the prior's 1 is already noise; trained models stay below it, where nothing changes
+LOGVAR_MAX = 10.0
 
 
 class VAECore(torch.nn.Module):
@@ -115,7 +121,12 @@ def multinomial_vae_loss(core: VAECore, batch: dict[str, torch.Tensor], beta: fl
     optionally "sample": the columns the softmax's normaliser is estimated from (`log_normaliser`).
     """
     mu, logvar = core.encode(batch["x"])
-    z = mu + batch["eps"] * torch.exp(0.5 * logvar)
+    # past LOGVAR_MAX the variance is linearised (value and slope of exp at the bound) and the sample's
+    # noise capped there: finite, and the KL still pulls logvar back; below it, exactly the plain terms
+    over = (logvar - LOGVAR_MAX).clamp(min=0.0)
+    capped = logvar - over
+    var = capped.exp() + over * math.exp(LOGVAR_MAX)
+    z = mu + batch["eps"] * torch.exp(0.5 * capped)
     f = core.features(z)
     # -sum_j x_j log softmax_j = n * logsumexp(logits) - sum_{j in x} logit_j; the picked logits are
     # computed from their decoder rows, so no (B, n_cols) index/scatter in the backward pass
@@ -125,7 +136,7 @@ def multinomial_vae_loss(core: VAECore, batch: dict[str, torch.Tensor], beta: fl
     lse = log_normaliser(core, f, rows, cols, picked, batch.get("sample"))
     counts = torch.bincount(rows, minlength=len(mu)).to(lse.dtype)
     nll = ((counts * lse).sum() - picked.sum()) / len(mu)
-    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1).mean()
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - var, dim=1).mean()
     return nll + beta * kl
 
 
