@@ -366,16 +366,21 @@ def test_hooks_reach_mid_epoch_and_a_dkc_round(toy, tmp_path, where, epoch, matc
     assert knowledge_io.round_manifest(toy, 1, RunLayout(toy).student_rounds(out)) is None
 
 
-def test_a_diverged_student_stops_with_the_fix_and_reruns_from_scratch(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_diverged_student_stops_with_the_fix_and_reruns_from_scratch(tmp_path, request, workers):
     """At lr 1e30 the student's first epoch ends with a non-finite loss: the training stops there with an
-    error naming the student, the epoch and the learning rate to lower, before any checkpoint; a rerun at
-    a sane lr starts from scratch."""
+    error naming the student, the epoch and the learning rate to lower, before any checkpoint -- in one
+    process and on two Ray Train ranks, where it must arrive as that error after one attempt, not retried
+    (student.max_failures) from a checkpoint that would diverge again; a rerun at a sane lr starts from
+    scratch."""
     from hetcomp_dist.errors import TrainingDiverged
 
+    if workers:
+        request.getfixturevalue("ray_session")
     run = str(tmp_path / "run")
-    base = _real_run(run)
+    base = [*_real_run(run), f"student.num_workers={workers}", "student.max_epochs=4"]
     with pytest.raises(TrainingDiverged, match=r"student hetcomp-mf: epoch 1's mean loss is nan.*now 1e\+30"):
-        train_student(run, _cfg(*base, "student.max_epochs=4", "student.lr=1e30"))
+        train_student(run, _cfg(*base, "student.lr=1e30"))
     assert storage.read_manifest(RunLayout(run).student("hetcomp", "mf")) is None
-    res = train_student(run, _cfg(*base, "student.max_epochs=4"))
+    res = train_student(run, _cfg(*base))
     assert res["resumed_from"] == [] and [x["epoch"] for x in _lines(run, "hetcomp", "mf")] == [1, 2, 3, 4]

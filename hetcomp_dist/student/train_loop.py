@@ -8,10 +8,10 @@ the switch) and checkpoint. A restarted worker group resumes from the last check
 
 from __future__ import annotations
 
+import math
 import time
 
 from hetcomp_dist.config import StudentConfig, student_lr
-from hetcomp_dist.errors import check_finite_loss
 from hetcomp_dist.resources import this_node
 from hetcomp_dist.student import distributed, worker
 
@@ -38,8 +38,11 @@ def train_loop_per_worker(config: dict) -> dict:
             job.hooks.epoch_start(w.rank, epoch)
         t0 = time.perf_counter()
         loss = worker.train_epoch(net, task, opt, sampler, epoch, comm, job.hooks)
-        # the same all-reduced value on every rank, so all ranks stop alike, before any checkpoint
-        check_finite_loss(f"student {s.method}-{s.model}", epoch, loss, diverged_fix(s))
+        if not math.isfinite(loss):  # all-reduced: every rank stops here alike, before any checkpoint
+            # returned, not raised: Ray Train retries a raising loop (student.max_failures) from its last
+            # checkpoint, where it would diverge again; the driver raises TrainingDiverged from this
+            who = f"student {s.method}-{s.model}"
+            return {"diverged": {"who": who, "epoch": epoch, "loss": loss, "fix": diverged_fix(s)}}
         line = worker.epoch_line(epoch, loss, time.perf_counter() - t0, task)
         loop.epoch = epoch
         if epoch % s.eval_every == 0 or epoch == s.max_epochs:

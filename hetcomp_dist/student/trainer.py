@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 from hetcomp_dist import storage
 from hetcomp_dist.config import Config, student_lr, to_dict
 from hetcomp_dist.data.dataset import load_manifest
-from hetcomp_dist.errors import InputError
+from hetcomp_dist.errors import InputError, TrainingDiverged
 from hetcomp_dist.knowledge.rounds import build_round0, dkc_round
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.lease import RunLease
@@ -169,6 +169,8 @@ def _train_student(
         f"({'nccl' if s.use_gpu else 'gloo'})",
     )
     summary = trainer.fit().return_value
+    if "diverged" in summary:  # a non-finite epoch loss (train_loop): nothing of it was committed
+        raise TrainingDiverged(**summary["diverged"])
     result = {**summary, "wall_s": round(time.perf_counter() - t0, 2), "dir": out}
     if result.get("paused"):
         log(
