@@ -83,6 +83,7 @@ from hetcomp_dist.objectives import losses  # noqa: E402
 from hetcomp_dist.objectives.base import TrainTask  # noqa: E402
 from hetcomp_dist.objectives.registry import build_objective  # noqa: E402
 from hetcomp_dist.progress import log, peak_rss_gib  # noqa: E402
+from hetcomp_dist.provenance import environment  # noqa: E402
 from hetcomp_dist.student import knowledge_io  # noqa: E402
 from hetcomp_dist.student.batching import BatchSampler, RankData  # noqa: E402
 from hetcomp_dist.student.hooks import TrainHooks  # noqa: E402
@@ -556,6 +557,8 @@ def main() -> int:
         "threads": args.threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "device": "cpu",
+        # figures of two hosts compare only as far as their CPUs do (ddp2_speedup above all)
+        "cpu": environment()["cpu"],
         "load_avg_start": os.getloadavg()[0],
     }
     if not args.skip_epochs:
