@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 
 class InputError(ValueError):
     """Bad input: names where (file, line, column or config field), what is wrong, and the fix.
@@ -37,9 +35,3 @@ class TrainingDiverged(RuntimeError):
 
     def __reduce__(self):  # as InputError: Ray pickles a task's exception to raise it in the driver
         return type(self), (self.who, self.epoch, self.loss, self.fix)
-
-
-def check_finite_loss(who: str, epoch: int, loss: float, fix: str) -> None:
-    """Raises `TrainingDiverged` unless `loss` (an epoch's mean) is finite."""
-    if not math.isfinite(loss):
-        raise TrainingDiverged(who, epoch, loss, fix)

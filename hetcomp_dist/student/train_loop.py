@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 
-from hetcomp_dist.config import StudentConfig, student_lr
 from hetcomp_dist.resources import this_node
 from hetcomp_dist.student import distributed, worker
 
@@ -41,8 +40,7 @@ def train_loop_per_worker(config: dict) -> dict:
         if not math.isfinite(loss):  # all-reduced: every rank stops here alike, before any checkpoint
             # returned, not raised: Ray Train retries a raising loop (student.max_failures) from its last
             # checkpoint, where it would diverge again; the driver raises TrainingDiverged from this
-            who = f"student {s.method}-{s.model}"
-            return {"diverged": {"who": who, "epoch": epoch, "loss": loss, "fix": diverged_fix(s)}}
+            return {"diverged": {"epoch": epoch, "loss": loss}}
         line = worker.epoch_line(epoch, loss, time.perf_counter() - t0, task)
         loop.epoch = epoch
         if epoch % s.eval_every == 0 or epoch == s.max_epochs:
@@ -81,11 +79,3 @@ def train_loop_per_worker(config: dict) -> dict:
     if best_emb is not None and not paused:
         r0.embeddings(best_emb["user"], best_emb["item"], result)
     return result
-
-
-def diverged_fix(s: StudentConfig) -> str:
-    """The fix named when the student's loss stops being finite: the learning rate it trained with."""
-    lr = student_lr(s)
-    return (
-        f"lower the student's learning rate (now {lr:g}: student.lr, or student.method_lr=[{s.method}=...])"
-    )

@@ -170,7 +170,9 @@ def _train_student(
     )
     summary = trainer.fit().return_value
     if "diverged" in summary:  # a non-finite epoch loss (train_loop): nothing of it was committed
-        raise TrainingDiverged(**summary["diverged"])
+        lr, m = student_lr(s), s.method
+        fix = f"lower the student's learning rate (now {lr:g}: student.lr, or student.method_lr=[{m}=...])"
+        raise TrainingDiverged(f"student {s.method}-{s.model}", fix=fix, **summary["diverged"])
     result = {**summary, "wall_s": round(time.perf_counter() - t0, 2), "dir": out}
     if result.get("paused"):
         log(

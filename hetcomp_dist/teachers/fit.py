@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import torch
 from hetcomp_dist import storage
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
-from hetcomp_dist.errors import check_finite_loss
+from hetcomp_dist.errors import TrainingDiverged
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.rowwise import RowwiseAdam
@@ -163,7 +164,10 @@ def fit(
         t0 = time.perf_counter()
         loss = model.fit_epoch(train, rng, params.batch_size, opt)
         # before this epoch's snapshot or checkpoint: a rerun never resumes from the diverged weights
-        check_finite_loss(f"teacher {name}", epoch, loss, f"lower teachers.{name}.lr (now {params.lr:g})")
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"teacher {name}", epoch, loss, f"lower teachers.{name}.lr (now {params.lr:g})"
+            )
         state["train_s"] += time.perf_counter() - t0
         state["epoch"] = epoch
         status = {"epoch": epoch, "loss": loss}
