@@ -195,8 +195,9 @@ class TeachersConfig:
     export_candidates: int = ranged(500, COUNT)
     export_recall_users: int = ranged(1000, NON_NEGATIVE)
     # > 0: before each state's export, the approximate index searches wider (IVF nprobe, HNSW efSearch,
-    # doubled) until its recall@topk against exact reaches this on export_recall_users other users
-    # (teachers/trajectory.py: calibrate_breadth); 0 = the eval.ivf_nprobe / hnsw_ef_search as set
+    # doubled) until its recall@topk against exact, less a margin for sampling error, reaches this on
+    # export_recall_users other users (teachers/trajectory.py: calibrate_breadth); 0 = the
+    # eval.ivf_nprobe / hnsw_ef_search as set
     export_recall_target: float = ranged(0.0, Range(0, 1))
     # > 0, with export_recall_target: an IVF search that would have to widen to this share of its lists
     # or more exports that state exactly instead (a flat index: recall 1, and where IVF scans half its

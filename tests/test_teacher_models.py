@@ -111,13 +111,18 @@ class _FixedEmbeddings(torch.nn.Module):
 
 def _brute_recall(users_emb, items, train, users, k, got) -> float:
     """recall of `got` against a per-user numpy sort of the inner products, train items excluded."""
+    return float(np.mean(_brute_rows(users_emb, items, train, users, k, got)))
+
+
+def _brute_rows(users_emb, items, train, users, k, got) -> list[float]:
+    """`_brute_recall` per user."""
     rows = []
     for r, u in enumerate(users):
         s = items.astype(np.float64) @ users_emb[u].astype(np.float64)
         s[train.row(u)] = -np.inf
         want = np.argsort(-s, kind="stable")[:k]
         rows.append(len(np.intersect1d(got[r][got[r] >= 0], want)) / k)
-    return float(np.mean(rows))
+    return rows
 
 
 def test_calibrate_breadth_sizes_the_probes_to_the_target():
@@ -140,10 +145,18 @@ def test_calibrate_breadth_sizes_the_probes_to_the_target():
     def ranker(nprobe: int) -> Ranker:
         return Ranker(model, train, EvalConfig(index="ivf", ivf_nlist=64, ivf_nprobe=nprobe))
 
-    def recall(r: Ranker, users: np.ndarray) -> float:
+    def per_user(r: Ranker, users: np.ndarray) -> np.ndarray:
         ex = train.take(users)
         got = r.topk(users, k, ex.offsets, ex.items)
-        return _brute_recall(q, items, train, users, k, got)
+        return np.asarray(_brute_rows(q, items, train, users, k, got))
+
+    def recall(r: Ranker, users: np.ndarray) -> float:
+        return float(per_user(r, users).mean())
+
+    def lower(r: Ranker, users: np.ndarray) -> float:
+        """mean less 2 * sqrt(2) standard errors, by hand"""
+        rows = per_user(r, users)
+        return float(rows.mean() - 2 * np.sqrt(2) * rows.std(ddof=1) / np.sqrt(len(rows)))
 
     approx = ranker(1)
     assert recall(approx, calib) < 0.9
@@ -151,16 +164,19 @@ def test_calibrate_breadth_sizes_the_probes_to_the_target():
     nprobe = retrieval.search_breadth(approx.index)["nprobe"]
     assert retrieval.search_breadth(approx.index) == {"nprobe": nprobe, "nlist": 64}
     assert sized["calibration_steps"] == np.log2(nprobe)
-    assert sized["calibration_recall"] >= 0.95
     assert sized["calibration_recall"] == pytest.approx(recall(approx, calib), abs=1e-9)
-    assert recall(ranker(nprobe // 2), calib) < 0.95  # the first doubling that reaches it
-    assert recall(approx, np.arange(200, 400)) >= 0.9  # and it holds on users it was not sized on
+    assert sized["calibration_recall"] - sized["calibration_margin"] == pytest.approx(lower(approx, calib))
+    assert sized["calibration_margin"] > 0 and lower(approx, calib) >= 0.95
+    # the first doubling that reaches it with the margin; the bare mean there may already pass
+    assert lower(ranker(nprobe // 2), calib) < 0.95
+    assert recall(approx, np.arange(200, 400)) >= 0.95  # and it holds on users it was not sized on
 
     # exact_share: it stops short of the widening that reaches that share of the lists, and says exact
     short = ranker(1)
     stop = calibrate_breadth(short, exact, train, calib, k, 0.95, exact_share=nprobe / 64)
     assert stop["exact"] and retrieval.search_breadth(short.index)["nprobe"] == nprobe // 2
-    assert stop["calibration_steps"] == sized["calibration_steps"] - 1 and stop["calibration_recall"] < 0.95
+    assert stop["calibration_steps"] == sized["calibration_steps"] - 1
+    assert stop["calibration_recall"] - stop["calibration_margin"] < 0.95
     above = ranker(1)  # a share the calibrated search stays under: as without one
     assert calibrate_breadth(above, exact, train, calib, k, 0.95, exact_share=(nprobe + 1) / 64) == sized
     assert not sized["exact"]
@@ -172,6 +188,18 @@ def test_calibrate_breadth_sizes_the_probes_to_the_target():
     flat = Ranker(model, train)
     calibrate_breadth(flat, exact, train, calib, k, 0.99)
     assert retrieval.search_breadth(flat.index) is None
+
+
+def test_recall_margin_by_hand():
+    """mean and 2 * sqrt(2) standard errors of per-user recalls: [1, 1, .9, .9] has mean .95, sample sd
+    sqrt(.01 / 3), so the margin is 2 * sqrt(2) * .057735 / 2 = .081650; one user or none has no spread."""
+    from hetcomp_dist.teachers.trajectory import recall_margin
+
+    mean, margin = recall_margin(np.array([1.0, 1.0, 0.9, 0.9]))
+    assert mean == pytest.approx(0.95) and margin == pytest.approx(0.0816497, abs=1e-6)
+    assert recall_margin(np.array([0.7])) == (0.7, 0.0)
+    assert recall_margin(np.array([1.0] * 50)) == (1.0, 0.0)  # a search that keeps every list
+    assert recall_margin(np.zeros(0)) == (1.0, 0.0)
 
 
 def test_widen_and_search_breadth():

@@ -84,11 +84,18 @@ class MetricSums:
         return {key: (v / self.count if self.count else float("nan")) for key, v in self.sums.items()}
 
 
-def list_overlap(got: np.ndarray, want: np.ndarray) -> float:
-    """Mean over rows of |got ∩ want| / |want| of two (B, k) item lists, PAD (-1) ignored on both sides
-    (a row of `want` with no item counts 1): how much of a reference top-k another top-k keeps."""
+def row_overlaps(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """(B,) |got ∩ want| / |want| per row of two (B, k) item lists, PAD (-1) ignored on both sides (a row
+    of `want` with no item gives 1)."""
     rows = []
     for g, w in zip(got, want):
         w = w[w >= 0]
         rows.append(len(np.intersect1d(g[g >= 0], w)) / max(1, len(w)))
-    return float(np.mean(rows)) if rows else 1.0
+    return np.asarray(rows, dtype=np.float64)
+
+
+def list_overlap(got: np.ndarray, want: np.ndarray) -> float:
+    """Mean over rows of `row_overlaps` (1 without rows): how much of a reference top-k another top-k
+    keeps."""
+    rows = row_overlaps(got, want)
+    return float(rows.mean()) if len(rows) else 1.0
