@@ -131,7 +131,7 @@ def test_l_f_hand_worked():
 def test_losses_match_per_user_loop(seed, kind):
     a, c, train, pos, targets, rows, cols = random_problem(seed)
     fn, ref = (losses.l_o, ref_l_o) if kind == "l_o" else (losses.l_f, ref_l_f)
-    got = fn(a, c, pos, targets, rows, cols, 40.0, lambda *x: losses.tail_logsumexp(*x, clamp=40.0, chunk=7))
+    got = fn(a, c, pos, targets, rows, cols, 40.0, losses.tail_estimator("exact", 40.0, 7, 0, None))
     want = ref(a, c, train, pos, targets)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     w = torch.linspace(0.5, 1.5, len(got), dtype=torch.float64)
@@ -396,3 +396,56 @@ def test_fused_sampled_tail_equals_the_blocked_one(scale):
     for got, ref in zip(out["fused"], out["torch"]):
         torch.testing.assert_close(got, ref, rtol=2e-5, atol=2e-5)
     assert (out["fused"][2].abs().sum(1) > 0).sum() <= n  # only sampled items receive a gradient
+
+
+def test_sampled_pairs_against_sets():
+    """tail_kernels.sampled_pairs: per row, the number of distinct excluded items over the catalogue, and
+    the distinct excluded pairs inside the sample at their positions, sorted by position then row --
+    checked against Python sets, on raw pairs with duplicates, -1 pads, a row without pairs and a row
+    whose every pair is a duplicate."""
+    from hetcomp_dist.objectives import tail_kernels
+
+    rng = np.random.default_rng(4)
+    B, N, m = 9, 300, 40
+    rows = rng.integers(0, B - 1, 2_000)  # row B - 1: no pairs
+    cols = rng.integers(-1, N, 2_000)  # -1: pads
+    rows = np.concatenate([rows, [3] * 50]).astype(np.int64)
+    cols = np.concatenate([cols, [7] * 50]).astype(np.int64)  # one item, 50 times
+    sample = rng.choice(N, m, replace=False)
+    where = np.full(N, -1, np.int64)
+    where[sample] = np.arange(m)
+    n_ex, hr, hp = tail_kernels.sampled_pairs(rows, cols, B, where, m)
+    sets = [set(cols[(rows == b) & (cols >= 0)].tolist()) for b in range(B)]
+    assert n_ex.tolist() == [len(s) for s in sets] and n_ex[B - 1] == 0
+    want = sorted((int(where[j]), b) for b in range(B) for j in sets[b] if where[j] >= 0)
+    assert list(zip(hp.tolist(), hr.tolist())) == want
+
+
+@pytest.mark.parametrize("kernel", ["fused", "torch"])
+def test_sampled_tail_takes_raw_pairs(kernel):
+    """The sampled tail gives the same bits (value and gradients) from raw pairs (`list_pairs`: duplicates
+    and pads) as from the deduplicated, sorted ones (`exclude_lists`), on the same sample; and the fused
+    path's estimate is the one written out by hand: log(|R_b| / m_b) + log Σ_{j ∈ S \\ X_b} e^{ŝ_bj}."""
+    B, N, d, n = 12, 500, 6, 64
+    g = torch.Generator().manual_seed(5)
+    a0, c0 = torch.randn(B, d, generator=g), torch.randn(N, d, generator=g)
+    rows = torch.randint(0, B, (400,), generator=g)
+    cols = torch.randint(0, N, (400,), generator=g)
+    lists = torch.randint(-1, N, (B, 20), generator=g)
+    lists[:, 10:] = lists[:, :10]  # every list item twice
+    out = []
+    for pairs in (losses.list_pairs(rows, cols, lists), losses.exclude_lists(rows, cols, lists, N)):
+        a, c = a0.clone().requires_grad_(), c0.clone().requires_grad_()
+        t = losses.sampled_tail_logsumexp(a, c, *pairs, n, torch.Generator().manual_seed(6), kernel=kernel)
+        t.sum().backward()
+        out.append((t.detach(), a.grad, c.grad))
+    for got, ref in zip(*out):
+        assert torch.equal(got, ref)
+    # by hand, the sample drawn as the estimator draws it (4 n < N: unique of n draws)
+    sample = torch.unique(torch.randint(0, N, (n,), generator=torch.Generator().manual_seed(6))).tolist()
+    for b in range(B):
+        excluded = set(cols[rows == b].tolist()) | {j for j in lists[b].tolist() if j >= 0}
+        kept = [j for j in sample if j not in excluded]
+        s = (a0[b].double() @ c0[kept].double().T).clamp(-40, 40)
+        want = math.log((N - len(excluded)) / len(kept)) + float(torch.logsumexp(s, 0))
+        assert float(out[0][0][b]) == pytest.approx(want, abs=1e-4)

@@ -151,9 +151,17 @@ def sampled_log_scale(
         hit_rows: rows of the excluded pairs inside the sample (m_b = m - their count).
         n_total: columns in all.
     """
-    n_ex = torch.bincount(ex_rows, minlength=n_rows).to(dtype)
-    kept = m - torch.bincount(hit_rows, minlength=n_rows).to(dtype)
-    return torch.log((n_total - n_ex).clamp(min=0)) - torch.log(kept), kept
+    n_ex, n_hit = (torch.bincount(r, minlength=n_rows) for r in (ex_rows, hit_rows))
+    return log_scale_from_counts(n_ex, m, n_hit, n_total, dtype)
+
+
+def log_scale_from_counts(
+    n_ex: torch.Tensor, m: int, n_hit: torch.Tensor, n_total: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sampled_log_scale` from per-row counts: n_ex (n_rows,) excluded columns, n_hit (n_rows,) of them in
+    the sample."""
+    kept = m - n_hit.to(dtype)
+    return torch.log((n_total - n_ex.to(dtype)).clamp(min=0)) - torch.log(kept), kept
 
 
 def sampled_tail_lse(

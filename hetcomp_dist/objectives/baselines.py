@@ -107,9 +107,7 @@ class BaselineObjective(Objective):
     # ---- helpers shared by the list losses
     def tail(self, a: torch.Tensor, c: torch.Tensor, batch: Batch, lists: torch.Tensor) -> torch.Tensor:
         """(B,) log Σ_{j ∈ N_u minus lists} e^{ŝ_j}: exact over the catalogue, or sampled (student.tail)."""
-        return self.tail_fn(batch)(
-            a, c, *losses.exclude_lists(batch.train_rows, batch.train_items, lists, c.shape[0])
-        )
+        return self.tail_fn(batch)(a, c, *losses.list_pairs(batch.train_rows, batch.train_items, lists))
 
     def rrd(self, a: torch.Tensor, c: torch.Tensor, batch: Batch, top: torch.Tensor) -> torch.Tensor:
         """(B,) PL(top; N_u minus top) for lists `top` (B, L), -1 padded."""

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from hetcomp_dist.models.sampling import PAD_LOGIT, sampled_exclusions, sampled_log_scale, sampled_tail_lse
+from hetcomp_dist.models.sampling import PAD_LOGIT, log_scale_from_counts, sampled_tail_lse
 from hetcomp_dist.objectives import tail_kernels
 
 LOG2E = 1.0 / math.log(2.0)
@@ -59,17 +59,29 @@ def exclusion(
     return key % n_rows, key // n_rows
 
 
+def list_pairs(
+    rows: torch.Tensor, cols: torch.Tensor, lists: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (nnz,) pairs (rows, cols) plus every entry of the (B, L) -1 padded lists, as they come
+    (duplicates and pads kept): what a `tail_estimator` function takes.
+
+    Returns:
+        (rows, cols), each (nnz + B * L,) int64.
+    """
+    B = lists.shape[0]
+    list_rows = torch.arange(B, device=lists.device).repeat_interleave(lists.shape[1])
+    return torch.cat([rows, list_rows]), torch.cat([cols, lists.reshape(-1)])
+
+
 def exclude_lists(
     rows: torch.Tensor, cols: torch.Tensor, lists: torch.Tensor, n_items: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`exclusion` of the (nnz,) pairs (rows, cols) plus every entry of the (B, L) -1 padded lists.
+    """`exclusion` of `list_pairs`.
 
     Returns:
         (rows, cols), each (nnz',) int64, deduplicated and sorted by item then row.
     """
-    B = lists.shape[0]
-    list_rows = torch.arange(B, device=lists.device).repeat_interleave(lists.shape[1])
-    return exclusion(torch.cat([rows, list_rows]), torch.cat([cols, lists.reshape(-1)]), B, n_items)
+    return exclusion(*list_pairs(rows, cols, lists), lists.shape[0], n_items)
 
 
 def _auto_chunk(n_rows: int, n_items: int, device: torch.device) -> int:
@@ -258,8 +270,13 @@ def sampled_tail_logsumexp(
     the sampled rows of c, its exclusions moved to their places in S: one pass per sampled item instead of
     the (B, |S|) block's several (product, clamp, pads, log-sum-exp and their backward).
 
+    The exclusion pairs may come raw (`list_pairs`: duplicates and -1 pads). On the fused path only the
+    pairs that fall in S are sorted (`tail_kernels.sampled_pairs`), not all of them by item, whose scatter
+    over the whole catalogue grew faster than the batch (docs/PERFORMANCE.md).
+
     Args:
-        a, c, ex_rows, ex_cols, clamp, kernel: as in `tail_logsumexp`.
+        a, c, clamp, kernel: as in `tail_logsumexp`.
+        ex_rows, ex_cols: (nnz,) int64 exclusion pairs, deduplicated or not, -1 columns ignored.
         n_samples: |S| (capped at N).
         generator: RNG for the sample (on c's device).
 
@@ -273,10 +290,16 @@ def sampled_tail_logsumexp(
     else:  # O(n) draw; a uniform random subset given its size
         sample = torch.unique(torch.randint(0, N, (n,), generator=generator, device=c.device))
     if not _fused(a, c, clamp, kernel) or len(sample) == 0:
+        ex_rows, ex_cols = exclusion(ex_rows, ex_cols, B, N)
         return sampled_tail_lse((a @ c[sample].T).clamp(-clamp, clamp), sample, ex_rows, ex_cols, N)
-    rows, pos = sampled_exclusions(sample, ex_rows, ex_cols, N)
-    scale, kept = sampled_log_scale(B, len(sample), ex_rows, rows, N, a.dtype)
-    rows, pos = exclusion(rows, pos, B, len(sample))  # sorted by sampled item, as the kernel reads them
+    where = torch.full((N,), -1, dtype=torch.int64)
+    where[sample] = torch.arange(len(sample))
+    n_ex, rows, pos = (
+        torch.from_numpy(x)
+        for x in tail_kernels.sampled_pairs(ex_rows.numpy(), ex_cols.numpy(), B, where.numpy(), len(sample))
+    )
+    # rows, pos: sorted by sampled item, as the kernel reads them
+    scale, kept = log_scale_from_counts(n_ex, len(sample), torch.bincount(rows, minlength=B), N, a.dtype)
     lse = tail_logsumexp(a, c[sample], rows, pos, clamp, kernel="fused")
     return torch.where(kept > 0, lse + scale, torch.full_like(lse, float("-inf")))
 
@@ -289,7 +312,8 @@ def tail_estimator(
     generator: torch.Generator | None,
     kernel: str = "auto",
 ):
-    """The tail log-sum-exp a run asks for (``student.tail``), as a function (a, c, rows, cols) -> (B,).
+    """The tail log-sum-exp a run asks for (``student.tail``), as a function (a, c, rows, cols) -> (B,) of
+    exclusion pairs as `list_pairs` gives them (duplicates and -1 pads allowed).
 
     Args:
         kind: "sampled" for `sampled_tail_logsumexp`, anything else for the exact `tail_logsumexp`.
@@ -300,7 +324,16 @@ def tail_estimator(
         return lambda a, c, rows, cols: sampled_tail_logsumexp(
             a, c, rows, cols, n_samples, generator, clamp, kernel
         )
-    return lambda a, c, rows, cols: tail_logsumexp(a, c, rows, cols, clamp, chunk, kernel)
+    return _exact_tail(clamp, chunk, kernel)
+
+
+def _exact_tail(clamp: float, chunk: int = 0, kernel: str = "auto"):
+    """`tail_logsumexp` as a `tail_estimator` function: the raw pairs deduplicated and sorted first."""
+
+    def fn(a: torch.Tensor, c: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return tail_logsumexp(a, c, *exclusion(rows, cols, a.shape[0], c.shape[0]), clamp, chunk, kernel)
+
+    return fn
 
 
 # ---------------------------------------------------------------------------------- list terms
@@ -392,8 +425,8 @@ def l_o(
         ex_rows, ex_cols: each user's train items (raw pairs; targets are added here).
         tail_fn: (a, c, rows, cols) -> (B,) tail log-sum-exp; default the exact `tail_logsumexp`.
     """
-    tail_fn = tail_fn or (lambda *x: tail_logsumexp(*x, clamp=clamp))
-    tail = tail_fn(a, c, *exclude_lists(ex_rows, ex_cols, targets, c.shape[0]))
+    tail_fn = tail_fn or _exact_tail(clamp)
+    tail = tail_fn(a, c, *list_pairs(ex_rows, ex_cols, targets))
     items = torch.cat([pos, targets], 1)
     return per_item_tail_nll(list_logits(a, c, items, clamp), items >= 0, tail)
 
@@ -414,10 +447,10 @@ def l_f(
     is derived exactly from the first: N_u\\T^b = (N_u\\T^a) ∪ (T^a\\T^b), a sum of positives.
     Arguments as in `l_o`.
     """
-    tail_fn = tail_fn or (lambda *x: tail_logsumexp(*x, clamp=clamp))
+    tail_fn = tail_fn or _exact_tail(clamp)
     ka, kb = max(1, targets.shape[1] // 2), max(1, targets.shape[1] // 10)
     ta = targets[:, :ka]
-    tail_a = tail_fn(a, c, *exclude_lists(ex_rows, ex_cols, ta, c.shape[0]))
+    tail_a = tail_fn(a, c, *list_pairs(ex_rows, ex_cols, ta))
     s_ta, v_ta = list_logits(a, c, ta, clamp), ta >= 0
     tail_b = torch.logaddexp(tail_a, masked_logsumexp(s_ta[:, kb:], v_ta[:, kb:]))
     s_pos = list_logits(a, c, pos, clamp)

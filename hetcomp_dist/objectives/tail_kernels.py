@@ -188,6 +188,66 @@ def sorted_pairs(rows, cols, n_rows, n_items):
     return out_r[:n], out_c[:n]
 
 
+@nb.njit(cache=True, nogil=True)
+def sampled_pairs(rows, cols, n_rows, where, m):
+    """The exclusion pairs a sampled tail needs, without sorting them all by item.
+
+    A sample S of m items takes (a) |X_b|, the distinct excluded items of each row over the whole catalogue,
+    and (b) the distinct excluded pairs whose item is in S, at its position in S. Sorting every pair by item
+    (`sorted_pairs`) scatters them over n_items cursors, which spills the caches once the catalogue grows
+    (at 30k items it was the student step's largest cost); here the pairs are grouped by row (n_rows
+    cursors), deduplicated row by row against a per-item stamp, and only those in S are sorted, over m
+    positions: O(nnz + n_rows + n_items + m).
+
+    Args:
+        rows, cols: (nnz,) int64 pairs in any order, duplicates allowed; 0 <= rows < n_rows, cols < n_items
+            (cols < 0: padding, dropped).
+        where: (n_items,) int64 each item's position in S (0 <= position < m), or -1.
+        m: |S|.
+
+    Returns:
+        (n_ex (n_rows,) int64 distinct excluded items per row, hit_rows, hit_pos): the distinct pairs in S,
+        each (nnz',) int64, sorted by position in S then row -- as `sorted_pairs` sorts them.
+    """
+    start = np.zeros(n_rows + 1, np.int64)
+    for p in range(cols.shape[0]):
+        if cols[p] >= 0:
+            start[rows[p] + 1] += 1
+    for r in range(n_rows):
+        start[r + 1] += start[r]
+    total = start[n_rows]
+    cursor = start[:n_rows].copy()
+    by_row = np.empty(total, np.int64)
+    for p in range(cols.shape[0]):
+        if cols[p] >= 0:
+            by_row[cursor[rows[p]]] = cols[p]
+            cursor[rows[p]] += 1
+    stamp = np.full(where.shape[0], -1, np.int64)
+    n_ex = np.zeros(n_rows, np.int64)
+    hit_r, hit_p = np.empty(total, np.int64), np.empty(total, np.int64)
+    count = np.zeros(m + 1, np.int64)
+    n = 0
+    for r in range(n_rows):
+        for q in range(start[r], start[r + 1]):
+            col = by_row[q]
+            if stamp[col] != r:
+                stamp[col] = r
+                n_ex[r] += 1
+                w = where[col]
+                if w >= 0:
+                    hit_r[n], hit_p[n] = r, w
+                    count[w + 1] += 1
+                    n += 1
+    for j in range(m):
+        count[j + 1] += count[j]
+    out_r, out_p = np.empty(n, np.int64), np.empty(n, np.int64)
+    for q in range(n):  # stable: rows stay in order within a position
+        k = count[hit_p[q]]
+        count[hit_p[q]] += 1
+        out_r[k], out_p[k] = hit_r[q], hit_p[q]
+    return n_ex, out_r, out_p
+
+
 _POOL: dict[int, ThreadPoolExecutor] = {}
 
 
