@@ -434,3 +434,30 @@ def test_sparse_updates_keep_student_quality(tmp_path):
         cfg = load_config(None, [*overrides, f"student.sparse_updates={str(sparse).lower()}"])
         valid[sparse] = train_student(run, cfg, dkc_fn=replay_round)["valid"]["R@50"]
     assert valid[True] >= valid[False] - QUALITY_TOLERANCE, valid
+
+
+# ------------------------------------------------------------------------------ negative sampling
+def test_pair_index_contains_against_a_set():
+    """`contains` answers membership of (user, item) in the train lists -- unsorted rows with a repeated
+    item, an empty row, a CSR that starts at user 100 (a rank's slice), and users outside it (False) --
+    as a Python set does; `sample_negatives` never returns a train item when the catalogue has room."""
+    from hetcomp_dist.data.dataset import CSR
+    from hetcomp_dist.models.sampling import contains, pair_index, sample_negatives
+
+    rng = np.random.default_rng(3)
+    rows = [rng.choice(50, rng.integers(0, 12), replace=False) for _ in range(40)]
+    rows[5] = np.array([], dtype=np.int64)
+    rows[7] = np.array([9, 3, 9, 1])
+    lengths = [len(r) for r in rows]
+    train = CSR(
+        np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.concatenate(rows).astype(np.int32), 100
+    )
+    pairs = {(100 + u, int(i)) for u, r in enumerate(rows) for i in r}
+    users = rng.integers(90, 150, 5_000)
+    items = rng.integers(0, 50, 5_000)
+    got = contains(pair_index(train), users, items)
+    assert got.tolist() == [(int(u), int(i)) in pairs for u, i in zip(users, items)]
+    assert got.any() and not got.all()
+    inside = np.arange(100, 140)
+    neg = sample_negatives(pair_index(train), inside, 50, rng, n=30)
+    assert not any((int(u), int(j)) in pairs for u, row in zip(inside, neg) for j in row)

@@ -16,7 +16,7 @@ from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.rowwise import lookup, touched_rows
-from hetcomp_dist.models.sampling import interaction_keys, pair_batches, sample_negatives
+from hetcomp_dist.models.sampling import PairIndex, pair_batches, pair_index, sample_negatives
 
 
 class CML(Recommender):
@@ -35,14 +35,14 @@ class CML(Recommender):
         std = 1.0 / cfg.dim**0.5
         self.user = torch.nn.Parameter(torch.randn(n_users, cfg.dim) * std)
         self.item = torch.nn.Parameter(torch.randn(n_items, cfg.dim) * std)
-        self._keys: np.ndarray | None = None
+        self._keys: PairIndex | None = None
         self.after_step()
 
     def batches(
         self, train: CSR, rng: np.random.Generator, batch_size: int
     ) -> Iterator[dict[str, torch.Tensor]]:
         if self._keys is None or len(self._keys) != len(train.items):
-            self._keys = interaction_keys(train, self.n_items)
+            self._keys = pair_index(train)
         for u, i in pair_batches(train, rng, batch_size):
             j = sample_negatives(self._keys, u, self.n_items, rng, self.n_neg)
             yield {

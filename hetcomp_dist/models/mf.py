@@ -12,7 +12,7 @@ from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.rowwise import lookup
-from hetcomp_dist.models.sampling import interaction_keys, pair_batches, sample_negatives
+from hetcomp_dist.models.sampling import PairIndex, pair_batches, pair_index, sample_negatives
 
 
 class MF(Recommender):
@@ -29,13 +29,13 @@ class MF(Recommender):
         self.n_users, self.n_items, self.l2, self.sparse = n_users, n_items, cfg.l2, cfg.sparse_updates
         self.user = torch.nn.Parameter(torch.randn(n_users, cfg.dim) * 0.01)
         self.item = torch.nn.Parameter(torch.randn(n_items, cfg.dim) * 0.01)
-        self._keys: np.ndarray | None = None
+        self._keys: PairIndex | None = None
 
     def batches(
         self, train: CSR, rng: np.random.Generator, batch_size: int
     ) -> Iterator[dict[str, torch.Tensor]]:
         if self._keys is None or len(self._keys) != len(train.items):
-            self._keys = interaction_keys(train, self.n_items)
+            self._keys = pair_index(train)
         for u, i in pair_batches(train, rng, batch_size):
             j = sample_negatives(self._keys, u, self.n_items, rng, 1)[:, 0]
             yield {

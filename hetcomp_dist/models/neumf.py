@@ -17,7 +17,7 @@ from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.rowwise import lookup
-from hetcomp_dist.models.sampling import interaction_keys, pair_batches, sample_negatives
+from hetcomp_dist.models.sampling import PairIndex, pair_batches, pair_index, sample_negatives
 
 _CHUNK_ELEMS = 1 << 19  # floats per (users x items x width) block while scoring (2 MiB: stays in cache)
 _CANDIDATE_USERS = 128  # users whose MLP term, averaged, is each item's term in `candidate_embeddings`
@@ -44,14 +44,14 @@ class NeuMF(Recommender):
         widths = [2 * m] + [max(1, 2 * m >> (k + 1)) for k in range(cfg.dnn_layers)]
         self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.head = torch.nn.Linear(d + widths[-1], 1)
-        self._keys: np.ndarray | None = None
+        self._keys: PairIndex | None = None
 
     def batches(
         self, train: CSR, rng: np.random.Generator, batch_size: int
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Each batch: positives (B,) plus dnn_negatives sampled negatives per positive."""
         if self._keys is None or len(self._keys) != len(train.items):
-            self._keys = interaction_keys(train, self.n_items)
+            self._keys = pair_index(train)
         for u, i in pair_batches(train, rng, batch_size):
             j = sample_negatives(self._keys, u, self.n_items, rng, self.n_neg)
             users = np.concatenate([u, np.repeat(u, self.n_neg)])
