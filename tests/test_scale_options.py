@@ -227,6 +227,22 @@ def test_cached_lightgcn_walks_estimate_the_exact_gradient():
     assert error[2000] < 0.06 and error[0] > 0.3, error
 
 
+def test_cached_lightgcn_walk_gradient_sums_each_reached_row_once():
+    """With sparse updates the walks' gradient comes from one autograd function (`_WalkGradient`) that sums
+    the entries of every reached row itself: on the same walks (same seed) it is the dense layout's gradient
+    (a gather per entry, summed by autograd), and the sparse gradient holds each row once."""
+    batch = next(iter(_teacher("gnn").batches(tiny_train(), np.random.default_rng(1), 24)))
+    grads = {}
+    for sparse in (True, False):
+        model = _teacher("gnn", gnn_refresh_every=3, gnn_walks=7, sparse_updates=sparse)
+        torch.manual_seed(5)
+        model.loss(batch).backward()
+        grads[sparse] = model.emb.grad
+    rows = grads[True].coalesce().indices()[0]
+    assert grads[True].is_sparse and len(rows) == len(torch.unique(rows)) < len(grads[False])
+    torch.testing.assert_close(grads[True].to_dense(), grads[False], rtol=1e-5, atol=1e-7)
+
+
 def test_cached_lightgcn_refreshes_every_k_steps_and_every_epoch():
     model = _teacher("gnn", gnn_refresh_every=2)
     opt = RowwiseAdam(model.optimizer_parameters(), lr=0.05)
