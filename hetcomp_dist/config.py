@@ -234,6 +234,10 @@ class TeachersConfig:
     iae_decoder_samples: int = ranged(0, Range(0, note="0 = the full softmax over every user"))
     # I-AE: most (items x users) logits of one batch; the item batch is capped to fit (e.g. 64 at 1M users)
     iae_max_logits: int = ranged(2**26, COUNT)
+    # I-AE: its exact softmax normaliser computed over blocks of this many users, each block's logits
+    # recomputed going backward, so no (items x users) array is ever held (models/vae.py:
+    # _BlockedLinearLSE); 0 = one (items x users) block, as the paper computes it
+    iae_softmax_block: int = ranged(0, Range(0, note="0 = one block over every user"))
     als_alpha: float = ranged(
         100.0, POSITIVE
     )  # ALS confidence c = 1 + alpha * x for a train interaction (Hu et al. 2008)
@@ -394,6 +398,10 @@ class PipelineConfig:
     # lease whose heartbeat is older than the timeout belongs to a process that is gone
     lease_heartbeat_s: float = ranged(10.0, POSITIVE)
     lease_timeout_s: float = ranged(120.0, POSITIVE)
+    # teacher actors and the student's Train workers keep freed heap memory for their next steps instead
+    # of unmapping and page-faulting large blocks in again (hetcomp_dist/allocator.py): faster steps for a
+    # process's peak heap held; off = glibc's defaults
+    keep_freed_memory: bool = True
 
 
 @dataclass(frozen=True)

@@ -477,3 +477,42 @@ def test_pair_index_contains_against_a_set():
     inside = np.arange(100, 140)
     neg = sample_negatives(pair_index(train), inside, 50, rng, n=30)
     assert not any((int(u), int(j)) in pairs for u, row in zip(inside, neg) for j in row)
+
+
+def test_blocked_linear_logsumexp_is_the_plain_one():
+    """The item-AE's normaliser in blocks of users (`teachers.iae_softmax_block`, a block size that does not
+    divide the columns, and one larger than a row's magnitude range) gives logsumexp(linear) and its three
+    gradients (float64, upstream weights not all 1); and a whole item-AE loss with blocks matches the
+    unblocked one."""
+    from hetcomp_dist.models.vae import _BlockedLinearLSE
+
+    g = torch.Generator().manual_seed(0)
+    f0 = torch.randn(9, 5, generator=g, dtype=torch.float64) * 3
+    w0 = torch.randn(1001, 5, generator=g, dtype=torch.float64)
+    b0 = torch.randn(1001, generator=g, dtype=torch.float64)
+    up = torch.rand(9, generator=g, dtype=torch.float64) + 0.5
+    out = []
+    for block in (0, 64, 1000):
+        f, w, b = (t.clone().requires_grad_() for t in (f0, w0, b0))
+        if block:
+            lse = _BlockedLinearLSE.apply(f, w, b, block)
+        else:
+            lse = torch.logsumexp(torch.nn.functional.linear(f, w, b), dim=1)
+        (lse * up).sum().backward()
+        out.append((lse.detach(), f.grad, w.grad, b.grad))
+    for got in out[1:]:
+        for x, y in zip(got, out[0]):
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+    losses = []
+    for block in (0, 7):
+        model = _teacher("iae", iae_softmax_block=block)
+        model.train()
+        batch = next(iter(model.batches(tiny_train(), np.random.default_rng(0), 16)))
+        loss = model.loss(batch)
+        loss.backward()
+        losses.append(
+            (loss.detach(), model.core.dec.weight.grad.clone(), model.core.enc_weight.grad.to_dense())
+        )
+    for x, y in zip(*losses):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)

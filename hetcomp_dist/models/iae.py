@@ -70,6 +70,7 @@ class ItemAE(_AnnealedBeta):
             n_in=self.buckets,
             sparse=sparse,
         )
+        self.core.lse_block = cfg.iae_softmax_block  # the exact normaliser in blocks of users (vae.py)
         self.columns = transpose(train, n_items)
         self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)
         self._cache: torch.Tensor | None = None

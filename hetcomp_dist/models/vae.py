@@ -68,6 +68,7 @@ class VAECore(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.sparse, self.sparse_input = sparse, sparse_input
+        self.lse_block = 0  # > 0: the exact normaliser over blocks of this many columns (log_normaliser)
         # encoder weight stored (n_in, hidden): sparse x @ W needs no transpose copy in backward
         self.enc_weight = torch.nn.Parameter(torch.empty(n_in or n_cols, hidden))
         self.enc_bias = torch.nn.Parameter(torch.zeros(hidden))
@@ -153,6 +154,8 @@ def log_normaliser(
     their `picked` logits) exactly plus the rest estimated from the sampled columns
     (`sampling.sampled_tail_lse`: sampled softmax, a (B, |sample|) block)."""
     if sample is None:
+        if 0 < core.lse_block < core.dec.out_features:
+            return _BlockedLinearLSE.apply(f, core.dec.weight, core.dec.bias, core.lse_block)
         return torch.logsumexp(core.dec(f), dim=1)
     B = f.shape[0]
     top = torch.full((B,), float("-inf"), dtype=f.dtype, device=f.device)
@@ -162,6 +165,40 @@ def log_normaliser(
     logits = f @ w.T + b
     rest = sampled_tail_lse(logits, sample, rows, cols, core.dec.out_features)
     return torch.logaddexp(torch.log(own) + top, rest)
+
+
+class _BlockedLinearLSE(torch.autograd.Function):
+    """(B,) log Σ_j exp(f_b . W_j + b_j) over the rows j of a linear layer, `block` rows at a time.
+
+    Going forward only the running log-sum-exp is kept; going backward each block's logits are computed
+    again and turned into its softmax share p = exp(logits - lse) * g, which gives grad f += p W_blk,
+    grad W_blk = p^T f and grad b_blk = Σ_b p. One more product than the plain layer, but no (B, n_cols)
+    array: the item-AE's (128 items x 300k users) block was 154 MB, allocated afresh (and page-faulted in)
+    several times a step, more system time than compute (docs/PERFORMANCE.md).
+    """
+
+    @staticmethod
+    def forward(ctx, f, weight, bias, block):
+        lse = None
+        for s in range(0, weight.shape[0], block):
+            part = torch.logsumexp(torch.addmm(bias[s : s + block], f, weight[s : s + block].T), dim=1)
+            lse = part if lse is None else torch.logaddexp(lse, part)
+        ctx.save_for_backward(f, weight, bias, lse)
+        ctx.block = block
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad):
+        f, weight, bias, lse = ctx.saved_tensors
+        grad_f = torch.zeros_like(f)
+        grad_w, grad_b = torch.empty_like(weight), torch.empty_like(bias)
+        for s in range(0, weight.shape[0], ctx.block):
+            w = weight[s : s + ctx.block]
+            p = torch.addmm(bias[s : s + ctx.block], f, w.T).sub_(lse[:, None]).exp_().mul_(grad[:, None])
+            grad_f.addmm_(p, w)
+            torch.mm(p.T, f, out=grad_w[s : s + ctx.block])
+            torch.sum(p, dim=0, out=grad_b[s : s + ctx.block])
+        return grad_f, grad_w, grad_b, None
 
 
 def vae_batches(

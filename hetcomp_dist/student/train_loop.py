@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 import time
 
+from hetcomp_dist import allocator
 from hetcomp_dist.resources import this_node
 from hetcomp_dist.student import distributed, worker
 
 
 def train_loop_per_worker(config: dict) -> dict:
     job = worker.Job.from_dict(config)
+    if job.cfg.pipeline.keep_freed_memory and job.cfg.student.num_workers > 0:
+        allocator.keep_freed_memory()  # a Train worker's own process (num_workers 0 runs in the caller's)
     s, w = job.cfg.student, worker.Worker.setup(job.cfg)
     nodes = distributed.all_gather(this_node())  # where each rank runs, for the summary (model.json)
     r0 = worker.RankZero(w.rank, job)

@@ -50,8 +50,11 @@ class TeacherActor:
     def train(self) -> dict:
         import os
 
+        from hetcomp_dist import allocator
         from hetcomp_dist.teachers.runner import run_teacher
 
+        if self.cfg.pipeline.keep_freed_memory:
+            allocator.keep_freed_memory()  # this actor's own process
         self.board.update.remote(self.name, {"phase": "starting", "pid": os.getpid()})
 
         def push(status: dict) -> None:
