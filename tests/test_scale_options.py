@@ -516,3 +516,20 @@ def test_blocked_linear_logsumexp_is_the_plain_one():
         )
     for x, y in zip(*losses):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_rows", [50, 100_000])  # the distinct rows found by a scan, or sorted
+@pytest.mark.parametrize("width", [(), (6,), (2, 3)])
+def test_rowwise_coalesce_is_torchs(n_rows, width):
+    """rowwise.coalesce: the distinct rows ascending and their entries summed, as torch's coalesce gives
+    them (duplicates in any order, a vector's entries, a table's rows and a deeper value shape)."""
+    from hetcomp_dist.models.rowwise import coalesce
+
+    g = torch.Generator().manual_seed(n_rows)
+    idx = torch.randint(0, min(n_rows, 40), (300,), generator=g) * (n_rows // min(n_rows, 40))
+    vals = torch.randn(300, *width, generator=g, dtype=torch.float64)
+    grad = torch.sparse_coo_tensor(idx[None], vals, (n_rows, *width), check_invariants=False)
+    got, want = coalesce(grad), grad.coalesce()
+    assert got.is_coalesced() and torch.equal(got.indices(), want.indices())
+    torch.testing.assert_close(got.values(), want.values(), rtol=1e-12, atol=1e-12)
+    assert coalesce(want) is not None and torch.equal(coalesce(want).indices(), want.indices())
