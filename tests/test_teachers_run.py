@@ -436,6 +436,9 @@ def test_family_fields_change_only_their_teacher():
         load_config(None, ["teachers.rp3.max_epochs=3"])
     with pytest.raises(InputError, match="rp3_alpha"):
         load_config(None, ["teachers.rp3_alpha=0"])
+    blocked = load_config(None, ["teachers.iae_softmax_block=64"])  # the item-AE's blocked normaliser
+    for name in base.teachers.names:
+        assert (teacher_hash(base, name, "data") == teacher_hash(blocked, name, "data")) == (name != "iae")
     for family in ("ae", "iae"):  # the autoencoders' sampled normalisers: each in its own hash only
         sampled = load_config(None, [f"teachers.{family}_decoder_samples=64"])
         for name in base.teachers.names:
@@ -523,6 +526,10 @@ def test_approximate_export_measures_its_recall(tmp_path, synth_run, name):
     assert hash_of(approx, **plain, export_recall_users=100) == hash_of(approx, **plain)
     assert hash_of(exact, export_recall_target=0.9, export_recall_users=100) == hash_of(exact)
     assert hash_of(approx, export_exact_share=0.5) != hash_of(approx)  # it can change the lists
+    calibrated, flat = hash_of(approx), hash_of(exact)
+    with pytest.MonkeyPatch.context() as mp:  # the calibration's margin sizes the search: in the hash
+        mp.setattr("hetcomp_dist.teachers.runner.RECALL_Z", 3.0)
+        assert hash_of(approx) != calibrated and hash_of(exact) == flat
     # read by the calibration only
     assert hash_of(approx, **plain, export_exact_share=0.5) == hash_of(approx, **plain)
     assert hash_of(exact, export_exact_share=0.5) == hash_of(exact)

@@ -28,7 +28,7 @@ from hetcomp_dist.models.registry import model_class
 from hetcomp_dist.progress import log, peak_rss_gib
 from hetcomp_dist.resources import this_node
 from hetcomp_dist.teachers.fit import fit, load_checkpoint, remove_file, resolve
-from hetcomp_dist.teachers.trajectory import N_STATES, Ranker, choose_states, export_trajectory
+from hetcomp_dist.teachers.trajectory import N_STATES, RECALL_Z, Ranker, choose_states, export_trajectory
 
 # fields that change nothing a teacher computes (resources, logging, housekeeping)
 _NEUTRAL = (
@@ -58,7 +58,7 @@ _FAMILY_FIELDS = {
     "rp3": ("rp3_k", "rp3_alpha", "rp3_beta"),
     "gnn": ("gnn_refresh_every", "gnn_walks"),
     "ae": ("ae_decoder_samples",),
-    "iae": ("iae_hash_buckets", "iae_max_logits", "iae_decoder_samples"),
+    "iae": ("iae_hash_buckets", "iae_max_logits", "iae_decoder_samples", "iae_softmax_block"),
 }
 
 
@@ -76,6 +76,8 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
     shared = {
         k: v for k, v in dataclasses.asdict(cfg.teachers).items() if k not in _NEUTRAL and k not in foreign
     }
+    if shared.get("iae_softmax_block") == 0:  # one block: the item-AE as trained before the option
+        del shared["iae_softmax_block"]
     for f in ("ae_decoder_samples", "iae_decoder_samples"):
         if shared.get(f) == 0:  # the full softmax: the hashes of autoencoders trained before the option hold
             del shared[f]
@@ -89,6 +91,7 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
         del shared["export_candidates"], shared["export_recall_target"], shared["export_exact_share"]
     elif cfg.teachers.export_recall_target > 0:
         shared["export_recall_users"] = cfg.teachers.export_recall_users  # the calibration sample's size
+        shared["export_recall_margin_z"] = RECALL_Z  # its margin sizes the search too
     else:
         del shared["export_exact_share"]  # read only by the calibration
     own = dataclasses.asdict(getattr(cfg.teachers, name))
