@@ -458,7 +458,7 @@ def test_pair_index_contains_against_a_set():
     item, an empty row, a CSR that starts at user 100 (a rank's slice), and users outside it (False) --
     as a Python set does; `sample_negatives` never returns a train item when the catalogue has room."""
     from hetcomp_dist.data.dataset import CSR
-    from hetcomp_dist.models.sampling import contains, pair_index, sample_negatives
+    from hetcomp_dist.models.sampling import PairIndex, contains, sample_negatives
 
     rng = np.random.default_rng(3)
     rows = [rng.choice(50, rng.integers(0, 12), replace=False) for _ in range(40)]
@@ -471,11 +471,11 @@ def test_pair_index_contains_against_a_set():
     pairs = {(100 + u, int(i)) for u, r in enumerate(rows) for i in r}
     users = rng.integers(90, 150, 5_000)
     items = rng.integers(0, 50, 5_000)
-    got = contains(pair_index(train), users, items)
+    got = contains(PairIndex(train), users, items)
     assert got.tolist() == [(int(u), int(i)) in pairs for u, i in zip(users, items)]
     assert got.any() and not got.all()
     inside = np.arange(100, 140)
-    neg = sample_negatives(pair_index(train), inside, 50, rng, n=30)
+    neg = sample_negatives(PairIndex(train), inside, 50, rng, n=30)
     assert not any((int(u), int(j)) in pairs for u, row in zip(inside, neg) for j in row)
 
 

@@ -41,7 +41,7 @@ from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.rowwise import lookup
-from hetcomp_dist.models.sampling import pair_batches, pair_index, sample_negatives
+from hetcomp_dist.models.sampling import PairIndex, pair_batches, sample_negatives
 
 
 class _SymmetricSpMM(torch.autograd.Function):
@@ -138,7 +138,7 @@ class LightGCN(Recommender):
         self.refresh_every, self.walks, self.sparse = cfg.gnn_refresh_every, cfg.gnn_walks, cfg.sparse_updates
         self.emb = torch.nn.Parameter(torch.randn(n_users + n_items, cfg.dim) * 0.1)
         self.register_buffer("adj", normalised_adjacency(train, n_users, n_items), persistent=False)
-        self._keys = pair_index(train)
+        self._keys = PairIndex(train)
         self._cache: torch.Tensor | None = None
         self._hood: torch.Tensor | None = None  # cached neighbourhood part H (gnn_refresh_every > 0)
         self._hood_age = 0  # steps since H was computed

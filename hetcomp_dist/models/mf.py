@@ -12,7 +12,7 @@ from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.rowwise import lookup
-from hetcomp_dist.models.sampling import PairIndex, pair_batches, pair_index, sample_negatives
+from hetcomp_dist.models.sampling import PairIndex, pair_batches, sample_negatives
 
 
 class MF(Recommender):
@@ -35,7 +35,7 @@ class MF(Recommender):
         self, train: CSR, rng: np.random.Generator, batch_size: int
     ) -> Iterator[dict[str, torch.Tensor]]:
         if self._keys is None or len(self._keys) != len(train.items):
-            self._keys = pair_index(train)
+            self._keys = PairIndex(train)
         for u, i in pair_batches(train, rng, batch_size):
             j = sample_negatives(self._keys, u, self.n_items, rng, 1)[:, 0]
             yield {

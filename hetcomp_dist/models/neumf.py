@@ -17,7 +17,7 @@ from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.rowwise import lookup
-from hetcomp_dist.models.sampling import PairIndex, pair_batches, pair_index, sample_negatives
+from hetcomp_dist.models.sampling import PairIndex, pair_batches, sample_negatives
 
 _CHUNK_ELEMS = 1 << 19  # floats per (users x items x width) block while scoring (2 MiB: stays in cache)
 _CANDIDATE_USERS = 128  # users whose MLP term, averaged, is each item's term in `candidate_embeddings`
@@ -51,7 +51,7 @@ class NeuMF(Recommender):
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Each batch: positives (B,) plus dnn_negatives sampled negatives per positive."""
         if self._keys is None or len(self._keys) != len(train.items):
-            self._keys = pair_index(train)
+            self._keys = PairIndex(train)
         for u, i in pair_batches(train, rng, batch_size):
             j = sample_negatives(self._keys, u, self.n_items, rng, self.n_neg)
             users = np.concatenate([u, np.repeat(u, self.n_neg)])

@@ -34,11 +34,6 @@ class PairIndex:
         return len(self.items)
 
 
-def pair_index(train: CSR) -> PairIndex:
-    """The train pairs of `train` (users lo .. lo + n - 1) as a `PairIndex`."""
-    return PairIndex(train)
-
-
 @nb.njit(cache=True, nogil=True)
 def _contains(offsets, items, lo, users, query):
     out = np.zeros(query.shape[0], np.bool_)
@@ -66,7 +61,7 @@ def contains(index: PairIndex, users: np.ndarray, items: np.ndarray) -> np.ndarr
 def sample_negatives(
     keys: PairIndex, users: np.ndarray, n_items: int, rng: np.random.Generator, n: int = 1, rounds: int = 10
 ) -> np.ndarray:
-    """(len(users), n) uniform items outside each user's train list (`keys`, from `pair_index`; rejection
+    """(len(users), n) uniform items outside each user's train list (`keys`, a `PairIndex`; rejection
     sampling).
 
     After `rounds` redraws a remaining collision is kept: only users who saw almost the whole

@@ -30,7 +30,7 @@ from hetcomp_dist.config import StudentConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.base import Recommender
 from hetcomp_dist.models.rowwise import touched_rows
-from hetcomp_dist.models.sampling import PairIndex, pair_batches, pair_index, sample_negatives
+from hetcomp_dist.models.sampling import PairIndex, pair_batches, sample_negatives
 
 
 class Student(Recommender):
@@ -72,7 +72,7 @@ class Student(Recommender):
     ) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of BPR/hinge triples over every train interaction (one sampled negative each)."""
         if self._keys is None or len(self._keys) != len(train.items):
-            self._keys = pair_index(train)
+            self._keys = PairIndex(train)
         for u, i in pair_batches(train, rng, batch_size):
             j = sample_negatives(self._keys, u, self.n_items, rng, 1)[:, 0]
             yield {

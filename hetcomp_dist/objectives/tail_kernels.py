@@ -147,6 +147,41 @@ def tail_grad(ar, wr, c, ex_rows, bounds, lim, start, stop, grad_c, g):
 
 
 @nb.njit(cache=True, nogil=True)
+def _group_by_row(rows, cols, n_rows):
+    """(offsets (n_rows + 1,), cols) of the pairs with col >= 0 grouped by row, in input order within a row:
+    one counting sort over n_rows cursors."""
+    start = np.zeros(n_rows + 1, np.int64)
+    for p in range(cols.shape[0]):
+        if cols[p] >= 0:
+            start[rows[p] + 1] += 1
+    for r in range(n_rows):
+        start[r + 1] += start[r]
+    cursor = start[:n_rows].copy()
+    grouped = np.empty(start[n_rows], np.int64)
+    for p in range(cols.shape[0]):
+        if cols[p] >= 0:
+            grouped[cursor[rows[p]]] = cols[p]
+            cursor[rows[p]] += 1
+    return start, grouped
+
+
+@nb.njit(cache=True, nogil=True)
+def _stable_by_col(rows, cols, n_cols):
+    """(rows, cols) reordered by col, 0 <= col < n_cols, stably (rows keep their order within a col)."""
+    first = np.zeros(n_cols + 1, np.int64)
+    for q in range(cols.shape[0]):
+        first[cols[q] + 1] += 1
+    for j in range(n_cols):
+        first[j + 1] += first[j]
+    out_r, out_c = np.empty(cols.shape[0], np.int64), np.empty(cols.shape[0], np.int64)
+    for q in range(cols.shape[0]):
+        k = first[cols[q]]
+        first[cols[q]] += 1
+        out_r[k], out_c[k] = rows[q], cols[q]
+    return out_r, out_c
+
+
+@nb.njit(cache=True, nogil=True)
 def sorted_pairs(rows, cols, n_rows, n_items):
     """The distinct (row, col) pairs with col >= 0, sorted by col then row, by two counting sorts:
     O(nnz + n_rows + n_items), where a comparison sort of the keys costs O(nnz log nnz).
@@ -157,31 +192,13 @@ def sorted_pairs(rows, cols, n_rows, n_items):
     Returns:
         (rows, cols), each (nnz',) int64.
     """
-    start = np.zeros(n_rows + 1, np.int64)
-    for p in range(cols.shape[0]):
-        if cols[p] >= 0:
-            start[rows[p] + 1] += 1
+    start, grouped = _group_by_row(rows, cols, n_rows)
+    by_row_r = np.empty(grouped.shape[0], np.int64)
     for r in range(n_rows):
-        start[r + 1] += start[r]
-    m = start[n_rows]
-    by_row_r, by_row_c = np.empty(m, np.int64), np.empty(m, np.int64)
-    for p in range(cols.shape[0]):
-        if cols[p] >= 0:
-            q = start[rows[p]]
-            start[rows[p]] += 1
-            by_row_r[q], by_row_c[q] = rows[p], cols[p]
-    first = np.zeros(n_items + 1, np.int64)
-    for q in range(m):
-        first[by_row_c[q] + 1] += 1
-    for j in range(n_items):
-        first[j + 1] += first[j]
-    out_r, out_c = np.empty(m, np.int64), np.empty(m, np.int64)
-    for q in range(m):  # stable: rows stay in order within a col
-        k = first[by_row_c[q]]
-        first[by_row_c[q]] += 1
-        out_r[k], out_c[k] = by_row_r[q], by_row_c[q]
+        by_row_r[start[r] : start[r + 1]] = r
+    out_r, out_c = _stable_by_col(by_row_r, grouped, n_items)
     n = 0
-    for k in range(m):
+    for k in range(out_c.shape[0]):
         if n == 0 or out_r[k] != out_r[n - 1] or out_c[k] != out_c[n - 1]:
             out_r[n], out_c[n] = out_r[k], out_c[k]
             n += 1
@@ -209,23 +226,10 @@ def sampled_pairs(rows, cols, n_rows, where, m):
         (n_ex (n_rows,) int64 distinct excluded items per row, hit_rows, hit_pos): the distinct pairs in S,
         each (nnz',) int64, sorted by position in S then row -- as `sorted_pairs` sorts them.
     """
-    start = np.zeros(n_rows + 1, np.int64)
-    for p in range(cols.shape[0]):
-        if cols[p] >= 0:
-            start[rows[p] + 1] += 1
-    for r in range(n_rows):
-        start[r + 1] += start[r]
-    total = start[n_rows]
-    cursor = start[:n_rows].copy()
-    by_row = np.empty(total, np.int64)
-    for p in range(cols.shape[0]):
-        if cols[p] >= 0:
-            by_row[cursor[rows[p]]] = cols[p]
-            cursor[rows[p]] += 1
+    start, by_row = _group_by_row(rows, cols, n_rows)
     stamp = np.full(where.shape[0], -1, np.int64)
     n_ex = np.zeros(n_rows, np.int64)
-    hit_r, hit_p = np.empty(total, np.int64), np.empty(total, np.int64)
-    count = np.zeros(m + 1, np.int64)
+    hit_r, hit_p = np.empty(by_row.shape[0], np.int64), np.empty(by_row.shape[0], np.int64)
     n = 0
     for r in range(n_rows):
         for q in range(start[r], start[r + 1]):
@@ -236,15 +240,8 @@ def sampled_pairs(rows, cols, n_rows, where, m):
                 w = where[col]
                 if w >= 0:
                     hit_r[n], hit_p[n] = r, w
-                    count[w + 1] += 1
                     n += 1
-    for j in range(m):
-        count[j + 1] += count[j]
-    out_r, out_p = np.empty(n, np.int64), np.empty(n, np.int64)
-    for q in range(n):  # stable: rows stay in order within a position
-        k = count[hit_p[q]]
-        count[hit_p[q]] += 1
-        out_r[k], out_p[k] = hit_r[q], hit_p[q]
+    out_r, out_p = _stable_by_col(hit_r[:n], hit_p[:n], m)
     return n_ex, out_r, out_p
 
 

@@ -22,7 +22,7 @@ from hetcomp_dist import storage
 from hetcomp_dist.data.dataset import CSR, load_manifest, load_range
 from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
-from hetcomp_dist.models.sampling import pair_index, sample_negatives
+from hetcomp_dist.models.sampling import PairIndex, sample_negatives
 from hetcomp_dist.objectives.base import Batch
 
 
@@ -91,7 +91,7 @@ class BatchSampler:
                 "this worker's users have no train interactions",
                 "use fewer workers",
             )
-        self.keys = pair_index(data.train) if negatives else None
+        self.keys = PairIndex(data.train) if negatives else None
         self.device = torch.device(device)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
