@@ -236,6 +236,22 @@ def test_pair_scores_are_the_scores_of_the_pairs(case):
     np.testing.assert_allclose(got.numpy(), s[users, items].numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_candidate_scores_are_the_scores_of_each_rows_candidates(case):
+    """NeuMF's own block form and the default (pair_scores of the flattened pairs) alike; candidate counts
+    above and below the catalogue size take NeuMF's two ways to its item half."""
+    c, train, model = case
+    rng = np.random.default_rng(1)
+    users = torch.from_numpy(rng.choice(N_USERS, 7, replace=False))
+    with torch.no_grad():
+        s = model.eval().scores(torch.arange(N_USERS), train)
+        for C in (3, 2 * N_ITEMS):
+            cand = torch.from_numpy(rng.integers(0, N_ITEMS, (7, C)))  # repeats within a row too
+            got = model.candidate_scores(users, cand, train)
+            assert got.shape == (7, C)
+            want = s[users[:, None], cand]
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_candidate_embeddings_have_the_shape_of_embeddings(case):
     """Offered only by models without embeddings (the approximate index's candidate path)."""
     c, train, model = case

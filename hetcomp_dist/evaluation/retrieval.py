@@ -295,28 +295,30 @@ def rescore(
     cand: np.ndarray,
     users: np.ndarray,
     k: int,
-    pair_fn: Callable[[np.ndarray, np.ndarray], torch.Tensor],
+    block_fn: Callable[[np.ndarray, np.ndarray], torch.Tensor],
     chunk: int = 1 << 18,
 ) -> np.ndarray:
-    """Top-k of each row's candidates by exact pair scores (the rescoring half of candidate-then-rescore).
+    """Top-k of each row's candidates by exact scores (the rescoring half of candidate-then-rescore).
 
     Args:
         cand: (B, C) int32 candidate items per user (PAD allowed), e.g. from `search_excluding`.
         users: (B,) the users of the rows.
         k: list length (<= C).
-        pair_fn: ``(users (P,), items (P,)) -> (P,)`` exact scores, called on at most `chunk` pairs at once.
+        block_fn: ``(users (b,), cand (b, C)) -> (b, C)`` exact scores of a block of rows (PAD given as
+            item 0, its score ignored), called on at most `chunk` candidates at once.
 
     Returns:
         (B, k) int32 best first by exact score (ties: the candidate order), PAD where fewer than k remain.
     """
     B, C = cand.shape
     keep = cand != PAD
-    rows, cols = np.nonzero(keep)
-    scores = np.full((B, C), -np.inf, np.float32)
-    for s in range(0, len(rows), chunk):
-        r, c = rows[s : s + chunk], cols[s : s + chunk]
+    safe = np.where(keep, cand, 0)
+    scores = np.empty((B, C), np.float32)
+    step = max(1, chunk // max(C, 1))
+    for s in range(0, B, step):
         with torch.no_grad():
-            scores[r, c] = pair_fn(users[r], cand[r, c]).float().cpu().numpy()
+            scores[s : s + step] = block_fn(users[s : s + step], safe[s : s + step]).float().cpu().numpy()
+    scores[~keep] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     out = np.take_along_axis(cand, order, 1).astype(np.int32)
     out[~np.take_along_axis(keep, order, 1)] = PAD

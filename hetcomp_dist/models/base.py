@@ -66,6 +66,15 @@ class Recommender(torch.nn.Module, abc.ABC):
         distinct, row = torch.unique(users, return_inverse=True)
         return self.scores(distinct, train)[row, items]
 
+    def candidate_scores(
+        self, users: torch.Tensor, cand: torch.Tensor, train: CSR | None = None
+    ) -> torch.Tensor:
+        """(B, C) `scores` of each user's candidates (users (B,), one per row; cand (B, C) item ids): the
+        rescoring half of the candidate path. By default `pair_scores` of the flattened pairs; a model
+        overrides it where a user's share of a pair can be computed once per row."""
+        B, C = cand.shape
+        return self.pair_scores(users.repeat_interleave(C), cand.reshape(-1), train).view(B, C)
+
     def optimizer_parameters(self) -> list[torch.nn.Parameter]:
         """What the training loop's optimiser updates; [] for a model that fits itself in `fit_epoch`."""
         return list(self.parameters())

@@ -141,12 +141,20 @@ class Ranker:
         with torch.no_grad():
             return self.model.pair_scores(u, i, self.train).cpu()
 
+    def candidate_scores(self, users: np.ndarray, cand: np.ndarray) -> torch.Tensor:
+        """(B, C) the model's exact scores of each user's candidates (`Recommender.candidate_scores`)."""
+        dev = next(self.model.parameters()).device
+        u = torch.from_numpy(np.array(users, dtype=np.int64)).to(dev)
+        c = torch.from_numpy(np.array(cand, dtype=np.int64)).to(dev)
+        with torch.no_grad():
+            return self.model.candidate_scores(u, c, self.train).cpu()
+
     def topk(self, users: np.ndarray, k: int, ex_offsets: np.ndarray, ex_values: np.ndarray) -> np.ndarray:
         """(B, k) int32 best-first items per user, never an excluded one, -1 padded."""
         if self.candidates:
             c = max(k, self.candidates)
             cand = retrieval.search_excluding(self.index, self.user_emb[users], c, ex_offsets, ex_values)
-            return retrieval.rescore(cand, np.asarray(users), k, self.pair_scores)
+            return retrieval.rescore(cand, np.asarray(users), k, self.candidate_scores)
         if self.index is not None:
             return retrieval.search_excluding(self.index, self.user_emb[users], k, ex_offsets, ex_values)
         return retrieval.topk_scorer(self.score_fn, users, k, ex_offsets, ex_values, self.score_batch)
