@@ -114,6 +114,8 @@ def _stage_teachers(cfg, args) -> dict:
             "train_s": m["train_s"],
             "export_s": m["export_s"],
             "cpu_s": m["cpu_s"],
+            "train_cpu_s": m.get("train_cpu_s"),
+            "export_cpu_s": m.get("export_cpu_s"),
             "peak_rss_gib": m["peak_rss_gib"],
             "valid_R@50": m["states"][-1]["valid"]["R@50"],
             "recall_vs_exact": min(recalls) if recalls else None,
@@ -334,7 +336,9 @@ def summarise(results: list[dict], baseline_gib: float, args) -> dict:
     stages["teachers"]["per_teacher"] = {
         key[r["users"]]: {
             name: {
-                f: round(t[f], 1) for f in ("wall_s", "train_s", "export_s", "cpu_s") if t.get(f) is not None
+                f: round(t[f], 1)
+                for f in ("wall_s", "train_s", "export_s", "cpu_s", "train_cpu_s", "export_cpu_s")
+                if t.get(f) is not None
             }
             for name, t in r["stages"]["teachers"]["teachers"].items()
         }

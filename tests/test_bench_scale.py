@@ -165,6 +165,8 @@ def _fake_size(users: int, bench, slopes: dict, student_r50: float) -> dict:
             "train_s": users / 300,
             "export_s": users / 150,
             "cpu_s": users / 90,
+            "train_cpu_s": users / 270,
+            "export_cpu_s": users / 135,
         },
         "iknn": {"recall_vs_exact": None, "valid_R@50": 0.12, "search_breadth": None},
     }
@@ -187,7 +189,14 @@ def test_summary_of_two_sizes_against_a_hand_computed_slope():
         assert st["exponent"] == pytest.approx(b, abs=1e-3) == pytest.approx(ref, abs=1e-3), stage
         assert st["users_per_s"]["4000"] == pytest.approx(4000 / (4000**b / 10), abs=0.05)
     per = out["stages"]["teachers"]["per_teacher"]
-    assert per["4000"]["mf"] == {"wall_s": 40.0, "train_s": 13.3, "export_s": 26.7, "cpu_s": 44.4}
+    assert per["4000"]["mf"] == {
+        "wall_s": 40.0,
+        "train_s": 13.3,
+        "export_s": 26.7,
+        "cpu_s": 44.4,
+        "train_cpu_s": 14.8,
+        "export_cpu_s": 29.6,
+    }
     assert per["1000"]["iknn"] == {}  # fields a teacher's metrics lack are left out
     dkc = out["stages"]["dkc"]
     assert dkc["rounds"] == {"1000": 2, "4000": 2}

@@ -127,6 +127,9 @@ def check_trajectory(run: str, name: str) -> dict:
     assert len(epochs) == 4 and epochs == sorted(epochs) and epochs[-1] == man["convergence_epoch"]
     assert epochs == choose_states(metrics["state_epochs"], man["convergence_epoch"])
     assert [s["state"] for s in metrics["states"]] == [1, 2, 3, 4]
+    # the phases' CPU seconds: each its own, together within the process's
+    assert 0 < metrics["train_cpu_s"] and 0 < metrics["export_cpu_s"]
+    assert metrics["train_cpu_s"] + metrics["export_cpu_s"] <= metrics["cpu_s"]
     for i in range(1, 5):
         lists = read_lists(layout.teacher_state(name, i), n, S)
         for u, row in enumerate(lists):

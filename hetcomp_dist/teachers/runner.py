@@ -148,6 +148,11 @@ def evaluate_state(run: str, ranker: Ranker, folder: str, eval_cfg: EvalConfig, 
     return evaluate_ranker(run, ranker, eval_cfg, ("valid", "test"))
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far."""
+    return sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+
+
 def run_teacher(
     run: str, cfg: Config, name: str, device: str = "cpu", on_progress: Callable[[dict], None] | None = None
 ) -> dict:
@@ -194,7 +199,9 @@ def _run_teacher(
         ranker = Ranker(model_, train, ecfg, cfg.teachers.export_batch_size, cands)
         return evaluate_ranker(run, ranker, ecfg, ("valid",))["valid"]
 
+    cpu_fit = _cpu_s()
     result = fit(model, train, layout, name, params, valid, h, on_progress)
+    cpu_export = _cpu_s()
     states = choose_states(result["snapshots"], result["best_epoch"])
     states_dirs = [layout.teacher_state(name, i) for i in range(1, N_STATES + 1)]
     for folder in [*states_dirs, layout.teacher_observed(name)]:
@@ -219,6 +226,7 @@ def _run_teacher(
         seed=cfg.teachers.seed,
     )
     export_s = time.perf_counter() - t_export
+    cpu_end = _cpu_s()
     if result["history"] and result["history"][-1]["valid"] is None:
         # fit left its only evaluation (the last epoch, the best one) to the export: E4 is that state
         e4 = next(s for s in traj["states"] if s["state"] == N_STATES)
@@ -254,7 +262,11 @@ def _run_teacher(
         "peak_rss_gib": peak_rss_gib(),
         "model_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30,
         # CPU seconds of this process (not of crashed attempts): a figure that contention does not inflate
-        "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+        "cpu_s": cpu_end,
+        # the two phases' CPU seconds in this attempt: training grows with the users, an exact export
+        # with users x items (docs/PERFORMANCE.md projects them apart)
+        "train_cpu_s": cpu_export - cpu_fit,
+        "export_cpu_s": cpu_end - cpu_export,
         "node": this_node(),  # where the actor that trained and exported it ran
         "params": dataclasses.asdict(params),
     }
