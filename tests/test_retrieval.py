@@ -19,6 +19,7 @@ from hetcomp_dist.evaluation.retrieval import (
     excluded_mask,
     first_k_kept,
     mips_items,
+    rescore,
     search_excluding,
     topk_from_scores,
     topk_scorer,
@@ -416,3 +417,30 @@ def test_faiss_blas_sets_and_restores_settings():
     with faiss_blas():
         assert cv.distance_compute_blas_threshold == BLAS_THRESHOLD
     assert (cv.distance_compute_blas_threshold, cv.distance_compute_blas_query_bs) == before
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 18])
+def test_rescore_orders_each_rows_candidates_by_their_scores(chunk):
+    """Against a per-row loop: the k best candidates by score, ties in candidate order, PAD never ranked and
+    filling short rows; blocks of rows (a chunk smaller than a row included) change nothing."""
+    rng = np.random.default_rng(3)
+    B, C, k, n_items = 23, 9, 5, 40
+    s = np.round(rng.standard_normal((B, n_items)), 1).astype(np.float32)  # coarse: ties happen
+    users = rng.permutation(B + 10)[:B]
+    cand = rng.integers(0, n_items, (B, C)).astype(np.int32)
+    cand[rng.random((B, C)) < 0.3] = PAD
+    cand[0, 2:] = PAD  # fewer than k candidates
+    row_of = {int(u): r for r, u in enumerate(users)}
+    seen = []
+
+    def block_fn(u, c):
+        seen.append(len(u))
+        assert (c >= 0).all()  # PAD handed over as a real item
+        return torch.from_numpy(s[[row_of[int(x)] for x in u]][np.arange(len(u))[:, None], c])
+
+    got = rescore(cand, users, k, block_fn, chunk=chunk)
+    for r in range(B):
+        kept = [(-s[r, c], pos, c) for pos, c in enumerate(cand[r]) if c != PAD]
+        want = [c for _, _, c in sorted(kept)[:k]]
+        assert got[r].tolist() == want + [PAD] * (k - len(want)), r
+    assert sum(seen) == B and max(seen) <= max(1, chunk // C)
