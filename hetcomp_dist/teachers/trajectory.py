@@ -132,22 +132,19 @@ class Ranker:
         with torch.no_grad():
             return self.model.scores(torch.as_tensor(users, dtype=torch.int64, device=dev), self.train).cpu()
 
+    def _ids(self, ids: np.ndarray) -> torch.Tensor:
+        """int64 ids on the model's device, copied: they may be read-only views of Arrow buffers."""
+        return torch.from_numpy(np.array(ids, dtype=np.int64)).to(next(self.model.parameters()).device)
+
     def pair_scores(self, users: np.ndarray, items: np.ndarray) -> torch.Tensor:
         """(P,) the model's exact scores of (users[p], items[p])."""
-        dev = next(self.model.parameters()).device
-        # copies: the ids may be read-only views of Arrow buffers
-        u = torch.from_numpy(np.array(users, dtype=np.int64)).to(dev)
-        i = torch.from_numpy(np.array(items, dtype=np.int64)).to(dev)
         with torch.no_grad():
-            return self.model.pair_scores(u, i, self.train).cpu()
+            return self.model.pair_scores(self._ids(users), self._ids(items), self.train).cpu()
 
     def candidate_scores(self, users: np.ndarray, cand: np.ndarray) -> torch.Tensor:
         """(B, C) the model's exact scores of each user's candidates (`Recommender.candidate_scores`)."""
-        dev = next(self.model.parameters()).device
-        u = torch.from_numpy(np.array(users, dtype=np.int64)).to(dev)
-        c = torch.from_numpy(np.array(cand, dtype=np.int64)).to(dev)
         with torch.no_grad():
-            return self.model.candidate_scores(u, c, self.train).cpu()
+            return self.model.candidate_scores(self._ids(users), self._ids(cand), self.train).cpu()
 
     def topk(self, users: np.ndarray, k: int, ex_offsets: np.ndarray, ex_values: np.ndarray) -> np.ndarray:
         """(B, k) int32 best-first items per user, never an excluded one, -1 padded."""
