@@ -440,3 +440,63 @@ def test_vae_loss_bounds_the_log_variance_only_where_it_overflows():
     # d loss / d logvar = beta * 0.5 (e^bound - 1) per row's mean: a descent step lowers the log-variance
     expected = 0.2 * 0.5 * (math.exp(LOGVAR_MAX) - 1)
     assert core.enc_out.bias.grad[4:].tolist() == pytest.approx([expected] * 4, rel=1e-4)
+
+
+def _neumf(n_users: int, n_items: int, seed: int = 0):
+    from hetcomp_dist.config import TeachersConfig
+    from hetcomp_dist.models.neumf import NeuMF
+
+    torch.manual_seed(seed)
+    model = NeuMF(n_users, n_items, TeachersConfig(dim=8, dnn_mlp_dim=4, dnn_layers=2)).eval()
+    with torch.no_grad():  # trained-sized weights, so the MLP term is not negligible beside the GMF one
+        for p in model.parameters():
+            p.normal_(0, 1.0)
+    return model
+
+
+def test_neumf_candidate_vectors_are_exact_where_the_mlp_is_linear():
+    """With every ReLU's input positive (large first-layer biases) the MLP term is linear in the user's
+    first-layer activation a_u, so its least-squares fit is exact: the candidate vectors' inner products
+    equal the model's scores for every user, in the fit's sample or not (up to the fit's small ridge)."""
+    model = _neumf(300, 40)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.bias.fill_(100.0)
+    user, item, metric = model.candidate_embeddings()
+    assert metric == "ip" and user.shape == (300, 8 + 1 + 4) and item.shape == (40, 8 + 1 + 4)
+    with torch.no_grad():
+        want = model.scores(torch.arange(300)).numpy()
+    got = user @ item.T
+    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+
+
+def test_neumf_candidate_vectors_solve_the_normal_equations_of_their_sample():
+    """In general (ReLUs clipping) each item's MLP term is fitted, over the fit's sample of users, by
+    m_i + beta_i . (a_u - mean a): checked against the MLP terms computed pair by pair -- the residuals sum
+    to 0 over the sample and are orthogonal to the centred activations up to the ridge's pull on beta."""
+    from hetcomp_dist.models import neumf
+
+    n_users, n_items = 2 * neumf._CANDIDATE_USERS + 7, 30
+    model = _neumf(n_users, n_items, seed=1)
+    user, item, _ = model.candidate_embeddings()
+    d = model.gmf_user.shape[1]
+    step = n_users // neumf._CANDIDATE_USERS
+    sample = np.arange(0, n_users, step)[: neumf._CANDIDATE_USERS]
+    with torch.no_grad():
+        u = torch.from_numpy(np.repeat(sample, n_items))
+        i = torch.from_numpy(np.tile(np.arange(n_items), len(sample)))
+        gmf = (model.gmf_user[u] * model.head.weight[0, :d] * model.gmf_item[i]).sum(1)
+        term = (model.pair_scores(u, i) - gmf).view(len(sample), n_items).double().numpy()
+        a = (model.mlp_user[torch.from_numpy(sample)] @ model.layers[0].weight[:, :4].T).double().numpy()
+    a_c = a - a.mean(0)
+    assert np.allclose(user[sample, d + 1 :], a_c, atol=1e-4)  # the user half: the centred activation
+    assert np.allclose(user[:, d], 1.0)
+    m, beta = item[:, d].astype(np.float64), item[:, d + 1 :].astype(np.float64)
+    assert np.allclose(m, term.mean(0), atol=1e-4 * np.abs(term).max())
+    resid = term - m - a_c @ beta.T  # (S, n_items)
+    assert np.abs(resid.sum(0)).max() <= 1e-3 * np.abs(term).sum(0).max()
+    ridge = neumf._RIDGE * (a_c**2).sum() / a_c.shape[1]
+    normal = a_c.T @ resid - ridge * beta.T  # (h1, n_items): 0 at the ridge solution
+    assert np.abs(normal).max() <= 1e-3 * (np.abs(a_c.T @ term).max() + 1.0)
+    # and it fits the sample better than the mean alone (the vectors before 2026-12-08)
+    assert (resid**2).sum() < ((term - m) ** 2).sum()

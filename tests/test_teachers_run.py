@@ -29,7 +29,7 @@ from hetcomp_dist.errors import InputError
 from hetcomp_dist.layout import RunLayout
 from hetcomp_dist.models.registry import model_class
 from hetcomp_dist.teachers.runner import run_teacher
-from hetcomp_dist.teachers.trajectory import choose_states, load_weights
+from hetcomp_dist.teachers.trajectory import choose_states, load_weights, recall_vs_exact
 
 K = 20
 
@@ -597,9 +597,10 @@ def test_a_state_whose_search_would_probe_half_the_lists_is_exported_exactly(tmp
     """teachers.export_exact_share: with recall 1 out of reach at 2 of 7 lists and the next widening at
     4/7 >= 0.5, each state of an embedding teacher is exported by the exact flat ranker -- lists equal to
     a flat ranker's on the same snapshot, recall 1, search {"exact": true} -- and its metrics, read off
-    that export, equal the exact ranker's own evaluation. NeuMF's candidate path keeps its IVF (exact
-    there means scoring every item with the network)."""
-    from hetcomp_dist.teachers.runner import evaluate_ranker, export_eval
+    that export, equal the exact ranker's own evaluation. NeuMF's candidate path searches its candidate
+    vectors exhaustively instead (exact there would mean scoring every item with the network): its lists
+    are a flat candidate search's, rescored, its recall measured against exact."""
+    from hetcomp_dist.teachers.runner import evaluate_ranker, export_candidates, export_eval
     from hetcomp_dist.teachers.trajectory import Ranker
 
     run = copy_run(synth_run, tmp_path / "run")
@@ -614,13 +615,23 @@ def test_a_state_whose_search_would_probe_half_the_lists_is_exported_exactly(tmp
     users = np.arange(data["n_users"])
     for i, st in enumerate(metrics["states"], start=1):
         ex = st["export"]
-        if name == "dnn":
-            assert ex["exact"] is False and ex["search_breadth"]["nlist"] == 7
-            continue
-        assert ex["search_breadth"] == {"exact": True} and ex["recall_vs_exact"] == 1.0
-        assert ex["exact"] and ex["calibration_steps"] == 0 and ex["calibration_recall"] < 1
+        assert ex["exact"] and ex["calibration_steps"] == 0
         model.load_state_dict(load_weights(layout.teacher_snapshot(name, man["state_epochs"][i - 1])))
-        ranker = Ranker(model, train, flat, cfg.teachers.export_batch_size)
+        if name == "dnn":
+            assert ex["search_breadth"] == {"flat_candidates": True}
+            ranker = Ranker(
+                model, train, export_eval(cfg), cfg.teachers.export_batch_size, export_candidates(cfg)
+            ).exhaustive()
+            exact = Ranker(model, train, flat, cfg.teachers.export_batch_size)
+            # the reported recall is the flat candidate search's, on the report's users
+            n = data["n_users"]
+            drawn = np.random.default_rng(cfg.teachers.seed).choice(n, min(n, 300), replace=False)
+            sample = np.sort(drawn[:150])
+            assert ex["recall_vs_exact"] == pytest.approx(recall_vs_exact(ranker, exact, train, sample, K))
+        else:
+            assert ex["search_breadth"] == {"exact": True} and ex["recall_vs_exact"] == 1.0
+            assert ex["calibration_recall"] < 1
+            ranker = Ranker(model, train, flat, cfg.teachers.export_batch_size)
         want = ranker.topk(users, K, train.offsets, train.items)
         got = read_lists(layout.teacher_state(name, i), data["n_users"], data["shard_size"])
         assert [list(r) for r in got] == [[int(x) for x in row if x >= 0] for row in want], i

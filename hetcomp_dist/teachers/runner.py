@@ -89,11 +89,14 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
     if cfg.teachers.export_index not in APPROXIMATE_INDEXES:
         # read by an approximate index only: the candidate path, and the search sized on a sample
         del shared["export_candidates"], shared["export_recall_target"], shared["export_exact_share"]
-    elif cfg.teachers.export_recall_target > 0:
-        shared["export_recall_users"] = cfg.teachers.export_recall_users  # the calibration sample's size
-        shared["export_recall_margin_z"] = RECALL_Z  # its margin sizes the search too
     else:
-        del shared["export_exact_share"]  # read only by the calibration
+        if name == "dnn":  # NeuMF's candidate vectors carry a linear fit of its MLP term since 2026-12-08
+            shared["candidate_vectors"] = "mlp_linear_fit"
+        if cfg.teachers.export_recall_target > 0:
+            shared["export_recall_users"] = cfg.teachers.export_recall_users  # the calibration sample's size
+            shared["export_recall_margin_z"] = RECALL_Z  # its margin sizes the search too
+        else:
+            del shared["export_exact_share"]  # read only by the calibration
     own = dataclasses.asdict(getattr(cfg.teachers, name))
     ev = {
         k: v
