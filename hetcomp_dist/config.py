@@ -238,6 +238,10 @@ class TeachersConfig:
     # recomputed going backward, so no (items x users) array is ever held (models/vae.py:
     # _BlockedLinearLSE); 0 = one (items x users) block, as the paper computes it
     iae_softmax_block: int = ranged(0, Range(0, note="0 = one block over every user"))
+    # I-AE ranking: "logit", the decoder's output for column u before the softmax (W_u . f_i: items carry
+    # an offset the softmax over users never fixes); "log_softmax", log p(u | i) = the logit less item i's
+    # normaliser over every user (models/iae.py)
+    iae_score: str = "logit"
     als_alpha: float = ranged(
         100.0, POSITIVE
     )  # ALS confidence c = 1 + alpha * x for a train interaction (Hu et al. 2008)
@@ -670,6 +674,7 @@ def validate(cfg: Config, where: str = "config") -> Config:
             "raise teachers.topk",
         )
     choice("teachers.ae_variant", t.ae_variant, ("vae", "cdae"))
+    choice("teachers.iae_score", t.iae_score, ("logit", "log_softmax"))
     choice("teachers.export_index", t.export_index, ("", *EVAL_INDEXES))
     if t.export_recall_target > 0 and t.export_recall_users == 0:
         raise InputError(

@@ -89,6 +89,7 @@ OPTION_CASES = [
     *(Case("teacher", name, options=SPARSE) for name in ("mf", "ml", "dnn")),
     Case("teacher", "gnn", options=(("gnn_refresh_every", 3), ("sparse_updates", True))),
     Case("teacher", "iae", options=(("iae_hash_buckets", 16),)),
+    Case("teacher", "iae", options=(("iae_score", "log_softmax"),)),
 ]
 TEACHER_CASES = [
     *(Case("teacher", name) for name in TEACHERS),

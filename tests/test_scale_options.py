@@ -295,6 +295,43 @@ def test_hashed_iae_input_is_the_signed_bucket_sum():
     np.testing.assert_allclose(batch["x"].to_dense().numpy(), want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("block", [7, 16384])
+def test_iae_log_softmax_scores_are_the_decoders_log_probabilities(monkeypatch, block):
+    """teachers.iae_score = log_softmax: each user's score of item i is log softmax over users of the
+    decoder's whole output for item i (computed here as one (items, users) block by torch) less the
+    user's own bias b_u; the logit scores differ from them by one offset per item; the embeddings
+    score the same; a training-mode step does not reuse a stale normaliser."""
+    from hetcomp_dist.models import iae
+
+    monkeypatch.setattr(iae, "_LSE_BLOCK", block)  # several user blocks, and one
+    train = tiny_train()
+    cfg = dataclasses.replace(TEACHERS_CFG, iae_score="log_softmax")
+    torch.manual_seed(0)
+    model = ItemAE(N_USERS, 45, cfg, train)
+    with torch.no_grad():
+        model.core.dec.bias.normal_(0, 1.0)  # the per-user bias b_u is in the normaliser, not the score
+        model.eval()
+        feats = model.item_features()
+        logp = torch.log_softmax(model.core.dec(feats), dim=1).T  # (users, items)
+        users = torch.arange(N_USERS)
+        got = model.scores(users)
+        torch.testing.assert_close(got, logp - model.core.dec.bias[:, None], rtol=1e-5, atol=1e-5)
+        user, item, metric = model.embeddings()
+        assert metric == "ip" and user.shape == (N_USERS, cfg.dim + 1)
+        np.testing.assert_allclose(user @ item.T, got.numpy(), rtol=1e-5, atol=1e-5)
+        torch.manual_seed(0)
+        plain = ItemAE(N_USERS, 45, TEACHERS_CFG, train)
+        plain.load_state_dict(model.state_dict())
+        offset = plain.eval().scores(users) - got  # lse_i - 0: the same for every user
+        torch.testing.assert_close(offset, offset[:1].expand_as(offset), rtol=0, atol=1e-5)
+        assert float(offset.std(0).max()) < 1e-5 and float(offset[0].std()) > 0
+        model.core.dec.weight.mul_(2.0)  # new parameters: the eval cache is dropped on train()/eval()
+        model.train()
+        model.eval()
+        want = torch.log_softmax(model.core.dec(feats), dim=1).T - model.core.dec.bias[:, None]
+        torch.testing.assert_close(model.scores(users), want, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------- the sampled normaliser
 def test_sampled_tail_lse_against_a_per_row_loop():
     """Each row: its sampled columns outside its excluded set, summed in exp space and scaled by

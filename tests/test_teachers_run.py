@@ -442,6 +442,11 @@ def test_family_fields_change_only_their_teacher():
     blocked = load_config(None, ["teachers.iae_softmax_block=64"])  # the item-AE's blocked normaliser
     for name in base.teachers.names:
         assert (teacher_hash(base, name, "data") == teacher_hash(blocked, name, "data")) == (name != "iae")
+    ranked = load_config(None, ["teachers.iae_score=log_softmax"])  # the item-AE's normalised ranking
+    for name in base.teachers.names:
+        assert (teacher_hash(base, name, "data") == teacher_hash(ranked, name, "data")) == (name != "iae")
+    with pytest.raises(InputError, match="iae_score"):
+        load_config(None, ["teachers.iae_score=softmax"])
     for family in ("ae", "iae"):  # the autoencoders' sampled normalisers: each in its own hash only
         sampled = load_config(None, [f"teachers.{family}_decoder_samples=64"])
         for name in base.teachers.names:

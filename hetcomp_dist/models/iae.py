@@ -17,6 +17,14 @@ the block stays bounded (64 items at 1M users with the default). With ``teachers
 training's block is (items x sampled users) instead (`vae.log_normaliser`), and with
 ``teachers.sparse_updates`` too a step updates only those users' decoder rows (`VAECore.dec_rows`, lazy
 row-wise Adam), so an epoch costs O(items x samples), not O(items x users); scoring is unchanged.
+
+Ranking. The softmax over users is unchanged by adding a constant to all of one item's logits, so the
+logit W_u . f_i holds a per-item offset that the loss never fixes, and it moves the item's rank in every
+user's list (the scale bench's item-AE: valid R@50 .045 / .056 / .263 / .227 over its four states at 100k
+users). ``teachers.iae_score = log_softmax`` ranks by log p(u | i) = W_u . f_i + b_u - lse_i instead, lse_i
+item i's log normaliser over every user (b_u is the same for all of u's items): computed exactly once per
+parameter state, in blocks of users, items x users multiply-adds like one exact scoring of every user;
+still a dot product, [W_u, 1] . [f_i, -lse_i]. On the same four states: .051 / .163 / .288 / .267.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from hetcomp_dist.models.sampling import sparse_rows, transpose
 from hetcomp_dist.models.vae import VAECore, _AnnealedBeta, multinomial_vae_loss, vae_batches
 
 _ENCODE_BLOCK = 4096  # items per encoding block
+_LSE_BLOCK = 16384  # users per (items, users) block of the log normalisers (iae_score = log_softmax)
 
 
 def hash_users(users: np.ndarray, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,9 +80,10 @@ class ItemAE(_AnnealedBeta):
             sparse=sparse,
         )
         self.core.lse_block = cfg.iae_softmax_block  # the exact normaliser in blocks of users (vae.py)
+        self.normalised = cfg.iae_score == "log_softmax"
         self.columns = transpose(train, n_items)
         self._init_anneal(cfg.ae_beta, cfg.ae_anneal_steps)
-        self._cache: torch.Tensor | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def batches(
         self, train: CSR, rng: np.random.Generator, batch_size: int
@@ -112,12 +122,26 @@ class ItemAE(_AnnealedBeta):
             out.append(self.core.features(mu))
         return torch.cat(out)
 
-    def _features(self) -> torch.Tensor:
+    @torch.no_grad()
+    def log_normalisers(self, feats: torch.Tensor) -> torch.Tensor:
+        """(n_items,) lse_i = log sum_u exp(W_u . f_i + b_u) over every user, for item features `feats`,
+        in blocks of users (never an (items x users) array)."""
+        w, b = self.core.dec.weight, self.core.dec.bias
+        lse = torch.full((len(feats),), float("-inf"), dtype=feats.dtype, device=feats.device)
+        for s in range(0, self.n_users, _LSE_BLOCK):
+            block = torch.addmm(b[s : s + _LSE_BLOCK], feats, w[s : s + _LSE_BLOCK].T)
+            lse = torch.logaddexp(lse, torch.logsumexp(block, dim=1))
+        return lse
+
+    def _features(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(item features (n_items, f), their log normalisers (n_items,) or None when ranking by logit),
+        cached in eval mode."""
         if self.training or self._cache is None:
             feats = self.item_features()
+            out = (feats, self.log_normalisers(feats) if self.normalised else None)
             if self.training:
-                return feats
-            self._cache = feats
+                return out
+            self._cache = out
         return self._cache
 
     def train(self, mode: bool = True) -> ItemAE:
@@ -129,8 +153,17 @@ class ItemAE(_AnnealedBeta):
         return super().load_state_dict(*args, **kwargs)
 
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
-        """(B, n_items) logits of column u for every item (without b_u, constant per user)."""
-        return self.core.dec.weight[users] @ self._features().T
+        """(B, n_items) logits of column u for every item, or with iae_score = log_softmax log p(u | i)
+        (either without b_u, constant per user)."""
+        feats, lse = self._features()
+        out = self.core.dec.weight[users] @ feats.T
+        return out if lse is None else out.sub_(lse)
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray, str]:
-        return self.core.dec.weight.detach().cpu().numpy(), self._features().cpu().numpy(), "ip"
+        feats, lse = self._features()
+        user = self.core.dec.weight.detach()
+        if lse is None:
+            return user.cpu().numpy(), feats.cpu().numpy(), "ip"
+        ones = torch.ones(len(user), 1, dtype=user.dtype, device=user.device)
+        item = torch.cat([feats, -lse[:, None]], 1)
+        return torch.cat([user, ones], 1).cpu().numpy(), item.cpu().numpy(), "ip"

@@ -58,7 +58,7 @@ _FAMILY_FIELDS = {
     "rp3": ("rp3_k", "rp3_alpha", "rp3_beta"),
     "gnn": ("gnn_refresh_every", "gnn_walks"),
     "ae": ("ae_decoder_samples",),
-    "iae": ("iae_hash_buckets", "iae_max_logits", "iae_decoder_samples", "iae_softmax_block"),
+    "iae": ("iae_hash_buckets", "iae_max_logits", "iae_decoder_samples", "iae_softmax_block", "iae_score"),
 }
 
 
@@ -78,6 +78,8 @@ def teacher_hash(cfg: Config, name: str, data_hash: str) -> str:
     }
     if shared.get("iae_softmax_block") == 0:  # one block: the item-AE as trained before the option
         del shared["iae_softmax_block"]
+    if shared.get("iae_score") == "logit":  # the item-AE as it ranked before the option
+        del shared["iae_score"]
     for f in ("ae_decoder_samples", "iae_decoder_samples"):
         if shared.get(f) == 0:  # the full softmax: the hashes of autoencoders trained before the option hold
             del shared[f]
