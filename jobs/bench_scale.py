@@ -119,8 +119,9 @@ def _stage_teachers(cfg, args) -> dict:
             "peak_rss_gib": m["peak_rss_gib"],
             "valid_R@50": m["states"][-1]["valid"]["R@50"],
             "recall_vs_exact": min(recalls) if recalls else None,
-            # per state E1..E4: the search it exported with (IVF nprobe of nlist; sized on a sample
-            # when teachers.export_recall_target > 0)
+            # per state E1..E4: the search it exported with (IVF nprobe of nlist, sized on a sample when
+            # teachers.export_recall_target > 0; {"exact": true}, or on NeuMF's candidate path
+            # {"flat_candidates": true}, past teachers.export_exact_share)
             "search_breadth": [s["export"].get("search_breadth") for s in m["states"]],
         }
     return {"teachers": out}

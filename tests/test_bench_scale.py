@@ -252,9 +252,11 @@ def test_tiny_bench_json_shape_and_quality(tmp_path):
         # the scale config sizes each state's IVF search (teachers.export_recall_target)
         assert set(q["export_search"]) == set(q["export_recall"])
         for states in q["export_search"].values():
-            # each state: an IVF's probes, or the exact index it was handed to (teachers.export_exact_share)
+            # each state: an IVF's probes, or the exact index it was handed to (teachers.export_exact_share;
+            # on NeuMF's candidate path, a flat search of its candidate vectors)
             assert len(states) == 4 and all(
-                b == {"exact": True} or 1 <= b["nprobe"] <= b["nlist"] for b in states
+                b in ({"exact": True}, {"flat_candidates": True}) or 1 <= b["nprobe"] <= b["nlist"]
+                for b in states
             ), states
     assert set(out["targets"]) >= {"wall_ok", "process_ok", "machine_ok", "exponent_ok", "quality_ok"}
     assert out["targets"]["quality_ok"]

@@ -304,6 +304,7 @@ def test_iae_log_softmax_scores_are_the_decoders_log_probabilities(monkeypatch, 
     from hetcomp_dist.models import iae
 
     monkeypatch.setattr(iae, "_LSE_BLOCK", block)  # several user blocks, and one
+    monkeypatch.setattr(iae, "_LSE_ITEMS", 6 if block == 7 else 4096)  # several item chunks, and one
     train = tiny_train()
     cfg = dataclasses.replace(TEACHERS_CFG, iae_score="log_softmax")
     torch.manual_seed(0)

@@ -21,7 +21,8 @@ from hetcomp_dist.models.sampling import PairIndex, pair_batches, sample_negativ
 
 _CHUNK_ELEMS = 1 << 19  # floats per (users x items x width) block while scoring (2 MiB: stays in cache)
 # users whose MLP terms each item's linear fit in `candidate_embeddings` is taken from: at 1M users x 100k
-# items 1,024 scored as well as 4,096 (recall .9925 against .9921 through 400 candidates), in ~6 s
+# items 1,024 scored as well as 4,096 (recall .9925 against .9921 through 400 candidates); the whole
+# `candidate_embeddings` took 8.7 s there
 _CANDIDATE_USERS = 1024
 _RIDGE = 1e-3  # the fit's ridge, a multiple of the first-layer activations' mean variance
 _USER_BLOCK = 65536  # users per block of the candidate user vectors
@@ -148,9 +149,8 @@ class NeuMF(Recommender):
         )
         beta = torch.linalg.solve(gram, cross)  # (h1, n_items)
         item = torch.cat([self.gmf_item, r_mean[:, None], beta.T], 1)
-        user = np.empty(
-            (self.n_users, item.shape[1]), np.float32
-        )  # filled in blocks: no (n_users, .) temporaries
+        # filled in blocks: no (n_users, .) temporaries
+        user = np.empty((self.n_users, item.shape[1]), np.float32)
         for s in range(0, self.n_users, _USER_BLOCK):
             rows = slice(s, min(s + _USER_BLOCK, self.n_users))
             user[rows, :d] = (self.gmf_user[rows] * w_gmf).cpu().numpy()
