@@ -37,7 +37,13 @@ import torch
 from hetcomp_dist.config import TeachersConfig
 from hetcomp_dist.data.dataset import CSR
 from hetcomp_dist.models.sampling import sparse_rows, transpose
-from hetcomp_dist.models.vae import VAECore, _AnnealedBeta, multinomial_vae_loss, vae_batches
+from hetcomp_dist.models.vae import (
+    VAECore,
+    _AnnealedBeta,
+    blocked_linear_lse,
+    multinomial_vae_loss,
+    vae_batches,
+)
 
 _ENCODE_BLOCK = 4096  # items per encoding block
 # (items, users) blocks of the log normalisers (iae_score = log_softmax): 4096 x 4096 floats, 64 MiB, whatever
@@ -130,13 +136,11 @@ class ItemAE(_AnnealedBeta):
         """(n_items,) lse_i = log sum_u exp(W_u . f_i + b_u) over every user, for item features `feats`,
         in (items, users) blocks of bounded size (never an (items x users) array)."""
         w, b = self.core.dec.weight, self.core.dec.bias
-        lse = torch.full((len(feats),), float("-inf"), dtype=feats.dtype, device=feats.device)
-        for i in range(0, len(feats), _LSE_ITEMS):
-            f, out = feats[i : i + _LSE_ITEMS], lse[i : i + _LSE_ITEMS]
-            for s in range(0, self.n_users, _LSE_BLOCK):
-                block = torch.addmm(b[s : s + _LSE_BLOCK], f, w[s : s + _LSE_BLOCK].T)
-                out.copy_(torch.logaddexp(out, torch.logsumexp(block, dim=1)))
-        return lse
+        parts = [
+            blocked_linear_lse(feats[i : i + _LSE_ITEMS], w, b, _LSE_BLOCK)
+            for i in range(0, len(feats), _LSE_ITEMS)
+        ]
+        return torch.cat(parts)
 
     def _features(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(item features (n_items, f), their log normalisers (n_items,) or None when ranking by logit),

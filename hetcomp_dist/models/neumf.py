@@ -96,6 +96,10 @@ class NeuMF(Recommender):
 
     def scores(self, users: torch.Tensor, train: CSR | None = None) -> torch.Tensor:
         """(B, n_items) logits, computed in item chunks that bound the (B, chunk, width) block."""
+        return self._scores(users, gmf=True)
+
+    def _scores(self, users: torch.Tensor, gmf: bool) -> torch.Tensor:
+        """`scores`, or without their GMF half (the head's bias and MLP term only: `candidate_embeddings`)."""
         first = self.layers[0]
         m = self.mlp_user.shape[1]
         a = self.mlp_user[users] @ first.weight[:, :m].T + first.bias  # (B, h1)
@@ -104,9 +108,10 @@ class NeuMF(Recommender):
             self.head.weight[0, : self.gmf_user.shape[1]],
             self.head.weight[0, self.gmf_user.shape[1] :],
         )
-        out = (
-            self.gmf_user[users] * w_gmf
-        ) @ self.gmf_item.T + self.head.bias  # (B, n_items), filled in place
+        if gmf:
+            out = (self.gmf_user[users] * w_gmf) @ self.gmf_item.T + self.head.bias  # (B, n_items), in place
+        else:
+            out = self.head.bias.expand(len(users), self.n_items).clone()
         chunk = max(1, _CHUNK_ELEMS // max(1, len(users) * a.shape[1]))
         for s in range(0, self.n_items, chunk):
             h = torch.relu(a[:, None, :] + c[None, s : s + chunk, :])
@@ -132,13 +137,13 @@ class NeuMF(Recommender):
         a = self.mlp_user[sample] @ w_user.T  # (S, h1)
         a_mean = a.mean(0)
         a_c = a - a_mean
-        # the MLP terms (scores less the GMF half) of the sample in blocks of users: their sum over the sample
-        # and their cross product with a_c (which sums to 0, so that is the centred one), never (S, n_items)
+        # the MLP terms (with the head's bias) of the sample in blocks of users: their sum over the sample and
+        # their cross product with a_c (which sums to 0, so that is the centred one), never (S, n_items)
         r_sum = torch.zeros(self.n_items, device=a.device)
         cross = torch.zeros(a.shape[1], self.n_items, device=a.device)
         for s in range(0, len(sample), _FIT_BLOCK):
             blk = sample[s : s + _FIT_BLOCK]
-            rest = self.scores(blk).sub_((self.gmf_user[blk] * w_gmf) @ self.gmf_item.T)
+            rest = self._scores(blk, gmf=False)
             r_sum += rest.sum(0)
             cross.addmm_(a_c[s : s + _FIT_BLOCK].T, rest)
         r_mean = r_sum / len(sample)

@@ -167,6 +167,16 @@ def log_normaliser(
     return torch.logaddexp(torch.log(own) + top, rest)
 
 
+def blocked_linear_lse(f: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, block: int) -> torch.Tensor:
+    """(B,) log Σ_j exp(f_b . W_j + b_j) over the rows j of a linear layer, `block` rows at a time (no
+    (B, rows) array): the value of `_BlockedLinearLSE`, without its gradient."""
+    lse = None
+    for s in range(0, weight.shape[0], block):
+        part = torch.logsumexp(torch.addmm(bias[s : s + block], f, weight[s : s + block].T), dim=1)
+        lse = part if lse is None else torch.logaddexp(lse, part)
+    return lse
+
+
 class _BlockedLinearLSE(torch.autograd.Function):
     """(B,) log Σ_j exp(f_b . W_j + b_j) over the rows j of a linear layer, `block` rows at a time.
 
@@ -179,10 +189,7 @@ class _BlockedLinearLSE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, f, weight, bias, block):
-        lse = None
-        for s in range(0, weight.shape[0], block):
-            part = torch.logsumexp(torch.addmm(bias[s : s + block], f, weight[s : s + block].T), dim=1)
-            lse = part if lse is None else torch.logaddexp(lse, part)
+        lse = blocked_linear_lse(f, weight, bias, block)
         ctx.save_for_backward(f, weight, bias, lse)
         ctx.block = block
         return lse
